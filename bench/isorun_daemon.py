@@ -1,0 +1,134 @@
+"""Finding, starting and stopping an isorun daemon for the benchmark.
+
+The daemon is started exactly as an operator would: ``<python> -m isorund --socket PATH``, with
+the interpreter running this harness (the project's venv under ``make``). It is ready when its
+socket file exists. Nothing here knows the daemon's internals; memory is read from /proc.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import procmem
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+
+
+class DaemonError(RuntimeError):
+    """The daemon did not start or died; the message ends with the tail of its log."""
+
+
+def _missing() -> str | None:
+    """None when ``python -m isorund`` and ``isorun.CodeRunner`` are there, else what is not.
+
+    A half-written tree imports as a namespace package, so importing the names is not enough.
+    """
+    for name in [m for m in sys.modules if m.split(".")[0] in ("isorun", "isorund")]:
+        del sys.modules[name]  # forget a failed attempt before looking again
+    try:
+        if importlib.util.find_spec("isorund.__main__") is None:
+            return "no module isorund.__main__ (`python -m isorund`)"
+        from isorun import CodeRunner  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+def find_isorun() -> tuple[list[str], str | None]:
+    """Makes ``isorund`` and ``isorun`` importable; returns (extra PYTHONPATH, skip note).
+
+    Prefers what is installed (the venv); falls back to the source tree so the benchmark also
+    runs from a checkout that was never ``pip install``-ed. The note is None when both import.
+    """
+    if _missing() is None:
+        return [], None
+    extra = [str(REPO), str(REPO / "clients" / "python")]
+    sys.path[:0] = extra
+    missing = _missing()
+    if missing:
+        del sys.path[:len(extra)]
+        return [], f"skipped: the daemon or client is not there yet: {missing}"
+    return extra, None
+
+
+class Daemon:
+    """One isorund process on its own socket, optionally pinned to some CPUs."""
+
+    def __init__(self, workdir: Path, name: str, pythonpath: list[str],
+                 cpus: str | None = None, config: str | None = None):
+        self.socket = str(workdir / f"{name}.sock")
+        self.log_path = workdir / f"{name}.log"
+        self.pythonpath = pythonpath
+        self.cpus = cpus
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "isorund", "--socket", self.socket]
+        if self.config:
+            argv += ["--config", self.config]
+        if self.cpus is not None and shutil.which("taskset"):
+            # taskset execs the daemon, so the pid we hold is the daemon's and its forks
+            # inherit the affinity.
+            argv = ["taskset", "-c", self.cpus] + argv
+        return argv
+
+    def _pin_without_taskset(self) -> None:
+        os.sched_setaffinity(0, {int(c) for c in self.cpus.split(",")})
+
+    def start(self) -> None:
+        """Starts the daemon and waits (at most 30 s) for its socket to appear."""
+        env = dict(os.environ)
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + [env.get("PYTHONPATH", "")])
+        preexec = None
+        if self.cpus is not None and not shutil.which("taskset"):
+            preexec = self._pin_without_taskset
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     preexec_fn=preexec)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None:
+                raise DaemonError(f"isorund exited with {self.proc.returncode} before creating "
+                                  f"{self.socket}; log: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DaemonError(f"isorund did not create {self.socket} within "
+                                  f"{START_TIMEOUT_S:.0f} s; log: {self.log_tail()}")
+            time.sleep(0.02)
+
+    def memory(self) -> dict:
+        """RSS/PSS of the daemon and all its descendants (zygote, live sandboxes)."""
+        return procmem.tree_memory(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (the daemon drains), then SIGKILL after 10 s."""
+        if not self.alive():
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_tail(self, limit: int = 1500) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return text[-limit:].strip() or "(empty log)"

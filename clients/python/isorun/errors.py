@@ -1,0 +1,82 @@
+"""Every error isorun raises, in one place.
+
+    IsorunError
+    ├── ModuleNotFound          the guest imported something not allowed or not present
+    ├── FunctionNotFound        (also TypeError) func_name is missing or not callable
+    ├── GuestError              the guest raised: type_name, message, traceback
+    ├── RuntimeTimeoutError     (also TimeoutError) the call ran past its timeout
+    ├── ResourceLimitError      limit names which: memory, processes, output, result, cpu, queue
+    ├── SerializationError      (also TypeError) a value has no codec or resolver
+    ├── DaemonUnavailable       (also ConnectionError) no daemon answers at the socket
+    ├── InvalidRequest          (also ValueError) the daemon refused the request as malformed
+    ├── AccessDenied            (also PermissionError) the daemon does not accept this peer
+    └── SandboxError            the sandbox could not be built or died unexpectedly
+
+Guest-side outcomes arrive in-band from the daemon; transport and request problems arrive as
+gRPC status codes. Both are mapped here and nowhere else (see ``_outcome``).
+"""
+from __future__ import annotations
+
+__all__ = [
+    "IsorunError", "ModuleNotFound", "FunctionNotFound", "GuestError", "RuntimeTimeoutError",
+    "ResourceLimitError", "SerializationError", "DaemonUnavailable", "InvalidRequest",
+    "AccessDenied", "SandboxError",
+]
+
+
+class IsorunError(Exception):
+    """Base of every isorun error."""
+
+
+class ModuleNotFound(IsorunError):
+    """The guest imported a module that is not allowed or does not exist."""
+
+    def __init__(self, module: str):
+        super().__init__(f"Cannot find module '{module}'")
+        self.module = module
+
+
+class FunctionNotFound(IsorunError, TypeError):
+    """The requested function does not exist in the file, or is not callable."""
+
+
+class GuestError(IsorunError):
+    """The guest function (or its module, while importing) raised an exception."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = ""):
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class RuntimeTimeoutError(IsorunError, TimeoutError):
+    """The call ran past its wall-clock timeout; its whole sandbox was killed."""
+
+
+class ResourceLimitError(IsorunError):
+    """The call went over a limit; ``limit`` names which one."""
+
+    def __init__(self, message: str, limit: str):
+        super().__init__(message)
+        self.limit = limit
+
+
+class SerializationError(IsorunError, TypeError):
+    """A value cannot cross the wire: no codec, no resolver, or over a size or depth limit."""
+
+
+class DaemonUnavailable(IsorunError, ConnectionError):
+    """No isorun daemon answers at the socket path named in the message."""
+
+
+class InvalidRequest(IsorunError, ValueError):
+    """The daemon refused the request: a bad path, an unknown plugin, a limit out of range."""
+
+
+class AccessDenied(IsorunError, PermissionError):
+    """The daemon does not accept calls from this process's user or group."""
+
+
+class SandboxError(IsorunError):
+    """The sandbox could not be set up, or died without reporting an outcome."""

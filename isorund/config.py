@@ -1,0 +1,181 @@
+"""The daemon's configuration: every key, its default and its meaning, in one place.
+
+``Config.load(path, overrides)`` reads TOML (``tomllib``), applies command-line overrides and
+validates everything before the daemon starts; an unknown key or a bad value stops the start
+with a message naming the key. The README's configuration table is generated from the
+``doc`` metadata below (``python -m isorund --config-reference``) and a test keeps the two equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+MiB = 1 << 20
+
+DEFAULT_EXTERNAL = (
+    "abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections",
+    "colorsys", "contextlib", "copy", "dataclasses", "datetime", "decimal", "difflib", "enum",
+    "fractions", "functools", "hashlib", "heapq", "hmac", "itertools", "json", "math",
+    "numbers", "operator", "pprint", "random", "re", "reprlib", "statistics", "string",
+    "struct", "textwrap", "typing", "unicodedata", "uuid",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is out of range; the message names it."""
+
+
+def _key(default, doc: str, **extra):
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"doc": doc, **extra}, **factory)
+
+
+def default_socket() -> str:
+    if os.geteuid() == 0:
+        return "/run/isorund/isorund.sock"
+    return os.path.join(os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "isorund.sock")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-call limits; a request may lower each of them, never raise it."""
+    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`.")
+    max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
+    max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE).")
+    max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
+    output_bytes: int = _key(1 * MiB, "Console bytes one call may print; over it, `ResourceLimitError(limit='output')`.")
+    result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`.")
+    cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU); 0 means the call's timeout.")
+    tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    compilers: dict = _key(dict, "Source-transform plugins: name = \"module:attr\", a callable `(source, filename) -> source`.")
+    resolvers: dict = _key(dict, "Module-resolver plugins: name = \"module:attr\", a factory `(options) -> resolve(name) -> path | None`.")
+    args_resolvers: dict = _key(dict, "Argument plugins: name = \"module:attr\", a callable `(args) -> args`.")
+
+
+@dataclass(frozen=True)
+class Config:
+    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`).")
+    socket_mode: int = _key(0o660, "Permission bits of the socket.")
+    socket_group: str = _key("", "Group owning the socket (name or number); empty keeps the daemon's group.")
+    allowed_uids: list = _key(list, "If non-empty, only peers with one of these uids (checked with SO_PEERCRED) may call.")
+    allowed_gids: list = _key(list, "If non-empty, peers with one of these gids may call too.")
+    max_concurrency: int = _key(8, "Sandboxes running at once; further calls queue.")
+    queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
+    pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
+    default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
+    max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds.")
+    default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation).")
+    plugin_paths: list = _key(list, "Folders added to the import path to load plugins and operator types from.")
+    plugins: PluginsConfig = _key(PluginsConfig, "Named plugins, in `[plugins.compilers]`, `[plugins.resolvers]`, `[plugins.args_resolvers]`.")
+    types: dict = _key(dict, "Operator value types: `\"acme.Money\" = \"module:attr\"`, an object with `type`, `encode(obj)` and `decode(payload)`.")
+    limits: LimitsConfig = _key(LimitsConfig, "Per-call limits, in `[limits]` (see below).")
+    sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own.")
+    sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
+    max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket.")
+    shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
+    metrics_address: str = _key("", "`host:port` of the Prometheus endpoint; empty turns it off.")
+    log_level: str = _key("info", "debug, info, warning or error.")
+    insecure_no_isolation: bool = _key(False, "Development only: run guests without kernel isolation (logged loudly, reported in GetCapabilities).")
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: dict | None = None) -> "Config":
+        data = {}
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as e:
+                raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        config = _build(cls, data, "")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, expected: str, value) -> None:
+            if not ok:
+                raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+        need(self.socket.startswith("/"), "socket", "an absolute path", self.socket)
+        need(0 <= self.socket_mode <= 0o777, "socket_mode", "permission bits (0 to 0o777)", self.socket_mode)
+        need(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
+        need(self.queue_size >= 0, "queue_size", ">= 0", self.queue_size)
+        need(self.pool_size >= 1, "pool_size", ">= 1", self.pool_size)
+        need(self.default_timeout > 0, "default_timeout", "> 0", self.default_timeout)
+        need(self.max_timeout >= self.default_timeout, "max_timeout", f">= default_timeout ({self.default_timeout})", self.max_timeout)
+        need(self.sandbox_uid_base > 0, "sandbox_uid_base", "> 0 (never root)", self.sandbox_uid_base)
+        need(self.sandbox_uid_count >= self.max_concurrency + self.pool_size + 1, "sandbox_uid_count",
+             f">= max_concurrency + pool_size + 1 ({self.max_concurrency + self.pool_size + 1})", self.sandbox_uid_count)
+        need(self.max_request_bytes >= 1 * MiB, "max_request_bytes", ">= 1 MiB", self.max_request_bytes)
+        need(self.shutdown_grace >= 0, "shutdown_grace", ">= 0", self.shutdown_grace)
+        need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)
+        for f in fields(LimitsConfig):
+            value = getattr(self.limits, f.name)
+            need(value >= 0 if f.name == "cpu_seconds" else value > 0, f"limits.{f.name}", "> 0", value)
+        for group in ("compilers", "resolvers", "args_resolvers"):
+            for name, target in getattr(self.plugins, group).items():
+                need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)
+        for name, target in self.types.items():
+            need(isinstance(target, str) and ":" in target, f"types.{name}", '"module:attribute"', target)
+        if self.metrics_address:
+            host, _, port = self.metrics_address.rpartition(":")
+            need(bool(host) and port.isdigit(), "metrics_address", '"host:port"', self.metrics_address)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(known))})")
+    values = {}
+    for name, value in data.items():
+        f = known[name]
+        if name in _NESTED:
+            values[name] = _build(_NESTED[name], value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(f, value, prefix + name)
+    return cls(**values)
+
+
+_NESTED = {"plugins": PluginsConfig, "limits": LimitsConfig}
+
+
+def _coerce(f, value, key: str):
+    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}[f.type]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"config key '{key}' must be {'a' if kind is not int else 'an'} {kind.__name__}, got {value!r}")
+    if kind is list and not all(isinstance(v, (str, int)) for v in value):
+        raise ConfigError(f"config key '{key}' must be a list of strings or numbers, got {value!r}")
+    return value
+
+
+def reference() -> str:
+    """The configuration reference as a Markdown table, generated from the defaults above."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for cls, prefix in ((Config, ""), (LimitsConfig, "limits."), (PluginsConfig, "plugins.")):
+        for f in fields(cls):
+            if f.name in ("plugins", "limits") and cls is Config:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if f.name == "socket":
+                default = "see meaning"
+            elif f.name == "socket_mode":
+                default = oct(default)
+            elif f.name == "default_external":
+                default = "math, json, re, datetime, decimal, … (37 modules)"
+            rows.append(f"| `{prefix}{f.name}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"

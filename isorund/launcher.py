@@ -1,0 +1,281 @@
+"""The daemon's side of the sandboxes: the zygote process, the pool and one call's run.
+
+Parent-side code only: nothing here runs in a sandbox. The zygote is a separate, fresh
+interpreter (never a fork of this threaded gRPC process); it hands over each prepared sandbox
+as its call channel and a pidfd, so the daemon talks to sandboxes directly and can kill a
+call's whole pid namespace without racing pid reuse.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from isorun._proto import runner_pb2 as pb
+from isorund.sandbox import channel
+
+log = logging.getLogger("isorund")
+Failure = pb.Failure
+EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
+
+
+class ZygoteUnavailable(Exception):
+    """The zygote is not running (it died and is being restarted, or the daemon is stopping)."""
+
+
+@dataclass
+class Sandbox:
+    """A prepared sandbox waiting for its one call."""
+    pid: int
+    pidfd: int
+    sock: socket.socket
+    exited: asyncio.Future
+
+    def kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill_group(self) -> None:
+        """Without a pid namespace (insecure mode) the init's process group is the call."""
+        self.kill()
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.pidfd)
+
+
+class Zygote:
+    """Starts, feeds and restarts the zygote process; hands out prepared sandboxes."""
+
+    def __init__(self, config, new_root: str, on_restart=None):
+        self.config = config
+        self.new_root = new_root
+        self.ready: asyncio.Queue[Sandbox] = asyncio.Queue()
+        self.exits: dict[int, asyncio.Future] = {}
+        self.process: subprocess.Popen | None = None
+        self.control: socket.socket | None = None
+        self.alive = False
+        self.stopping = False
+        self.restarts = 0
+        self.on_restart = on_restart
+        self._hello: asyncio.Future | None = None
+
+    async def start(self) -> None:
+        """Starts the zygote and waits for it to say it can build sandboxes."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        config = dict(dataclasses.asdict(self.config), _new_root=self.new_root)
+        # An empty environment: the zygote's is what every sandbox would inherit. subprocess
+        # forks and execs in C, which is safe even once gRPC has started its threads.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "isorund.zygote", str(theirs.fileno())], stdin=subprocess.PIPE,
+            env={}, pass_fds=[theirs.fileno()], cwd="/")
+        theirs.close()
+        self.process.stdin.write(json.dumps(config).encode())
+        self.process.stdin.close()
+        self.control = ours
+        self._hello = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_control)
+        hello = await self._hello
+        if "fatal" in hello:
+            raise RuntimeError(hello["fatal"])
+        self.alive = True
+        self._request(self.config.pool_size)
+
+    async def take(self) -> Sandbox:
+        """A prepared sandbox for one call; asks the zygote for its replacement at once."""
+        if not self.alive:
+            raise ZygoteUnavailable("the sandbox zygote is restarting")
+        self._request(1)
+        return await self.ready.get()
+
+    def _request(self, count: int) -> None:
+        try:
+            self.control.send(json.dumps({"spawn": count}).encode())
+        except OSError:
+            pass
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 2)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._on_zygote_exit()
+                return
+            message = json.loads(data)
+            if "ready" in message:
+                pid = message["ready"]["pid"]
+                future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
+                sock = socket.socket(fileno=fds[0])
+                sock.setblocking(False)
+                self.ready.put_nowait(Sandbox(pid, fds[1], sock, future))
+            elif "exited" in message:
+                pid = message["exited"]["pid"]
+                future = self.exits.pop(pid, None)
+                if future is not None and not future.done():
+                    future.set_result(message["exited"]["status"])
+            elif self._hello is not None and not self._hello.done():
+                self._hello.set_result(message)
+
+    def _on_zygote_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.control.fileno())
+        self.control.close()
+        was_alive, self.alive = self.alive, False
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_result({"fatal": "the zygote exited during start-up"})
+        while not self.ready.empty():
+            self.ready.get_nowait().close()  # their init died with the zygote (PDEATHSIG)
+        for future in self.exits.values():
+            if not future.done():
+                future.set_result(-signal.SIGKILL)
+        self.exits.clear()
+        if self.process is not None:
+            self.process.wait()
+        if was_alive and not self.stopping:
+            log.error(json.dumps({"event": "zygote_died", "restarts": self.restarts + 1}))
+            loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        delay = 0.05
+        while not self.stopping:
+            try:
+                await self.start()
+                self.restarts += 1
+                if self.on_restart:
+                    self.on_restart()
+                return
+            except Exception as e:  # keep trying: a transient failure must not end the daemon
+                log.error(json.dumps({"event": "zygote_restart_failed", "error": str(e)}))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.alive = False
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            for _ in range(100):
+                if self.process.poll() is not None:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                self.process.kill()
+        while not self.ready.empty():
+            self.ready.get_nowait().close()
+
+
+async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool) -> pb.Outcome:
+    """Sends ``plan`` to ``sandbox`` and relays its events to ``on_event`` until the outcome.
+
+    Enforces what an untrusted guest cannot be trusted to enforce itself: the wall-clock
+    timeout, the console byte cap and the result size cap. Whatever happens, the sandbox is
+    killed on return — after an outcome that kill just collects what the guest left behind."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    limits = plan.limits
+    console_left = limits.output_bytes
+    try:
+        async with asyncio.timeout(plan.timeout_seconds):
+            payload = plan.SerializeToString()
+            try:
+                await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
+            except OSError:
+                pass  # the sandbox may have failed set-up already; its report is in the channel
+            reader = _FrameReader(loop, sandbox.sock)
+            while True:
+                frame = await reader.next(limits.result_bytes + EVENT_SLACK)
+                if frame is None:
+                    return await _died(sandbox, started)
+                event = pb.RunEvent.FromString(frame)
+                kind = event.WhichOneof("event")
+                if kind == "outcome":
+                    outcome = event.outcome
+                    outcome.call_id = plan.call_id
+                    outcome.usage.wall_seconds = time.monotonic() - started
+                    return outcome
+                if kind == "console":
+                    console_left -= len(event.console.text.encode())
+                    if console_left < 0:
+                        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
+                            f"the call printed more than its {limits.output_bytes} console bytes")), started)
+                await on_event(event)
+    except TimeoutError:
+        return _failure(Failure(kind=Failure.TIMEOUT, message=(
+            f"the call did not finish within its {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
+    except _FrameTooLarge as e:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e)), started)
+    except Exception as e:  # a guest that sends garbage must not take the daemon with it
+        return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {e}"), started)
+    finally:
+        sandbox.kill_group() if not isolated else sandbox.kill()
+        sandbox.close()
+
+
+async def _died(sandbox: Sandbox, started: float) -> pb.Outcome:
+    """The guest closed its channel without an outcome: say how it ended, if it can be known."""
+    try:
+        status = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
+    except TimeoutError:
+        status = None
+    how = "" if status is None else f" (exit status {status})"
+    limit = None
+    if status == 128 + signal.SIGKILL or status == 128 + signal.SIGXCPU:
+        limit = "cpu"
+    if limit:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit=limit,
+                                message=f"the call was killed by the kernel for using up its CPU time{how}"), started)
+    return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
+
+
+def _failure(failure: pb.Failure, started: float) -> pb.Outcome:
+    return pb.Outcome(failure=failure, usage=pb.Usage(wall_seconds=time.monotonic() - started))
+
+
+class _FrameTooLarge(Exception):
+    pass
+
+
+class _FrameReader:
+    """Reads length-prefixed frames from a non-blocking socket with the event loop."""
+
+    def __init__(self, loop, sock):
+        self.loop, self.sock, self.buf = loop, sock, bytearray()
+
+    async def next(self, max_bytes: int) -> bytes | None:
+        header = await self._exactly(channel.HEADER.size)
+        if header is None:
+            return None
+        (size,) = channel.HEADER.unpack(header)
+        if size > max_bytes:
+            raise _FrameTooLarge(f"the call sent an event of {size} bytes, over its {max_bytes}-byte limit")
+        return await self._exactly(size)
+
+    async def _exactly(self, size: int) -> bytes | None:
+        while len(self.buf) < size:
+            chunk = await self.loop.sock_recv(self.sock, max(65536, size - len(self.buf)))
+            if not chunk:
+                return None
+            self.buf += chunk
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data

@@ -1,0 +1,163 @@
+"""Turns a client's RunRequest into a CallPlan, or refuses it with a message naming the field.
+
+Everything a sandbox needs is resolved here, in the daemon, before the sandbox is touched:
+real paths, the file inside the root, effective limits and timeout, the importable names and
+the host folders to bind. Errors raised here reach the client as INVALID_ARGUMENT; nothing
+that can be checked up front is left to fail inside a child.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import secrets
+import site
+from functools import lru_cache
+
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2
+
+MAX_NAME = 256
+MAX_LIST = 256
+RESERVED = ("/proc", "/dev", "/tmp", "/guest")
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message says which field and what was expected."""
+
+
+def build(request: pb.RunRequest, config) -> sandbox_pb2.CallPlan:
+    root = _root(request.root)
+    file = _file(root, request.file, _extensions(request.source_extensions))
+    _name(request.func_name, "func_name")
+    for key in request.context:
+        if not key.isidentifier():
+            raise RequestError(f"context key {key!r} is not a valid Python name")
+    external = _modules(request.external)
+    whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
+    _plugin(request.compiler, config.plugins.compilers, "compiler")
+    _plugin(request.resolver, config.plugins.resolvers, "resolver")
+    _plugin(request.args_resolver, config.plugins.args_resolvers, "args_resolver")
+    timeout = _timeout(request.timeout_seconds, config)
+    allowed = sorted(set(external) | set(config.default_external))
+    host_paths = list(dict.fromkeys(whitelisted + [p for name in external if (p := site_folder_of(name))]))
+    return sandbox_pb2.CallPlan(
+        call_id=secrets.token_hex(8), request=request, root=root, file=file, allowed=allowed,
+        host_paths=host_paths, search_paths=whitelisted,
+        extensions=_extensions(request.source_extensions),
+        limits=_limits(request.limits, config.limits, timeout), timeout_seconds=timeout)
+
+
+def _root(path: str) -> str:
+    if not path or not path.startswith("/") or "\0" in path or len(path) > 4096:
+        raise RequestError(f"root must be an absolute folder path, got {path[:200]!r}")
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise RequestError(f"root {path!r} is not a folder")
+    if real == "/":
+        raise RequestError("root must not be the host's / folder")
+    return real
+
+
+def _file(root: str, file: str, extensions: list[str]) -> str:
+    if not file or "\0" in file or len(file) > 4096:
+        raise RequestError(f"file must be a path relative to root, got {file[:200]!r}")
+    if file.startswith("/"):
+        raise RequestError(f"file must be relative to root, got the absolute path {file!r}")
+    normal = os.path.normpath(file)
+    if normal == ".." or normal.startswith("../"):
+        raise RequestError(f"file {file!r} points outside root")
+    real = os.path.realpath(os.path.join(root, normal))
+    if not real.startswith(root + "/"):
+        raise RequestError(f"file {file!r} resolves outside root (through a symbolic link)")
+    if not os.path.isfile(real):
+        raise RequestError(f"file {file!r} does not exist in root")
+    if not any(normal.endswith(ext) for ext in extensions):
+        raise RequestError(f"file {file!r} does not have a source extension ({', '.join(extensions)})")
+    return os.path.relpath(real, root)
+
+
+def _extensions(extensions) -> list[str]:
+    extensions = list(_bounded(extensions, "source_extensions")) or [".py"]
+    for ext in extensions:
+        if not ext.startswith(".") or len(ext) > 32 or "/" in ext or "\0" in ext:
+            raise RequestError(f"source extension must look like '.py', got {ext[:40]!r}")
+    return extensions
+
+
+def _name(name: str, what: str) -> None:
+    if not name or len(name) > MAX_NAME or not name.isidentifier():
+        raise RequestError(f"{what} must be a Python identifier of at most {MAX_NAME} characters, got {name[:80]!r}")
+
+
+def _modules(names) -> list[str]:
+    for name in _bounded(names, "external"):
+        if len(name) > MAX_NAME or not all(part.isidentifier() for part in name.split(".")):
+            raise RequestError(f"external module names must be dotted Python names, got {name[:80]!r}")
+    return [name.partition(".")[0] for name in names]
+
+
+def _folder(path: str, what: str) -> str:
+    if not path.startswith("/") or "\0" in path:
+        raise RequestError(f"{what} must be an absolute folder path, got {path[:200]!r}")
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise RequestError(f"{what} {path!r} is not a folder")
+    if real == "/" or any(real == r or real.startswith(r + "/") for r in RESERVED):
+        raise RequestError(f"{what} {path!r} may not be / or lie in {', '.join(RESERVED)}")
+    return real
+
+
+def _plugin(name: str, configured: dict, what: str) -> None:
+    if name and name not in configured:
+        offered = ", ".join(sorted(configured)) or "none"
+        raise RequestError(f"unknown {what} {name[:80]!r} (configured: {offered})")
+
+
+def _timeout(value: float, config) -> float:
+    if value == 0:
+        return config.default_timeout
+    if not (math.isfinite(value) and 0 < value <= config.max_timeout):
+        raise RequestError(f"timeout must be > 0 and <= max_timeout ({config.max_timeout:g} s), got {value:g}")
+    return value
+
+
+def _limits(asked: pb.Limits, defaults, timeout: float) -> pb.Limits:
+    """Each limit is the daemon's unless the request asks for less; asking for more is refused."""
+    out = pb.Limits()
+    for f in pb.Limits.DESCRIPTOR.fields:
+        default = getattr(defaults, f.name)
+        value = getattr(asked, f.name)
+        if f.name == "cpu_seconds":
+            default = default or timeout
+            if not math.isfinite(value) or value < 0:
+                raise RequestError(f"limits.cpu_seconds must be >= 0, got {value}")
+        if value and value > default:
+            raise RequestError(f"limits.{f.name} may only lower the daemon's limit ({default:g}), got {value:g}")
+        setattr(out, f.name, value or default)
+    return out
+
+
+def _bounded(values, what: str):
+    if len(values) > MAX_LIST:
+        raise RequestError(f"{what} has {len(values)} entries; at most {MAX_LIST} are accepted")
+    return values
+
+
+@lru_cache(maxsize=1024)
+def site_folder_of(name: str) -> str | None:
+    """The site-packages folder holding top-level module ``name``, if it is installed there.
+
+    Only site-packages folders are ever bound for externals: the standard library is bound
+    for every sandbox, and nothing else on the daemon's path (its working folder) may be."""
+    folders = [os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]]
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    location = spec and (spec.origin if spec.origin not in (None, "built-in", "frozen")
+                         else next(iter(spec.submodule_search_locations or []), None))
+    if not location:
+        return None
+    location = os.path.realpath(location)
+    return next((f for f in folders if location.startswith(f + "/")), None)

@@ -1,0 +1,115 @@
+"""The few libc calls Python 3.11 does not expose (unshare, setns, mount, pivot_root, capset).
+
+Every wrapper raises ``SandboxSetupError`` naming the call and its arguments, so a failed step
+reads like nsjail's logs: ``mount('/usr', '/r/usr', MS_BIND|MS_RDONLY): EPERM``.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_MOUNT_FLAG_NAMES = [(MS_RDONLY, "MS_RDONLY"), (MS_NOSUID, "MS_NOSUID"), (MS_NODEV, "MS_NODEV"),
+                     (MS_NOEXEC, "MS_NOEXEC"), (MS_REMOUNT, "MS_REMOUNT"), (MS_BIND, "MS_BIND"),
+                     (MS_REC, "MS_REC"), (MS_PRIVATE, "MS_PRIVATE")]
+
+
+class SandboxSetupError(Exception):
+    """One step of building a sandbox failed; ``call`` is the syscall as it was made."""
+
+    def __init__(self, step: str, call: str, err: int):
+        self.step, self.call, self.errno = step, call, err
+        super().__init__(f"sandbox set-up failed at step '{step}': {call}: "
+                         f"{errno.errorcode.get(err, err)} ({os.strerror(err)})")
+
+
+def _check(result: int, step: str, call: str) -> int:
+    if result < 0:
+        raise SandboxSetupError(step, call, ctypes.get_errno())
+    return result
+
+
+def _flags(flags: int) -> str:
+    names = [name for bit, name in _MOUNT_FLAG_NAMES if flags & bit]
+    return "|".join(names) or "0"
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def mount(step: str, source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    call = f"mount({source!r}, {target!r}, {fstype!r}, {_flags(flags)}, {data!r})"
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), step, call)
+
+
+def umount2(step: str, target: str, flags: int) -> None:
+    _check(_libc.umount2(_b(target), flags), step, f"umount2({target!r}, {flags})")
+
+
+def unshare(step: str, flags: int) -> None:
+    _check(_libc.unshare(flags), step, f"unshare({flags:#x})")
+
+
+def setns(step: str, fd: int, flags: int) -> None:
+    _check(_libc.setns(fd, flags), step, f"setns({fd}, {flags:#x})")
+
+
+def pivot_root(step: str, new_root: str, put_old: str) -> None:
+    # glibc has no wrapper; 155 is pivot_root on x86_64 and 41 on aarch64.
+    number = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+    _check(_libc.syscall(number, _b(new_root), _b(put_old)), step, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def prctl(step: str, option: int, arg2: int = 0, arg3: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), step, f"prctl({option}, {arg2}, {arg3})")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def clear_capabilities(step: str) -> None:
+    """Empties the effective, permitted and inheritable capability sets of this thread."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), step, "capset(v3, all sets empty)")

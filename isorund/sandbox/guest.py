@@ -1,0 +1,159 @@
+"""The guest runner: the last step in the sandbox, once every restriction is in place.
+
+It decodes the arguments, imports the call's file through the restricted importer, finds the
+function, reports ``running``, calls it (awaiting a coroutine), and sends exactly one outcome.
+Console output is streamed as it is printed. Whatever the guest does, the report says what
+happened in the guest's terms: its exception and its own frames, never the runtime's.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import resource
+import signal
+import sys
+import time
+import traceback
+
+from google.protobuf import struct_pb2
+
+from isorun import _codec
+from isorun._proto import runner_pb2 as pb
+from isorun.errors import SerializationError
+
+from . import channel
+from .importer import GuestImporter, ImportPolicy
+
+Failure = pb.Failure
+
+
+class CpuLimitExceeded(BaseException):
+    """Raised from SIGXCPU: the guest used up its CPU seconds."""
+
+
+class ConsoleStream:
+    """A text stream whose lines become console events; print() and sys.stdout land here."""
+
+    def __init__(self, sock, stream: int):
+        self._sock, self._stream, self._pending = sock, stream, ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._pending += text
+        if "\n" in self._pending:
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                self._emit(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def _emit(self, text: str) -> None:
+        channel.send(self._sock, pb.RunEvent(console=pb.ConsoleLine(stream=self._stream, text=text)))
+
+    def isatty(self) -> bool:
+        return False
+
+
+def run(plan, sock, plugins, registry, guest_dir: str) -> None:
+    """Runs the call described by ``plan`` and sends its events on ``sock``."""
+    started = time.monotonic()
+    signal.signal(signal.SIGXCPU, _on_sigxcpu)
+    sys.stdout = ConsoleStream(sock, pb.ConsoleLine.STDOUT)
+    sys.stderr = ConsoleStream(sock, pb.ConsoleLine.STDERR)
+    importer = None
+    try:
+        outcome_value, failure = None, None
+        request = plan.request
+        args = [_codec.decode(v, registry) for v in request.args]
+        context = {k: _codec.decode(v, registry) for k, v in request.context.items()}
+        policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
+                              allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
+        resolver = None
+        if request.resolver:
+            options = _codec.decode(struct_pb2.Value(struct_value=request.resolver_options), registry)
+            resolver = plugins.resolvers[request.resolver](options)
+        importer = GuestImporter(policy, context=context, resolver=resolver,
+                                 compiler=plugins.compilers.get(request.compiler) if request.compiler else None)
+        module = importer.load_main(plan.file)
+        func = module.__dict__.get(request.func_name)
+        if not callable(func):
+            failure = Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
+                f"{request.func_name} is not a function in /{plan.file}" if request.func_name in module.__dict__
+                else f"function {request.func_name} was not found in /{plan.file}"))
+        else:
+            channel.send(sock, pb.RunEvent(running=pb.Running()))
+            if request.args_resolver:
+                args = list(plugins.args_resolvers[request.args_resolver](args))
+            result = func(*args)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            outcome_value = _codec.encode(result, registry, max_bytes=plan.limits.result_bytes)
+    except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
+        failure = describe(e, importer.guest_files if importer else set())
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, ConsoleStream):
+            stream.flush()
+    outcome = pb.Outcome(call_id=plan.call_id, usage=_usage(started))
+    if failure is not None:
+        outcome.failure.CopyFrom(failure)
+    else:
+        outcome.value.CopyFrom(outcome_value)
+    channel.send(sock, pb.RunEvent(outcome=outcome))
+
+
+def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
+    """Turns what the guest raised into the Failure the client will raise."""
+    if isinstance(e, ModuleNotFoundError):
+        name = e.name or str(e)
+        return Failure(kind=Failure.MODULE_NOT_FOUND, module=name, message=f"Cannot find module '{name}'")
+    if isinstance(e, MemoryError):
+        return Failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
+                       message="the call went over its memory limit")
+    if isinstance(e, CpuLimitExceeded):
+        return Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
+    if isinstance(e, SerializationError):
+        if getattr(e, "limit", None) == "size":
+            return Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e))
+        return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError")
+    return Failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+                   traceback=guest_traceback(e, guest_files))
+
+
+def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
+    """The traceback as Python prints it, keeping only frames of guest source."""
+    te = traceback.TracebackException.from_exception(e)
+    for part in _chain(te):
+        part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
+    return "".join(te.format())
+
+
+def _chain(te):
+    seen = set()
+    while te is not None and id(te) not in seen:
+        seen.add(id(te))
+        yield te
+        te = te.__cause__ or (None if te.__suppress_context__ else te.__context__)
+
+
+def _message(e: BaseException) -> str:
+    try:
+        return str(e)
+    except BaseException:  # a guest exception whose __str__ itself fails
+        return f"<unprintable {type(e).__name__}>"
+
+
+def _usage(started: float) -> pb.Usage:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return pb.Usage(wall_seconds=time.monotonic() - started,
+                    cpu_seconds=own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+                    peak_memory_bytes=max(own.ru_maxrss, children.ru_maxrss) * 1024)
+
+
+def _on_sigxcpu(signum, frame):
+    raise CpuLimitExceeded()

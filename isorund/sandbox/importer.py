@@ -1,0 +1,188 @@
+"""The restricted importer and builtins: the guest's experience of what it may use.
+
+Not a security boundary (the kernel is; see the package docstring): it exists so that a guest
+importing ``os`` gets a clear ``ModuleNotFoundError: Cannot find module 'os'`` instead of a
+module that fails in confusing ways further on.
+
+The rules (``ImportPolicy``) are pure data, unit-tested apart from the hook (``GuestImporter``):
+- a top-level name found as guest source in the guest folder is a guest module;
+- any other name must be allowed (``external`` plus the daemon's ``default_external``); it is
+  then looked up by the resolver plugin, then in the whitelisted folders (as guest source),
+  then by Python's own import system (stdlib, site-packages);
+- everything else is "Cannot find module".
+Guest source (from the guest folder, whitelisted folders or the resolver) is compiled here: the
+compiler plugin applies, its globals get the restricted builtins, and its file names are shown
+relative to the guest folder ("/rules.py").
+"""
+from __future__ import annotations
+
+import builtins
+import linecache
+import os
+import sys
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+REMOVED_BUILTINS = frozenset({"open", "input", "exit", "quit", "breakpoint", "help",
+                              "copyright", "credits", "license"})
+
+
+@dataclass(frozen=True)
+class ImportPolicy:
+    guest_dir: str                      # where the guest folder is visible
+    extensions: tuple[str, ...]         # which files count as guest source
+    allowed: frozenset[str]             # top-level names importable besides guest modules
+    search_paths: tuple[str, ...] = ()  # whitelisted folders, searched for allowed names
+
+    def is_allowed(self, name: str) -> bool:
+        return name.partition(".")[0] in self.allowed
+
+    def source_candidates(self, folder: str, name: str) -> list[tuple[str, bool]]:
+        """Files that would hold module ``name`` in ``folder``: (path, is_package), in order."""
+        base = os.path.join(folder, name)
+        return ([(os.path.join(base, "__init__" + ext), True) for ext in self.extensions]
+                + [(base + ext, False) for ext in self.extensions])
+
+    def display_name(self, path: str) -> str:
+        """The guest folder is shown as "/"; other guest source keeps its visible path."""
+        if path.startswith(self.guest_dir + "/"):
+            return path[len(self.guest_dir):]
+        return path
+
+
+def module_not_found(name: str) -> ModuleNotFoundError:
+    return ModuleNotFoundError(f"Cannot find module '{name}'", name=name)
+
+
+class GuestImporter:
+    """Loads guest source into a module table of its own, apart from ``sys.modules``, so a
+    guest module can never replace a module the runtime itself relies on."""
+
+    def __init__(self, policy: ImportPolicy, *, context: dict | None = None,
+                 compiler: Callable[[str, str], str] | None = None,
+                 resolver: Callable[[str], str | None] | None = None):
+        self.policy = policy
+        self.compiler = compiler
+        self.resolver = resolver
+        self.modules: dict[str, types.ModuleType] = {}
+        self.guest_files: set[str] = set()
+        self.builtins = {k: v for k, v in vars(builtins).items() if k not in REMOVED_BUILTINS}
+        self.builtins["__import__"] = self.import_
+        self.builtins.update(context or {})
+
+    # -- entry points -------------------------------------------------------------------
+    def load_main(self, relative_file: str) -> types.ModuleType:
+        """Imports the call's file as module ``__main__``-like name taken from its stem."""
+        path = os.path.join(self.policy.guest_dir, relative_file)
+        name = os.path.splitext(os.path.basename(relative_file))[0]
+        return self._execute(name, path, package="")
+
+    def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
+        """The guest's ``__import__``: same contract as the builtin one."""
+        if level:
+            name = self._absolute(name, globals, level)
+        top = name.partition(".")[0]
+        if top not in self.modules and not self._find_guest(top) and not self.policy.is_allowed(top):
+            raise module_not_found(top)
+        if top in self.modules or self._find_guest(top):
+            leaf = self._import_guest(name)
+            for item in fromlist or ():
+                if item != "*" and not hasattr(leaf, item) and hasattr(leaf, "__path__"):
+                    self._import_guest(f"{name}.{item}", missing_ok=True)
+            return leaf if fromlist else self.modules[top]
+        try:
+            return _real_import(name, globals, locals, fromlist, 0)
+        except ModuleNotFoundError as e:
+            raise module_not_found(e.name or name) from None
+
+    # -- guest source ---------------------------------------------------------------------
+    def _find_guest(self, top: str) -> tuple[str, bool] | None:
+        """Where guest source for top-level ``top`` lives, or None."""
+        for path, is_package in self.policy.source_candidates(self.policy.guest_dir, top):
+            if os.path.isfile(path):
+                return path, is_package
+        if not self.policy.is_allowed(top):
+            return None
+        if self.resolver is not None:
+            found = self.resolver(top)
+            if found:
+                candidates = (self.policy.source_candidates(os.path.dirname(found), top)
+                              if os.path.isdir(found) else [(found, False)])
+                for path, is_package in candidates:
+                    if os.path.isfile(path):
+                        return path, is_package
+        for folder in self.policy.search_paths:
+            for path, is_package in self.policy.source_candidates(folder, top):
+                if os.path.isfile(path):
+                    return path, is_package
+        return None
+
+    def _import_guest(self, name: str, missing_ok: bool = False):
+        parts = name.split(".")
+        module = None
+        for depth in range(1, len(parts) + 1):
+            current = ".".join(parts[:depth])
+            if current in self.modules:
+                module = self.modules[current]
+                continue
+            found = self._find_guest(current) if depth == 1 else self._find_sub(module, parts[depth - 1])
+            if found is None:
+                if missing_ok:
+                    return None
+                raise module_not_found(current)
+            path, is_package = found
+            module = self._execute(current, path, package=current if is_package else ".".join(parts[:depth - 1]),
+                                   is_package=is_package)
+            if depth > 1:
+                setattr(self.modules[".".join(parts[:depth - 1])], parts[depth - 1], module)
+        return module
+
+    def _find_sub(self, parent, child: str) -> tuple[str, bool] | None:
+        for folder in getattr(parent, "__path__", None) or ():
+            for path, is_package in self.policy.source_candidates(folder, child):
+                if os.path.isfile(path):
+                    return path, is_package
+        return None
+
+    def _execute(self, name: str, path: str, package: str, is_package: bool = False):
+        display = self.policy.display_name(path)
+        try:
+            with _read_only_file(path) as f:
+                source = f.read().decode("utf-8")
+        except OSError:
+            raise module_not_found(name) from None
+        if self.compiler is not None:
+            source = self.compiler(source, display)
+        linecache.cache[display] = (len(source), None, source.splitlines(True), display)
+        self.guest_files.add(display)
+        code = compile(source, display, "exec", dont_inherit=True)
+        module = types.ModuleType(name)
+        module.__file__ = display
+        module.__package__ = package
+        module.__builtins__ = self.builtins
+        if is_package:
+            module.__path__ = [os.path.dirname(path)]
+        self.modules[name] = module
+        try:
+            exec(code, module.__dict__)
+        except BaseException:
+            del self.modules[name]
+            raise
+        return module
+
+    def _absolute(self, name: str, globals, level: int) -> str:
+        package = (globals or {}).get("__package__") or ""
+        bits = package.rsplit(".", level - 1)
+        if len(bits) < level or not package:
+            raise ImportError("attempted relative import beyond top-level package")
+        base = bits[0]
+        return f"{base}.{name}" if name else base
+
+
+_real_import = builtins.__import__
+
+
+def _read_only_file(path: str):
+    # The guest's builtins have no open(); the importer itself may read.
+    return builtins.open(path, "rb")

@@ -1,0 +1,95 @@
+"""Namespaces: each call gets its own pid, mount, network, ipc, uts, cgroup and user namespace.
+
+The order matters and is split across three processes (see ``isorund/sandbox/__init__``):
+- the zygote puts each new sandbox in a fresh pid namespace as it forks it (``fork_into_new_pid_ns``),
+  so the forked process is pid 1 — the call's init — and the guest is never pid 1;
+- the init unshares the other namespaces except the user one (``unshare_host_views``): the
+  mounts of the new root are made as the real root, which can read any host folder it binds;
+- the guest, once its folders are bound and the root pivoted, becomes an unprivileged host id
+  and enters a user namespace of its own (``become_guest_user``), which owns no other namespace,
+  so even the capabilities it briefly holds there command nothing.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+
+from . import _libc
+from ._libc import SandboxSetupError
+
+GUEST_ID = 1000  # the uid and gid the guest sees inside its user namespace
+_CAP_LAST = int(open("/proc/sys/kernel/cap_last_cap").read())  # read while /proc is the host's
+HOSTNAME = "sandbox"
+
+
+def fork_into_new_pid_ns(own_pid_ns_fd: int) -> int:
+    """Forks a child that is pid 1 of a fresh pid namespace; returns like ``os.fork``.
+
+    ``unshare(CLONE_NEWPID)`` only changes where the caller's next child is born, and only
+    while that equals the caller's own pid namespace; resetting it with ``setns`` right after
+    the fork lets one zygote create a fresh namespace for every sandbox.
+    """
+    _libc.unshare("pid namespace", _libc.CLONE_NEWPID)
+    pid = os.fork()
+    if pid != 0:
+        _libc.setns("pid namespace", own_pid_ns_fd, _libc.CLONE_NEWPID)
+    return pid
+
+
+def unshare_host_views() -> None:
+    """Leaves the host's mounts, network, ipc objects, hostname and cgroup view."""
+    _libc.unshare("namespaces", _libc.CLONE_NEWNS | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC
+                  | _libc.CLONE_NEWUTS | _libc.CLONE_NEWCGROUP)
+    socket.sethostname(HOSTNAME)
+    _bring_loopback_up()
+
+
+def _bring_loopback_up() -> None:
+    """The new network namespace has only ``lo``, down; up, it lets a guest talk to itself."""
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+
+
+def become_guest_user(host_id: int) -> None:
+    """Drops to ``host_id`` on the host and to ``GUEST_ID`` in a new user namespace, with no
+    capabilities left anywhere.
+
+    setres[ug]id as root clears the capability sets; the new user namespace then maps only
+    that one id (an unprivileged self-mapping, which needs no privilege on the host).
+    """
+    step = "guest user"
+    try:
+        os.setgroups([])
+        os.setresgid(host_id, host_id, host_id)
+        os.setresuid(host_id, host_id, host_id)
+    except OSError as e:
+        raise SandboxSetupError(step, f"setresuid({host_id})", e.errno) from e
+    _libc.unshare(step, _libc.CLONE_NEWUSER)
+    _write(step, "/proc/self/setgroups", "deny")
+    _write(step, "/proc/self/uid_map", f"{GUEST_ID} {host_id} 1")
+    _write(step, "/proc/self/gid_map", f"{GUEST_ID} {host_id} 1")
+    drop_capabilities(step)
+
+
+def drop_capabilities(step: str) -> None:
+    """Empties the bounding, ambient, effective, permitted and inheritable sets."""
+    for cap in range(_CAP_LAST + 1):
+        _libc.prctl(step, _libc.PR_CAPBSET_DROP, cap)
+    _libc.prctl(step, _libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    _libc.clear_capabilities(step)
+
+
+def _write(step: str, path: str, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise SandboxSetupError(step, f"write({path!r}, {text!r})", e.errno) from e
