@@ -19,7 +19,10 @@ from isorun._proto import sandbox_pb2
 
 MAX_NAME = 256
 MAX_LIST = 256
-RESERVED = ("/proc", "/dev", "/tmp", "/guest")
+# Sandbox paths a whitelisted folder may not cover or sit in. Folders under the host's /tmp are
+# fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
+RESERVED = ("/proc", "/dev", "/guest")
+UNBINDABLE = ("/", "/tmp")
 
 
 class RequestError(ValueError):
@@ -103,8 +106,9 @@ def _folder(path: str, what: str) -> str:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         raise RequestError(f"{what} {path!r} is not a folder")
-    if real == "/" or any(real == r or real.startswith(r + "/") for r in RESERVED):
-        raise RequestError(f"{what} {path!r} may not be / or lie in {', '.join(RESERVED)}")
+    if real in UNBINDABLE or any(real == r or real.startswith(r + "/") for r in RESERVED):
+        raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "
+                           f"or lie in {', '.join(RESERVED)}")
     return real
 
 

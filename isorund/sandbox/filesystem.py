@@ -68,10 +68,12 @@ def enter_root(plan: RootPlan, guest_root: str, host_paths: list[str], tmp_bytes
     step = "filesystem"
     new_root = plan.mountpoint
     bind_read_only(new_root, guest_root, GUEST_DIR)
-    for path in host_paths:
-        bind_read_only(new_root, path, path)
+    # /tmp first: a whitelisted folder may live under the host's /tmp, and is then bound
+    # (read-only, at its host path) on top of the call's private, size-capped /tmp.
     _libc.mount(step, "tmpfs", new_root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
                 f"size={max(tmp_bytes, 4096)},mode=1777")
+    for path in host_paths:
+        bind_read_only(new_root, path, path)
     _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no path
     # by which the host's tree can be reached.

@@ -89,7 +89,7 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
             channel.send(sock, pb.RunEvent(running=pb.Running()))
             if request.args_resolver:
                 args = list(plugins.args_resolvers[request.args_resolver](args))
-            result = func(*args)
+            result = func(*_padded(func, args))
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
             outcome_value = _codec.encode(result, registry, max_bytes=plan.limits.result_bytes)
@@ -157,3 +157,21 @@ def _usage(started: float) -> pb.Usage:
 
 def _on_sigxcpu(signum, frame):
     raise CpuLimitExceeded()
+
+
+def _padded(func, args: list) -> list:
+    """Fills missing positional parameters (those without defaults) with None.
+
+    isolated-runtime called JavaScript functions, which tolerate missing arguments (they are
+    ``undefined``); guests ported from it, and the contract's tests, call ``f(a, b)`` with
+    fewer arguments and expect the body to run. Callables without a plain code object (a
+    class, a builtin, a partial) get their arguments as given.
+    """
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return args
+    required = code.co_argcount - len(getattr(func, "__defaults__", None) or ())
+    if len(args) >= required:
+        return args
+    return list(args) + [None] * (required - len(args))
+

@@ -69,6 +69,10 @@ def become_guest_user(host_id: int) -> None:
         os.setresuid(host_id, host_id, host_id)
     except OSError as e:
         raise SandboxSetupError(step, f"setresuid({host_id})", e.errno) from e
+    # Changing uid made the process non-dumpable, which makes its /proc/self files root's and
+    # the id maps below unwritable. Dumpable only lets the same host uid ptrace it — a uid no
+    # other sandbox has, and ptrace is denied by seccomp anyway.
+    _libc.prctl(step, _libc.PR_SET_DUMPABLE, 1)
     _libc.unshare(step, _libc.CLONE_NEWUSER)
     _write(step, "/proc/self/setgroups", "deny")
     _write(step, "/proc/self/uid_map", f"{GUEST_ID} {host_id} 1")

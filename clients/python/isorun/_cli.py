@@ -1,0 +1,83 @@
+"""``isorun call --root DIR --file F FUNC [JSON_ARG ...]``: one call from the shell.
+
+Prints the result as JSON on stdout (console lines of the guest go to stderr); on failure
+prints the error on stderr and exits 1 (2 for a usage error, 3 when no daemon answers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from . import errors
+from ._client import CodeRunner
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isorun", description="Client of the isorun daemon.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    call = commands.add_parser("call", help="call one function and print its result as JSON")
+    call.add_argument("--root", required=True, help="absolute folder holding the guest code")
+    call.add_argument("--file", required=True, help="file, relative to root, that holds FUNC")
+    call.add_argument("--external", action="append", default=[], metavar="MODULE",
+                      help="allow importing MODULE (repeatable)")
+    call.add_argument("--whitelisted-path", action="append", default=[], metavar="DIR")
+    call.add_argument("--source-extension", action="append", default=None, metavar="EXT")
+    call.add_argument("--compiler")
+    call.add_argument("--resolver")
+    call.add_argument("--resolver-options", type=json.loads, default=None, metavar="JSON")
+    call.add_argument("--args-resolver")
+    call.add_argument("--context", type=json.loads, default=None, metavar="JSON",
+                      help="a JSON object whose entries become global names")
+    call.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    call.add_argument("--socket", default=None, help="daemon socket (default: $ISORUN_SOCKET)")
+    call.add_argument("func", metavar="FUNC")
+    call.add_argument("args", nargs="*", metavar="JSON_ARG", help="arguments, each one JSON value")
+    return parser
+
+
+def _print_console(stream: str, text: str) -> None:
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    try:
+        args = [json.loads(a) for a in options.args]
+    except json.JSONDecodeError as e:
+        print(f"isorun: an argument is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    runner = CodeRunner(
+        root=options.root, file=options.file, external=options.external,
+        whitelisted_paths=options.whitelisted_path,
+        source_extensions=options.source_extension or [".py"], compiler=options.compiler,
+        resolver=options.resolver, resolver_options=options.resolver_options,
+        on_console=_print_console, socket=options.socket)
+    try:
+        result = runner.run(options.func, args=args, context=options.context,
+                            timeout=options.timeout, args_resolver=options.args_resolver)
+    except errors.DaemonUnavailable as e:
+        print(f"isorun: {e}", file=sys.stderr)
+        return 3
+    except errors.IsorunError as e:
+        print(f"isorun: {type(e).__name__}: {e}", file=sys.stderr)
+        if isinstance(e, errors.GuestError) and e.traceback:
+            print(e.traceback.rstrip(), file=sys.stderr)
+        return 1
+    finally:
+        runner.close()
+    print(json.dumps(result, default=_json_default, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
