@@ -1,0 +1,166 @@
+"""Fixtures shared by every test: a real isorund on a temporary socket, and guest folders.
+
+``start_daemon(config="...toml text...", args=[...])`` starts one daemon, waits until its
+socket answers, and stops it at the end of the test (or session, for ``daemon``). When a test
+fails, the daemon's log is printed with the failure, which is usually where the reason is.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+PLUGINS = '''
+import os
+
+def plus_to_times(source, filename):
+    return source.replace("+", "*")
+
+def prefix_resolver(options):
+    base = options["base"]
+    def resolve(name):
+        candidate = os.path.join(base, name)
+        return candidate if os.path.exists(candidate) else None
+    return resolve
+
+def add_one(args):
+    return [a + 1 for a in args]
+'''
+
+DEFAULT_CONFIG = '''
+plugin_paths = ["{plugins}"]
+
+[plugins.compilers]
+plus-to-times = "test_plugins:plus_to_times"
+
+[plugins.resolvers]
+prefix = "test_plugins:prefix_resolver"
+
+[plugins.args_resolvers]
+add-one = "test_plugins:add_one"
+'''
+
+
+class Daemon:
+    """One running isorund; ``socket``, ``proc``, ``folder`` and ``log()`` for the test."""
+
+    def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None):
+        self.folder = folder
+        self.socket = str(folder / "isorund.sock")
+        plugins = folder / "plugins"
+        plugins.mkdir(exist_ok=True)
+        (plugins / "test_plugins.py").write_text(PLUGINS)
+        self.config = folder / "isorund.toml"
+        self.config.write_text(textwrap.dedent(config_text).replace("{plugins}", str(plugins)))
+        self.log_path = folder / "daemon.log"
+        self._log = open(self.log_path, "wb")
+        command = [sys.executable, "-m", "isorund", "--socket", self.socket, "--config", str(self.config), *args]
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
+        self.pid = self.proc.pid
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("isorund did not start:\n" + self.log())
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def start_daemon_session(tmp_path_factory):
+    started: list[Daemon] = []
+
+    def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
+              wait: bool = True) -> Daemon:
+        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env)
+        started.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def start_daemon(tmp_path_factory, request):
+    """A daemon of the test's own (custom config, flags); stopped when the test ends."""
+    started: list[Daemon] = []
+
+    def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
+              wait: bool = True) -> Daemon:
+        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env)
+        started.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+    yield start
+    for d in started:
+        d.stop()
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            print(f"--- log of isorund at {d.socket} ---\n{d.log()}")
+
+
+@pytest.fixture(scope="session")
+def daemon(start_daemon_session):
+    """The shared daemon, default config plus the test plugins."""
+    return start_daemon_session()
+
+
+@pytest.fixture
+def make_root(tmp_path):
+    """make_root({relative path: source}) -> absolute path of a fresh guest folder."""
+    def make(files: dict[str, str]) -> str:
+        root = Path(tempfile.mkdtemp(dir=tmp_path, prefix="root"))
+        os.chmod(root, 0o755)
+        for name, source in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(source))
+        return str(root)
+    return make
+
+
+@pytest.fixture
+def runner(daemon, make_root):
+    """runner({files}, file="index.py", **options) -> CodeRunner on the shared daemon."""
+    from isorun import CodeRunner
+    made = []
+
+    def make(files, file="index.py", **options):
+        r = CodeRunner(root=make_root(files), file=file, socket=daemon.socket, **options)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report
