@@ -66,6 +66,7 @@ class GuestImporter:
         self.compiler = compiler
         self.resolver = resolver
         self.modules: dict[str, types.ModuleType] = {}
+        self._found: dict[str, tuple[str, bool] | None] = {}
         self.guest_files: set[str] = set()
         self.builtins = {k: v for k, v in vars(builtins).items() if k not in REMOVED_BUILTINS}
         self.builtins["__import__"] = self.import_
@@ -83,9 +84,10 @@ class GuestImporter:
         if level:
             name = self._absolute(name, globals, level)
         top = name.partition(".")[0]
-        if top not in self.modules and not self._find_guest(top) and not self.policy.is_allowed(top):
+        is_guest = top in self.modules or self._find_guest(top) is not None
+        if not is_guest and not self.policy.is_allowed(top):
             raise module_not_found(top)
-        if top in self.modules or self._find_guest(top):
+        if is_guest:
             leaf = self._import_guest(name)
             for item in fromlist or ():
                 if item != "*" and not hasattr(leaf, item) and hasattr(leaf, "__path__"):
@@ -98,7 +100,13 @@ class GuestImporter:
 
     # -- guest source ---------------------------------------------------------------------
     def _find_guest(self, top: str) -> tuple[str, bool] | None:
-        """Where guest source for top-level ``top`` lives, or None."""
+        """Where guest source for top-level ``top`` lives, or None. Remembered: the guest's
+        folders are read-only for the whole call, and the resolver is asked once per name."""
+        if top not in self._found:
+            self._found[top] = self._search_guest(top)
+        return self._found[top]
+
+    def _search_guest(self, top: str) -> tuple[str, bool] | None:
         for path, is_package in self.policy.source_candidates(self.policy.guest_dir, top):
             if os.path.isfile(path):
                 return path, is_package

@@ -1,0 +1,217 @@
+"""The run() contract through a real daemon and real sandboxes, beyond the conformance floor."""
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from isorun import AsyncCodeRunner, CodeRunner, errors
+
+
+def test_events_arrive_in_order_running_console_then_outcome(runner):
+    events = []
+    r = runner({"index.py": "print('imported')\n"
+                            "def talk():\n"
+                            "    print('out 1')\n"
+                            "    print('err 1', file=__import__('sys').stderr)\n"
+                            "    print('out 2', end='')\n"
+                            "    return 'done'\n"},
+               external=["sys"], on_console=lambda stream, text: events.append((stream, text)))
+    result = r.run("talk", running=lambda: events.append("running"))
+    assert result == "done"
+    assert events == [("stdout", "imported\n"), "running", ("stdout", "out 1\n"),
+                      ("stderr", "err 1\n"), ("stdout", "out 2")]
+
+
+def test_console_is_live_not_collected_at_the_end(runner):
+    seen_at = []
+    r = runner({"index.py": "import time\ndef slow():\n    print('first')\n    time.sleep(1.5)\n    return 1\n"},
+               external=["time"], on_console=lambda s, t: seen_at.append(time.monotonic()))
+    started = time.monotonic()
+    r.run("slow")
+    finished = time.monotonic()
+    assert len(seen_at) == 1 and finished - seen_at[0] > 1.0, (seen_at[0] - started, finished - started)
+
+
+def test_console_lines_without_a_callback_do_not_break_the_call(runner):
+    r = runner({"index.py": "def f():\n    for i in range(100):\n        print(i)\n    return 'quiet'\n"})
+    assert r.run("f") == "quiet"
+
+
+def test_system_exit_is_a_guest_error(runner):
+    r = runner({"index.py": "def leave():\n    raise SystemExit(3)\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("leave")
+    assert info.value.type_name == "SystemExit" and info.value.message == "3"
+
+
+def test_an_error_while_importing_the_file_shows_its_line(runner):
+    r = runner({"index.py": "x = 1\nraise RuntimeError('at import')\ndef f():\n    return 1\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "RuntimeError"
+    assert 'File "/index.py", line 2, in <module>' in info.value.traceback
+
+
+def test_traceback_crosses_guest_modules_with_root_relative_paths(runner):
+    r = runner({"index.py": "from lib.helpers import fail\ndef f():\n    fail()\n",
+                "lib/__init__.py": "", "lib/helpers.py": "def fail():\n    {}['missing']\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    tb = info.value.traceback
+    assert info.value.type_name == "KeyError"
+    assert 'File "/index.py", line 3, in f' in tb and 'File "/lib/helpers.py", line 2, in fail' in tb
+    assert "{}['missing']" in tb  # source lines are shown, from the guest's own files
+
+
+def test_a_non_callable_or_missing_name_is_function_not_found(runner):
+    r = runner({"index.py": "VALUE = 3\nclass Thing:\n    pass\n"})
+    with pytest.raises(errors.FunctionNotFound, match="VALUE"):
+        r.run("VALUE")
+    with pytest.raises(errors.SerializationError, match="Thing"):
+        r.run("Thing")  # a class is callable; its instance has no codec
+
+
+def test_private_and_dunder_names_are_found_like_any_other(runner):
+    r = runner({"index.py": "def _helper():\n    return 'private'\n"})
+    assert r.run("_helper") == "private"
+
+
+def test_missing_positional_arguments_are_none_like_javascript_undefined(runner):
+    r = runner({"index.py": "def f(a, b, c=3):\n    return [a, b, c]\n"})
+    assert r.run("f", args=[1]) == [1, None, 3]
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f", args=[1, 2, 3, 4])
+    assert info.value.type_name == "TypeError"
+
+
+def test_async_functions_may_await(runner):
+    r = runner({"index.py": "async def inner(x):\n    return x * 2\n"
+                            "async def outer(x):\n    return await inner(x) + 1\n"})
+    assert r.run("outer", args=[20]) == 41
+
+
+def test_a_generator_result_is_a_serialization_error(runner):
+    r = runner({"index.py": "def gen():\n    yield 1\n"})
+    with pytest.raises(errors.SerializationError, match="generator"):
+        r.run("gen")
+
+
+def test_timeout_is_reported_and_bounded(runner):
+    r = runner({"index.py": "def spin():\n    while True:\n        pass\n"})
+    started = time.monotonic()
+    with pytest.raises(errors.RuntimeTimeoutError):
+        r.run("spin", timeout=0.5)
+    assert time.monotonic() - started < 4
+
+
+def test_flooding_the_console_is_an_output_limit(runner):
+    r = runner({"index.py": "def flood():\n    while True:\n        print('x' * 10000)\n"})
+    with pytest.raises(errors.ResourceLimitError) as info:
+        r.run("flood", timeout=10)
+    assert info.value.limit == "output"
+
+
+def test_hogging_memory_is_a_memory_limit(runner):
+    r = runner({"index.py": "def hog():\n    return bytearray(2 << 30)\n"})
+    with pytest.raises(errors.ResourceLimitError) as info:
+        r.run("hog")
+    assert info.value.limit == "memory"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"func_name": "not a name"}, "func_name"),
+    ({"func_name": "f", "timeout": 10_000}, "timeout"),
+])
+def test_bad_requests_are_invalid_request(runner, kwargs, match):
+    r = runner({"index.py": "def f():\n    return 1\n"})
+    with pytest.raises(errors.InvalidRequest, match=match):
+        r.run(**kwargs)
+
+
+def test_unknown_plugins_are_invalid_requests_naming_the_configured_ones(runner):
+    r = runner({"index.py": "def f():\n    return 1\n"}, compiler="nope")
+    with pytest.raises(errors.InvalidRequest, match="plus-to-times"):
+        r.run("f")
+
+
+def test_state_never_survives_a_call(runner):
+    r = runner({"index.py": "import json\nCOUNT = []\n"
+                            "def f():\n    COUNT.append(1)\n    json.loads = None\n    return len(COUNT)\n"})
+    assert [r.run("f") for _ in range(5)] == [1] * 5
+
+
+def test_capabilities_describe_the_daemon(runner):
+    r = runner({"index.py": ""})
+    caps = r.capabilities()
+    assert caps.isolation == caps.KERNEL
+    assert "bytes" in caps.type_names and "plus-to-times" in caps.compilers
+    assert caps.default_timeout_seconds == 5 and "json" in caps.default_external
+
+
+def test_async_runner_streams_to_coroutine_callbacks(daemon, make_root):
+    root = make_root({"index.py": "def f(x):\n    print('hello', x)\n    return x\n"})
+    lines, running = [], []
+
+    async def on_console(stream, text):
+        lines.append((stream, text))
+
+    async def main():
+        async with AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket,
+                                   on_console=on_console) as r:
+            return await r.run("f", args=[7], running=lambda: running.append(1))
+    assert asyncio.run(main()) == 7
+    assert lines == [("stdout", "hello 7\n")] and running == [1]
+
+
+def test_async_runner_raises_the_same_errors(daemon, make_root):
+    root = make_root({"index.py": "import os\n"})
+
+    async def main():
+        async with AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket) as r:
+            await r.run("f")
+    with pytest.raises(errors.ModuleNotFound):
+        asyncio.run(main())
+
+
+def test_async_runner_without_daemon_names_the_socket(make_root, tmp_path):
+    async def main():
+        async with AsyncCodeRunner(root=make_root({"index.py": ""}), file="index.py",
+                                   socket=str(tmp_path / "gone.sock")) as r:
+            await r.run("f", timeout=1)
+    with pytest.raises(errors.DaemonUnavailable, match="gone.sock"):
+        asyncio.run(main())
+
+
+def test_a_closed_runner_refuses_calls(daemon, make_root):
+    r = CodeRunner(root=make_root({"index.py": "def f():\n    return 1\n"}), file="index.py",
+                   socket=daemon.socket)
+    assert r.run("f") == 1
+    r.close()
+    with pytest.raises(errors.IsorunError, match="closed"):
+        r.run("f")
+
+
+def cli(*args, socket):
+    return subprocess.run([sys.executable, "-m", "isorun._cli", "call", "--socket", socket, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prints_the_result_as_json_and_console_to_stderr(daemon, make_root):
+    root = make_root({"rules.py": "def multiply(a, b):\n    print('multiplying')\n    return {'product': a * b}\n"})
+    done = cli("--root", root, "--file", "rules.py", "multiply", "4", "5", socket=daemon.socket)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"product": 20}
+    assert "multiplying" in done.stderr
+
+
+def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
+    root = make_root({"rules.py": "def boom():\n    raise ValueError('Boom!')\n"})
+    done = cli("--root", root, "--file", "rules.py", "boom", socket=daemon.socket)
+    assert done.returncode == 1 and "GuestError: ValueError: Boom!" in done.stderr and done.stdout == ""
+    bad = cli("--root", root, "--file", "rules.py", "boom", "{not json", socket=daemon.socket)
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    gone = cli("--root", root, "--file", "rules.py", "boom", socket=str(tmp_path / "none.sock"))
+    assert gone.returncode == 3 and "none.sock" in gone.stderr

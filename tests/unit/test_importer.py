@@ -1,0 +1,143 @@
+"""The import rules and the import hook, without a sandbox: pure Python over a temp folder."""
+import builtins
+import os
+
+import pytest
+
+from isorund.sandbox.importer import REMOVED_BUILTINS, GuestImporter, ImportPolicy
+
+
+def policy(folder, allowed=(), extensions=(".py",), search_paths=()):
+    return ImportPolicy(guest_dir=str(folder), extensions=tuple(extensions),
+                        allowed=frozenset(allowed), search_paths=tuple(str(p) for p in search_paths))
+
+
+def write(folder, files):
+    for name, source in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+
+
+def test_allowed_is_decided_by_the_top_level_name():
+    p = ImportPolicy("/guest", (".py",), frozenset({"json", "xml"}))
+    assert p.is_allowed("json") and p.is_allowed("xml.etree.ElementTree")
+    assert not p.is_allowed("os") and not p.is_allowed("jsonx")
+
+
+def test_packages_are_preferred_to_modules_and_extensions_keep_their_order():
+    p = ImportPolicy("/guest", (".guest", ".py"), frozenset())
+    assert p.source_candidates("/guest", "m") == [
+        ("/guest/m/__init__.guest", True), ("/guest/m/__init__.py", True),
+        ("/guest/m.guest", False), ("/guest/m.py", False)]
+
+
+def test_guest_paths_are_shown_relative_to_the_guest_folder():
+    p = ImportPolicy("/guest", (".py",), frozenset())
+    assert p.display_name("/guest/pkg/a.py") == "/pkg/a.py"
+    assert p.display_name("/srv/lib/x.py") == "/srv/lib/x.py"
+    assert p.display_name("/guestbook/x.py") == "/guestbook/x.py"
+
+
+def test_a_disallowed_module_is_cannot_find_module(tmp_path):
+    write(tmp_path, {"index.py": "import os\n"})
+    with pytest.raises(ModuleNotFoundError) as info:
+        GuestImporter(policy(tmp_path)).load_main("index.py")
+    assert str(info.value) == "Cannot find module 'os'"
+    assert info.value.name == "os"
+
+
+def test_an_allowed_module_that_does_not_exist_is_named(tmp_path):
+    write(tmp_path, {"index.py": "import no_such_module_here\n"})
+    with pytest.raises(ModuleNotFoundError, match="Cannot find module 'no_such_module_here'"):
+        GuestImporter(policy(tmp_path, allowed={"no_such_module_here"})).load_main("index.py")
+
+
+def test_guest_modules_packages_and_relative_imports(tmp_path):
+    write(tmp_path, {
+        "index.py": "from pkg.sub import value\nimport pkg\ndef f():\n    return value, pkg.ONE\n",
+        "pkg/__init__.py": "from .helper import ONE\n",
+        "pkg/helper.py": "ONE = 1\n",
+        "pkg/sub.py": "from . import helper\nvalue = helper.ONE + 1\n",
+    })
+    importer = GuestImporter(policy(tmp_path))
+    main = importer.load_main("index.py")
+    assert main.f() == (2, 1)
+    assert main.__file__ == "/index.py"
+    assert set(importer.modules) >= {"index", "pkg", "pkg.helper", "pkg.sub"}
+
+
+def test_guest_modules_do_not_enter_sys_modules(tmp_path):
+    import sys
+    write(tmp_path, {"index.py": "import json_helpers\n", "json_helpers.py": "X = 1\n"})
+    GuestImporter(policy(tmp_path)).load_main("index.py")
+    assert "json_helpers" not in sys.modules
+
+
+def test_only_files_with_a_source_extension_are_guest_source(tmp_path):
+    write(tmp_path, {"index.guest": "import other\n", "other.py": "X = 1\n"})
+    with pytest.raises(ModuleNotFoundError, match="'other'"):
+        GuestImporter(policy(tmp_path, extensions=(".guest",))).load_main("index.guest")
+
+
+def test_whitelisted_folders_serve_only_allowed_names(tmp_path):
+    guest, libs = tmp_path / "guest", tmp_path / "libs"
+    write(guest, {"index.py": "import mathlib\nresult = mathlib.double(4)\n"})
+    write(libs, {"mathlib/__init__.py": "def double(x):\n    return 2 * x\n"})
+    with pytest.raises(ModuleNotFoundError, match="'mathlib'"):
+        GuestImporter(policy(guest, search_paths=[libs])).load_main("index.py")
+    main = GuestImporter(policy(guest, allowed={"mathlib"}, search_paths=[libs])).load_main("index.py")
+    assert main.result == 8
+
+
+def test_the_resolver_is_asked_before_the_whitelisted_folders(tmp_path):
+    guest, elsewhere = tmp_path / "guest", tmp_path / "elsewhere"
+    write(guest, {"index.py": "import lib\nresult = lib.WHO\n"})
+    write(elsewhere, {"lib.py": "WHO = 'resolver'\n"})
+    asked = []
+
+    def resolve(name):
+        asked.append(name)
+        return str(elsewhere / "lib.py")
+    main = GuestImporter(policy(guest, allowed={"lib"}), resolver=resolve).load_main("index.py")
+    assert main.result == "resolver" and asked == ["lib"]
+
+
+def test_the_compiler_transforms_every_guest_file(tmp_path):
+    write(tmp_path, {"index.py": "import two\nresult = 3 + two.TWO\n", "two.py": "TWO = 1 + 1\n"})
+    seen = []
+
+    def compiler(source, filename):
+        seen.append(filename)
+        return source.replace("+", "*")
+    main = GuestImporter(policy(tmp_path), compiler=compiler).load_main("index.py")
+    assert main.result == 3 * 1
+    assert sorted(seen) == ["/index.py", "/two.py"]
+
+
+def test_guest_builtins_lack_the_host_ones_and_carry_the_context(tmp_path):
+    write(tmp_path, {"index.py": "def f():\n    return tenant\n"
+                                 "def g():\n    return open\n"})
+    importer = GuestImporter(policy(tmp_path), context={"tenant": "acme"})
+    main = importer.load_main("index.py")
+    assert main.f() == "acme"
+    with pytest.raises(NameError):
+        main.g()
+    assert REMOVED_BUILTINS.isdisjoint(importer.builtins)
+    assert {"open", "exit", "quit", "input", "breakpoint", "help"} <= REMOVED_BUILTINS
+    assert builtins.open is not None  # the host's builtins module itself is untouched
+
+
+def test_a_failed_module_is_not_left_half_imported(tmp_path):
+    write(tmp_path, {"index.py": "try:\n    import bad\nexcept ZeroDivisionError:\n    pass\nimport bad\n",
+                     "bad.py": "x = 1 / 0\n"})
+    importer = GuestImporter(policy(tmp_path))
+    with pytest.raises(ZeroDivisionError):
+        importer.load_main("index.py")
+    assert "bad" not in importer.modules
+
+
+def test_relative_import_beyond_the_top_is_an_import_error(tmp_path):
+    write(tmp_path, {"index.py": "from .. import x\n"})
+    with pytest.raises(ImportError, match="beyond top-level"):
+        GuestImporter(policy(tmp_path)).load_main("index.py")

@@ -1,0 +1,127 @@
+"""Request validation in the daemon: every bad field is refused with a message naming it."""
+import os
+
+import pytest
+
+from isorun._proto import runner_pb2 as pb
+from isorund import plan
+from isorund.config import Config
+
+
+@pytest.fixture
+def config():
+    return Config.load(None, {"socket": "/tmp/unused.sock"})
+
+
+@pytest.fixture
+def root(tmp_path):
+    folder = tmp_path / "guest"
+    folder.mkdir()
+    (folder / "index.py").write_text("def f():\n    return 1\n")
+    (folder / "rules.guest").write_text("def f():\n    return 1\n")
+    return str(folder)
+
+
+def request(root, **fields):
+    return pb.RunRequest(**{"root": root, "file": "index.py", "func_name": "f", **fields})
+
+
+def refused(config, req, match):
+    with pytest.raises(plan.RequestError, match=match):
+        plan.build(req, config)
+
+
+def test_a_good_request_becomes_a_plan(config, root):
+    p = plan.build(request(root, external=["numpy.linalg"], timeout_seconds=2), config)
+    assert p.root == os.path.realpath(root) and p.file == "index.py"
+    assert "numpy" in p.allowed and "json" in p.allowed and "os" not in p.allowed
+    assert p.timeout_seconds == 2 and p.limits.cpu_seconds == 2
+    assert p.limits.memory_bytes == config.limits.memory_bytes
+    assert len(p.call_id) == 16
+
+
+def test_each_call_gets_its_own_id(config, root):
+    assert plan.build(request(root), config).call_id != plan.build(request(root), config).call_id
+
+
+@pytest.mark.parametrize("file, match", [
+    ("", "file must be a path"), ("/etc/passwd", "absolute path"), ("../x.py", "outside root"),
+    ("missing.py", "does not exist"), ("rules.guest", "source extension"),
+])
+def test_bad_files_are_refused(config, root, file, match):
+    refused(config, request(root, file=file), match)
+
+
+def test_a_symlink_out_of_the_root_is_refused(config, root, tmp_path):
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    os.symlink(tmp_path / "outside.py", os.path.join(root, "link.py"))
+    refused(config, request(root, file="link.py"), "symbolic link")
+
+
+@pytest.mark.parametrize("bad_root", ["", "relative/path", "/no/such/folder", "/"])
+def test_bad_roots_are_refused(config, bad_root):
+    refused(config, request(bad_root), "root")
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a.b", "x" * 300, "f()"])
+def test_bad_function_names_are_refused(config, root, name):
+    refused(config, request(root, func_name=name), "func_name")
+
+
+def test_other_extensions_when_asked(config, root):
+    assert plan.build(request(root, file="rules.guest", source_extensions=[".guest"]), config).file == "rules.guest"
+    refused(config, request(root, source_extensions=["py"]), "source extension")
+
+
+def test_unknown_plugins_are_refused_naming_the_configured_ones(config, root):
+    refused(config, request(root, compiler="nope"), r"unknown compiler 'nope' \(configured: none\)")
+    refused(config, request(root, resolver="nope"), "unknown resolver")
+    refused(config, request(root, args_resolver="nope"), "unknown args_resolver")
+
+
+@pytest.mark.parametrize("timeout", [-1, 31, float("inf"), float("nan")])
+def test_timeouts_out_of_range_are_refused(config, root, timeout):
+    refused(config, request(root, timeout_seconds=timeout), "timeout must be > 0 and <= max_timeout")
+
+
+def test_zero_timeout_means_the_default(config, root):
+    assert plan.build(request(root), config).timeout_seconds == config.default_timeout
+
+
+def test_limits_may_only_be_lowered(config, root):
+    p = plan.build(request(root, limits=pb.Limits(memory_bytes=64 << 20)), config)
+    assert p.limits.memory_bytes == 64 << 20
+    refused(config, request(root, limits=pb.Limits(memory_bytes=config.limits.memory_bytes + 1)),
+            "limits.memory_bytes may only lower")
+
+
+def test_context_names_must_be_identifiers(config, root):
+    req = request(root)
+    req.context["not a name"].string_value = "x"
+    refused(config, req, "context key")
+
+
+@pytest.mark.parametrize("path, match", [
+    ("relative", "absolute folder"), ("/proc/self", "may not be"), ("/", "may not be"),
+    ("/tmp", "may not be"), ("/no/such/dir", "not a folder"),
+])
+def test_bad_whitelisted_paths_are_refused(config, root, path, match):
+    refused(config, request(root, whitelisted_paths=[path]), match)
+
+
+def test_whitelisted_folders_under_tmp_are_accepted(config, root, tmp_path):
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    assert plan.build(request(root, whitelisted_paths=[str(libs)]), config).search_paths == [str(libs)]
+
+
+def test_bad_external_names_are_refused(config, root):
+    refused(config, request(root, external=["os/path"]), "dotted Python names")
+    refused(config, request(root, external=["x"] * 300), "at most")
+
+
+def test_only_site_packages_folders_are_bound_for_externals(config, root):
+    assert plan.site_folder_of("json") is None          # stdlib: bound for every sandbox
+    assert plan.site_folder_of("no_such_module_x") is None
+    folder = plan.site_folder_of("grpc")
+    assert folder is not None and folder.endswith("site-packages")
