@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SOCKET ?= $(CURDIR)/.run/isorund.sock
+# make run SOCKET=/path/to.sock to listen elsewhere than the daemon's default socket.
+SOCKET ?=
 
 .PHONY: all venv proto proto-check run test test-python test-node conformance bench install clean
 
@@ -24,10 +25,10 @@ proto: venv
 proto-check: venv
 	$(PY) tools/gen_proto.py --check
 
-# Starts the daemon in the foreground with the default config on a socket under .run/.
+# Starts the daemon in the foreground with the default config, on its default socket
+# (/run/isorund/isorund.sock as root), where clients look when $ISORUN_SOCKET is unset.
 run: venv
-	mkdir -p $(dir $(SOCKET))
-	$(PY) -m isorund --socket $(SOCKET)
+	$(PY) -m isorund $(if $(SOCKET),--socket $(SOCKET))
 
 clients/node/node_modules/.stamp: clients/node/package.json
 	cd clients/node && npm install --no-audit --no-fund --silent

@@ -52,8 +52,26 @@ def load(config) -> tuple[Plugins, TypeRegistry]:
     registry = TypeRegistry(parent=default_registry)
     for name, spec in config.types.items():
         resolver = load_object(spec, f"types.{name}")
+        cls, encode, decode = _resolver_parts(resolver, f"types.{name} = {spec!r}")
         try:
-            registry.register(resolver.type, name, resolver.encode, resolver.decode)
-        except (AttributeError, ValueError) as e:
-            raise PluginError(f"types.{name} = {spec!r} must provide type, encode and decode: {e}") from e
+            registry.register(cls, name, encode, decode)
+        except (TypeError, ValueError) as e:
+            raise PluginError(f"types.{name} = {spec!r} cannot be registered: {e}") from e
     return plugins, registry
+
+
+def _resolver_parts(resolver, where: str) -> tuple[type, object, object]:
+    """An operator type is any object (a module, a class, an instance) with three attributes:
+    ``type``, the exact class it encodes; ``encode(obj)``, returning a payload the codec can
+    carry; ``decode(payload)``, rebuilding the object. See docs/values.md."""
+    missing = [a for a in ("type", "encode", "decode") if not hasattr(resolver, a)]
+    if missing:
+        raise PluginError(f"{where} must have the attributes type, encode and decode; "
+                          f"it lacks {', '.join(missing)}")
+    cls, encode, decode = resolver.type, resolver.encode, resolver.decode
+    if not isinstance(cls, type):
+        raise PluginError(f"{where}: 'type' must be a class, got {cls!r}")
+    for attr, fn in (("encode", encode), ("decode", decode)):
+        if not callable(fn):
+            raise PluginError(f"{where}: '{attr}' must be callable, got {fn!r}")
+    return cls, encode, decode

@@ -22,6 +22,7 @@ import binascii
 import datetime as _dt
 import decimal
 import re
+import reprlib
 import uuid
 from typing import Any, Callable
 
@@ -51,13 +52,17 @@ BUILTIN_NAMES = frozenset({
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,199}")
 _INT_TEXT = re.compile(r"-?[0-9]+")
+# What repr() writes for a float, which is JSON's number syntax; and the non-finite three.
+_FLOAT_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|nan|inf|-inf")
 # Decimal(text) with this context raises on a malformed string whatever the caller's context.
 _DECIMAL_CONTEXT = decimal.Context(traps=[decimal.InvalidOperation])
 
 _TOO_DEEP_WHY = (
     f"more than {MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is about "
-    f"{(MAX_WIRE_DEPTH - 1) // 2} lists or {(MAX_WIRE_DEPTH - 1) // 3} dicts inside one another"
+    f"{(MAX_WIRE_DEPTH - 1) // 2} lists or {(MAX_WIRE_DEPTH - 1) // 3} dicts inside one another, "
+    "and always the case for a value that contains itself"
 )
+_NO_STACK_WHY = "the Python stack ran out before the depth limit was reached (limit 'depth')"
 
 
 class _Failure(Exception):
@@ -83,8 +88,17 @@ def _too_deep() -> _Failure:
     return _Failure("value is nested too deeply", _TOO_DEEP_WHY, "depth")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _short(value: object) -> str:
-    text = repr(value)
+    """A bounded repr for messages: never the whole of a big value, never an exception (the
+    value may be a guest's object with a __repr__ of its own)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -438,6 +452,9 @@ def encode_into(target: struct_pb2.Value, value: Any, registry: TypeRegistry | N
     except _Failure as f:
         target.Clear()
         raise f.error() from f.__cause__
+    except RecursionError:  # the caller was already deep in its stack
+        target.Clear()
+        raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None
 
 
 def encode(value: Any, registry: TypeRegistry | None = None, *, names: set[str] | None = None,
@@ -484,6 +501,14 @@ def _dec_int(payload: Any) -> int:
     return int(text)  # ValueError past sys.get_int_max_str_digits(): no quadratic parse
 
 
+def _dec_float(payload: Any) -> float:
+    text = _text(payload)
+    if not _FLOAT_TEXT.fullmatch(text):  # float() alone would take " 1_0 " and "Infinity"
+        raise _BadPayload(f"expected a number such as '4.0' or '-1e+300', or 'nan', 'inf' or "
+                          f"'-inf', got {_short(text)}")
+    return float(text)
+
+
 def _dec_bytes(payload: Any) -> bytes:
     try:
         return base64.b64decode(_text(payload), validate=True)
@@ -515,7 +540,7 @@ def _dec_complex(payload: Any) -> complex:
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "int": _dec_int,
-    "float": lambda p: float(_text(p)),
+    "float": _dec_float,
     "dict": _dec_pairs,
     "bytes": _dec_bytes,
     "bytearray": lambda p: bytearray(_dec_bytes(p)),
@@ -622,3 +647,5 @@ def decode(message: struct_pb2.Value, registry: TypeRegistry | None = None) -> A
         return _decode(message, 1, default_registry if registry is None else registry)
     except _Failure as f:
         raise f.error() from f.__cause__
+    except RecursionError:  # the caller was already deep in its stack
+        raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None
