@@ -1,0 +1,183 @@
+"""isolated-runtime's own test suite, behaviour by behaviour, against a real isorund."""
+import threading
+import time
+
+import pytest
+
+from isorun import CodeRunner, errors
+
+PRODUCT = "def product(x, y):\n    return x * y\n"
+
+
+@pytest.mark.parametrize("source", [PRODUCT, "async def product(x, y):\n    return x * y\n"])
+def test_sync_and_async_functions_return_their_value(runner, source):
+    assert runner({"index.py": source}).run("product", args=[6, 7]) == 42
+
+
+@pytest.mark.parametrize("prefix", ["", "async "])
+def test_sync_and_async_exceptions_come_back_as_guest_errors(runner, prefix):
+    r = runner({"index.py": f"{prefix}def product(x, y):\n    raise ArithmeticError('no ' + str(x))\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("product", args=[3, 4])
+    assert (info.value.type_name, info.value.message) == ("ArithmeticError", "no 3")
+    assert info.value.traceback.rstrip().endswith("ArithmeticError: no 3")
+
+
+def test_an_external_module_is_refused_until_allowed(runner, make_root):
+    lib = make_root({"shapes/__init__.py": "from .area import square\n",
+                     "shapes/area.py": "def square(n):\n    return n * n\n"})
+    files = {"index.py": "import shapes\ndef area(n):\n    return shapes.square(n)\n"}
+    with pytest.raises(errors.ModuleNotFound) as info:
+        runner(files, whitelisted_paths=[lib]).run("area", args=[3])
+    assert info.value.module == "shapes"
+    assert runner(files, whitelisted_paths=[lib], external=["shapes"]).run("area", args=[3]) == 9
+
+
+def test_a_stdlib_module_outside_the_defaults_needs_external(runner):
+    files = {"index.py": "def day():\n    import calendar, zlib\n    return zlib.crc32(b'a')\n"}
+    with pytest.raises(errors.ModuleNotFound, match="'zlib'"):
+        runner(files).run("day")
+    assert runner(files, external=["zlib"]).run("day") == 3904355907
+
+
+def test_guest_modules_import_each_other_in_both_styles(runner):
+    r = runner({"main.py": "import geometry\nfrom geometry.util import twice\n"
+                           "def go(n):\n    return geometry.VALUE + twice(n)\n",
+                "geometry/__init__.py": "VALUE = 100\n",
+                "geometry/util.py": "from . import helpers\ndef twice(n):\n    return helpers.mul(n, 2)\n",
+                "geometry/helpers.py": "def mul(a, b):\n    return a * b\n"}, file="main.py")
+    assert r.run("go", args=[4]) == 108
+
+
+@pytest.mark.parametrize("name", ["absent", "CONSTANT"])
+def test_a_missing_or_non_callable_function_is_a_type_error(runner, name):
+    r = runner({"index.py": "CONSTANT = 42\n"})
+    with pytest.raises(TypeError) as info:
+        r.run(name)
+    assert isinstance(info.value, errors.FunctionNotFound) and name in str(info.value)
+
+
+def test_context_entries_are_global_names_and_values_keep_their_types(runner):
+    r = runner({"index.py": "def describe():\n    return [user, limits['max'], type(when).__name__]\n"})
+    import datetime
+    assert r.run("describe", context={"user": "ada", "limits": {"max": 3},
+                                      "when": datetime.date(2026, 1, 1)}) == ["ada", 3, "date"]
+
+
+def test_a_custom_source_extension_applies_to_every_guest_module(runner):
+    r = runner({"rules.pyx": "import helper\ndef f():\n    return helper.X\n", "helper.pyx": "X = 'x'\n",
+                "helper.py": "X = 'wrong file'\n"}, file="rules.pyx", source_extensions=[".pyx"])
+    assert r.run("f") == "x"
+
+
+def test_compiler_plugin_rewrites_the_source(runner):
+    assert runner({"index.py": "def f(a, b):\n    return a + b\n"}, compiler="plus-to-times").run("f", args=[6, 7]) == 42
+
+
+def test_args_resolver_plugin_rewrites_the_arguments(runner):
+    assert runner({"index.py": PRODUCT}).run("product", args=[1, 2], args_resolver="add-one") == 6
+
+
+def test_module_resolver_plugin_with_whitelisted_paths(runner, make_root):
+    lib = make_root({"greeter/__init__.py": "def hello(n):\n    return 'hello ' + n\n"})
+    r = runner({"index.py": "import greeter\ndef f(n):\n    return greeter.hello(n)\n"},
+               whitelisted_paths=[lib], external=["greeter"], resolver="prefix", resolver_options={"base": lib})
+    assert r.run("f", args=["ada"]) == "hello ada"
+
+
+@pytest.mark.parametrize("module", ["os", "sys", "subprocess", "socket", "ctypes", "importlib", "io",
+                                    "shutil", "pickle", "marshal", "gc", "inspect", "builtins", "signal"])
+@pytest.mark.parametrize("where", ["call", "import"])
+def test_host_modules_are_refused_at_call_and_import_time(runner, module, where):
+    source = (f"def f():\n    import {module}\n" if where == "call"
+              else f"import {module}\ndef f():\n    return 1\n")
+    with pytest.raises(errors.ModuleNotFound) as info:
+        runner({"index.py": source}).run("f")
+    assert str(info.value) == f"Cannot find module '{module}'"
+
+
+@pytest.mark.parametrize("name", ["open", "input", "exit", "quit", "breakpoint", "help"])
+def test_host_builtins_are_absent(runner, name):
+    r = runner({"index.py": f"def f():\n    return {name}\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "NameError" and name in info.value.message
+
+
+def test_globals_and_monkey_patches_do_not_survive_a_call(runner):
+    r = runner({"index.py": "import math\nseen = []\n"
+                            "def f():\n    seen.append(1)\n    before = math.pi\n    math.pi = 3\n"
+                            "    return len(seen), before\n"})
+    import math
+    assert [r.run("f") for _ in range(3)] == [(1, math.pi)] * 3  # tuples stay tuples
+
+
+def test_console_output_is_redirected_to_the_callback(runner):
+    lines = []
+    r = runner({"index.py": "def f():\n    print('a', 1)\n    print('b', end='!\\n')\n    return 0\n"},
+               on_console=lambda stream, text: lines.append((stream, text)))
+    r.run("f")
+    assert lines == [("stdout", "a 1\n"), ("stdout", "b!\n")]
+
+
+def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
+    r = runner({"index.py": "import deep\ndef top():\n    return deep.middle()\n",
+                "deep.py": "def middle():\n    return bottom()\n\ndef bottom():\n    return 1 / 0\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("top")
+    frames = [l.strip() for l in info.value.traceback.splitlines() if l.strip().startswith("File ")]
+    assert frames == ['File "/index.py", line 3, in top', 'File "/deep.py", line 2, in middle',
+                      'File "/deep.py", line 5, in bottom']
+    assert "isorund" not in info.value.traceback and "/tmp" not in info.value.traceback
+
+
+def test_calls_run_in_parallel(runner):
+    r = runner({"index.py": "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"}, external=["time"])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(r.run("nap", args=[1.0]))) for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [1.0] * 4
+    assert time.monotonic() - started < 3.5
+
+
+@pytest.mark.parametrize("body", ["    time.sleep(60)\n", "    while True:\n        pass\n"])
+def test_timeouts_kill_sleeping_and_spinning_guests_and_the_daemon_goes_on(runner, daemon, body):
+    r = runner({"index.py": "import time\ndef stuck():\n" + body + "def ok():\n    return 'ok'\n"},
+               external=["time"])
+    started = time.monotonic()
+    with pytest.raises(errors.RuntimeTimeoutError):
+        r.run("stuck", timeout=1)
+    assert time.monotonic() - started < 4
+    assert daemon.proc.poll() is None
+    assert r.run("ok") == "ok"
+
+
+@pytest.mark.parametrize("source", ["def f(:\n    pass\n", "def f():\n  x = 1\n    return x\n"])
+def test_syntax_errors_are_guest_errors(runner, source):
+    with pytest.raises(errors.GuestError) as info:
+        runner({"index.py": source}).run("f")
+    assert info.value.type_name in ("SyntaxError", "IndentationError")
+
+
+def test_a_syntax_error_in_an_imported_guest_module(runner):
+    r = runner({"index.py": "import broken\ndef f():\n    return 1\n", "broken.py": "x = (\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "SyntaxError" and "/broken.py" in info.value.traceback
+
+
+def test_a_missing_daemon_names_the_socket(make_root, tmp_path):
+    r = CodeRunner(root=make_root({"index.py": PRODUCT}), file="index.py", socket=str(tmp_path / "absent.sock"))
+    with pytest.raises(errors.DaemonUnavailable, match="absent.sock"):
+        r.run("product", args=[1, 2], timeout=2)
+
+
+@pytest.mark.parametrize("file", ["../escape.py", "/etc/hostname", "nope.py", "sub", ""])
+def test_bad_files_are_refused_before_any_sandbox(runner, file):
+    r = runner({"index.py": PRODUCT, "sub/x.py": ""}, file=file)
+    with pytest.raises(errors.InvalidRequest):
+        r.run("product", args=[1, 2])
