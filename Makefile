@@ -45,9 +45,21 @@ test-node: venv clients/node/node_modules/.stamp
 conformance: venv
 	$(PY) -m pytest -q ../shared/conformance
 
+# The benchmark's own tools, installed on first use: matplotlib (the plot), vm2 (the peer
+# isolated-runtime is built on) and bubblewrap (a peer; skipped with a note when apt fails).
+# `make bench BENCH_ARGS=--quick` for the one-minute version.
+BENCH_ARGS ?=
+bench/peers/node_modules/.stamp: bench/peers/package-lock.json
+	cd bench/peers && npm ci --no-audit --no-fund --silent
+	touch $@
+
 bench: venv
 	$(PY) -m pip install -q matplotlib
-	$(PY) bench/run.py
+	$(MAKE) --no-print-directory bench/peers/node_modules/.stamp || echo "bench: npm ci failed; the vm2 peer will be skipped"
+	command -v bwrap >/dev/null || apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1) \
+	  || echo "bench: could not install bubblewrap; the bwrap peer will be skipped"
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .run clients/node/node_modules

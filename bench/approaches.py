@@ -187,12 +187,12 @@ class LinePeer(Approach):
 
 
 def ensure_node_modules() -> None:
-    """Installs the pinned vm2 into bench/peers once (npm, from package-lock.json)."""
+    """Installs the pinned vm2 into bench/peers once (`npm ci`: exactly package-lock.json)."""
     if (PEERS / "node_modules" / "vm2").is_dir():
         return
     if not shutil.which("npm"):
         raise Skip("skipped: npm not found (Node 20 + npm are needed for the vm2 peer)")
-    proc = subprocess.run(["npm", "install", "--prefix", str(PEERS), "--no-audit", "--no-fund"],
+    proc = subprocess.run(["npm", "ci", "--prefix", str(PEERS), "--no-audit", "--no-fund"],
                           capture_output=True, timeout=300)
     if proc.returncode != 0:
         raise Skip(f"skipped: npm install failed: {proc.stderr.decode()[-500:]}")

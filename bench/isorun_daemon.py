@@ -2,11 +2,13 @@
 
 The daemon is started exactly as an operator would: ``<python> -m isorund --socket PATH``, with
 the interpreter running this harness (the project's venv under ``make``). It is ready when its
-socket file exists. Nothing here knows the daemon's internals; memory is read from /proc.
+socket file exists. Nothing here knows the daemon's internals: memory is read from /proc and
+per-call numbers from the one JSON log line the daemon writes per call (DESIGN.md, Operations).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -19,6 +21,9 @@ import procmem
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
+# Depth below the daemon's pid: its zygote, the zygote's sandbox inits (pid 1 of each call's
+# pid namespace) and their guest processes (which wait in the pool for their call).
+ROLES = ("daemon", "zygote", "sandbox_init", "sandbox_guest")
 STOP_GRACE_S = 10.0
 
 
@@ -109,8 +114,28 @@ class Daemon:
             time.sleep(0.02)
 
     def memory(self) -> dict:
-        """RSS/PSS of the daemon and all its descendants (zygote, live sandboxes)."""
-        return procmem.tree_memory(self.proc.pid)
+        """RSS/PSS/USS of the daemon and all its descendants, also split by role (``ROLES``);
+        the sandboxes are the pooled ones waiting for a call plus any call in flight."""
+        return procmem.tree_memory(self.proc.pid, ROLES)
+
+    def call_lines(self, function: str | None = None) -> list[dict]:
+        """The daemon's per-call log lines so far (``{"event": "call", ...}``), optionally of
+        one guest function only."""
+        lines = []
+        try:
+            with open(self.log_path, errors="replace") as f:
+                for line in f:
+                    if not line.startswith('{"event": "call"'):
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if function is None or entry.get("function") == function:
+                        lines.append(entry)
+        except OSError:
+            pass
+        return lines
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -129,6 +129,35 @@ def throughput_batch(approach, numbers: CallNumbers, callers: int, budget_s: flo
     return batch
 
 
+def paired_batch(first, second, numbers: CallNumbers, max_pairs: int, min_pairs: int,
+                 budget_s: float) -> tuple[Batch, Batch, list[float]]:
+    """Calls ``first`` and ``second`` alternately (which goes first swaps every pair) until
+    ``max_pairs``, or until ``budget_s`` once ``min_pairs`` are in.
+
+    Returns both batches and, for every pair where both calls succeeded, ``first − second``
+    in ms. Two calls a few milliseconds apart see the same machine, so the median of these
+    differences is far less noisy than the difference of two medians taken batch by batch.
+    """
+    a, b, diffs = Batch(), Batch(), []
+    start = time.perf_counter()
+    while a.calls < max_pairs and a.errors + b.errors < MAX_ERRORS_PER_BATCH:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget_s * 5 or (elapsed >= budget_s and a.calls >= min_pairs):
+            break
+        order = ((first, a), (second, b)) if a.calls % 2 == 0 else ((second, b), (first, a))
+        pair = {}
+        for approach, batch in order:
+            ms = timed_call(approach, numbers, batch)
+            batch.calls += 1
+            if ms is not None:
+                batch.samples_ms.append(ms)
+            pair[id(batch)] = ms
+        if pair[id(a)] is not None and pair[id(b)] is not None:
+            diffs.append(pair[id(a)] - pair[id(b)])
+    a.seconds = b.seconds = time.perf_counter() - start
+    return a, b, diffs
+
+
 def calls_per_second(batches: list[Batch]) -> float | None:
     """Median of the batches' rates: one slow batch (a noisy moment) does not drag it down."""
     rates = sorted(b.calls / b.seconds for b in batches if b.seconds > 0 and b.calls > 0)

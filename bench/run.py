@@ -16,6 +16,7 @@ phase checks the time left and is skipped, with a note, rather than overrun.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 import approaches as ap
 import measure
 import report
+import targets
 import workloads as wl
 from isorun_daemon import Daemon, DaemonError, find_isorun
 
@@ -53,8 +55,19 @@ class Settings:
     core_scaling_batch_s: float
 
 
-FULL = Settings("full", 170, 5, 0.6, 200, 5, 3, 1.0, 3, 0.8, 40, (1000, 10_000), 60, True, 3, 1.5)
-QUICK = Settings("quick", 55, 3, 0.25, 100, 4, 2, 0.5, 2, 0.4, 20, (200, 1000), 12, False, 0, 0)
+# Sized so that full mode ends in under 3 minutes and quick mode in under 1 on 2 cores.
+FULL = Settings(mode="full", time_limit_s=170,
+                latency_rounds=5, latency_batch_s=0.6, latency_batch_max=200, latency_batch_min=5,
+                throughput_rounds=3, throughput_batch_s=1.0,
+                workload_rounds=3, workload_batch_s=1.6, workload_batch_max=40,
+                memory_checkpoints=(1000, 10_000), memory_budget_s=75,
+                core_scaling=True, core_scaling_rounds=3, core_scaling_batch_s=1.5)
+QUICK = Settings(mode="quick", time_limit_s=55,
+                 latency_rounds=3, latency_batch_s=0.25, latency_batch_max=100, latency_batch_min=4,
+                 throughput_rounds=2, throughput_batch_s=0.5,
+                 workload_rounds=2, workload_batch_s=0.8, workload_batch_max=20,
+                 memory_checkpoints=(200, 1000), memory_budget_s=18,
+                 core_scaling=False, core_scaling_rounds=0, core_scaling_batch_s=0)
 
 
 class Clock:
@@ -153,6 +166,9 @@ class Bench:
         s = self.s
         lat = measure.interleave(running, s.latency_rounds, lambda a: measure.latency_batch(
             a, self.numbers, s.latency_batch_max, s.latency_batch_min, s.latency_batch_s))
+        isorun = next((a for a in running if a.key == "isorun"), None)
+        if isorun is not None:  # so far the daemon has only seen concurrency-1 calls
+            self.results["isorun_daemon_split"] = daemon_split(isorun.daemon.call_lines("echo"))
         thr = measure.interleave(running, s.throughput_rounds, lambda a: measure.throughput_batch(
             a, self.numbers, CALLERS, s.throughput_batch_s))
         for a in running:
@@ -172,29 +188,39 @@ class Bench:
         report.add_ratios(self.results["approaches"])
 
     def workload_phase(self, daemon: Daemon) -> None:
-        """Each workload through isorun and in-process, all interleaved; isorun − in-process."""
+        """Each workload through isorun and in-process, call by call in pairs, the workloads
+        interleaved round by round; "isorun adds" is the median of the pairs' differences."""
         s = self.s
         spin_n = wl.calibrate_spin()
         pairs = []
         for w in wl.all_workloads(spin_n):
             entry = self.results["workloads"].setdefault(w.key, {"label": w.label})
-            pair = [self.start_approach_quiet(wl.isorun_for(w, daemon), entry, "isorun"),
-                    self.start_approach_quiet(wl.InProcess(w), entry, "in_process")]
+            pair = (self.start_approach_quiet(wl.isorun_for(w, daemon), entry, "isorun"),
+                    self.start_approach_quiet(wl.InProcess(w), entry, "in_process"))
             if all(pair):
-                pairs.extend(pair)
-        batches = measure.interleave(pairs, s.workload_rounds, lambda a: measure.latency_batch(
-            a, self.numbers, s.workload_batch_max, 3, s.workload_batch_s))
-        for key, runs in batches.items():
-            workload_key, side = key.split("/")
-            entry = self.results["workloads"][workload_key]
-            entry[side] = measure.summarize([ms for b in runs for ms in b.samples_ms])
-            entry[f"{side}_errors"] = sum(b.errors for b in runs)
-            first = next((b.first_error for b in runs if b.first_error), None)
-            if first:
-                entry[f"{side}_first_error"] = first
-        for key, entry in self.results["workloads"].items():
-            if entry.get("isorun") and entry.get("in_process"):
-                entry["isorun_adds_ms"] = round(entry["isorun"]["p50"] - entry["in_process"]["p50"], 3)
+                pairs.append((w.key, pair))
+        runs = {key: ([], [], []) for key, _ in pairs}
+        for r in range(s.workload_rounds):
+            shift = r % max(1, len(pairs))
+            for key, (isorun, in_process) in pairs[shift:] + pairs[:shift]:
+                for into, got in zip(runs[key], measure.paired_batch(
+                        isorun, in_process, self.numbers, s.workload_batch_max, 3,
+                        s.workload_batch_s)):
+                    into.append(got)
+        echo = (self.results["approaches"].get("isorun") or {}).get("latency_ms")
+        for key, (iso_batches, base_batches, diffs) in runs.items():
+            entry = self.results["workloads"][key]
+            for side, batches in (("isorun", iso_batches), ("in_process", base_batches)):
+                entry[side] = measure.summarize([ms for b in batches for ms in b.samples_ms])
+                entry[f"{side}_errors"] = sum(b.errors for b in batches)
+                first = next((b.first_error for b in batches if b.first_error), None)
+                if first:
+                    entry[f"{side}_first_error"] = first
+            paired = measure.summarize([d for ds in diffs for d in ds])
+            if paired:
+                entry["isorun_adds_ms"] = paired["p50"]
+                if echo:  # what the work costs isorun beyond an empty call (echo, same run)
+                    entry["beyond_echo_ms"] = round(paired["p50"] - echo["p50"], 3)
         self.results["meta"]["spin_n"] = spin_n
 
     def start_approach_quiet(self, approach, entry: dict, side: str):
@@ -235,7 +261,8 @@ class Bench:
         pinned.daemon.stop()
 
     def memory_phase(self) -> None:
-        """A fresh daemon's RSS/PSS (with descendants): idle, then after N echo calls (8 callers)."""
+        """A fresh daemon's RSS/PSS/USS (with descendants): idle, then after N echo calls
+        (8 callers); also what one prepared sandbox holds and a guest's peak RSS."""
         s = self.s
         try:
             daemon = self.new_daemon("isorund-memory")
@@ -243,7 +270,8 @@ class Bench:
             self.results["isorun_memory"] = {"note": f"skipped: {exc}"}
             return
         time.sleep(SETTLE_S)
-        points = [{"calls": 0, **daemon.memory()}]
+        idle = daemon.memory()
+        points = [{"calls": 0, **idle}]
         approach = ap.Isorun(daemon)
         approach.start()
         self.started.append(approach)
@@ -259,8 +287,12 @@ class Bench:
             time.sleep(SETTLE_S)
             points.append({"calls": done, "target": target, "reached": done >= target,
                            **daemon.memory()})
-        self.results["isorun_memory"] = {"points": points, "errors": errors,
-                                         "budget_s": s.memory_budget_s}
+        peaks = [line["peak_memory_bytes"] / 2**20 for line in daemon.call_lines("echo")
+                 if line.get("peak_memory_bytes")]
+        self.results["isorun_memory"] = {
+            "points": points, "errors": errors, "budget_s": s.memory_budget_s,
+            "per_sandbox": per_sandbox(idle),
+            "guest_peak_rss_mib": measure.summarize(peaks)}
         approach.close()
         daemon.stop()
 
@@ -277,7 +309,7 @@ class Bench:
             why = self.results["approaches"]["isorun"]["note"].removeprefix("skipped: ")
             self.note(f"isorun-only phases (workloads, core scaling, daemon memory) not run: {why}")
         else:
-            need = s.workload_rounds * 10 * s.workload_batch_s * 1.5 + 3
+            need = s.workload_rounds * len(wl.KEYS) * s.workload_batch_s * 1.3 + 3
             if self.clock.fits(need + s.memory_budget_s):
                 self.workload_phase(isorun.daemon)
             else:
@@ -293,7 +325,9 @@ class Bench:
             else:
                 self.note("daemon memory phase skipped: not enough time left")
         self.results["meta"].update(duration_s=round(self.clock.elapsed(), 1),
-                                    vm2=report.vm2_version(), bwrap=report.bwrap_version())
+                                    vm2=report.vm2_version(), bwrap=report.bwrap_version(),
+                                    load_end=report.load_average())
+        self.results["targets"] = targets.evaluate(self.results)
         return self.results
 
     def note(self, text: str) -> None:
@@ -310,6 +344,27 @@ class Bench:
         self.started.clear()
 
 
+def per_sandbox(memory: dict) -> dict | None:
+    """What one prepared sandbox (its init plus its waiting guest) holds, averaged over the
+    pool: USS is the memory it alone holds, the real per-call cost."""
+    roles = memory.get("by_role", {})
+    inits, guests = roles.get("sandbox_init"), roles.get("sandbox_guest")
+    if not inits or not guests:
+        return None
+    n = inits["processes"]
+    return {"sandboxes": n, **{key: round((inits[key] + guests[key]) / n, 1)
+                               for key in ("rss_mib", "pss_mib", "uss_mib")}}
+
+
+def daemon_split(lines: list[dict]) -> dict | None:
+    """Medians of the daemon's own per-call timings (its log): where a call's time goes
+    between the daemon receiving it and answering."""
+    if not lines:
+        return None
+    return {key: measure.summarize([line[key] for line in lines if key in line])
+            for key in ("queue_ms", "run_ms", "total_ms")} | {"calls": len(lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="isorun benchmark against its peers")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter batches (< 1 min)")
@@ -317,9 +372,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for results.json, RESULTS.md, latency.png (default: bench/)")
     parser.add_argument("--daemon-config", default=None,
                         help="TOML config passed to every isorund this run starts")
+    parser.add_argument("--render", metavar="RESULTS_JSON", default=None,
+                        help="measure nothing: redo the targets, RESULTS.md and latency.png of a "
+                             "results.json written earlier")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        results["targets"] = targets.evaluate(results)
+        print("wrote " + ", ".join(str(p) for p in report.write_all(results, out)), file=sys.stderr)
+        return 0
     with tempfile.TemporaryDirectory(prefix="isorun-bench-") as work:
         bench = Bench(QUICK if args.quick else FULL, Path(work), args.daemon_config)
         try:

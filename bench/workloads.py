@@ -51,6 +51,9 @@ def _time_ms(fn, *args) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+KEYS = ("imports", "bytes_arg", "bytes_result", "console", "cpu")
+
+
 def all_workloads(spin_n: int) -> list[Workload]:
     spin_total = sum_of_squares_below(spin_n)
     return [

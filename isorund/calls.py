@@ -1,75 +1,107 @@
-"""One call, from a validated request to its outcome: the daemon's logic, without gRPC.
+"""One call, from a request to its outcome: the daemon's logic, without gRPC.
 
-The servicer (``isorund.server``) only translates; this class admits the call, takes a
-prepared sandbox, runs it, and writes the call's structured log line. Tests can drive it
-without a gRPC server.
+The servicer (``isorund.server``) only translates; this class validates the request, admits
+the call, takes a prepared sandbox, runs it, and writes the call's one structured log line —
+also for calls that were refused or abandoned, so every call leaves exactly one line and one
+count in the metrics. Tests can drive it without a gRPC server.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
 import time
 
 from isorun._proto import runner_pb2 as pb
 
 from . import plan as plans
-from .admission import Admission
-from .launcher import Zygote, ZygoteUnavailable, run_call
+from .admission import Admission, QueueFull, QueueTimeout
+from .launcher import Sandbox, Zygote, ZygoteUnavailable, run_call
+from .plan import RequestError
 
 log = logging.getLogger("isorund")
 
+# What the log line and the metrics call a call that ended without an outcome, by exception.
+REFUSALS = ((RequestError, "invalid_argument"), (QueueFull, "queue_full"), (QueueTimeout, "deadline_in_queue"),
+            (ZygoteUnavailable, "unavailable"), (asyncio.CancelledError, "cancelled"))
+
+
+class ShuttingDown(ZygoteUnavailable):
+    """The daemon is stopping; the call is answered UNAVAILABLE."""
+
 
 class Calls:
-    def __init__(self, config, zygote: Zygote, metrics=None):
+    def __init__(self, config, zygote: Zygote, metrics):
         self.config = config
         self.zygote = zygote
         self.admission = Admission(config.max_concurrency, config.queue_size)
         self.metrics = metrics
         self.isolated = not config.insecure_no_isolation
+        self.in_flight: set[Sandbox] = set()
 
     async def run(self, request: pb.RunRequest, on_event, *, deadline: float | None, peer: str = "") -> pb.Outcome:
-        """Runs one call; raises RequestError, QueueFull, TimeoutError (deadline while queued)
-        or ZygoteUnavailable, and otherwise returns its outcome (a guest failure included)."""
+        """Runs one call; raises RequestError, QueueFull, QueueTimeout or ZygoteUnavailable, and
+        otherwise returns its outcome (a guest failure included).
+
+        ``deadline`` is the client's, as a ``time.monotonic()`` value. The call may wait in the
+        queue only as long as that leaves its whole timeout to run in, and never runs past it."""
         received = time.monotonic()
-        plan = plans.build(request, self.config)
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        entry = {"id": secrets.token_hex(8), "peer": peer, "root": request.root[:200], "file": request.file[:200],
+                 "function": request.func_name[:200]}
         outcome = None
         try:
+            plan = plans.build(request, self.config)
+            entry.update(id=plan.call_id, root=plan.root, file=plan.file)
+            wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
             async with self.admission.slot(wait):
+                sandbox = await self.zygote.take()
                 queued = time.monotonic() - received
-                if self.metrics:
-                    self.metrics.live.inc()
+                self.in_flight.add(sandbox)
                 try:
-                    sandbox = await self.zygote.take()
-                    outcome = await run_call(sandbox, plan, on_event, self.isolated)
+                    outcome = await run_call(sandbox, plan, on_event, self.isolated, deadline)
                 finally:
-                    if self.metrics:
-                        self.metrics.live.dec()
+                    self.in_flight.discard(sandbox)
             outcome.usage.queue_seconds = queued
             return outcome
+        except BaseException as e:
+            entry["outcome"] = next((name for kind, name in REFUSALS if isinstance(e, kind)), "error")
+            if entry["outcome"] == "error":
+                entry["error"] = f"{type(e).__name__}: {e}"
+            raise
         finally:
-            self._log(plan, request, peer, outcome, received)
+            self._log(entry, outcome, received)
 
-    def _log(self, plan, request, peer: str, outcome, received: float) -> None:
-        if outcome is None:
-            result = "refused"
-        elif outcome.WhichOneof("result") == "value":
-            result = "ok"
+    def abort_all(self, reason: str) -> None:
+        """Kills every running call's sandbox (their outcome says ``reason``) and answers
+        every queued call: the end of the shutdown grace period."""
+        self.admission.close(ShuttingDown("isorund is shutting down; the call was not started"))
+        for sandbox in list(self.in_flight):
+            sandbox.abort(reason)
+
+    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float) -> None:
+        total = time.monotonic() - received
+        if outcome is not None:
+            usage = outcome.usage
+            if outcome.WhichOneof("result") == "value":
+                entry["outcome"] = "ok"
+            else:
+                entry["outcome"] = pb.Failure.Kind.Name(outcome.failure.kind).lower()
+                if outcome.failure.limit:
+                    entry["limit"] = outcome.failure.limit
+            entry.update(queue_ms=_ms(usage.queue_seconds), run_ms=_ms(usage.wall_seconds),
+                         cpu_ms=_ms(usage.cpu_seconds), peak_memory_bytes=usage.peak_memory_bytes)
         else:
-            result = pb.Failure.Kind.Name(outcome.failure.kind).lower()
-        usage = outcome.usage if outcome is not None else pb.Usage()
-        line = {"event": "call", "id": plan.call_id, "peer": peer, "root": plan.root, "file": plan.file,
-                "function": request.func_name, "outcome": result,
-                "queue_ms": round(usage.queue_seconds * 1000, 3), "run_ms": round(usage.wall_seconds * 1000, 3),
-                "total_ms": round((time.monotonic() - received) * 1000, 3),
-                "cpu_ms": round(usage.cpu_seconds * 1000, 3), "peak_memory_bytes": usage.peak_memory_bytes}
-        if outcome is not None and result == "resource_limit":
-            line["limit"] = outcome.failure.limit
+            entry.update(queue_ms=_ms(total), run_ms=0.0, cpu_ms=0.0, peak_memory_bytes=0)
+        entry["total_ms"] = _ms(total)
         if not self.isolated:
-            line["warning"] = "insecure: no kernel isolation"
-        log.info(json.dumps(line))
-        if self.metrics:
-            self.metrics.observe(result, time.monotonic() - received)
+            entry["warning"] = "insecure: no kernel isolation"
+        log.info(json.dumps({"event": "call", **entry}))
+        self.metrics.observe_call(entry["outcome"], total, entry["queue_ms"] / 1000)
 
 
-__all__ = ["Calls", "ZygoteUnavailable"]
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+__all__ = ["Calls", "ShuttingDown", "ZygoteUnavailable"]

@@ -1,4 +1,8 @@
-"""``isorund`` / ``python -m isorund``: runs the daemon in the foreground."""
+"""``isorund`` / ``python -m isorund``: runs the daemon in the foreground.
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when the daemon cannot start or dies,
+2 for a bad command line or configuration (the message names the key).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,17 +13,26 @@ import sys
 
 from .config import Config, ConfigError, reference
 
+# Command-line flags that override a config key of the same name.
+OVERRIDES = (
+    ("--socket", str, "Unix socket to listen on"),
+    ("--max-concurrency", int, "sandboxes running at once"),
+    ("--queue-size", int, "calls that may wait for a sandbox"),
+    ("--shutdown-grace", float, "seconds in-flight calls get on SIGTERM"),
+    ("--metrics-address", str, "host:port of the Prometheus endpoint"),
+)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="isorund", description="Runs untrusted Python functions in per-call sandboxes.")
-    p.add_argument("--config", help="TOML config file (see the README's configuration reference)")
-    p.add_argument("--socket", help="Unix socket to listen on (overrides the config)")
-    p.add_argument("--max-concurrency", type=int, help="sandboxes at once (overrides the config)")
-    p.add_argument("--metrics-address", help="host:port of the Prometheus endpoint (overrides the config)")
+    p.add_argument("--config", help="TOML config file (reference: docs/operations.md, or --config-reference)")
+    for flag, kind, text in OVERRIDES:
+        p.add_argument(flag, type=kind, help=f"{text} (overrides the config)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--insecure-no-isolation", action="store_true", default=None,
                    help="DEVELOPMENT ONLY: run guests without kernel isolation")
-    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config (file + flags + defaults) as TOML and exit")
     p.add_argument("--config-reference", action="store_true", help="print the configuration reference (Markdown) and exit")
     return p.parse_args(argv)
 
@@ -29,16 +42,15 @@ def main(argv=None) -> int:
     if args.config_reference:
         sys.stdout.write(reference())
         return 0
-    overrides = {"socket": args.socket, "max_concurrency": args.max_concurrency,
-                 "metrics_address": args.metrics_address, "log_level": args.log_level,
-                 "insecure_no_isolation": args.insecure_no_isolation}
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in OVERRIDES}
+    overrides.update(log_level=args.log_level, insecure_no_isolation=args.insecure_no_isolation)
     try:
         config = Config.load(args.config, overrides)
     except ConfigError as e:
         print(f"isorund: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        sys.stdout.write(config.to_toml())
         return 0
     logging.basicConfig(level=config.log_level.upper(), format="%(message)s", stream=sys.stderr)
     from .server import Server

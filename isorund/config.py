@@ -8,7 +8,11 @@ with a message naming the key. The README's configuration table is generated fro
 from __future__ import annotations
 
 import dataclasses
+import grp
+import json
 import os
+import pwd
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -61,10 +65,10 @@ class PluginsConfig:
 @dataclass(frozen=True)
 class Config:
     socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`).")
-    socket_mode: int = _key(0o660, "Permission bits of the socket.")
+    socket_mode: int = _key(0o660, "Permission bits of the socket (TOML octal, e.g. `0o660`): owner and `socket_group` may connect.")
     socket_group: str = _key("", "Group owning the socket (name or number); empty keeps the daemon's group.")
-    allowed_uids: list = _key(list, "If non-empty, only peers with one of these uids (checked with SO_PEERCRED) may call.")
-    allowed_gids: list = _key(list, "If non-empty, peers with one of these gids may call too.")
+    allowed_uids: list = _key(list, "Users (numbers or names) allowed to call; with `allowed_gids` empty too, every peer that can open the socket may. Checked with SO_PEERCRED; others get `PERMISSION_DENIED`.")
+    allowed_gids: list = _key(list, "Groups (numbers or names) whose members may call: the peer's primary or a supplementary group (SO_PEERGROUPS).")
     max_concurrency: int = _key(8, "Sandboxes running at once; further calls queue.")
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
@@ -77,9 +81,10 @@ class Config:
     limits: LimitsConfig = _key(LimitsConfig, "Per-call limits, in `[limits]` (see below).")
     sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own.")
     sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
+    cgroup_root: str = _key("", "Delegated cgroup v2 folder for per-call memory/pids/cpu limits (systemd `Delegate=yes`); empty: the daemon's own cgroup if usable, else off (logged at start); `off`: never.")
     max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket.")
     shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
-    metrics_address: str = _key("", "`host:port` of the Prometheus endpoint; empty turns it off.")
+    metrics_address: str = _key("", "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; `[::1]:9464` for IPv6, port 0 picks a free one); empty turns it off.")
     log_level: str = _key("info", "debug, info, warning or error.")
     insecure_no_isolation: bool = _key(False, "Development only: run guests without kernel isolation (logged loudly, reported in GetCapabilities).")
 
@@ -122,14 +127,88 @@ class Config:
         for group in ("compilers", "resolvers", "args_resolvers"):
             for name, target in getattr(self.plugins, group).items():
                 need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)
+        for name in self.default_external:
+            need(isinstance(name, str) and all(part.isidentifier() for part in name.split(".")),
+                 "default_external", "a list of module names", name)
+        for path in self.plugin_paths:
+            need(isinstance(path, str) and path.startswith("/"), "plugin_paths", "a list of absolute folder paths", path)
         for name, target in self.types.items():
             need(isinstance(target, str) and ":" in target, f"types.{name}", '"module:attribute"', target)
         if self.metrics_address:
-            host, _, port = self.metrics_address.rpartition(":")
-            need(bool(host) and port.isdigit(), "metrics_address", '"host:port"', self.metrics_address)
+            need(metrics_endpoint(self.metrics_address) is not None, "metrics_address",
+                 '"host:port" with a port from 0 (any free one, logged) to 65535, e.g. "127.0.0.1:9464"', self.metrics_address)
+        if self.socket_group:
+            need(resolve_id(self.socket_group, grp.getgrnam) is not None, "socket_group",
+                 "an existing group name or a group number", self.socket_group)
+        for key, lookup in (("allowed_uids", pwd.getpwnam), ("allowed_gids", grp.getgrnam)):
+            for value in getattr(self, key):
+                need(resolve_id(value, lookup) is not None, key,
+                     f"a list of {'user' if key == 'allowed_uids' else 'group'} numbers (>= 0) or existing names", value)
+
+    def access_ids(self) -> tuple[frozenset, frozenset]:
+        """The allowlist as numbers: (uids, gids); both empty means no allowlist."""
+        return (frozenset(resolve_id(v, pwd.getpwnam) for v in self.allowed_uids),
+                frozenset(resolve_id(v, grp.getgrnam) for v in self.allowed_gids))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML that ``Config.load`` reads back unchanged."""
+        return _toml_table(self.to_dict(), "")
+
+
+def resolve_id(value, lookup) -> int | None:
+    """A uid/gid given as a number or a name (``lookup`` is pwd.getpwnam or grp.getgrnam)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    try:
+        entry = lookup(value)
+    except (KeyError, TypeError):
+        return None
+    return entry.pw_uid if hasattr(entry, "pw_uid") else entry.gr_gid
+
+
+def metrics_endpoint(address: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:9464`` for IPv6) as (host, port), or None when malformed."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_table(table: dict, prefix: str) -> str:
+    """Scalars and lists first, then one ``[section]`` per nested table, as TOML requires."""
+    lines, sections = [], []
+    for key, value in table.items():
+        name = key if _BARE_KEY.match(key) else json.dumps(key)
+        if isinstance(value, dict):
+            sections.append(_toml_table(value, f"{prefix}{name}."))
+        else:
+            lines.append(f"{name} = {_toml_value(key, value)}")
+    out = ""
+    if prefix and (lines or not sections):
+        out += f"\n[{prefix.rstrip('.')}]\n"
+    out += "".join(line + "\n" for line in lines)
+    return out + "".join(sections)
+
+
+def _toml_value(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if key == "socket_mode":
+        return f"0o{value:o}"
+    if isinstance(value, float):
+        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(repr(value), repr(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value("", v) for v in value) + "]"
+    return json.dumps(value)  # ints, and strings: JSON's escapes are valid in TOML basic strings
 
 
 def _build(cls, data: dict, prefix: str):
@@ -168,14 +247,15 @@ def reference() -> str:
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for cls, prefix in ((Config, ""), (LimitsConfig, "limits."), (PluginsConfig, "plugins.")):
         for f in fields(cls):
-            if f.name in ("plugins", "limits") and cls is Config:
+            if f.name in _NESTED and cls is Config:
                 continue
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if f.name == "socket":
                 default = "see meaning"
-            elif f.name == "socket_mode":
-                default = oct(default)
             elif f.name == "default_external":
-                default = "math, json, re, datetime, decimal, … (37 modules)"
-            rows.append(f"| `{prefix}{f.name}` | `{default}` | {f.metadata['doc']} |")
+                default = f"{', '.join(default[:4])}, … ({len(default)} modules)"
+            else:
+                default = _toml_value(f.name, default)
+            doc = f.metadata["doc"].replace("|", "\\|")  # a bare | would end the table cell
+            rows.append(f"| `{prefix}{f.name}` | `{default}` | {doc} |")
     return "\n".join(rows) + "\n"

@@ -8,6 +8,7 @@ call's whole pid namespace without racing pid reuse.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -25,19 +26,27 @@ from isorund.sandbox import channel
 log = logging.getLogger("isorund")
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
+ZYGOTE_LOST = "zygote lost"  # the exit status of a sandbox whose zygote died before reporting it
+OOM_KILLED = "oom killed"  # the exit status of a sandbox its cgroup's OOM killer ended (sandbox/cgroup.py)
 
 
 class ZygoteUnavailable(Exception):
     """The zygote is not running (it died and is being restarted, or the daemon is stopping)."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the daemon keeps the running ones in a set
 class Sandbox:
     """A prepared sandbox waiting for its one call."""
     pid: int
     pidfd: int
     sock: socket.socket
     exited: asyncio.Future
+    aborted: str = ""  # why the daemon killed the call, when it did so on purpose
+
+    def abort(self, reason: str) -> None:
+        """Kills the call on the daemon's behalf; its outcome then says ``reason``."""
+        self.aborted = reason
+        self.kill()
 
     def kill(self) -> None:
         try:
@@ -61,10 +70,11 @@ class Sandbox:
 class Zygote:
     """Starts, feeds and restarts the zygote process; hands out prepared sandboxes."""
 
-    def __init__(self, config, new_root: str, on_restart=None):
+    def __init__(self, config, new_root: str, on_restart=None, on_down=None):
         self.config = config
         self.new_root = new_root
-        self.ready: asyncio.Queue[Sandbox] = asyncio.Queue()
+        self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
+        self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
@@ -72,6 +82,7 @@ class Zygote:
         self.stopping = False
         self.restarts = 0
         self.on_restart = on_restart
+        self.on_down = on_down
         self._hello: asyncio.Future | None = None
 
     async def start(self) -> None:
@@ -81,10 +92,12 @@ class Zygote:
         ours.setblocking(False)
         config = dict(dataclasses.asdict(self.config), _new_root=self.new_root)
         # An empty environment: the zygote's is what every sandbox would inherit. subprocess
-        # forks and execs in C, which is safe even once gRPC has started its threads.
+        # forks and execs in C, which is safe even once gRPC has started its threads. The
+        # umask is the zygote's own: folders it makes in a sandbox's root must be readable
+        # by the guest even when the daemon runs with UMask=0077 (as the systemd unit does).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "isorund.zygote", str(theirs.fileno())], stdin=subprocess.PIPE,
-            env={}, pass_fds=[theirs.fileno()], cwd="/")
+            env={}, pass_fds=[theirs.fileno()], cwd="/", umask=0o022)
         theirs.close()
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()
@@ -98,11 +111,35 @@ class Zygote:
         self._request(self.config.pool_size)
 
     async def take(self) -> Sandbox:
-        """A prepared sandbox for one call; asks the zygote for its replacement at once."""
+        """A prepared sandbox for one call; asks the zygote for its replacement at once.
+        Raises ZygoteUnavailable if the zygote is down, or dies before a sandbox arrives."""
         if not self.alive:
-            raise ZygoteUnavailable("the sandbox zygote is restarting")
+            raise ZygoteUnavailable("the sandbox zygote is restarting; retry the call")
         self._request(1)
-        return await self.ready.get()
+        if self.ready:
+            return self.ready.popleft()
+        taker = asyncio.get_running_loop().create_future()
+        self._takers.append(taker)
+        try:
+            return await taker
+        except asyncio.CancelledError:
+            if taker.done() and not taker.cancelled():
+                self._hand_over(taker.result())  # it arrived as the caller left: not wasted
+            raise
+
+    def _hand_over(self, sandbox: Sandbox) -> None:
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                taker.set_result(sandbox)
+                return
+        self.ready.append(sandbox)
+
+    def _fail_takers(self, message: str) -> None:
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                taker.set_exception(ZygoteUnavailable(message))
 
     def _request(self, count: int) -> None:
         try:
@@ -127,12 +164,13 @@ class Zygote:
                 future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
                 sock = socket.socket(fileno=fds[0])
                 sock.setblocking(False)
-                self.ready.put_nowait(Sandbox(pid, fds[1], sock, future))
+                self._hand_over(Sandbox(pid, fds[1], sock, future))
             elif "exited" in message:
                 pid = message["exited"]["pid"]
                 future = self.exits.pop(pid, None)
                 if future is not None and not future.done():
-                    future.set_result(message["exited"]["status"])
+                    exited = message["exited"]
+                    future.set_result(OOM_KILLED if exited.get("limit") == "memory" else exited["status"])
             elif self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
 
@@ -143,16 +181,23 @@ class Zygote:
         was_alive, self.alive = self.alive, False
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"fatal": "the zygote exited during start-up"})
-        while not self.ready.empty():
-            self.ready.get_nowait().close()  # their init died with the zygote (PDEATHSIG)
+        while self.ready:
+            self.ready.popleft().close()  # their init died with the zygote (PDEATHSIG)
+        self._fail_takers("the sandbox zygote died before this call got a sandbox; it is being "
+                          "restarted, retry the call")
         for future in self.exits.values():
             if not future.done():
-                future.set_result(-signal.SIGKILL)
+                future.set_result(ZYGOTE_LOST)  # in-flight calls: their sandboxes died with it
         self.exits.clear()
+        status = None
         if self.process is not None:
-            self.process.wait()
+            if self.process.poll() is None:
+                self.process.kill()  # it closed its control socket: it can serve no one any more
+            status = self.process.wait()
         if was_alive and not self.stopping:
-            log.error(json.dumps({"event": "zygote_died", "restarts": self.restarts + 1}))
+            log.error(json.dumps({"event": "zygote_died", "exit_status": status, "restarts": self.restarts}))
+            if self.on_down:
+                self.on_down()
             loop.create_task(self._restart())
 
     async def _restart(self) -> None:
@@ -172,6 +217,7 @@ class Zygote:
     async def stop(self) -> None:
         self.stopping = True
         self.alive = False
+        self._fail_takers("isorund is shutting down")
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             for _ in range(100):
@@ -180,22 +226,27 @@ class Zygote:
                 await asyncio.sleep(0.02)
             else:
                 self.process.kill()
-        while not self.ready.empty():
-            self.ready.get_nowait().close()
+        while self.ready:
+            self.ready.popleft().close()
 
 
-async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool) -> pb.Outcome:
+async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> pb.Outcome:
     """Sends ``plan`` to ``sandbox`` and relays its events to ``on_event`` until the outcome.
 
     Enforces what an untrusted guest cannot be trusted to enforce itself: the wall-clock
-    timeout, the console byte cap and the result size cap. Whatever happens, the sandbox is
-    killed on return — after an outcome that kill just collects what the guest left behind."""
+    timeout (cut short by the client's ``deadline``, a ``time.monotonic()`` value, so that no
+    call runs for a client that stopped waiting), the console byte cap and the result size
+    cap. Whatever happens, the sandbox is killed on return — after an outcome that kill just
+    collects what the guest left behind."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     limits = plan.limits
     console_left = limits.output_bytes
+    budget = plan.timeout_seconds
+    if deadline is not None:
+        budget = max(0.0, min(budget, deadline - started))
     try:
-        async with asyncio.timeout(plan.timeout_seconds):
+        async with asyncio.timeout(budget):
             payload = plan.SerializeToString()
             try:
                 await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
@@ -220,6 +271,10 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool) -> pb.Outco
                             f"the call printed more than its {limits.output_bytes} console bytes")), started)
                 await on_event(event)
     except TimeoutError:
+        if budget < plan.timeout_seconds:
+            return _failure(Failure(kind=Failure.TIMEOUT, message=(
+                f"the client's deadline passed after {budget:.3g} s of the call's {plan.timeout_seconds:g} s "
+                "timeout; its sandbox was killed")), started)
         return _failure(Failure(kind=Failure.TIMEOUT, message=(
             f"the call did not finish within its {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
     except _FrameTooLarge as e:
@@ -233,10 +288,19 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool) -> pb.Outco
 
 async def _died(sandbox: Sandbox, started: float) -> pb.Outcome:
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
+    if sandbox.aborted:
+        return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
     try:
         status = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
     except TimeoutError:
         status = None
+    if status == ZYGOTE_LOST:
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "
+            "being started, retry the call")), started)
+    if status == OOM_KILLED:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=(
+            "the call went over its memory limit and was killed by the kernel")), started)
     how = "" if status is None else f" (exit status {status})"
     limit = None
     if status == 128 + signal.SIGKILL or status == 128 + signal.SIGXCPU:

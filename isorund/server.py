@@ -1,14 +1,16 @@
 """The gRPC face of the daemon and its lifecycle.
 
 ``Server.serve()`` is the life of the process, top to bottom: start the zygote → prove a
-sandbox can be built → start gRPC → notify READY → wait for SIGTERM/SIGINT → health
-NOT_SERVING → notify STOPPING → let in-flight calls finish within the grace period → kill
-what is left → remove the socket. The servicer only translates between protobuf and
-``Calls``, and maps errors to status codes.
+sandbox can be built → start gRPC (behind the access front when an allowlist is set) →
+notify READY → wait for SIGTERM/SIGINT → health NOT_SERVING → notify STOPPING → let in-flight
+calls finish within the grace period → kill what is left → remove the socket. The servicer
+only translates between protobuf and ``Calls``, and maps errors to status codes.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import grp
 import json
 import logging
 import os
@@ -16,27 +18,52 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from isorun import _codec
 from isorun._proto import runner_pb2 as pb
-from isorun._proto import runner_pb2_grpc
 
 from . import __version__, systemd
-from .admission import QueueFull
+from .access import AccessFront, Allowlist, prepare_private_folder
+from .admission import QueueFull, QueueTimeout
 from .calls import Calls
+from .config import resolve_id
 from .launcher import Zygote, ZygoteUnavailable
+from .metrics import Metrics
 from .plan import RequestError
 
 log = logging.getLogger("isorund")
-SERVICE = pb.DESCRIPTOR.services_by_name["Runner"].full_name
+RUNNER = pb.DESCRIPTOR.services_by_name["Runner"]
+SERVICE = RUNNER.full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 PROBE = "def probe(x):\n    return x\n"
+STATUS_INTERVAL = 1.0  # seconds between checks of the systemd status line
+KILL_SLACK = 2.0  # seconds, after the grace, for killed calls to send their answer
 
 
-class RunnerServicer(runner_pb2_grpc.RunnerServicer):
+class Malformed:
+    """A request whose bytes are not the expected message; the servicer answers
+    INVALID_ARGUMENT (a deserializer that raised would make grpc answer INTERNAL)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _lenient(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as e:
+            return Malformed(e)
+    return parse
+
+
+class RunnerServicer:
     def __init__(self, server: "Server"):
         self.server = server
 
@@ -54,28 +81,56 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         await context.write(pb.RunEvent(outcome=outcome))
 
     async def GetCapabilities(self, request, context):
+        await self._admit(request, context, pb.GetCapabilitiesRequest)
         return self.server.capabilities()
 
+    async def _admit(self, request, context, message_class) -> str:
+        """Refuses malformed requests and peers not on the allowlist; returns the peer's name."""
+        peer = context.peer()
+        front = self.server.front
+        if front is not None:
+            creds = front.lookup(peer)
+            if creds is None or not front.allowlist.allows(creds):
+                log.info(json.dumps({"event": "denied", "peer": str(creds) if creds else peer}))
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, front.allowlist.refusal(creds) if creds
+                                    else "isorund cannot tell who this peer is; refused")
+            peer = str(creds)
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
+                                f"{message_class.DESCRIPTOR.full_name} message: {request.error}")
+        return peer
+
     async def _run(self, request, context, on_event):
+        peer = await self._admit(request, context, pb.RunRequest)
         if self.server.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "isorund is shutting down")
         remaining = context.time_remaining()
-        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            return await self.server.calls.run(request, on_event, deadline=_monotonic(deadline), peer=context.peer())
+            return await self.server.calls.run(request, on_event, deadline=deadline, peer=peer)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except QueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while it was queued")
+        except QueueTimeout as e:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except ZygoteUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
 
-def _monotonic(loop_time: float | None) -> float | None:
-    # asyncio's clock is time.monotonic on Linux; kept as one function should that change.
-    return loop_time
+def _runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
+    """The Runner service with lenient request parsing (see ``Malformed``)."""
+    methods = RUNNER.methods_by_name
+    handlers = {
+        "Run": grpc.unary_unary_rpc_method_handler(
+            servicer.Run, _lenient(pb.RunRequest), pb.RunResponse.SerializeToString),
+        "RunStream": grpc.unary_stream_rpc_method_handler(
+            servicer.RunStream, _lenient(pb.RunRequest), pb.RunEvent.SerializeToString),
+        "GetCapabilities": grpc.unary_unary_rpc_method_handler(
+            servicer.GetCapabilities, _lenient(pb.GetCapabilitiesRequest), pb.Capabilities.SerializeToString),
+    }
+    assert set(handlers) == set(methods), "every Runner method of the .proto needs a handler"
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 class Server:
@@ -87,8 +142,10 @@ class Server:
         self.zygote: Zygote | None = None
         self.calls: Calls | None = None
         self.grpc: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.metrics = None
+        self.front: AccessFront | None = None
+        self._owns_socket = False  # set once our listener exists: only then is the socket ours to remove
+        self.health = health.aio.HealthServicer()
+        self.metrics = Metrics()
 
     async def serve(self) -> int:
         stop = asyncio.Event()
@@ -97,13 +154,16 @@ class Server:
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.startup()
-        except Exception:
+        except BaseException:
             await self.cleanup()
             raise
-        systemd.notify("READY=1", f"STATUS=serving on {self.config.socket}")
+        systemd.notify("READY=1", f"STATUS={self.status()}")
         log.info(json.dumps({"event": "ready", "socket": self.config.socket, "isolation": self.isolation_name(),
-                             "version": __version__}))
+                             "access": "allowlist" if self.front else "socket permissions",
+                             "version": __version__, "pid": os.getpid()}))
+        reporter = loop.create_task(self._report_status())
         await stop.wait()
+        reporter.cancel()
         await self.shutdown()
         return 0
 
@@ -114,34 +174,54 @@ class Server:
         elif os.geteuid() != 0:
             raise SystemExit("isorund needs root to build sandboxes (namespaces, mounts, per-call uids); "
                              "run it as root (systemd does) or, for development only, with --insecure-no-isolation")
-        self.state_dir = tempfile.mkdtemp(prefix="isorund-")
+        if self.config.metrics_address:
+            self.metrics.serve(self.config.metrics_address)
+        # Under systemd the state lives in RuntimeDirectory (/run/isorund), else under $TMPDIR.
+        self.state_dir = tempfile.mkdtemp(prefix="isorund-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
         os.mkdir(os.path.join(self.state_dir, "root"))
-        self.zygote = Zygote(self.config, os.path.join(self.state_dir, "root"), on_restart=self._on_zygote_restart)
-        self.zygote.on_down = self._on_zygote_down
+        self.zygote = Zygote(self.config, os.path.join(self.state_dir, "root"),
+                             on_restart=self._on_zygote_restart, on_down=self._on_zygote_down)
         await self.zygote.start()
         self.calls = Calls(self.config, self.zygote, self.metrics)
+        self.metrics.watch(self.calls, self.zygote)
         await self._probe()
+        await self._listen()
+        await self._set_health(True)
+
+    async def _listen(self) -> None:
+        """Starts gRPC on the public socket, or behind the access front on a private one."""
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.config.max_request_bytes),
             ("grpc.max_send_message_length", self.config.max_request_bytes),
         ])
-        runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(self), self.grpc)
+        self.grpc.add_generic_rpc_handlers([_runner_handler(RunnerServicer(self))])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc)
+        reflection.enable_server_reflection((SERVICE, HEALTH, reflection.SERVICE_NAME), self.grpc)
         _claim_socket(self.config.socket)
-        self.grpc.add_insecure_port("unix:" + self.config.socket)
-        await self.grpc.start()
+        uids, gids = self.config.access_ids()
+        if uids or gids:
+            private = prepare_private_folder(self.state_dir)
+            self.front = AccessFront(self.config.socket, private, Allowlist(uids, gids))
+            self.grpc.add_insecure_port("unix:" + private)
+            await self.grpc.start()
+            await self.front.start()
+        else:
+            self.grpc.add_insecure_port("unix:" + self.config.socket)
+            await self.grpc.start()
+        self._owns_socket = True
         os.chmod(self.config.socket, self.config.socket_mode)
-        await self._set_health(True)
+        if self.config.socket_group:
+            os.chown(self.config.socket, -1, resolve_id(self.config.socket_group, grp.getgrnam))
 
     async def _probe(self) -> None:
         """Runs one real call through a real sandbox: if the kernel refuses any step, the
         daemon must not start (fail closed), and the message says which step."""
         folder = os.path.join(self.state_dir, "probe")
-        os.mkdir(folder, 0o755)
+        os.mkdir(folder)
         with open(os.path.join(folder, "probe.py"), "w") as f:
             f.write(PROBE)
+        # Explicit modes: the guest reads these as an unprivileged uid, whatever our umask.
+        os.chmod(folder, 0o755)
         os.chmod(os.path.join(folder, "probe.py"), 0o644)
         request = pb.RunRequest(root=folder, file="probe.py", func_name="probe", args=[_codec.encode(7)])
 
@@ -152,32 +232,67 @@ class Server:
             raise SystemExit(f"isorund cannot build a sandbox on this host: {outcome.failure.message}")
 
     async def shutdown(self) -> None:
+        """Stops accepting, gives in-flight and queued calls ``shutdown_grace`` seconds, then
+        kills their sandboxes so that each still gets an answer saying why."""
         self.stopping = True
+        grace = self.config.shutdown_grace
         await self._set_health(False)
-        systemd.notify("STOPPING=1")
-        log.info(json.dumps({"event": "stopping", "grace_seconds": self.config.shutdown_grace}))
-        if self.grpc is not None:
-            await self.grpc.stop(self.config.shutdown_grace)
+        systemd.notify("STOPPING=1", f"STATUS=stopping: {self.status()}")
+        log.info(json.dumps({"event": "stopping", "grace_seconds": grace, "running": self.calls.admission.running,
+                             "queued": self.calls.admission.waiting}))
+        if self.front is not None:
+            self.front.stop_accepting()
+        stopped = asyncio.ensure_future(self.grpc.stop(grace + KILL_SLACK))
+        try:
+            await asyncio.wait_for(asyncio.shield(stopped), grace)
+        except TimeoutError:
+            left = len(self.calls.in_flight)
+            self.calls.abort_all(f"isorund is shutting down and the call did not finish within its "
+                                 f"shutdown_grace of {grace:g} s; its sandbox was killed")
+            log.warning(json.dumps({"event": "grace_expired", "killed_calls": left}))
+            await stopped
         await self.cleanup()
         log.info(json.dumps({"event": "stopped"}))
 
     async def cleanup(self) -> None:
+        if self.front is not None:
+            self.front.close()
         if self.zygote is not None:
             await self.zygote.stop()
-        if self.grpc is not None and os.path.exists(self.config.socket):
-            os.unlink(self.config.socket)
+        if self._owns_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket)
         if self.state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.metrics.stop()
+
+    def status(self) -> str:
+        """The one-line state systemd shows in ``systemctl status``."""
+        if self.calls is None:
+            return "starting"
+        a = self.calls.admission
+        zygote = "zygote up" if self.zygote.alive else "ZYGOTE DOWN, restarting"
+        return (f"{a.running}/{a.max_concurrency} sandboxes busy, {a.waiting} calls queued, {zygote}, "
+                f"{self.zygote.restarts} zygote restarts")
+
+    async def _report_status(self) -> None:
+        """Keeps STATUS= current, sending only changes, while $NOTIFY_SOCKET exists."""
+        last = None
+        while systemd.enabled():
+            text = self.status()
+            if text != last:
+                systemd.notify(f"STATUS={text}")
+                last = text
+            await asyncio.sleep(STATUS_INTERVAL)
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE):
-            result = self.health.set(name, status)
-            if asyncio.iscoroutine(result):
-                await result
+            await self.health.set(name, status)
 
     def _on_zygote_restart(self) -> None:
         if not self.stopping:
+            log.info(json.dumps({"event": "zygote_restarted", "restarts": self.zygote.restarts}))
             asyncio.get_running_loop().create_task(self._set_health(True))
 
     def _on_zygote_down(self) -> None:

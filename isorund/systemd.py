@@ -1,12 +1,17 @@
 """sd_notify: tells systemd (Type=notify) when the daemon is ready, stopping, and how it is.
 
 The protocol is one datagram of newline-separated assignments to $NOTIFY_SOCKET; without it
-(not run by systemd) this does nothing.
+(not run by systemd) this does nothing. Failures are ignored: the service manager going away
+must never take the daemon down with it.
 """
 from __future__ import annotations
 
 import os
 import socket
+
+
+def enabled() -> bool:
+    return bool(os.environ.get("NOTIFY_SOCKET"))
 
 
 def notify(*assignments: str) -> bool:

@@ -12,14 +12,17 @@ Control messages, one JSON object per packet:
     zygote → daemon   {"hello": {...}} or {"fatal": msg}  once, after start
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
                       {"exited": {"pid": P, "status": S}}            a sandbox's init exited
-The zygote reaps its sandboxes (it is their parent) and recycles their host ids.
+                      {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
+The zygote reaps its sandboxes (it is their parent) and recycles their host ids and cgroups.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import selectors
 import signal
+import site
 import socket
 import sys
 import sysconfig
@@ -41,21 +44,27 @@ class Zygote:
     def __init__(self, config: dict, control: socket.socket):
         from . import plugins as plugin_loader
         from .config import Config
-        from .sandbox import SandboxPlan, filesystem, seccomp
+        from .sandbox import SandboxPlan, cgroup, filesystem, seccomp
 
         self.config = Config.load(None, _flatten(config))
         self.control = control
         self.plugins, self.registry = plugin_loader.load(self.config)
         isolated = not self.config.insecure_no_isolation
-        python_dirs = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"],
-                              os.path.dirname(sysconfig.get_paths()["stdlib"]) + "/lib-dynload",
-                              os.path.join(sysconfig.get_paths()["platstdlib"], "lib-dynload")})
-        self.plan = SandboxPlan(isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs))
+        python_dirs, package_dirs = _python_folders()
+        self.cgroup_root = _cgroup_root(self.config) if isolated else None
+        lim = self.config.limits
+        self.plan = SandboxPlan(
+            isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs),
+            cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
+            if self.cgroup_root else None)
         self.filter = seccomp.build() if isolated else None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if isolated else -1
         self.free_ids = list(range(self.config.sandbox_uid_base + self.config.sandbox_uid_count - 1,
                                    self.config.sandbox_uid_base - 1, -1))
         self.ids_in_use: dict[int, int] = {}
+        self.spawned = 0
+        self.groups: dict[int, str] = {}   # init pid -> its call's cgroup
+        self.stale_groups: list[str] = []  # groups not yet removable (their tasks still leaving)
         _warm_up(self.config, self.registry)
 
     def serve(self) -> None:
@@ -85,6 +94,8 @@ class Zygote:
         from .sandbox import init_main, namespaces
 
         host_id = self.free_ids.pop()
+        self.spawned += 1
+        group = os.path.join(self.cgroup_root, f"call-{os.getpid()}-{self.spawned}") if self.cgroup_root else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = namespaces.fork_into_new_pid_ns(self.own_pid_ns) if self.plan.isolated else os.fork()
         if pid == 0:
@@ -96,11 +107,13 @@ class Zygote:
                 os.closerange(theirs.fileno() + 1, 65536)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                status = init_main(self.plan, theirs, host_id, self.filter, self.plugins, self.registry)
+                status = init_main(self.plan, theirs, host_id, self.filter, self.plugins, self.registry, group)
             finally:
                 os._exit(status)
         theirs.close()
         self.ids_in_use[pid] = host_id
+        if group:
+            self.groups[pid] = group
         pidfd = os.pidfd_open(pid)
         try:
             socket.send_fds(self.control, [json.dumps({"ready": {"pid": pid}}).encode()], [ours.fileno(), pidfd])
@@ -119,7 +132,63 @@ class Zygote:
             host_id = self.ids_in_use.pop(pid, None)
             if host_id is not None:
                 self.free_ids.insert(0, host_id)  # reused last: a dying id rests longest
-            _send(self.control, {"exited": {"pid": pid, "status": os.waitstatus_to_exitcode(status)}})
+            exited = {"pid": pid, "status": os.waitstatus_to_exitcode(status)}
+            if self.release_group(pid):
+                exited["limit"] = "memory"
+            _send(self.control, {"exited": exited})
+
+    def release_group(self, pid: int) -> bool:
+        """Removes the cgroup of a reaped init; True if the kernel's OOM killer ended its call."""
+        from .sandbox import cgroup
+
+        self.stale_groups = [g for g in self.stale_groups if not cgroup.release(g)[1]]
+        group = self.groups.pop(pid, None)
+        if group is None:
+            return False
+        kills, removed = cgroup.release(group)
+        if not removed:
+            self.stale_groups.append(group)
+        return kills > 0
+
+
+def _python_folders() -> tuple[list[str], list[str]]:
+    """The base interpreter's stdlib folders (never a virtualenv's, which holds only packages)
+    and every folder of installed packages, which the sandbox root hides."""
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix,
+                                     "installed_base": sys.base_prefix,
+                                     "installed_platbase": sys.base_exec_prefix})
+    python_dirs = sorted({base["stdlib"], base["platstdlib"], os.path.join(base["stdlib"], "lib-dynload"),
+                          os.path.join(base["platstdlib"], "lib-dynload")})
+    packages = {base["purelib"], base["platlib"], sysconfig.get_paths()["purelib"],
+                sysconfig.get_paths()["platlib"], *site.getsitepackages(), site.getusersitepackages()}
+    for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages",
+                    os.path.join(base["stdlib"], "*-packages")):
+        packages.update(glob.glob(pattern))
+    return python_dirs, sorted(packages)
+
+
+def _cgroup_root(config) -> str | None:
+    """The delegated cgroup v2 folder for per-call limits, or None; says which, once, in the log."""
+    from .sandbox import cgroup
+
+    try:
+        with open("/proc/self/cgroup") as f, open("/proc/self/mountinfo") as g:
+            root = cgroup.locate(config.cgroup_root, f.read(), g.read())
+        cgroup.setup(root, {os.getpid(), os.getppid()})
+    except (cgroup.Unavailable, OSError) as e:
+        if config.cgroup_root not in ("", "off"):
+            # The operator asked for these limits: running without them would be a surprise.
+            raise RuntimeError(f"cgroup_root {config.cgroup_root!r} cannot be used: {e}") from e
+        _log({"event": "cgroup", "enabled": False, "reason": str(e),
+              "note": "per-call memory/pids/cpu limits are off; rlimits still apply per process"})
+        return None
+    _log({"event": "cgroup", "enabled": True, "root": root})
+    return root
+
+
+def _log(line: dict) -> None:
+    """One JSON line on stderr, which is the daemon's log."""
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def _warm_up(config, registry) -> None:

@@ -1,4 +1,4 @@
-"""The few libc calls Python 3.11 does not expose (unshare, setns, mount, pivot_root, capset).
+"""The few libc calls Python 3.11 does not expose (unshare, setns, mount, pivot_root, capset, …).
 
 Every wrapper raises ``SandboxSetupError`` naming the call and its arguments, so a failed step
 reads like nsjail's logs: ``mount('/usr', '/r/usr', MS_BIND|MS_RDONLY): EPERM``.
@@ -15,6 +15,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -88,6 +89,11 @@ def unshare(step: str, flags: int) -> None:
 
 def setns(step: str, fd: int, flags: int) -> None:
     _check(_libc.setns(fd, flags), step, f"setns({fd}, {flags:#x})")
+
+
+def setdomainname(step: str, name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), step, f"setdomainname({name!r})")
 
 
 def pivot_root(step: str, new_root: str, put_old: str) -> None:

@@ -2,8 +2,9 @@
 
 RLIMIT_NPROC counts processes per host uid; each concurrent sandbox has its own uid, so the
 limit is per call and a fork bomb in one call cannot starve another. The address-space limit
-is the memory limit where no cgroup is delegated; Python turns it into a MemoryError, which
-the guest runner reports as ``ResourceLimitError(limit="memory")``.
+is the memory limit of one process; Python turns it into a MemoryError, which the guest
+runner reports as ``ResourceLimitError(limit="memory")``. Without a delegated cgroup (see
+``cgroup``), a call of N processes may use up to N times that.
 """
 from __future__ import annotations
 
@@ -23,20 +24,36 @@ class Limits:
     cpu_seconds: float
 
 
-def apply(limits: Limits) -> None:
-    """Sets every rlimit, soft and hard, so the guest can only lower them further."""
+# Queued signals per uid: enough for any program that does not flood itself with sigqueue().
+SIGNALS_PENDING = 64
+
+
+def rlimits(limits: Limits) -> list[tuple[str, int, int]]:
+    """Every rlimit the guest gets, as (name, soft, hard); fixed ones included."""
     cpu = max(1, math.ceil(limits.cpu_seconds))
-    for name, value in (
-        ("RLIMIT_AS", limits.memory_bytes),
-        ("RLIMIT_NPROC", limits.max_processes),
-        ("RLIMIT_NOFILE", limits.max_open_files),
-        ("RLIMIT_FSIZE", limits.max_file_bytes),
-        ("RLIMIT_CORE", 0),
+    return [
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
+        ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
+        ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
+        ("RLIMIT_CORE", 0, 0),
         # The soft limit sends SIGXCPU, which the guest runner turns into a clean report;
         # the hard limit, a second later, is the kernel's SIGKILL.
-        ("RLIMIT_CPU", (cpu, cpu + 1)),
-    ):
-        soft, hard = value if isinstance(value, tuple) else (value, value)
+        ("RLIMIT_CPU", cpu, cpu + 1),
+        # Kernel memory a guest could pin outside its address space: locked pages, POSIX
+        # message queues, queued signals. No guest needs the first two.
+        ("RLIMIT_MEMLOCK", 0, 0),
+        ("RLIMIT_MSGQUEUE", 0, 0),
+        ("RLIMIT_SIGPENDING", SIGNALS_PENDING, SIGNALS_PENDING),
+        # Whatever the daemon was granted (systemd's LimitRTPRIO=, LimitNICE=) stays with it.
+        ("RLIMIT_RTPRIO", 0, 0),
+        ("RLIMIT_NICE", 0, 0),
+    ]
+
+
+def apply(limits: Limits) -> None:
+    """Sets every rlimit, soft and hard, so the guest can only lower them further."""
+    for name, soft, hard in rlimits(limits):
         try:
             resource.setrlimit(getattr(resource, name), (soft, hard))
         except (OSError, ValueError) as e:

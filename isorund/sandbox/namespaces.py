@@ -22,6 +22,7 @@ from ._libc import SandboxSetupError
 GUEST_ID = 1000  # the uid and gid the guest sees inside its user namespace
 _CAP_LAST = int(open("/proc/sys/kernel/cap_last_cap").read())  # read while /proc is the host's
 HOSTNAME = "sandbox"
+DOMAINNAME = "(none)"  # what a kernel with no NIS domain reports
 
 
 def fork_into_new_pid_ns(own_pid_ns_fd: int) -> int:
@@ -43,6 +44,7 @@ def unshare_host_views() -> None:
     _libc.unshare("namespaces", _libc.CLONE_NEWNS | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC
                   | _libc.CLONE_NEWUTS | _libc.CLONE_NEWCGROUP)
     socket.sethostname(HOSTNAME)
+    _libc.setdomainname("namespaces", DOMAINNAME)  # the new uts namespace starts with the host's
     _bring_loopback_up()
 
 

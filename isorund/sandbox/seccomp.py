@@ -3,10 +3,20 @@
 EPERM rather than a kill, so a guest sees an ``OSError`` it can report instead of vanishing.
 The filter is built once in the zygote (libseccomp compiles it on load) and loaded as the very
 last set-up step of each guest: after it, nothing that it denies could be set up any more.
+
+It is a deny list on top of the other layers, not the only wall: what it lets through still
+meets an unprivileged uid with no capabilities, in namespaces of its own. Two exceptions to
+"EPERM, not a kill":
+- a system call made through another ABI than the native one (``int 0x80``, i386 numbers on
+  x86_64) kills the whole process: the deny list is written for native numbers only, and no
+  Python program makes such calls by accident;
+- ``clone3`` fails with ENOSYS, because its flags live in memory seccomp cannot read; libc
+  then falls back to ``clone``, whose flags are checked.
 """
 from __future__ import annotations
 
 import errno
+import os
 
 import pyseccomp as seccomp
 
@@ -15,39 +25,56 @@ from ._libc import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CL
 
 DENIED = (
     # running programs
-    "execve", "execveat",
+    "execve", "execveat", "uselib",
     # looking into or steering other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp", "pidfd_getfd",
     # changing the filesystem view or the namespaces
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
-    "fsopen", "fsmount", "fsconfig", "move_mount", "open_tree", "mount_setattr",
+    "fsopen", "fsmount", "fsconfig", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at", "fanotify_init",
     # kernel attack surface a pure computation never needs
     "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog",
-    "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "personality",
+    "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog", "lookup_dcookie",
+    "personality", "vhangup", "nfsservctl", "sysfs", "ustat", "_sysctl",
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname",
-    "iopl", "ioperm", "vhangup", "nfsservctl", "uselib",
+    "iopl", "ioperm",
 )
+# System calls younger than the libseccomp this may run with, by their native number.
+DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467}, "aarch64": {"open_tree_attr": 467}}
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
+# socket() and socketpair() may only make Unix, IPv4 and IPv6 sockets (all of them local: the
+# network namespace has only loopback). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
+# AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 
 def build() -> seccomp.SyscallFilter:
-    """Returns the filter, ready to load; names this kernel does not know are skipped."""
+    """Returns the filter, ready to load; names this libseccomp does not know are skipped."""
     f = seccomp.SyscallFilter(seccomp.ALLOW)
+    f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     deny = seccomp.ERRNO(errno.EPERM)
     for name in DENIED:
         try:
             f.add_rule(deny, name)
         except (ValueError, OSError):
             pass  # a syscall this architecture does not have cannot be called either
-    # clone may make threads and processes, but not namespaces. clone3 passes its flags in
-    # memory, which seccomp cannot read: ENOSYS makes libc fall back to clone.
+    for number in DENIED_BY_NUMBER.get(os.uname().machine, {}).values():
+        try:
+            f.add_rule(deny, number)
+        except (ValueError, OSError):
+            pass
+    # clone may make threads and processes, but not namespaces.
     for flag in NAMESPACE_FLAGS:
         f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # Compared as 64-bit values: anything >= 11, upper bits set included, is denied.
+    for call in ("socket", "socketpair"):
+        for family in (0, *range(AF_INET + 1, AF_INET6)):
+            f.add_rule(deny, call, seccomp.Arg(0, seccomp.EQ, family))
+        f.add_rule(deny, call, seccomp.Arg(0, seccomp.GE, AF_INET6 + 1))
     return f
 
 

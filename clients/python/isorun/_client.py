@@ -256,7 +256,9 @@ def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry,
     try:
         _codec.encode_into(target, value, registry, names=names)
     except errors.SerializationError as e:
-        raise type(e)(f"{where}: {e}") from None
+        error = type(e)(f"{where}: {e}")
+        error.limit = e.limit
+        raise error from None
 
 
 def _options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:

@@ -58,8 +58,8 @@ _FLOAT_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|nan|inf|-in
 _DECIMAL_CONTEXT = decimal.Context(traps=[decimal.InvalidOperation])
 
 _TOO_DEEP_WHY = (
-    f"more than {MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is about "
-    f"{(MAX_WIRE_DEPTH - 1) // 2} lists or {(MAX_WIRE_DEPTH - 1) // 3} dicts inside one another, "
+    f"more than {MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is more than "
+    f"{MAX_WIRE_DEPTH // 2} lists or {(MAX_WIRE_DEPTH + 1) // 3} dicts inside one another, "
     "and always the case for a value that contains itself"
 )
 _NO_STACK_WHY = "the Python stack ran out before the depth limit was reached (limit 'depth')"

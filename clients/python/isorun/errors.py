@@ -63,7 +63,10 @@ class ResourceLimitError(IsorunError):
 
 
 class SerializationError(IsorunError, TypeError):
-    """A value cannot cross the wire: no codec, no resolver, or over a size or depth limit."""
+    """A value cannot cross the wire: no codec, no resolver, or over a size or depth limit
+    (then ``limit`` is ``"size"`` or ``"depth"``; otherwise it is None)."""
+
+    limit: str | None = None
 
 
 class DaemonUnavailable(IsorunError, ConnectionError):

@@ -1,0 +1,187 @@
+"""The external profilers profile_call.py drives, and the plain-text report it prints.
+
+Each function starts its tool against running processes, keeps calls flowing while it samples
+(``background(seconds)`` runs echo calls from 8 threads), stops it, keeps the raw output in
+``out`` and returns a short summary for profile.json.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _which(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name  # pip installs py-spy next to the interpreter
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+# ---- py-spy ------------------------------------------------------------------------------------
+
+def py_spy(daemon_pid: int, client_pid: int, seconds: float, out: Path, background) -> dict:
+    exe = _which("py-spy")
+    if exe is None:
+        return {"note": "py-spy not installed (pip install py-spy)"}
+    procs = {}
+    for name, pid, extra in (("daemon", daemon_pid, ["--subprocesses"]), ("client", client_pid, [])):
+        procs[name] = subprocess.Popen(
+            [exe, "record", "-p", str(pid), *extra, "--rate", "250", "--format", "raw",
+             "--nonblocking", "--duration", str(int(seconds)), "--output", str(out / f"py-spy-{name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # attached before the calls start
+    background(seconds)
+    summary = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=seconds + 30)
+        path = out / f"py-spy-{name}.txt"
+        summary[name] = summarize_collapsed(path) if path.exists() else {"error": err.decode()[-500:]}
+    return summary
+
+
+def summarize_collapsed(path: Path, top: int = 25) -> dict:
+    """From ``frame;frame;… count`` lines: samples per process, and per function the share of
+    samples it is on the stack (inclusive) and at the top of it (self)."""
+    per_process = collections.Counter()
+    inclusive, own = collections.Counter(), collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        process = frames[0] if frames[0].startswith("process ") else "process"
+        per_process[_short_process(process)] += n
+        total += n
+        names = [_function(f) for f in frames if not f.startswith(("process ", "thread "))]
+        for name in set(names):
+            inclusive[name] += n
+        if names:
+            own[names[-1]] += n
+    pct = lambda c: [(name, round(100 * n / total, 1)) for name, n in c.most_common(top)]  # noqa: E731
+    return {"samples": total, "per_process": dict(per_process.most_common(10)),
+            "inclusive_pct": pct(inclusive), "self_pct": pct(own)}
+
+
+def _function(frame: str) -> str:
+    # py-spy raw frames look like "run_call (isorund/launcher.py:224)"; drop the line number.
+    return re.sub(r":\d+\)$", ")", frame.strip())
+
+
+def _short_process(frame: str) -> str:
+    match = re.match(r'process (\d+):"(.*)"', frame)
+    if not match:
+        return frame
+    command = match.group(2)
+    role = "zygote" if "isorund.zygote" in command else ("daemon" if "daemon" in command else command[:40])
+    return f"{role} ({match.group(1)})"
+
+
+# ---- perf --------------------------------------------------------------------------------------
+
+def perf(daemon_pid: int, zygote_pid: int, seconds: float, out: Path, background) -> dict:
+    """Kernel + user stacks of the daemon and the zygote tree (children are inherited)."""
+    exe = _which("perf")
+    if exe is None:
+        return {"note": "perf not installed"}
+    data = out / "perf.data"
+    proc = subprocess.Popen([exe, "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data),
+                             "-p", f"{daemon_pid},{zygote_pid}", "--", "sleep", str(seconds + 1)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    background(seconds)
+    proc.wait(timeout=seconds + 30)
+    reports = {}
+    for name, sort in (("by_dso", "dso"), ("by_symbol", "dso,sym")):
+        text = subprocess.run([exe, "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+                               "--percent-limit", "0.7", "--sort", sort],
+                              capture_output=True, text=True, timeout=120).stdout
+        (out / f"perf-{name}.txt").write_text(text)
+        reports[name] = [line.strip() for line in text.splitlines()
+                         if line.strip() and not line.startswith("#")][:30]
+    tree = subprocess.run([exe, "report", "-i", str(data), "--stdio", "--children", "--sort", "sym",
+                           "-g", "caller,0.5,callee", "--percent-limit", "2"],
+                          capture_output=True, text=True, timeout=120).stdout
+    (out / "perf-children.txt").write_text(tree)
+    return reports
+
+
+# ---- strace ------------------------------------------------------------------------------------
+
+def strace(zygote_pid: int, daemon_pid: int, out: Path, one_call, calls: int) -> dict:
+    """Syscall counts and times per call for the zygote tree and for the daemon's threads, then
+    a timestamped trace of the zygote tree over 3 calls (strace slows every syscall down, so
+    read its times as relative costs only)."""
+    exe = _which("strace")
+    if exe is None:
+        return {"note": "strace not installed"}
+    procs = {name: subprocess.Popen([exe, "-c", "-f", "-p", str(pid), "-o", str(out / f"strace-{name}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in (("zygote", zygote_pid), ("daemon", daemon_pid))}
+    time.sleep(1.0)
+    for _ in range(calls):
+        one_call()
+    time.sleep(0.5)
+    for proc in procs.values():
+        _stop(proc)
+    timeline = subprocess.Popen([exe, "-f", "-tt", "-T", "-p", str(zygote_pid),
+                                 "-o", str(out / "strace-zygote-timeline.txt")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    for _ in range(3):
+        one_call()
+    time.sleep(0.5)
+    _stop(timeline)
+    return {name: _strace_table(out / f"strace-{name}.txt", calls) for name in procs}
+
+
+def _stop(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+
+
+def _strace_table(path: Path, calls: int, top: int = 20) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
+            errors = len(parts) == 6
+            rows.append({"syscall": parts[-1], "seconds": float(parts[1]),
+                         "per_call": round(int(parts[3]) / calls, 1),
+                         "errors": int(parts[4]) if errors else 0})
+    return sorted(rows, key=lambda r: -r["seconds"])[:top]
+
+
+# ---- the printed report ------------------------------------------------------------------------
+
+def print_report(report: dict) -> None:
+    print(f"load average before: {report['load_start']}, after: {report['load_end']}")
+    print("\nOne echo call at concurrency 1, p50 of each span (ms):")
+    for row in report.get("timeline", []):
+        print(f"  {row['span']:<56} {row['p50_ms']:8.3f}   (mean {row['mean_ms']:.3f}, n {row['n']})")
+    print(f"\nEmpty RPC (GetCapabilities) round trip, p50: {report.get('empty_rpc_p50_ms')} ms")
+    print("\nCPU time per call (ms):")
+    for row in report.get("cpu", []):
+        print(f"  {row['callers']} caller(s): {row['calls_per_s']} calls/s; daemon {row['daemon_ms']}, "
+              f"zygote + sandboxes {row.get('zygote_and_sandboxes_ms')}, client {row['client_ms']}, "
+              f"daemon tree total {row.get('tree_ms')}")
+    for name, summary in (report.get("py_spy") or {}).items():
+        if "inclusive_pct" not in summary:
+            print(f"\npy-spy {name}: {summary}")
+            continue
+        print(f"\npy-spy {name}: {summary['samples']} samples; per process {summary['per_process']}")
+        print("  inclusive %: " + "; ".join(f"{n} {p}" for n, p in summary["inclusive_pct"][:15]))
+        print("  self %:      " + "; ".join(f"{n} {p}" for n, p in summary["self_pct"][:15]))
+    for name, lines in (report.get("perf") or {}).items():
+        print(f"\nperf {name}:")
+        for line in lines[:20]:
+            print("  " + line)
+    for name, rows in (report.get("strace") or {}).items():
+        print(f"\nstrace -c -f {name} (per call):")
+        for row in rows[:15]:
+            print(f"  {row['syscall']:<20} {row['per_call']:7.1f} calls  {row['seconds']:.3f} s total")

@@ -1,0 +1,124 @@
+// Type declarations of isorun's Node.js client. The value mapping is in README.md ("Values").
+
+/** What a value may be when sent: plain data, and the types README.md lists as tagged. */
+export type Sendable =
+  | null | undefined | boolean | number | bigint | string | Date | Uint8Array
+  | Sendable[] | Set<Sendable> | Map<Sendable, Sendable> | { [key: string]: Sendable };
+
+/** What a result may be: Python values decoded as README.md lists (tuple -> Array, Decimal ->
+ * string, timedelta -> milliseconds, complex -> {real, imag}, ...). */
+export type Received =
+  | null | boolean | number | bigint | string | Date | Buffer
+  | Received[] | Set<Received> | Map<Received, Received> | { [key: string]: Received };
+
+export type ConsoleStream = "stdout" | "stderr";
+
+export interface CodeRunnerOptions {
+  /** Absolute host folder holding the guest code. */
+  root: string;
+  /** File, relative to root, whose functions are called. */
+  file: string;
+  /** Extra importable top-level modules (stdlib or installed on the daemon's host). */
+  external?: string[];
+  /** Extra absolute host folders guest modules may import from (mounted read-only). */
+  whitelistedPaths?: string[];
+  /** Extensions of importable guest source; default [".py"]. "jx" is read as ".jx". */
+  sourceExtensions?: string[];
+  /** Name of a source-transform plugin registered in the daemon's config. */
+  compiler?: string;
+  /** Name of a module-resolver plugin registered in the daemon's config. */
+  resolver?: string;
+  /** Plain JSON handed to the resolver plugin. */
+  resolverOptions?: Record<string, unknown>;
+  /** Called live with each line the guest prints, trailing newline included. */
+  onConsole?: (stream: ConsoleStream, text: string) => unknown;
+  /** Daemon socket; default: $ISORUN_SOCKET, then the daemon's own default path. */
+  socket?: string;
+}
+
+export interface RunOptions {
+  /** Name of the function in `file`. */
+  funcName: string;
+  /** Positional arguments; missing ones reach the guest as None. */
+  args?: Sendable[];
+  /** Global names visible to the guest code. */
+  context?: { [name: string]: Sendable };
+  /** Called once the function is found, just before it is called. */
+  running?: () => unknown;
+  /** Wall-clock timeout in milliseconds; default: the daemon's (5000 ms unless configured). */
+  timeout?: number;
+  /** Name of an args-resolver plugin registered in the daemon's config. */
+  argsResolver?: string;
+}
+
+/** The daemon's answer to GetCapabilities (proto field names in camelCase). */
+export interface Capabilities {
+  version?: string;
+  isolation?: "ISOLATION_UNSPECIFIED" | "KERNEL" | "NONE";
+  typeNames: string[];
+  compilers: string[];
+  resolvers: string[];
+  argsResolvers: string[];
+  limits?: Record<string, string | number>;
+  defaultTimeoutSeconds?: number;
+  maxTimeoutSeconds?: number;
+  defaultExternal: string[];
+  maxConcurrency?: number;
+}
+
+export class CodeRunner {
+  constructor(options: CodeRunnerOptions);
+  readonly root: string;
+  readonly file: string;
+  readonly socket: string;
+  /** Calls `funcName(...args)` in a fresh sandbox; resolves to its value or rejects with one of `errors`. */
+  run<T = Received>(options: RunOptions): Promise<T>;
+  capabilities(): Promise<Capabilities>;
+  /** Closes the channel; calls in flight finish, new ones are refused. */
+  close(): Promise<void>;
+}
+
+/** $ISORUN_SOCKET, else /run/isorund/isorund.sock (root, or when it exists), else $XDG_RUNTIME_DIR/isorund.sock. */
+export function defaultSocket(): string;
+
+export namespace errors {
+  /** Base of every isorun error: `err instanceof errors.IsorunError` holds for all of them. */
+  class IsorunError extends Error {}
+  /** The guest imported a module that is not allowed or does not exist. */
+  class ModuleNotFound extends IsorunError {
+    constructor(module: string);
+    /** "Cannot find module 'NAME'" */
+    readonly message: string;
+    readonly module: string;
+  }
+  /** funcName is missing from the file or not callable. Also an IsorunError. */
+  class FunctionNotFound extends TypeError {}
+  /** The guest raised. `stack` is the guest's traceback: guest frames only, root-relative paths. */
+  class GuestError extends IsorunError {
+    constructor(typeName: string, message: string, traceback?: string);
+    /** The Python exception class, e.g. "ValueError". */
+    readonly typeName: string;
+    readonly traceback: string;
+  }
+  /** The call ran past its timeout; its whole sandbox was killed. */
+  class RuntimeTimeoutError extends IsorunError {}
+  /** The call went over a limit. */
+  class ResourceLimitError extends IsorunError {
+    constructor(message: string, limit: string);
+    /** memory, processes, output, result, cpu or queue */
+    readonly limit: string;
+  }
+  /** A value cannot cross the wire; raised before sending for arguments and context. Also an IsorunError. */
+  class SerializationError extends TypeError {
+    constructor(message: string, limit?: "depth" | "size" | null);
+    readonly limit: "depth" | "size" | null;
+  }
+  /** No daemon answers at the socket named in the message. */
+  class DaemonUnavailable extends IsorunError {}
+  /** The request was refused as malformed (bad path, unknown plugin, timeout out of range). */
+  class InvalidRequest extends IsorunError {}
+  /** The daemon does not accept this process's user or group. */
+  class AccessDenied extends IsorunError {}
+  /** The sandbox could not be built or died without reporting an outcome. */
+  class SandboxError extends IsorunError {}
+}

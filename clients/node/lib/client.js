@@ -1,0 +1,295 @@
+"use strict";
+/**
+ * CodeRunner: isolated-runtime's API over isorund's gRPC service. One call = one request to the
+ * daemon, which runs it in a fresh sandbox and answers with one outcome.
+ *
+ * A runner holds one channel for its life (grpc-js connects on the first call) and asks the
+ * daemon's capabilities at most once per channel, the first time a value needs a tagged type
+ * name. Outcomes and gRPC status codes become `errors` in this module only (failureError,
+ * transportError), mirroring the Python client.
+ */
+const fs = require("fs");
+const path = require("path");
+const grpc = require("@grpc/grpc-js");
+const errors = require("./errors");
+const { encode, sizeBudget } = require("./codec");
+const { decode } = require("./decode");
+const proto = require("./proto");
+
+const SYSTEM_SOCKET = "/run/isorund/isorund.sock";
+// How long a call may wait in the daemon's queue on top of its own timeout before the client
+// gives up. The daemon honours the resulting gRPC deadline while the call is queued.
+const QUEUE_ALLOWANCE_MS = 60000;
+// Used for the deadline only when the caller leaves the timeout to the daemon.
+const DEFAULT_TIMEOUT_GUESS_MS = 30000;
+const MAX_MESSAGE = 64 * 1024 * 1024; // the daemon's default max_request_bytes
+// What the values of one request may take together: the message, less room for the rest of
+// the request (paths, names, framing), so that a request over the limit fails here, named.
+const VALUES_BUDGET = MAX_MESSAGE - 1024 * 1024;
+const STREAMS = { STDOUT: "stdout", STDERR: "stderr" };
+
+/** $ISORUN_SOCKET, else the system daemon's socket when it exists (or we are root, or have no
+ * runtime folder), else the per-user one: the paths isorund itself defaults to. */
+function defaultSocket() {
+  if (process.env.ISORUN_SOCKET) return process.env.ISORUN_SOCKET;
+  const runtime = process.env.XDG_RUNTIME_DIR;
+  if (process.geteuid() === 0 || !runtime || fs.existsSync(SYSTEM_SOCKET)) return SYSTEM_SOCKET;
+  return path.join(runtime, "isorund.sock");
+}
+
+function isPlainObject(value) {
+  if (typeof value !== "object" || value === null) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/** Plugins run on the daemon, in Python: a JavaScript function cannot be one. */
+function pluginName(option, value) {
+  if (value === undefined || value === null || value === "") return "";
+  if (typeof value !== "string") {
+    throw new errors.InvalidRequest(`${option} must be the name of a plugin registered in the ` +
+      `daemon's config (a string), got ${typeof value}: isorun runs no host JavaScript in the sandbox`);
+  }
+  return value;
+}
+
+function stringList(option, value) {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value) || !value.every((item) => typeof item === "string")) {
+    throw new errors.InvalidRequest(`${option} must be an array of strings`);
+  }
+  return value;
+}
+
+/** resolverOptions are plain JSON handed to the resolver plugin as a dict: a Struct, as is. */
+function optionsStruct(options) {
+  let json;
+  try {
+    json = JSON.parse(JSON.stringify(options));
+  } catch (e) {
+    throw new errors.SerializationError(`resolverOptions must be JSON-like: ${e.message}`);
+  }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new errors.SerializationError("resolverOptions must be a JSON-like object");
+  }
+  return jsonValue(json).structValue;
+}
+
+function jsonValue(json) {
+  if (json === null) return { nullValue: "NULL_VALUE" };
+  if (Array.isArray(json)) return { listValue: { values: json.map(jsonValue) } };
+  switch (typeof json) {
+    case "object": {
+      const fields = Object.create(null);
+      for (const [key, item] of Object.entries(json)) fields[key] = jsonValue(item);
+      return { structValue: { fields } };
+    }
+    case "string": return { stringValue: json };
+    case "boolean": return { boolValue: json };
+    default: return { numberValue: json }; // JSON.parse makes nothing else
+  }
+}
+
+class CodeRunner {
+  /**
+   * @param {object} options root (absolute folder of the guest code), file (relative to root),
+   *   external, whitelistedPaths, sourceExtensions, compiler, resolver, resolverOptions,
+   *   onConsole(stream, text), socket. See index.d.ts.
+   */
+  constructor({ root, file, external, whitelistedPaths, sourceExtensions = [".py"], compiler,
+    resolver, resolverOptions, onConsole, socket } = {}) {
+    if (typeof root !== "string" || typeof file !== "string") {
+      throw new errors.InvalidRequest("root and file must be strings: the absolute folder holding " +
+        `the guest code and the file under it, got root=${typeof root}, file=${typeof file}`);
+    }
+    if (onConsole !== undefined && onConsole !== null && typeof onConsole !== "function") {
+      throw new errors.InvalidRequest("onConsole must be a function (stream, text) => void");
+    }
+    this.root = root;
+    this.file = file;
+    this.socket = socket || defaultSocket();
+    this.onConsole = onConsole || null;
+    this._template = {
+      root, file,
+      external: stringList("external", external),
+      whitelistedPaths: stringList("whitelistedPaths", whitelistedPaths),
+      // isolated-runtime took extensions without the dot ("jx"); isorun's daemon wants ".jx".
+      sourceExtensions: stringList("sourceExtensions", sourceExtensions)
+        .map((ext) => (ext.startsWith(".") ? ext : `.${ext}`)),
+      compiler: pluginName("compiler", compiler),
+      resolver: pluginName("resolver", resolver),
+    };
+    if (resolverOptions !== undefined && resolverOptions !== null) {
+      this._template.resolverOptions = optionsStruct(resolverOptions);
+    }
+    const { Runner } = proto.load();
+    this._client = new Runner(`unix:${path.resolve(this.socket)}`, grpc.credentials.createInsecure(), {
+      "grpc.max_receive_message_length": MAX_MESSAGE,
+      "grpc.max_send_message_length": MAX_MESSAGE,
+      "grpc.enable_retries": 0,
+    });
+    this._typeNames = null; // a Promise of the daemon's type names, once asked
+    this._closed = false;
+  }
+
+  /**
+   * Calls `funcName(...args)` of the file in a fresh sandbox; resolves to its value or rejects
+   * with one of `errors`. `timeout` is in milliseconds, as in isolated-runtime.
+   */
+  async run({ funcName, args, context, running, timeout, argsResolver } = {}) {
+    const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
+    const deadline = Date.now() + (timeout || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
+    let outcome;
+    try {
+      if (names.size) this._checkNames(names, await this._ensureTypeNames(deadline));
+      if (!running && !this.onConsole) {
+        outcome = (await this._unary("Run", request, deadline)).outcome;
+      } else {
+        outcome = await this._stream(request, deadline, running);
+      }
+    } catch (e) {
+      throw transportError(e, this.socket);
+    }
+    if (!outcome) throw new errors.SandboxError("the daemon ended the call without an outcome");
+    if (outcome.result !== "value") throw failureError(outcome.failure || {});
+    return decode(outcome.value, "result: ");
+  }
+
+  /** The daemon's version, isolation level, limits, plugins and value type names. */
+  async capabilities() {
+    this._checkOpen();
+    try {
+      return await this._unary("GetCapabilities", {}, Date.now() + 10000);
+    } catch (e) {
+      throw transportError(e, this.socket);
+    }
+  }
+
+  /** Closes the channel. Calls already in flight finish; new ones are refused. */
+  async close() {
+    if (!this._closed) {
+      this._closed = true;
+      this._client.close();
+    }
+  }
+
+  _checkOpen() {
+    if (this._closed) throw new errors.IsorunError("this runner is closed");
+  }
+
+  _request(funcName, args, context, timeout, argsResolver, running) {
+    this._checkOpen();
+    if (typeof funcName !== "string" || !funcName) {
+      throw new errors.InvalidRequest(`funcName must be a non-empty string, got ${typeof funcName}`);
+    }
+    if (timeout !== undefined && timeout !== null && !(typeof timeout === "number" && timeout > 0)) {
+      throw new errors.InvalidRequest(`timeout must be a number of milliseconds > 0, got ${timeout}`);
+    }
+    if (running !== undefined && running !== null && typeof running !== "function") {
+      throw new errors.InvalidRequest("running must be a function");
+    }
+    if (args !== undefined && args !== null && !Array.isArray(args)) {
+      throw new errors.InvalidRequest("args must be an array: the positional arguments of the call");
+    }
+    if (context !== undefined && context !== null && !isPlainObject(context)) {
+      throw new errors.InvalidRequest("context must be a plain object: its entries become global names");
+    }
+    const names = new Set();
+    const budget = sizeBudget(VALUES_BUDGET, "the arguments and context are too large");
+    const request = {
+      ...this._template,
+      funcName,
+      args: Array.from(args || [], (arg, i) => encode(arg, { names, budget, where: `argument ${i}: ` })),
+      context: Object.create(null), // so that a "__proto__" entry stays an entry
+      timeoutSeconds: timeout ? timeout / 1000 : 0,
+      argsResolver: pluginName("argsResolver", argsResolver),
+    };
+    for (const [key, value] of Object.entries(context || {})) {
+      // Entries holding undefined are left out, as JSON.stringify leaves them out.
+      if (value !== undefined) {
+        request.context[key] = encode(value, { names, budget, where: `context ${JSON.stringify(key)}: ` });
+      }
+    }
+    return { request, names };
+  }
+
+  _ensureTypeNames(deadline) {
+    if (this._typeNames === null) {
+      this._typeNames = this._unary("GetCapabilities", {}, deadline)
+        .then((caps) => new Set(caps.typeNames || []));
+      this._typeNames.catch(() => { this._typeNames = null; }); // ask again on the next call
+    }
+    return this._typeNames;
+  }
+
+  _checkNames(names, offered) {
+    const missing = [...names].filter((name) => !offered.has(name)).sort();
+    if (missing.length) {
+      throw new errors.SerializationError(`the daemon at ${this.socket} has no resolver for type ` +
+        `'${missing[0]}'; it offers: ${[...offered].sort().join(", ") || "none"}`);
+    }
+  }
+
+  _unary(method, request, deadline) {
+    return new Promise((resolve, reject) => {
+      this._client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    });
+  }
+
+  /** Runs the call over RunStream, feeding `running` and `onConsole` live, in order. A callback
+   * that returns a promise is awaited before the next event; one that throws ends the call. */
+  async _stream(request, deadline, running) {
+    const call = this._client.RunStream(request, { deadline });
+    for await (const event of call) {
+      if (event.event === "console" && this.onConsole) {
+        const line = event.console;
+        await this.onConsole(STREAMS[line.stream] || "stdout", line.text || "");
+      } else if (event.event === "running" && running) {
+        await running();
+      } else if (event.event === "outcome") {
+        return event.outcome; // leaving the loop cancels the (already finished) call
+      }
+    }
+    return null;
+  }
+}
+
+/** An in-band Failure of the call -> one of `errors`. */
+function failureError(failure) {
+  const message = failure.message || "";
+  switch (failure.kind) {
+    case "MODULE_NOT_FOUND": return new errors.ModuleNotFound(failure.module || "");
+    case "FUNCTION_NOT_FOUND": return new errors.FunctionNotFound(message);
+    case "GUEST_EXCEPTION": return new errors.GuestError(failure.typeName || "", message, failure.traceback || "");
+    case "TIMEOUT": return new errors.RuntimeTimeoutError(message);
+    case "RESOURCE_LIMIT": return new errors.ResourceLimitError(message, failure.limit || "");
+    case "SERIALIZATION": return new errors.SerializationError(message);
+    default: return new errors.SandboxError(message || "the sandbox failed without a message");
+  }
+}
+
+/** A gRPC status error -> one of `errors`; our own errors and callbacks' errors pass through. */
+function transportError(error, socket) {
+  if (error instanceof errors.IsorunError || error == null || typeof error.code !== "number" ||
+      typeof error.details !== "string") {
+    return error;
+  }
+  const { details } = error;
+  switch (error.code) {
+    case grpc.status.INVALID_ARGUMENT: return new errors.InvalidRequest(details);
+    case grpc.status.RESOURCE_EXHAUSTED: return new errors.ResourceLimitError(details, "queue");
+    case grpc.status.PERMISSION_DENIED: return new errors.AccessDenied(details);
+    case grpc.status.DEADLINE_EXCEEDED:
+      return new errors.RuntimeTimeoutError(`no answer from isorund at ${socket} before the deadline: ${details}`);
+    case grpc.status.UNAVAILABLE:
+      if (!fs.existsSync(socket)) {
+        return new errors.DaemonUnavailable(`no isorun daemon at ${socket}: the socket does not exist`);
+      }
+      return new errors.DaemonUnavailable(`isorund at ${socket} is unavailable: ${details}`);
+    default:
+      return new errors.SandboxError(`isorund at ${socket} failed the call ` +
+        `(${grpc.status[error.code] || error.code}): ${details}`);
+  }
+}
+
+module.exports = { CodeRunner, defaultSocket };

@@ -1,0 +1,199 @@
+"use strict";
+/**
+ * Results back: google.protobuf.Value (proto-loader's object form, with `kind` set by the
+ * `oneofs` option) -> JavaScript. The JavaScript type each Python type becomes is listed, with
+ * the reasons, in README.md ("Values"). A value tagged with a type this client has no decoder
+ * for is a SerializationError: returning it half-decoded would silently change its type.
+ */
+const { Failure, tooDeep, short, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY } = require("./codec");
+
+/** Internal: a tagged value's payload has the wrong shape. */
+class BadPayload extends Error {}
+
+const INT_TEXT = /^-?[0-9]+$/;
+// What Python's repr() writes for a float (JSON number syntax), and the non-finite three,
+// spelled exactly so (docs/values.md, "float").
+const FLOAT_TEXT = /^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$/;
+const NON_FINITE = { nan: NaN, inf: Infinity, "-inf": -Infinity };
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+// datetime.isoformat(): date, "T" (or another one-character separator), time with optional
+// fraction, optional UTC offset with optional seconds and fraction.
+const DATETIME = new RegExp(
+  "^(\\d{4})-(\\d{2})-(\\d{2}).(\\d{2}):(\\d{2}):(\\d{2})(?:\\.(\\d{1,6}))?" +
+  "(?:(Z)|([+-])(\\d{2}):(\\d{2})(?::(\\d{2})(?:\\.(\\d{1,6}))?)?)?$");
+
+const describe = (payload) => `${Array.isArray(payload) ? "array" : typeof payload} ${short(payload)}`;
+
+function text(payload) {
+  if (typeof payload !== "string") throw new BadPayload(`expected a string, got ${describe(payload)}`);
+  return payload;
+}
+
+function items(payload, count = null) {
+  if (!Array.isArray(payload) || (count !== null && payload.length !== count)) {
+    throw new BadPayload(`expected ${count === null ? "an array" : `an array of ${count} items`}, ` +
+      `got ${describe(payload)}`);
+  }
+  return payload;
+}
+
+function numbers(payload, count) {
+  if (!items(payload, count).every((item) => typeof item === "number")) {
+    throw new BadPayload(`expected ${count} numbers, got ${short(payload)}`);
+  }
+  return payload;
+}
+
+function decodeFloat(payload) {
+  const t = text(payload);
+  if (Object.prototype.hasOwnProperty.call(NON_FINITE, t)) return NON_FINITE[t];
+  if (!FLOAT_TEXT.test(t)) {
+    throw new BadPayload(`expected a number such as '4.0' or '-1e+300', or 'nan', 'inf' or '-inf', got ${short(t)}`);
+  }
+  return Number(t);
+}
+
+function decodeBytes(payload) {
+  const t = text(payload);
+  if (!BASE64.test(t)) throw new BadPayload("not valid padded base64");
+  return Buffer.from(t, "base64");
+}
+
+function decodePairs(payload) {
+  const map = new Map();
+  for (const pair of items(payload)) {
+    if (!Array.isArray(pair) || pair.length !== 2) {
+      throw new BadPayload(`expected an array of [key, value] pairs, got ${describe(pair)}`);
+    }
+    map.set(pair[0], pair[1]);
+  }
+  return map;
+}
+
+/** Python's isoformat() -> Date. A naive datetime is read as UTC: the sandbox's clock is UTC.
+ * Microseconds are cut to the millisecond, the precision of a Date. */
+function decodeDatetime(payload) {
+  const t = text(payload);
+  const m = DATETIME.exec(t);
+  if (!m) throw new BadPayload(`expected an ISO 8601 datetime, got ${short(t)}`);
+  const n = (i) => Number(m[i] || 0);
+  const date = new Date(0);
+  date.setUTCFullYear(n(1), n(2) - 1, n(3)); // unlike Date.UTC, keeps years 1-99 as they are
+  date.setUTCHours(n(4), n(5), n(6), Math.floor(Number((m[7] || "").padEnd(6, "0")) / 1000));
+  if (m[9]) {
+    const offset = ((n(10) * 60 + n(11)) * 60 + n(12)) * 1000 + Number((m[13] || "").padEnd(6, "0")) / 1000;
+    date.setTime(date.getTime() - (m[9] === "-" ? -offset : offset));
+  }
+  if (Number.isNaN(date.getTime())) throw new BadPayload(`not a valid datetime: ${short(t)}`);
+  return date;
+}
+
+const DECODERS = new Map(Object.entries({
+  int: (p) => {
+    if (!INT_TEXT.test(text(p))) throw new BadPayload(`expected a decimal integer, got ${short(p)}`);
+    return BigInt(p); // only integers past 2**53 travel tagged, and those need a BigInt
+  },
+  float: decodeFloat,
+  dict: decodePairs,
+  bytes: decodeBytes,
+  bytearray: decodeBytes,
+  tuple: items,
+  set: (p) => new Set(items(p)),
+  frozenset: (p) => new Set(items(p)),
+  datetime: decodeDatetime,
+  date: text, // "2020-02-29": a Date would invent a time of day and a time zone
+  time: text, // "23:59:59"
+  timedelta: (p) => { // milliseconds, the unit of every duration in JavaScript
+    const [days, seconds, microseconds] = numbers(p, 3);
+    return days * 86400000 + seconds * 1000 + microseconds / 1000;
+  },
+  Decimal: text, // the exact digits: a number would round them
+  UUID: text,
+  complex: (p) => {
+    const [real, imag] = numbers(p, 2);
+    return { real, imag };
+  },
+}));
+
+function decodeValue(message, depth) {
+  switch (message.kind) {
+    case "numberValue": return message.numberValue;
+    case "stringValue": return message.stringValue;
+    case "boolValue": return message.boolValue;
+    case "nullValue": return null;
+    case "listValue": return decodeList((message.listValue && message.listValue.values) || [], depth);
+    case "structValue": return decodeStruct((message.structValue && message.structValue.fields) || {}, depth);
+    default: throw new Failure("cannot decode a Value", "no kind is set (an empty Value message)");
+  }
+}
+
+function decodeList(values, depth) {
+  if (depth + (values.length ? 2 : 1) > MAX_WIRE_DEPTH) throw tooDeep();
+  const result = new Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    try {
+      result[i] = decodeValue(values[i], depth + 2);
+    } catch (e) {
+      if (e instanceof Failure) e.path.push(i);
+      throw e;
+    }
+  }
+  return result;
+}
+
+function decodeStruct(fields, depth) {
+  const keys = Object.keys(fields);
+  if (Object.prototype.hasOwnProperty.call(fields, TYPE_KEY)) return decodeTagged(fields, keys, depth);
+  if (depth + (keys.length ? 3 : 1) > MAX_WIRE_DEPTH) throw tooDeep();
+  const result = {};
+  for (const key of keys) {
+    let item;
+    try {
+      item = decodeValue(fields[key], depth + 3);
+    } catch (e) {
+      if (e instanceof Failure) e.path.push(`[${short(key)}]`);
+      throw e;
+    }
+    // defineProperty, so that a "__proto__" key becomes a key and not the object's prototype.
+    Object.defineProperty(result, key, { value: item, enumerable: true, writable: true, configurable: true });
+  }
+  return result;
+}
+
+function decodeTagged(fields, keys, depth) {
+  if (keys.length !== 2 || !Object.prototype.hasOwnProperty.call(fields, VALUE_KEY)) {
+    throw new Failure("cannot decode a tagged value", "a struct with a '$type' key must have " +
+      `exactly the keys '$type' and '$value', got ${short(keys.sort().join(", "))}`);
+  }
+  const tag = fields[TYPE_KEY];
+  if (tag.kind !== "stringValue") {
+    throw new Failure("cannot decode a tagged value", `'$type' must be a string, got a ${tag.kind}`);
+  }
+  const name = tag.stringValue;
+  const what = `cannot decode a value tagged ${short(name)}`;
+  if (depth + 3 > MAX_WIRE_DEPTH) throw tooDeep();
+  const rebuild = DECODERS.get(name);
+  if (rebuild === undefined) {
+    throw new Failure(what, "the Node client has no decoder for it; it decodes " +
+      [...DECODERS.keys()].sort().join(", "));
+  }
+  const payload = decodeValue(fields[VALUE_KEY], depth + 3);
+  try {
+    return rebuild(payload);
+  } catch (e) {
+    if (e instanceof BadPayload) throw new Failure(what, `bad payload: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Rebuilds the value the daemon sent; throws a SerializationError saying where it failed. */
+function decode(message, where = "") {
+  try {
+    return decodeValue(message, 1);
+  } catch (e) {
+    if (e instanceof Failure) throw e.toError(where);
+    throw e;
+  }
+}
+
+module.exports = { decode, TYPE_NAMES: [...DECODERS.keys()].sort() };

@@ -1,0 +1,146 @@
+"use strict";
+// The package around the calls: its public names, the error classes, socket discovery, option
+// checks, a missing daemon, capabilities and close().
+const assert = require("node:assert/strict");
+const { execFileSync } = require("node:child_process");
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const { after, before, describe, test } = require("node:test");
+const isorun = require("..");
+const { startDaemon } = require("../test-support/daemon");
+
+const { CodeRunner, errors } = isorun;
+
+describe("the package", () => {
+  test("exports exactly CodeRunner, errors and defaultSocket, from require and import alike", async () => {
+    assert.deepEqual(Object.keys(isorun).sort(), ["CodeRunner", "defaultSocket", "errors"]);
+    const esm = await import("isorun");
+    assert.equal(esm.CodeRunner, CodeRunner);
+    assert.equal(esm.errors, errors);
+    assert.equal(esm.default, isorun);
+  });
+
+  test("every error is an IsorunError, and the TypeErrors are TypeErrors", () => {
+    const made = {
+      ModuleNotFound: new errors.ModuleNotFound("os"),
+      FunctionNotFound: new errors.FunctionNotFound("function f was not found"),
+      GuestError: new errors.GuestError("ValueError", "Boom!", "Traceback ...\nValueError: Boom!\n"),
+      RuntimeTimeoutError: new errors.RuntimeTimeoutError("late"),
+      ResourceLimitError: new errors.ResourceLimitError("too big", "memory"),
+      SerializationError: new errors.SerializationError("no"),
+      DaemonUnavailable: new errors.DaemonUnavailable("nobody"),
+      InvalidRequest: new errors.InvalidRequest("bad"),
+      AccessDenied: new errors.AccessDenied("no"),
+      SandboxError: new errors.SandboxError("died"),
+    };
+    assert.deepEqual(Object.keys(made).sort(), Object.keys(errors).filter((n) => n !== "IsorunError").sort());
+    for (const [name, error] of Object.entries(made)) {
+      assert.ok(error instanceof errors.IsorunError, name);
+      assert.ok(error instanceof Error, name);
+      assert.ok(error instanceof errors[name], name);
+      assert.equal(error.name, name);
+      assert.equal(error instanceof TypeError, name === "FunctionNotFound" || name === "SerializationError", name);
+    }
+    assert.ok(!(made.ModuleNotFound instanceof errors.GuestError)); // subclasses do not widen
+    assert.ok(!(new TypeError("x") instanceof errors.IsorunError));
+    assert.ok(!(null instanceof errors.IsorunError));
+    assert.equal(made.ModuleNotFound.message, "Cannot find module 'os'");
+    assert.equal(made.ModuleNotFound.module, "os");
+    assert.equal(made.ResourceLimitError.limit, "memory");
+    assert.deepEqual([made.GuestError.typeName, made.GuestError.message], ["ValueError", "Boom!"]);
+    assert.equal(made.GuestError.stack, "Traceback ...\nValueError: Boom!");
+  });
+});
+
+describe("socket discovery", () => {
+  const saved = { ISORUN_SOCKET: process.env.ISORUN_SOCKET, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR };
+  after(() => {
+    for (const [key, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
+  });
+
+  test("the socket option, then $ISORUN_SOCKET, then the daemon's default path", () => {
+    process.env.ISORUN_SOCKET = "/tmp/from-env.sock";
+    assert.equal(new CodeRunner({ root: "/r", file: "f.py", socket: "/tmp/given.sock" }).socket, "/tmp/given.sock");
+    assert.equal(new CodeRunner({ root: "/r", file: "f.py" }).socket, "/tmp/from-env.sock");
+    delete process.env.ISORUN_SOCKET;
+    process.env.XDG_RUNTIME_DIR = "/run/user/1000";
+    const expected = process.geteuid() === 0 || fs.existsSync("/run/isorund/isorund.sock")
+      ? "/run/isorund/isorund.sock" : "/run/user/1000/isorund.sock";
+    assert.equal(isorun.defaultSocket(), expected);
+  });
+});
+
+describe("without a daemon", () => {
+  const socket = path.join(os.tmpdir(), `nobody-here-${process.pid}.sock`);
+  const runner = () => new CodeRunner({ root: "/nonexistent", file: "index.py", socket });
+
+  test("a call is a DaemonUnavailable naming the socket", async () => {
+    const r = runner();
+    await assert.rejects(r.run({ funcName: "f", timeout: 2000 }), (error) => {
+      assert.ok(error instanceof errors.DaemonUnavailable, String(error));
+      assert.ok(error.message.includes(socket), error.message);
+      return true;
+    });
+    await assert.rejects(r.capabilities(), errors.DaemonUnavailable);
+    await r.close();
+  });
+
+  test("a value that cannot be sent fails before any connection is tried", async () => {
+    await assert.rejects(runner().run({ funcName: "f", args: [1, new WeakMap()] }),
+      { name: "SerializationError", message: /^argument 1: cannot encode a value of type 'WeakMap'/ });
+  });
+
+  test("bad options are refused with what was expected", async () => {
+    assert.throws(() => new CodeRunner({ root: "/r" }), errors.InvalidRequest);
+    // isolated-runtime took JavaScript functions; isorun's plugins are named in the daemon config.
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", compiler: (code) => code }),
+      { name: "InvalidRequest", message: /compiler must be the name of a plugin/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", external: "json" }), /external must be an array/);
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { n: 1n } }), errors.SerializationError);
+    const r = runner();
+    await assert.rejects(r.run({ funcName: "" }), errors.InvalidRequest);
+    await assert.rejects(r.run({ funcName: "f", args: { original: [1] } }), /args must be an array/);
+    await assert.rejects(r.run({ funcName: "f", timeout: "5s" }), /timeout must be a number of milliseconds/);
+    await assert.rejects(r.run({ funcName: "f", argsResolver: (args) => args }), /argsResolver must be the name/);
+  });
+});
+
+describe("with a daemon", () => {
+  let daemon;
+  before(async () => { daemon = await startDaemon(); });
+  after(() => daemon.stop());
+
+  test("capabilities list the plugins and every type name this client sends", async () => {
+    const caps = await daemon.runner({ "index.py": "" }).capabilities();
+    assert.deepEqual(caps.compilers, ["plus-to-times"]);
+    for (const name of ["int", "float", "dict", "bytes", "set", "datetime"]) {
+      assert.ok(caps.typeNames.includes(name), name);
+    }
+  });
+
+  test("an unknown plugin is an InvalidRequest", async () => {
+    const r = daemon.runner({ "index.py": "def f():\n    return 1\n" }, { compiler: "no-such-compiler" });
+    await assert.rejects(r.run({ funcName: "f" }), errors.InvalidRequest);
+  });
+
+  test("a closed runner refuses new calls", async () => {
+    const r = daemon.runner({ "index.py": "def f():\n    return 1\n" });
+    assert.equal(await r.run({ funcName: "f" }), 1);
+    await r.close();
+    await assert.rejects(r.run({ funcName: "f" }), { name: "IsorunError", message: "this runner is closed" });
+  });
+
+  test("an ESM program uses it the same way", () => {
+    const root = daemon.makeRoot({ "rules.py": "def multiply(a, b):\n    return a * b\n" });
+    const program = `import { CodeRunner, errors } from "isorun";
+      const runner = new CodeRunner({ root: ${JSON.stringify(root)}, file: "rules.py", socket: ${JSON.stringify(daemon.socket)} });
+      console.log(await runner.run({ funcName: "multiply", args: [4, 5] }), typeof errors.GuestError);
+      await runner.close();`;
+    const out = execFileSync(process.execPath, ["--input-type=module", "-e", program], { cwd: path.join(__dirname, ".."), encoding: "utf8" });
+    assert.equal(out.trim(), "20 function");
+  });
+});

@@ -1,0 +1,137 @@
+"use strict";
+// The codec on its own, without a daemon: the examples of docs/values.md (section 4, in the
+// protobuf JSON form) encoded and decoded, the depth and size limits at their exact bounds,
+// and malformed input refused.
+const assert = require("node:assert/strict");
+const { describe, test } = require("node:test");
+const { errors } = require("..");
+const { encode, sizeBudget, MAX_WIRE_DEPTH } = require("../lib/codec");
+const { decode } = require("../lib/decode");
+const proto = require("../lib/proto");
+
+/** proto-loader's object form of a Value -> the protobuf JSON form the docs use. */
+function toJson(value) {
+  if ("nullValue" in value) return null;
+  if ("listValue" in value) return value.listValue.values.map(toJson);
+  if ("structValue" in value) {
+    return Object.fromEntries(Object.entries(value.structValue.fields).map(([k, v]) => [k, toJson(v)]));
+  }
+  return value.numberValue ?? value.stringValue ?? value.boolValue;
+}
+
+/** The JSON form -> a Value as the decoder receives it from proto-loader (with `kind`). */
+function fromJson(json) {
+  if (json === null) return { kind: "nullValue", nullValue: "NULL_VALUE" };
+  if (Array.isArray(json)) return { kind: "listValue", listValue: { values: json.map(fromJson) } };
+  if (typeof json === "object") {
+    const fields = Object.fromEntries(Object.entries(json).map(([k, v]) => [k, fromJson(v)]));
+    return { kind: "structValue", structValue: { fields } };
+  }
+  const kind = { number: "numberValue", string: "stringValue", boolean: "boolValue" }[typeof json];
+  return { kind, [kind]: json };
+}
+
+const tagged = (name, payload) => ({ $type: name, $value: payload });
+
+describe("encoding, as docs/values.md section 4 writes it", () => {
+  const rows = [
+    [null, null], [true, true], [-7, -7], [2 ** 53, 9007199254740992],
+    [2n ** 53n + 1n, tagged("int", "9007199254740993")], [-(2n ** 64n) - 1n, tagged("int", "-18446744073709551617")],
+    [5n, 5], [0.1, 0.1], [NaN, tagged("float", "nan")], [Infinity, tagged("float", "inf")],
+    [-Infinity, tagged("float", "-inf")], ["héllo", "héllo"], [[1, "a", null], [1, "a", null]], [[], []],
+    [{ a: { b: [1, 2.5] } }, { a: { b: [1, 2.5] } }], [{}, {}],
+    [new Map([[1, "one"], ["two", 2]]), tagged("dict", [[1, "one"], ["two", 2]])],
+    [{ $type: "bytes", $value: "AP8=" }, tagged("dict", [["$type", "bytes"], ["$value", "AP8="]])],
+    [{ $value: 1 }, { $value: 1 }],
+    [Buffer.from([0, 255]), tagged("bytes", "AP8=")], [new Uint8Array([104, 105]), tagged("bytes", "aGk=")],
+    [new Set([3]), tagged("set", [3])],
+    [new Date(Date.UTC(2026, 10, 24, 12, 30, 5, 123)), tagged("datetime", "2026-11-24T12:30:05.123000+00:00")],
+    [new Date(Date.UTC(2026, 10, 24, 12, 30)), tagged("datetime", "2026-11-24T12:30:00+00:00")],
+    [{ when: [new Date(0), Buffer.from("raw")] },
+      { when: [tagged("datetime", "1970-01-01T00:00:00+00:00"), tagged("bytes", "cmF3")] }],
+    [[undefined], [null]], [{ gone: undefined, kept: 1 }, { kept: 1 }],
+  ];
+  for (const [value, json] of rows) {
+    test(`${JSON.stringify(json)}`, () => {
+      const names = new Set();
+      assert.deepEqual(toJson(encode(value, { names })), json);
+      const expectedNames = JSON.stringify(json).match(/"\$type":"[^"]+"/g) || [];
+      assert.deepEqual([...names].sort(), [...new Set(expectedNames.map((t) => t.slice(9, -1)))].sort());
+    });
+  }
+});
+
+describe("decoding, as docs/values.md section 4 writes it", () => {
+  const rows = [
+    [tagged("int", "9007199254740993"), 2n ** 53n + 1n], [tagged("int", "5"), 5n], [9007199254740992, 2 ** 53],
+    [tagged("float", "4.0"), 4], [tagged("float", "-0.0"), -0], [tagged("float", "1e+300"), 1e300],
+    [tagged("float", "nan"), NaN], [tagged("float", "-inf"), -Infinity],
+    [tagged("dict", [[1, "one"], [tagged("tuple", [2, 3]), "pair"]]), new Map([[1, "one"], [[2, 3], "pair"]])],
+    [tagged("dict", [["$type", "bytes"], ["$value", "AP8="]]), new Map([["$type", "bytes"], ["$value", "AP8="]])],
+    [tagged("bytes", "AP8="), Buffer.from([0, 255])], [tagged("bytearray", "aGk="), Buffer.from("hi")],
+    [tagged("tuple", [1, "two"]), [1, "two"]], [tagged("tuple", []), []],
+    [tagged("set", [3]), new Set([3])], [tagged("frozenset", ["x"]), new Set(["x"])],
+    [tagged("datetime", "2026-11-24T12:30:05.123456+00:00"), new Date("2026-11-24T12:30:05.123Z")],
+    [tagged("datetime", "2026-11-24T12:30:00"), new Date("2026-11-24T12:30:00Z")],
+    [tagged("datetime", "2026-03-01T09:00:00+05:30"), new Date("2026-03-01T03:30:00Z")],
+    [tagged("datetime", "0001-01-01T00:00:00"), new Date("0001-01-01T00:00:00Z")],
+    [tagged("date", "2020-02-29"), "2020-02-29"], [tagged("time", "08:00:00.250000-03:00"), "08:00:00.250000-03:00"],
+    [tagged("timedelta", [2, 0, 5]), 2 * 86400000 + 0.005], [tagged("timedelta", [-1, 86399, 0]), -1000],
+    [tagged("Decimal", "3.14159265358979323846264338327950288"), "3.14159265358979323846264338327950288"],
+    [tagged("Decimal", "-0.00"), "-0.00"], [tagged("UUID", "12345678-1234-5678-1234-567812345678"), "12345678-1234-5678-1234-567812345678"],
+    [tagged("complex", [0.5, 0.25]), { real: 0.5, imag: 0.25 }],
+    [tagged("complex", [1.5, tagged("float", "-2.0")]), { real: 1.5, imag: -2 }],
+    [{ when: tagged("tuple", [tagged("date", "2000-01-01"), tagged("bytes", "cmF3")]) },
+      { when: ["2000-01-01", Buffer.from("raw")] }],
+    [JSON.parse('{"__proto__": 1}'), JSON.parse('{"__proto__": 1}')],
+  ];
+  for (const [json, value] of rows) {
+    test(`${JSON.stringify(json)}`, () => {
+      assert.deepEqual(decode(fromJson(json)), value);
+    });
+  }
+
+  const malformed = [
+    [{ $type: "bytes" }, /exactly the keys '\$type' and '\$value'/],
+    [{ $type: 1, $value: 2 }, /'\$type' must be a string/],
+    [tagged("acme.Money", ["1.00", "EUR"]), /tagged "acme.Money": the Node client has no decoder/],
+    [tagged("float", "Infinity"), /expected a number such as/],
+    [tagged("int", "1e5"), /expected a decimal integer/],
+    [tagged("bytes", "AP8"), /base64/],
+    [tagged("dict", [[1]]), /\[key, value\] pairs/],
+    [[1, { a: tagged("timedelta", [1, 2]) }], /at \[1\]\["a"\]: .*an array of 3 items/],
+  ];
+  for (const [json, message] of malformed) {
+    test(`refuses ${JSON.stringify(json)}`, () => {
+      assert.throws(() => decode(fromJson(json)), (error) => {
+        assert.ok(error instanceof errors.SerializationError, String(error));
+        assert.match(error.message, message);
+        return true;
+      });
+    });
+  }
+});
+
+describe("limits", () => {
+  const nest = (n, wrap) => { let v = wrap(null); for (let i = 1; i < n; i++) v = wrap(v); return v; };
+  const lists = (n) => nest(n, (inner) => (inner === null ? [] : [inner]));
+  const dicts = (n) => nest(n, (inner) => (inner === null ? {} : { a: inner }));
+
+  test(`${MAX_WIRE_DEPTH} levels: 45 arrays or 30 objects inside one another, and no more`, () => {
+    for (const [ok, tooDeep] of [[lists(45), lists(46)], [dicts(30), dicts(31)]]) {
+      assert.deepEqual(decode(fromJson(toJson(encode(ok)))), ok);
+      assert.throws(() => encode(tooDeep), { name: "SerializationError", limit: "depth" });
+      assert.throws(() => decode(fromJson(tooDeep)), { name: "SerializationError", limit: "depth" });
+    }
+  });
+
+  test("the size bound is the exact encoded size", () => {
+    const { Runner } = proto.load();
+    const value = { text: "héllo ✓".repeat(50), bytes: Buffer.alloc(300), big: 2n ** 80n, list: [1, 2.5, null, [new Date(0)]] };
+    // A RunRequest holding only this value as args[0]: a 1-byte tag, a varint length, the Value.
+    const request = Runner.service.Run.requestSerialize({ args: [encode(value)] });
+    const size = request.length - 1 - (request.length - 1 > 128 ? 2 : 1);
+    assert.ok(encode(value, { budget: sizeBudget(size) }));
+    assert.throws(() => encode(value, { budget: sizeBudget(size - 1) }), { name: "SerializationError", limit: "size" });
+  });
+});

@@ -1,0 +1,129 @@
+"use strict";
+// isolated-runtime-core's sandbox tests (test/sandbox.spec.js), one for one, against a real
+// isorund: what a guest may not reach, console capture, and guest-only stack traces.
+const assert = require("node:assert/strict");
+const { after, before, describe, test } = require("node:test");
+const { errors } = require("..");
+const { startDaemon } = require("../test-support/daemon");
+
+let daemon;
+
+before(async () => { daemon = await startDaemon(); });
+after(() => daemon.stop());
+
+describe("fs", () => {
+  test("can't require the fs module", async () => {
+    const runner = daemon.runner({ "index.py": "import os\n" });
+    await assert.rejects(runner.run({ funcName: "dummy", args: [] }), (error) => {
+      assert.ok(error instanceof errors.ModuleNotFound);
+      assert.equal(error.message, "Cannot find module 'os'");
+      return true;
+    });
+  });
+});
+
+describe("require", () => {
+  test("can't require other users code", async () => {
+    const secret = `s${Math.random().toString(36).slice(2)}`;
+    const other = daemon.makeRoot({ "tenant_secret.py": `secret = '${secret}'\n` });
+    // The other tenant's folder is not mounted in this call's sandbox, so naming it in
+    // external (or trying to open its file) finds nothing.
+    const runner = daemon.runner({
+      "index.py": "def escape():\n    import tenant_secret\n    return tenant_secret.secret\n\n" +
+        `def read():\n    return open('${other}/tenant_secret.py').read()\n`,
+    }, { external: ["tenant_secret"] });
+    await assert.rejects(runner.run({ funcName: "escape", args: [] }), (error) => {
+      assert.ok(error instanceof errors.ModuleNotFound);
+      assert.equal(error.module, "tenant_secret");
+      return true;
+    });
+    await assert.rejects(runner.run({ funcName: "read", args: [] }), (error) => {
+      assert.ok(error instanceof errors.GuestError); // no open(), and no such path anyway
+      assert.ok(!error.message.includes(secret));
+      return true;
+    });
+  });
+});
+
+describe("process.exit", () => {
+  test("can't call process.exit", async () => {
+    const runner = daemon.runner({ "index.py": "def exit_():\n    exit()\n\ndef raise_exit():\n    raise SystemExit(3)\n" });
+    await assert.rejects(runner.run({ funcName: "exit_", args: [] }),
+      { name: "GuestError", typeName: "NameError", message: "name 'exit' is not defined" });
+    // SystemExit is an error of the guest, not a silent end of the call.
+    await assert.rejects(runner.run({ funcName: "raise_exit", args: [] }), { name: "GuestError", typeName: "SystemExit" });
+  });
+});
+
+describe("modifying global scope", () => {
+  test("can't modify host global scope", async () => {
+    const runner = daemon.runner({ "index.py": "import builtins\n" });
+    await assert.rejects(runner.run({ funcName: "modify" }), errors.ModuleNotFound);
+    assert.equal(globalThis.a, undefined);
+  });
+
+  test("cant modify other users' global scope", async () => {
+    const modify = daemon.runner({ "index.py": "import json\n\ndef modify():\n    global a\n    a = 1\n" +
+      "    json.dumps = lambda *args, **kwargs: 'patched'\n" });
+    const read = daemon.runner({ "index.py": "import json\n\ndef global_a():\n" +
+      "    return [globals().get('a'), json.dumps([1])]\n" });
+    await modify.run({ funcName: "modify", args: [] });
+    assert.deepEqual(await read.run({ funcName: "global_a", args: [] }), [null, "[1]"]);
+    // Not even the same file keeps its globals from one call to the next: one call, one process.
+    assert.deepEqual(await modify.run({ funcName: "modify", args: [] }), null);
+  });
+});
+
+describe("console", () => {
+  test("allows passing custom console logic", async () => {
+    const secret = `s${Math.random().toString(36).slice(2)}`;
+    const lines = [];
+    const runner = daemon.runner({
+      "index.py": "import sys\n\ndef log(arg):\n    print(arg)\n    print('to stderr', file=sys.stderr)\n    return 'done'\n",
+    }, { external: ["sys"], onConsole: (stream, text) => lines.push([stream, text]) });
+    assert.equal(await runner.run({ funcName: "log", args: [secret] }), "done");
+    assert.deepEqual(lines.filter(([stream]) => stream === "stdout"), [["stdout", `${secret}\n`]]);
+    assert.deepEqual(lines.filter(([stream]) => stream === "stderr"), [["stderr", "to stderr\n"]]);
+  });
+
+  test("console lines and running arrive live, while the guest still runs", async () => {
+    const seen = [];
+    const runner = daemon.runner({
+      "index.py": "import time\n\ndef slow():\n    print('first', flush=True)\n    time.sleep(1.5)\n    return 'done'\n",
+    }, { external: ["time"], onConsole: (stream, text) => seen.push([text, Date.now()]) });
+    const result = await runner.run({ funcName: "slow", running: () => seen.push(["running", Date.now()]) });
+    const ended = Date.now();
+    assert.equal(result, "done");
+    assert.deepEqual(seen.map(([what]) => what), ["running", "first\n"]);
+    for (const [what, at] of seen) assert.ok(ended - at >= 1000, `${what} came ${ended - at} ms before the end`);
+  });
+
+  test("an async callback is awaited, and one that throws ends the call with its error", async () => {
+    const runner = daemon.runner({ "index.py": "def log():\n    print('x')\n    return 1\n" },
+      { onConsole: async () => { await new Promise((resolve) => setTimeout(resolve, 10)); throw new Error("from callback"); } });
+    await assert.rejects(runner.run({ funcName: "log" }), { message: "from callback" });
+  });
+});
+
+describe("stack trace", () => {
+  test("should only include code frames from sandbox", async () => {
+    const runner = daemon.runner({
+      "index.py": "def entry():\n    second()\n\ndef second():\n    explode()\n\ndef explode():\n    raise Exception('Boom!')\n",
+    });
+    await assert.rejects(runner.run({ funcName: "entry", args: [] }), (error) => {
+      const frames = (text) => text.split("\n").map((line) => line.trim()).filter((line) => line.startsWith("File "));
+      const expected = [
+        'File "/index.py", line 2, in entry',
+        'File "/index.py", line 5, in second',
+        'File "/index.py", line 8, in explode',
+      ];
+      assert.deepEqual(frames(error.traceback), expected);
+      assert.deepEqual(frames(error.stack), expected); // the stack, too, is the guest's only
+      assert.ok(error.stack.endsWith("Exception: Boom!"), error.stack);
+      for (const hidden of [daemon.folder, "isorund", "site-packages", "node_modules", "client.js"]) {
+        assert.ok(!error.stack.includes(hidden), `${hidden} in ${error.stack}`);
+      }
+      return true;
+    });
+  });
+});

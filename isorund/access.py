@@ -1,0 +1,171 @@
+"""Who may call: the peer allowlist, checked with the kernel's SO_PEERCRED.
+
+grpc's Python server never shows a handler the connection's socket, and its ``peer()`` for a
+Unix socket is just ``"unix:"`` — nothing identifies the calling process. So when an
+allowlist is configured, isorund puts a small front on the public socket (``AccessFront``):
+it accepts each connection, reads the peer's uid, gid and supplementary groups from the
+kernel (``SO_PEERCRED``, ``SO_PEERGROUPS``: recorded at ``connect()``, unforgeable), and
+relays the bytes to grpc listening on a private socket in a root-only folder. The relay
+connects from an autobound abstract address, which the kernel picks and keeps unique, and
+which grpc reports as the call's ``peer()`` (``unix-abstract:XXXXX``); the servicer looks the
+credentials up by it and answers ``PERMISSION_DENIED`` for a peer not on the list.
+
+Denied peers are still relayed — refusing them at ``connect()`` would show as a broken
+connection (UNAVAILABLE), not as the clear PERMISSION_DENIED the client maps to
+``AccessDenied``. Without an allowlist there is no front: grpc owns the public socket and the
+relay's cost (measured in docs/operations.md) is not paid.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+log = logging.getLogger("isorund")
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python lacks the name
+MAX_GROUPS = 65536
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A connected process as the kernel saw it at ``connect()``."""
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"pid={self.pid} uid={self.uid} gid={self.gid}"
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        groups = struct.unpack(f"{len(raw) // 4}I", raw)
+    except OSError:
+        groups = ()
+    return Peer(pid, uid, gid, tuple(groups))
+
+
+class Allowlist:
+    """The policy alone, so it can be tested without sockets."""
+
+    def __init__(self, uids: frozenset, gids: frozenset):
+        self.uids, self.gids = uids, gids
+
+    def allows(self, peer: Peer) -> bool:
+        return peer.uid in self.uids or bool(self.gids.intersection((peer.gid, *peer.groups)))
+
+    def refusal(self, peer: Peer) -> str:
+        return (f"uid {peer.uid} (gid {peer.gid}) may not call this isorund: it is in neither "
+                "allowed_uids nor allowed_gids of the daemon's config")
+
+
+class AccessFront:
+    """Owns the public socket; relays every connection to grpc's private socket."""
+
+    def __init__(self, public: str, private: str, allowlist: Allowlist):
+        self.public, self.private, self.allowlist = public, private, allowlist
+        self.peers: dict[str, Peer] = {}  # grpc peer() of a relay -> the credentials behind it
+        self._relays: set[_Side] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Side(self), self.public, backlog=1024)
+
+    def lookup(self, grpc_peer: str) -> Peer | None:
+        return self.peers.get(grpc_peer)
+
+    def stop_accepting(self) -> None:
+        """New connections are refused from now on; relays in progress go on."""
+        if self._server is not None:
+            self._server.close()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for side in list(self._relays):
+            side.transport.close()
+
+    async def _connect(self, client: "_Side") -> None:
+        """Opens the relay's grpc side for one accepted connection."""
+        loop = asyncio.get_running_loop()
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.bind("")  # autobind: the kernel picks a unique abstract name
+            upstream.setblocking(False)
+            await loop.sock_connect(upstream, self.private)
+            name = "unix-abstract:" + upstream.getsockname()[1:].decode()
+            self.peers[name] = client.peer
+            _, server_side = await loop.create_unix_connection(lambda: _Side(self, client, name), sock=upstream)
+        except OSError as e:
+            upstream.close()
+            log.error(json.dumps({"event": "access_relay_failed", "peer": str(client.peer), "error": str(e)}))
+            client.transport.close()
+            return
+        client.link(server_side)
+
+
+class _Side(asyncio.Protocol):
+    """One end of a relay: what it reads goes to its partner, with backpressure both ways."""
+
+    def __init__(self, front: AccessFront, partner: "_Side | None" = None, name: str = ""):
+        self.front, self.partner, self.name = front, partner, name
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.early: list[bytes] = []  # client bytes that arrive before grpc's side is open
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.front._relays.add(self)
+        if self.partner is None:  # a client: learn who it is, then open grpc's side
+            self.peer = peer_credentials(transport.get_extra_info("socket"))
+            transport.pause_reading()
+            asyncio.get_running_loop().create_task(self.front._connect(self))
+
+    def link(self, partner: "_Side") -> None:
+        self.partner = partner
+        for chunk in self.early:
+            partner.transport.write(chunk)
+        self.early.clear()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+        else:
+            partner.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.partner is None:
+            self.early.append(data)
+        else:
+            self.partner.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # HTTP/2 has no use for half-closed streams: close both ends
+
+    def connection_lost(self, exc) -> None:
+        self.front._relays.discard(self)
+        if self.name:
+            self.front.peers.pop(self.name, None)
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.partner is not None:
+            self.partner.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.partner is not None and not self.partner.transport.is_closing():
+            self.partner.transport.resume_reading()
+
+
+def prepare_private_folder(state_dir: str) -> str:
+    """grpc's socket behind the front; only root may enter its folder, so only the front
+    can connect to it and every peer() grpc reports is one of the front's relays."""
+    folder = os.path.join(state_dir, "grpc")
+    os.mkdir(folder, 0o700)
+    return os.path.join(folder, "grpc.sock")

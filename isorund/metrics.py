@@ -1,0 +1,90 @@
+"""Prometheus metrics: what a dashboard or an alert needs to see the daemon working.
+
+Counters and histograms are updated as calls end; the gauges (queue depth, live sandboxes,
+zygote state) are read from the daemon's own state at scrape time, so they cannot drift from
+it. The registry is the daemon's own, not prometheus_client's global one. The HTTP endpoint
+is off unless ``metrics_address`` is set; it serves from a daemon thread of prometheus_client,
+which only reads counters and a few integers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .config import metrics_endpoint
+
+log = logging.getLogger("isorund")
+
+# From a warm call (~2 ms) to the longest timeout a call may ask for.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter("isorun_calls", "Calls answered, by outcome (ok, a failure kind, or why "
+                             "the call was refused)", ["outcome"], registry=self.registry)
+        self.latency = Histogram("isorun_call_duration_seconds", "Time from receiving a call to "
+                                 "answering it, queue included", buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("isorun_queue_wait_seconds", "Time a call waited for a sandbox",
+                                    buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+        self._http = None
+
+    def watch(self, calls, zygote) -> None:
+        """Lets scrapes read the queue, the running sandboxes and the zygote's state."""
+        self._state.calls, self._state.zygote = calls, zygote
+
+    def observe_call(self, outcome: str, seconds: float, queue_seconds: float) -> None:
+        self.calls.labels(outcome).inc()
+        self.latency.observe(seconds)
+        self.queue_wait.observe(queue_seconds)
+
+    def serve(self, address: str) -> str:
+        """Starts the endpoint; returns the address it listens on (port 0 picks one)."""
+        host, port = metrics_endpoint(address)
+        try:
+            started = start_http_server(port, host, registry=self.registry)
+        except OSError as e:
+            raise SystemExit(f"cannot serve metrics on {address} (config key 'metrics_address'): {e.strerror}")
+        self._http = started[0] if isinstance(started, tuple) else None
+        bound = f"{address.rpartition(':')[0]}:{self._http.server_port}" if self._http else address
+        log.info(json.dumps({"event": "metrics", "address": bound, "path": "/metrics"}))
+        return bound
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _StateCollector:
+    """Gauges and the restart counter, read from the live objects at each scrape."""
+
+    def __init__(self):
+        self.calls = None
+        self.zygote = None
+
+    def describe(self):
+        return []  # values exist only once the daemon runs; nothing to pre-declare
+
+    def collect(self):
+        calls, zygote = self.calls, self.zygote
+        if calls is None or zygote is None:
+            return
+        yield _gauge("isorun_queue_depth", "Calls waiting for a sandbox", calls.admission.waiting)
+        yield _gauge("isorun_sandboxes_live", "Sandboxes running a call", len(calls.in_flight))
+        yield _gauge("isorun_sandboxes_ready", "Sandboxes prepared ahead, waiting for a call", len(zygote.ready))
+        yield _gauge("isorun_max_concurrency", "Sandboxes that may run at once", calls.admission.max_concurrency)
+        yield _gauge("isorun_zygote_up", "1 while the sandbox zygote is running", int(zygote.alive))
+        restarts = CounterMetricFamily("isorun_zygote_restarts", "Times the sandbox zygote was restarted after dying")
+        restarts.add_metric([], zygote.restarts)
+        yield restarts
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)

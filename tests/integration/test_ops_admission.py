@@ -1,0 +1,150 @@
+"""Admission: max_concurrency sandboxes, a bounded queue, RESOURCE_EXHAUSTED past it, queued
+calls that honour their client's deadline, and a storm in which every call is answered once."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from isorun import AsyncCodeRunner, CodeRunner, errors
+from isorun._codec import encode
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import runner_pb2_grpc
+
+SLEEPY = "def nap(seconds):\n    import time\n    time.sleep(seconds)\n    return seconds\n\n\ndef echo(x):\n    return x\n"
+SMALL = 'max_concurrency = 1\nqueue_size = 1\npool_size = 1\nmetrics_address = "127.0.0.1:0"\n'
+
+
+def call_lines(daemon) -> list[dict]:
+    lines = [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
+    return [line for line in lines if line["peer"] != "self-test"]
+
+
+def in_background(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
+    """Runs fn in a thread; the dict gets 'value' or 'error' when it ends."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except Exception as e:  # the test inspects it
+            box["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def metric(daemon, name: str) -> float:
+    """One unlabelled sample from the daemon's /metrics (it must have metrics_address set)."""
+    import urllib.request
+    (address,) = [json.loads(t)["address"] for t in daemon.log().splitlines() if '"event": "metrics"' in t]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def wait_until(predicate, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def running_sleeper(daemon, root: str, seconds: float):
+    """Starts a call that holds a sandbox for ``seconds``; returns once it is running."""
+    started = threading.Event()
+    r = CodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"])
+    thread, box = in_background(r.run, "nap", args=[seconds], timeout=seconds + 10, running=started.set)
+    assert started.wait(30), daemon.log()
+    return thread, box
+
+
+def test_a_call_past_the_queue_is_refused_with_the_queue_limit(start_daemon, make_root):
+    d = start_daemon(config=SMALL)
+    root = make_root({"index.py": SLEEPY})
+    first, first_box = running_sleeper(d, root, 2)
+    second, second_box = in_background(CodeRunner(root=root, file="index.py", socket=d.socket).run, "echo", args=[2])
+    wait_until(lambda: metric(d, "isorun_queue_depth") == 1)
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        with pytest.raises(errors.ResourceLimitError) as e:
+            r.run("echo", args=[3])
+    assert e.value.limit == "queue" and "queue_size 1" in str(e.value)
+    first.join(30), second.join(30)
+    assert first_box == {"value": 2} and second_box == {"value": 2}
+    outcomes = sorted(line["outcome"] for line in call_lines(d))
+    assert outcomes == ["ok", "ok", "queue_full"]
+
+
+def test_a_queued_call_leaves_the_queue_when_its_deadline_leaves_no_room_to_run(start_daemon, make_root):
+    d = start_daemon(config="max_concurrency = 1\nqueue_size = 4\npool_size = 1\n")
+    root = make_root({"index.py": SLEEPY})
+    first, _ = running_sleeper(d, root, 4)
+    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=1.0)
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        sent = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Run(request, timeout=1.6)  # 0.6 s of queue, then 1 s to run
+        waited = time.monotonic() - sent
+    # The daemon answered, not the client's own deadline: the call left the queue after its
+    # 0.6 s budget, leaving its 1 s timeout unspent rather than starting a call that would
+    # outlive its client.
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "queue" in e.value.details()
+    assert 0.5 < waited < 1.5
+    first.join(30)
+    assert [line["outcome"] for line in call_lines(d)].count("deadline_in_queue") == 1
+
+
+def test_a_call_never_runs_past_its_clients_deadline(start_daemon, make_root):
+    d = start_daemon(config="pool_size = 1\n")
+    root = make_root({"index.py": SLEEPY})
+    request = pb.RunRequest(root=root, file="index.py", func_name="nap", args=[encode(20)], timeout_seconds=25.0,
+                            external=["time"])
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=1.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(lambda: call_lines(d))
+    (line,) = call_lines(d)
+    assert line["outcome"] in ("timeout", "cancelled") and line["total_ms"] < 4000
+
+
+def test_a_storm_of_calls_gets_exactly_one_answer_each(start_daemon, make_root):
+    d = start_daemon(config="max_concurrency = 2\nqueue_size = 8\npool_size = 2\n")
+    root = make_root({"index.py": SLEEPY})
+    clients, per_client = 4, 50
+    answers: dict[int, list] = {}
+
+    async def one(runner: AsyncCodeRunner, n: int) -> None:
+        try:
+            answers.setdefault(n, []).append(("value", await runner.run("echo", args=[n], timeout=10)))
+        except errors.IsorunError as e:
+            answers.setdefault(n, []).append((type(e).__name__, getattr(e, "limit", None)))
+
+    async def storm() -> None:
+        runners = [AsyncCodeRunner(root=root, file="index.py", socket=d.socket) for _ in range(clients)]
+        await asyncio.wait_for(asyncio.gather(*(
+            one(runners[n % clients], n) for n in range(clients * per_client))), 240)
+        for r in runners:
+            await r.close()
+
+    asyncio.run(storm())
+    assert sorted(answers) == list(range(clients * per_client))
+    assert all(len(a) == 1 for a in answers.values()), "a call was answered twice"
+    values = {n: a[0] for n, a in answers.items()}
+    for n, (kind, detail) in values.items():
+        assert (kind, detail) in (("value", n), ("ResourceLimitError", "queue")), (n, kind, detail)
+    served = sum(kind == "value" for kind, _ in values.values())
+    assert served >= 10, f"only {served} calls were served"
+    lines = call_lines(d)
+    assert len(lines) == clients * per_client
+    assert sorted({line["outcome"] for line in lines}) <= ["ok", "queue_full"]
+    assert sum(line["outcome"] == "ok" for line in lines) == served
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert r.run("echo", args=["after"]) == "after"

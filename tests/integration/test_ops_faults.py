@@ -1,0 +1,125 @@
+"""Faults: a zygote killed mid-call, and a daemon killed outright. Calls in flight get a clear
+error, the zygote comes back, and a restarted daemon finds no stale socket or process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+
+from isorun import CodeRunner, errors
+
+GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
+
+
+def zygote_of(pid: int) -> psutil.Process:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in psutil.Process(pid).children():
+            if "isorund.zygote" in " ".join(child.cmdline()):
+                return child
+        time.sleep(0.05)
+    raise AssertionError("no zygote")
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(processes, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(gone(p) for p in processes):
+        assert time.monotonic() < deadline, [p for p in processes if not gone(p)]
+        time.sleep(0.05)
+
+
+def events(daemon, name: str) -> list[dict]:
+    return [json.loads(t) for t in daemon.log().splitlines() if t.startswith("{") and f'"event": "{name}"' in t]
+
+
+def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_daemon, make_root):
+    d = start_daemon(config='max_concurrency = 4\nmetrics_address = "127.0.0.1:0"\n')
+    root = make_root({"index.py": GUEST})
+    zygote = zygote_of(d.pid)
+    running = threading.Event()
+    box: dict = {}
+
+    def call():
+        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+            try:
+                box["value"] = r.run("nap", args=[20], timeout=25, running=running.set)
+            except errors.IsorunError as e:
+                box["error"] = e
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert running.wait(30)
+    sandboxes = zygote.children()
+    zygote.send_signal(signal.SIGKILL)
+    thread.join(20)
+    assert not thread.is_alive()
+    assert isinstance(box.get("error"), errors.SandboxError) and "zygote died" in str(box["error"])
+    wait_gone(sandboxes)  # every prepared and running sandbox went with its zygote
+    deadline = time.monotonic() + 30
+    while not events(d, "zygote_restarted"):
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    assert zygote_of(d.pid).pid != zygote.pid
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert [r.run("echo", args=[n]) for n in range(5)] == list(range(5))
+    assert events(d, "zygote_died") and events(d, "zygote_restarted")[0]["restarts"] == 1
+
+
+def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_root):
+    d = start_daemon(config="pool_size = 1\n")
+    root = make_root({"index.py": GUEST})
+    zygote_of(d.pid).send_signal(signal.SIGKILL)
+    answers = []
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        for n in range(20):
+            try:
+                answers.append(r.run("echo", args=[n], timeout=5))
+            except (errors.DaemonUnavailable, errors.SandboxError) as e:
+                answers.append(type(e).__name__)
+            time.sleep(0.05)
+    assert answers[-1] == 19, answers  # back to normal by the end
+    assert set(answers) - set(range(20)) <= {"DaemonUnavailable", "SandboxError"}
+
+
+def test_a_daemon_killed_outright_leaves_no_process_and_its_socket_is_reclaimed(start_daemon, make_root):
+    first = start_daemon()
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=first.socket) as r:
+        assert r.run("echo", args=[1]) == 1
+    family = psutil.Process(first.pid).children(recursive=True)
+    assert len(family) >= 2, "a zygote and its prepared sandboxes"
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    wait_gone(family)  # the zygote sees its control socket close; sandboxes have PDEATHSIG
+    assert os.path.exists(first.socket)  # stale: nobody listens
+    with socket.socket(socket.AF_UNIX) as s, pytest.raises(ConnectionRefusedError):
+        s.connect(first.socket)
+
+    second = start_daemon(args=["--socket", first.socket], wait=False)
+    deadline = time.monotonic() + 60
+    while not events(second, "ready"):
+        assert second.proc.poll() is None and time.monotonic() < deadline, second.log()
+        time.sleep(0.05)
+    with CodeRunner(root=root, file="index.py", socket=first.socket) as r:
+        assert r.run("echo", args=[2]) == 2
+    assert second.stop() == 0
+    assert not os.path.exists(first.socket)
+
+
+def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, start_daemon):
+    thief = start_daemon(args=["--socket", daemon.socket], wait=False)
+    assert thief.proc.wait(60) == 1
+    assert "already serving" in thief.log()
+    assert os.path.exists(daemon.socket)

@@ -1,0 +1,111 @@
+"""Graceful shutdown on SIGTERM/SIGINT: stop accepting, let in-flight calls finish within
+shutdown_grace, kill what is left (each such call still gets an answer saying why), remove
+the socket, exit 0."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from isorun import CodeRunner, errors
+
+GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
+
+
+def start_call(daemon, root: str, func: str, args: list, timeout: float = 30):
+    """Starts a call in a thread; returns (thread, box, started event)."""
+    box: dict = {}
+    started = threading.Event()
+
+    def run():
+        with CodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"]) as r:
+            try:
+                box["value"] = r.run(func, args=args, timeout=timeout, running=started.set)
+            except errors.IsorunError as e:
+                box["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box, started
+
+
+def descendants(daemon) -> list[psutil.Process]:
+    return psutil.Process(daemon.pid).children(recursive=True)
+
+
+def all_gone(processes) -> bool:
+    def dead(p):
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    return all(dead(p) for p in processes)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_call_that_ends_within_the_grace_completes_and_the_daemon_exits_0(start_daemon, make_root, sig):
+    d = start_daemon(config="shutdown_grace = 15\n")
+    thread, box, started = start_call(d, make_root({"index.py": GUEST}), "nap", [2])
+    assert started.wait(30)
+    family = descendants(d)
+    os.kill(d.pid, sig)
+    thread.join(30)
+    assert box == {"value": 2}
+    assert d.proc.wait(30) == 0, d.log()
+    assert not os.path.exists(d.socket)
+    assert all_gone(family)
+    assert '"event": "stopped"' in d.log()
+
+
+def test_a_call_past_the_grace_is_killed_with_a_clear_error(start_daemon, make_root):
+    d = start_daemon(config="shutdown_grace = 1\nmax_concurrency = 1\nqueue_size = 4\n")
+    root = make_root({"index.py": GUEST})
+    thread, box, started = start_call(d, root, "nap", [25])
+    assert started.wait(30)
+    queued, queued_box, _ = start_call(d, root, "echo", [1])
+    time.sleep(0.5)  # let the second call reach the queue
+    family = descendants(d)
+    signalled = time.monotonic()
+    os.kill(d.pid, signal.SIGTERM)
+    thread.join(30)
+    queued.join(30)
+    assert isinstance(box.get("error"), errors.SandboxError), box
+    assert "shutdown_grace of 1 s" in str(box["error"])
+    # The queued call never started; it is told the daemon is going away, not left hanging.
+    assert isinstance(queued_box.get("error"), errors.DaemonUnavailable), queued_box
+    assert "shutting down" in str(queued_box["error"])
+    assert d.proc.wait(30) == 0, d.log()
+    assert time.monotonic() - signalled < 10
+    assert not os.path.exists(d.socket)
+    deadline = time.monotonic() + 10
+    while not all_gone(family):
+        assert time.monotonic() < deadline, "a sandbox outlived the daemon"
+        time.sleep(0.05)
+    assert '"event": "grace_expired", "killed_calls": 1' in d.log()
+
+
+def test_no_new_call_is_accepted_once_shutdown_begins(start_daemon, make_root):
+    d = start_daemon(config="shutdown_grace = 5\n")
+    root = make_root({"index.py": GUEST})
+    thread, box, started = start_call(d, root, "nap", [3])
+    assert started.wait(30)
+    os.kill(d.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as late:
+        with pytest.raises(errors.DaemonUnavailable):
+            late.run("echo", args=[1], timeout=5)
+    thread.join(30)
+    assert box == {"value": 3}
+    assert d.proc.wait(30) == 0
+
+
+def test_an_idle_daemon_stops_at_once(start_daemon):
+    d = start_daemon(config="shutdown_grace = 30\n")
+    signalled = time.monotonic()
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert time.monotonic() - signalled < 5
+    assert not os.path.exists(d.socket)

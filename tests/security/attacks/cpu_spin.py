@@ -1,0 +1,15 @@
+# Attack: spin on the CPU forever (with SIGXCPU ignored, so the soft limit's warning is not
+# enough), to keep a core for as long as the call exists.
+from escape import real_import
+
+
+def attack():
+    while True:
+        pass
+
+
+def attack_ignoring_sigxcpu():
+    signal = real_import("signal")
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    while True:
+        pass

@@ -1,0 +1,41 @@
+# Attack: talk to the outside — a TCP service on the host's loopback, an abstract Unix socket
+# of the host, the daemon's own socket path, and the internet — from inside the sandbox.
+from escape import os, outcome, real_import
+
+
+def attack(tcp_port, abstract_name, daemon_socket):
+    socket = real_import("socket")
+
+    def connect(family, address):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(3)
+        try:
+            s.connect(address)
+            return s.recv(64).decode(errors="replace")
+        finally:
+            s.close()
+    return {
+        "host loopback": outcome(lambda: connect(socket.AF_INET, ("127.0.0.1", tcp_port))),
+        "host loopback v6": outcome(lambda: connect(socket.AF_INET6, ("::1", tcp_port))),
+        "abstract unix": outcome(lambda: connect(socket.AF_UNIX, "\0" + abstract_name)),
+        "daemon socket": outcome(lambda: connect(socket.AF_UNIX, daemon_socket)),
+        "daemon socket exists": os.path.exists(daemon_socket),
+        "internet": outcome(lambda: connect(socket.AF_INET, ("1.1.1.1", 53))),
+        "netlink": outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
+        "packet": outcome(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()),
+        "own loopback": _own_loopback(socket),
+    }
+
+
+def _own_loopback(socket):
+    # A guest may still talk to itself: its loopback is up, and private to the call.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname(), timeout=3)
+    peer, _ = server.accept()
+    client.sendall(b"ping")
+    data = peer.recv(4)
+    for s in (client, peer, server):
+        s.close()
+    return data.decode()

@@ -1,0 +1,109 @@
+"""The escape battery's daemon and harness.
+
+One daemon for the whole battery, with a host uid range of its own (so that "no process of a
+call is left" can be checked from the host without seeing other test runs' sandboxes), tight
+limits (so the limit attacks end fast), and a secret in its environment.
+
+Every attack is a guest file in ``attacks/`` whose first comment states the attack; it runs
+with ``attacks/escape.py`` beside it, which hands it the real ``os`` and an unrestricted import.
+After every test, the ``daemon_survives`` check runs: the daemon is up, the next call works and
+no process of any call is left on the host.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from isorun import CodeRunner
+
+ATTACKS = Path(__file__).resolve().parent / "attacks"
+SECRET_ENV = "ISORUN_SECURITY_SECRET"
+SECRET_VALUE = "env-secret-5d1e7b"
+MiB = 1 << 20
+LIMITS = {"memory_bytes": 256 * MiB, "max_processes": 16, "tmp_bytes": 4 * MiB,
+          "max_file_bytes": 1 * MiB, "cpu_seconds": 2.0}
+# A uid range no other test daemon uses (theirs start at the default, 1 500 000).
+UID_BASE = 3_000_000 + (os.getpid() % 1000) * 1000
+UID_COUNT = 1000
+
+CONFIG = f"""
+sandbox_uid_base = {UID_BASE}
+sandbox_uid_count = {UID_COUNT}
+
+[limits]
+""" + "\n".join(f"{key} = {value}" for key, value in LIMITS.items()) + "\n"
+
+
+@pytest.fixture(scope="session")
+def secure_daemon(start_daemon_session):
+    """The battery's daemon; ``uids`` is the host uid range of its sandboxes."""
+    d = start_daemon_session(config=CONFIG, env={SECRET_ENV: SECRET_VALUE})
+    d.uids = range(UID_BASE, UID_BASE + UID_COUNT)
+    return d
+
+
+def sandbox_processes(uids: range) -> list[psutil.Process]:
+    """Host processes running under one of ``uids``: guests of calls, or what they left."""
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        ids = proc.info["uids"]
+        if ids is not None and (ids.real in uids or ids.effective in uids):
+            found.append(proc)
+    return found
+
+
+def wait_until_no_sandbox_processes(uids: range, seconds: float = 10.0) -> list:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = sandbox_processes(uids)
+        if not left or time.monotonic() > deadline:
+            return [(p.pid, p.info["uids"].real) for p in left]
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def attack(secure_daemon, tmp_path_factory):
+    """attack(module, func="attack", args=(), files={}, **runner_options) -> the call's value.
+
+    The guest folder holds escape.py, ``attacks/<module>.py`` and any extra ``files`` (name ->
+    text, or name -> ("symlink", target)). ``attack.root`` is the last folder made."""
+    runners = []
+
+    def run(module: str, func: str = "attack", args=(), files=None, timeout=None, **options):
+        root = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("guest"), prefix="root"))
+        root.chmod(0o755)
+        shutil.copy(ATTACKS / "escape.py", root / "escape.py")
+        shutil.copy(ATTACKS / f"{module}.py", root / f"{module}.py")
+        for name, content in (files or {}).items():
+            if isinstance(content, tuple) and content[0] == "symlink":
+                os.symlink(content[1], root / name)
+            else:
+                (root / name).write_text(content)
+        run.root = str(root)
+        runner = CodeRunner(root=str(root), file=f"{module}.py", socket=secure_daemon.socket, **options)
+        runners.append(runner)
+        return runner.run(func, args=list(args), timeout=timeout)
+
+    yield run
+    for runner in runners:
+        runner.close()
+
+
+@pytest.fixture(autouse=True)
+def daemon_survives(secure_daemon, tmp_path_factory):
+    """After every attack: the daemon is up, the next call works, no process of a call is left."""
+    yield
+    assert secure_daemon.proc.poll() is None, "the daemon died:\n" + secure_daemon.log()
+    root = tmp_path_factory.mktemp("next-call")
+    root.chmod(0o755)
+    (root / "index.py").write_text("def ping(x):\n    return x + 1\n")
+    with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
+        assert runner.run("ping", args=[41], timeout=20) == 42
+    left = wait_until_no_sandbox_processes(secure_daemon.uids)
+    assert not left, f"processes of finished calls are still running on the host: {left}"

@@ -1,0 +1,115 @@
+"""The guest's filesystem view: nothing of the host but read-only libraries, a read-only guest
+folder, and a private /tmp that vanishes with the call."""
+import os
+import secrets
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from isorun import CodeRunner, errors
+
+
+@pytest.fixture
+def host_secret(tmp_path):
+    path = tmp_path / "host-secret.txt"
+    path.write_text("host secret 91b2")
+    path.chmod(0o644)  # readable by anyone on the host: only the view may keep it from a guest
+    return path
+
+
+@pytest.fixture
+def other_tenant(tmp_path):
+    folder = tmp_path / "tenant-b"
+    folder.mkdir(mode=0o755)
+    (folder / "rules.py").write_text("SECRET = 'tenant b'\n")
+    return folder
+
+
+def test_host_files_cannot_be_read_by_path(attack, secure_daemon, host_secret, other_tenant):
+    paths = [str(host_secret), "/etc/shadow", "/etc/passwd", "/root/.bash_history",
+             str(other_tenant / "rules.py"), str(secure_daemon.config), str(secure_daemon.log_path),
+             "/proc/self/root/etc/shadow", "/proc/1/root/etc/shadow"]
+    results = attack("read_host_files", args=[paths])
+    assert results == {path: "ENOENT" for path in paths}
+
+
+def test_host_folders_cannot_be_listed(attack, secure_daemon, other_tenant):
+    paths = ["/etc", "/home", "/var", "/run", "/sys", str(other_tenant), str(secure_daemon.folder)]
+    results = attack("read_host_files", "listing", args=[paths])
+    assert results == {path: "ENOENT" for path in paths}
+
+
+def test_the_view_holds_only_what_python_needs(attack):
+    view = attack("sandbox_view")
+    assert set(view["root"]) <= {"dev", "guest", "proc", "tmp", "usr", "lib", "lib64", "bin", "sbin",
+                                 *_top_folders_of_the_interpreter()}
+    assert view["dev"] == ["null", "random", "urandom", "zero"]
+    for folder in ("etc", "home", "var", "sys"):
+        assert view[folder] == "ENOENT"
+    assert view["cwd"] == "/"
+
+
+def test_root_home_shows_no_more_than_the_interpreter_path(attack):
+    listing = attack("sandbox_view")["root_home"]
+    stdlib = sysconfig.get_paths()["stdlib"]
+    if stdlib.startswith("/root/"):
+        assert listing == f"ok: {[Path(stdlib).relative_to('/root').parts[0]]!r}"
+    else:
+        assert listing == "ENOENT"
+
+
+def test_guest_cannot_write_outside_its_private_tmp(attack, tmp_path):
+    whitelisted = tmp_path / "shared-lib"
+    whitelisted.mkdir(mode=0o755)
+    (whitelisted / "helpers.py").write_text("X = 1\n")
+    host_tmp = Path("/tmp") / f"isorun-escape-{secrets.token_hex(4)}"
+    targets = {"/guest/planted.py": "EROFS", "/planted": "EROFS", "/usr/lib/planted": "EROFS",
+               str(whitelisted / "planted.py"): "EROFS", str(host_tmp): None, "/tmp/mine": None}
+    results = attack("write_everywhere", args=[list(targets)], whitelisted_paths=[str(whitelisted)])
+    for path, expected in targets.items():
+        if expected:
+            assert results[path] == expected, path
+    assert results["mkdir /guest/x"] == "EROFS"
+    assert results["rename guest file"] == "EROFS"
+    # /tmp is the call's own: writing there works, and none of it reaches the host.
+    assert results["/tmp/mine"].startswith("ok")
+    assert results[str(host_tmp)].startswith("ok")
+    assert not host_tmp.exists()
+    assert sorted(os.listdir(whitelisted)) == ["helpers.py"]
+    assert sorted(os.listdir(attack.root)) == ["escape.py", "write_everywhere.py"]
+
+
+def test_files_do_not_persist_between_calls(attack):
+    name = f"left-{secrets.token_hex(4)}"
+    assert attack("persist_between_calls", args=[name]) == []
+    assert attack("persist_between_calls", args=[name + "-again"]) == []
+    assert not Path("/tmp", name).exists()
+
+
+def test_planted_symlinks_resolve_inside_the_view(attack, host_secret):
+    links = {
+        "passwd": ("symlink", "/etc/passwd"),
+        "secret": ("symlink", str(host_secret)),
+        "climb": ("symlink", "../" * 12 + "etc/passwd"),
+        "secret_relative": ("symlink", "../" * 12 + str(host_secret).lstrip("/")),
+        "linked_module.py": ("symlink", str(host_secret)),
+    }
+    results = attack("follow_symlinks", args=[[n for n in links if n != "linked_module.py"]], files=links)
+    assert results == {"passwd": "ENOENT", "secret": "ENOENT", "climb": "ENOENT", "secret_relative": "ENOENT"}
+    with pytest.raises(errors.ModuleNotFound):
+        attack("follow_symlinks", "import_linked", files=links)
+
+
+def test_a_call_file_linking_outside_the_root_is_refused(secure_daemon, tmp_path, host_secret):
+    root = tmp_path / "linked-root"
+    root.mkdir(mode=0o755)
+    (root / "index.py").symlink_to(host_secret)
+    with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
+        with pytest.raises(errors.InvalidRequest):
+            runner.run("attack")
+
+
+def _top_folders_of_the_interpreter():
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return {Path(stdlib).parts[1]}
