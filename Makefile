@@ -30,8 +30,8 @@ proto-check: venv
 run: venv
 	$(PY) -m isorund $(if $(SOCKET),--socket $(SOCKET))
 
-clients/node/node_modules/.stamp: clients/node/package.json
-	cd clients/node && npm install --no-audit --no-fund --silent
+clients/node/node_modules/.stamp: clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --silent
 	touch $@
 
 test: test-python test-node

@@ -131,7 +131,12 @@ class Daemon {
 
 async function startDaemon() {
   const daemon = new Daemon(fs.mkdtempSync(path.join(os.tmpdir(), "isorun-node-")));
-  await daemon.waitReady();
+  try {
+    await daemon.waitReady();
+  } catch (error) {
+    await daemon.stop(); // after() gets no daemon to stop: clean up here
+    throw error;
+  }
   return daemon;
 }
 

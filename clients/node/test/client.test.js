@@ -112,7 +112,7 @@ describe("without a daemon", () => {
 describe("with a daemon", () => {
   let daemon;
   before(async () => { daemon = await startDaemon(); });
-  after(() => daemon.stop());
+  after(() => daemon?.stop());
 
   test("capabilities list the plugins and every type name this client sends", async () => {
     const caps = await daemon.runner({ "index.py": "" }).capabilities();

@@ -9,7 +9,7 @@ const MULTIPLY = "def multiply(a, b):\n    return a * b\n";
 let daemon;
 
 before(async () => { daemon = await startDaemon(); });
-after(() => daemon.stop());
+after(() => daemon?.stop());
 
 describe("With a single sync user function", () => {
   test("runs a sync method and returns the result", async () => {

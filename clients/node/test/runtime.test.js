@@ -13,7 +13,7 @@ const SLEEP = "import time\n\ndef sleep(delay):\n    time.sleep(delay)\n    retu
 let daemon;
 
 before(async () => { daemon = await startDaemon(); });
-after(() => daemon.stop());
+after(() => daemon?.stop());
 
 describe("with a function", () => {
   test("runs the code in a given file and returns a promise resolving to the result", async () => {

@@ -9,7 +9,7 @@ const { startDaemon } = require("../test-support/daemon");
 let daemon;
 
 before(async () => { daemon = await startDaemon(); });
-after(() => daemon.stop());
+after(() => daemon?.stop());
 
 describe("fs", () => {
   test("can't require the fs module", async () => {

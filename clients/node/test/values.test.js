@@ -16,7 +16,7 @@ before(async () => {
   daemon = await startDaemon();
   runner = daemon.runner({ "index.py": ECHO });
 });
-after(() => daemon.stop());
+after(() => daemon?.stop());
 
 const echo = (value) => runner.run({ funcName: "echo", args: [value] });
 const kind = (value) => runner.run({ funcName: "kind", args: [value] });
