@@ -61,5 +61,12 @@ bench: venv
 	  || echo "bench: could not install bubblewrap; the bwrap peer will be skipped"
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# Installs the daemon for systemd (tools/install.sh): a venv under PREFIX, the unit, and
+# /etc/isorund/isorund.toml unless one exists. `make install DESTDIR=/tmp/stage` stages it.
+PREFIX  ?= /opt/isorun
+DESTDIR ?=
+install:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) PYTHON=$(PYTHON) sh tools/install.sh
+
 clean:
 	rm -rf $(VENV) .run clients/node/node_modules

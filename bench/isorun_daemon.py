@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import procmem
+from measure import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -157,3 +158,24 @@ class Daemon:
         except OSError:
             return "(no log)"
         return text[-limit:].strip() or "(empty log)"
+
+
+def per_sandbox(memory: dict) -> dict | None:
+    """What one prepared sandbox (its init plus its waiting guest) holds, averaged over the
+    pool: USS is the memory it alone holds, the real per-call cost."""
+    roles = memory.get("by_role", {})
+    inits, guests = roles.get("sandbox_init"), roles.get("sandbox_guest")
+    if not inits or not guests:
+        return None
+    n = inits["processes"]
+    return {"sandboxes": n, **{key: round((inits[key] + guests[key]) / n, 1)
+                               for key in ("rss_mib", "pss_mib", "uss_mib")}}
+
+
+def daemon_split(lines: list[dict]) -> dict | None:
+    """Medians of the daemon's own per-call timings (its log): where a call's time goes
+    between the daemon receiving it and answering."""
+    if not lines:
+        return None
+    return {key: summarize([line[key] for line in lines if key in line])
+            for key in ("queue_ms", "run_ms", "total_ms")} | {"calls": len(lines)}

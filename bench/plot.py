@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+NICE_TICKS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 PERCENTILES = (("p50", "o", "tab:blue"), ("p90", "s", "tab:orange"), ("p99", "^", "tab:red"))
 
 
@@ -67,13 +68,14 @@ def _echo_latency(ax, entries: list[dict], ticker) -> None:
     _labels(ax, [e["label"] for e in entries])
     ax.set_xscale("log")
     # Plain numbers (2, 5, 10, 20 ms) instead of matplotlib's 2×10⁰ on every minor tick.
-    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    low, high = ax.get_xlim()
+    ax.set_xticks([v for v in NICE_TICKS if low <= v <= high])
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("ms, log scale")
     ax.set_title("echo latency, concurrency 1")
     ax.grid(axis="x", which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize="small")
 
 
 def _echo_throughput(ax, entries: list[dict]) -> None:

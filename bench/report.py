@@ -230,8 +230,8 @@ def _header(meta: dict) -> list[str]:
         f"Load average before the run: {', '.join(f'{v:.2f}' for v in load) if load else 'unknown'}"
         + (" — **the machine was busy; absolute numbers are noisy, ratios less so.**" if busy
            else "."), "",
-        "Reproduce: `make bench` (full, < 3 min) or `.venv/bin/python bench/run.py --quick` "
-        "(< 1 min); method in [README.md](README.md).", ""]
+        "Reproduce: `make bench` (full, < 3 min) or `make bench BENCH_ARGS=--quick` (< 1 min); "
+        "method in [README.md](README.md), where the time goes in [PROFILE.md](PROFILE.md).", ""]
 
 
 def markdown(results: dict) -> str:

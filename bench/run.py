@@ -29,7 +29,7 @@ import measure
 import report
 import targets
 import workloads as wl
-from isorun_daemon import Daemon, DaemonError, find_isorun
+from isorun_daemon import Daemon, DaemonError, daemon_split, find_isorun, per_sandbox
 
 CALLERS = 8
 SETTLE_S = 0.5  # after a burst, let finished sandboxes be reaped before reading memory
@@ -342,27 +342,6 @@ class Bench:
         for d in self.daemons:
             d.stop()
         self.started.clear()
-
-
-def per_sandbox(memory: dict) -> dict | None:
-    """What one prepared sandbox (its init plus its waiting guest) holds, averaged over the
-    pool: USS is the memory it alone holds, the real per-call cost."""
-    roles = memory.get("by_role", {})
-    inits, guests = roles.get("sandbox_init"), roles.get("sandbox_guest")
-    if not inits or not guests:
-        return None
-    n = inits["processes"]
-    return {"sandboxes": n, **{key: round((inits[key] + guests[key]) / n, 1)
-                               for key in ("rss_mib", "pss_mib", "uss_mib")}}
-
-
-def daemon_split(lines: list[dict]) -> dict | None:
-    """Medians of the daemon's own per-call timings (its log): where a call's time goes
-    between the daemon receiving it and answering."""
-    if not lines:
-        return None
-    return {key: measure.summarize([line[key] for line in lines if key in line])
-            for key in ("queue_ms", "run_ms", "total_ms")} | {"calls": len(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,7 +116,26 @@ def memory_rows(memory: dict) -> list[dict]:
     rows = [_row(target, f"RSS {idle['rss_mib']:.1f} MiB (PSS {idle['pss_mib']:.1f}, "
                          f"{idle['processes']} processes)", required,
                  idle["rss_mib"] < limit_mib, f"{idle['rss_mib'] / limit_mib:.2f}× the limit")]
+    rows += _other_readings(idle, required, limit_mib)
     rows.append(_leak_row(points[1:]))
+    return rows
+
+
+def _other_readings(idle: dict, required: str, limit_mib: float) -> list[dict]:
+    """The same limit under the two other readings of "the daemon with its zygote in all",
+    marked as such: summed RSS counts every page the zygote shares with its forks once per
+    process, so it grows with the pool size even though the pool adds little memory."""
+    rows = []
+    pss = idle["pss_mib"]
+    rows.append(_row("(other reading) the same tree's PSS: shared pages counted once", f"PSS {pss:.1f} MiB",
+                     required, pss < limit_mib, f"{pss / limit_mib:.2f}× the limit"))
+    roles = idle.get("by_role") or {}
+    if "daemon" in roles and "zygote" in roles:
+        rss = roles["daemon"]["rss_mib"] + roles["zygote"]["rss_mib"]
+        rows.append(_row("(other reading) daemon + zygote RSS, pooled sandboxes left out",
+                         f"RSS {rss:.1f} MiB", required, rss < limit_mib, f"{rss / limit_mib:.2f}× the limit"))
+    for row in rows:
+        row["info"] = True
     return rows
 
 

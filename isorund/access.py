@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 log = logging.getLogger("isorund")
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python lacks the name
-MAX_GROUPS = 65536
+# Python's getsockopt reads at most 1024 bytes: 256 groups. A peer in more groups than that
+# (the kernel answers ERANGE) is judged by its uid and primary gid alone.
+MAX_GROUPS = 256
 
 
 @dataclass(frozen=True)

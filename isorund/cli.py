@@ -61,6 +61,6 @@ def main(argv=None) -> int:
             logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": e.code}))
             return 1
         raise
-    except RuntimeError as e:
-        logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": str(e)}))
+    except (RuntimeError, OSError) as e:
+        logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": f"{type(e).__name__}: {e}"}))
         return 1

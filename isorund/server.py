@@ -209,9 +209,7 @@ class Server:
             self.grpc.add_insecure_port("unix:" + self.config.socket)
             await self.grpc.start()
         self._owns_socket = True
-        os.chmod(self.config.socket, self.config.socket_mode)
-        if self.config.socket_group:
-            os.chown(self.config.socket, -1, resolve_id(self.config.socket_group, grp.getgrnam))
+        _restrict_socket(self.config)
 
     async def _probe(self) -> None:
         """Runs one real call through a real sandbox: if the kernel refuses any step, the
@@ -255,6 +253,8 @@ class Server:
         log.info(json.dumps({"event": "stopped"}))
 
     async def cleanup(self) -> None:
+        if self.grpc is not None and not self.stopping:
+            await self.grpc.stop(0)  # start-up failed after gRPC started
         if self.front is not None:
             self.front.close()
         if self.zygote is not None:
@@ -312,6 +312,18 @@ class Server:
             args_resolvers=sorted(c.plugins.args_resolvers), limits=limits,
             default_timeout_seconds=c.default_timeout, max_timeout_seconds=c.max_timeout,
             default_external=sorted(c.default_external), max_concurrency=c.max_concurrency)
+
+
+def _restrict_socket(config) -> None:
+    """Mode, then group. Until then the socket has the umask's mode, which lets no other user
+    connect (connecting needs write permission), so there is no window of wider access."""
+    os.chmod(config.socket, config.socket_mode)
+    if config.socket_group:
+        try:
+            os.chown(config.socket, -1, resolve_id(config.socket_group, grp.getgrnam))
+        except PermissionError:
+            raise SystemExit(f"cannot give the socket to group {config.socket_group!r} (config key "
+                             "'socket_group'): the daemon needs CAP_CHOWN for that") from None
 
 
 def _claim_socket(path: str) -> None:

@@ -106,7 +106,7 @@ class Daemon:
     def traces(self) -> list[dict]:
         lines = [json.loads(line) for line in self.log.read_text().splitlines()
                  if line.startswith('{"event": "trace"')]
-        return [t["marks"] for t in lines if t.get("function") == "echo"]
+        return [t["marks"] for t in lines if t.get("rpc") == "Run"]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -132,17 +132,30 @@ def _children(pid: int) -> list[int]:
 
 # ---- measurements ------------------------------------------------------------------------------
 
-def timed_call(runner, i: int) -> dict:
+MB = 1_000_000
+# What --workload calls: (guest file, function, arguments for call i, check of the result).
+WORKLOADS = {
+    "echo": ("echo.py", "echo", lambda i: [[i, "hi"]], lambda i, v: v == [i, "hi"]),
+    "bytes_arg": ("bigio.py", "size", lambda i: [b"\xcd" * MB], lambda i, v: v == MB),
+    "bytes_result": ("bigio.py", "make", lambda i: [MB], lambda i, v: len(v) == MB),
+}
+
+
+def timed_call(runner, i: int, workload: str = "echo") -> dict:
     """One call through the client's own steps (``CodeRunner.run``'s path without callbacks)."""
+    _file, func, args_for, check = WORKLOADS[workload]
+    args = args_for(i)
     marks = {"c_start": time.monotonic_ns()}
-    request, _names = runner._request("echo", [[i, "hi"]], None, None, None)
+    request, _names = runner._request(func, args, None, None, None)
+    if _names:
+        runner._ensure_type_names(runner._deadline(None))
     marks["c_built"] = time.monotonic_ns()
     response = runner._stub.Run(request, timeout=runner._deadline(None))
     marks["c_answered"] = time.monotonic_ns()
     value = runner._result(response.outcome)
     marks["c_decoded"] = time.monotonic_ns()
-    if value != [i, "hi"]:
-        raise RuntimeError(f"echo returned {value!r}")
+    if not check(i, value):
+        raise RuntimeError(f"{func} returned {str(value)[:80]!r}")
     return marks
 
 
@@ -165,9 +178,9 @@ SPANS = [
 ]
 
 
-def timeline(runner, daemon: Daemon, calls: int) -> list[dict]:
+def timeline(runner, daemon: Daemon, calls: int, workload: str = "echo") -> list[dict]:
     before = len(daemon.traces())
-    client = [timed_call(runner, i) for i in range(calls)]
+    client = [timed_call(runner, i, workload) for i in range(calls)]
     time.sleep(0.3)  # the last trace line is written after the response
     server = daemon.traces()[before:]
     if len(server) != len(client):
@@ -237,6 +250,8 @@ def cpu_per_call(runner, daemon: Daemon, group: CpuGroup, seconds: float, caller
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="echo",
+                        help="what the timeline calls (the rest always uses echo)")
     parser.add_argument("--cpu-seconds", type=float, default=5.0)
     parser.add_argument("--py-spy", type=float, default=0, metavar="SECONDS")
     parser.add_argument("--perf", type=float, default=0, metavar="SECONDS")
@@ -251,6 +266,12 @@ def main() -> int:
     daemon = Daemon(work, group)
     report = {"python": sys.executable, "load_start": os.getloadavg()}
     try:
+        if args.workload != "echo":
+            other = CodeRunner(root=str(GUESTS), file=WORKLOADS[args.workload][0], socket=daemon.socket)
+            for i in range(5):
+                timed_call(other, i, args.workload)
+            report[f"timeline_{args.workload}"] = timeline(other, daemon, args.calls, args.workload)
+            other.close()
         runner = CodeRunner(root=str(GUESTS), file="echo.py", socket=daemon.socket)
         for i in range(30):
             timed_call(runner, i)

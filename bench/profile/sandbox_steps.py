@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -46,6 +47,11 @@ MARKS: dict[str, int] = {}  # filled in whichever process runs; each process has
 
 def mark(name: str) -> None:
     MARKS[name] = time.monotonic_ns()
+
+
+def faults(name: str) -> None:
+    """Page faults so far (minor: almost all copy-on-write of the zygote's pages after fork)."""
+    MARKS[name] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _send_json(sock: socket.socket, body: dict) -> None:
@@ -94,6 +100,7 @@ def instrument() -> None:
 
 def init_side(zyg, theirs: socket.socket, host_id: int) -> int:
     mark("init_start")
+    faults("faults_init_start")
     _libc.prctl("init", _libc.PR_SET_PDEATHSIG, 9)
     namespaces.unshare_host_views()
     mark("init_unshared")
@@ -109,6 +116,7 @@ def init_side(zyg, theirs: socket.socket, host_id: int) -> int:
         finally:
             os._exit(0)
     mark("init_guest_forked")
+    faults("faults_init_end")
     _send_json(theirs, {"init": MARKS})
     theirs.close()
     os.waitpid(pid, 0)
@@ -118,6 +126,7 @@ def init_side(zyg, theirs: socket.socket, host_id: int) -> int:
 def guest_side(zyg, chan: socket.socket, host_id: int) -> None:
     mark("guest_start")
     _libc.prctl("guest", _libc.PR_SET_PDEATHSIG, 9)
+    faults("faults_guest_waiting")
     frame = channel.receive(chan, 256 << 20)
     mark("plan_received")
     call = sandbox_pb2.CallPlan.FromString(frame)
@@ -138,8 +147,10 @@ def guest_side(zyg, chan: socket.socket, host_id: int) -> None:
     mark("rlimits")
     seccomp.apply(zyg.filter)
     mark("seccomp")
+    faults("faults_confined")
     guest.run(call, chan, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
     mark("run_returned")
+    faults("faults_guest_end")
     _send_json(chan, {"guest": MARKS})
 
 
@@ -149,45 +160,91 @@ def read_frame(sock: socket.socket) -> bytes:
     return channel.receive(sock, 256 << 20)
 
 
-def one_call(zyg, call_plan: bytes, host_id: int, idle_s: float) -> dict:
-    parent: dict[str, int] = {}
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    parent["fork"] = time.monotonic_ns()
-    pid = namespaces.fork_into_new_pid_ns(zyg.own_pid_ns)
-    if pid == 0:
-        status = 1
-        try:
-            ours.close()
-            status = init_side(zyg, theirs, host_id)
-        except BaseException:
-            traceback.print_exc()  # the replay's own bug or a refused step: say which
-        finally:
-            os._exit(status)
-    theirs.close()
-    pidfd = os.pidfd_open(pid)
-    parent["forked"] = time.monotonic_ns()
-    init_marks = json.loads(read_frame(ours))["init"]
-    parent["ready"] = time.monotonic_ns()
-    time.sleep(idle_s)  # the sandbox waits in the pool
-    parent["send_plan"] = time.monotonic_ns()
-    ours.sendall(channel.HEADER.pack(len(call_plan)) + call_plan)
-    parent["plan_sent"] = time.monotonic_ns()
-    while True:
-        event = pb.RunEvent.FromString(read_frame(ours))
-        if event.WhichOneof("event") == "outcome":
-            break
-    parent["outcome_in"] = time.monotonic_ns()
-    outcome = event.outcome
-    guest_marks = json.loads(read_frame(ours))["guest"]
-    parent["kill"] = time.monotonic_ns()
-    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    parent["reaped"] = time.monotonic_ns()
-    os.close(pidfd)
-    ours.close()
-    if outcome.WhichOneof("result") != "value":
-        raise RuntimeError(f"the replayed call failed: {outcome.failure.message}")
-    return {**{f"parent_{k}": v for k, v in parent.items()}, **init_marks, **guest_marks}
+class Prepared:
+    """One sandbox forked by the parent (playing the zygote), until its init reports ready."""
+
+    def __init__(self, zyg, host_id: int):
+        self.marks: dict[str, int] = {"parent_fork": time.monotonic_ns()}
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = namespaces.fork_into_new_pid_ns(zyg.own_pid_ns)
+        if pid == 0:
+            status = 1
+            try:
+                self.sock.close()
+                status = init_side(zyg, theirs, host_id)
+            except BaseException:
+                traceback.print_exc()  # the replay's own bug or a refused step: say which
+            finally:
+                os._exit(status)
+        theirs.close()
+        self.pid, self.pidfd = pid, os.pidfd_open(pid)
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        if not self.ready:
+            self.marks.update(json.loads(read_frame(self.sock))["init"])
+            self.ready = True
+
+    def run(self, call_plan: bytes, overlap) -> dict:
+        """Sends the plan, calls ``overlap()`` (the zygote's next fork, in overlap mode),
+        reads the outcome and the guest's marks."""
+        self.wait_ready()
+        self.marks["parent_send_plan"] = time.monotonic_ns()
+        self.sock.sendall(channel.HEADER.pack(len(call_plan)) + call_plan)
+        overlap()
+        while True:
+            event = pb.RunEvent.FromString(read_frame(self.sock))
+            if event.WhichOneof("event") == "outcome":
+                break
+        self.marks["parent_outcome_in"] = time.monotonic_ns()
+        if event.outcome.WhichOneof("result") != "value":
+            raise RuntimeError(f"the replayed call failed: {event.outcome.failure.message}")
+        self.marks.update(json.loads(read_frame(self.sock))["guest"])
+        return self.marks
+
+    def kill(self, reap: bool) -> None:
+        self.marks["parent_kill"] = time.monotonic_ns()
+        signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        if reap:
+            os.waitpid(self.pid, 0)
+            self.marks["parent_reaped"] = time.monotonic_ns()
+        os.close(self.pidfd)
+        self.sock.close()
+
+
+def replay(zyg, call_plan: bytes, calls: int, idle_s: float, overlap: bool, uid_base: int) -> list[dict]:
+    """Sequential mode: prepare, let it idle in the "pool", run, kill and reap, then the next.
+    Overlap mode, like the daemon: the next sandbox is forked as soon as a plan is sent (the
+    daemon asks the zygote for a replacement in ``take()``), and the finished one is killed
+    and reaped in the background while the next call runs."""
+    runs, current = [], Prepared(zyg, uid_base)
+    for i in range(1, calls + 1):
+        upcoming = []
+        if overlap:
+            fork_next = lambda: upcoming.append(Prepared(zyg, uid_base + i % 64))  # noqa: E731
+        else:
+            fork_next = lambda: None  # noqa: E731
+            current.wait_ready()
+            time.sleep(idle_s)  # the sandbox waits in the pool
+        runs.append(current.run(call_plan, fork_next))
+        current.kill(reap=not overlap)
+        if overlap:
+            while _reap_any():
+                pass
+            time.sleep(idle_s)  # the client's turn-around before its next call
+        current = upcoming[0] if upcoming else Prepared(zyg, uid_base + i % 64)
+    current.kill(reap=True)
+    while _reap_any(block=True):
+        pass
+    return runs
+
+
+def _reap_any(block: bool = False) -> bool:
+    try:
+        pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return pid != 0
 
 
 # Spans reported, in the order they happen: (name, from mark, to mark, on the critical path?)
@@ -204,12 +261,13 @@ SPANS = [
     ("guest: no_new_privs", "guest_user", "no_new_privs", True),
     ("guest: rlimits", "no_new_privs", "rlimits", True),
     ("guest: seccomp load", "rlimits", "seccomp", True),
-    ("guest.run: decode args, policy, importer set-up", "seccomp", "import_start", True),
+    ("guest.run: SIGXCPU handler, console streams", "seccomp", "decode_args_start", True),
+    ("guest.run: decode args, policy, importer set-up", "decode_args_start", "import_start", True),
     ("guest.run: import the guest file (read, compile, exec)", "import_start", "import_end", True),
     ("guest.run: send 'running'", "send_running_start", "send_running_end", True),
     ("guest.run: call + encode the result", "send_running_end", "encode_result_end", True),
-    ("guest.run: rusage + build + send the outcome", "encode_result_end", "send_outcome_end", True),
-    ("guest → daemon: outcome frame read and parsed", "send_outcome_end", "parent_outcome_in", True),
+    ("guest.run: rusage + build the outcome", "encode_result_end", "send_outcome_start", True),
+    ("guest → daemon: outcome frame read and parsed", "send_outcome_start", "parent_outcome_in", True),
     ("daemon: SIGKILL the init via pidfd + reap it", "parent_kill", "parent_reaped", False),
 ]
 
@@ -222,19 +280,25 @@ def summarize(runs: list[dict]) -> list[dict]:
             rows.append({"step": name, "critical": critical, "p50_ms": round(statistics.median(values), 3),
                          "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))], 3),
                          "n": len(values)})
-    total = [(r["parent_outcome_in"] - r["parent_send_plan"]) / 1e6 for r in runs]
-    prep = [(r["init_guest_forked"] - r["parent_fork"]) / 1e6 for r in runs]
-    rows.append({"step": "critical path: plan sent → outcome read", "critical": True,
-                 "p50_ms": round(statistics.median(total), 3), "n": len(total)})
-    rows.append({"step": "pool preparation: fork → guest waiting", "critical": False,
-                 "p50_ms": round(statistics.median(prep), 3), "n": len(prep)})
+    for name, start, end, critical in (
+            ("critical path: plan sent → outcome read", "parent_send_plan", "parent_outcome_in", True),
+            ("  of which inside the guest: plan received → outcome sent", "plan_received", "send_outcome_end", True),
+            ("pool preparation: fork → guest waiting", "parent_fork", "init_guest_forked", False)):
+        values = sorted((r[end] - r[start]) / 1e6 for r in runs)
+        rows.append({"step": name, "critical": critical, "p50_ms": round(statistics.median(values), 3),
+                     "p90_ms": round(values[int(0.9 * (len(values) - 1))], 3), "n": len(values)})
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--idle-ms", type=float, default=20.0)
+    parser.add_argument("--idle-ms", type=float, default=20.0,
+                        help="time a prepared sandbox idles before its plan (sequential mode), "
+                             "or between calls (overlap mode)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="fork the next sandbox while the current call runs, as the daemon does")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before forking")
     parser.add_argument("--json", help="write the per-call marks and the summary here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -246,19 +310,27 @@ def main() -> int:
     zyg = zygote_module.Zygote(dict(dataclasses.asdict(config), _new_root=os.path.join(state, "root")),
                                control=None)
     instrument()
+    if args.gc_freeze:
+        import gc
+        gc.freeze()  # what the zygote could do before forking: GC never touches these objects
     request = pb.RunRequest(root=str(GUESTS), file="echo.py", func_name="echo",
                             args=[_codec.encode([7, "hi"])])
     call_plan = plans.build(request, config).SerializeToString()
-    runs = []
-    for i in range(args.calls + 5):
-        run = one_call(zyg, call_plan, config.sandbox_uid_base + (i % 64), args.idle_ms / 1000)
-        if i >= 5:  # the first calls warm the page cache and the kernel's mount caches
-            runs.append(run)
+    runs = replay(zyg, call_plan, args.calls + 5, args.idle_ms / 1000, args.overlap,
+                  config.sandbox_uid_base)[5:]  # the first calls warm caches
     rows = summarize(runs)
+    for name, start, end in (("page faults, init: fork → guest forked", "faults_init_start", "faults_init_end"),
+                             ("page faults, guest: confine steps", "faults_guest_waiting", "faults_confined"),
+                             ("page faults, guest: guest.run", "faults_confined", "faults_guest_end")):
+        values = [r[end] - r[start] for r in runs]
+        rows.append({"step": name, "critical": False, "p50_ms": statistics.median(values), "unit": "faults"})
     width = max(len(r["step"]) for r in rows)
     for r in rows:
         flag = "*" if r["critical"] else " "
-        print(f"{flag} {r['step']:<{width}}  p50 {r['p50_ms']:7.3f} ms  p90 {r.get('p90_ms', 0):7.3f} ms")
+        if r.get("unit") == "faults":
+            print(f"  {r['step']:<{width}}  p50 {r['p50_ms']:7.0f}")
+        else:
+            print(f"{flag} {r['step']:<{width}}  p50 {r['p50_ms']:7.3f} ms  p90 {r.get('p90_ms', 0):7.3f} ms")
     print("* = on a call's critical path once a prepared sandbox is waiting in the pool")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": rows, "runs": runs}, indent=1))

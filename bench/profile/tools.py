@@ -29,6 +29,7 @@ def py_spy(daemon_pid: int, client_pid: int, seconds: float, out: Path, backgrou
         return {"note": "py-spy not installed (pip install py-spy)"}
     procs = {}
     for name, pid, extra in (("daemon", daemon_pid, ["--subprocesses"]), ("client", client_pid, [])):
+        # --subprocesses follows the zygote and the sandboxes it forks during the recording.
         procs[name] = subprocess.Popen(
             [exe, "record", "-p", str(pid), *extra, "--rate", "250", "--format", "raw",
              "--nonblocking", "--duration", str(int(seconds)), "--output", str(out / f"py-spy-{name}.txt")],
@@ -43,43 +44,49 @@ def py_spy(daemon_pid: int, client_pid: int, seconds: float, out: Path, backgrou
     return summary
 
 
+ROLES = ("daemon", "zygote", "sandbox init", "sandbox guest")
+# Where a pooled sandbox waits for its call (or its init for its guest): sampled, but idle.
+WAITING = ("_exactly (isorund/sandbox/channel.py)", "_reap_until (isorund/sandbox/__init__.py)",
+           "EpollSelector.select (selectors.py)")  # an event loop waiting for work
+
+
 def summarize_collapsed(path: Path, top: int = 25) -> dict:
-    """From ``frame;frame;… count`` lines: samples per process, and per function the share of
-    samples it is on the stack (inclusive) and at the top of it (self)."""
-    per_process = collections.Counter()
-    inclusive, own = collections.Counter(), collections.Counter()
-    total = 0
+    """From py-spy's ``frame;frame;… count`` lines: per role (daemon, zygote, sandbox init,
+    sandbox guest — told apart by how deep the ``process …`` frames nest), the samples and,
+    per function, the share of that role's busy samples where it is on the stack (inclusive)
+    and at its top (self). Sandboxes blocked waiting in the pool are counted apart."""
+    roles: dict[str, dict] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
-        process = frames[0] if frames[0].startswith("process ") else "process"
-        per_process[_short_process(process)] += n
-        total += n
+        depth = sum(1 for f in frames if f.startswith("process "))
+        role = ROLES[min(max(depth, 1), len(ROLES)) - 1] if depth else "client"
         names = [_function(f) for f in frames if not f.startswith(("process ", "thread "))]
+        entry = roles.setdefault(role, {"samples": 0, "waiting": 0, "inclusive": collections.Counter(),
+                                        "self": collections.Counter()})
+        entry["samples"] += n
+        if names and names[-1] in WAITING:
+            entry["waiting"] += n
+            continue
         for name in set(names):
-            inclusive[name] += n
+            entry["inclusive"][name] += n
         if names:
-            own[names[-1]] += n
-    pct = lambda c: [(name, round(100 * n / total, 1)) for name, n in c.most_common(top)]  # noqa: E731
-    return {"samples": total, "per_process": dict(per_process.most_common(10)),
-            "inclusive_pct": pct(inclusive), "self_pct": pct(own)}
+            entry["self"][names[-1]] += n
+    summary = {}
+    for role, entry in roles.items():
+        busy = max(1, entry["samples"] - entry["waiting"])
+        pct = lambda c: [(name, round(100 * k / busy, 1)) for name, k in c.most_common(top)]  # noqa: E731
+        summary[role] = {"samples": entry["samples"], "waiting_in_pool": entry["waiting"],
+                         "inclusive_pct": pct(entry["inclusive"]), "self_pct": pct(entry["self"])}
+    return summary
 
 
 def _function(frame: str) -> str:
     # py-spy raw frames look like "run_call (isorund/launcher.py:224)"; drop the line number.
     return re.sub(r":\d+\)$", ")", frame.strip())
-
-
-def _short_process(frame: str) -> str:
-    match = re.match(r'process (\d+):"(.*)"', frame)
-    if not match:
-        return frame
-    command = match.group(2)
-    role = "zygote" if "isorund.zygote" in command else ("daemon" if "daemon" in command else command[:40])
-    return f"{role} ({match.group(1)})"
 
 
 # ---- perf --------------------------------------------------------------------------------------
@@ -133,11 +140,18 @@ def strace(zygote_pid: int, daemon_pid: int, out: Path, one_call, calls: int) ->
                                  "-o", str(out / "strace-zygote-timeline.txt")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
-    for _ in range(3):
+    for _ in range(POOL_TURNOVER + 3):  # the first calls use sandboxes forked before strace attached
         one_call()
     time.sleep(0.5)
     _stop(timeline)
-    return {name: _strace_table(out / f"strace-{name}.txt", calls) for name in procs}
+    zygote = _strace_table(out / "strace-zygote.txt")
+    # Per sandbox: the zygote tree makes two clones per sandbox (its init, the init's guest).
+    sandboxes = max(1, sum(r["calls"] for r in zygote if r["syscall"] == "clone") // 2)
+    return {"zygote_per_sandbox": _per(zygote, sandboxes),
+            "daemon_per_call": _per(_strace_table(out / "strace-daemon.txt"), calls)}
+
+
+POOL_TURNOVER = 6  # more than the daemon's default pool_size (4)
 
 
 def _stop(proc) -> None:
@@ -145,25 +159,30 @@ def _stop(proc) -> None:
     proc.wait(timeout=30)
 
 
-def _strace_table(path: Path, calls: int, top: int = 20) -> list[dict]:
+def _strace_table(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
-            errors = len(parts) == 6
-            rows.append({"syscall": parts[-1], "seconds": float(parts[1]),
-                         "per_call": round(int(parts[3]) / calls, 1),
-                         "errors": int(parts[4]) if errors else 0})
-    return sorted(rows, key=lambda r: -r["seconds"])[:top]
+            rows.append({"syscall": parts[-1], "seconds": float(parts[1]), "calls": int(parts[3]),
+                         "errors": int(parts[4]) if len(parts) == 6 else 0})
+    return sorted(rows, key=lambda r: -r["seconds"])
+
+
+def _per(rows: list[dict], n: int, top: int = 20) -> list[dict]:
+    return [{**r, "per_call": round(r["calls"] / n, 1), "us_per_call": round(r["seconds"] / n * 1e6)}
+            for r in rows[:top]]
 
 
 # ---- the printed report ------------------------------------------------------------------------
 
 def print_report(report: dict) -> None:
     print(f"load average before: {report['load_start']}, after: {report['load_end']}")
-    print("\nOne echo call at concurrency 1, p50 of each span (ms):")
-    for row in report.get("timeline", []):
-        print(f"  {row['span']:<56} {row['p50_ms']:8.3f}   (mean {row['mean_ms']:.3f}, n {row['n']})")
+    for key in [k for k in report if k.startswith("timeline")]:
+        what = key.partition("_")[2] or "echo"
+        print(f"\nOne {what} call at concurrency 1, p50 of each span (ms):")
+        for row in report[key]:
+            print(f"  {row['span']:<56} {row['p50_ms']:8.3f}   (mean {row['mean_ms']:.3f}, n {row['n']})")
     print(f"\nEmpty RPC (GetCapabilities) round trip, p50: {report.get('empty_rpc_p50_ms')} ms")
     print("\nCPU time per call (ms):")
     for row in report.get("cpu", []):
@@ -171,17 +190,18 @@ def print_report(report: dict) -> None:
               f"zygote + sandboxes {row.get('zygote_and_sandboxes_ms')}, client {row['client_ms']}, "
               f"daemon tree total {row.get('tree_ms')}")
     for name, summary in (report.get("py_spy") or {}).items():
-        if "inclusive_pct" not in summary:
-            print(f"\npy-spy {name}: {summary}")
-            continue
-        print(f"\npy-spy {name}: {summary['samples']} samples; per process {summary['per_process']}")
-        print("  inclusive %: " + "; ".join(f"{n} {p}" for n, p in summary["inclusive_pct"][:15]))
-        print("  self %:      " + "; ".join(f"{n} {p}" for n, p in summary["self_pct"][:15]))
+        for role, data in summary.items():
+            if "inclusive_pct" not in data:
+                print(f"\npy-spy {name}: {data}")
+                continue
+            print(f"\npy-spy {name} / {role}: {data['samples']} samples, {data['waiting_in_pool']} waiting in the pool")
+            print("  inclusive %: " + "; ".join(f"{n} {p}" for n, p in data["inclusive_pct"][:14]))
+            print("  self %:      " + "; ".join(f"{n} {p}" for n, p in data["self_pct"][:14]))
     for name, lines in (report.get("perf") or {}).items():
         print(f"\nperf {name}:")
         for line in lines[:20]:
             print("  " + line)
     for name, rows in (report.get("strace") or {}).items():
-        print(f"\nstrace -c -f {name} (per call):")
+        print(f"\nstrace -c -f, {name.replace('_', ' ')} (strace inflates every time):")
         for row in rows[:15]:
-            print(f"  {row['syscall']:<20} {row['per_call']:7.1f} calls  {row['seconds']:.3f} s total")
+            print(f"  {row['syscall']:<20} {row['per_call']:7.1f} calls  {row['us_per_call']:7d} us")

@@ -128,6 +128,7 @@ def setup(root: str, own_pids: set[int]) -> None:
         if not os.access(os.path.join(root, name), os.W_OK):
             raise Unavailable(f"{root}/{name} is not writable by the daemon")
     if not missing_controllers(_read(root, "cgroup.subtree_control")):
+        _remove_leftovers(root)
         return
     pids = {int(p) for p in _read(root, "cgroup.procs").split()}
     strangers = pids - own_pids
@@ -143,6 +144,16 @@ def setup(root: str, own_pids: set[int]) -> None:
         _write(root, "cgroup.subtree_control", " ".join("+" + c for c in REQUIRED))
     except OSError as e:
         raise Unavailable(f"cannot enable {', '.join(REQUIRED)} under {root}: {e.strerror}") from e
+
+
+def _remove_leftovers(root: str) -> None:
+    """Empty call groups a previous zygote could not remove (it died, or they were busy)."""
+    for name in os.listdir(root):
+        if name.startswith("call-"):
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:
+                pass  # still populated: its processes are dying; the group stays
 
 
 def enter(path: str, values: dict[str, str]) -> None:

@@ -42,10 +42,19 @@ sandbox_uid_count = {UID_COUNT}
 
 @pytest.fixture(scope="session")
 def secure_daemon(start_daemon_session):
-    """The battery's daemon; ``uids`` is the host uid range of its sandboxes."""
+    """The battery's daemon; ``uids`` is the host uid range of its sandboxes, ``limits`` its
+    per-call limits and ``secret`` the (name, value) planted in its environment."""
     d = start_daemon_session(config=CONFIG, env={SECRET_ENV: SECRET_VALUE})
     d.uids = range(UID_BASE, UID_BASE + UID_COUNT)
+    d.limits = LIMITS
+    d.secret = (SECRET_ENV, SECRET_VALUE)
     return d
+
+
+@pytest.fixture
+def host_processes(secure_daemon):
+    """host_processes() -> host processes running under one of the battery's sandbox uids."""
+    return lambda: sandbox_processes(secure_daemon.uids)
 
 
 def sandbox_processes(uids: range) -> list[psutil.Process]:
@@ -67,14 +76,13 @@ def wait_until_no_sandbox_processes(uids: range, seconds: float = 10.0) -> list:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def attack(secure_daemon, tmp_path_factory):
-    """attack(module, func="attack", args=(), files={}, **runner_options) -> the call's value.
+@pytest.fixture(scope="session")
+def run_attack(secure_daemon, tmp_path_factory):
+    """run_attack(module, func="attack", args=(), files={}, timeout=None, **runner_options).
 
-    The guest folder holds escape.py, ``attacks/<module>.py`` and any extra ``files`` (name ->
-    text, or name -> ("symlink", target)). ``attack.root`` is the last folder made."""
-    runners = []
-
+    Runs ``func`` of ``attacks/<module>.py`` in a fresh guest folder holding it, escape.py and
+    any extra ``files`` (name -> text, or name -> ("symlink", target)); returns the call's
+    value or raises its error. ``run_attack.root`` is the last folder made."""
     def run(module: str, func: str = "attack", args=(), files=None, timeout=None, **options):
         root = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("guest"), prefix="root"))
         root.chmod(0o755)
@@ -86,13 +94,15 @@ def attack(secure_daemon, tmp_path_factory):
             else:
                 (root / name).write_text(content)
         run.root = str(root)
-        runner = CodeRunner(root=str(root), file=f"{module}.py", socket=secure_daemon.socket, **options)
-        runners.append(runner)
-        return runner.run(func, args=list(args), timeout=timeout)
+        with CodeRunner(root=str(root), file=f"{module}.py", socket=secure_daemon.socket, **options) as runner:
+            return runner.run(func, args=list(args), timeout=timeout)
+    return run
 
-    yield run
-    for runner in runners:
-        runner.close()
+
+@pytest.fixture
+def attack(run_attack):
+    """``run_attack`` for one test (see there)."""
+    return run_attack
 
 
 @pytest.fixture(autouse=True)

@@ -42,8 +42,11 @@ def syscall(number: int, *args: int) -> tuple[int, str]:
 
 
 def outcome(action) -> str:
-    """Runs ``action()``; "ok: <value>" if it worked, else the errno name it failed with."""
+    """Runs ``action()``; "ok: <value>" if it worked, else the errno name it failed with (or
+    the exception's type, for a refusal Python makes before any system call)."""
     try:
         return f"ok: {action()!r}"
     except OSError as e:
         return real_import("errno").errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+    except ValueError as e:
+        return type(e).__name__

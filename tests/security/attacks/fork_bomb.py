@@ -12,7 +12,10 @@ def attack():
         except OSError as e:
             return {"made": made, "stopped_by": errno.errorcode.get(e.errno, str(e.errno))}
         if pid == 0:
-            while True:
-                os.pause()
+            try:
+                while True:
+                    real_import("signal").pause()
+            finally:
+                os._exit(0)
         made += 1
     return {"made": made, "stopped_by": None}

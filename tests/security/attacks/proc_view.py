@@ -30,3 +30,4 @@ def _children_seen():
     finally:
         os.close(write_end)
         os.waitpid(pid, 0)
+        os.close(read_end)

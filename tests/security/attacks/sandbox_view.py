@@ -30,7 +30,6 @@ def attack():
     }
 
 
-
 def read_text(path):
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -12,7 +12,8 @@ def attack(paths):
             os.close(fd)
     results = {path: outcome(lambda: plant(path)) for path in paths}
     results["mkdir /guest/x"] = outcome(lambda: os.mkdir("/guest/x"))
-    results["rename guest file"] = outcome(lambda: os.rename(__file__, "/guest/renamed.py"))
+    results["rename guest file"] = outcome(lambda: os.rename("/guest/escape.py", "/guest/renamed.py"))
+    results["delete guest file"] = outcome(lambda: os.unlink("/guest/escape.py"))
     results["chmod /tmp"] = outcome(lambda: os.chmod("/tmp", 0o700))
     return results
 

@@ -72,6 +72,7 @@ def test_guest_cannot_write_outside_its_private_tmp(attack, tmp_path):
             assert results[path] == expected, path
     assert results["mkdir /guest/x"] == "EROFS"
     assert results["rename guest file"] == "EROFS"
+    assert results["delete guest file"] == "EROFS"
     # /tmp is the call's own: writing there works, and none of it reaches the host.
     assert results["/tmp/mine"].startswith("ok")
     assert results[str(host_tmp)].startswith("ok")

@@ -1,0 +1,149 @@
+"""Access: the socket's mode and group, and the peer allowlist checked with SO_PEERCRED —
+tested with real clients running as other users."""
+from __future__ import annotations
+
+import grp
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from isorun import CodeRunner
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import runner_pb2_grpc
+
+NOBODY = 65534
+CLIENTS = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "python")
+GUEST = "def echo(x):\n    return x\n"
+# The client drops to the test's user itself, once its modules are loaded: the interpreter
+# lives under /root here, which other users cannot even traverse.
+CLIENT = '''
+import os, sys
+sys.path.insert(0, {clients!r})
+import grpc
+from isorun import CodeRunner, errors
+os.setgroups({groups!r})
+os.setgid({gid})
+os.setuid({uid})
+try:
+    with CodeRunner(root={root!r}, file="index.py", socket={socket!r}) as r:
+        print("value", r.run("echo", args=[7]))
+except errors.IsorunError as e:
+    print(type(e).__name__, e)
+'''
+
+
+def reachable_by_others(path: str) -> None:
+    """pytest's temporary folders are 0700; let other users traverse (not list) them."""
+    folder = os.path.dirname(path)
+    while folder not in ("/", "/tmp"):
+        os.chmod(folder, os.stat(folder).st_mode | 0o011)
+        folder = os.path.dirname(folder)
+
+
+def call_as(uid: int, groups: list[int], daemon, root: str) -> str:
+    """One call from a separate process running as ``uid`` (gid nogroup, plus ``groups``)."""
+    source = CLIENT.format(clients=os.path.abspath(CLIENTS), groups=groups, gid=NOBODY, uid=uid, root=root,
+                           socket=daemon.socket)
+    out = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_socket_is_0660_by_default(daemon):
+    mode = os.stat(daemon.socket).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+def test_socket_mode_and_group_come_from_the_config(start_daemon):
+    group = grp.getgrnam("nogroup").gr_gid
+    d = start_daemon(config='socket_mode = 0o600\nsocket_group = "nogroup"\n')
+    st = os.stat(d.socket)
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o600, group)
+
+
+def test_a_user_outside_the_socket_group_cannot_connect_at_all(daemon, make_root):
+    reachable_by_others(daemon.socket)
+    assert call_as(NOBODY, [], daemon, make_root({"index.py": GUEST})).startswith("DaemonUnavailable")
+
+
+@pytest.fixture
+def guarded(start_daemon):
+    """A daemon that lets anyone reach its socket but only root (uid) and group 4242 call."""
+    d = start_daemon(config="socket_mode = 0o666\nallowed_uids = [0]\nallowed_gids = [4242]\n")
+    reachable_by_others(d.socket)
+    return d
+
+
+def test_a_peer_not_on_the_allowlist_gets_permission_denied(guarded, make_root):
+    answer = call_as(NOBODY, [], guarded, make_root({"index.py": GUEST}))
+    assert answer.startswith("AccessDenied") and f"uid {NOBODY}" in answer
+    assert '"event": "denied"' in guarded.log() and f"uid={NOBODY}" in guarded.log()
+
+
+def test_an_allowed_uid_may_call(guarded, make_root):
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=guarded.socket) as r:
+        assert r.run("echo", args=[5]) == 5
+    assert f'"peer": "pid={os.getpid()} uid=0 gid=0"' in guarded.log()
+
+
+def test_a_member_of_an_allowed_group_may_call(guarded, make_root):
+    assert call_as(NOBODY, [4242], guarded, make_root({"index.py": GUEST})) == "value 7"
+
+
+PROBE = '''
+import os, sys
+sys.path.insert(0, {clients!r})
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from isorun._proto import runner_pb2 as pb, runner_pb2_grpc
+os.setgroups([])
+os.setgid({nobody})
+os.setuid({nobody})
+with grpc.insecure_channel("unix:" + {socket!r}) as channel:
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(health.status))
+    try:
+        runner_pb2_grpc.RunnerStub(channel).GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+    except grpc.RpcError as e:
+        print(e.code().name)
+'''
+
+
+def test_a_denied_peer_still_sees_health_but_not_capabilities(guarded):
+    source = PROBE.format(clients=os.path.abspath(CLIENTS), nobody=NOBODY, socket=guarded.socket)
+    out = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.stdout.split() == ["SERVING", "PERMISSION_DENIED"], out.stderr
+
+
+def test_the_front_removes_both_sockets_on_stop(guarded):
+    front_socket = guarded.socket
+    assert guarded.stop() == 0
+    assert not os.path.exists(front_socket)
+
+
+def test_the_access_front_costs_little(start_daemon, daemon):
+    """Records the relay's latency cost on a call that needs no sandbox (GetCapabilities),
+    so that only the front differs; the bound is loose because the test machine is shared."""
+    guarded = start_daemon(config="allowed_uids = [0]\n")
+
+    def p50(socket_path: str, n: int = 600) -> float:
+        with grpc.insecure_channel("unix:" + socket_path) as channel:
+            stub = runner_pb2_grpc.RunnerStub(channel)
+            for _ in range(50):
+                stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+                times.append(time.perf_counter() - t)
+        return sorted(times)[n // 2]
+    direct = min(p50(daemon.socket) for _ in range(3))
+    fronted = min(p50(guarded.socket) for _ in range(3))
+    print(f"GetCapabilities p50: direct {direct * 1e6:.0f} us, through the access front {fronted * 1e6:.0f} us")
+    assert fronted - direct < 0.002

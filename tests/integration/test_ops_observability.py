@@ -1,0 +1,146 @@
+"""Observability: one JSON log line per call with stable keys, and a Prometheus endpoint (off by
+default) whose counters and gauges move with the calls."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from isorun import CodeRunner, errors
+
+GUEST = '''
+def echo(x):
+    return x
+
+def boom():
+    raise ValueError("Boom!")
+
+def chatty():
+    print("hello")
+    return [0] * 1000
+
+def nap(s):
+    import time
+    time.sleep(s)
+    return s
+'''
+LOG_KEYS = {"event", "id", "peer", "root", "file", "function", "outcome", "queue_ms", "run_ms", "total_ms",
+            "cpu_ms", "peak_memory_bytes"}
+
+
+def call_lines(daemon) -> list[dict]:
+    return [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
+
+
+def scrape(daemon) -> dict[str, float]:
+    (address,) = [json.loads(t)["address"] for t in daemon.log().splitlines() if '"event": "metrics"' in t]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", line)
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+@pytest.fixture
+def metered(start_daemon):
+    return start_daemon(config='metrics_address = "127.0.0.1:0"\nmax_concurrency = 2\n')
+
+
+def test_each_call_writes_one_json_line_with_its_facts(start_daemon, make_root):
+    d = start_daemon()
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert len(r.run("chatty")) == 1000
+        with pytest.raises(errors.GuestError):
+            r.run("boom")
+    with CodeRunner(root=root, file="../x.py", socket=d.socket) as bad:
+        with pytest.raises(errors.InvalidRequest):
+            bad.run("echo", args=[1])
+    lines = [line for line in call_lines(d) if line["peer"] != "self-test"]
+    assert [line["outcome"] for line in lines] == ["ok", "guest_exception", "invalid_argument"]
+    for line in lines:
+        assert LOG_KEYS <= set(line), line
+        assert re.fullmatch(r"[0-9a-f]{16}", line["id"])
+    ok = lines[0]
+    assert (ok["file"], ok["function"], ok["root"]) == ("index.py", "chatty", root)
+    assert ok["run_ms"] > 0 and ok["total_ms"] >= ok["run_ms"] and ok["cpu_ms"] > 0
+    assert ok["peak_memory_bytes"] > 1 << 20
+    assert len({line["id"] for line in lines}) == 3
+
+
+def test_the_metrics_endpoint_is_off_by_default(daemon):
+    assert '"event": "metrics"' not in daemon.log()
+
+
+def test_the_metrics_counters_move_with_the_calls(metered, make_root):
+    d = metered
+    before = scrape(d)
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+        for n in range(3):
+            assert r.run("echo", args=[n]) == n
+        with pytest.raises(errors.GuestError):
+            r.run("boom")
+        with pytest.raises(errors.RuntimeTimeoutError):
+            r.run("nap", args=[5], timeout=0.5)
+    after = scrape(d)
+
+    def moved(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+    assert moved('isorun_calls_total{outcome="ok"}') == 3
+    assert moved('isorun_calls_total{outcome="guest_exception"}') == 1
+    assert moved('isorun_calls_total{outcome="timeout"}') == 1
+    assert moved("isorun_call_duration_seconds_count") == 5
+    assert moved('isorun_call_duration_seconds_bucket{le="60.0"}') == 5
+    assert moved("isorun_queue_wait_seconds_count") == 5
+    assert after["isorun_zygote_up"] == 1 and after["isorun_zygote_restarts_total"] == 0
+    assert after["isorun_max_concurrency"] == 2 and after["isorun_sandboxes_ready"] >= 0
+
+
+def test_the_gauges_show_live_sandboxes_and_queue_depth(metered, make_root):
+    d = metered
+    root = make_root({"index.py": GUEST})
+    threads = []
+    for _ in range(3):  # two run, one waits in the queue
+        r = CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"])
+        threads.append(threading.Thread(target=r.run, args=("nap", [2]), kwargs={"timeout": 10}))
+        threads[-1].start()
+    deadline = time.monotonic() + 20
+    while (s := scrape(d))["isorun_sandboxes_live"] != 2 or s["isorun_queue_depth"] != 1:
+        assert time.monotonic() < deadline, s
+        time.sleep(0.05)
+    for t in threads:
+        t.join(30)
+    s = scrape(d)
+    assert (s["isorun_sandboxes_live"], s["isorun_queue_depth"]) == (0, 0)
+
+
+def test_zygote_restarts_are_counted(metered):
+    import psutil
+    import signal
+    d = metered
+    (zygote,) = [c for c in psutil.Process(d.pid).children() if "isorund.zygote" in " ".join(c.cmdline())]
+    zygote.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while scrape(d)["isorun_zygote_restarts_total"] != 1:
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.1)
+    assert scrape(d)["isorun_zygote_up"] == 1
+
+
+def test_a_taken_metrics_port_stops_the_start_naming_the_key(start_daemon):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = start_daemon(config=f'metrics_address = "127.0.0.1:{port}"\n', wait=False)
+        assert d.proc.wait(60) == 1
+    assert "metrics_address" in d.log() and "cannot serve metrics" in d.log()

@@ -1,0 +1,102 @@
+"""The system call filter and the kernel surface behind it: what no guest needs fails with EPERM
+(an OSError the guest can report), programs cannot be run, and the compat ABI is no way around."""
+import pytest
+
+from isorun import errors
+
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID = 0x10000000, 0x00020000, 0x40000000, 0x20000000
+CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x02000000, 0x04000000, 0x08000000
+SIGCHLD = 17
+
+# name: [x86_64 number, *arguments]; arguments that would do harm if the call went through.
+DENIED = {
+    "mount": [165, 0, 0, 0, 0, 0],
+    "umount2": [166, 0, 2],
+    "pivot_root": [155, 0, 0],
+    "chroot": [161, 0],
+    "unshare(CLONE_NEWUSER)": [272, CLONE_NEWUSER],
+    "unshare(CLONE_NEWNS)": [272, CLONE_NEWNS],
+    "setns": [308, 0, 0],
+    "clone(CLONE_NEWUSER)": [56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0],
+    "clone(CLONE_NEWNET)": [56, CLONE_NEWNET | SIGCHLD, 0, 0, 0, 0],
+    "clone(CLONE_NEWPID)": [56, CLONE_NEWPID | SIGCHLD, 0, 0, 0, 0],
+    "clone(CLONE_NEWNS)": [56, CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0],
+    "clone(CLONE_NEWCGROUP|CLONE_NEWUTS|CLONE_NEWIPC)": [56, CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, 0, 0, 0, 0],
+    "execve": [59, 0, 0, 0],
+    "execveat": [322, 0, 0, 0, 0, 0],
+    "ptrace(PTRACE_TRACEME)": [101, 0, 0, 0, 0],
+    "process_vm_readv": [310, 1, 0, 0, 0, 0, 0],
+    "process_vm_writev": [311, 1, 0, 0, 0, 0, 0],
+    "kcmp": [312, 1, 1, 0, 0, 0],
+    "pidfd_getfd": [438, 0, 0, 0],
+    "bpf": [321, 0, 0, 0],
+    "perf_event_open": [298, 0, 0, -1, -1, 0],
+    "keyctl": [250, 0, 0, 0, 0, 0],
+    "add_key": [248, 0, 0, 0, 0, 0],
+    "request_key": [249, 0, 0, 0, 0],
+    "userfaultfd": [323, 0],
+    "io_uring_setup": [425, 8, 0],
+    "io_uring_enter": [426, 0, 0, 0, 0, 0, 0],
+    "io_uring_register": [427, 0, 0, 0, 0],
+    "init_module": [175, 0, 0, 0],
+    "finit_module": [313, 0, 0, 0],
+    "delete_module": [176, 0, 0],
+    "kexec_load": [246, 0, 0, 0, 0],
+    "kexec_file_load": [320, 0, 0, 0, 0, 0],
+    "reboot": [169, 0, 0, 0, 0],
+    "swapon": [167, 0, 0],
+    "swapoff": [168, 0],
+    "acct": [163, 0],
+    "quotactl": [179, 0, 0, 0, 0],
+    "open_tree": [428, -100, 0, 0],
+    "fsopen": [430, 0, 0],
+    "move_mount": [429, 0, 0, 0, 0, 0],
+    "open_by_handle_at": [304, 0, 0, 0],
+    "syslog": [103, 3, 0, 0],
+    "personality": [135, 0xFFFFFFFF],
+    "socket(AF_NETLINK)": [41, 16, 3, 0],
+    "socket(AF_ALG)": [41, 38, 5, 0],
+    "socket(AF_ALG, high bits set)": [41, (1 << 32) | 38, 5, 0],
+    "socket(AF_VSOCK)": [41, 40, 1, 0],
+    "socketpair(AF_TIPC)": [53, 30, 5, 0, 0],
+}
+
+
+@pytest.fixture(scope="module")
+def denied_results(run_attack):
+    """One call tries the whole table; each entry is still its own test below."""
+    return run_attack("forbidden_syscalls", args=[DENIED], timeout=20)
+
+
+@pytest.mark.parametrize("name", sorted(DENIED))
+def test_denied_system_call_fails_with_eperm(denied_results, name):
+    assert denied_results[name] == "EPERM"
+
+
+def test_clone3_is_refused_so_namespaces_cannot_be_made_through_it(attack):
+    # clone3's flags live in memory the filter cannot read: it is refused whole (ENOSYS, so that
+    # libc falls back to clone, whose flags the filter does check).
+    results = attack("forbidden_syscalls", args=[{"clone3": [435, 0, 0]}])
+    assert results == {"clone3": "ENOSYS"}
+
+
+def test_threads_and_plain_forks_still_work(attack):
+    # Denying namespace flags must not deny clone itself.
+    results = attack("forbidden_syscalls", args=[{"getpid": [39]}])
+    assert results["getpid"].startswith("succeeded")
+
+
+def test_compat_syscall_entry_kills_the_process(attack):
+    with pytest.raises(errors.SandboxError) as raised:
+        attack("compat_syscall")
+    assert "159" in str(raised.value)  # 128 + SIGSYS: the filter killed it, nothing ran
+
+
+def test_programs_cannot_be_run(attack):
+    results = attack("run_programs")
+    assert results["os.system"] != 7 << 8  # the shell never ran "exit 7"
+    assert results["os.execv"] == "EPERM"
+    assert results["execve missing file"] == "EPERM"  # the filter answers before the path lookup
+    assert results["subprocess"] == "EPERM"
+    assert results["posix_spawn"] == "EPERM"
+    assert results["execveat memfd"] == "EPERM"

@@ -1,0 +1,58 @@
+"""The sandbox's tables, checked without a sandbox: the seccomp filter really names every call
+the design denies, the rlimits are complete, and /tmp's caps match its size."""
+import tempfile
+
+import pytest
+
+from isorund.sandbox import filesystem, limits, seccomp
+
+REQUIRED_DENIED = [
+    "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2",
+    "pivot_root", "unshare", "setns", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+    "userfaultfd", "init_module", "finit_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "acct", "quotactl", "io_uring_setup", "io_uring_enter", "io_uring_register",
+]
+
+
+@pytest.fixture(scope="module")
+def filter_text():
+    with tempfile.TemporaryFile("w+") as f:
+        seccomp.build().export_pfc(f)
+        f.seek(0)
+        return f.read()
+
+
+@pytest.mark.parametrize("name", REQUIRED_DENIED)
+def test_filter_denies_with_eperm(filter_text, name):
+    rule = filter_text.split(f'filter for syscall "{name}"', 1)
+    assert len(rule) == 2, f"{name} is not in the filter"
+    assert rule[1].split("# filter for", 1)[0].strip().endswith("action ERRNO(1);")
+
+
+def test_filter_kills_calls_made_through_other_abis(filter_text):
+    assert "# invalid architecture action\naction KILL_PROCESS;" in filter_text
+
+
+def test_rlimits_include_core_zero_and_kernel_memory_caps():
+    table = {name: (soft, hard) for name, soft, hard in limits.rlimits(limits.Limits(
+        memory_bytes=1 << 28, max_processes=8, max_open_files=64, max_file_bytes=1 << 20, cpu_seconds=1.5))}
+    assert table["RLIMIT_CORE"] == (0, 0)
+    assert table["RLIMIT_CPU"] == (2, 3)
+    assert table["RLIMIT_AS"] == (1 << 28, 1 << 28)
+    assert table["RLIMIT_MEMLOCK"] == table["RLIMIT_MSGQUEUE"] == (0, 0)
+    assert set(table) >= {"RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_SIGPENDING"}
+
+
+def test_tmp_has_an_inode_cap_matching_its_size():
+    assert filesystem.tmp_options(16 << 20) == "size=16777216,nr_inodes=4096,mode=1777"
+    assert filesystem.tmp_options(0) == "size=4096,nr_inodes=64,mode=1777"
+
+
+def test_package_folders_inside_bound_folders_are_hidden(tmp_path):
+    stdlib = tmp_path / "lib" / "python3.11"
+    (stdlib / "site-packages").mkdir(parents=True)
+    elsewhere = tmp_path / "venv" / "site-packages"
+    elsewhere.mkdir(parents=True)
+    plan = filesystem.plan_root("/new-root", [str(stdlib)], [str(stdlib / "site-packages"), str(elsewhere)])
+    assert str(stdlib) in plan.system_paths
+    assert plan.hidden == (str(stdlib / "site-packages"),)
