@@ -51,7 +51,7 @@ class LimitsConfig:
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
     output_bytes: int = _key(1 * MiB, "Console bytes one call may print; over it, `ResourceLimitError(limit='output')`.")
     result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`.")
-    cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU); 0 means the call's timeout.")
+    cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout.")
     tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")
 
 

@@ -18,6 +18,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 
 MAX_NAME = 256
+CPU_GRACE_SECONDS = 1.0
 MAX_LIST = 256
 # Sandbox paths a whitelisted folder may not cover or sit in. Folders under the host's /tmp are
 # fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
@@ -133,7 +134,8 @@ def _limits(asked: pb.Limits, defaults, timeout: float) -> pb.Limits:
         default = getattr(defaults, f.name)
         value = getattr(asked, f.name)
         if f.name == "cpu_seconds":
-            default = default or timeout
+            # a second past the timeout: a guest that spins until its deadline is a timeout
+            default = default or timeout + CPU_GRACE_SECONDS
             if not math.isfinite(value) or value < 0:
                 raise RequestError(f"limits.cpu_seconds must be >= 0, got {value}")
         if value and value > default:

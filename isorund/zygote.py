@@ -44,7 +44,8 @@ class Zygote:
     def __init__(self, config: dict, control: socket.socket):
         from . import plugins as plugin_loader
         from .config import Config
-        from .sandbox import SandboxPlan, cgroup, filesystem, seccomp
+        from .plan import CPU_GRACE_SECONDS
+        from .sandbox import SandboxPlan, cgroup, filesystem, limits, seccomp
 
         self.config = Config.load(None, _flatten(config))
         self.control = control
@@ -55,9 +56,16 @@ class Zygote:
         lim = self.config.limits
         self.plan = SandboxPlan(
             isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs),
+            pool_limits=limits.Limits(
+                memory_bytes=lim.memory_bytes, max_processes=lim.max_processes,
+                max_open_files=lim.max_open_files, max_file_bytes=lim.max_file_bytes,
+                # the highest a call may get (its timeout and a grace second, or the configured
+                # limit), plus the CPU the pooled guest spends before its call (see _call_limits)
+                cpu_seconds=max(lim.cpu_seconds, self.config.max_timeout + CPU_GRACE_SECONDS) + 2),
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
             if self.cgroup_root else None)
-        self.filter = seccomp.build() if isolated else None
+        # Compiled to BPF once here; each guest only hands the program to the kernel.
+        self.filter = seccomp.compile_filter(seccomp.build()) if isolated else None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if isolated else -1
         self.free_ids = list(range(self.config.sandbox_uid_base + self.config.sandbox_uid_count - 1,
                                    self.config.sandbox_uid_base - 1, -1))

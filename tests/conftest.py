@@ -73,7 +73,8 @@ class Daemon:
             time.sleep(0.02)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> int:

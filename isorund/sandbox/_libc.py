@@ -106,6 +106,22 @@ def prctl(step: str, option: int, arg2: int = 0, arg3: int = 0) -> None:
     _check(_libc.prctl(option, arg2, arg3, 0, 0), step, f"prctl({option}, {arg2}, {arg3})")
 
 
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp_program(program: bytes, instructions: int) -> None:
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &{instructions, program})."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(instructions, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+           "seccomp", f"prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, <{instructions} instructions>)")
+
+
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

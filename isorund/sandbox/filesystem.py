@@ -75,7 +75,8 @@ def prepare_root(plan: RootPlan) -> None:
     os.makedirs(plan.mountpoint + "/dev")
     for device in DEVICES:
         bind_read_only(plan.mountpoint, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
-    os.makedirs(plan.mountpoint + "/tmp")
+    # exist_ok: an interpreter installed under the host's /tmp already made it (see enter_root)
+    os.makedirs(plan.mountpoint + "/tmp", exist_ok=True)
     os.makedirs(plan.mountpoint + GUEST_DIR)
 
 
@@ -88,6 +89,14 @@ def enter_root(plan: RootPlan, guest_root: str, host_paths: list[str], tmp_bytes
     # (read-only, at its host path) on top of the call's private, size-capped /tmp.
     _libc.mount(step, "tmpfs", new_root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 tmp_options(tmp_bytes))
+    # The call's /tmp hides whatever the pool bound under the host's /tmp (an interpreter or a
+    # virtualenv living there); it is bound again, the same way, on top.
+    for path in plan.system_paths:
+        if _within(path, "/tmp"):
+            bind_read_only(new_root, path, path)
+    for path in plan.hidden:
+        if _within(path, "/tmp"):
+            _libc.mount(step, "tmpfs", new_root + path, "tmpfs", _RO | MS_NOEXEC, "size=4k,nr_inodes=1")
     for path in host_paths:
         bind_read_only(new_root, path, path)
     _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)

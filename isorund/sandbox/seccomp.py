@@ -20,6 +20,7 @@ import os
 
 import pyseccomp as seccomp
 
+from . import _libc
 from ._libc import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
                     CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, SandboxSetupError)
 
@@ -49,6 +50,7 @@ NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLO
 # network namespace has only loopback). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 
 def build() -> seccomp.SyscallFilter:
@@ -78,9 +80,28 @@ def build() -> seccomp.SyscallFilter:
     return f
 
 
-def apply(f: seccomp.SyscallFilter) -> None:
-    """Loads the filter into this process; requires no_new_privs (set by the caller)."""
+def compile_filter(f: seccomp.SyscallFilter) -> bytes:
+    """The filter as the BPF program libseccomp would load: built once in the zygote, so a
+    guest does not pay for libseccomp's compilation on every call."""
+    read, write = os.pipe()
     try:
-        f.load()
-    except OSError as e:
-        raise SandboxSetupError("seccomp", "seccomp_load()", e.errno or errno.EINVAL) from e
+        with os.fdopen(write, "wb", closefd=False) as pipe:
+            f.export_bpf(pipe)
+        os.close(write)
+        write = -1
+        chunks = []
+        while chunk := os.read(read, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
+
+
+def apply(program: bytes) -> None:
+    """Loads the compiled filter into this process; requires no_new_privs (set by the caller)."""
+    if not program or len(program) % BPF_INSTRUCTION_BYTES:
+        raise SandboxSetupError("seccomp", f"prctl(PR_SET_SECCOMP) with a {len(program)}-byte program",
+                                errno.EINVAL)
+    _libc.load_seccomp_program(program, len(program) // BPF_INSTRUCTION_BYTES)

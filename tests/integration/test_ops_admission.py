@@ -125,7 +125,7 @@ def test_a_storm_of_calls_gets_exactly_one_answer_each(start_daemon, make_root):
         try:
             answers.setdefault(n, []).append(("value", await runner.run("echo", args=[n], timeout=10)))
         except errors.IsorunError as e:
-            answers.setdefault(n, []).append((type(e).__name__, getattr(e, "limit", None)))
+            answers.setdefault(n, []).append((type(e).__name__, getattr(e, "limit", None) or str(e)))
 
     async def storm() -> None:
         runners = [AsyncCodeRunner(root=root, file="index.py", socket=d.socket) for _ in range(clients)]

@@ -268,12 +268,11 @@ class NestedSystemd:
         self.log.close()
         deadline = time.monotonic() + 30
         while os.path.exists(self.cgroup):
-            for root, dirs, _files in os.walk(self.cgroup, topdown=False):
-                for name in dirs + ["."]:
-                    try:
-                        os.rmdir(os.path.join(root, name))
-                    except OSError:
-                        pass
+            for folder, _dirs, _files in os.walk(self.cgroup, topdown=False):
+                try:
+                    os.rmdir(folder)  # deepest first; EBUSY until the last process is gone
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"cannot remove {self.cgroup}")
             time.sleep(0.1)

@@ -11,6 +11,7 @@ no process of any call is left on the host.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -53,12 +54,19 @@ def secure_daemon(start_daemon_session):
 
 @pytest.fixture
 def host_processes(secure_daemon):
-    """host_processes() -> host processes running under one of the battery's sandbox uids."""
+    """host_processes() -> host processes of finished or running calls (not pooled sandboxes)."""
+    return lambda: leftover_processes(secure_daemon)
+
+
+@pytest.fixture
+def every_sandbox_process(secure_daemon):
+    """every_sandbox_process() -> host processes under the battery's sandbox uids, pooled ones too."""
     return lambda: sandbox_processes(secure_daemon.uids)
 
 
 def sandbox_processes(uids: range) -> list[psutil.Process]:
-    """Host processes running under one of ``uids``: guests of calls, or what they left."""
+    """Host processes running under one of ``uids``: guests of calls, pooled guests waiting for
+    theirs (they confine themselves before their call arrives), or what calls left."""
     found = []
     for proc in psutil.process_iter(["uids"]):
         ids = proc.info["uids"]
@@ -67,12 +75,54 @@ def sandbox_processes(uids: range) -> list[psutil.Process]:
     return found
 
 
-def wait_until_no_sandbox_processes(uids: range, seconds: float = 10.0) -> list:
+def used_inits(daemon) -> set[int]:
+    """Host pids of the init of every call the daemon has run (its per-call log lines)."""
+    pids = set()
+    for line in daemon.log().splitlines():
+        if '"sandbox_pid"' in line:
+            try:
+                pids.add(json.loads(line)["sandbox_pid"])
+            except (ValueError, KeyError):
+                pass
+    return pids
+
+
+def leftover_processes(daemon) -> list[psutil.Process]:
+    """Every process that belongs to a call the daemon has handed a sandbox to.
+
+    A pooled sandbox — an init the zygote forked and the daemon never used, with its one
+    confined guest waiting — is not a call's. Anything else under a sandbox uid is, and so is
+    a used init still alive. The kernel kills a pid namespace with its init, so a used init
+    that is gone leaves nothing behind."""
+    used = used_inits(daemon)
+    zygotes = {p.pid for p in psutil.Process(daemon.pid).children() if "isorund.zygote" in " ".join(p.cmdline())}
+    left = [psutil.Process(pid) for pid in used if _alive_child_of(pid, zygotes)]
+    for proc in sandbox_processes(daemon.uids):
+        try:
+            init = proc.parent()
+            pooled = (init is not None and init.pid not in used and init.ppid() in zygotes
+                      and init.uids().real == 0 and len(init.children()) == 1 and not proc.children())
+        except psutil.NoSuchProcess:
+            continue
+        if not pooled:
+            left.append(proc)
+    return left
+
+
+def _alive_child_of(pid: int, parents: set[int]) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.ppid() in parents and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until_no_leftovers(daemon, seconds: float = 10.0) -> list:
     deadline = time.monotonic() + seconds
     while True:
-        left = sandbox_processes(uids)
+        left = leftover_processes(daemon)
         if not left or time.monotonic() > deadline:
-            return [(p.pid, p.info["uids"].real) for p in left]
+            return [p.pid for p in left]
         time.sleep(0.1)
 
 
@@ -115,5 +165,5 @@ def daemon_survives(secure_daemon, tmp_path_factory):
     (root / "index.py").write_text("def ping(x):\n    return x + 1\n")
     with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
         assert runner.run("ping", args=[41], timeout=20) == 42
-    left = wait_until_no_sandbox_processes(secure_daemon.uids)
+    left = wait_until_no_leftovers(secure_daemon)
     assert not left, f"processes of finished calls are still running on the host: {left}"

@@ -138,10 +138,11 @@ def test_a_table_cell_never_contains_a_bare_pipe():
         assert row.replace("\\|", "").count("|") == 4, row
 
 
-def test_the_readme_configuration_table_is_the_generated_reference():
-    readme = (REPO / "README.md").read_text()
-    assert update_readme_config.START in readme and update_readme_config.END in readme, (
-        "README.md needs the config-reference markers")
-    if update_readme_config.render(readme) != readme:
-        pytest.fail("README.md's configuration table differs from `python -m isorund --config-reference`; "
+@pytest.mark.parametrize("name", update_readme_config.FILES)
+def test_the_configuration_tables_are_the_generated_reference(name):
+    text = (REPO / name).read_text()
+    assert update_readme_config.START in text and update_readme_config.END in text, (
+        f"{name} needs the config-reference markers")
+    if update_readme_config.render(text, name) != text:
+        pytest.fail(f"{name}'s configuration table differs from `python -m isorund --config-reference`; "
                     "run `.venv/bin/python tools/update_readme_config.py`")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from . import errors
-from ._client import AsyncCodeRunner, CodeRunner, default_socket
 from ._codec import TypeRegistry, default_registry
 from .errors import (DaemonUnavailable, FunctionNotFound, GuestError, IsorunError, ModuleNotFound,
                      ResourceLimitError, RuntimeTimeoutError, SerializationError)
@@ -36,3 +35,16 @@ def register_type(cls: type, name: str, encode: Callable[[Any], Any],
     before anything is sent.
     """
     default_registry.register(cls, name, encode, decode)
+
+
+_CLIENT_NAMES = ("AsyncCodeRunner", "CodeRunner", "default_socket")
+
+
+def __getattr__(name: str) -> Any:
+    """The runners load gRPC on first use: the daemon's sandboxes use this package's codec,
+    and every byte gRPC would add to them is copied on every fork."""
+    if name in _CLIENT_NAMES:
+        from . import _client
+        return getattr(_client, name)
+    raise AttributeError(f"module 'isorun' has no attribute {name!r}")
+

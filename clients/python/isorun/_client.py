@@ -294,13 +294,20 @@ def _transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return errors.InvalidRequest(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if "message larger than max" in details.lower():  # grpc's own size check, either side
+            return errors.ResourceLimitError(f"a message to or from isorund at {socket} is too large: {details}",
+                                             "message")
         return errors.ResourceLimitError(details, "queue")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.AccessDenied(details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.RuntimeTimeoutError(f"no answer from isorund at {socket} before the deadline: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
+        # A daemon that answered (shutting down, zygote restarting) says why; only a failed
+        # connection is explained by the socket itself.
+        if "failed to connect" not in details.lower() and "connect" not in details.lower():
+            return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
         if not os.path.exists(socket):
             return errors.DaemonUnavailable(f"no isorun daemon at {socket}: the socket does not exist")
-        return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
+        return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
     return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")

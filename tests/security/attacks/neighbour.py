@@ -7,11 +7,13 @@ PTRACE, PTRACE_ATTACH, PROCESS_VM_READV = 101, 16, 310
 
 
 def victim(seconds):
-    """The neighbour: reports its id map after a quiet wait, if it is left alone."""
-    real_import("time").sleep(seconds)
+    """The neighbour: prints its id map (so the test can find it from the host), then reports
+    it again after a quiet wait, if it is left alone."""
     fd = os.open("/proc/self/uid_map", os.O_RDONLY)
     uid_map = os.read(fd, 4096).decode()
     os.close(fd)
+    print("uid_map", uid_map.strip())
+    real_import("time").sleep(seconds)
     return {"uid_map": uid_map, "pid": os.getpid()}
 
 

@@ -1,0 +1,58 @@
+"""Configuration, end to end: a real daemon refuses a bad config at start naming the key,
+`--print-config` shows the effective config, and flags override the file."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+
+def isorund(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isorund", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("config, message", [
+    ("max_concurency = 4\n", "unknown config key 'max_concurency'"),
+    ("[limits]\nmemory = 1\n", "unknown config key 'limits.memory'"),
+    ('queue_size = "lots"\n', "config key 'queue_size' must be an int, got 'lots'"),
+    ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0), got 1.0"),
+])
+def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemon, config, message):
+    d = start_daemon(config=config, wait=False)
+    assert d.proc.wait(60) == 2
+    assert f"isorund: {message}" in d.log()
+    assert not (d.folder / "isorund.sock").exists()
+
+
+def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
+    out = isorund("--socket", str(tmp_path / "s.sock"), "--max-concurrency", "0")
+    assert out.returncode == 2 and "config key 'max_concurrency' must be >= 1, got 0" in out.stderr
+
+
+def test_a_missing_config_file_is_refused_with_its_path(tmp_path):
+    out = isorund("--config", str(tmp_path / "nope.toml"))
+    assert out.returncode == 2 and "cannot read config file" in out.stderr and "nope.toml" in out.stderr
+
+
+def test_print_config_shows_file_flags_and_defaults_as_toml(tmp_path):
+    config = tmp_path / "isorund.toml"
+    config.write_text('queue_size = 3\nsocket_group = "root"\n[limits]\noutput_bytes = 4096\n')
+    out = isorund("--config", str(config), "--socket", str(tmp_path / "s.sock"), "--shutdown-grace", "2.5",
+                  "--print-config")
+    assert out.returncode == 0, out.stderr
+    effective = tomllib.loads(out.stdout)
+    assert effective["queue_size"] == 3 and effective["socket_group"] == "root"
+    assert effective["socket"] == str(tmp_path / "s.sock") and effective["shutdown_grace"] == 2.5
+    assert effective["limits"]["output_bytes"] == 4096 and effective["limits"]["tmp_bytes"] == 16 << 20
+    assert "socket_mode = 0o660" in out.stdout
+    assert not (tmp_path / "s.sock").exists(), "--print-config must not start anything"
+
+
+def test_the_config_reference_lists_every_key(tmp_path):
+    out = isorund("--config-reference")
+    assert out.returncode == 0
+    for key in ("`socket`", "`allowed_uids`", "`max_concurrency`", "`queue_size`", "`shutdown_grace`",
+                "`metrics_address`", "`limits.memory_bytes`", "`plugins.compilers`"):
+        assert key in out.stdout
