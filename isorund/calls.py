@@ -63,6 +63,7 @@ class Calls:
                     outcome = await run_call(sandbox, plan, on_event, self.isolated, deadline)
                 finally:
                     self.in_flight.discard(sandbox)
+                    self.zygote.replace()
             outcome.usage.queue_seconds = queued
             return outcome
         except BaseException as e:

@@ -75,6 +75,7 @@ class Zygote:
         self.new_root = new_root
         self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
         self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
+        self._owed = 0  # sandboxes taken from the pool whose replacement waits for their call to end
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
@@ -108,16 +109,20 @@ class Zygote:
         if "fatal" in hello:
             raise RuntimeError(hello["fatal"])
         self.alive = True
+        self._owed = 0  # a new zygote starts with a full pool
         self._request(self.config.pool_size)
 
     async def take(self) -> Sandbox:
-        """A prepared sandbox for one call; asks the zygote for its replacement at once.
+        """A prepared sandbox for one call. Its replacement is asked for when the call ends
+        (``replace``), so that preparing it does not compete with the call for the CPU; only
+        when none is waiting is one asked for at once.
         Raises ZygoteUnavailable if the zygote is down, or dies before a sandbox arrives."""
         if not self.alive:
             raise ZygoteUnavailable("the sandbox zygote is restarting; retry the call")
-        self._request(1)
         if self.ready:
+            self._owed += 1
             return self.ready.popleft()
+        self._request(1)
         taker = asyncio.get_running_loop().create_future()
         self._takers.append(taker)
         try:
@@ -126,6 +131,12 @@ class Zygote:
             if taker.done() and not taker.cancelled():
                 self._hand_over(taker.result())  # it arrived as the caller left: not wasted
             raise
+
+    def replace(self) -> None:
+        """Asks for the sandboxes owed to the pool by calls that have ended."""
+        if self._owed and self.alive:
+            self._request(self._owed)
+        self._owed = 0
 
     def _hand_over(self, sandbox: Sandbox) -> None:
         while self._takers:

@@ -80,7 +80,7 @@ def prepare(sock, registry) -> None:
 
 def run(plan, sock, plugins, registry, guest_dir: str) -> None:
     """Runs the call described by ``plan`` and sends its events on ``sock``."""
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _cpu_seconds()
     importer = None
     try:
         outcome_value, failure = None, None
@@ -114,7 +114,7 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, ConsoleStream):
             stream.flush()
-    outcome = pb.Outcome(call_id=plan.call_id, usage=_usage(started))
+    outcome = pb.Outcome(call_id=plan.call_id, usage=_usage(started, cpu_before))
     if failure is not None:
         outcome.failure.CopyFrom(failure)
     else:
@@ -163,11 +163,19 @@ def _message(e: BaseException) -> str:
         return f"<unprintable {type(e).__name__}>"
 
 
-def _usage(started: float) -> pb.Usage:
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _usage(started: float, cpu_before: float = 0.0) -> pb.Usage:
+    """The call's own usage: CPU spent in the pool, before the call, is not the guest's."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return pb.Usage(wall_seconds=time.monotonic() - started,
-                    cpu_seconds=own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+                    cpu_seconds=max(0.0, own.ru_utime + own.ru_stime + children.ru_utime
+                                    + children.ru_stime - cpu_before),
                     peak_memory_bytes=max(own.ru_maxrss, children.ru_maxrss) * 1024)
 
 
