@@ -84,7 +84,7 @@ def init_main(plan: SandboxPlan, chan: socket.socket, host_id: int, syscall_filt
         # on EOF it failed, and has reported why on the channel.
         if handoff.recv(1) != GUEST_READY:
             return 1
-        _enter_call(plan, chan, handoff, cgroup_path)
+        _enter_call(plan, chan, handoff, cgroup_path, pid)
     except Exception as e:  # any failure here is the sandbox's, and must be reported as such
         _report_setup_failure(chan, e)
         return 1
@@ -95,9 +95,13 @@ def init_main(plan: SandboxPlan, chan: socket.socket, host_id: int, syscall_filt
 
 
 def _enter_call(plan: SandboxPlan, chan: socket.socket, handoff: socket.socket,
-                cgroup_path: str | None) -> None:
+                cgroup_path: str | None, guest_pid: int) -> None:
     """The init's per-call steps: the call's limits and folders, then the plan to the guest."""
     frame = channel.receive(chan, MAX_PLAN_BYTES)
+    # The pool prepared this sandbox at the lowest priority; its call runs at the normal one
+    # (the init, root on the host, may raise it; the guest, with RLIMIT_NICE 0, may not).
+    for pid in (0, guest_pid):
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
     call = sandbox_pb2.CallPlan.FromString(frame)
     lim = call.limits
     if plan.isolated:
