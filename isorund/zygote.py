@@ -17,6 +17,7 @@ The zygote reaps its sandboxes (it is their parent) and recycles their host ids 
 """
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -28,6 +29,7 @@ import sys
 import sysconfig
 
 POOL_NICE = 19
+CAP_SYS_NICE = 23
 
 
 def main() -> int:
@@ -66,7 +68,8 @@ class Zygote:
                 # limit), plus the CPU the pooled guest spends before its call (see _call_limits)
                 cpu_seconds=max(lim.cpu_seconds, self.config.max_timeout + CPU_GRACE_SECONDS) + 2),
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
-            if self.cgroup_root else None)
+            if self.cgroup_root else None,
+            pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
         # Compiled to BPF once here; each guest only hands the program to the kernel.
         self.filter = seccomp.compile_filter(seccomp.build()) if isolated else None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if isolated else -1
@@ -77,13 +80,19 @@ class Zygote:
         self.groups: dict[int, str] = {}   # init pid -> its call's cgroup
         self.stale_groups: list[str] = []  # groups not yet removable (their tasks still leaving)
         _warm_up(self.config, self.registry)
+        # Everything loaded so far is shared with every sandbox, copy-on-write. A collection in
+        # a sandbox would write to each of those objects' headers and copy their pages; frozen,
+        # the collector leaves them alone (the advice of the gc module for forking servers).
+        gc.freeze()
 
     def serve(self) -> None:
         """Spawns on request and reaps on SIGCHLD until the daemon closes the control socket."""
         # Preparing sandboxes ahead of calls is background work: at the lowest priority it
         # takes only CPU that running calls, the daemon and its clients leave idle. A
         # sandbox's init puts itself and its guest back to normal when its call arrives.
-        os.setpriority(os.PRIO_PROCESS, 0, POOL_NICE)
+        # Only with CAP_SYS_NICE: without it, nothing could restore a call's priority.
+        if self.plan.pool_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, self.plan.pool_nice)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -226,6 +235,15 @@ def _warm_up(config, registry) -> None:
               datetime.timedelta(1), decimal.Decimal("1.5"), uuid.uuid4(), 1j, bytearray(b"y")]
     _codec.decode(_codec.encode(sample, registry), registry).__class__
     _codec.encode(sample, registry).SerializeToString()
+
+
+def _has_capability(number: int) -> bool:
+    """Whether this process holds capability ``number`` in its effective set."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> number & 1)
+    return False
 
 
 def _flatten(config: dict) -> dict:

@@ -47,6 +47,7 @@ class SandboxPlan:
     root: filesystem.RootPlan
     pool_limits: limits.Limits        # the daemon's limits, set while a sandbox waits in the pool
     cgroup_values: dict | None = None  # the daemon's limits for a new call group; None: no cgroup
+    pool_nice: int = 0                 # priority sandboxes are prepared at; 0 when it can't be undone
 
 
 def init_main(plan: SandboxPlan, chan: socket.socket, host_id: int, syscall_filter, plugins, registry,
@@ -100,8 +101,9 @@ def _enter_call(plan: SandboxPlan, chan: socket.socket, handoff: socket.socket,
     frame = channel.receive(chan, MAX_PLAN_BYTES)
     # The pool prepared this sandbox at the lowest priority; its call runs at the normal one
     # (the init, root on the host, may raise it; the guest, with RLIMIT_NICE 0, may not).
-    for pid in (0, guest_pid):
-        os.setpriority(os.PRIO_PROCESS, pid, 0)
+    if plan.pool_nice:
+        for pid in (0, guest_pid):
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
     call = sandbox_pb2.CallPlan.FromString(frame)
     lim = call.limits
     if plan.isolated:
