@@ -264,23 +264,38 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
             except OSError:
                 pass  # the sandbox may have failed set-up already; its report is in the channel
             reader = _FrameReader(loop, sandbox.sock)
+            max_frame = limits.result_bytes + EVENT_SLACK
+            event = None
             while True:
-                frame = await reader.next(limits.result_bytes + EVENT_SLACK)
-                if frame is None:
-                    return await _died(sandbox, started)
-                event = pb.RunEvent.FromString(frame)
+                if event is None:
+                    frame = await reader.next(max_frame)
+                    if frame is None:
+                        return await _died(sandbox, started)
+                    event = pb.RunEvent.FromString(frame)
                 kind = event.WhichOneof("event")
                 if kind == "outcome":
                     outcome = event.outcome
                     outcome.call_id = plan.call_id
                     outcome.usage.wall_seconds = time.monotonic() - started
                     return outcome
-                if kind == "console":
-                    console_left -= len(event.console.text.encode())
-                    if console_left < 0:
-                        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
-                            f"the call printed more than its {limits.output_bytes} console bytes")), started)
-                await on_event(event)
+                if kind != "console":
+                    await on_event(event)
+                    event = None
+                    continue
+                # A burst of lines already received goes out as one message, not one per line.
+                lines, event = [event.console], None
+                while (frame := reader.buffered(max_frame)) is not None:
+                    following = pb.RunEvent.FromString(frame)
+                    if following.WhichOneof("event") != "console":
+                        event = following
+                        break
+                    lines.append(following.console)
+                console_left -= sum(len(line.text.encode()) for line in lines)
+                if console_left < 0:
+                    return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
+                        f"the call printed more than its {limits.output_bytes} console bytes")), started)
+                await on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
+                               else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
     except TimeoutError:
         if budget < plan.timeout_seconds:
             return _failure(Failure(kind=Failure.TIMEOUT, message=(
@@ -344,6 +359,20 @@ class _FrameReader:
         if size > max_bytes:
             raise _FrameTooLarge(f"the call sent an event of {size} bytes, over its {max_bytes}-byte limit")
         return await self._exactly(size)
+
+    def buffered(self, max_bytes: int) -> bytes | None:
+        """The next frame if it has been received whole already, else None (never waits)."""
+        if len(self.buf) < channel.HEADER.size:
+            return None
+        (size,) = channel.HEADER.unpack_from(self.buf)
+        if size > max_bytes:
+            raise _FrameTooLarge(f"the call sent an event of {size} bytes, over its {max_bytes}-byte limit")
+        end = channel.HEADER.size + size
+        if len(self.buf) < end:
+            return None
+        data = bytes(self.buf[channel.HEADER.size:end])
+        del self.buf[:end]
+        return data
 
     async def _exactly(self, size: int) -> bytes | None:
         while len(self.buf) < size:

@@ -71,8 +71,11 @@ class RunnerServicer:
         console = []
 
         async def collect(event):
-            if event.WhichOneof("event") == "console":
+            kind = event.WhichOneof("event")
+            if kind == "console":
                 console.append(event.console)
+            elif kind == "console_batch":
+                console.extend(event.console_batch.lines)
         outcome = await self._run(request, context, collect)
         return pb.RunResponse(outcome=outcome, console=console)
 

@@ -215,3 +215,34 @@ def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     gone = cli("--root", root, "--file", "rules.py", "boom", socket=str(tmp_path / "none.sock"))
     assert gone.returncode == 3 and "none.sock" in gone.stderr
+
+
+CHATTY = "def chatty(n):\n    for i in range(n):\n        print('line', i)\n    return n\n"
+
+
+def test_a_burst_of_console_lines_arrives_complete_and_in_order(runner):
+    lines = []
+    r = runner({"index.py": CHATTY}, on_console=lambda stream, text: lines.append(text))
+    assert r.run("chatty", args=[3000]) == 3000
+    assert lines == [f"line {i}\n" for i in range(3000)]
+
+
+def test_bursts_travel_as_batches_not_one_message_per_line(daemon, make_root):
+    import grpc
+    from isorun import _codec
+    from isorun._proto import runner_pb2 as pb, runner_pb2_grpc
+    root = make_root({"index.py": CHATTY})
+    with grpc.insecure_channel("unix:" + daemon.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        request = pb.RunRequest(root=root, file="index.py", func_name="chatty", args=[_codec.encode(3000)])
+        events = list(stub.RunStream(request, timeout=60))
+        texts = []
+        for e in events:
+            if e.WhichOneof("event") == "console":
+                texts.append(e.console.text)
+            elif e.WhichOneof("event") == "console_batch":
+                texts.extend(line.text for line in e.console_batch.lines)
+        assert texts == [f"line {i}\n" for i in range(3000)]
+        assert len(events) < 3000 / 2, "console lines were not batched"
+        unary = stub.Run(request, timeout=60)
+        assert [line.text for line in unary.console] == [f"line {i}\n" for i in range(3000)]

@@ -241,9 +241,12 @@ class CodeRunner {
   async _stream(request, deadline, running) {
     const call = this._client.RunStream(request, { deadline });
     for await (const event of call) {
-      if (event.event === "console" && this.onConsole) {
-        const line = event.console;
-        await this.onConsole(STREAMS[line.stream] || "stdout", line.text || "");
+      if ((event.event === "console" || event.event === "consoleBatch") && this.onConsole) {
+        // a burst of lines may come as one consoleBatch: the same as that many console events
+        const lines = event.event === "console" ? [event.console] : (event.consoleBatch.lines || []);
+        for (const line of lines) {
+          await this.onConsole(STREAMS[line.stream] || "stdout", line.text || "");
+        }
       } else if (event.event === "running" && running) {
         await running();
       } else if (event.event === "outcome") {

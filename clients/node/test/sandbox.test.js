@@ -98,6 +98,14 @@ describe("console", () => {
     for (const [what, at] of seen) assert.ok(ended - at >= 1000, `${what} came ${ended - at} ms before the end`);
   });
 
+  test("a burst of lines (sent by the daemon in batches) arrives complete and in order", async () => {
+    const lines = [];
+    const runner = daemon.runner({ "index.py": "def chatty(n):\n    for i in range(n):\n        print('line', i)\n    return n\n" },
+      { onConsole: (stream, text) => lines.push(text) });
+    assert.equal(await runner.run({ funcName: "chatty", args: [2000] }), 2000);
+    assert.deepEqual(lines, Array.from({ length: 2000 }, (_, i) => `line ${i}\n`));
+  });
+
   test("an async callback is awaited, and one that throws ends the call with its error", async () => {
     const runner = daemon.runner({ "index.py": "def log():\n    print('x')\n    return 1\n" },
       { onConsole: async () => { await new Promise((resolve) => setTimeout(resolve, 10)); throw new Error("from callback"); } });

@@ -140,6 +140,9 @@ class CodeRunner(_Base):
                 kind = event.WhichOneof("event")
                 if kind == "console":
                     self._console(event.console)
+                elif kind == "console_batch":
+                    for line in event.console_batch.lines:
+                        self._console(line)
                 elif kind == "running" and running is not None:
                     running()
                 elif kind == "outcome":
@@ -205,9 +208,10 @@ class AsyncCodeRunner(_Base):
                 return self._result((await stub.Run(request, timeout=deadline)).outcome)
             async for event in stub.RunStream(request, timeout=deadline):
                 kind = event.WhichOneof("event")
-                if kind == "console" and self.on_console is not None:
-                    await _maybe_await(self.on_console(_STREAMS.get(event.console.stream, "stdout"),
-                                                       event.console.text))
+                if kind in ("console", "console_batch") and self.on_console is not None:
+                    lines = [event.console] if kind == "console" else event.console_batch.lines
+                    for line in lines:
+                        await _maybe_await(self.on_console(_STREAMS.get(line.stream, "stdout"), line.text))
                 elif kind == "running" and running is not None:
                     await _maybe_await(running())
                 elif kind == "outcome":

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16isorun/v1/runner.proto\x12\tisorun.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x03\n\nRunRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\tfunc_name\x18\x03 \x01(\t\x12$\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x16.google.protobuf.Value\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".isorun.v1.RunRequest.ContextEntry\x12\x10\n\x08\x65xternal\x18\x06 \x03(\t\x12\x19\n\x11whitelisted_paths\x18\x07 \x03(\t\x12\x19\n\x11source_extensions\x18\x08 \x03(\t\x12\x10\n\x08\x63ompiler\x18\t \x01(\t\x12\x10\n\x08resolver\x18\n \x01(\t\x12\x31\n\x10resolver_options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rargs_resolver\x18\x0c \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\r \x01(\x01\x12!\n\x06limits\x18\x0e \x01(\x0b\x32\x11.isorun.v1.Limits\x1a\x46\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xb9\x01\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rmax_processes\x18\x02 \x01(\r\x12\x16\n\x0emax_open_files\x18\x03 \x01(\r\x12\x16\n\x0emax_file_bytes\x18\x04 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cresult_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x11\n\ttmp_bytes\x18\x08 \x01(\x04\"[\n\x0bRunResponse\x12#\n\x07outcome\x18\x01 \x01(\x0b\x32\x12.isorun.v1.Outcome\x12\'\n\x07\x63onsole\x18\x02 \x03(\x0b\x32\x16.isorun.v1.ConsoleLine\"\x8c\x01\n\x08RunEvent\x12%\n\x07running\x18\x01 \x01(\x0b\x32\x12.isorun.v1.RunningH\x00\x12)\n\x07\x63onsole\x18\x02 \x01(\x0b\x32\x16.isorun.v1.ConsoleLineH\x00\x12%\n\x07outcome\x18\x03 \x01(\x0b\x32\x12.isorun.v1.OutcomeH\x00\x42\x07\n\x05\x65vent\"\t\n\x07Running\"\x84\x01\n\x0b\x43onsoleLine\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.isorun.v1.ConsoleLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"\x95\x01\n\x07Outcome\x12\'\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12%\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x12.isorun.v1.FailureH\x00\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.isorun.v1.Usage\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\tB\x08\n\x06result\"\xa9\x02\n\x07\x46\x61ilure\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.isorun.v1.Failure.Kind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttype_name\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x0e\n\x06module\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\t\"\xa0\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fGUEST_EXCEPTION\x10\x01\x12\x14\n\x10MODULE_NOT_FOUND\x10\x02\x12\x16\n\x12\x46UNCTION_NOT_FOUND\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\x12\n\x0eRESOURCE_LIMIT\x10\x05\x12\x11\n\rSERIALIZATION\x10\x06\x12\x0b\n\x07SANDBOX\x10\x07\"d\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"\x18\n\x16GetCapabilitiesRequest\"\xf9\x02\n\x0c\x43\x61pabilities\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x34\n\tisolation\x18\x02 \x01(\x0e\x32!.isorun.v1.Capabilities.Isolation\x12\x12\n\ntype_names\x18\x03 \x03(\t\x12\x11\n\tcompilers\x18\x04 \x03(\t\x12\x11\n\tresolvers\x18\x05 \x03(\t\x12\x16\n\x0e\x61rgs_resolvers\x18\x06 \x03(\t\x12!\n\x06limits\x18\x07 \x01(\x0b\x32\x11.isorun.v1.Limits\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13max_timeout_seconds\x18\t \x01(\x01\x12\x18\n\x10\x64\x65\x66\x61ult_external\x18\n \x03(\t\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\r\"<\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\n\n\x06KERNEL\x10\x01\x12\x08\n\x04NONE\x10\x02\x32\xc8\x01\n\x06Runner\x12\x34\n\x03Run\x12\x15.isorun.v1.RunRequest\x1a\x16.isorun.v1.RunResponse\x12\x39\n\tRunStream\x12\x15.isorun.v1.RunRequest\x1a\x13.isorun.v1.RunEvent0\x01\x12M\n\x0fGetCapabilities\x12!.isorun.v1.GetCapabilitiesRequest\x1a\x17.isorun.v1.Capabilitiesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16isorun/v1/runner.proto\x12\tisorun.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x03\n\nRunRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\tfunc_name\x18\x03 \x01(\t\x12$\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x16.google.protobuf.Value\x12\x33\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\".isorun.v1.RunRequest.ContextEntry\x12\x10\n\x08\x65xternal\x18\x06 \x03(\t\x12\x19\n\x11whitelisted_paths\x18\x07 \x03(\t\x12\x19\n\x11source_extensions\x18\x08 \x03(\t\x12\x10\n\x08\x63ompiler\x18\t \x01(\t\x12\x10\n\x08resolver\x18\n \x01(\t\x12\x31\n\x10resolver_options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rargs_resolver\x18\x0c \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\r \x01(\x01\x12!\n\x06limits\x18\x0e \x01(\x0b\x32\x11.isorun.v1.Limits\x1a\x46\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xb9\x01\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rmax_processes\x18\x02 \x01(\r\x12\x16\n\x0emax_open_files\x18\x03 \x01(\r\x12\x16\n\x0emax_file_bytes\x18\x04 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cresult_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x11\n\ttmp_bytes\x18\x08 \x01(\x04\"[\n\x0bRunResponse\x12#\n\x07outcome\x18\x01 \x01(\x0b\x32\x12.isorun.v1.Outcome\x12\'\n\x07\x63onsole\x18\x02 \x03(\x0b\x32\x16.isorun.v1.ConsoleLine\"\xbe\x01\n\x08RunEvent\x12%\n\x07running\x18\x01 \x01(\x0b\x32\x12.isorun.v1.RunningH\x00\x12)\n\x07\x63onsole\x18\x02 \x01(\x0b\x32\x16.isorun.v1.ConsoleLineH\x00\x12%\n\x07outcome\x18\x03 \x01(\x0b\x32\x12.isorun.v1.OutcomeH\x00\x12\x30\n\rconsole_batch\x18\x04 \x01(\x0b\x32\x17.isorun.v1.ConsoleBatchH\x00\x42\x07\n\x05\x65vent\"5\n\x0c\x43onsoleBatch\x12%\n\x05lines\x18\x01 \x03(\x0b\x32\x16.isorun.v1.ConsoleLine\"\t\n\x07Running\"\x84\x01\n\x0b\x43onsoleLine\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.isorun.v1.ConsoleLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"8\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\n\n\x06STDOUT\x10\x01\x12\n\n\x06STDERR\x10\x02\"\x95\x01\n\x07Outcome\x12\'\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12%\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x12.isorun.v1.FailureH\x00\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.isorun.v1.Usage\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\tB\x08\n\x06result\"\xa9\x02\n\x07\x46\x61ilure\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.isorun.v1.Failure.Kind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttype_name\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x0e\n\x06module\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\t\"\xa0\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fGUEST_EXCEPTION\x10\x01\x12\x14\n\x10MODULE_NOT_FOUND\x10\x02\x12\x16\n\x12\x46UNCTION_NOT_FOUND\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\x12\n\x0eRESOURCE_LIMIT\x10\x05\x12\x11\n\rSERIALIZATION\x10\x06\x12\x0b\n\x07SANDBOX\x10\x07\"d\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"\x18\n\x16GetCapabilitiesRequest\"\xf9\x02\n\x0c\x43\x61pabilities\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x34\n\tisolation\x18\x02 \x01(\x0e\x32!.isorun.v1.Capabilities.Isolation\x12\x12\n\ntype_names\x18\x03 \x03(\t\x12\x11\n\tcompilers\x18\x04 \x03(\t\x12\x11\n\tresolvers\x18\x05 \x03(\t\x12\x16\n\x0e\x61rgs_resolvers\x18\x06 \x03(\t\x12!\n\x06limits\x18\x07 \x01(\x0b\x32\x11.isorun.v1.Limits\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13max_timeout_seconds\x18\t \x01(\x01\x12\x18\n\x10\x64\x65\x66\x61ult_external\x18\n \x03(\t\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\r\"<\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\n\n\x06KERNEL\x10\x01\x12\x08\n\x04NONE\x10\x02\x32\xc8\x01\n\x06Runner\x12\x34\n\x03Run\x12\x15.isorun.v1.RunRequest\x1a\x16.isorun.v1.RunResponse\x12\x39\n\tRunStream\x12\x15.isorun.v1.RunRequest\x1a\x13.isorun.v1.RunEvent0\x01\x12M\n\x0fGetCapabilities\x12!.isorun.v1.GetCapabilitiesRequest\x1a\x17.isorun.v1.Capabilitiesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,27 +44,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNRESPONSE']._serialized_start=722
   _globals['_RUNRESPONSE']._serialized_end=813
   _globals['_RUNEVENT']._serialized_start=816
-  _globals['_RUNEVENT']._serialized_end=956
-  _globals['_RUNNING']._serialized_start=958
-  _globals['_RUNNING']._serialized_end=967
-  _globals['_CONSOLELINE']._serialized_start=970
-  _globals['_CONSOLELINE']._serialized_end=1102
-  _globals['_CONSOLELINE_STREAM']._serialized_start=1046
-  _globals['_CONSOLELINE_STREAM']._serialized_end=1102
-  _globals['_OUTCOME']._serialized_start=1105
-  _globals['_OUTCOME']._serialized_end=1254
-  _globals['_FAILURE']._serialized_start=1257
-  _globals['_FAILURE']._serialized_end=1554
-  _globals['_FAILURE_KIND']._serialized_start=1394
-  _globals['_FAILURE_KIND']._serialized_end=1554
-  _globals['_USAGE']._serialized_start=1556
-  _globals['_USAGE']._serialized_end=1656
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1658
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1682
-  _globals['_CAPABILITIES']._serialized_start=1685
-  _globals['_CAPABILITIES']._serialized_end=2062
-  _globals['_CAPABILITIES_ISOLATION']._serialized_start=2002
-  _globals['_CAPABILITIES_ISOLATION']._serialized_end=2062
-  _globals['_RUNNER']._serialized_start=2065
-  _globals['_RUNNER']._serialized_end=2265
+  _globals['_RUNEVENT']._serialized_end=1006
+  _globals['_CONSOLEBATCH']._serialized_start=1008
+  _globals['_CONSOLEBATCH']._serialized_end=1061
+  _globals['_RUNNING']._serialized_start=1063
+  _globals['_RUNNING']._serialized_end=1072
+  _globals['_CONSOLELINE']._serialized_start=1075
+  _globals['_CONSOLELINE']._serialized_end=1207
+  _globals['_CONSOLELINE_STREAM']._serialized_start=1151
+  _globals['_CONSOLELINE_STREAM']._serialized_end=1207
+  _globals['_OUTCOME']._serialized_start=1210
+  _globals['_OUTCOME']._serialized_end=1359
+  _globals['_FAILURE']._serialized_start=1362
+  _globals['_FAILURE']._serialized_end=1659
+  _globals['_FAILURE_KIND']._serialized_start=1499
+  _globals['_FAILURE_KIND']._serialized_end=1659
+  _globals['_USAGE']._serialized_start=1661
+  _globals['_USAGE']._serialized_end=1761
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1763
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1787
+  _globals['_CAPABILITIES']._serialized_start=1790
+  _globals['_CAPABILITIES']._serialized_end=2167
+  _globals['_CAPABILITIES_ISOLATION']._serialized_start=2107
+  _globals['_CAPABILITIES_ISOLATION']._serialized_end=2167
+  _globals['_RUNNER']._serialized_start=2170
+  _globals['_RUNNER']._serialized_end=2370
 # @@protoc_insertion_point(module_scope)

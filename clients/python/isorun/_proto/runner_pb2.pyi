@@ -77,14 +77,22 @@ class RunResponse(_message.Message):
     def __init__(self, outcome: _Optional[_Union[Outcome, _Mapping]] = ..., console: _Optional[_Iterable[_Union[ConsoleLine, _Mapping]]] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("running", "console", "outcome")
+    __slots__ = ("running", "console", "outcome", "console_batch")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_BATCH_FIELD_NUMBER: _ClassVar[int]
     running: Running
     console: ConsoleLine
     outcome: Outcome
-    def __init__(self, running: _Optional[_Union[Running, _Mapping]] = ..., console: _Optional[_Union[ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+    console_batch: ConsoleBatch
+    def __init__(self, running: _Optional[_Union[Running, _Mapping]] = ..., console: _Optional[_Union[ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., console_batch: _Optional[_Union[ConsoleBatch, _Mapping]] = ...) -> None: ...
+
+class ConsoleBatch(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[ConsoleLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[ConsoleLine, _Mapping]]] = ...) -> None: ...
 
 class Running(_message.Message):
     __slots__ = ()
