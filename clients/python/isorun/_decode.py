@@ -1,0 +1,200 @@
+"""``google.protobuf.Value`` -> Python values (see ``_codec`` for the guarantees)."""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import decimal
+import uuid
+from typing import Any, Callable
+
+from google.protobuf import struct_pb2
+
+from ._wire import (BUILTIN_NAMES, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
+                    VALUE_KEY, _DECIMAL_CONTEXT, _FLOAT_TEXT, _Failure, _INT_TEXT, _NO_STACK_WHY,
+                    _describe, _short, _too_deep, default_registry)
+
+
+# ----------------------------------------------------------------------------------- decode
+
+class _BadPayload(Exception):
+    """Internal: a tagged value's payload has the wrong shape."""
+
+
+def _text(payload: Any) -> str:
+    if type(payload) is not str:
+        raise _BadPayload(f"expected a string, got {_describe(payload)}")
+    return payload
+
+
+def _items(payload: Any, count: int | None = None) -> list:
+    if type(payload) is not list or (count is not None and len(payload) != count):
+        expected = "a list" if count is None else f"a list of {count} items"
+        raise _BadPayload(f"expected {expected}, got {_describe(payload)}")
+    return payload
+
+
+def _numbers(payload: Any, count: int, types: tuple[type, ...]) -> list:
+    items = _items(payload, count)
+    for item in items:
+        if type(item) not in types:
+            names = " or ".join(t.__name__ for t in types)
+            raise _BadPayload(f"expected {count} items of type {names}, got {_short(items)}")
+    return items
+
+
+def _dec_int(payload: Any) -> int:
+    text = _text(payload)
+    if not _INT_TEXT.fullmatch(text):
+        raise _BadPayload(f"expected a decimal integer such as '-18446744073709551617', got "
+                          f"{_short(text)}")
+    return int(text)  # ValueError past sys.get_int_max_str_digits(): no quadratic parse
+
+
+def _dec_float(payload: Any) -> float:
+    text = _text(payload)
+    if not _FLOAT_TEXT.fullmatch(text):  # float() alone would take " 1_0 " and "Infinity"
+        raise _BadPayload(f"expected a number such as '4.0' or '-1e+300', or 'nan', 'inf' or "
+                          f"'-inf', got {_short(text)}")
+    return float(text)
+
+
+def _dec_bytes(payload: Any) -> bytes:
+    try:
+        return base64.b64decode(_text(payload), validate=True)
+    except ValueError as e:  # binascii.Error is a ValueError
+        raise _BadPayload(f"not valid padded base64 ({e})") from None
+
+
+def _dec_pairs(payload: Any) -> dict:
+    result = {}
+    for pair in _items(payload):
+        if type(pair) is not list or len(pair) != 2:
+            raise _BadPayload(f"expected a list of [key, value] pairs, got {_describe(pair)}")
+        try:
+            result[pair[0]] = pair[1]
+        except TypeError:
+            raise _BadPayload(f"key {_short(pair[0])} is not hashable") from None
+    return result
+
+
+def _dec_timedelta(payload: Any) -> _dt.timedelta:
+    days, seconds, microseconds = _numbers(payload, 3, (int,))
+    return _dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+def _dec_complex(payload: Any) -> complex:
+    real, imag = _numbers(payload, 2, (float, int))
+    return complex(real, imag)
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "int": _dec_int,
+    "float": _dec_float,
+    "dict": _dec_pairs,
+    "bytes": _dec_bytes,
+    "bytearray": lambda p: bytearray(_dec_bytes(p)),
+    "tuple": lambda p: tuple(_items(p)),
+    "set": lambda p: set(_items(p)),
+    "frozenset": lambda p: frozenset(_items(p)),
+    "datetime": lambda p: _dt.datetime.fromisoformat(_text(p)),
+    "date": lambda p: _dt.date.fromisoformat(_text(p)),
+    "time": lambda p: _dt.time.fromisoformat(_text(p)),
+    "timedelta": _dec_timedelta,
+    "Decimal": lambda p: decimal.Decimal(_text(p), _DECIMAL_CONTEXT),
+    "UUID": lambda p: uuid.UUID(_text(p)),
+    "complex": _dec_complex,
+}
+assert set(_DECODERS) == BUILTIN_NAMES
+
+
+def _decode(message: struct_pb2.Value, depth: int, registry: TypeRegistry) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "number_value":
+        number = message.number_value
+        if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return message.string_value
+    if kind == "struct_value":
+        return _dec_struct(message.struct_value.fields, depth, registry)
+    if kind == "list_value":
+        return _dec_list(message.list_value.values, depth, registry)
+    if kind == "bool_value":
+        return message.bool_value
+    if kind == "null_value":
+        return None
+    raise _Failure("cannot decode a Value", "no kind is set (an empty Value message)")
+
+
+def _dec_list(values: Any, depth: int, registry: TypeRegistry) -> list:
+    if depth + (2 if values else 1) > MAX_WIRE_DEPTH:
+        raise _too_deep()
+    result = []
+    append = result.append
+    i = 0
+    try:
+        for i, item in enumerate(values):
+            append(_decode(item, depth + 2, registry))
+    except _Failure as f:
+        f.path.append(i)
+        raise
+    return result
+
+
+def _dec_struct(fields: Any, depth: int, registry: TypeRegistry) -> Any:
+    if TYPE_KEY in fields:
+        return _dec_tagged(fields, depth, registry)
+    if depth + (3 if fields else 1) > MAX_WIRE_DEPTH:
+        raise _too_deep()
+    result = {}
+    key = None
+    try:
+        for key, item in fields.items():
+            result[key] = _decode(item, depth + 3, registry)
+    except _Failure as f:
+        f.path.append(f"[{_short(key)}]")
+        raise
+    return result
+
+
+def _dec_tagged(fields: Any, depth: int, registry: TypeRegistry) -> Any:
+    if len(fields) != 2 or VALUE_KEY not in fields:
+        raise _Failure("cannot decode a tagged value", "a struct with a '$type' key must have "
+                       f"exactly the keys '$type' and '$value', got {sorted(fields)}")
+    tag = fields[TYPE_KEY]
+    if tag.WhichOneof("kind") != "string_value":
+        raise _Failure("cannot decode a tagged value",
+                       f"'$type' must be a string, got a {tag.WhichOneof('kind')}")
+    name = tag.string_value
+    what = f"cannot decode a value tagged {_short(name)}"
+    if depth + 3 > MAX_WIRE_DEPTH:
+        raise _too_deep()
+    rebuild = _DECODERS.get(name)
+    if rebuild is None:
+        entry = registry._find_name(name)
+        if entry is None:
+            raise _Failure(what, "no resolver for it; available type names: "
+                                 f"{', '.join(registry.names())}")
+        payload = _decode(fields[VALUE_KEY], depth + 3, registry)
+        try:
+            return entry.decode(payload)
+        except Exception as e:
+            raise _Failure(what, f"its resolver raised {type(e).__name__}: {e}") from e
+    payload = _decode(fields[VALUE_KEY], depth + 3, registry)
+    try:
+        return rebuild(payload)
+    except _BadPayload as e:
+        raise _Failure(what, f"bad payload: {e}") from None
+    except (ValueError, TypeError, ArithmeticError) as e:  # fromisoformat, UUID, Decimal, ...
+        raise _Failure(what, f"bad payload {_short(payload)}: {e}") from None
+
+
+def decode(message: struct_pb2.Value, registry: TypeRegistry | None = None) -> Any:
+    """Rebuild the Python value that ``encode`` (or another client, per docs/values.md) sent."""
+    try:
+        return _decode(message, 1, default_registry if registry is None else registry)
+    except _Failure as f:
+        raise f.error() from f.__cause__
+    except RecursionError:  # the caller was already deep in its stack
+        raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None
