@@ -47,8 +47,9 @@ class Failure extends Error {
 }
 
 const tooDeep = () => new Failure("value is nested too deeply",
-  `more than ${MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is about ` +
-  `${(MAX_WIRE_DEPTH - 1) >> 1} arrays or ${Math.floor((MAX_WIRE_DEPTH - 1) / 3)} objects inside one another`,
+  `more than ${MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is more than ` +
+  `${MAX_WIRE_DEPTH >> 1} arrays or ${Math.floor((MAX_WIRE_DEPTH + 1) / 3)} objects inside one another, ` +
+  "and always the case for a value that contains itself",
   "depth");
 
 /** A short, safe rendering of a key or value for messages. */
