@@ -69,12 +69,13 @@ def nest(kinds: list[str], registry: _codec.TypeRegistry):
 @contextlib.contextmanager
 def depth_limit(depth: int):
     """Moves the codec's depth limit for a moment, to measure what it would have built."""
-    saved = _codec.MAX_WIRE_DEPTH
-    _codec.MAX_WIRE_DEPTH = depth
+    from isorun import _decode, _encode  # the halves that read the limit
+    saved = _encode.MAX_WIRE_DEPTH
+    _encode.MAX_WIRE_DEPTH = _decode.MAX_WIRE_DEPTH = depth
     try:
         yield
     finally:
-        _codec.MAX_WIRE_DEPTH = saved
+        _encode.MAX_WIRE_DEPTH = _decode.MAX_WIRE_DEPTH = saved
 
 
 @CODEC
