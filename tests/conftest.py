@@ -89,8 +89,8 @@ class Daemon:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="session")
-def start_daemon_session(tmp_path_factory):
+def _daemons(tmp_path_factory, show_logs_if=lambda: False):
+    """Yields start(config=..., args=..., env=..., wait=...) -> Daemon; stops them all after."""
     started: list[Daemon] = []
 
     def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
@@ -103,25 +103,22 @@ def start_daemon_session(tmp_path_factory):
     yield start
     for d in started:
         d.stop()
+        if show_logs_if():
+            print(f"--- log of isorund at {d.socket} ---\n{d.log()}")
+
+
+@pytest.fixture(scope="session")
+def start_daemon_session(tmp_path_factory):
+    """Daemons shared by the whole session; stopped when it ends."""
+    yield from _daemons(tmp_path_factory)
 
 
 @pytest.fixture
 def start_daemon(tmp_path_factory, request):
-    """A daemon of the test's own (custom config, flags); stopped when the test ends."""
-    started: list[Daemon] = []
-
-    def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
-              wait: bool = True) -> Daemon:
-        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env)
-        started.append(d)
-        if wait:
-            d.wait_ready()
-        return d
-    yield start
-    for d in started:
-        d.stop()
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            print(f"--- log of isorund at {d.socket} ---\n{d.log()}")
+    """A daemon of the test's own (custom config, flags); stopped when the test ends, and its
+    log printed when the test failed."""
+    yield from _daemons(tmp_path_factory, lambda: getattr(getattr(request.node, "rep_call", None),
+                                                          "failed", False))
 
 
 @pytest.fixture(scope="session")
