@@ -22,9 +22,9 @@ from measure import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
-# Depth below the daemon's pid: its zygote, the zygote's sandbox inits (pid 1 of each call's
-# pid namespace) and their guest processes (which wait in the pool for their call).
-ROLES = ("daemon", "zygote", "sandbox_init", "sandbox_guest")
+# Depth below the daemon's pid: its zygote, then the sandboxes (one process each, pid 1 of its
+# call's pid namespace, waiting in the pool for its call), then whatever a running guest forks.
+ROLES = ("daemon", "zygote", "sandbox", "guest_children")
 STOP_GRACE_S = 10.0
 
 
@@ -161,15 +161,13 @@ class Daemon:
 
 
 def per_sandbox(memory: dict) -> dict | None:
-    """What one prepared sandbox (its init plus its waiting guest) holds, averaged over the
-    pool: USS is the memory it alone holds, the real per-call cost."""
-    roles = memory.get("by_role", {})
-    inits, guests = roles.get("sandbox_init"), roles.get("sandbox_guest")
-    if not inits or not guests:
+    """What one prepared sandbox holds, averaged over the pool: USS is the memory it alone
+    holds, the real per-call cost."""
+    sandboxes = memory.get("by_role", {}).get("sandbox")
+    if not sandboxes:
         return None
-    n = inits["processes"]
-    return {"sandboxes": n, **{key: round((inits[key] + guests[key]) / n, 1)
-                               for key in ("rss_mib", "pss_mib", "uss_mib")}}
+    n = sandboxes["processes"]
+    return {"sandboxes": n, **{key: round(sandboxes[key] / n, 1) for key in ("rss_mib", "pss_mib", "uss_mib")}}
 
 
 def daemon_split(lines: list[dict]) -> dict | None:

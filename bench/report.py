@@ -173,7 +173,7 @@ def _idle_roles_table(daemon_memory: dict) -> list[str]:
         lines.append(f"| {role.replace('_', ' ')} | {mem['processes']} | {_mem_cells(mem)} |")
     one = daemon_memory.get("per_sandbox")
     if one:
-        lines.append(f"| **one prepared sandbox** (init + guest, mean of {one['sandboxes']}) | 2 | "
+        lines.append(f"| **one prepared sandbox** (mean of {one['sandboxes']}) | 1 | "
                      f"{_mem_cells(one)} |")
     peak = daemon_memory.get("guest_peak_rss_mib")
     notes = [""]

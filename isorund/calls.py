@@ -56,7 +56,7 @@ class Calls:
             wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
             async with self.admission.slot(wait):
                 sandbox = await self.zygote.take()
-                entry["sandbox_pid"] = sandbox.pid  # the call's init on the host, killed after it
+                entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
                 queued = time.monotonic() - received
                 self.in_flight.add(sandbox)
                 try:

@@ -55,7 +55,7 @@ class Sandbox:
             pass
 
     def kill_group(self) -> None:
-        """Without a pid namespace (insecure mode) the init's process group is the call."""
+        """Without a pid namespace (insecure mode) the sandbox's process group is the call."""
         self.kill()
         try:
             os.killpg(self.pid, signal.SIGKILL)
@@ -193,7 +193,7 @@ class Zygote:
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"fatal": "the zygote exited during start-up"})
         while self.ready:
-            self.ready.popleft().close()  # their init died with the zygote (PDEATHSIG)
+            self.ready.popleft().close()  # they died with the zygote (PDEATHSIG)
         self._fail_takers("the sandbox zygote died before this call got a sandbox; it is being "
                           "restarted, retry the call")
         for future in self.exits.values():

@@ -11,7 +11,7 @@ Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
     zygote → daemon   {"hello": {...}} or {"fatal": msg}  once, after start
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
-                      {"exited": {"pid": P, "status": S}}            a sandbox's init exited
+                      {"exited": {"pid": P, "status": S}}            a sandbox exited
                       {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
 The zygote reaps its sandboxes (it is their parent) and recycles their host ids and cgroups.
 """
@@ -49,8 +49,7 @@ class Zygote:
     def __init__(self, config: dict, control: socket.socket):
         from . import plugins as plugin_loader
         from .config import Config
-        from .plan import CPU_GRACE_SECONDS
-        from .sandbox import SandboxPlan, cgroup, filesystem, limits, seccomp
+        from .sandbox import SandboxPlan, cgroup, filesystem, seccomp
 
         self.config = Config.load(None, _flatten(config))
         self.control = control
@@ -61,23 +60,22 @@ class Zygote:
         lim = self.config.limits
         self.plan = SandboxPlan(
             isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs),
-            pool_limits=limits.Limits(
-                memory_bytes=lim.memory_bytes, max_processes=lim.max_processes,
-                max_open_files=lim.max_open_files, max_file_bytes=lim.max_file_bytes,
-                # the highest a call may get (its timeout and a grace second, or the configured
-                # limit), plus the CPU the pooled guest spends before its call (see _call_limits)
-                cpu_seconds=max(lim.cpu_seconds, self.config.max_timeout + CPU_GRACE_SECONDS) + 2),
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
             if self.cgroup_root else None,
             pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
-        # Compiled to BPF once here; each guest only hands the program to the kernel.
-        self.filter = seccomp.compile_filter(seccomp.build()) if isolated else None
+        # Compiled to BPF once here; each sandbox only hands the programs to the kernel: the
+        # pool's part while it waits, the call's part last (see sandbox/seccomp.py).
+        self.filters = (seccomp.compile_filter(seccomp.build(defer=seccomp.CALL_STEPS)),
+                        seccomp.compile_filter(seccomp.build_last())) if isolated else None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if isolated else -1
+        # Sandboxes hold it until their call's set-up is done, to notice a zygote that died
+        # while their parent-death signal was being re-armed (see sandbox/__init__.py).
+        self.pidfd = os.pidfd_open(os.getpid())
         self.free_ids = list(range(self.config.sandbox_uid_base + self.config.sandbox_uid_count - 1,
                                    self.config.sandbox_uid_base - 1, -1))
         self.ids_in_use: dict[int, int] = {}
         self.spawned = 0
-        self.groups: dict[int, str] = {}   # init pid -> its call's cgroup
+        self.groups: dict[int, str] = {}   # sandbox pid -> its call's cgroup
         self.stale_groups: list[str] = []  # groups not yet removable (their tasks still leaving)
         _warm_up(self.config, self.registry)
         # Everything loaded so far is shared with every sandbox, copy-on-write. A collection in
@@ -89,7 +87,7 @@ class Zygote:
         """Spawns on request and reaps on SIGCHLD until the daemon closes the control socket."""
         # Preparing sandboxes ahead of calls is background work: at the lowest priority it
         # takes only CPU that running calls, the daemon and its clients leave idle. A
-        # sandbox's init puts itself and its guest back to normal when its call arrives.
+        # sandbox puts itself back to normal when its call arrives.
         # Only with CAP_SYS_NICE: without it, nothing could restore a call's priority.
         if self.plan.pool_nice:
             os.setpriority(os.PRIO_PROCESS, 0, self.plan.pool_nice)
@@ -115,7 +113,7 @@ class Zygote:
                     self.spawn()
 
     def spawn(self) -> None:
-        from .sandbox import init_main, namespaces
+        from .sandbox import namespaces, sandbox_main
 
         host_id = self.free_ids.pop()
         self.spawned += 1
@@ -127,11 +125,10 @@ class Zygote:
             try:
                 ours.close()
                 self.control.close()
-                os.closerange(3, theirs.fileno())
-                os.closerange(theirs.fileno() + 1, 65536)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                status = init_main(self.plan, theirs, host_id, self.filter, self.plugins, self.registry, group)
+                status = sandbox_main(self.plan, theirs, self.pidfd, host_id, self.filters, self.plugins,
+                                      self.registry, group)
             finally:
                 os._exit(status)
         theirs.close()
@@ -156,13 +153,13 @@ class Zygote:
             host_id = self.ids_in_use.pop(pid, None)
             if host_id is not None:
                 self.free_ids.insert(0, host_id)  # reused last: a dying id rests longest
-            exited = {"pid": pid, "status": os.waitstatus_to_exitcode(status)}
+            exited = {"pid": pid, "status": _exit_status(status)}
             if self.release_group(pid):
                 exited["limit"] = "memory"
             _send(self.control, {"exited": exited})
 
     def release_group(self, pid: int) -> bool:
-        """Removes the cgroup of a reaped init; True if the kernel's OOM killer ended its call."""
+        """Removes the cgroup of a reaped sandbox; True if the kernel's OOM killer ended its call."""
         from .sandbox import cgroup
 
         self.stale_groups = [g for g in self.stale_groups if not cgroup.release(g)[1]]
@@ -173,6 +170,11 @@ class Zygote:
         if not removed:
             self.stale_groups.append(group)
         return kills > 0
+
+
+def _exit_status(status: int) -> int:
+    """The exit code, or 128 + the signal that ended the sandbox (the shell's convention)."""
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 def _python_folders() -> tuple[list[str], list[str]]:

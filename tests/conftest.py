@@ -66,8 +66,10 @@ class Daemon:
         self.pid = self.proc.pid
 
     def wait_ready(self, seconds: float = 30) -> None:
+        """Until the daemon logs "ready": its socket exists a little earlier, before its mode
+        and group are set and before its self-test call."""
         deadline = time.monotonic() + seconds
-        while not os.path.exists(self.socket):
+        while not (os.path.exists(self.socket) and '"event": "ready"' in self.log()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("isorund did not start:\n" + self.log())
             time.sleep(0.02)

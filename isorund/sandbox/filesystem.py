@@ -1,10 +1,10 @@
 """The guest's root filesystem: a read-only tmpfs holding only what Python needs.
 
 Built in two halves so that the slow half stays off the call's critical path:
-- ``prepare_root`` (in the call's init, before any call is known): a tmpfs with read-only
+- ``prepare_root`` (in the pool, before any call is known): a tmpfs with read-only
   binds of the shared libraries and the stdlib (their site-packages hidden), a fresh ``/proc``
   showing only the call's own processes, and a minimal ``/dev``;
-- ``enter_root`` (in the guest, once the call arrives): the guest folder read-only at
+- ``enter_root`` (once the call arrives): the guest folder read-only at
   ``/guest``, the whitelisted folders and the site-packages the call's externals need at
   their host paths, a private size- and inode-capped ``/tmp``, then ``pivot_root`` and the old
   root detached, so no host path outside those binds can be named again.
@@ -25,7 +25,7 @@ GUEST_DIR = "/guest"
 DEVICES = ("null", "zero", "random", "urandom")
 _RO = MS_RDONLY | MS_NOSUID | MS_NODEV
 # Only the pid folders (no /proc/sys, /proc/kcore, /proc/keys, …), and of those only the
-# processes the guest could trace anyway: its own, not the call's init. Linux >= 5.8; older
+# processes the guest could trace anyway: its own. Linux >= 5.8; older
 # kernels get the per-namespace hidepid alone.
 PROC_OPTIONS = ("hidepid=invisible,subset=pid", "hidepid=2")
 TMP_BYTES_PER_INODE = 4096  # /tmp's inode cap: empty files cost kernel memory, not tmpfs pages

@@ -1,13 +1,14 @@
 """Namespaces: each call gets its own pid, mount, network, ipc, uts, cgroup and user namespace.
 
-The order matters and is split across three processes (see ``isorund/sandbox/__init__``):
+The order matters (see ``isorund/sandbox/__init__``):
 - the zygote puts each new sandbox in a fresh pid namespace as it forks it (``fork_into_new_pid_ns``),
-  so the forked process is pid 1 — the call's init — and the guest is never pid 1;
-- the init unshares the other namespaces except the user one (``unshare_host_views``): the
-  mounts of the new root are made as the real root, which can read any host folder it binds;
-- the guest, once its folders are bound and the root pivoted, becomes an unprivileged host id
-  and enters a user namespace of its own (``become_guest_user``), which owns no other namespace,
-  so even the capabilities it briefly holds there command nothing.
+  so the sandbox is pid 1 there;
+- in the pool, the sandbox, still the host's root, unshares the other namespaces except the user
+  one (``unshare_host_views``): the mounts of the new root are made as the real root, which can
+  read any host folder it binds;
+- once its call's folders are bound and the root pivoted, it becomes an unprivileged host id and
+  enters a user namespace of its own (``become_guest_user``), which owns no other namespace, so
+  even the capabilities it briefly holds there command nothing.
 """
 from __future__ import annotations
 

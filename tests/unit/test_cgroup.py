@@ -76,7 +76,7 @@ def test_oom_kills_are_read_from_memory_events():
 def test_call_values_cover_the_whole_call():
     values = cgroup.call_values(memory_bytes=256 << 20, tmp_bytes=16 << 20, max_processes=32)
     assert values == {"memory.max": str((256 + 16) << 20), "memory.swap.max": "0",
-                      "memory.oom.group": "1", "pids.max": "33", "cpu.max": "100000 100000"}
+                      "memory.oom.group": "1", "pids.max": "32", "cpu.max": "100000 100000"}
 
 
 def test_setup_refuses_a_folder_that_is_not_a_cgroup(tmp_path):

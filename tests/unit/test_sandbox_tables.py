@@ -56,3 +56,23 @@ def test_package_folders_inside_bound_folders_are_hidden(tmp_path):
     plan = filesystem.plan_root("/new-root", [str(stdlib)], [str(stdlib / "site-packages"), str(elsewhere)])
     assert str(stdlib) in plan.system_paths
     assert plan.hidden == (str(stdlib / "site-packages"),)
+
+
+def _denied_names(f) -> set[str]:
+    with tempfile.TemporaryFile("w+") as out:
+        f.export_pfc(out)
+        out.seek(0)
+        text = out.read()
+    # each rule: the name, then its condition and action, up to the next comment line
+    return {part.split('"', 1)[0] for part in text.split('filter for syscall "')[1:]
+            if part.split("\n", 1)[1].split("#", 1)[0].strip().endswith("action ERRNO(1);")}
+
+
+def test_the_two_parts_of_the_filter_deny_what_the_whole_filter_denies():
+    """The pool loads build(defer=CALL_STEPS), the call build_last(); stacked, they are build()."""
+    whole, pool, last = (_denied_names(f) for f in (seccomp.build(), seccomp.build(defer=seccomp.CALL_STEPS),
+                                                     seccomp.build_last()))
+    assert last == set(seccomp.CALL_STEPS)
+    assert pool | last == whole
+    assert not pool & last  # the pool's part lets the call's own set-up steps through
+    assert {"mount", "umount2", "pivot_root", "unshare"} <= whole

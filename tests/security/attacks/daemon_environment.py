@@ -1,5 +1,6 @@
 # Attack: steal the daemon's environment (and the secrets in it) through os.environ, the
-# guest's own /proc/self/environ, /proc/1/environ (its init) and /proc/<daemon pid>/environ.
+# guest's own /proc/self/environ, /proc/1/environ (pid 1 of its namespace) and
+# /proc/<daemon pid>/environ.
 from escape import os, outcome
 
 
@@ -13,6 +14,6 @@ def attack(daemon_pid):
     return {
         "os.environ": dict(os.environ),
         "self": outcome(lambda: read("/proc/self/environ")),
-        "init": outcome(lambda: read("/proc/1/environ")),
+        "pid 1": outcome(lambda: read("/proc/1/environ")),
         "daemon": outcome(lambda: read(f"/proc/{daemon_pid}/environ")),
     }

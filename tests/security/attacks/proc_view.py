@@ -1,5 +1,5 @@
-# Attack: look around through /proc for anything that is not the guest's own — host pids, the
-# call's init (which still has the host's root), /proc/1/root, kernel files like /proc/kcore.
+# Attack: look around through /proc for anything that is not the guest's own — host pids,
+# another root behind /proc/1/root, kernel files like /proc/kcore.
 from escape import os, outcome
 
 
@@ -8,8 +8,8 @@ def attack(daemon_pid):
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "own_pid": os.getpid(),
         "entries": sorted(p for p in os.listdir("/proc") if not p.isdigit()),
-        "init_root": outcome(lambda: os.listdir("/proc/1/root")),
-        "init_cmdline": outcome(lambda: os.stat("/proc/1/cmdline").st_size),
+        "pid_1_root": outcome(lambda: sorted(os.listdir("/proc/1/root"))),
+        "own_root": outcome(lambda: sorted(os.listdir("/"))),
         "daemon": outcome(lambda: os.stat(f"/proc/{daemon_pid}")),
         "kcore": outcome(lambda: os.stat("/proc/kcore")),
         "sysrq": outcome(lambda: os.stat("/proc/sysrq-trigger")),

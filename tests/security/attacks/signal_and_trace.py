@@ -1,6 +1,6 @@
 # Attack: stop or steer the processes that run the sandbox — signal the daemon and the zygote by
-# their host pids, kill(-1, SIGKILL), kill the call's init, ptrace-attach to them and read their
-# memory with process_vm_readv.
+# their host pids, kill(-1, SIGKILL), kill pid 1 of the namespace, ptrace-attach to them and read
+# their memory with process_vm_readv.
 from escape import os, outcome, syscall
 
 PTRACE_ATTACH = 16
@@ -15,8 +15,8 @@ def attack(pids):
         results[f"ptrace {name}"] = syscall(PTRACE, PTRACE_ATTACH, pid, 0, 0)[1]
         results[f"process_vm_readv {name}"] = syscall(PROCESS_VM_READV, pid, 0, 0, 0, 0, 0)[1]
         results[f"pidfd_open {name}"] = outcome(lambda: os.pidfd_open(pid))
-    results["kill init"] = outcome(lambda: os.kill(1, 9))
-    results["ptrace init"] = syscall(PTRACE, PTRACE_ATTACH, 1, 0, 0)[1]
+    results["kill pid 1"] = outcome(lambda: os.kill(1, 9))
+    results["ptrace pid 1"] = syscall(PTRACE, PTRACE_ATTACH, 1, 0, 0)[1]
     results["kill(-1, SIGKILL)"] = outcome(lambda: os.kill(-1, 9))
     results["still alive"] = True  # kill(-1) spares the caller; reaching this line shows it
     return results
