@@ -7,7 +7,9 @@ call's whole pid namespace without racing pid reuse.
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import collections
 import dataclasses
 import json
@@ -21,7 +23,8 @@ import time
 from dataclasses import dataclass
 
 from isorun._proto import runner_pb2 as pb
-from isorund.sandbox import channel
+from isorund.sandbox import channel, filesystem, seccomp
+from isorund.sandbox._libc import SandboxSetupError
 
 log = logging.getLogger("isorund")
 Failure = pb.Failure
@@ -73,6 +76,7 @@ class Zygote:
     def __init__(self, config, new_root: str, on_restart=None, on_down=None):
         self.config = config
         self.new_root = new_root
+        self._programs: list[str] | None = None
         self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
         self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
         self._owed = 0  # sandboxes taken from the pool whose replacement waits for their call to end
@@ -91,7 +95,7 @@ class Zygote:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        config = dict(dataclasses.asdict(self.config), _new_root=self.new_root)
+        config = dict(dataclasses.asdict(self.config), _new_root=self.new_root, _seccomp=self._seccomp())
         # An empty environment: the zygote's is what every sandbox would inherit. subprocess
         # forks and execs in C, which is safe even once gRPC has started its threads. The
         # umask is the zygote's own: folders it makes in a sandbox's root must be readable
@@ -111,6 +115,15 @@ class Zygote:
         self.alive = True
         self._owed = 0  # a new zygote starts with a full pool
         self._request(self.config.pool_size)
+
+    def _seccomp(self) -> list[str]:
+        """The sandboxes' seccomp programs (base64), compiled here once: the zygote never
+        loads libseccomp, so neither does any sandbox."""
+        if self.config.insecure_no_isolation:
+            return []
+        if self._programs is None:
+            self._programs = [base64.b64encode(p).decode() for p in seccomp.programs()]
+        return self._programs
 
     async def take(self) -> Sandbox:
         """A prepared sandbox for one call. Its replacement is asked for when the call ends
@@ -258,11 +271,19 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
         budget = max(0.0, min(budget, deadline - started))
     try:
         async with asyncio.timeout(budget):
+            try:
+                folders = filesystem.detach_folders(plan.root, list(plan.host_paths)) if isolated else []
+            except SandboxSetupError as e:
+                return _failure(Failure(kind=Failure.SANDBOX, message=str(e)), started)
             payload = plan.SerializeToString()
             try:
+                _send_folders(sandbox.sock, folders)
                 await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
             except OSError:
                 pass  # the sandbox may have failed set-up already; its report is in the channel
+            finally:
+                for fd in folders:
+                    os.close(fd)
             reader = _FrameReader(loop, sandbox.sock)
             max_frame = limits.result_bytes + EVENT_SLACK
             event = None
@@ -310,6 +331,13 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
     finally:
         sandbox.kill_group() if not isolated else sandbox.kill()
         sandbox.close()
+
+
+def _send_folders(sock: socket.socket, fds: list[int]) -> None:
+    """The call's folders as file descriptors, in one byte's ancillary data, ahead of the plan
+    (an empty socket buffer takes one byte at once, so this never blocks)."""
+    if sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []) != 1:
+        raise BlockingIOError("the call's folders could not be sent")
 
 
 async def _died(sandbox: Sandbox, started: float) -> pb.Outcome:

@@ -17,6 +17,7 @@ The zygote reaps its sandboxes (it is their parent) and recycles their host ids 
 """
 from __future__ import annotations
 
+import base64
 import gc
 import glob
 import json
@@ -49,7 +50,7 @@ class Zygote:
     def __init__(self, config: dict, control: socket.socket):
         from . import plugins as plugin_loader
         from .config import Config
-        from .sandbox import SandboxPlan, cgroup, filesystem, seccomp
+        from .sandbox import SandboxPlan, cgroup, filesystem
 
         self.config = Config.load(None, _flatten(config))
         self.control = control
@@ -59,14 +60,14 @@ class Zygote:
         self.cgroup_root = _cgroup_root(self.config) if isolated else None
         lim = self.config.limits
         self.plan = SandboxPlan(
-            isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs),
+            isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs,
+                                                         tmp_bytes=lim.tmp_bytes),
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
             if self.cgroup_root else None,
             pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
-        # Compiled to BPF once here; each sandbox only hands the programs to the kernel: the
-        # pool's part while it waits, the call's part last (see sandbox/seccomp.py).
-        self.filters = (seccomp.compile_filter(seccomp.build(defer=seccomp.CALL_STEPS)),
-                        seccomp.compile_filter(seccomp.build_last())) if isolated else None
+        # Compiled to BPF by the daemon; each sandbox only hands the programs to the kernel:
+        # the pool's part while it waits, the call's part last (see sandbox/seccomp.py).
+        self.filters = tuple(base64.b64decode(p) for p in config["_seccomp"]) if isolated else None
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if isolated else -1
         # Sandboxes hold it until their call's set-up is done, to notice a zygote that died
         # while their parent-death signal was being re-armed (see sandbox/__init__.py).

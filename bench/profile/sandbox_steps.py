@@ -19,6 +19,7 @@ so the measured per-call path does not compete with the preparation of the same 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import os
@@ -38,8 +39,9 @@ from isorun._proto import sandbox_pb2
 from isorund import plan as plans
 from isorund import zygote as zygote_module
 from isorund.config import Config
-from isorund.sandbox import (_close_fds_except, _libc, _redirect_std_fds, channel, filesystem, guest,
-                             importer, limits, namespaces, seccomp)
+from isorund import launcher
+from isorund.sandbox import (_close_fds_except, _libc, _receive_folders, _redirect_std_fds, channel,
+                             filesystem, guest, importer, limits, namespaces, seccomp)
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 MARKS: dict[str, int] = {}  # filled in whichever process runs; each process has its own copy
@@ -107,6 +109,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     namespaces.unshare_host_views()
     mark("pool_unshared")
     filesystem.prepare_root(zyg.plan.root)
+    _redirect_std_fds("/dev/null")
     mark("pool_root_prepared")
     os.environ.clear()
     guest.prepare(chan, zyg.registry)
@@ -116,13 +119,15 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     mark("pool_ready")
     faults("faults_pool_end")
     _send_json(chan, {"pool": MARKS})
+    folder_fds = _receive_folders(chan)
     frame = channel.receive(chan, 256 << 20)
     mark("plan_received")
     call = sandbox_pb2.CallPlan.FromString(frame)
     mark("plan_parsed")
     lim = call.limits
-    filesystem.enter_root(zyg.plan.root, call.root, list(call.host_paths), lim.tmp_bytes)
-    _redirect_std_fds("/dev/null")
+    filesystem.enter_call(zyg.plan.root, folder_fds, list(call.host_paths), lim.tmp_bytes)
+    for fd in folder_fds:
+        os.close(fd)
     mark("root_entered")
     namespaces.become_guest_user(host_id)
     mark("guest_user")
@@ -177,6 +182,11 @@ class Prepared:
         reads the outcome and the guest's marks."""
         self.wait_ready()
         self.marks["parent_send_plan"] = time.monotonic_ns()
+        plan = sandbox_pb2.CallPlan.FromString(call_plan)
+        folders = filesystem.detach_folders(plan.root, list(plan.host_paths))
+        launcher._send_folders(self.sock, folders)
+        for fd in folders:
+            os.close(fd)
         self.sock.sendall(channel.HEADER.pack(len(call_plan)) + call_plan)
         overlap()
         while True:
@@ -238,12 +248,12 @@ def _reap_any(block: bool = False) -> bool:
 SPANS = [
     ("zygote: unshare(CLONE_NEWPID) + fork + setns", "parent_fork", "sandbox_start", False),
     ("pool: unshare mnt/net/ipc/uts/cgroup, hostname, lo up", "sandbox_start", "pool_unshared", False),
-    ("pool: prepare_root (tmpfs, ro binds, /proc, /dev)", "pool_unshared", "pool_root_prepared", False),
+    ("pool: prepare_root (tmpfs, ro binds, /proc, /dev, /tmp, pivot_root)", "pool_unshared", "pool_root_prepared", False),
     ("pool: warm-up", "pool_root_prepared", "pool_warmed", False),
     ("pool: the pool's part of the seccomp filter", "pool_warmed", "pool_ready", False),
-    ("daemon → sandbox: send + receive the plan", "parent_send_plan", "plan_received", True),
+    ("daemon → sandbox: detach the folders, send them and the plan", "parent_send_plan", "plan_received", True),
     ("call: parse CallPlan", "plan_received", "plan_parsed", True),
-    ("call: enter_root (guest bind, /tmp, remount ro, pivot_root, umount)", "plan_parsed", "root_entered", True),
+    ("call: enter_call (move_mount the call's folders)", "plan_parsed", "root_entered", True),
     ("call: become_guest_user (setres*id, userns, maps, caps)", "root_entered", "guest_user", True),
     ("call: no_new_privs + rlimits", "guest_user", "rlimits", True),
     ("call: the call's part of the seccomp filter", "rlimits", "seccomp", True),
@@ -293,8 +303,9 @@ def main() -> int:
     state = tempfile.mkdtemp(prefix="isorun-steps-")
     os.mkdir(os.path.join(state, "root"))
     config = Config.load(None, {})
-    zyg = zygote_module.Zygote(dict(dataclasses.asdict(config), _new_root=os.path.join(state, "root")),
-                               control=None)
+    programs = [base64.b64encode(p).decode() for p in seccomp.programs()]
+    zyg = zygote_module.Zygote(dict(dataclasses.asdict(config), _new_root=os.path.join(state, "root"),
+                                    _seccomp=programs), control=None)
     instrument()
     if args.gc_freeze:
         import gc

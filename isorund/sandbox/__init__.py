@@ -5,15 +5,17 @@ pid 1 and when it exits (or the daemon kills it) the kernel kills whatever it st
 nothing of a call outlives it. Its steps, in order:
 
     in the pool, before any call        host root: the call's cgroup (if delegated), its own
-                                        mount/net/ipc/uts/cgroup namespaces, the
-                                        call-independent half of the root (``prepare_root``),
-                                        an empty environment, only the channel open, the
-                                        runtime warmed up; then it waits for its plan
-    when the call arrives               its priority back to normal, the call's folders bound
-                                        and the root pivoted (``enter_root``), an unprivileged
-                                        host uid in a user namespace of its own with no
-                                        capabilities, no_new_privs, the call's rlimits,
-                                        seccomp; then the guest's code runs
+                                        mount/net/ipc/uts/cgroup namespaces, the new root
+                                        built and pivoted into (``prepare_root``), an empty
+                                        environment, only the channel open, the runtime
+                                        warmed up, the pool's part of the seccomp filter;
+                                        then it waits for its plan
+    when the call arrives               its priority back to normal, the call's folders (the
+                                        daemon's detached copies) attached (``enter_call``),
+                                        an unprivileged host uid in a user namespace of its
+                                        own with no capabilities, no_new_privs, the call's
+                                        rlimits, the call's part of the seccomp filter; then
+                                        the guest's code runs
 
 Every privileged step is done before the first line of guest code and none after it; the
 plan, read while still root, is the daemon's own message. One process per call, not an init
@@ -39,6 +41,7 @@ __all__ = ["SandboxPlan", "SandboxSetupError", "sandbox_main"]
 
 MAX_PLAN_BYTES = 256 << 20
 MAX_FD = 2**31 - 1
+MAX_FOLDERS = 1 + 250  # the guest folder and the host paths (plan.MAX_HOST_PATHS); one message
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,10 @@ def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host
     # 0-2 lead nowhere.
     _close_fds_except((chan.fileno(), zygote_pidfd))
     try:
-        _prepare(plan, cgroup_path, chan, registry, syscall_filters)
+        cgroup_fd = _prepare(plan, cgroup_path, chan, registry, syscall_filters)
+        folder_fds = _receive_folders(chan)
         call = sandbox_pb2.CallPlan.FromString(channel.receive(chan, MAX_PLAN_BYTES))
-        _confine(plan, call, host_id, syscall_filters, cgroup_path)
+        _confine(plan, call, folder_fds, host_id, syscall_filters, cgroup_fd)
         _rearm_parent_death_signal(zygote_pidfd)
     except Exception as e:  # any failure here is the sandbox's, and must be reported as such
         _report_setup_failure(chan, e)
@@ -71,18 +75,23 @@ def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host
 
 
 def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, registry,
-             syscall_filters) -> None:
-    """The pool's steps: everything that does not depend on the call."""
+             syscall_filters) -> int | None:
+    """The pool's steps: everything that does not depend on the call. Returns the call's
+    cgroup folder, opened (its host path cannot be named after pivot_root), or None."""
+    cgroup_fd = None
     if plan.isolated:
         # 1. the call's own cgroup, joined before the cgroup namespace is made, so that
         #    the namespace's root is this group and every process of the call is in it;
         if cgroup_path:
             cgroup.enter(cgroup_path, plan.cgroup_values)
+            cgroup_fd = os.open(cgroup_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         # 2. leave the host's mounts, network, ipc, hostname and cgroup view, so every
         #    mount below is private to this call;
         namespaces.unshare_host_views()
-        # 3. the call-independent half of the root.
+        # 3. the new root, and pivot_root into it: from here no host path can be named;
         filesystem.prepare_root(plan.root)
+        # 0-2 pointed at the host's /dev/null; now at the sandbox's.
+        _redirect_std_fds("/dev/null")
     else:
         os.setsid()  # without a pid namespace, the process group is what gets killed
     # 4. nothing of the daemon's environment (secrets included) reaches the guest;
@@ -92,10 +101,19 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
     # 6. the pool's part of the seccomp filter: all of it but what the call's steps need.
     if plan.isolated:
         seccomp.apply(syscall_filters[0])
+    return cgroup_fd
 
 
-def _confine(plan: SandboxPlan, call, host_id: int, syscall_filters,
-             cgroup_path: str | None) -> None:
+def _receive_folders(chan: socket.socket) -> list[int]:
+    """The daemon's detached copies of the call's folders, sent ahead of the plan."""
+    data, fds, _flags, _address = socket.recv_fds(chan, 1, MAX_FOLDERS)
+    if not data:
+        raise EOFError("channel closed")
+    return fds
+
+
+def _confine(plan: SandboxPlan, call, folder_fds: list[int], host_id: int, syscall_filters,
+             cgroup_fd: int | None) -> None:
     """The call's steps, in order; no guest code runs before all of them are done."""
     # The pool prepared this sandbox at the lowest priority; its call runs at the normal one
     # (raising it needs CAP_SYS_NICE on the host, which only this root process has).
@@ -103,21 +121,22 @@ def _confine(plan: SandboxPlan, call, host_id: int, syscall_filters,
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     lim = call.limits
     if plan.isolated:
-        if cgroup_path:
-            # the call's own limits on its group, while the host's cgroupfs can still be named.
-            cgroup.lower(cgroup_path, cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes))
-        # this call's folders, then pivot_root: after it no host path can be named.
-        filesystem.enter_root(plan.root, call.root, list(call.host_paths), lim.tmp_bytes)
-        # 0-2 pointed at the host's /dev/null until the root was pivoted; now at the sandbox's.
-        _redirect_std_fds("/dev/null")
+        if cgroup_fd is not None:
+            # the call's own limits on its group (which was opened before pivot_root).
+            cgroup.lower(cgroup_fd, cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes))
+            os.close(cgroup_fd)
+        # this call's folders, attached from the daemon's detached copies.
+        filesystem.enter_call(plan.root, folder_fds, list(call.host_paths), lim.tmp_bytes)
         # an unprivileged host id, a user namespace of its own, no capabilities anywhere.
         namespaces.become_guest_user(host_id)
     # no_new_privs: nothing executed later could gain privileges; seccomp requires it.
     _libc.prctl("limits", _libc.PR_SET_NO_NEW_PRIVS, 1)
     # the call's rlimits, after the privileged steps (RLIMIT_NPROC would stop none of them).
     limits.apply(_call_limits(lim))
-    # the call's part of the seccomp filter last: it denies mount, unshare and the rest of
-    # what the steps above needed; from here the whole filter applies.
+    for fd in folder_fds:
+        os.close(fd)  # attached now (or never: insecure mode sends none)
+    # the call's part of the seccomp filter last: it denies mount, move_mount and unshare,
+    # which the steps above needed; from here the whole filter applies.
     if plan.isolated:
         seccomp.apply(syscall_filters[1])
 

@@ -13,8 +13,8 @@ Who does what, in order:
   enable the controllers), or a one-line reason why limits stay off;
 - the sandbox, in the pool, before it leaves the host's cgroup namespace: ``enter`` (create its
   group with the daemon's limits, join it);
-- the sandbox, when its call arrives, still root and before ``pivot_root``: ``lower`` to its
-  call's own limits;
+- the sandbox, when its call arrives, still root: ``lower`` to its call's own limits, through
+  its group's folder opened before ``pivot_root``;
 - the zygote, after reaping the sandbox: ``release`` (read ``memory.events``, remove the group).
 
 ``memory.oom.group`` makes an out-of-memory kill take the whole call, which ends the pid
@@ -171,10 +171,18 @@ def enter(path: str, values: dict[str, str]) -> None:
     _write_step(path, "cgroup.procs", "0")
 
 
-def lower(path: str, values: dict[str, str]) -> None:
-    """Sets a call's own (lower or equal) memory and pids limits on its group."""
+def lower(folder_fd: int, values: dict[str, str]) -> None:
+    """Sets a call's own (lower or equal) memory and pids limits on its group, through the
+    group's folder opened before the sandbox pivoted away from the host's cgroupfs."""
     for name in ("memory.max", "pids.max"):
-        _write_step(path, name, values[name])
+        try:
+            fd = os.open(name, os.O_WRONLY, dir_fd=folder_fd)
+            try:
+                os.write(fd, values[name].encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SandboxSetupError("cgroup", f"write({name!r} in the call's group, {values[name]!r})", e.errno) from e
 
 
 def release(path: str) -> tuple[int, bool]:

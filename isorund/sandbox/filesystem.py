@@ -1,13 +1,15 @@
 """The guest's root filesystem: a read-only tmpfs holding only what Python needs.
 
-Built in two halves so that the slow half stays off the call's critical path:
-- ``prepare_root`` (in the pool, before any call is known): a tmpfs with read-only
+Built in three places, so that almost nothing of it is on the call's critical path:
+- ``prepare_root`` (in the sandbox, in the pool, as the host's root): a tmpfs with read-only
   binds of the shared libraries and the stdlib (their site-packages hidden), a fresh ``/proc``
-  showing only the call's own processes, and a minimal ``/dev``;
-- ``enter_root`` (once the call arrives): the guest folder read-only at
-  ``/guest``, the whitelisted folders and the site-packages the call's externals need at
-  their host paths, a private size- and inode-capped ``/tmp``, then ``pivot_root`` and the old
-  root detached, so no host path outside those binds can be named again.
+  showing only the call's own processes, a minimal ``/dev``, a private size- and inode-capped
+  ``/tmp``; then ``pivot_root`` and the old root detached, so no host path can be named again;
+- ``detach_folders`` (in the daemon, when the call arrives): a detached, read-only copy of the
+  call's guest folder, of its whitelisted folders and of the site-packages its externals need
+  (``open_tree`` + ``mount_setattr``), handed to the sandbox as file descriptors;
+- ``enter_call`` (in the sandbox): attaches them (``move_mount``) at ``/guest`` and at their
+  host paths, and gives ``/tmp`` the call's size if it asked for less.
 
 Binds are not recursive: a mount inside a bound folder is not carried along. Nothing the guest
 can write (``/tmp``) or provide (``/guest``) is mapped executable: ``noexec`` there.
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from . import _libc
-from ._libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, MS_PRIVATE
+from ._libc import (MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MS_BIND,
+                    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT)
 
 GUEST_DIR = "/guest"
 DEVICES = ("null", "zero", "random", "urandom")
@@ -29,6 +33,10 @@ _RO = MS_RDONLY | MS_NOSUID | MS_NODEV
 # kernels get the per-namespace hidepid alone.
 PROC_OPTIONS = ("hidepid=invisible,subset=pid", "hidepid=2")
 TMP_BYTES_PER_INODE = 4096  # /tmp's inode cap: empty files cost kernel memory, not tmpfs pages
+_TMP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+# How the daemon's detached copies are mounted: like the binds above; the guest folder noexec too.
+GUEST_ATTRIBUTES = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+HOST_PATH_ATTRIBUTES = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,11 @@ class RootPlan:
     system_paths: tuple[str, ...]    # host folders bound read-only at their own path
     symlinks: tuple[tuple[str, str], ...]  # (path, target) recreated inside, e.g. /lib -> usr/lib
     hidden: tuple[str, ...] = ()     # folders inside those binds covered by an empty tmpfs
+    tmp_bytes: int = 16 << 20        # /tmp's size in the pool: the daemon's limit
 
 
-def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] = ()) -> RootPlan:
+def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] = (),
+              tmp_bytes: int = 16 << 20) -> RootPlan:
     """Lists the library folders and the interpreter's folders to bind, following the host's
     merged-/usr symlinks so that ``/lib/x86_64-linux-gnu/libc.so.6`` resolves inside too.
 
@@ -54,51 +64,40 @@ def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] =
             paths.append(path)
     hidden = sorted({os.path.realpath(d) for d in package_dirs if os.path.isdir(d)
                      and any(_within(os.path.realpath(d), p) for p in paths)})
-    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden))
+    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes)
 
 
 def prepare_root(plan: RootPlan) -> None:
-    """Builds the call-independent part of the new root, as the real root of the host."""
-    step = "filesystem"
-    # Nothing done from here on may propagate back to the host's mount table.
-    _libc.mount(step, None, "/", None, MS_REC | MS_PRIVATE)
-    _libc.mount(step, "tmpfs", plan.mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    for path in plan.system_paths:
-        bind_read_only(plan.mountpoint, path, path)
-    for path in plan.hidden:
-        _libc.mount(step, "tmpfs", plan.mountpoint + path, "tmpfs", _RO | MS_NOEXEC, "size=4k,nr_inodes=1")
-    for path, target in plan.symlinks:
-        _ensure_parent(plan.mountpoint + path)
-        os.symlink(target, plan.mountpoint + path)
-    os.makedirs(plan.mountpoint + "/proc")
-    _mount_proc(plan.mountpoint + "/proc")
-    os.makedirs(plan.mountpoint + "/dev")
-    for device in DEVICES:
-        bind_read_only(plan.mountpoint, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
-    # exist_ok: an interpreter installed under the host's /tmp already made it (see enter_root)
-    os.makedirs(plan.mountpoint + "/tmp", exist_ok=True)
-    os.makedirs(plan.mountpoint + GUEST_DIR)
-
-
-def enter_root(plan: RootPlan, guest_root: str, host_paths: list[str], tmp_bytes: int) -> None:
-    """Binds this call's folders, makes the root read-only and pivots into it."""
+    """Builds the new root and pivots into it, as the real root of the host, in the pool."""
     step = "filesystem"
     new_root = plan.mountpoint
-    bind_read_only(new_root, guest_root, GUEST_DIR, flags=_RO | MS_NOEXEC)
-    # /tmp first: a whitelisted folder may live under the host's /tmp, and is then bound
-    # (read-only, at its host path) on top of the call's private, size-capped /tmp.
-    _libc.mount(step, "tmpfs", new_root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                tmp_options(tmp_bytes))
-    # The call's /tmp hides whatever the pool bound under the host's /tmp (an interpreter or a
+    # Nothing done from here on may propagate back to the host's mount table.
+    _libc.mount(step, None, "/", None, MS_REC | MS_PRIVATE)
+    _libc.mount(step, "tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    for path in plan.system_paths:
+        bind_read_only(new_root, path, path)
+    for path in plan.hidden:
+        _hide(new_root + path)
+    for path, target in plan.symlinks:
+        _ensure_parent(new_root + path)
+        os.symlink(target, new_root + path)
+    os.makedirs(new_root + "/proc")
+    _mount_proc(new_root + "/proc")
+    os.makedirs(new_root + "/dev")
+    for device in DEVICES:
+        bind_read_only(new_root, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
+    os.makedirs(new_root + GUEST_DIR)
+    # exist_ok: an interpreter installed under the host's /tmp already made it.
+    os.makedirs(new_root + "/tmp", exist_ok=True)
+    _libc.mount(step, "tmpfs", new_root + "/tmp", "tmpfs", _TMP_FLAGS, tmp_options(plan.tmp_bytes))
+    # The private /tmp hides whatever was bound under the host's /tmp (an interpreter or a
     # virtualenv living there); it is bound again, the same way, on top.
     for path in plan.system_paths:
         if _within(path, "/tmp"):
             bind_read_only(new_root, path, path)
     for path in plan.hidden:
         if _within(path, "/tmp"):
-            _libc.mount(step, "tmpfs", new_root + path, "tmpfs", _RO | MS_NOEXEC, "size=4k,nr_inodes=1")
-    for path in host_paths:
-        bind_read_only(new_root, path, path)
+            _hide(new_root + path)
     _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no path
     # by which the host's tree can be reached.
@@ -108,10 +107,50 @@ def enter_root(plan: RootPlan, guest_root: str, host_paths: list[str], tmp_bytes
     os.chdir("/")
 
 
-def tmp_options(tmp_bytes: int) -> str:
+def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:
+    """In the daemon: detached, read-only copies of the call's folders (the guest folder first,
+    then ``host_paths`` in order), as file descriptors for the sandbox's ``enter_call``."""
+    step = "call folders"
+    fds: list[int] = []
+    try:
+        for path, attributes in [(guest_root, GUEST_ATTRIBUTES), *((p, HOST_PATH_ATTRIBUTES) for p in host_paths)]:
+            fds.append(_libc.open_tree_clone(step, path))
+            _libc.mount_setattr(step, fds[-1], attributes)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def enter_call(plan: RootPlan, folder_fds: list[int], host_paths: list[str], tmp_bytes: int) -> None:
+    """In the sandbox, when its call arrives: attaches the call's folders (from
+    ``detach_folders``) at ``/guest`` and at their host paths; /tmp gets the call's size."""
+    step = "filesystem"
+    if len(folder_fds) != 1 + len(host_paths):
+        raise _libc.SandboxSetupError(step, f"{len(folder_fds)} folders for {1 + len(host_paths)} mounts", errno.EINVAL)
+    _libc.move_mount(step, folder_fds[0], GUEST_DIR)
+    if tmp_bytes != plan.tmp_bytes:
+        _libc.mount(step, None, "/tmp", None, MS_REMOUNT | _TMP_FLAGS, tmp_options(tmp_bytes, mode=False))
+    missing = [(path, fd) for path, fd in zip(host_paths, folder_fds[1:]) if not os.path.lexists(path)]
+    if missing:
+        # mountpoints for them: the root is read-only, and this sandbox's alone
+        _libc.mount(step, None, "/", None, MS_REMOUNT | MS_NOSUID | MS_NODEV)
+        for path, fd in missing:
+            _make_mountpoint(path, is_folder=stat.S_ISDIR(os.fstat(fd).st_mode))
+        _libc.mount(step, None, "/", None, MS_REMOUNT | _RO)
+    for path, fd in zip(host_paths, folder_fds[1:]):
+        _libc.move_mount(step, fd, path)
+
+
+def _hide(path: str) -> None:
+    _libc.mount("filesystem", "tmpfs", path, "tmpfs", _RO | MS_NOEXEC, "size=4k,nr_inodes=1")
+
+
+def tmp_options(tmp_bytes: int, mode: bool = True) -> str:
     """Mount options of the call's /tmp: its byte cap, and an inode cap to match."""
     size = max(tmp_bytes, 4096)
-    return f"size={size},nr_inodes={max(64, size // TMP_BYTES_PER_INODE)},mode=1777"
+    return f"size={size},nr_inodes={max(64, size // TMP_BYTES_PER_INODE)}" + (",mode=1777" if mode else "")
 
 
 def _mount_proc(target: str) -> None:
@@ -129,13 +168,17 @@ def bind_read_only(new_root: str, source: str, target: str, flags: int = _RO) ->
     step = "filesystem"
     dest = new_root + target
     if not os.path.exists(dest):
-        _ensure_parent(dest)
-        if os.path.isdir(source):
-            os.makedirs(dest)
-        else:
-            os.close(os.open(dest, os.O_CREAT | os.O_WRONLY, 0o644))
+        _make_mountpoint(dest, os.path.isdir(source))
     _libc.mount(step, source, dest, None, MS_BIND)
     _libc.mount(step, None, dest, None, MS_REMOUNT | MS_BIND | flags | MS_RDONLY)
+
+
+def _make_mountpoint(path: str, is_folder: bool) -> None:
+    _ensure_parent(path)
+    if is_folder:
+        os.makedirs(path)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
 def _ensure_parent(path: str) -> None:

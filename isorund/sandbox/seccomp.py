@@ -1,7 +1,7 @@
 """The seccomp filter: system calls no guest needs fail with EPERM.
 
 EPERM rather than a kill, so a guest sees an ``OSError`` it can report instead of vanishing.
-The filter is built and compiled to BPF once in the zygote, and loaded by each sandbox in two
+The filter is built and compiled to BPF once by the daemon, and loaded by each sandbox in two
 parts: the pool's part (everything but ``CALL_STEPS``) while the sandbox waits for its call,
 and the call's part (``CALL_STEPS``: a handful of instructions) as the very last set-up step,
 after the call's folders are bound. Filters stack, so from then on the guest meets exactly the
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-
-import pyseccomp as seccomp
 
 from . import _libc
 from ._libc import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
@@ -46,9 +44,10 @@ DENIED = (
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname",
     "iopl", "ioperm",
 )
-# Denied to the guest, but made by the sandbox itself once its call is known (binding the call's
-# folders, pivot_root, its user namespace): denied by the call's part of the filter, last.
-CALL_STEPS = ("mount", "umount2", "pivot_root", "unshare")
+# Denied to the guest, but made by the sandbox itself once its call is known (attaching the
+# call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
+# last. (pivot_root and umount2 are done before the pool's part is loaded.)
+CALL_STEPS = ("mount", "move_mount", "unshare")
 # System calls younger than the libseccomp this may run with, by their native number.
 DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467}, "aarch64": {"open_tree_attr": 467}}
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
@@ -63,6 +62,8 @@ BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     """Returns the filter, ready to load; names this libseccomp does not know are skipped.
     ``defer`` leaves those names out (the pool's part: ``build(defer=CALL_STEPS)``)."""
+    import pyseccomp as seccomp
+
     f = _deny_filter([name for name in DENIED if name not in defer])
     deny = seccomp.ERRNO(errno.EPERM)
     for number in DENIED_BY_NUMBER.get(os.uname().machine, {}).values():
@@ -88,6 +89,8 @@ def build_last() -> seccomp.SyscallFilter:
 
 
 def _deny_filter(names) -> seccomp.SyscallFilter:
+    import pyseccomp as seccomp
+
     f = seccomp.SyscallFilter(seccomp.ALLOW)
     f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     deny = seccomp.ERRNO(errno.EPERM)
@@ -99,9 +102,15 @@ def _deny_filter(names) -> seccomp.SyscallFilter:
     return f
 
 
+def programs() -> tuple[bytes, bytes]:
+    """The pool's and the call's parts, compiled. The daemon compiles them once and hands
+    them to the zygote, which never loads libseccomp (one library less in every sandbox)."""
+    return compile_filter(build(defer=CALL_STEPS)), compile_filter(build_last())
+
+
 def compile_filter(f: seccomp.SyscallFilter) -> bytes:
-    """The filter as the BPF program libseccomp would load: built once in the zygote, so a
-    guest does not pay for libseccomp's compilation on every call."""
+    """The filter as the BPF program libseccomp would load, so a sandbox does not pay for
+    libseccomp's compilation on every call."""
     read, write = os.pipe()
     try:
         with os.fdopen(write, "wb", closefd=False) as pipe:

@@ -75,4 +75,4 @@ def test_the_two_parts_of_the_filter_deny_what_the_whole_filter_denies():
     assert last == set(seccomp.CALL_STEPS)
     assert pool | last == whole
     assert not pool & last  # the pool's part lets the call's own set-up steps through
-    assert {"mount", "umount2", "pivot_root", "unshare"} <= whole
+    assert {"mount", "move_mount", "umount2", "pivot_root", "unshare"} <= whole
