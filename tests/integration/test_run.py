@@ -1,8 +1,11 @@
 """The run() contract through a real daemon and real sandboxes, beyond the conformance floor."""
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -246,3 +249,19 @@ def test_bursts_travel_as_batches_not_one_message_per_line(daemon, make_root):
         assert len(events) < 3000 / 2, "console lines were not batched"
         unary = stub.Run(request, timeout=60)
         assert [line.text for line in unary.console] == [f"line {i}\n" for i in range(3000)]
+
+
+def test_a_whitelisted_folder_outside_tmp_is_mounted_at_its_own_path(runner):
+    """Its mountpoint must be made in the sandbox's read-only root (not in its /tmp), once."""
+    folder = tempfile.mkdtemp(dir="/var/tmp", prefix="isorun-lib-")
+    try:
+        os.chmod(folder, 0o755)
+        with open(os.path.join(folder, "shapes.py"), "w") as f:
+            f.write("def square(n):\n    return n * n\n")
+        files = {"index.py": "import os, shapes\ndef area(n):\n    return [shapes.square(n), shapes.__file__,"
+                             " os.access(os.path.dirname(shapes.__file__), os.W_OK)]\n"}
+        r = runner(files, whitelisted_paths=[folder], external=["shapes", "os"])
+        assert r.run("area", args=[3]) == [9, os.path.join(folder, "shapes.py"), False]
+        assert r.run("area", args=[4])[0] == 16  # the next sandbox makes its own mountpoint
+    finally:
+        shutil.rmtree(folder)

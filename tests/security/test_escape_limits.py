@@ -1,12 +1,18 @@
 """Resource attacks: each ends at its limit, as a clear error or an OSError in the guest, and
 takes nothing from the host or the next call (checked after every test by ``daemon_survives``)."""
+import shutil
 import time
+from pathlib import Path
 
+import grpc
 import pytest
 
-from isorun import errors
+from isorun import _codec, errors
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import runner_pb2_grpc
 
 MiB = 1 << 20
+ATTACKS = Path(__file__).resolve().parent / "attacks"
 
 
 def test_fork_bomb_stops_at_max_processes(attack, secure_daemon):
@@ -69,3 +75,23 @@ def test_garbage_on_the_channel_ends_only_that_call(attack, func):
     with pytest.raises(errors.IsorunError):
         attack("channel_garbage", func, timeout=20)
     assert time.monotonic() - started < 8  # the daemon stopped reading at once; the guest slept 10 s
+
+
+def test_a_call_that_asks_for_a_smaller_tmp_gets_it(secure_daemon, tmp_path):
+    """The pool's /tmp has the daemon's size; a call asking for less (RunRequest.limits, raw
+    gRPC) gets its /tmp resized before its code runs."""
+    root = tmp_path / "guest"
+    root.mkdir()
+    root.chmod(0o755)
+    for name in ("escape.py", "fill_disk.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    smaller = 1 * MiB
+    assert smaller < secure_daemon.limits["tmp_bytes"]
+    request = pb.RunRequest(root=str(root), file="fill_disk.py", func_name="fill", args=[_codec.encode(64 << 10)],
+                            limits=pb.Limits(tmp_bytes=smaller), timeout_seconds=20)
+    with grpc.insecure_channel("unix:" + secure_daemon.socket) as channel:
+        outcome = runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=60).outcome
+    assert outcome.WhichOneof("result") == "value", outcome
+    result = _codec.decode(outcome.value)
+    assert result["stopped_by"] == "ENOSPC"
+    assert 0 < result["written"] <= smaller
