@@ -58,11 +58,11 @@ class Settings:
 
 
 # Sized so that full mode ends in under 3 minutes and quick mode in under 1 on 2 cores.
-FULL = Settings(mode="full", time_limit_s=170,
+FULL = Settings(mode="full", time_limit_s=175,
                 latency_rounds=5, latency_batch_s=0.6, latency_batch_max=200, latency_batch_min=5,
                 throughput_rounds=3, throughput_batch_s=1.0,
                 workload_rounds=3, workload_batch_s=1.6, workload_batch_max=40,
-                memory_checkpoints=(1000, 10_000), memory_budget_s=75,
+                memory_checkpoints=(1000, 10_000), memory_budget_s=90,
                 core_scaling=True, core_scaling_rounds=3, core_scaling_batch_s=1.5)
 QUICK = Settings(mode="quick", time_limit_s=55,
                  latency_rounds=3, latency_batch_s=0.25, latency_batch_max=100, latency_batch_min=4,
