@@ -132,9 +132,10 @@ def open_tree_clone(step: str, path: str) -> int:
                   step, f"open_tree({path!r}, OPEN_TREE_CLONE)")
 
 
-def mount_setattr(step: str, fd: int, attributes: int) -> None:
-    """Sets mount attributes (MOUNT_ATTR_*) on the mount ``fd`` refers to."""
-    attr = _MountAttr(attributes, 0, 0, 0)
+def mount_setattr(step: str, fd: int, attributes: int, propagation: int = 0) -> None:
+    """Sets mount attributes (MOUNT_ATTR_*) and, if given, the propagation type (MS_PRIVATE, …)
+    of the mount ``fd`` refers to."""
+    attr = _MountAttr(attributes, 0, propagation, 0)
     _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
                          ctypes.c_size_t(ctypes.sizeof(attr))), step, f"mount_setattr({fd}, {attributes:#x})")
 

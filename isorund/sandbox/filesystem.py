@@ -115,7 +115,9 @@ def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:
     try:
         for path, attributes in [(guest_root, GUEST_ATTRIBUTES), *((p, HOST_PATH_ATTRIBUTES) for p in host_paths)]:
             fds.append(_libc.open_tree_clone(step, path))
-            _libc.mount_setattr(step, fds[-1], attributes)
+            # private: a copy of a shared host mount would otherwise stay its peer, and mount
+            # events would travel between the host and the sandbox in either direction.
+            _libc.mount_setattr(step, fds[-1], attributes, propagation=MS_PRIVATE)
     except BaseException:
         for fd in fds:
             os.close(fd)
