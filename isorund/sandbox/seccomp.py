@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TYPE_CHECKING
 
 from . import _libc
 from ._libc import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
@@ -57,6 +58,9 @@ NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLO
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
+
+if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the zygote
+    import pyseccomp as seccomp
 
 
 def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:

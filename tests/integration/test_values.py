@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import decimal
 import math
-import textwrap
 import uuid
 
 import grpc
@@ -19,6 +18,8 @@ import isorun
 from isorun import AsyncCodeRunner, CodeRunner, TypeRegistry, _codec, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+
+from faithful import same
 
 GUEST = '''
 def echo(x):
@@ -51,27 +52,6 @@ SAMPLES = [
     {1: "one", (2, 3): b"pair", None: {frozenset({4}): 5}}, {"$type": "bytes", "$value": "AP8="},
     {"nested": [b"raw", (1, 2), {dt.date(2000, 1, 1)}, {"deeper": (decimal.Decimal("1.10"), 2**64)}]},
 ]
-
-
-def same(a, b) -> bool:
-    """b is a faithful copy of a: same type at every level, and equal where == is too lax."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
-    if type(a) is complex:
-        return same(a.real, b.real) and same(a.imag, b.imag)
-    if type(a) is decimal.Decimal:
-        return a.as_tuple() == b.as_tuple()
-    if type(a) in (list, tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if type(a) in (set, frozenset, dict):
-        twins = {k: k for k in b}
-        return len(a) == len(b) and all(k in twins and same(k, twins[k]) for k in a) and (
-            type(a) is not dict or all(same(v, b[k]) for k, v in a.items()))
-    if type(a) in (dt.datetime, dt.time):
-        return a == b and a.isoformat() == b.isoformat()
-    return a == b
 
 
 def deep_list(n: int) -> list:

@@ -5,7 +5,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from isorun import errors
 

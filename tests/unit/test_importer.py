@@ -1,6 +1,5 @@
 """The import rules and the import hook, without a sandbox: pure Python over a temp folder."""
 import builtins
-import os
 
 import pytest
 
