@@ -26,6 +26,7 @@ kills still end it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import select
@@ -146,7 +147,7 @@ def _rearm_parent_death_signal(zygote_pidfd: int) -> None:
     zygote did not die before it was (its pidfd turns readable when it exits)."""
     _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
     if select.select([zygote_pidfd], [], [], 0)[0]:
-        raise SandboxSetupError("sandbox", "the zygote exited during the set-up", 3)  # ESRCH
+        raise SandboxSetupError("sandbox", "the zygote exited during the set-up", errno.ESRCH)
     os.close(zygote_pidfd)
 
 
