@@ -16,11 +16,11 @@ from functools import lru_cache
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
+from isorund.sandbox import filesystem
 
 MAX_NAME = 256
 CPU_GRACE_SECONDS = 1.0
 MAX_LIST = 256
-MAX_HOST_PATHS = 250  # passed to the sandbox as file descriptors in one message (SCM_MAX_FD 253)
 # Sandbox paths a whitelisted folder may not cover or sit in. Folders under the host's /tmp are
 # fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
 RESERVED = ("/proc", "/dev", "/guest")
@@ -46,9 +46,9 @@ def build(request: pb.RunRequest, config) -> sandbox_pb2.CallPlan:
     timeout = _timeout(request.timeout_seconds, config)
     allowed = sorted(set(external) | set(config.default_external))
     host_paths = list(dict.fromkeys(whitelisted + [p for name in external if (p := site_folder_of(name))]))
-    if len(host_paths) > MAX_HOST_PATHS:
+    if len(host_paths) > filesystem.MAX_HOST_PATHS:
         raise RequestError(f"{len(host_paths)} folders to bind (whitelisted_paths and the externals' "
-                           f"site folders); at most {MAX_HOST_PATHS}")
+                           f"site folders); at most {filesystem.MAX_HOST_PATHS}")
     return sandbox_pb2.CallPlan(
         call_id=secrets.token_hex(8), request=request, root=root, file=file, allowed=allowed,
         host_paths=host_paths, search_paths=whitelisted,

@@ -42,7 +42,7 @@ __all__ = ["SandboxPlan", "SandboxSetupError", "sandbox_main"]
 
 MAX_PLAN_BYTES = 256 << 20
 MAX_FD = 2**31 - 1
-MAX_FOLDERS = 1 + 250  # the guest folder and the host paths (plan.MAX_HOST_PATHS); one message
+MAX_FOLDERS = 1 + filesystem.MAX_HOST_PATHS  # the guest folder and the host paths
 
 
 @dataclass(frozen=True)

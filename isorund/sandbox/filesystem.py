@@ -37,6 +37,9 @@ _TMP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 # How the daemon's detached copies are mounted: like the binds above; the guest folder noexec too.
 GUEST_ATTRIBUTES = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
 HOST_PATH_ATTRIBUTES = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+# The call's folders reach the sandbox as file descriptors in one message (SCM_MAX_FD is 253):
+# the guest folder and at most this many host paths.
+MAX_HOST_PATHS = 250
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import pytest
 
 from isorun._proto import runner_pb2 as pb
 from isorund import plan
+from isorund.sandbox import filesystem
 from isorund.config import Config
 
 
@@ -113,6 +114,15 @@ def test_whitelisted_folders_under_tmp_are_accepted(config, root, tmp_path):
     libs = tmp_path / "libs"
     libs.mkdir()
     assert plan.build(request(root, whitelisted_paths=[str(libs)]), config).search_paths == [str(libs)]
+
+
+def test_more_host_paths_than_one_message_can_carry_are_refused(config, root, tmp_path):
+    folders = []
+    for i in range(filesystem.MAX_HOST_PATHS + 1):
+        (tmp_path / f"lib{i}").mkdir()
+        folders.append(str(tmp_path / f"lib{i}"))
+    assert len(plan.build(request(root, whitelisted_paths=folders[:-1]), config).host_paths) == filesystem.MAX_HOST_PATHS
+    refused(config, request(root, whitelisted_paths=folders), "at most 250")
 
 
 def test_bad_external_names_are_refused(config, root):
