@@ -19,7 +19,6 @@ from __future__ import annotations
 import builtins
 import linecache
 import os
-import sys
 import types
 from dataclasses import dataclass
 from typing import Callable

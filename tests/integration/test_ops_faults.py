@@ -13,18 +13,9 @@ import psutil
 import pytest
 
 from isorun import CodeRunner, errors
+from processes import zygote_of
 
 GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
-
-
-def zygote_of(pid: int) -> psutil.Process:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in psutil.Process(pid).children():
-            if "isorund.zygote" in " ".join(child.cmdline()):
-                return child
-        time.sleep(0.05)
-    raise AssertionError("no zygote")
 
 
 def gone(process: psutil.Process) -> bool:
@@ -48,7 +39,7 @@ def events(daemon, name: str) -> list[dict]:
 def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_daemon, make_root):
     d = start_daemon(config='max_concurrency = 4\nmetrics_address = "127.0.0.1:0"\n')
     root = make_root({"index.py": GUEST})
-    zygote = zygote_of(d.pid)
+    zygote = zygote_of(d)
     running = threading.Event()
     box: dict = {}
 
@@ -71,7 +62,7 @@ def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_da
     while not events(d, "zygote_restarted"):
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.05)
-    assert zygote_of(d.pid).pid != zygote.pid
+    assert zygote_of(d).pid != zygote.pid
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         assert [r.run("echo", args=[n]) for n in range(5)] == list(range(5))
     assert events(d, "zygote_died") and events(d, "zygote_restarted")[0]["restarts"] == 1
@@ -80,7 +71,7 @@ def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_da
 def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_root):
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
-    zygote_of(d.pid).send_signal(signal.SIGKILL)
+    zygote_of(d).send_signal(signal.SIGKILL)
     answers = []
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         for n in range(20):

@@ -6,30 +6,19 @@ import os
 import queue
 import signal
 import threading
-import time
 
 import grpc
-import psutil
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from isorun import CodeRunner
+from processes import zygote_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 RUNNER = "isorun.v1.Runner"
-
-
-def zygote_of(daemon) -> psutil.Process:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in psutil.Process(daemon.pid).children():
-            if "isorund.zygote" in " ".join(child.cmdline()):
-                return child
-        time.sleep(0.05)
-    raise AssertionError("no zygote process:\n" + daemon.log())
 
 
 def test_health_is_serving_for_the_server_and_the_runner_service(daemon):

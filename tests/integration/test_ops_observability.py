@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from isorun import CodeRunner, errors
+from processes import zygote_of
 
 GUEST = '''
 def echo(x):
@@ -123,10 +124,9 @@ def test_the_gauges_show_live_sandboxes_and_queue_depth(metered, make_root):
 
 
 def test_zygote_restarts_are_counted(metered):
-    import psutil
     import signal
     d = metered
-    (zygote,) = [c for c in psutil.Process(d.pid).children() if "isorund.zygote" in " ".join(c.cmdline())]
+    zygote = zygote_of(d)
     zygote.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 30
     while scrape(d)["isorun_zygote_restarts_total"] != 1:

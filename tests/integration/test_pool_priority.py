@@ -3,6 +3,8 @@ import time
 
 import psutil
 
+from processes import zygote_of
+
 ESCAPE = ("def _os():\n"
           "    for cls in ().__class__.__base__.__subclasses__():\n"
           "        if cls.__name__ == '_wrap_close':\n"
@@ -15,9 +17,9 @@ ESCAPE = ("def _os():\n"
 def test_pooled_sandboxes_wait_at_nice_19_and_calls_run_at_0(daemon, runner):
     r = runner({"index.py": ESCAPE})
     assert r.run("niceness") == 0
-    zygote = next(p for p in psutil.Process(daemon.pid).children() if "isorund.zygote" in " ".join(p.cmdline()))
+    zygote = zygote_of(daemon)
     # The call's own sandbox is killed as it ends; give the zygote a moment to reap it, then
-    # every sandbox left (init and waiting guest) is a prepared one.
+    # every sandbox left is a prepared one.
     deadline = time.monotonic() + 10
     while True:
         nice = _pooled_niceness(zygote)
@@ -29,11 +31,10 @@ def test_pooled_sandboxes_wait_at_nice_19_and_calls_run_at_0(daemon, runner):
 
 def _pooled_niceness(zygote) -> set[int]:
     found = set()
-    for init in zygote.children():
+    for sandbox in zygote.children():
         try:
-            for p in [init, *init.children()]:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    found.add(p.nice())
+            if sandbox.status() != psutil.STATUS_ZOMBIE:
+                found.add(sandbox.nice())
         except psutil.NoSuchProcess:
             pass
     return found

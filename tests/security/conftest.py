@@ -60,13 +60,13 @@ def host_processes(secure_daemon):
 
 @pytest.fixture
 def every_sandbox_process(secure_daemon):
-    """every_sandbox_process() -> host processes under the battery's sandbox uids, pooled ones too."""
+    """every_sandbox_process() -> host processes under the battery's sandbox uids (calls running or left)."""
     return lambda: sandbox_processes(secure_daemon.uids)
 
 
 def sandbox_processes(uids: range) -> list[psutil.Process]:
-    """Host processes running under one of ``uids``: guests of calls, pooled guests waiting for
-    theirs (they confine themselves before their call arrives), or what calls left."""
+    """Host processes running under one of ``uids``: sandboxes serving a call (a pooled sandbox
+    runs as root until its plan arrives), their children, or what a call left."""
     found = []
     for proc in psutil.process_iter(["uids"]):
         ids = proc.info["uids"]
@@ -75,46 +75,62 @@ def sandbox_processes(uids: range) -> list[psutil.Process]:
     return found
 
 
-def used_inits(daemon) -> set[int]:
-    """Host pids of the init of every call the daemon has run (its per-call log lines)."""
-    pids = set()
+def call_sandbox_pids(daemon) -> dict[int, float]:
+    """Host pid of the sandbox of every call the daemon has run (its per-call log lines), with
+    the time this harness first read it: a live process with that pid started later is another
+    process that was given the pid again (pid_max can be as low as 32,768)."""
+    seen = daemon.__dict__.setdefault("sandbox_pids_seen", {})
     for line in daemon.log().splitlines():
         if '"sandbox_pid"' in line:
             try:
-                pids.add(json.loads(line)["sandbox_pid"])
+                seen.setdefault(json.loads(line)["sandbox_pid"], time.time())
             except (ValueError, KeyError):
                 pass
-    return pids
+    return seen
 
 
 def leftover_processes(daemon) -> list[psutil.Process]:
-    """Every process that belongs to a call the daemon has handed a sandbox to.
+    """Every live process that belongs to a call the daemon has run.
 
-    A pooled sandbox — an init the zygote forked and the daemon never used, with its one
-    confined guest waiting — is not a call's. Anything else under a sandbox uid is, and so is
-    a used init still alive. The kernel kills a pid namespace with its init, so a used init
-    that is gone leaves nothing behind."""
-    used = used_inits(daemon)
-    zygotes = {p.pid for p in psutil.Process(daemon.pid).children() if "isorund.zygote" in " ".join(p.cmdline())}
-    left = [psutil.Process(pid) for pid in used if _alive_child_of(pid, zygotes)]
+    A call's sandbox is pid 1 of its own pid namespace, so the kernel kills whatever it forked
+    when it dies; while it lives it counts, and so does anything under a sandbox uid (pooled
+    sandboxes run as root, so are never counted). Processes may exit while they are looked at:
+    one that is gone is not left."""
+    zygotes = {p.pid for p in psutil.Process(daemon.pid).children()
+               if "isorund.zygote" in " ".join(p.cmdline())}
+    left = {}
+    for pid, seen in call_sandbox_pids(daemon).items():
+        proc = _process_started_by(pid, seen)
+        if proc is not None and _running(proc) and _parent_pid(proc) in zygotes:
+            left[pid] = proc
     for proc in sandbox_processes(daemon.uids):
-        try:
-            init = proc.parent()
-            pooled = (init is not None and init.pid not in used and init.ppid() in zygotes
-                      and init.uids().real == 0 and len(init.children()) == 1 and not proc.children())
-        except psutil.NoSuchProcess:
-            continue
-        if not pooled:
-            left.append(proc)
-    return left
+        if _running(proc):
+            left.setdefault(proc.pid, proc)
+    return list(left.values())
 
 
-def _alive_child_of(pid: int, parents: set[int]) -> bool:
+def _process_started_by(pid: int, moment: float) -> psutil.Process | None:
+    """The process ``pid`` if it lives and was started by ``moment`` (a ``time.time()``)."""
     try:
         proc = psutil.Process(pid)
-        return proc.ppid() in parents and proc.status() != psutil.STATUS_ZOMBIE
+        return proc if proc.create_time() <= moment else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie holds nothing but its pid)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _parent_pid(proc: psutil.Process) -> int | None:
+    try:
+        return proc.ppid()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def wait_until_no_leftovers(daemon, seconds: float = 10.0) -> list:

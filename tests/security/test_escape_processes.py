@@ -7,15 +7,9 @@ import time
 import psutil
 
 from isorun import errors
+from processes import zygote_of
 
 EMPTY_CAPS = "0000000000000000"
-
-
-def _zygote_of(daemon) -> psutil.Process:
-    for child in psutil.Process(daemon.pid).children():
-        if "isorund.zygote" in " ".join(child.cmdline()):
-            return child
-    raise AssertionError("the daemon has no zygote")
 
 
 def test_proc_shows_only_the_guests_own_processes(attack, secure_daemon):
@@ -115,7 +109,7 @@ def test_guest_runs_as_an_unprivileged_host_uid(attack, secure_daemon, every_san
 
 
 def test_daemon_and_zygote_cannot_be_signalled_or_traced(attack, secure_daemon):
-    zygote = _zygote_of(secure_daemon)
+    zygote = zygote_of(secure_daemon)
     daemon = psutil.Process(secure_daemon.pid)
     results = attack("signal_and_trace", args=[{"daemon": daemon.pid, "zygote": zygote.pid}])
     for name in ("daemon", "zygote"):
@@ -129,7 +123,7 @@ def test_daemon_and_zygote_cannot_be_signalled_or_traced(attack, secure_daemon):
     assert results["ptrace pid 1"] == "EPERM"
     assert results["still alive"] is True
     assert daemon.is_running() and zygote.is_running()
-    assert _zygote_of(secure_daemon).pid == zygote.pid
+    assert zygote_of(secure_daemon).pid == zygote.pid
 
 
 def test_concurrent_calls_cannot_reach_each_other(attack, secure_daemon, every_sandbox_process):
