@@ -13,7 +13,8 @@ Run it with the interpreter of the isorun tree to profile. What it measures, in 
    put in a cgroup of its own (v1 ``cpuacct`` or v2), so sandboxes are counted whoever reaps
    them; the daemon process alone from /proc; the client from ``getrusage``;
 4. optionally, while calls run: ``py-spy`` on the daemon (with its zygote) and on this client,
-   ``perf record`` of the daemon tree (kernel stacks), ``strace -c -f`` of the zygote tree.
+   ``perf record`` of the whole machine (kernel stacks; the CPU split by process role and
+   kernel path), ``strace -c -f`` of the zygote tree.
 
 Prints a report and writes ``profile.json`` plus the tools' raw output into ``--out``.
 """
@@ -282,7 +283,7 @@ def main() -> int:
         if args.py_spy:
             report["py_spy"] = tools.py_spy(daemon.proc.pid, os.getpid(), args.py_spy, out, background)
         if args.perf:
-            report["perf"] = tools.perf(daemon.proc.pid, daemon.zygote, args.perf, out, background)
+            report["perf"] = tools.perf(daemon.proc.pid, daemon.zygote, os.getpid(), args.perf, out, background)
         if args.strace:
             report["strace"] = tools.strace(daemon.zygote, daemon.proc.pid, out,
                                             lambda: runner.run("echo", args=[[0, "hi"]]), args.strace)

@@ -91,14 +91,16 @@ def _function(frame: str) -> str:
 
 # ---- perf --------------------------------------------------------------------------------------
 
-def perf(daemon_pid: int, zygote_pid: int, seconds: float, out: Path, background) -> dict:
-    """Kernel + user stacks of the daemon and the zygote tree (children are inherited)."""
+def perf(daemon_pid: int, zygote_pid: int, client_pid: int, seconds: float, out: Path, background) -> dict:
+    """Kernel + user stacks of the whole machine while calls run (recording only the daemon and
+    the zygote tree would miss the sandboxes' exits and the kernel threads that tear down their
+    namespaces), and the share of each role and kernel path (``role_paths``)."""
     exe = _which("perf")
     if exe is None:
         return {"note": "perf not installed"}
     data = out / "perf.data"
     proc = subprocess.Popen([exe, "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data),
-                             "-p", f"{daemon_pid},{zygote_pid}", "--", "sleep", str(seconds + 1)],
+                             "-a", "--", "sleep", str(seconds + 1)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
     background(seconds)
@@ -115,7 +117,77 @@ def perf(daemon_pid: int, zygote_pid: int, seconds: float, out: Path, background
                            "-g", "caller,0.5,callee", "--percent-limit", "2"],
                           capture_output=True, text=True, timeout=120).stdout
     (out / "perf-children.txt").write_text(tree)
+    script = subprocess.run([exe, "script", "-i", str(data), "--show-task-events", "-F", "comm,pid,tid,ip,sym"],
+                            capture_output=True, text=True, timeout=300).stdout
+    reports["by_role_and_path"] = [f"{share:5.1f}%  {role:<14} {path}" for (role, path), share
+                                   in role_paths(script, daemon_pid, zygote_pid, client_pid) if share >= 0.2]
     return reports
+
+
+# What a kernel stack was doing: the first entry of this list with a frame anywhere on the stack
+# (so a page fault taken inside a syscall counts as a page fault). Entry points, not leaves: the
+# leaves are helpers (locks, memcpy) that every path shares.
+KERNEL_PATHS = (
+    ("page faults", ("asm_exc_page_fault",)),
+    ("fork: copying the address space", ("dup_mm", "copy_process")),
+    ("exit: unmapping, freeing", ("exit_mmap",)),
+    ("exit: the rest (namespaces, mounts, files)", ("do_exit", "do_group_exit")),
+    ("namespaces: unshare, setns", ("ksys_unshare", "__x64_sys_setns")),
+    ("mounts", ("__x64_sys_mount", "__x64_sys_umount", "__x64_sys_pivot_root", "__x64_sys_move_mount",
+                "__x64_sys_open_tree", "__x64_sys_mount_setattr")),
+    ("other syscalls", ("do_syscall_64",)),
+)
+_FORK = re.compile(r"PERF_RECORD_FORK\((\d+):\d+\):\((\d+):\d+\)")
+
+
+def _samples(script: str, roles: dict[int, str]):
+    """(pid, [(address, symbol), ...]) per sample of ``perf script --show-task-events`` output,
+    leaf frame first. Fork records, one line each and possibly just before a sample, give each
+    new process its role as they go by: the zygote's children are sandboxes, theirs guest
+    children, kthreadd's kernel threads."""
+    pid, frames = None, []
+    for line in script.splitlines():
+        fork = _FORK.search(line)
+        if fork or "PERF_RECORD_" in line or not line.strip():
+            if pid is not None:
+                yield pid, frames
+            pid, frames = None, []
+            if fork:
+                child, parent = int(fork.group(1)), int(fork.group(2))
+                inherited = {"zygote": "sandbox", "sandbox": "guest child", "guest child": "guest child",
+                             "kernel thread": "kernel thread"}.get(roles.get(parent))
+                if inherited and child != parent:  # child == parent: a new thread
+                    roles[child] = inherited
+        elif line.startswith("\t"):
+            address, _, symbol = line.strip().partition(" ")
+            frames.append((address, symbol))
+        else:
+            if pid is not None:
+                yield pid, frames
+            pid, frames = int(line.split()[1].split("/")[0]), []
+    if pid is not None:
+        yield pid, frames
+
+
+def role_paths(script: str, daemon_pid: int, zygote_pid: int, client_pid: int) -> list[tuple[tuple[str, str], float]]:
+    """Share of the busy samples per (role, path), largest first, from ``perf script
+    --show-task-events`` output of a whole-machine recording. The role is daemon, zygote,
+    sandbox (a process the zygote forked), guest child (one a sandbox forked), client, kernel
+    thread (a child of kthreadd, pid 2) or other, known from the fork records; the path is
+    "user" or the first of KERNEL_PATHS on the kernel stack ("kernel, other" when none).
+    Idle time (pid 0) is left out."""
+    roles = {daemon_pid: "daemon", zygote_pid: "zygote", client_pid: "client", 2: "kernel thread"}
+    counts: collections.Counter = collections.Counter()
+    for pid, frames in _samples(script, roles):
+        if pid == 0:
+            continue  # idle
+        path = "user"
+        if frames and frames[0][0].startswith("ffffffff"):
+            names = {name for _, name in frames}
+            path = next((name for name, entries in KERNEL_PATHS if names.intersection(entries)), "kernel, other")
+        counts[(roles.get(pid, "other"), path)] += 1
+    total = sum(counts.values()) or 1
+    return [(key, 100 * n / total) for key, n in counts.most_common()]
 
 
 # ---- strace ------------------------------------------------------------------------------------
