@@ -1,15 +1,18 @@
 // Type declarations of isorun's Node.js client. The value mapping is in README.md ("Values").
 
-/** What a value may be when sent: plain data, and the types README.md lists as tagged. */
+/** What a value may be when sent: plain data, the types README.md lists as tagged, and
+ * instances of classes registered in the runner's TypeRegistry (`object` here: which classes
+ * are registered is known at run time only, and the codec refuses the others). */
 export type Sendable =
   | null | undefined | boolean | number | bigint | string | Date | Uint8Array
-  | Sendable[] | Set<Sendable> | Map<Sendable, Sendable> | { [key: string]: Sendable };
+  | Sendable[] | Set<Sendable> | Map<Sendable, Sendable> | { [key: string]: Sendable } | object;
 
 /** What a result may be: Python values decoded as README.md lists (tuple -> Array, Decimal ->
- * string, timedelta -> milliseconds, complex -> {real, imag}, ...). */
+ * string, timedelta -> milliseconds, complex -> {real, imag}, ...), and whatever the resolvers
+ * of the runner's TypeRegistry build (`object`). */
 export type Received =
   | null | boolean | number | bigint | string | Date | Buffer
-  | Received[] | Set<Received> | Map<Received, Received> | { [key: string]: Received };
+  | Received[] | Set<Received> | Map<Received, Received> | { [key: string]: Received } | object;
 
 export type ConsoleStream = "stdout" | "stderr";
 
@@ -34,6 +37,8 @@ export interface CodeRunnerOptions {
   onConsole?: (stream: ConsoleStream, text: string) => unknown;
   /** Daemon socket; default: $ISORUN_SOCKET, then the daemon's own default path. */
   socket?: string;
+  /** Operator types for this runner's values; default: the process-wide registry (registerType). */
+  registry?: TypeRegistry;
 }
 
 export interface RunOptions {
@@ -71,12 +76,34 @@ export class CodeRunner {
   readonly root: string;
   readonly file: string;
   readonly socket: string;
+  readonly registry: TypeRegistry;
   /** Calls `funcName(...args)` in a fresh sandbox; resolves to its value or rejects with one of `errors`. */
   run<T = Received>(options: RunOptions): Promise<T>;
   capabilities(): Promise<Capabilities>;
   /** Closes the channel; calls in flight finish, new ones are refused. */
   close(): Promise<void>;
 }
+
+/** Operator types (docs/values.md, section 5): a class, its type name, and both halves of its
+ * format. The daemon must list the same name in its `[types]`. */
+export class TypeRegistry {
+  /** Lookups that miss here fall back to `parent`; names and classes are unique along the chain. */
+  constructor(options?: { parent?: TypeRegistry });
+  /**
+   * Values whose prototype is exactly `cls.prototype` travel tagged `name`, with
+   * `encode(value)` as their payload; a result tagged `name` is rebuilt by `decode(payload)`.
+   * Throws TypeError for a malformed name or non-function arguments, Error for a built-in
+   * name, a name or class already registered, or a class the codec encodes itself.
+   */
+  register<T extends object>(cls: abstract new (...args: any[]) => T, name: string,
+    encode: (value: T) => Sendable, decode: (payload: Received) => T): void;
+  /** Every type name this registry encodes and decodes, built-in ones included, sorted. */
+  names(): string[];
+}
+
+/** Registers an operator type in the process-wide registry every runner uses by default. */
+export function registerType<T extends object>(cls: abstract new (...args: any[]) => T, name: string,
+  encode: (value: T) => Sendable, decode: (payload: Received) => T): void;
 
 /** $ISORUN_SOCKET, else /run/isorund/isorund.sock (root, or when it exists), else $XDG_RUNTIME_DIR/isorund.sock. */
 export function defaultSocket(): string;

@@ -12,5 +12,6 @@
  */
 const { CodeRunner, defaultSocket } = require("./lib/client");
 const errors = require("./lib/errors");
+const { TypeRegistry, registerType } = require("./lib/registry");
 
-module.exports = { CodeRunner, errors, defaultSocket };
+module.exports = { CodeRunner, errors, defaultSocket, TypeRegistry, registerType };

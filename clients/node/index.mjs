@@ -2,5 +2,5 @@
 // agrees whichever way a program imports isorun).
 import isorun from "./index.js";
 
-export const { CodeRunner, errors, defaultSocket } = isorun;
+export const { CodeRunner, errors, defaultSocket, TypeRegistry, registerType } = isorun;
 export default isorun;

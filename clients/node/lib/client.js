@@ -14,6 +14,7 @@ const grpc = require("@grpc/grpc-js");
 const errors = require("./errors");
 const { encode, sizeBudget } = require("./codec");
 const { decode } = require("./decode");
+const { TypeRegistry, defaultRegistry } = require("./registry");
 const proto = require("./proto");
 
 const SYSTEM_SOCKET = "/run/isorund/isorund.sock";
@@ -94,10 +95,11 @@ class CodeRunner {
   /**
    * @param {object} options root (absolute folder of the guest code), file (relative to root),
    *   external, whitelistedPaths, sourceExtensions, compiler, resolver, resolverOptions,
-   *   onConsole(stream, text), socket. See index.d.ts.
+   *   onConsole(stream, text), socket, registry (operator types; default: the process-wide
+   *   one registerType fills). See index.d.ts.
    */
   constructor({ root, file, external, whitelistedPaths, sourceExtensions = [".py"], compiler,
-    resolver, resolverOptions, onConsole, socket } = {}) {
+    resolver, resolverOptions, onConsole, socket, registry = defaultRegistry } = {}) {
     if (typeof root !== "string" || typeof file !== "string") {
       throw new errors.InvalidRequest("root and file must be strings: the absolute folder holding " +
         `the guest code and the file under it, got root=${typeof root}, file=${typeof file}`);
@@ -105,8 +107,12 @@ class CodeRunner {
     if (onConsole !== undefined && onConsole !== null && typeof onConsole !== "function") {
       throw new errors.InvalidRequest("onConsole must be a function (stream, text) => void");
     }
+    if (!(registry instanceof TypeRegistry)) {
+      throw new errors.InvalidRequest("registry must be a TypeRegistry");
+    }
     this.root = root;
     this.file = file;
+    this.registry = registry;
     this.socket = socket || defaultSocket();
     this.onConsole = onConsole || null;
     this._template = {
@@ -152,7 +158,7 @@ class CodeRunner {
     }
     if (!outcome) throw new errors.SandboxError("the daemon ended the call without an outcome");
     if (outcome.result !== "value") throw failureError(outcome.failure || {});
-    return decode(outcome.value, "result: ");
+    return decode(outcome.value, "result: ", this.registry);
   }
 
   /** The daemon's version, isolation level, limits, plugins and value type names. */
@@ -199,7 +205,8 @@ class CodeRunner {
     const request = {
       ...this._template,
       funcName,
-      args: Array.from(args || [], (arg, i) => encode(arg, { names, budget, where: `argument ${i}: ` })),
+      args: Array.from(args || [], (arg, i) => encode(arg, { names, budget, registry: this.registry,
+        where: `argument ${i}: ` })),
       context: Object.create(null), // so that a "__proto__" entry stays an entry
       timeoutSeconds: timeout ? timeout / 1000 : 0,
       argsResolver: pluginName("argsResolver", argsResolver),
@@ -207,7 +214,8 @@ class CodeRunner {
     for (const [key, value] of Object.entries(context || {})) {
       // Entries holding undefined are left out, as JSON.stringify leaves them out.
       if (value !== undefined) {
-        request.context[key] = encode(value, { names, budget, where: `context ${JSON.stringify(key)}: ` });
+        request.context[key] = encode(value, { names, budget, registry: this.registry,
+          where: `context ${JSON.stringify(key)}: ` });
       }
     }
     return { request, names };

@@ -11,12 +11,15 @@
  * - A value it cannot send exactly is refused with a SerializationError naming its type and
  *   where it sits ("argument 0: cannot encode a value of type 'Opaque' at ["bad"]: ..."),
  *   before anything is sent.
+ * - Instances of a class registered in the runner's TypeRegistry (exactly that class, not a
+ *   subclass) travel tagged with its type name, their payload encoded by all these rules.
  * - Nothing recurses without bound: values stop at MAX_WIRE_DEPTH protobuf levels (a
  *   self-referencing array is "nested too deeply", never a stack overflow), and the encoded
  *   size is counted exactly as it grows, so a value over its size budget is refused before it
  *   is built whole.
  */
 const { SerializationError } = require("./errors");
+const { defaultRegistry } = require("./registry");
 
 // The same bounds as the Python codec: upb refuses messages nested past 101 levels, and a
 // value sits a few levels down in its envelope (RunEvent -> Outcome -> Value).
@@ -104,9 +107,10 @@ function utf8Length(text) {
 // budget; containers charge only their own framing, after their children charged themselves.
 
 class Encoder {
-  constructor(names, budget) {
+  constructor(names, budget, registry) {
     this.names = names;
     this.budget = budget;
+    this.registry = registry;
   }
 
   charge(n) {
@@ -124,7 +128,7 @@ class Encoder {
       case "bigint": return this.bigint(target, value, depth);
       case "undefined": target.nullValue = NULL.nullValue; this.charge(2); return 2;
       case "object": return this.object(target, value, depth);
-      default: throw unsupported(value); // function, symbol
+      default: throw unsupported(value, this.registry); // function, symbol
     }
   }
 
@@ -160,7 +164,8 @@ class Encoder {
       this.charge(2);
       return 2;
     }
-    switch (Object.getPrototypeOf(value)) {
+    const prototype = Object.getPrototypeOf(value);
+    switch (prototype) {
       case Array.prototype: return this.list(target, value, depth);
       case Object.prototype:
       case null:
@@ -175,8 +180,24 @@ class Encoder {
       case Uint8Array.prototype:
       case Buffer.prototype:
         return this.tagged(target, "bytes", depth, (payload) => this.base64(payload, value));
-      default: throw unsupported(value);
+      default: {
+        const entry = this.registry.byPrototype(prototype);
+        if (entry === undefined) throw unsupported(value, this.registry);
+        return this.registered(target, value, entry, depth);
+      }
     }
+  }
+
+  /** An instance of a registered class: tagged with its name, the encoder's payload inside. */
+  registered(target, value, entry, depth) {
+    let payload;
+    try {
+      payload = entry.encode(value);
+    } catch (e) {
+      throw new Failure(`cannot encode a value of type '${typeName(value)}'`,
+        `its encoder for '${entry.name}' threw ${thrown(e)}`);
+    }
+    return this.tagged(target, entry.name, depth, (inner) => this.value(inner, payload, depth + 3));
   }
 
   list(target, items, depth) {
@@ -282,17 +303,23 @@ class Encoder {
 
 const SUPPORTED = [Array, Map, Set, Date, Uint8Array];
 
-function unsupported(value) {
+function unsupported(value, registry) {
   const name = typeName(value);
   const base = typeof value === "object" && SUPPORTED.find((cls) => value instanceof cls);
   let hint = "isorun sends null, booleans, numbers, bigints, strings, arrays, plain objects, Map, " +
-    "Set, Buffer/Uint8Array and Date; convert it to one of those first";
+    "Set, Buffer/Uint8Array and Date; convert it to one of those first, or register its class " +
+    `(registerType) under a type name the daemon offers; type names known here: ${registry.names().join(", ")}`;
   if (base) {
-    hint = `it extends ${base.name}, but only exact types are sent: convert it first`;
+    hint = `it extends ${base.name}, but only exact types are sent: convert it first, or register its class`;
   } else if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) {
     hint = "only Buffer and Uint8Array travel as bytes: wrap it in a Uint8Array first";
   }
   return new Failure(`cannot encode a value of type '${name}'`, hint);
+}
+
+/** "TypeError: bad amount" for an Error, a short rendering of anything else thrown. */
+function thrown(error) {
+  return error instanceof Error ? `${error.name}: ${error.message}` : short(error);
 }
 
 /** Python dict keys and set items must be hashable: no lists, dicts or sets among them. */
@@ -332,13 +359,14 @@ function sizeBudget(limit = DEFAULT_MAX_BYTES, what = "value is too large") {
 
 /**
  * Encodes a value; `names` (a Set, optional) collects every tagged type name used; `budget`
- * (default: 64 MiB for this value alone) is charged with its exact encoded size. Throws a
- * SerializationError whose message starts with `where` ("argument 0: ").
+ * (default: 64 MiB for this value alone) is charged with its exact encoded size; `registry`
+ * (default: the process-wide one) has the operator types. Throws a SerializationError whose
+ * message starts with `where` ("argument 0: ").
  */
-function encode(value, { names = null, budget = sizeBudget(), where = "" } = {}) {
+function encode(value, { names = null, budget = sizeBudget(), where = "", registry = defaultRegistry } = {}) {
   const target = {};
   try {
-    new Encoder(names, budget).value(target, value, 1);
+    new Encoder(names, budget, registry).value(target, value, 1);
   } catch (e) {
     if (e instanceof Failure) throw e.toError(where);
     throw e;
@@ -346,4 +374,4 @@ function encode(value, { names = null, budget = sizeBudget(), where = "" } = {})
   return target;
 }
 
-module.exports = { encode, sizeBudget, Failure, tooDeep, short, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY };
+module.exports = { encode, sizeBudget, Failure, tooDeep, short, thrown, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY };

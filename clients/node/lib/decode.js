@@ -2,10 +2,12 @@
 /**
  * Results back: google.protobuf.Value (proto-loader's object form, with `kind` set by the
  * `oneofs` option) -> JavaScript. The JavaScript type each Python type becomes is listed, with
- * the reasons, in README.md ("Values"). A value tagged with a type this client has no decoder
- * for is a SerializationError: returning it half-decoded would silently change its type.
+ * the reasons, in README.md ("Values"); operator types are rebuilt by the resolver registered
+ * for their name (registry.js). A value tagged with a type this client has no decoder for is a
+ * SerializationError: returning it half-decoded would silently change its type.
  */
-const { Failure, tooDeep, short, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY } = require("./codec");
+const { Failure, tooDeep, short, thrown, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY } = require("./codec");
+const { defaultRegistry } = require("./registry");
 
 /** Internal: a tagged value's payload has the wrong shape. */
 class BadPayload extends Error {}
@@ -115,24 +117,25 @@ const DECODERS = new Map(Object.entries({
   },
 }));
 
-function decodeValue(message, depth) {
+function decodeValue(message, depth, registry) {
   switch (message.kind) {
     case "numberValue": return message.numberValue;
     case "stringValue": return message.stringValue;
     case "boolValue": return message.boolValue;
     case "nullValue": return null;
-    case "listValue": return decodeList((message.listValue && message.listValue.values) || [], depth);
-    case "structValue": return decodeStruct((message.structValue && message.structValue.fields) || {}, depth);
+    case "listValue": return decodeList((message.listValue && message.listValue.values) || [], depth, registry);
+    case "structValue":
+      return decodeStruct((message.structValue && message.structValue.fields) || {}, depth, registry);
     default: throw new Failure("cannot decode a Value", "no kind is set (an empty Value message)");
   }
 }
 
-function decodeList(values, depth) {
+function decodeList(values, depth, registry) {
   if (depth + (values.length ? 2 : 1) > MAX_WIRE_DEPTH) throw tooDeep();
   const result = new Array(values.length);
   for (let i = 0; i < values.length; i++) {
     try {
-      result[i] = decodeValue(values[i], depth + 2);
+      result[i] = decodeValue(values[i], depth + 2, registry);
     } catch (e) {
       if (e instanceof Failure) e.path.push(i);
       throw e;
@@ -141,15 +144,15 @@ function decodeList(values, depth) {
   return result;
 }
 
-function decodeStruct(fields, depth) {
+function decodeStruct(fields, depth, registry) {
   const keys = Object.keys(fields);
-  if (Object.prototype.hasOwnProperty.call(fields, TYPE_KEY)) return decodeTagged(fields, keys, depth);
+  if (Object.prototype.hasOwnProperty.call(fields, TYPE_KEY)) return decodeTagged(fields, keys, depth, registry);
   if (depth + (keys.length ? 3 : 1) > MAX_WIRE_DEPTH) throw tooDeep();
   const result = {};
   for (const key of keys) {
     let item;
     try {
-      item = decodeValue(fields[key], depth + 3);
+      item = decodeValue(fields[key], depth + 3, registry);
     } catch (e) {
       if (e instanceof Failure) e.path.push(`[${short(key)}]`);
       throw e;
@@ -160,7 +163,7 @@ function decodeStruct(fields, depth) {
   return result;
 }
 
-function decodeTagged(fields, keys, depth) {
+function decodeTagged(fields, keys, depth, registry) {
   if (keys.length !== 2 || !Object.prototype.hasOwnProperty.call(fields, VALUE_KEY)) {
     throw new Failure("cannot decode a tagged value", "a struct with a '$type' key must have " +
       `exactly the keys '$type' and '$value', got ${short(keys.sort().join(", "))}`);
@@ -173,11 +176,20 @@ function decodeTagged(fields, keys, depth) {
   const what = `cannot decode a value tagged ${short(name)}`;
   if (depth + 3 > MAX_WIRE_DEPTH) throw tooDeep();
   const rebuild = DECODERS.get(name);
-  if (rebuild === undefined) {
-    throw new Failure(what, "the Node client has no decoder for it; it decodes " +
-      [...DECODERS.keys()].sort().join(", "));
+  const entry = rebuild === undefined ? registry.byName(name) : undefined;
+  if (rebuild === undefined && entry === undefined) {
+    throw new Failure(what, "no resolver is registered for it here (registerType, or the runner's " +
+      `registry); this client decodes ${registry.names().join(", ")}`);
   }
-  const payload = decodeValue(fields[VALUE_KEY], depth + 3);
+  const payload = decodeValue(fields[VALUE_KEY], depth + 3, registry);
+  if (entry !== undefined) {
+    try {
+      return entry.decode(payload);
+    } catch (e) {
+      // The payload came from the guest: a resolver that refuses it fails this value, named.
+      throw new Failure(what, `its resolver threw ${thrown(e)}`);
+    }
+  }
   try {
     return rebuild(payload);
   } catch (e) {
@@ -186,10 +198,11 @@ function decodeTagged(fields, keys, depth) {
   }
 }
 
-/** Rebuilds the value the daemon sent; throws a SerializationError saying where it failed. */
-function decode(message, where = "") {
+/** Rebuilds the value the daemon sent, operator types by `registry`'s resolvers; throws a
+ * SerializationError saying where it failed. */
+function decode(message, where = "", registry = defaultRegistry) {
   try {
-    return decodeValue(message, 1);
+    return decodeValue(message, 1, registry);
   } catch (e) {
     if (e instanceof Failure) throw e.toError(where);
     throw e;

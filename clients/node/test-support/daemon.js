@@ -7,6 +7,7 @@
  * It lives outside test/ because `node --test test/` runs every .js file under test/ as a test.
  *
  *     const daemon = await startDaemon();   // in before()
+ *     // or with more config and plugin modules: startDaemon({ config: "[types]\n…", plugins: { "m.py": "…" } })
  *     const root = daemon.makeRoot({ "index.py": "def f():\n    return 1\n" });
  *     const runner = daemon.runner({ "index.py": "..." }, { external: ["json"] });
  *     await daemon.stop();                  // in after(); prints the daemon's log if it failed
@@ -40,7 +41,7 @@ def add_one(args):
     return [a + 1 for a in args]
 `;
 
-const config = (plugins) => `plugin_paths = [${JSON.stringify(plugins)}]
+const config = (plugins, extra) => `plugin_paths = [${JSON.stringify(plugins)}]
 
 [plugins.compilers]
 plus-to-times = "test_plugins:plus_to_times"
@@ -50,20 +51,21 @@ prefix = "test_plugins:prefix_resolver"
 
 [plugins.args_resolvers]
 add-one = "test_plugins:add_one"
-`;
+${extra}`;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class Daemon {
-  constructor(folder) {
+  constructor(folder, { config: extraConfig = "", plugins: extraPlugins = {} } = {}) {
     this.folder = folder;
     this.socket = path.join(folder, "isorund.sock");
     this.logPath = path.join(folder, "daemon.log");
     const plugins = path.join(folder, "plugins");
     fs.mkdirSync(plugins);
     fs.writeFileSync(path.join(plugins, "test_plugins.py"), PLUGINS);
+    for (const [name, source] of Object.entries(extraPlugins)) fs.writeFileSync(path.join(plugins, name), source);
     const configPath = path.join(folder, "isorund.toml");
-    fs.writeFileSync(configPath, config(plugins));
+    fs.writeFileSync(configPath, config(plugins, extraConfig));
     const log = fs.openSync(this.logPath, "w");
     this.proc = spawn(PYTHON, ["-m", "isorund", "--socket", this.socket, "--config", configPath],
       { stdio: ["ignore", log, log] });
@@ -129,8 +131,10 @@ class Daemon {
   }
 }
 
-async function startDaemon() {
-  const daemon = new Daemon(fs.mkdtempSync(path.join(os.tmpdir(), "isorun-node-")));
+/** A daemon with the test plugins; `config` is TOML appended to its config file, `plugins`
+ * more modules ({file name: source}) in its plugin folder. */
+async function startDaemon(options = {}) {
+  const daemon = new Daemon(fs.mkdtempSync(path.join(os.tmpdir(), "isorun-node-")), options);
   try {
     await daemon.waitReady();
   } catch (error) {

@@ -13,11 +13,11 @@ const { startDaemon } = require("../test-support/daemon");
 const { CodeRunner, errors } = isorun;
 
 describe("the package", () => {
-  test("exports exactly CodeRunner, errors and defaultSocket, from require and import alike", async () => {
-    assert.deepEqual(Object.keys(isorun).sort(), ["CodeRunner", "defaultSocket", "errors"]);
+  test("exports exactly CodeRunner, errors, defaultSocket, TypeRegistry and registerType, from require and import alike", async () => {
+    assert.deepEqual(Object.keys(isorun).sort(),
+      ["CodeRunner", "TypeRegistry", "defaultSocket", "errors", "registerType"]);
     const esm = await import("isorun");
-    assert.equal(esm.CodeRunner, CodeRunner);
-    assert.equal(esm.errors, errors);
+    for (const name of Object.keys(isorun)) assert.equal(esm[name], isorun[name], name);
     assert.equal(esm.default, isorun);
   });
 

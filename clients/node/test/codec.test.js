@@ -94,7 +94,7 @@ describe("decoding, as docs/values.md section 4 writes it", () => {
   const malformed = [
     [{ $type: "bytes" }, /exactly the keys '\$type' and '\$value'/],
     [{ $type: 1, $value: 2 }, /'\$type' must be a string/],
-    [tagged("acme.Money", ["1.00", "EUR"]), /tagged "acme.Money": the Node client has no decoder/],
+    [tagged("acme.Money", ["1.00", "EUR"]), /tagged "acme.Money": no resolver is registered for it here/],
     [tagged("float", "Infinity"), /expected a number such as/],
     [tagged("int", "1e5"), /expected a decimal integer/],
     [tagged("bytes", "AP8"), /base64/],
