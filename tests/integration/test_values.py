@@ -9,6 +9,7 @@ import datetime as dt
 import decimal
 import math
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -121,44 +122,8 @@ def test_the_daemon_offers_exactly_the_built_in_names_by_default(echo):
 
 # ----------------------------------------------------------------------- operator types
 
-ACME_TYPES = '''
-from decimal import Decimal
-
-
-class Money:
-    def __init__(self, amount, currency):
-        self.amount, self.currency = amount, currency
-
-    def doubled(self):
-        return Money(self.amount * 2, self.currency)
-
-
-class money:
-    type = Money
-    encode = staticmethod(lambda m: [str(m.amount), m.currency])
-    decode = staticmethod(lambda p: Money(Decimal(p[0]), p[1]))
-
-
-class Coupon:
-    def __init__(self, code):
-        self.code = code
-
-
-class coupon:
-    type = Coupon
-
-    @staticmethod
-    def encode(c):
-        return {"code": c.code}
-
-    @staticmethod
-    def decode(p):
-        return Coupon(p["code"])
-
-
-class NotAResolver:
-    type = Money
-'''
+# The [types] plugin module, shared with the Node client's tests.
+ACME_TYPES = (Path(__file__).resolve().parent.parent / "plugins" / "acme_types.py").read_text()
 
 TYPED_CONFIG = '''
 plugin_paths = ["{plugins}", "%s"]

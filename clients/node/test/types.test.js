@@ -4,6 +4,8 @@
 // the registry and codec alone, then against a daemon configured with the same types as the
 // Python suite's (tests/integration/test_values.py).
 const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
 const { after, before, describe, test } = require("node:test");
 const { TypeRegistry, registerType, errors } = require("..");
 const { encode } = require("../lib/codec");
@@ -134,34 +136,8 @@ describe("the registry and the codec, without a daemon", () => {
 
 // ------------------------------------------------------------------------ against a daemon
 
-const ACME_TYPES = `
-from decimal import Decimal
-
-
-class Money:
-    def __init__(self, amount, currency):
-        self.amount, self.currency = amount, currency
-
-    def doubled(self):
-        return Money(self.amount * 2, self.currency)
-
-
-class money:
-    type = Money
-    encode = staticmethod(lambda m: [str(m.amount), m.currency])
-    decode = staticmethod(lambda p: Money(Decimal(p[0]), p[1]))
-
-
-class Coupon:
-    def __init__(self, code):
-        self.code = code
-
-
-class coupon:
-    type = Coupon
-    encode = staticmethod(lambda c: {"code": c.code})
-    decode = staticmethod(lambda p: Coupon(p["code"]))
-`;
+// The [types] plugin module, shared with the Python client's tests.
+const ACME_TYPES = fs.readFileSync(path.join(__dirname, "..", "..", "..", "tests", "plugins", "acme_types.py"), "utf8");
 
 const GUEST = `
 def describe(m):
