@@ -66,7 +66,7 @@ def instrument() -> None:
     real_load_main = importer.GuestImporter.load_main
     real_send = channel.send
     real_decode = _codec.decode
-    real_encode = _codec.encode
+    real_encode_into = _codec.encode_into
 
     def load_main(self, relative_file):
         mark("import_start")
@@ -85,17 +85,17 @@ def instrument() -> None:
         MARKS.setdefault("decode_args_start", time.monotonic_ns())
         return real_decode(*args, **kwargs)
 
-    def encode(*args, **kwargs):
+    def encode_into(*args, **kwargs):
         mark("encode_result_start")
         try:
-            return real_encode(*args, **kwargs)
+            return real_encode_into(*args, **kwargs)
         finally:
             mark("encode_result_end")
 
     importer.GuestImporter.load_main = load_main
     channel.send = send
-    guest._codec = type("CodecShim", (), {"decode": staticmethod(decode),
-                                           "encode": staticmethod(encode)})
+    guest._codec = type("CodecShim", (), {"decode": staticmethod(decode), "encode": staticmethod(_codec.encode),
+                                           "encode_into": staticmethod(encode_into)})
 
 
 # ---- child side: the sandbox, as isorund.sandbox.sandbox_main runs it --------------------------

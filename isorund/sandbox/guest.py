@@ -74,16 +74,22 @@ def prepare(sock, registry) -> None:
     sample = _codec.decode(_codec.encode([1, "warm", {"up": 2.5}], registry), registry)
     namespace = {"__builtins__": dict(vars(builtins))}
     exec(compile("def echo(x):\n    return x\n", "/warm-up.py", "exec", dont_inherit=True), namespace)
-    value = _codec.encode(namespace["echo"](sample), registry)
-    pb.RunEvent(outcome=pb.Outcome(value=value, usage=_usage(time.monotonic()))).SerializeToString()
+    event = pb.RunEvent()
+    _codec.encode_into(event.outcome.value, namespace["echo"](sample), registry)
+    event.outcome.usage.CopyFrom(_usage(time.monotonic()))
+    event.SerializeToString()
 
 
 def run(plan, sock, plugins, registry, guest_dir: str) -> None:
     """Runs the call described by ``plan`` and sends its events on ``sock``."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     importer = None
+    # The result is encoded straight into the event that carries it: a large result is then
+    # built once, not copied into an Outcome and again into a RunEvent.
+    event = pb.RunEvent()
+    outcome = event.outcome
     try:
-        outcome_value, failure = None, None
+        failure = None
         request = plan.request
         args = [_codec.decode(v, registry) for v in request.args]
         context = {k: _codec.decode(v, registry) for k, v in request.context.items()}
@@ -108,18 +114,17 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
             result = func(*_padded(func, args))
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
-            outcome_value = _codec.encode(result, registry, max_bytes=plan.limits.result_bytes)
+            _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
         failure = describe(e, importer.guest_files if importer else set())
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, ConsoleStream):
             stream.flush()
-    outcome = pb.Outcome(call_id=plan.call_id, usage=_usage(started, cpu_before))
+    outcome.call_id = plan.call_id
+    outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:
-        outcome.failure.CopyFrom(failure)
-    else:
-        outcome.value.CopyFrom(outcome_value)
-    channel.send(sock, pb.RunEvent(outcome=outcome))
+        outcome.failure.CopyFrom(failure)  # the result oneof: whatever value was begun is dropped
+    channel.send(sock, event)
 
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:

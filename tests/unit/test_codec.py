@@ -5,6 +5,7 @@ Limits, registries and malformed input are in test_codec_limits.py.
 """
 from __future__ import annotations
 
+import base64
 import cmath
 import datetime as dt
 import decimal
@@ -118,6 +119,32 @@ def test_the_encoded_size_is_the_exact_protobuf_size(value):
     message = struct_pb2.Value()
     size = _codec.encode_into(message, value)
     assert size == message.ByteSize() == len(message.SerializeToString())
+
+
+@CODEC
+@given(st.binary(max_size=4096))
+def test_bytes_travel_as_the_standard_base64_text(data):
+    # The codec uses pybase64 for speed; the wire format stays what any base64 library writes.
+    message = _codec.encode(data)
+    assert message.struct_value.fields["$value"].string_value == base64.b64encode(data).decode()
+    assert _codec.decode(message) == data
+
+
+@CODEC
+@given(st.text(alphabet="AB+/=-_ \n.é", max_size=12))
+def test_bytes_payloads_are_refused_exactly_when_strict_base64_refuses_them(text):
+    try:
+        expected = base64.b64decode(text, validate=True)
+    except ValueError:
+        expected = None
+    tagged = struct_pb2.Value()
+    tagged.struct_value.fields["$type"].string_value = "bytes"
+    tagged.struct_value.fields["$value"].string_value = text
+    if expected is None:
+        with pytest.raises(SerializationError, match="not valid padded base64"):
+            _codec.decode(tagged)
+    else:
+        assert _codec.decode(tagged) == expected
 
 
 @settings(CODEC, max_examples=60)
