@@ -139,6 +139,8 @@ WORKLOADS = {
     "echo": ("echo.py", "echo", lambda i: [[i, "hi"]], lambda i, v: v == [i, "hi"]),
     "bytes_arg": ("bigio.py", "size", lambda i: [b"\xcd" * MB], lambda i, v: v == MB),
     "bytes_result": ("bigio.py", "make", lambda i: [MB], lambda i, v: len(v) == MB),
+    # unary Run: the daemon collects the lines into the response (the bench streams them)
+    "console": ("chatty.py", "chatty", lambda i: [1000], lambda i, v: v == 1000),
 }
 
 
