@@ -48,6 +48,14 @@ def test_send_and_receive_agree_on_either_side_of_the_one_write_size(size):
         theirs.close()
 
 
+def test_an_empty_message_is_an_empty_frame():
+    ours, theirs = _pair()
+    channel.send(theirs, pb.RunEvent())
+    assert channel.receive(ours, 4096) == b""
+    ours.close()
+    theirs.close()
+
+
 def test_a_frame_cut_short_is_an_eof_not_a_short_frame():
     ours, theirs = _pair()
     theirs.sendall(struct.pack(">I", 1000) + b"only this much")
