@@ -307,8 +307,11 @@ function unsupported(value, registry) {
   const name = typeName(value);
   const base = typeof value === "object" && SUPPORTED.find((cls) => value instanceof cls);
   let hint = "isorun sends null, booleans, numbers, bigints, strings, arrays, plain objects, Map, " +
-    "Set, Buffer/Uint8Array and Date; convert it to one of those first, or register its class " +
-    `(registerType) under a type name the daemon offers; type names known here: ${registry.names().join(", ")}`;
+    "Set, Buffer/Uint8Array and Date; convert it to one of those first";
+  if (typeof value === "object") { // an instance of a class (functions and symbols cannot be registered)
+    hint += ", or register its class (registerType) under a type name the daemon offers; type names " +
+      `known here: ${registry.names().join(", ")}`;
+  }
   if (base) {
     hint = `it extends ${base.name}, but only exact types are sent: convert it first, or register its class`;
   } else if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) {
