@@ -286,7 +286,7 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     os.close(fd)
             reader = _FrameReader(loop, sandbox.sock)
             max_frame = limits.result_bytes + EVENT_SLACK
-            event = None
+            event, running_seen = None, False
             while True:
                 if event is None:
                     frame = await reader.next(max_frame)
@@ -299,10 +299,16 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     outcome.call_id = plan.call_id
                     outcome.usage.wall_seconds = time.monotonic() - started
                     return outcome
-                if kind != "console":
+                if kind == "running" and not running_seen:
+                    running_seen = True
                     await on_event(event)
                     event = None
                     continue
+                if kind != "console":
+                    # The guest can write to this socket itself: anything the sandbox's runtime
+                    # never sends (a console batch no cap would count, a second 'running', an
+                    # empty event) ends the call rather than reaching the client.
+                    raise _UnexpectedEvent(kind)
                 # A burst of lines already received goes out as one message, not one per line.
                 lines, event = [event.console], None
                 while (frame := reader.buffered(max_frame)) is not None:
@@ -326,6 +332,12 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
             f"the call did not finish within its {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
     except _FrameTooLarge as e:
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e)), started)
+    except _UnexpectedEvent as e:
+        kind = e.args[0]
+        what = "a second 'running' event" if kind == "running" else f"a {kind!r} event" if kind else "an empty event"
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
+            "lines, one outcome): something in the call wrote to its channel; the call was ended")), started)
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
         return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {e}"), started)
     finally:
@@ -371,6 +383,10 @@ def _failure(failure: pb.Failure, started: float) -> pb.Outcome:
 
 class _FrameTooLarge(Exception):
     pass
+
+
+class _UnexpectedEvent(Exception):
+    """An event kind the sandbox's runtime never sends at that point (args[0]: the kind, or None)."""
 
 
 class _FrameReader:

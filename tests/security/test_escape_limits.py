@@ -5,9 +5,10 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
-from isorun import _codec, errors
+from isorun import CodeRunner, _codec, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
 
@@ -95,3 +96,32 @@ def test_a_call_that_asks_for_a_smaller_tmp_gets_it(secure_daemon, tmp_path):
     result = _codec.decode(outcome.value)
     assert result["stopped_by"] == "ENOSPC"
     assert 0 < result["written"] <= smaller
+
+
+def test_forged_console_batches_count_against_the_console_cap(attack, secure_daemon):
+    """A sandbox never sends console batches; one that does (from the guest, writing to its
+    channel) must not get lines past the output cap, nor make the daemon hold them."""
+    with pytest.raises(errors.SandboxError, match="'console_batch' event"):
+        attack("forged_events", "console_batches", args=[64], timeout=20)  # 16 MiB of lines
+    rss = psutil.Process(secure_daemon.pid).memory_info().rss
+    assert rss < 400 * MiB, rss
+
+
+def test_a_flood_of_running_events_reaches_the_client_once(secure_daemon, tmp_path):
+    root = tmp_path / "guest"
+    root.mkdir()
+    root.chmod(0o755)
+    for name in ("escape.py", "forged_events.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    seen = []
+    with CodeRunner(root=str(root), file="forged_events.py", socket=secure_daemon.socket) as runner:
+        with pytest.raises(errors.SandboxError, match="a second 'running' event"):
+            runner.run("running_flood", args=[10_000], timeout=20, running=lambda: seen.append(1))
+    assert len(seen) == 1, len(seen)
+
+
+def test_an_empty_event_ends_the_call(attack):
+    started = time.monotonic()
+    with pytest.raises(errors.SandboxError, match="an empty event"):
+        attack("forged_events", "empty_event", timeout=20)
+    assert time.monotonic() - started < 8  # ended at once; the guest slept 10 s
