@@ -13,8 +13,10 @@ HEADER = struct.Struct(">I")
 
 
 # Frames up to this size go out in one write; larger ones as header, then payload, so that a
-# megabyte result is not copied once more just to put four bytes in front of it.
-ONE_WRITE_BYTES = 64 << 10
+# megabyte result is not copied once more just to put four bytes in front of it. A frame that
+# fits the socket's buffer (~200 KiB) is one send() the kernel does not split, so guest threads
+# printing at once cannot interleave it; larger frames were never whole sends anyway.
+ONE_WRITE_BYTES = 256 << 10
 
 
 def send(sock: socket.socket, message) -> None:
