@@ -60,8 +60,9 @@ def _dec_float(payload: Any) -> float:
 
 def _dec_bytes(payload: Any) -> bytes:
     try:
-        # pybase64 (SIMD) checks the alphabet and the padding as base64.b64decode(validate=True)
-        # does, at ~0.1 ms per MiB here against ~3-7 ms (a regex over the whole text, then a copy).
+        # pybase64 (SIMD) accepts exactly padded standard base64 (RFC 4648 section 4; stricter
+        # than base64.b64decode(validate=True), which lets excess padding such as "AAAA="
+        # through), at ~0.1 ms per MiB here against ~3-7 ms for the standard library.
         return pybase64.b64decode(_text(payload), validate=True)
     except ValueError as e:  # binascii.Error is a ValueError
         raise _BadPayload(f"not valid padded base64 ({e})") from None
