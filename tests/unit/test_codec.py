@@ -297,6 +297,10 @@ def test_tagged_int_and_float_payloads_from_other_clients_are_accepted_when_smal
     dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
     dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone(-dt.timedelta(minutes=30))),
     dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=-5, seconds=-30, microseconds=-7))),
+    # offsets under a second, which Python 3.11's fromisoformat alone would read as UTC
+    dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
+    dt.datetime(2000, 1, 1, tzinfo=dt.timezone(-dt.timedelta(microseconds=999999))),
+    dt.time(12, tzinfo=dt.timezone(dt.timedelta(microseconds=250000))),
     dt.time(0, 0), dt.time(23, 59, 59, 999999),
     dt.time(8, 0, 0, 250000, tzinfo=dt.timezone(dt.timedelta(hours=-3))),
     dt.date(2020, 2, 29), dt.date.min, dt.date.max,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import re
 import uuid
 from typing import Any, Callable
 
@@ -80,6 +81,22 @@ def _dec_pairs(payload: Any) -> dict:
     return result
 
 
+# "+00:00:00.000001": Python 3.11's fromisoformat reads a UTC offset under one second as UTC
+# itself, dropping its microseconds; that one case is read here.
+_SUB_SECOND_OFFSET = re.compile(r"([+-])00:00:00\.([0-9]{1,6})$")
+
+
+def _from_isoformat(cls: type, text: str) -> Any:
+    """``cls.fromisoformat`` (datetime or time), keeping an offset shorter than a second."""
+    value = cls.fromisoformat(text)
+    short_offset = _SUB_SECOND_OFFSET.search(text)
+    if short_offset and value.tzinfo is not None:
+        sign = -1 if short_offset.group(1) == "-" else 1
+        micro = sign * int(short_offset.group(2).ljust(6, "0"))
+        value = value.replace(tzinfo=_dt.timezone(_dt.timedelta(microseconds=micro)))
+    return value
+
+
 def _dec_timedelta(payload: Any) -> _dt.timedelta:
     days, seconds, microseconds = _numbers(payload, 3, (int,))
     return _dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
@@ -99,9 +116,9 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "tuple": lambda p: tuple(_items(p)),
     "set": lambda p: set(_items(p)),
     "frozenset": lambda p: frozenset(_items(p)),
-    "datetime": lambda p: _dt.datetime.fromisoformat(_text(p)),
+    "datetime": lambda p: _from_isoformat(_dt.datetime, _text(p)),
     "date": lambda p: _dt.date.fromisoformat(_text(p)),
-    "time": lambda p: _dt.time.fromisoformat(_text(p)),
+    "time": lambda p: _from_isoformat(_dt.time, _text(p)),
     "timedelta": _dec_timedelta,
     "Decimal": lambda p: decimal.Decimal(_text(p), _DECIMAL_CONTEXT),
     "UUID": lambda p: uuid.UUID(_text(p)),
