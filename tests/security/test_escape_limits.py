@@ -98,7 +98,7 @@ def test_a_call_that_asks_for_a_smaller_tmp_gets_it(secure_daemon, tmp_path):
     assert 0 < result["written"] <= smaller
 
 
-def test_forged_console_batches_count_against_the_console_cap(attack, secure_daemon):
+def test_forged_console_batches_end_the_call_and_are_not_held(attack, secure_daemon):
     """A sandbox never sends console batches; one that does (from the guest, writing to its
     channel) must not get lines past the output cap, nor make the daemon hold them."""
     with pytest.raises(errors.SandboxError, match="'console_batch' event"):

@@ -63,7 +63,7 @@ class TypeRegistry {
   /** Every type name this registry encodes and decodes, built-in ones included, sorted. */
   names() {
     const found = new Set(BUILTIN_NAMES);
-    for (let registry = this; registry; registry = registry._parent) {
+    for (const registry of this._chain()) {
       for (const name of registry._byName.keys()) found.add(name);
     }
     return [...found].sort();
@@ -71,20 +71,25 @@ class TypeRegistry {
 
   /** The entry for values whose prototype is exactly `prototype`, or undefined. */
   byPrototype(prototype) {
-    for (let registry = this; registry; registry = registry._parent) {
-      const entry = registry._byPrototype.get(prototype);
+    return this._find("_byPrototype", prototype);
+  }
+
+  /** The entry registered as `name`, or undefined. */
+  byName(name) {
+    return this._find("_byName", name);
+  }
+
+  _find(table, key) {
+    for (const registry of this._chain()) {
+      const entry = registry[table].get(key);
       if (entry) return entry;
     }
     return undefined;
   }
 
-  /** The entry registered as `name`, or undefined. */
-  byName(name) {
-    for (let registry = this; registry; registry = registry._parent) {
-      const entry = registry._byName.get(name);
-      if (entry) return entry;
-    }
-    return undefined;
+  /** This registry, then its parent, and so on. */
+  * _chain() {
+    for (let registry = this; registry; registry = registry._parent) yield registry;
   }
 }
 

