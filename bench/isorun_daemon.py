@@ -32,47 +32,27 @@ class DaemonError(RuntimeError):
     """The daemon did not start or died; the message ends with the tail of its log."""
 
 
-def _missing() -> str | None:
-    """None when ``python -m isorund`` and ``isorun.CodeRunner`` are there, else what is not.
+def find_isorun() -> str | None:
+    """None when ``python -m isorund`` and ``isorun.CodeRunner`` are installed, else a skip note.
 
-    A half-written tree imports as a namespace package, so importing the names is not enough.
+    Installed, not merely on ``PYTHONPATH``: the daemon starts its zygote with an empty
+    environment, so the zygote imports whatever ``isorund`` this interpreter has installed.
     """
-    for name in [m for m in sys.modules if m.split(".")[0] in ("isorun", "isorund")]:
-        del sys.modules[name]  # forget a failed attempt before looking again
     try:
         if importlib.util.find_spec("isorund.__main__") is None:
-            return "no module isorund.__main__ (`python -m isorund`)"
+            return "skipped: no module isorund.__main__ (`python -m isorund`); run `make`"
         from isorun import CodeRunner  # noqa: F401
     except ImportError as exc:
-        return str(exc)
+        return f"skipped: isorun is not installed here (run `make`): {exc}"
     return None
-
-
-def find_isorun() -> tuple[list[str], str | None]:
-    """Makes ``isorund`` and ``isorun`` importable; returns (extra PYTHONPATH, skip note).
-
-    Prefers what is installed (the venv); falls back to the source tree so the benchmark also
-    runs from a checkout that was never ``pip install``-ed. The note is None when both import.
-    """
-    if _missing() is None:
-        return [], None
-    extra = [str(REPO), str(REPO / "clients" / "python")]
-    sys.path[:0] = extra
-    missing = _missing()
-    if missing:
-        del sys.path[:len(extra)]
-        return [], f"skipped: the daemon or client is not there yet: {missing}"
-    return extra, None
 
 
 class Daemon:
     """One isorund process on its own socket, optionally pinned to some CPUs."""
 
-    def __init__(self, workdir: Path, name: str, pythonpath: list[str],
-                 cpus: str | None = None, config: str | None = None):
+    def __init__(self, workdir: Path, name: str, cpus: str | None = None, config: str | None = None):
         self.socket = str(workdir / f"{name}.sock")
         self.log_path = workdir / f"{name}.log"
-        self.pythonpath = pythonpath
         self.cpus = cpus
         self.config = config
         self.proc: subprocess.Popen | None = None
@@ -92,15 +72,12 @@ class Daemon:
 
     def start(self) -> None:
         """Starts the daemon and waits (at most 30 s) for its socket to appear."""
-        env = dict(os.environ)
-        if self.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + [env.get("PYTHONPATH", "")])
         preexec = None
         if self.cpus is not None and not shutil.which("taskset"):
             preexec = self._pin_without_taskset
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     stderr=subprocess.STDOUT, cwd=REPO,
                                      preexec_fn=preexec)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -99,12 +99,12 @@ class Bench:
         self.numbers = measure.CallNumbers()
         self.results = {"meta": report.machine_info(asdict(settings)), "approaches": {},
                         "workloads": {}, "isorun_memory": {}, "core_scaling": {}, "notes": []}
-        self.pythonpath, self.isorun_note = find_isorun()
+        self.isorun_note = find_isorun()
 
     # ---- set-up ---------------------------------------------------------------------------
 
     def new_daemon(self, name: str, cpus: str | None = None) -> Daemon:
-        daemon = Daemon(self.work, name, self.pythonpath, cpus=cpus, config=self.daemon_config)
+        daemon = Daemon(self.work, name, cpus=cpus, config=self.daemon_config)
         self.daemons.append(daemon)
         daemon.start()
         return daemon
