@@ -64,6 +64,9 @@ class Calls:
                 finally:
                     self.in_flight.discard(sandbox)
                     self.zygote.replace()
+            # Whoever made the outcome (the guest's runtime, or the daemon for a timeout, a
+            # limit or a sandbox that died), its id is the daemon's, to match the log line.
+            outcome.call_id = plan.call_id
             outcome.usage.queue_seconds = queued
             return outcome
         except BaseException as e:

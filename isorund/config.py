@@ -17,6 +17,13 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 MiB = 1 << 20
+MAX_SECONDS = 1e6  # timeouts and CPU limits: finite, and within what rlimits and deadlines hold
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel, so it is never a sandbox's id
+# The sandbox reads its plan (the whole request) in one frame of at most 256 MiB.
+MAX_MESSAGE_BYTES = 256 * MiB
+# Below these, a call fails for a reason its error would not name: the runtime holds four
+# descriptors (stdin, stdout, stderr and its channel) and opens each source file it imports.
+MIN_LIMITS = {"max_open_files": 8}
 
 DEFAULT_EXTERNAL = (
     "abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections",
@@ -47,9 +54,9 @@ class LimitsConfig:
     """Per-call limits; a request may lower each of them, never raise it."""
     memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`.")
     max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
-    max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE).")
+    max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
-    output_bytes: int = _key(1 * MiB, "Console bytes one call may print; over it, `ResourceLimitError(limit='output')`.")
+    output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, `ResourceLimitError(limit='output')`.")
     result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`.")
     cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout.")
     tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")
@@ -73,7 +80,7 @@ class Config:
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
-    max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds.")
+    max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds (at most 1e6).")
     default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation).")
     plugin_paths: list = _key(list, "Folders added to the import path to load plugins and operator types from.")
     plugins: PluginsConfig = _key(PluginsConfig, "Named plugins, in `[plugins.compilers]`, `[plugins.resolvers]`, `[plugins.args_resolvers]`.")
@@ -82,7 +89,7 @@ class Config:
     sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own.")
     sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
     cgroup_root: str = _key("", "Delegated cgroup v2 folder for per-call memory/pids/cpu limits (systemd `Delegate=yes`); empty: the daemon's own cgroup if usable, else off (logged at start); `off`: never.")
-    max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket.")
+    max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket (1 MiB to 256 MiB).")
     shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
     metrics_address: str = _key("", "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; `[::1]:9464` for IPv6, port 0 picks a free one); empty turns it off.")
     log_level: str = _key("info", "debug, info, warning or error.")
@@ -99,6 +106,9 @@ class Config:
                 raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text ({e.reason} "
+                                  f"at byte {e.start})") from e
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         config = _build(cls, data, "")
         config.validate()
@@ -113,17 +123,25 @@ class Config:
         need(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
         need(self.queue_size >= 0, "queue_size", ">= 0", self.queue_size)
         need(self.pool_size >= 1, "pool_size", ">= 1", self.pool_size)
-        need(self.default_timeout > 0, "default_timeout", "> 0", self.default_timeout)
-        need(self.max_timeout >= self.default_timeout, "max_timeout", f">= default_timeout ({self.default_timeout})", self.max_timeout)
+        need(0 < self.default_timeout <= MAX_SECONDS, "default_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.default_timeout)
+        need(self.default_timeout <= self.max_timeout <= MAX_SECONDS, "max_timeout",
+             f">= default_timeout ({self.default_timeout}) and <= {MAX_SECONDS:g}", self.max_timeout)
         need(self.sandbox_uid_base > 0, "sandbox_uid_base", "> 0 (never root)", self.sandbox_uid_base)
+        need(self.sandbox_uid_base + self.sandbox_uid_count - 1 <= MAX_ID, "sandbox_uid_count",
+             f"small enough that sandbox_uid_base + sandbox_uid_count - 1 <= {MAX_ID} (the largest uid)",
+             self.sandbox_uid_count)
         need(self.sandbox_uid_count >= self.max_concurrency + self.pool_size + 1, "sandbox_uid_count",
              f">= max_concurrency + pool_size + 1 ({self.max_concurrency + self.pool_size + 1})", self.sandbox_uid_count)
-        need(self.max_request_bytes >= 1 * MiB, "max_request_bytes", ">= 1 MiB", self.max_request_bytes)
+        need(1 * MiB <= self.max_request_bytes <= MAX_MESSAGE_BYTES, "max_request_bytes",
+             f">= 1 MiB and <= {MAX_MESSAGE_BYTES // MiB} MiB", self.max_request_bytes)
         need(self.shutdown_grace >= 0, "shutdown_grace", ">= 0", self.shutdown_grace)
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)
         for f in fields(LimitsConfig):
             value = getattr(self.limits, f.name)
-            need(value >= 0 if f.name == "cpu_seconds" else value > 0, f"limits.{f.name}", "> 0", value)
+            if f.name == "cpu_seconds":
+                need(0 <= value <= MAX_SECONDS, "limits.cpu_seconds", f">= 0 and <= {MAX_SECONDS:g}", value)
+            else:
+                need(value >= MIN_LIMITS.get(f.name, 1), f"limits.{f.name}", f">= {MIN_LIMITS.get(f.name, 1)}", value)
         for group in ("compilers", "resolvers", "args_resolvers"):
             for name, target in getattr(self.plugins, group).items():
                 need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)

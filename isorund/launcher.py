@@ -292,11 +292,10 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     frame = await reader.next(max_frame)
                     if frame is None:
                         return await _died(sandbox, started)
-                    event = pb.RunEvent.FromString(frame)
+                    event = _parse_event(frame)
                 kind = event.WhichOneof("event")
                 if kind == "outcome":
                     outcome = event.outcome
-                    outcome.call_id = plan.call_id
                     outcome.usage.wall_seconds = time.monotonic() - started
                     return outcome
                 if kind == "running" and not running_seen:
@@ -310,19 +309,25 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     # empty event) ends the call rather than reaching the client.
                     raise _UnexpectedEvent(kind)
                 # A burst of lines already received goes out as one message, not one per line.
+                # Each line costs the bytes it took on the channel, so that no line is free:
+                # not an empty one, not one padded with fields the schema does not know.
                 lines, event = [event.console], None
+                console_left -= channel.HEADER.size + len(frame)  # (read just above: only other kinds carry over)
                 while (frame := reader.buffered(max_frame)) is not None:
-                    following = pb.RunEvent.FromString(frame)
+                    following = _parse_event(frame)
                     if following.WhichOneof("event") != "console":
                         event = following
                         break
                     lines.append(following.console)
-                console_left -= sum(len(line.text.encode()) for line in lines)
+                    console_left -= channel.HEADER.size + len(frame)
                 if console_left < 0:
                     return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
                         f"the call printed more than its {limits.output_bytes} console bytes")), started)
                 await on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
                                else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
+                # A guest that keeps its channel full would otherwise keep this loop from ever
+                # waiting: its timeout, and every other call, need the event loop to run.
+                await asyncio.sleep(0)
     except TimeoutError:
         if budget < plan.timeout_seconds:
             return _failure(Failure(kind=Failure.TIMEOUT, message=(
@@ -343,6 +348,14 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
     finally:
         sandbox.kill_group() if not isolated else sandbox.kill()
         sandbox.close()
+
+
+def _parse_event(frame: bytes) -> pb.RunEvent:
+    """A sandbox's event, without fields the schema does not declare: those would be relayed
+    to the client (and held by the daemon) uncounted."""
+    event = pb.RunEvent.FromString(frame)
+    event.DiscardUnknownFields()
+    return event
 
 
 def _send_folders(sock: socket.socket, fds: list[int]) -> None:

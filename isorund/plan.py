@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
+from isorund.config import MIN_LIMITS
 from isorund.sandbox import filesystem
 
 MAX_NAME = 256
@@ -76,10 +77,14 @@ def _file(root: str, file: str, extensions: list[str]) -> str:
     if normal == ".." or normal.startswith("../"):
         raise RequestError(f"file {file!r} points outside root")
     real = os.path.realpath(os.path.join(root, normal))
-    if not real.startswith(root + "/"):
+    if real != root and not real.startswith(root + "/"):
         raise RequestError(f"file {file!r} resolves outside root (through a symbolic link)")
-    if not os.path.isfile(real):
+    if not os.path.exists(real):
         raise RequestError(f"file {file!r} does not exist in root")
+    if os.path.isdir(real):
+        raise RequestError(f"file {file!r} is a folder, not a source file")
+    if not os.path.isfile(real):
+        raise RequestError(f"file {file!r} is not a regular file")
     if not any(normal.endswith(ext) for ext in extensions):
         raise RequestError(f"file {file!r} does not have a source extension ({', '.join(extensions)})")
     return os.path.relpath(real, root)
@@ -144,6 +149,9 @@ def _limits(asked: pb.Limits, defaults, timeout: float) -> pb.Limits:
                 raise RequestError(f"limits.cpu_seconds must be >= 0, got {value}")
         if value and value > default:
             raise RequestError(f"limits.{f.name} may only lower the daemon's limit ({default:g}), got {value:g}")
+        if value and value < MIN_LIMITS.get(f.name, 0):
+            raise RequestError(f"limits.{f.name} must be at least {MIN_LIMITS[f.name]} (what the runtime "
+                               f"itself needs), got {value:g}")
         setattr(out, f.name, value or default)
     return out
 

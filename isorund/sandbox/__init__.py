@@ -34,13 +34,14 @@ import socket
 from dataclasses import dataclass
 
 from isorun._proto import runner_pb2, sandbox_pb2
+from isorund.config import MAX_MESSAGE_BYTES
 
 from . import _libc, cgroup, channel, filesystem, guest, limits, namespaces, seccomp
 from ._libc import SandboxSetupError
 
 __all__ = ["SandboxPlan", "SandboxSetupError", "sandbox_main"]
 
-MAX_PLAN_BYTES = 256 << 20
+MAX_PLAN_BYTES = MAX_MESSAGE_BYTES + (1 << 20)  # the whole request, and the plan's own fields
 MAX_FD = 2**31 - 1
 MAX_FOLDERS = 1 + filesystem.MAX_HOST_PATHS  # the guest folder and the host paths
 

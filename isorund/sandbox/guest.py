@@ -140,7 +140,9 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     if isinstance(e, SerializationError):
         if getattr(e, "limit", None) == "size":
             return Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e))
-        return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError")
+        # a result nested past the depth limit (or containing itself) says so, as on the client
+        return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
+                       limit=getattr(e, "limit", None) or "")
     return Failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
                    traceback=guest_traceback(e, guest_files))
 

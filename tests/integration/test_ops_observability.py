@@ -8,9 +8,13 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from isorun import CodeRunner, errors
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import runner_pb2_grpc
 from processes import zygote_of
 
 GUEST = '''
@@ -74,6 +78,22 @@ def test_each_call_writes_one_json_line_with_its_facts(start_daemon, make_root):
     assert ok["run_ms"] > 0 and ok["total_ms"] >= ok["run_ms"] and ok["cpu_ms"] > 0
     assert ok["peak_memory_bytes"] > 1 << 20
     assert len({line["id"] for line in lines}) == 3
+
+
+def test_every_outcome_carries_the_id_of_its_log_line(start_daemon, make_root):
+    # Raw stubs: the id is in the Outcome message, for callers that trace calls by it. The
+    # daemon makes the timeout's outcome itself; the guest's runtime makes the other one.
+    d = start_daemon()
+    root = make_root({"index.py": GUEST})
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        timed_out = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="nap", timeout_seconds=0.5, external=["time"],
+                                           args=[struct_pb2.Value(number_value=5)]), timeout=30).outcome
+        answered = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="boom"), timeout=30).outcome
+    assert timed_out.failure.kind == pb.Failure.TIMEOUT, timed_out.failure
+    assert answered.failure.kind == pb.Failure.GUEST_EXCEPTION
+    ids = [line["id"] for line in call_lines(d) if line["peer"] != "self-test"]
+    assert [timed_out.call_id, answered.call_id] == ids
 
 
 def test_the_metrics_endpoint_is_off_by_default(daemon):

@@ -1,6 +1,8 @@
 """Resource attacks: each ends at its limit, as a clear error or an OSError in the guest, and
 takes nothing from the host or the next call (checked after every test by ``daemon_survives``)."""
 import shutil
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +120,51 @@ def test_a_flood_of_running_events_reaches_the_client_once(secure_daemon, tmp_pa
         with pytest.raises(errors.SandboxError, match="a second 'running' event"):
             runner.run("running_flood", args=[10_000], timeout=20, running=lambda: seen.append(1))
     assert len(seen) == 1, len(seen)
+
+
+def test_endless_empty_console_lines_are_an_output_limit_and_starve_no_one(attack, secure_daemon):
+    # Lines with no text used to cost nothing against the cap, and a channel kept full kept
+    # the daemon's event loop from running: the call outlived its timeout, and every other
+    # call (and health check) waited for it.
+    result = {}
+
+    def flood():
+        try:
+            attack("forged_events", "empty_lines_forever", timeout=5)
+        except errors.IsorunError as e:
+            result["error"] = e
+    flooder = threading.Thread(target=flood)
+    started = time.monotonic()
+    flooder.start()
+    time.sleep(0.5)
+    root = Path(tempfile.mkdtemp())
+    root.chmod(0o755)
+    (root / "index.py").write_text("def ping(x):\n    return x + 1\n")
+    with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
+        assert runner.run("ping", args=[1], timeout=20) == 2
+    innocent = time.monotonic() - started
+    flooder.join(30)
+    assert not flooder.is_alive()
+    assert isinstance(result["error"], errors.ResourceLimitError) and result["error"].limit == "output"
+    assert innocent < 5, innocent
+
+
+def test_console_lines_padded_with_undeclared_fields_are_counted(secure_daemon, tmp_path):
+    """Fields the schema does not declare are neither relayed nor free: 8 lines of 1 MiB of
+    padding and no text end the call at the 1 MiB console cap, and the client receives none of
+    the padding."""
+    root = tmp_path / "guest"
+    root.mkdir()
+    root.chmod(0o755)
+    for name in ("escape.py", "forged_events.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    received = []
+    with CodeRunner(root=str(root), file="forged_events.py", socket=secure_daemon.socket,
+                    on_console=lambda stream, text: received.append(text)) as runner:
+        with pytest.raises(errors.ResourceLimitError) as raised:
+            runner.run("padded_lines", args=[8, MiB], timeout=20)
+    assert raised.value.limit == "output"
+    assert received == [""] * len(received) and len(received) < 8
 
 
 def test_an_empty_event_ends_the_call(attack):

@@ -77,6 +77,14 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ('[plugins.compilers]\nbad = "no-colon"\n', "plugins.compilers.bad"),
     ('[types]\n"acme.Money" = 5\n', "types.acme.Money"),
     ("limits = 5\n", "limits"),
+    # values the daemon would accept and then fail on later: at gRPC's start, on the fifth
+    # sandbox's uid map, when turning a timeout into an rlimit, on the guest's first import
+    ("max_request_bytes = 9999999999999\n", "max_request_bytes"),
+    ("sandbox_uid_base = 4294967290\n", "sandbox_uid_count"),
+    ("max_timeout = inf\n", "max_timeout"),
+    ("default_timeout = nan\n", "default_timeout"),
+    ("[limits]\ncpu_seconds = inf\n", "limits.cpu_seconds"),
+    ("[limits]\nmax_open_files = 3\n", "limits.max_open_files"),
 ])
 def test_a_bad_value_is_refused_naming_the_key(tmp_path, text, key):
     assert f"config key '{key}'" in refusal(tmp_path, text)
@@ -85,6 +93,19 @@ def test_a_bad_value_is_refused_naming_the_key(tmp_path, text, key):
 def test_a_file_that_is_not_toml_is_refused_with_its_path(tmp_path):
     message = refusal(tmp_path, "max_concurrency = = 2\n")
     assert "isorund.toml" in message and "not valid TOML" in message
+
+
+def test_a_file_that_is_not_utf8_is_refused_as_not_toml(tmp_path):
+    path = tmp_path / "isorund.toml"
+    path.write_bytes(b"log_level = \"\xff\"\n")
+    with pytest.raises(ConfigError, match="isorund.toml is not valid TOML: not UTF-8"):
+        Config.load(str(path))
+
+
+def test_the_largest_accepted_values_are_a_valid_config():
+    config = Config.load(None, {"max_request_bytes": 256 << 20, "max_timeout": 1e6,
+                                "sandbox_uid_base": 2**32 - 2 - 65535, "sandbox_uid_count": 65536})
+    assert config.sandbox_uid_base + config.sandbox_uid_count - 1 == 2**32 - 2
 
 
 def test_users_and_groups_may_be_named_or_numbered(tmp_path):

@@ -53,6 +53,16 @@ def test_bad_files_are_refused(config, root, file, match):
     refused(config, request(root, file=file), match)
 
 
+@pytest.mark.parametrize("file, match", [
+    (".", "is a folder, not a source file"), ("sub", "is a folder"), ("sub/..", "is a folder"),
+    ("pipe.py", "is not a regular file"),
+])
+def test_files_that_are_not_source_files_are_named_so(config, root, file, match):
+    os.mkdir(os.path.join(root, "sub"))
+    os.mkfifo(os.path.join(root, "pipe.py"))
+    refused(config, request(root, file=file), match)
+
+
 def test_a_symlink_out_of_the_root_is_refused(config, root, tmp_path):
     (tmp_path / "outside.py").write_text("x = 1\n")
     os.symlink(tmp_path / "outside.py", os.path.join(root, "link.py"))
@@ -94,6 +104,14 @@ def test_limits_may_only_be_lowered(config, root):
     assert p.limits.memory_bytes == 64 << 20
     refused(config, request(root, limits=pb.Limits(memory_bytes=config.limits.memory_bytes + 1)),
             "limits.memory_bytes may only lower")
+
+
+@pytest.mark.parametrize("asked", [1, 7])
+def test_too_few_open_files_for_the_runtime_are_refused(config, root, asked):
+    # Below it the guest's own file could not be opened, and the call would fail as a
+    # missing module, which names the wrong cause.
+    refused(config, request(root, limits=pb.Limits(max_open_files=asked)), "max_open_files must be at least 8")
+    assert plan.build(request(root, limits=pb.Limits(max_open_files=8)), config).limits.max_open_files == 8
 
 
 def test_context_names_must_be_identifiers(config, root):

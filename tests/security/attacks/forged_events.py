@@ -1,13 +1,17 @@
 # Attack: write events the sandbox's runtime never sends straight to the channel — console
 # batches (which no output cap would count if the daemon trusted them), a flood of 'running'
-# events, an empty event — to get past the console cap or grow the daemon's memory.
+# events, an empty event, endless empty console lines, lines padded with fields the schema does
+# not declare — to get past the console cap, grow the daemon's memory or starve its event loop.
 from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
 
 
 def _send(fd, event):
-    data = event.SerializeToString()
+    _send_raw(fd, event.SerializeToString())
+
+
+def _send_raw(fd, data):
     frame = len(data).to_bytes(4, "big") + data
     while frame:
         frame = frame[os.write(fd, frame):]
@@ -34,3 +38,35 @@ def empty_event():
     fd = channel_fd()
     os.write(fd, (0).to_bytes(4, "big"))
     real_import("time").sleep(10)
+
+
+def empty_lines_forever():
+    """Six-byte frames as fast as the socket takes them: no text to count, no end."""
+    fd = channel_fd()
+    data = pb.RunEvent(console=pb.ConsoleLine()).SerializeToString()
+    frame = (len(data).to_bytes(4, "big") + data) * 4096
+    while True:
+        os.write(fd, frame)
+
+
+def padded_lines(count, pad_bytes):
+    """Lines with no text but a field number the schema lacks, holding ``pad_bytes`` bytes."""
+    fd = channel_fd()
+    line = pb.ConsoleLine().SerializeToString() + _length_delimited(15, b"p" * pad_bytes)
+    data = _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["console"].number, line)
+    for _ in range(count):
+        _send_raw(fd, data)
+    return "sent"
+
+
+def _length_delimited(number, payload):
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
