@@ -44,6 +44,11 @@ DENIED = (
     "personality", "vhangup", "nfsservctl", "sysfs", "ustat", "_sysctl",
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname",
     "iopl", "ioperm",
+    # memory no address-space limit sees: a System V segment or a memfd holds its pages while
+    # nothing maps it, so one call could fill the host's RAM past RLIMIT_AS (and, without a
+    # per-call cgroup, past anything else); no Python computation needs either
+    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl", "memfd_create", "memfd_secret",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,

@@ -11,6 +11,7 @@ REQUIRED_DENIED = [
     "pivot_root", "unshare", "setns", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
     "userfaultfd", "init_module", "finit_module", "kexec_load", "kexec_file_load", "reboot",
     "swapon", "swapoff", "acct", "quotactl", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "shmget", "shmat", "msgget", "msgsnd", "semget", "memfd_create",
 ]
 
 
