@@ -157,6 +157,12 @@ class Zygote:
             if not taker.done():
                 taker.set_result(sandbox)
                 return
+        if len(self.ready) >= self.config.pool_size:
+            # asked for by a call that left before it arrived, with the pool refilled
+            # meanwhile: kept, it would grow the pool past pool_size for good
+            sandbox.kill()
+            sandbox.close()
+            return
         self.ready.append(sandbox)
 
     def _fail_takers(self, message: str) -> None:

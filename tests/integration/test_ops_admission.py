@@ -14,6 +14,7 @@ from isorun import AsyncCodeRunner, CodeRunner, errors
 from isorun._codec import encode
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from processes import zygote_of
 
 SLEEPY = "def nap(seconds):\n    import time\n    time.sleep(seconds)\n    return seconds\n\n\ndef echo(x):\n    return x\n"
 SMALL = 'max_concurrency = 1\nqueue_size = 1\npool_size = 1\nmetrics_address = "127.0.0.1:0"\n'
@@ -148,3 +149,25 @@ def test_a_storm_of_calls_gets_exactly_one_answer_each(start_daemon, make_root):
     assert sum(line["outcome"] == "ok" for line in lines) == served
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         assert r.run("echo", args=["after"]) == "after"
+
+
+def test_calls_that_leave_before_their_sandbox_arrives_do_not_grow_the_pool(start_daemon, make_root):
+    # With the pool empty, a call asks the zygote for a sandbox; when the call is cancelled
+    # before it arrives, that sandbox must not stay on top of a refilled pool.
+    d = start_daemon(config="max_concurrency = 8\npool_size = 1\n")
+    root = make_root({"index.py": SLEEPY})
+    request = pb.RunRequest(root=root, file="index.py", func_name="nap", args=[encode(5)], external=["time"])
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        for _ in range(3):
+            calls = [stub.Run.future(request, timeout=10) for _ in range(8)]
+            time.sleep(0.05)
+            for call in calls:
+                call.cancel()
+    zygote = zygote_of(d)
+
+    def pooled() -> int:
+        return len(zygote.children())
+    wait_until(lambda: len(call_lines(d)) == 24 and pooled() <= 1)
+    time.sleep(1)  # anything still on its way has arrived by now
+    assert pooled() == 1
