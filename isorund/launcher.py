@@ -29,8 +29,16 @@ from isorund.sandbox._libc import SandboxSetupError
 log = logging.getLogger("isorund")
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
-ZYGOTE_LOST = "zygote lost"  # the exit status of a sandbox whose zygote died before reporting it
-OOM_KILLED = "oom killed"  # the exit status of a sandbox its cgroup's OOM killer ended (sandbox/cgroup.py)
+ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died before reporting it
+OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a sandbox ended, as its zygote saw it when reaping it."""
+    status: int | None = None  # exit code, or 128 + the signal that ended it
+    cpu_seconds: float = 0.0   # its CPU time (its own and its reaped children's)
+    cause: str = ""            # ZYGOTE_LOST or OOM_KILLED, when known
 
 
 class ZygoteUnavailable(Exception):
@@ -200,7 +208,8 @@ class Zygote:
                 future = self.exits.pop(pid, None)
                 if future is not None and not future.done():
                     exited = message["exited"]
-                    future.set_result(OOM_KILLED if exited.get("limit") == "memory" else exited["status"])
+                    future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
+                                           OOM_KILLED if exited.get("limit") == "memory" else ""))
             elif self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
 
@@ -217,7 +226,7 @@ class Zygote:
                           "restarted, retry the call")
         for future in self.exits.values():
             if not future.done():
-                future.set_result(ZYGOTE_LOST)  # in-flight calls: their sandboxes died with it
+                future.set_result(Exit(cause=ZYGOTE_LOST))  # in-flight calls: their sandboxes died with it
         self.exits.clear()
         status = None
         if self.process is not None:
@@ -297,7 +306,7 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                 if event is None:
                     frame = await reader.next(max_frame)
                     if frame is None:
-                        return await _died(sandbox, started)
+                        return await _died(sandbox, started, limits.cpu_seconds)
                     event = _parse_event(frame)
                 kind = event.WhichOneof("event")
                 if kind == "outcome":
@@ -371,28 +380,32 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
         raise BlockingIOError("the call's folders could not be sent")
 
 
-async def _died(sandbox: Sandbox, started: float) -> pb.Outcome:
+async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> pb.Outcome:
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
     if sandbox.aborted:
         return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
     try:
-        status = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
+        end = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
     except TimeoutError:
-        status = None
-    if status == ZYGOTE_LOST:
+        end = Exit()
+    if end.cause == ZYGOTE_LOST:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "
             "being started, retry the call")), started)
-    if status == OOM_KILLED:
+    if end.cause == OOM_KILLED:
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=(
             "the call went over its memory limit and was killed by the kernel")), started)
-    how = "" if status is None else f" (exit status {status})"
-    limit = None
-    if status == 128 + signal.SIGKILL or status == 128 + signal.SIGXCPU:
-        limit = "cpu"
-    if limit:
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit=limit,
+    how = "" if end.status is None else f" (exit status {end.status})"
+    killed = end.status in (128 + signal.SIGKILL, 128 + signal.SIGXCPU)
+    # The CPU rlimit's signals can also come from elsewhere (an operator's kill -9): only a
+    # sandbox that used its CPU time was ended by that limit.
+    if killed and end.cpu_seconds >= cpu_limit:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu",
                                 message=f"the call was killed by the kernel for using up its CPU time{how}"), started)
+    if killed:
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
+            f"its {cpu_limit:g} s of CPU")), started)
     return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
 
 

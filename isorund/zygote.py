@@ -11,7 +11,7 @@ Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
     zygote → daemon   {"hello": {...}} or {"fatal": msg}  once, after start
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
-                      {"exited": {"pid": P, "status": S}}            a sandbox exited
+                      {"exited": {"pid": P, "status": S, "cpu_seconds": C}}  a sandbox exited
                       {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
 The zygote reaps its sandboxes (it is their parent) and recycles their host ids and cgroups.
 """
@@ -146,7 +146,7 @@ class Zygote:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -154,7 +154,8 @@ class Zygote:
             host_id = self.ids_in_use.pop(pid, None)
             if host_id is not None:
                 self.host_ids.release(host_id)
-            exited = {"pid": pid, "status": _exit_status(status)}
+            exited = {"pid": pid, "status": _exit_status(status),
+                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6)}
             if self.release_group(pid):
                 exited["limit"] = "memory"
             _send(self.control, {"exited": exited})

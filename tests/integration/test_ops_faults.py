@@ -68,6 +68,34 @@ def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_da
     assert events(d, "zygote_died") and events(d, "zygote_restarted")[0]["restarts"] == 1
 
 
+def test_a_sandbox_killed_from_outside_is_not_reported_as_a_cpu_limit(start_daemon, make_root):
+    # SIGKILL is also how the kernel ends a guest past its hard CPU limit; a sandbox that used
+    # almost no CPU was ended by someone else (an operator, the OOM killer of the host).
+    d = start_daemon(config="pool_size = 1\n")
+    root = make_root({"index.py": GUEST})
+    zygote = zygote_of(d)
+    running = threading.Event()
+    box: dict = {}
+
+    def call():
+        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+            try:
+                box["value"] = r.run("nap", args=[20], timeout=25, running=running.set)
+            except errors.IsorunError as e:
+                box["error"] = e
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert running.wait(30)
+    # the call's sandbox has dropped to its own host uid; pooled ones are still root
+    (sandbox,) = [p for p in zygote.children() if p.uids().real != 0]
+    sandbox.send_signal(signal.SIGKILL)
+    thread.join(20)
+    assert not thread.is_alive()
+    error = box.get("error")
+    assert type(error) is errors.SandboxError, error
+    assert "killed from outside the call (exit status 137)" in str(error)
+
+
 def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_root):
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
