@@ -15,6 +15,7 @@ import time
 
 from isorun._proto import runner_pb2 as pb
 
+from . import memory
 from . import plan as plans
 from .admission import Admission, QueueFull, QueueTimeout
 from .launcher import Sandbox, Zygote, ZygoteUnavailable, run_call
@@ -23,6 +24,8 @@ from .plan import RequestError
 log = logging.getLogger("isorund")
 
 # What the log line and the metrics call a call that ended without an outcome, by exception.
+# How long the daemon must have been idle after a large call before its heap is trimmed.
+TRIM_AFTER_SECONDS = 0.5
 REFUSALS = ((RequestError, "invalid_argument"), (QueueFull, "queue_full"), (QueueTimeout, "deadline_in_queue"),
             (ZygoteUnavailable, "unavailable"), (asyncio.CancelledError, "cancelled"))
 
@@ -39,6 +42,8 @@ class Calls:
         self.metrics = metrics
         self.isolated = not config.insecure_no_isolation
         self.in_flight: set[Sandbox] = set()
+        self._trim_wanted = False
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     async def run(self, request: pb.RunRequest, on_event, *, deadline: float | None, peer: str = "") -> pb.Outcome:
         """Runs one call; raises RequestError, QueueFull, QueueTimeout or ZygoteUnavailable, and
@@ -76,6 +81,7 @@ class Calls:
             raise
         finally:
             self._log(entry, outcome, received)
+            self._after(request, outcome)
 
     def abort_all(self, reason: str) -> None:
         """Kills every running call's sandbox (their outcome says ``reason``) and answers
@@ -83,6 +89,21 @@ class Calls:
         self.admission.close(ShuttingDown("isorund is shutting down; the call was not started"))
         for sandbox in list(self.in_flight):
             sandbox.abort(reason)
+
+    def _after(self, request: pb.RunRequest, outcome: pb.Outcome | None) -> None:
+        """After a call with a large value, gives the heap's free memory back once the daemon
+        is idle (see isorund.memory); the call's own messages are gone by then."""
+        if request.ByteSize() >= memory.LARGE_BYTES or (outcome is not None and outcome.ByteSize() >= memory.LARGE_BYTES):
+            self._trim_wanted = True
+        if self._trim_wanted and self._trim_timer is None:
+            self._trim_timer = asyncio.get_running_loop().call_later(TRIM_AFTER_SECONDS, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_timer = None
+        if self.admission.running or self.admission.waiting:
+            return  # the end of a later call tries again
+        self._trim_wanted = False
+        memory.give_back_freed_memory()
 
     def _log(self, entry: dict, outcome: pb.Outcome | None, received: float) -> None:
         total = time.monotonic() - received

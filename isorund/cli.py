@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import logging
 import sys
 
 from .config import Config, ConfigError, reference
-
-# glibc's mallopt parameters, and the values the daemon runs with (see keep_freed_memory).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 16 << 20
-TRIM_THRESHOLD = 32 << 20
+from .memory import keep_freed_memory
 
 # Command-line flags that override a config key of the same name.
 OVERRIDES = (
@@ -71,19 +66,3 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError) as e:
         logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": f"{type(e).__name__}: {e}"}))
         return 1
-
-
-def keep_freed_memory() -> None:
-    """Has glibc keep the memory of large requests for the next ones, before any thread starts.
-
-    By default a block over 128 KiB is its own mmap, and free memory at the top of a heap
-    goes back to the kernel past 128 KiB; each call with a large value then faults its pages
-    in afresh, several times over (the request, its copy into the plan, the plan's bytes).
-    On this VM that was ~2 ms of a 1 MiB argument's plan.build alone. Blocks up to 16 MiB
-    now come from the heaps, which keep up to 32 MiB free at their top. Other C libraries
-    have no mallopt: nothing to do there."""
-    libc = ctypes.CDLL(None)
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
