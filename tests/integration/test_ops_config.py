@@ -17,7 +17,7 @@ def isorund(*args: str) -> subprocess.CompletedProcess:
     ("max_concurency = 4\n", "unknown config key 'max_concurency'"),
     ("[limits]\nmemory = 1\n", "unknown config key 'limits.memory'"),
     ('queue_size = "lots"\n', "config key 'queue_size' must be an int, got 'lots'"),
-    ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0), got 1.0"),
+    ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0) and <= 1e+06, got 1.0"),
 ])
 def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemon, config, message):
     d = start_daemon(config=config, wait=False)

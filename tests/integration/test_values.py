@@ -332,7 +332,7 @@ def test_a_result_nested_past_the_limit_is_a_clear_error(runner):
     for call in (lambda: r.run("deep", args=[46]), lambda: r.run("deep", args=[100_000]), lambda: r.run("loop")):
         with pytest.raises(errors.SerializationError) as info:
             call()
-        assert "limit 'depth'" in str(info.value)
+        assert "limit 'depth'" in str(info.value) and info.value.limit == "depth"
     assert r.run("deep", args=[2]) == [[]]
 
 

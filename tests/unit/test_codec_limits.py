@@ -384,6 +384,34 @@ def test_a_lone_surrogate_cannot_be_encoded():
         _codec.encode({"\udfff": 1})
 
 
+# What other clients send for containers whose entries are distinct there but equal in Python:
+# Node's Map([[1, 'a'], [true, 'b']]), Set([1, true]), two Date keys for one instant.
+MERGING_PAYLOADS = [
+    ('{"$type": "dict", "$value": [[1, "a"], [true, "b"]]}', "key True"),
+    ('{"$type": "dict", "$value": [[{"$type": "datetime", "$value": "2026-01-01T00:00:00+00:00"}, "a"],'
+     ' [{"$type": "datetime", "$value": "2026-01-01T01:00:00+01:00"}, "b"]]}', "key datetime"),
+    ('{"$type": "dict", "$value": [["k", 1], ["k", 2]]}', "key 'k'"),
+    ('{"$type": "set", "$value": [1, true]}', "item True"),
+    ('{"$type": "frozenset", "$value": [0, {"$type": "float", "$value": "0.0"}]}', "item 0.0"),
+    ('{"$type": "set", "$value": [2, 2]}', "item 2"),
+]
+
+
+@pytest.mark.parametrize("text, named", MERGING_PAYLOADS)
+def test_entries_equal_in_python_are_refused_not_merged(text, named):
+    with pytest.raises(SerializationError) as info:
+        _codec.decode(json_format.Parse(text, struct_pb2.Value()))
+    assert named in str(info.value) and "equals the earlier" in str(info.value)
+    assert info.value.limit is None
+
+
+def test_entries_that_stay_distinct_in_python_are_kept():
+    text = '{"$type": "dict", "$value": [[1, "a"], ["1", "b"], [{"$type": "float", "$value": "1.5"}, "c"]]}'
+    assert _codec.decode(json_format.Parse(text, struct_pb2.Value())) == {1: "a", "1": "b", 1.5: "c"}
+    assert _codec.decode(json_format.Parse('{"$type": "set", "$value": [1, "1", null]}',
+                                           struct_pb2.Value())) == {1, "1", None}
+
+
 # ------------------------------------------------------------------------ error messages
 
 class Unprintable:

@@ -3,19 +3,26 @@
 The two runners share everything but I/O (``_Base``): request building, the check of tagged
 values against the daemon's type names, and the mapping of outcomes and gRPC status codes to
 ``isorun.errors`` (``_raise_failure``, ``_transport_error``) — the only place that mapping
-lives. Each runner holds one channel for its life; capabilities are asked once per channel.
+lives. A CodeRunner holds one channel for its life, an AsyncCodeRunner one per event loop it
+is used in; capabilities are asked once per channel. close() refuses new calls and lets the
+calls in flight finish, as the Node client's does; a callback that raises cancels its call.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import os
 import threading
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 from google.protobuf import struct_pb2
 
 from . import _codec
+from . import _inputs
 from . import errors
 from ._proto import runner_pb2 as pb
 from ._proto import runner_pb2_grpc
@@ -29,6 +36,16 @@ QUEUE_ALLOWANCE_SECONDS = 60.0
 # Used for the deadline only when the caller leaves the timeout to the daemon.
 _DEFAULT_TIMEOUT_GUESS = 30.0
 _MAX_MESSAGE = 64 * 1024 * 1024
+# What the values of one request (args and context together) may take: the message, less room
+# for the rest of the request (paths, names, framing), so that a request over the limit fails
+# here, before anything is sent, as a SerializationError naming the limit (as in the Node client).
+_VALUES_BUDGET = _MAX_MESSAGE - 1024 * 1024
+_REQUEST_TOO_LARGE = (f"the arguments and context are too large: more than {_VALUES_BUDGET} "
+                      "bytes together (limit 'size')")
+# gRPC turns a timeout into an absolute deadline that overflows somewhere past 1e9 s from now,
+# and then expires at once. No daemon accepts a timeout anywhere near a year (isorund's
+# max_timeout is at most 1e6 s), so the cap only ever lets the daemon refuse the timeout itself.
+_MAX_DEADLINE_SECONDS = 365 * 24 * 3600.0
 _STREAMS = {pb.ConsoleLine.STDOUT: "stdout", pb.ConsoleLine.STDERR: "stderr"}
 
 
@@ -44,8 +61,8 @@ def default_socket() -> str:
 
 
 class _Base:
-    def __init__(self, root: str, file: str, *, external: Iterable[str] = (),
-                 whitelisted_paths: Iterable[str] = (), source_extensions: Iterable[str] = (".py",),
+    def __init__(self, root: str, file: str, *, external: Sequence[str] = (),
+                 whitelisted_paths: Sequence[str] = (), source_extensions: Sequence[str] = (".py",),
                  compiler: str | None = None, resolver: str | None = None,
                  resolver_options: Mapping[str, Any] | None = None,
                  on_console: ConsoleCallback | None = None, socket: str | None = None,
@@ -56,36 +73,49 @@ class _Base:
         self.on_console = on_console
         self._registry = registry or _codec.default_registry
         self._template = pb.RunRequest(
-            root=self.root, file=self.file, external=list(external),
-            whitelisted_paths=[os.fspath(p) for p in whitelisted_paths],
-            source_extensions=list(source_extensions), compiler=compiler or "",
-            resolver=resolver or "")
+            root=self.root, file=self.file, external=_inputs.strings("external", external),
+            whitelisted_paths=_inputs.strings("whitelisted_paths", whitelisted_paths, paths=True),
+            source_extensions=_inputs.strings("source_extensions", source_extensions),
+            compiler=compiler or "", resolver=resolver or "")
         if resolver_options is not None:
-            self._template.resolver_options.CopyFrom(_options_struct(resolver_options))
+            self._template.resolver_options.CopyFrom(_inputs.options_struct(resolver_options))
+        self._unreachable = _inputs.socket_problem(self.socket)
         self._type_names: frozenset[str] | None = None
         self._closed = False
+        # True while this thread or asyncio task is inside one of this runner's calls (in a
+        # callback, say): close() from there must not wait for the call that is running it.
+        self._inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"isorun_in_call_{id(self)}", default=False)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise errors.IsorunError("this runner is closed")
+        if self._unreachable:
+            raise errors.DaemonUnavailable(self._unreachable)
 
     def _request(self, func_name: str, args: Sequence[Any] | None, context: Mapping[str, Any] | None,
                  timeout: float | None, args_resolver: str | None) -> tuple[pb.RunRequest, set[str]]:
-        """Builds the request; returns it with every tagged type name its values use."""
-        if self._closed:
-            raise errors.IsorunError("this runner is closed")
+        """Builds the request; returns it with every tagged type name its values use. Its
+        values share one size budget, so an oversized request is refused before it is sent."""
         if not isinstance(func_name, str) or not func_name:
             raise errors.InvalidRequest(f"func_name must be a non-empty string, got {func_name!r}")
-        if timeout is not None and not timeout > 0:
-            raise errors.InvalidRequest(f"timeout must be > 0 seconds, got {timeout!r}")
+        seconds = _inputs.timeout_seconds(timeout)
+        args = () if args is None else _inputs.sequence("args", args, "the positional arguments")
+        context = {} if context is None else _inputs.mapping("context", context, "global names to values")
         request = pb.RunRequest()
         request.CopyFrom(self._template)
         request.func_name = func_name
-        request.timeout_seconds = timeout or 0.0
+        request.timeout_seconds = seconds
         request.args_resolver = args_resolver or ""
         names: set[str] = set()
-        for i, arg in enumerate(args or ()):
-            _encode(request.args.add(), arg, self._registry, names, f"argument {i}")
-        for key, value in (context or {}).items():
+        budget = _VALUES_BUDGET
+        for i, arg in enumerate(args):
+            budget -= _encode(request.args.add(), arg, self._registry, names, f"argument {i}", budget)
+        for key, value in context.items():
             if not isinstance(key, str):
                 raise errors.SerializationError(f"context names must be str, got {key!r}")
-            _encode(request.context[key], value, self._registry, names, f"context {key!r}")
+            budget -= _encode(request.context[key], value, self._registry, names,
+                              f"context {key!r}", budget)
         return request, names
 
     def _check_names(self, names: set[str]) -> None:
@@ -96,17 +126,27 @@ class _Base:
                 f"the daemon at {self.socket} has no resolver for type {missing[0]!r}; "
                 f"it offers: {offered}")
 
-    def _deadline(self, timeout: float | None) -> float:
-        return (timeout or _DEFAULT_TIMEOUT_GUESS) + QUEUE_ALLOWANCE_SECONDS
+    def _deadline(self, request: pb.RunRequest) -> float:
+        seconds = (request.timeout_seconds or _DEFAULT_TIMEOUT_GUESS) + QUEUE_ALLOWANCE_SECONDS
+        return min(seconds, _MAX_DEADLINE_SECONDS)
 
-    def _result(self, outcome: pb.Outcome) -> Any:
+    def _result(self, outcome: pb.Outcome | None) -> Any:
+        if outcome is None:
+            raise errors.SandboxError("the daemon ended the call without an outcome")
         if outcome.WhichOneof("result") == "value":
             return _codec.decode(outcome.value, self._registry)
         _raise_failure(outcome.failure)
 
-    def _console(self, line: pb.ConsoleLine) -> None:
-        if self.on_console is not None:
-            self.on_console(_STREAMS.get(line.stream, "stdout"), line.text)
+    def _callbacks(self, event: pb.RunEvent, running: Callable[[], Any] | None) -> list[Callable[[], Any]]:
+        """What a streamed event asks of the caller: ``running``, or one ``on_console`` per line."""
+        kind = event.WhichOneof("event")
+        if kind == "running" and running is not None:
+            return [running]
+        if kind not in ("console", "console_batch") or self.on_console is None:
+            return []
+        lines = [event.console] if kind == "console" else event.console_batch.lines
+        return [functools.partial(self.on_console, _STREAMS.get(line.stream, "stdout"), line.text)
+                for line in lines]
 
     def _target(self) -> str:
         return "unix:" + os.path.abspath(self.socket)
@@ -120,36 +160,48 @@ class CodeRunner(_Base):
 
     def __init__(self, root: str, file: str, **options: Any):
         super().__init__(root, file, **options)
-        self._channel = grpc.insecure_channel(self._target(), options=_channel_options())
-        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
+        # A socket path too long for an address gets no channel (gRPC would only log that it
+        # cannot parse it); every call then fails in _check_usable, naming the path.
+        self._channel = None if self._unreachable else grpc.insecure_channel(
+            self._target(), options=_channel_options())
+        self._stub = runner_pb2_grpc.RunnerStub(self._channel) if self._channel else None
         self._lock = threading.Lock()
+        self._idle = threading.Condition()  # guards _calls, _closed and the channel's closing
+        self._calls = 0
+        self._close_when_idle = False
 
     def run(self, func_name: str, args: Sequence[Any] | None = None, context: Mapping[str, Any] | None = None,
             running: Callable[[], Any] | None = None, timeout: float | None = None,
             args_resolver: str | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises."""
-        request, names = self._request(func_name, args, context, timeout, args_resolver)
-        deadline = self._deadline(timeout)
+        with self._in_flight():
+            request, names = self._request(func_name, args, context, timeout, args_resolver)
+            deadline = self._deadline(request)
+            try:
+                if names:
+                    self._ensure_type_names(deadline)
+                    self._check_names(names)
+                if running is None and self.on_console is None:
+                    outcome = self._stub.Run(request, timeout=deadline).outcome
+                else:
+                    outcome = self._stream(request, deadline, running)
+            except grpc.RpcError as e:
+                raise _transport_error(e, self.socket) from None
+            return self._result(outcome)
+
+    def _stream(self, request: pb.RunRequest, deadline: float,
+                running: Callable[[], Any] | None) -> pb.Outcome | None:
+        call = self._stub.RunStream(request, timeout=deadline)
         try:
-            if names:
-                self._ensure_type_names(deadline)
-                self._check_names(names)
-            if running is None and self.on_console is None:
-                return self._result(self._stub.Run(request, timeout=deadline).outcome)
-            for event in self._stub.RunStream(request, timeout=deadline):
-                kind = event.WhichOneof("event")
-                if kind == "console":
-                    self._console(event.console)
-                elif kind == "console_batch":
-                    for line in event.console_batch.lines:
-                        self._console(line)
-                elif kind == "running" and running is not None:
-                    running()
-                elif kind == "outcome":
-                    return self._result(event.outcome)
-        except grpc.RpcError as e:
-            raise _transport_error(e, self.socket) from None
-        raise errors.SandboxError("the daemon ended the call without an outcome")
+            for event in call:
+                if event.WhichOneof("event") == "outcome":
+                    return event.outcome
+                for callback in self._callbacks(event, running):
+                    callback()
+        except BaseException:
+            call.cancel()  # a callback raised: end the sandbox now, not at its timeout
+            raise
+        return None
 
     def _ensure_type_names(self, deadline: float) -> None:
         with self._lock:
@@ -159,14 +211,42 @@ class CodeRunner(_Base):
 
     def capabilities(self) -> pb.Capabilities:
         """The daemon's version, isolation level, limits, plugins and value type names."""
+        with self._in_flight():
+            try:
+                return self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+            except grpc.RpcError as e:
+                raise _transport_error(e, self.socket) from None
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Counts a call so that close() lets it finish; refuses it once the runner is closed."""
+        with self._idle:
+            self._check_usable()
+            self._calls += 1
+        token = self._inside.set(True)
         try:
-            return self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
-        except grpc.RpcError as e:
-            raise _transport_error(e, self.socket) from None
+            yield
+        finally:
+            self._inside.reset(token)
+            with self._idle:
+                self._calls -= 1
+                if not self._calls:
+                    self._idle.notify_all()
+                    if self._close_when_idle:
+                        self._channel.close()
 
     def close(self) -> None:
-        self._closed = True
-        self._channel.close()
+        """Refuses new calls at once; calls already in flight finish, then the channel closes.
+        From a callback of a call in flight it returns at once (that call cannot finish
+        before the callback does), and the last call to finish closes the channel."""
+        with self._idle:
+            self._closed = True
+            if self._calls and self._inside.get():
+                self._close_when_idle = True
+                return
+            self._idle.wait_for(lambda: not self._calls)
+            if self._channel is not None:
+                self._channel.close()
 
     def __enter__(self) -> "CodeRunner":
         return self
@@ -175,67 +255,120 @@ class CodeRunner(_Base):
         self.close()
 
 
+class _Connection:
+    """An aio channel and what else belongs to the event loop it was made in."""
+
+    def __init__(self, target: str):
+        self.loop = asyncio.get_running_loop()
+        self.channel = grpc.aio.insecure_channel(target, options=_channel_options())
+        self.stub = runner_pb2_grpc.RunnerStub(self.channel)
+        self.lock = asyncio.Lock()  # asks the capabilities once
+        self.calls = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.close_when_idle = False
+
+
 class AsyncCodeRunner(_Base):
-    """``CodeRunner`` for asyncio: ``await runner.run(...)``; many calls may be in flight."""
+    """``CodeRunner`` for asyncio: ``await runner.run(...)``; many calls may be in flight.
+
+    It may be used in one event loop after another (successive ``asyncio.run()``): each loop
+    gets its own channel.
+    """
 
     def __init__(self, root: str, file: str, **options: Any):
         super().__init__(root, file, **options)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: runner_pb2_grpc.RunnerStub | None = None
-        self._lock: asyncio.Lock | None = None
+        self._connection: _Connection | None = None
 
-    def _connect(self) -> runner_pb2_grpc.RunnerStub:
-        # grpc.aio channels belong to the event loop that is running when they are made.
-        if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._target(), options=_channel_options())
-            self._stub = runner_pb2_grpc.RunnerStub(self._channel)
-            self._lock = asyncio.Lock()
-        return self._stub
+    def _connect(self) -> _Connection:
+        # A grpc.aio channel (and an asyncio lock) works only in the loop that was running when
+        # it was made. An earlier loop's channel cannot be closed from this one (closing awaits
+        # in its own loop, usually closed by now); grpc.aio releases it when it is collected.
+        loop = asyncio.get_running_loop()
+        if self._connection is None or self._connection.loop is not loop:
+            self._connection = _Connection(self._target())
+            self._type_names = None  # asked once per channel: the daemon may have changed
+        return self._connection
 
     async def run(self, func_name: str, args: Sequence[Any] | None = None,
                   context: Mapping[str, Any] | None = None, running: Callable[[], Any] | None = None,
                   timeout: float | None = None, args_resolver: str | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises.
         ``running`` and ``on_console`` may be plain functions or coroutine functions."""
-        request, names = self._request(func_name, args, context, timeout, args_resolver)
-        deadline = self._deadline(timeout)
-        stub = self._connect()
-        try:
-            if names:
-                await self._ensure_type_names(stub, deadline)
-                self._check_names(names)
-            if running is None and self.on_console is None:
-                return self._result((await stub.Run(request, timeout=deadline)).outcome)
-            async for event in stub.RunStream(request, timeout=deadline):
-                kind = event.WhichOneof("event")
-                if kind in ("console", "console_batch") and self.on_console is not None:
-                    lines = [event.console] if kind == "console" else event.console_batch.lines
-                    for line in lines:
-                        await _maybe_await(self.on_console(_STREAMS.get(line.stream, "stdout"), line.text))
-                elif kind == "running" and running is not None:
-                    await _maybe_await(running())
-                elif kind == "outcome":
-                    return self._result(event.outcome)
-        except grpc.RpcError as e:
-            raise _transport_error(e, self.socket) from None
-        raise errors.SandboxError("the daemon ended the call without an outcome")
+        async with self._in_flight() as connection:
+            request, names = self._request(func_name, args, context, timeout, args_resolver)
+            deadline = self._deadline(request)
+            try:
+                if names:
+                    await self._ensure_type_names(connection, deadline)
+                    self._check_names(names)
+                if running is None and self.on_console is None:
+                    outcome = (await connection.stub.Run(request, timeout=deadline)).outcome
+                else:
+                    outcome = await self._stream(connection.stub, request, deadline, running)
+            except grpc.RpcError as e:
+                raise _transport_error(e, self.socket) from None
+            return self._result(outcome)
 
-    async def _ensure_type_names(self, stub: runner_pb2_grpc.RunnerStub, deadline: float) -> None:
-        async with self._lock:
+    async def _stream(self, stub: runner_pb2_grpc.RunnerStub, request: pb.RunRequest, deadline: float,
+                      running: Callable[[], Any] | None) -> pb.Outcome | None:
+        call = stub.RunStream(request, timeout=deadline)
+        try:
+            async for event in call:
+                if event.WhichOneof("event") == "outcome":
+                    return event.outcome
+                for callback in self._callbacks(event, running):
+                    await _maybe_await(callback())
+        except BaseException:
+            # A callback raised (or our task was cancelled): end the sandbox now. grpc.aio does
+            # not cancel a call whose iteration was abandoned; it would run to its end.
+            call.cancel()
+            raise
+        return None
+
+    async def _ensure_type_names(self, connection: _Connection, deadline: float) -> None:
+        async with connection.lock:
             if self._type_names is None:
-                caps = await stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=deadline)
+                caps = await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=deadline)
                 self._type_names = frozenset(caps.type_names)
 
     async def capabilities(self) -> pb.Capabilities:
+        async with self._in_flight() as connection:
+            try:
+                return await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+            except grpc.RpcError as e:
+                raise _transport_error(e, self.socket) from None
+
+    @contextlib.asynccontextmanager
+    async def _in_flight(self) -> AsyncIterator[_Connection]:
+        """Counts a call so that close() lets it finish; refuses it once the runner is closed."""
+        self._check_usable()
+        connection = self._connect()
+        connection.calls += 1
+        connection.idle.clear()
+        token = self._inside.set(True)
         try:
-            return await self._connect().GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
-        except grpc.RpcError as e:
-            raise _transport_error(e, self.socket) from None
+            yield connection
+        finally:
+            self._inside.reset(token)
+            connection.calls -= 1
+            if not connection.calls:
+                connection.idle.set()
+                if connection.close_when_idle:
+                    await connection.channel.close()
 
     async def close(self) -> None:
+        """Refuses new calls at once; calls already in flight finish, then the channel closes
+        (as ``CodeRunner.close``). Only the current event loop's channel is closed here."""
         self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
+        connection = self._connection
+        if connection is None or connection.loop is not asyncio.get_running_loop():
+            return
+        if connection.calls and self._inside.get():
+            connection.close_when_idle = True
+            return
+        await connection.idle.wait()
+        await connection.channel.close()
 
     async def __aenter__(self) -> "AsyncCodeRunner":
         return self
@@ -256,23 +389,15 @@ def _channel_options() -> list[tuple[str, Any]]:
 
 
 def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry, names: set[str],
-            where: str) -> None:
+            where: str, budget: int) -> int:
+    """Encodes one value of a request into target and returns its size; ``budget`` is what
+    the request's values have left, so that they all share one size limit."""
     try:
-        _codec.encode_into(target, value, registry, names=names)
+        return _codec.encode_into(target, value, registry, names=names, max_bytes=budget)
     except errors.SerializationError as e:
-        error = type(e)(f"{where}: {e}")
+        error = type(e)(f"{where}: {_REQUEST_TOO_LARGE if e.limit == 'size' else e}")
         error.limit = e.limit
         raise error from None
-
-
-def _options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
-    """resolver_options are plain JSON handed to the resolver plugin as a dict."""
-    message = struct_pb2.Struct()
-    try:
-        message.update(dict(options))
-    except (ValueError, TypeError) as e:
-        raise errors.SerializationError(f"resolver_options must be JSON-like: {e}") from None
-    return message
 
 
 def _raise_failure(failure: pb.Failure) -> None:
@@ -288,7 +413,9 @@ def _raise_failure(failure: pb.Failure) -> None:
     if kind == pb.Failure.RESOURCE_LIMIT:
         raise errors.ResourceLimitError(message, failure.limit)
     if kind == pb.Failure.SERIALIZATION:
-        raise errors.SerializationError(message)
+        error = errors.SerializationError(message)
+        error.limit = failure.limit or None  # "depth" or "size"; "" when no limit was broken
+        raise error
     raise errors.SandboxError(message or "the sandbox failed without a message")
 
 

@@ -71,14 +71,36 @@ def _dec_bytes(payload: Any) -> bytes:
 
 def _dec_pairs(payload: Any) -> dict:
     result = {}
-    for pair in _items(payload):
+    pairs = _items(payload)
+    for pair in pairs:
         if type(pair) is not list or len(pair) != 2:
             raise _BadPayload(f"expected a list of [key, value] pairs, got {_describe(pair)}")
         try:
             result[pair[0]] = pair[1]
         except TypeError:
             raise _BadPayload(f"key {_short(pair[0])} is not hashable") from None
+    if len(result) < len(pairs):
+        _refuse_duplicate("key", [key for key, _ in pairs])
     return result
+
+
+def _dec_set(cls: type, payload: Any) -> Any:
+    items = _items(payload)
+    result = cls(items)
+    if len(result) < len(items):
+        _refuse_duplicate("item", items)
+    return result
+
+
+def _refuse_duplicate(what: str, entries: list) -> None:
+    """Entries distinct on the wire can be equal in Python (1 and True; two datetimes for the
+    same instant); merging them would silently drop one, so the value is refused."""
+    seen: dict = {}
+    for entry in entries:
+        if entry in seen:
+            raise _BadPayload(f"{what} {_short(entry)} equals the earlier {what} "
+                              f"{_short(seen[entry])} in Python; one of them would be lost")
+        seen[entry] = entry
 
 
 # "+00:00:00.000001": Python 3.11's fromisoformat reads a UTC offset under one second as UTC
@@ -114,8 +136,8 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "bytes": _dec_bytes,
     "bytearray": lambda p: bytearray(_dec_bytes(p)),
     "tuple": lambda p: tuple(_items(p)),
-    "set": lambda p: set(_items(p)),
-    "frozenset": lambda p: frozenset(_items(p)),
+    "set": lambda p: _dec_set(set, p),
+    "frozenset": lambda p: _dec_set(frozenset, p),
     "datetime": lambda p: _from_isoformat(_dt.datetime, _text(p)),
     "date": lambda p: _dt.date.fromisoformat(_text(p)),
     "time": lambda p: _from_isoformat(_dt.time, _text(p)),

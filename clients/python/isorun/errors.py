@@ -8,12 +8,13 @@
     ├── ResourceLimitError      limit names which: memory, processes, output, result, cpu, queue
     ├── SerializationError      (also TypeError) a value has no codec or resolver
     ├── DaemonUnavailable       (also ConnectionError) no daemon answers at the socket
-    ├── InvalidRequest          (also ValueError) the daemon refused the request as malformed
+    ├── InvalidRequest          (also ValueError) the request is malformed (client or daemon said so)
     ├── AccessDenied            (also PermissionError) the daemon does not accept this peer
     └── SandboxError            the sandbox could not be built or died unexpectedly
 
 Guest-side outcomes arrive in-band from the daemon; transport and request problems arrive as
-gRPC status codes. Both are mapped here and nowhere else (see ``_outcome``).
+gRPC status codes. Both become these classes in one place: ``_client._raise_failure`` and
+``_client._transport_error``.
 """
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ class DaemonUnavailable(IsorunError, ConnectionError):
 
 
 class InvalidRequest(IsorunError, ValueError):
-    """The daemon refused the request: a bad path, an unknown plugin, a limit out of range."""
+    """The request is malformed: the daemon refused it (a bad path, an unknown plugin, a limit
+    out of range), or the client did before sending it (a timeout that is not a finite number
+    of seconds, ``args`` that are not a list or tuple)."""
 
 
 class AccessDenied(IsorunError, PermissionError):

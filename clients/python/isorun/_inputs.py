@@ -1,0 +1,84 @@
+"""What a runner's options and a call's inputs must be, checked before anything is built or
+sent: a wrong type is refused with ``InvalidRequest`` naming the option and the type given,
+rather than taken apart into something the caller did not mean (``args="abc"`` called as
+``f("a", "b", "c")``) or failing deep in gRPC.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from . import errors
+from ._wire import _short
+
+# sun_path holds 108 bytes, one of them the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+def sequence(option: str, value: Any, what: str) -> Sequence[Any]:
+    """``value`` when it is a list, tuple or other sequence; a str or bytes (a sequence of
+    characters), a mapping (its keys), a set (no order) or an iterator would be taken apart
+    into something the caller did not mean."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray, memoryview)):
+        return value
+    raise errors.InvalidRequest(f"{option} must be a list or tuple of {what}, "
+                                f"got {type(value).__name__}")
+
+
+def mapping(option: str, value: Any, what: str) -> Mapping[Any, Any]:
+    """``value`` when it is a dict or other mapping (``context``: its keys become names)."""
+    if isinstance(value, Mapping):
+        return value
+    raise errors.InvalidRequest(f"{option} must be a mapping (a dict) of {what}, "
+                                f"got {type(value).__name__}")
+
+
+def strings(option: str, value: Any, *, paths: bool = False) -> list[str]:
+    """The strings (or, for ``paths``, os.PathLike too) of a list-valued option."""
+    items = [os.fspath(item) if paths and isinstance(item, os.PathLike) else item
+             for item in sequence(option, value, "strings")]
+    for item in items:
+        if not isinstance(item, str):
+            raise errors.InvalidRequest(f"{option} must be a list or tuple of strings, "
+                                        f"got an item of type {type(item).__name__}")
+    return items
+
+
+def timeout_seconds(timeout: Any) -> float:
+    """The timeout as a float number of seconds; 0.0 (None) leaves it to the daemon."""
+    if timeout is None:
+        return 0.0
+    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+        try:
+            seconds = float(timeout)
+        except OverflowError:  # an int beyond any double
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    raise errors.InvalidRequest(f"timeout must be a finite number of seconds > 0, got {_short(timeout)}")
+
+
+def socket_problem(socket: str) -> str | None:
+    """Why no daemon can be reached at ``socket`` whatever runs there, or None."""
+    path = os.path.abspath(socket)
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    return (f"no isorun daemon can be reached at {path}: a Unix socket path holds at most "
+            f"{MAX_SOCKET_PATH_BYTES} bytes and this one has {size}; use a shorter path "
+            "(a symbolic link to the socket will do)")
+
+
+def options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
+    """resolver_options are plain JSON handed to the resolver plugin as a dict."""
+    message = struct_pb2.Struct()
+    try:
+        message.update(dict(options))
+    except (ValueError, TypeError) as e:
+        raise errors.SerializationError(f"resolver_options must be JSON-like: {e}") from None
+    return message

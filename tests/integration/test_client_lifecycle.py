@@ -1,0 +1,164 @@
+"""The Python runners' life around a call, through a real daemon: a callback that raises ends
+the call on the daemon, close() lets calls in flight finish and refuses new ones, an async
+runner works in one event loop after another, and the daemon (not gRPC's deadline
+arithmetic) answers a timeout too large for it."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from isorun import AsyncCodeRunner, CodeRunner, errors
+
+GUEST = ("import time\n"
+         "def chatty(seconds):\n"
+         "    print('first line', flush=True)\n"
+         "    time.sleep(seconds)\n"
+         "    return 'slept'\n"
+         "def echo(x):\n"
+         "    return x\n")
+# One sandbox at a time: a call the daemon did not end holds the only slot.
+ONE_AT_A_TIME = "max_concurrency = 1\npool_size = 1\n"
+
+
+class Stop(Exception):
+    """What a callback raises to abandon the call."""
+
+
+def _calls(daemon, function: str) -> list[dict]:
+    """The daemon's log lines for the calls of ``function``."""
+    lines = [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
+    return [line for line in lines if line["function"] == function]
+
+
+def _raise_stop(*_):
+    raise Stop("enough")
+
+
+async def _raise_stop_async(*_):
+    raise Stop("enough")
+
+
+@pytest.mark.parametrize("callback", ["on_console", "running", "async on_console"])
+def test_an_async_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, make_root, callback):
+    d = start_daemon(config=ONE_AT_A_TIME)
+    root = make_root({"index.py": GUEST})
+    options = {"on_console": _raise_stop} if callback == "on_console" else {}
+    if callback == "async on_console":
+        options = {"on_console": _raise_stop_async}
+    running = _raise_stop if callback == "running" else None
+
+    async def main():
+        async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"],
+                                   **options) as r, \
+                AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as other:
+            started = time.monotonic()
+            with pytest.raises(Stop):
+                await r.run("chatty", args=[3], running=running)
+            raised = time.monotonic() - started
+            # The daemon runs one sandbox at a time: this call runs only once the first has ended.
+            assert await other.run("echo", args=[5]) == 5
+            return raised, time.monotonic() - started
+    raised, answered = asyncio.run(main())
+    assert raised < 2 and answered < 2, (raised, answered)
+    assert [line["outcome"] for line in _calls(d, "chatty")] == ["cancelled"]
+
+
+def test_a_sync_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, make_root):
+    d = start_daemon(config=ONE_AT_A_TIME)
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"],
+                    on_console=_raise_stop) as r:
+        started = time.monotonic()
+        with pytest.raises(Stop):
+            r.run("chatty", args=[3])
+        assert r.run("echo", args=[5]) == 5  # on_console is not called: echo prints nothing
+    assert time.monotonic() - started < 2
+    assert [line["outcome"] for line in _calls(d, "chatty")] == ["cancelled"]
+
+
+def test_close_lets_a_call_in_flight_finish_then_refuses_new_ones(daemon, make_root):
+    root = make_root({"index.py": GUEST})
+    r = CodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"])
+    running = threading.Event()
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = r.run("chatty", args=[1.5], running=running.set)
+        except Exception as e:  # the test inspects it
+            box["error"] = e
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert running.wait(20)
+    r.close()  # returns once the call has finished
+    assert not thread.is_alive()
+    thread.join()
+    assert box == {"value": "slept"}
+    with pytest.raises(errors.IsorunError, match="this runner is closed"):
+        r.run("echo", args=[1])
+    with pytest.raises(errors.IsorunError, match="this runner is closed"):
+        r.capabilities()
+    r.close()  # a second close is harmless
+
+
+def test_close_from_a_callback_returns_and_the_call_still_finishes(daemon, make_root):
+    root = make_root({"index.py": GUEST})
+    r = CodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"],
+                   on_console=lambda stream, text: r.close())
+    assert r.run("chatty", args=[0.2]) == "slept"
+    with pytest.raises(errors.IsorunError, match="this runner is closed"):
+        r.run("echo", args=[1])
+
+
+def test_async_close_from_a_callback_returns_and_the_call_still_finishes(daemon, make_root):
+    root = make_root({"index.py": GUEST})
+
+    async def main():
+        r = AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"],
+                            on_console=lambda stream, text: r.close())  # a coroutine: awaited
+        assert await r.run("chatty", args=[0.2]) == "slept"
+        with pytest.raises(errors.IsorunError, match="this runner is closed"):
+            await r.run("echo", args=[1])
+    asyncio.run(main())
+
+
+def test_async_close_lets_calls_in_flight_finish_then_refuses_new_ones(daemon, make_root):
+    root = make_root({"index.py": GUEST})
+
+    async def main():
+        r = AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"])
+        running = asyncio.Event()
+        calls = [asyncio.create_task(r.run("chatty", args=[1.5], running=running.set)),
+                 asyncio.create_task(r.run("echo", args=[7]))]
+        await running.wait()
+        await r.close()
+        assert all(call.done() for call in calls)
+        with pytest.raises(errors.IsorunError, match="this runner is closed"):
+            await r.run("echo", args=[1])
+        await r.close()
+        return [call.result() for call in calls]
+    assert asyncio.run(main()) == ["slept", 7]
+
+
+def test_an_async_runner_works_in_one_event_loop_after_another(daemon, make_root):
+    r = AsyncCodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=daemon.socket,
+                        external=["time"])
+    # (1, 2) is tagged: each loop's channel asks the daemon's capabilities, under its own lock.
+    assert asyncio.run(r.run("echo", args=[(1, 2)])) == (1, 2)
+    assert asyncio.run(r.run("echo", args=[(3, 4)])) == (3, 4)
+
+    async def last():
+        async with r:
+            return await r.run("echo", args=["done"])
+    assert asyncio.run(last()) == "done"
+
+
+@pytest.mark.parametrize("timeout", [1e300, 1e12])
+def test_a_timeout_too_large_for_the_daemon_is_refused_by_the_daemon(runner, timeout):
+    r = runner({"index.py": GUEST}, external=["time"])
+    with pytest.raises(errors.InvalidRequest, match="timeout"):
+        r.run("echo", args=[1], timeout=timeout)

@@ -1,0 +1,169 @@
+"""What the client refuses before it sends anything, and how it maps what the daemon sends back.
+
+No daemon runs here: the runners point at a socket that does not exist, so a call that got
+past the client's own checks fails with DaemonUnavailable. Any other error proves the client
+refused the call itself, before anything was sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import pathlib
+
+import pytest
+
+from isorun import AsyncCodeRunner, CodeRunner, errors
+from isorun._client import _raise_failure
+from isorun._proto import runner_pb2 as pb
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """A CodeRunner whose socket does not exist."""
+    r = CodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "none.sock"))
+    yield r
+    r.close()
+
+
+# ------------------------------------------------------------------------------- timeout
+
+@pytest.mark.parametrize("timeout", [math.inf, -math.inf, math.nan, 0, -1, 0.0, 10**400,
+                                     True, "5", b"5", [5]])
+def test_a_timeout_that_is_not_a_finite_number_above_zero_is_an_invalid_request(runner, timeout):
+    with pytest.raises(errors.InvalidRequest, match="timeout must be a finite number of seconds > 0"):
+        runner.run("f", timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [1e300, 1e12, 10**20])
+def test_a_huge_finite_timeout_reaches_the_daemon_instead_of_expiring_at_once(runner, timeout):
+    # gRPC's deadline overflowed and expired at once (RuntimeTimeoutError); capped, the call is
+    # sent, and here finds no daemon. A real daemon refuses the timeout (integration tests).
+    with pytest.raises(errors.DaemonUnavailable):
+        runner.run("f", timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [None, 0.5, 3, 2.5e6])
+def test_usable_timeouts_pass_the_clients_checks(runner, timeout):
+    with pytest.raises(errors.DaemonUnavailable):
+        runner.run("f", timeout=timeout)
+
+
+# ---------------------------------------------------------------------- args and context
+
+def _generator():
+    yield 1
+
+
+@pytest.mark.parametrize("args, type_name", [
+    ("abc", "str"), (b"ab", "bytes"), (bytearray(b"ab"), "bytearray"), ({"a": 1}, "dict"),
+    ({1, 2}, "set"), (frozenset({1}), "frozenset"), (_generator(), "generator"),
+    (iter([1, 2]), "list_iterator"), (5, "int")])
+def test_args_that_are_not_a_list_or_tuple_are_refused_naming_their_type(runner, args, type_name):
+    with pytest.raises(errors.InvalidRequest) as info:
+        runner.run("f", args=args)
+    assert str(info.value) == f"args must be a list or tuple of the positional arguments, got {type_name}"
+
+
+@pytest.mark.parametrize("args", [[1, 2], (1, 2), [], None, range(3)])
+def test_lists_tuples_and_other_sequences_are_accepted_as_args(runner, args):
+    with pytest.raises(errors.DaemonUnavailable):
+        runner.run("f", args=args)
+
+
+@pytest.mark.parametrize("context", [[("a", 1)], "a=1", 5])
+def test_a_context_that_is_not_a_mapping_is_refused(runner, context):
+    with pytest.raises(errors.InvalidRequest, match=f"context must be a mapping .*got {type(context).__name__}"):
+        runner.run("f", context=context)
+
+
+@pytest.mark.parametrize("option", ["external", "whitelisted_paths", "source_extensions"])
+@pytest.mark.parametrize("value, type_name", [("statistics", "str"), (b"os", "bytes"),
+                                              ({"json": 1}, "dict"), ({"json"}, "set")])
+def test_list_options_given_as_a_bare_string_or_a_set_are_refused(tmp_path, option, value, type_name):
+    with pytest.raises(errors.InvalidRequest) as info:
+        CodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s"), **{option: value})
+    assert str(info.value) == f"{option} must be a list or tuple of strings, got {type_name}"
+
+
+@pytest.mark.parametrize("option", ["external", "whitelisted_paths", "source_extensions"])
+def test_list_options_must_hold_strings(tmp_path, option):
+    with pytest.raises(errors.InvalidRequest, match=f"{option} must be a list or tuple of strings, "
+                                                    "got an item of type int"):
+        AsyncCodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s"), **{option: ["a", 3]})
+
+
+def test_list_options_take_lists_tuples_and_paths_for_whitelisted_paths(tmp_path):
+    r = CodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s"),
+                   external=("json", "statistics"), whitelisted_paths=[pathlib.Path("/opt/lib"), "/srv"],
+                   source_extensions=[".py", ".pyx"])
+    assert list(r._template.external) == ["json", "statistics"]
+    assert list(r._template.whitelisted_paths) == ["/opt/lib", "/srv"]
+    r.close()
+
+
+# ------------------------------------------------------------------------------- socket
+
+def _socket_path(tmp_path, size: int) -> str:
+    folder = str(tmp_path)
+    return folder + "/" + "s" * (size - len(folder) - 1)
+
+
+def test_a_socket_path_too_long_for_a_unix_address_is_daemon_unavailable_naming_it(tmp_path):
+    path = _socket_path(tmp_path, 108)
+    r = CodeRunner(root=str(tmp_path), file="index.py", socket=path)
+    for call in (lambda: r.run("f"), r.capabilities):
+        with pytest.raises(errors.DaemonUnavailable) as info:
+            call()
+        assert path in str(info.value) and "at most 107 bytes and this one has 108" in str(info.value)
+    r.close()
+
+
+def test_the_async_runner_names_a_socket_path_too_long_too(tmp_path):
+    path = _socket_path(tmp_path, 200)
+
+    async def main():
+        async with AsyncCodeRunner(root=str(tmp_path), file="index.py", socket=path) as r:
+            await r.run("f")
+    with pytest.raises(errors.DaemonUnavailable, match="at most 107 bytes and this one has 200"):
+        asyncio.run(main())
+
+
+def test_a_socket_path_of_107_bytes_is_tried(tmp_path):
+    r = CodeRunner(root=str(tmp_path), file="index.py", socket=_socket_path(tmp_path, 107))
+    with pytest.raises(errors.DaemonUnavailable, match="the socket does not exist"):
+        r.run("f")
+    r.close()
+
+
+# ------------------------------------------------------------------------- request size
+
+def test_arguments_share_one_size_budget_and_an_oversized_request_is_not_sent(runner):
+    big = "x" * (40 * MiB)
+    with pytest.raises(errors.SerializationError) as info:
+        runner.run("f", args=[big, big])
+    assert info.value.limit == "size"
+    assert str(info.value).startswith("argument 1: the arguments and context are too large")
+
+
+def test_arguments_and_context_share_the_size_budget(runner):
+    big = "x" * (40 * MiB)
+    with pytest.raises(errors.SerializationError) as info:
+        runner.run("f", args=[big], context={"more": big})
+    assert info.value.limit == "size" and str(info.value).startswith("context 'more': ")
+
+
+def test_a_request_under_the_budget_is_sent(runner):
+    with pytest.raises(errors.DaemonUnavailable):
+        runner.run("f", args=["x" * (20 * MiB)], context={"more": "y" * (20 * MiB)})
+
+
+# ------------------------------------------------------------------ failures from the daemon
+
+@pytest.mark.parametrize("limit, expected", [("depth", "depth"), ("size", "size"), ("", None)])
+def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expected):
+    failure = pb.Failure(kind=pb.Failure.SERIALIZATION, message="value is nested too deeply", limit=limit)
+    with pytest.raises(errors.SerializationError, match="nested too deeply") as info:
+        _raise_failure(failure)
+    assert info.value.limit == expected
