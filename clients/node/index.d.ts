@@ -80,7 +80,8 @@ export class CodeRunner {
   /** Calls `funcName(...args)` in a fresh sandbox; resolves to its value or rejects with one of `errors`. */
   run<T = Received>(options: RunOptions): Promise<T>;
   capabilities(): Promise<Capabilities>;
-  /** Closes the channel; calls in flight finish, new ones are refused. */
+  /** Refuses new calls at once; resolves when the calls in flight have finished and the channel
+   * is closed (at once from a callback of a call in flight: the last call closes the channel). */
   close(): Promise<void>;
 }
 

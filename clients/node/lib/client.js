@@ -8,6 +8,7 @@
  * name. Outcomes and gRPC status codes become `errors` in this module only (failureError,
  * transportError), mirroring the Python client.
  */
+const { AsyncLocalStorage } = require("async_hooks");
 const fs = require("fs");
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
@@ -136,13 +137,21 @@ class CodeRunner {
     });
     this._typeNames = null; // a Promise of the daemon's type names, once asked
     this._closed = false;
+    this._calls = 0; // in flight: close() closes the channel when the last one ends
+    this._channelClosed = new Promise((resolve) => { this._resolveChannelClosed = resolve; });
+    // Set while a callback of a call runs, so that close() from it does not wait for that call.
+    this._inCallback = new AsyncLocalStorage();
   }
 
   /**
    * Calls `funcName(...args)` of the file in a fresh sandbox; resolves to its value or rejects
    * with one of `errors`. `timeout` is in milliseconds, as in isolated-runtime.
    */
-  async run({ funcName, args, context, running, timeout, argsResolver } = {}) {
+  async run(options = {}) {
+    return this._inFlight(() => this._run(options));
+  }
+
+  async _run({ funcName, args, context, running, timeout, argsResolver }) {
     const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
     const deadline = Date.now() + (timeout || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
     let outcome;
@@ -163,28 +172,46 @@ class CodeRunner {
 
   /** The daemon's version, isolation level, limits, plugins and value type names. */
   async capabilities() {
-    this._checkOpen();
-    try {
-      return await this._unary("GetCapabilities", {}, Date.now() + 10000);
-    } catch (e) {
-      throw transportError(e, this.socket);
-    }
+    return this._inFlight(async () => {
+      try {
+        return await this._unary("GetCapabilities", {}, Date.now() + 10000);
+      } catch (e) {
+        throw transportError(e, this.socket);
+      }
+    });
   }
 
-  /** Closes the channel. Calls already in flight finish; new ones are refused. */
+  /** Refuses new calls at once; calls already in flight finish, then the channel closes and
+   * the promise resolves. From a callback of a call in flight it resolves at once (that call
+   * cannot finish before its callback does), and the last call to finish closes the channel. */
   async close() {
-    if (!this._closed) {
-      this._closed = true;
-      this._client.close();
+    this._closed = true;
+    if (this._calls === 0) this._closeChannel();
+    if (!this._inCallback.getStore()) await this._channelClosed;
+  }
+
+  /** Runs `call` (one public method's RPCs) counted in flight. Counting starts synchronously,
+   * in the caller's tick, so that a close() right after run() still lets that call finish:
+   * grpc-js fails a call not yet started on a closed channel. */
+  async _inFlight(call) {
+    if (this._closed) throw new errors.IsorunError("this runner is closed");
+    this._calls += 1;
+    try {
+      return await call();
+    } finally {
+      this._calls -= 1;
+      if (this._closed && this._calls === 0) this._closeChannel();
     }
   }
 
-  _checkOpen() {
-    if (this._closed) throw new errors.IsorunError("this runner is closed");
+  _closeChannel() {
+    if (this._resolveChannelClosed === null) return; // closed already
+    this._client.close();
+    this._resolveChannelClosed();
+    this._resolveChannelClosed = null;
   }
 
   _request(funcName, args, context, timeout, argsResolver, running) {
-    this._checkOpen();
     if (typeof funcName !== "string" || !funcName) {
       throw new errors.InvalidRequest(`funcName must be a non-empty string, got ${typeof funcName}`);
     }
@@ -245,23 +272,31 @@ class CodeRunner {
   }
 
   /** Runs the call over RunStream, feeding `running` and `onConsole` live, in order. A callback
-   * that returns a promise is awaited before the next event; one that throws ends the call. */
+   * that returns a promise is awaited before the next event; one that throws cancels the call. */
   async _stream(request, deadline, running) {
     const call = this._client.RunStream(request, { deadline });
-    for await (const event of call) {
-      if ((event.event === "console" || event.event === "consoleBatch") && this.onConsole) {
-        // a burst of lines may come as one consoleBatch: the same as that many console events
-        const lines = event.event === "console" ? [event.console] : (event.consoleBatch.lines || []);
-        for (const line of lines) {
-          await this.onConsole(STREAMS[line.stream] || "stdout", line.text || "");
+    try {
+      for await (const event of call) {
+        if ((event.event === "console" || event.event === "consoleBatch") && this.onConsole) {
+          // a burst of lines may come as one consoleBatch: the same as that many console events
+          const lines = event.event === "console" ? [event.console] : (event.consoleBatch.lines || []);
+          for (const line of lines) {
+            const stream = STREAMS[line.stream] || "stdout";
+            await this._inCallback.run(true, () => this.onConsole(stream, line.text || ""));
+          }
+        } else if (event.event === "running" && running) {
+          await this._inCallback.run(true, running);
+        } else if (event.event === "outcome") {
+          return event.outcome;
         }
-      } else if (event.event === "running" && running) {
-        await running();
-      } else if (event.event === "outcome") {
-        return event.outcome; // leaving the loop cancels the (already finished) call
       }
+      return null;
+    } finally {
+      // Leaving the loop early only destroys the Node stream: the gRPC call, and with it the
+      // daemon's sandbox and concurrency slot, lives on until cancelled. After the outcome
+      // the daemon has finished the call (and logged it); this only stops waiting for its status.
+      call.cancel();
     }
-    return null;
   }
 }
 

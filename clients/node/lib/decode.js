@@ -72,22 +72,37 @@ function decodePairs(payload) {
   return map;
 }
 
+/** Six or fewer fraction digits ("5" is .5 s) -> [whole milliseconds, microseconds left over]. */
+function fractionParts(digits) {
+  const micros = Number((digits || "").padEnd(6, "0"));
+  return [Math.floor(micros / 1000), micros % 1000];
+}
+
 /** Python's isoformat() -> Date. A naive datetime is read as UTC: the sandbox's clock is UTC.
- * Microseconds are cut to the millisecond, the precision of a Date. */
+ * The instant is cut to the millisecond (the precision of a Date) once, after the offset is
+ * applied, and downwards: the Date shows the datetime's own UTC millisecond, also before 1970.
+ * Microseconds stay apart from milliseconds so the sum is exact: in one number the
+ * microseconds since 1970 pass 2**53 by year 2255. */
 function decodeDatetime(payload) {
   const t = text(payload);
   const m = DATETIME.exec(t);
   if (!m) throw new BadPayload(`expected an ISO 8601 datetime, got ${short(t)}`);
   const n = (i) => Number(m[i] || 0);
+  const [millis, micros] = fractionParts(m[7]);
   const date = new Date(0);
   date.setUTCFullYear(n(1), n(2) - 1, n(3)); // unlike Date.UTC, keeps years 1-99 as they are
-  date.setUTCHours(n(4), n(5), n(6), Math.floor(Number((m[7] || "").padEnd(6, "0")) / 1000));
-  if (m[9]) {
-    const offset = ((n(10) * 60 + n(11)) * 60 + n(12)) * 1000 + Number((m[13] || "").padEnd(6, "0")) / 1000;
-    date.setTime(date.getTime() - (m[9] === "-" ? -offset : offset));
+  date.setUTCHours(n(4), n(5), n(6), millis);
+  let time = date.getTime();
+  let extraMicros = micros;
+  if (m[9]) { // local time = UTC + offset, so UTC = local time - offset
+    const sign = m[9] === "-" ? -1 : 1;
+    const [offsetMillis, offsetMicros] = fractionParts(m[13]);
+    time -= sign * (((n(10) * 60 + n(11)) * 60 + n(12)) * 1000 + offsetMillis);
+    extraMicros -= sign * offsetMicros; // -999 to 1998: at most one millisecond either way
   }
-  if (Number.isNaN(date.getTime())) throw new BadPayload(`not a valid datetime: ${short(t)}`);
-  return date;
+  const result = new Date(time + Math.floor(extraMicros / 1000));
+  if (Number.isNaN(result.getTime())) throw new BadPayload(`not a valid datetime: ${short(t)}`);
+  return result;
 }
 
 const DECODERS = new Map(Object.entries({

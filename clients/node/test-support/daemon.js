@@ -7,7 +7,8 @@
  * It lives outside test/ because `node --test test/` runs every .js file under test/ as a test.
  *
  *     const daemon = await startDaemon();   // in before()
- *     // or with more config and plugin modules: startDaemon({ config: "[types]\n…", plugins: { "m.py": "…" } })
+ *     // or with more config (top-level keys, tables) and plugin modules:
+ *     //   startDaemon({ config: "max_concurrency = 1\n[types]\n…", plugins: { "m.py": "…" } })
  *     const root = daemon.makeRoot({ "index.py": "def f():\n    return 1\n" });
  *     const runner = daemon.runner({ "index.py": "..." }, { external: ["json"] });
  *     await daemon.stop();                  // in after(); prints the daemon's log if it failed
@@ -41,7 +42,10 @@ def add_one(args):
     return [a + 1 for a in args]
 `;
 
+// `extra` sits between the top-level keys and the plugin tables, so that it may hold both
+// top-level keys ("max_concurrency = 1") and tables of its own ("[types]").
 const config = (plugins, extra) => `plugin_paths = [${JSON.stringify(plugins)}]
+${extra}
 
 [plugins.compilers]
 plus-to-times = "test_plugins:plus_to_times"
@@ -51,7 +55,7 @@ prefix = "test_plugins:prefix_resolver"
 
 [plugins.args_resolvers]
 add-one = "test_plugins:add_one"
-${extra}`;
+`;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -131,8 +135,8 @@ class Daemon {
   }
 }
 
-/** A daemon with the test plugins; `config` is TOML appended to its config file, `plugins`
- * more modules ({file name: source}) in its plugin folder. */
+/** A daemon with the test plugins; `config` is TOML added to its config file (top-level keys
+ * first, then any tables), `plugins` more modules ({file name: source}) in its plugin folder. */
 async function startDaemon(options = {}) {
   const daemon = new Daemon(fs.mkdtempSync(path.join(os.tmpdir(), "isorun-node-")), options);
   try {

@@ -134,6 +134,33 @@ describe("with a daemon", () => {
     await assert.rejects(r.run({ funcName: "f" }), { name: "IsorunError", message: "this runner is closed" });
   });
 
+  const SLOW = { "index.py": "import time\n\ndef slow():\n    print('started', flush=True)\n" +
+    "    time.sleep(1)\n    return 'finished'\n" };
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  for (const [rpc, options] of [["Run", {}], ["RunStream", { onConsole: () => {} }]]) {
+    // 300 ms: the call runs in its sandbox; 0 ms: the channel has not even connected yet.
+    for (const delay of [300, 0]) {
+      test(`close() ${delay} ms into a call (${rpc}) lets it finish, then closes; the next call is refused`, async () => {
+        const r = daemon.runner(SLOW, { external: ["time"], ...options });
+        const inFlight = r.run({ funcName: "slow" });
+        await sleep(delay);
+        await r.close();
+        // close() waited for the call: it has its value by the next turn of the event loop
+        assert.equal(await Promise.race([inFlight, sleep(0).then(() => "still running")]), "finished");
+        await assert.rejects(r.run({ funcName: "slow" }), { name: "IsorunError", message: "this runner is closed" });
+      });
+    }
+  }
+
+  test("close() from a callback of a call in flight does not wait for that call, which finishes", async () => {
+    let closing;
+    const r = daemon.runner(SLOW, { external: ["time"], onConsole: async () => { closing = await r.close(); } });
+    assert.equal(await r.run({ funcName: "slow" }), "finished");
+    assert.equal(closing, undefined); // the callback's close() resolved without deadlocking the call
+    await assert.rejects(r.run({ funcName: "slow" }), { name: "IsorunError", message: "this runner is closed" });
+  });
+
   test("an ESM program uses it the same way", () => {
     const root = daemon.makeRoot({ "rules.py": "def multiply(a, b):\n    return a * b\n" });
     const program = `import { CodeRunner, errors } from "isorun";

@@ -112,6 +112,25 @@ describe("decoding, as docs/values.md section 4 writes it", () => {
   }
 });
 
+describe("a datetime is its exact instant, cut once to the millisecond", () => {
+  // [isoformat() text, the UTC instant in microseconds (from Python's astimezone), as a Date]
+  const rows = [
+    ["2020-01-01T00:00:00.999999+01:00:00.000500", "2019-12-31T23:00:00.999Z"], // .999499
+    ["2020-01-01T00:00:00.000900-00:00:00.000200", "2020-01-01T00:00:00.001Z"], // .001100
+    ["2000-06-15T12:00:00.000001-05:30", "2000-06-15T17:30:00.000Z"], // .000001
+    ["1969-12-31T23:59:59.999999", "1969-12-31T23:59:59.999Z"], // downwards before 1970 too
+    ["1969-12-31T23:59:59.000100+00:00:00.000200", "1969-12-31T23:59:58.999Z"], // .999900
+    ["1969-12-31T23:59:59.999500-02:30:15.000600", "1970-01-01T02:30:15.000Z"], // .000100
+    ["0001-01-01T01:00:00.000001+00:59:59.000002", "0001-01-01T00:00:00.999Z"], // .999999
+    ["9999-12-31T23:59:59.999999-23:59:59.999999", "+010000-01-01T23:59:59.999Z"], // .999998
+  ];
+  for (const [isoformat, instant] of rows) {
+    test(`${isoformat} is ${instant}`, () => {
+      assert.equal(decode(fromJson(tagged("datetime", isoformat))).toISOString(), instant);
+    });
+  }
+});
+
 describe("limits", () => {
   const nest = (n, wrap) => { let v = wrap(null); for (let i = 1; i < n; i++) v = wrap(v); return v; };
   const lists = (n) => nest(n, (inner) => (inner === null ? [] : [inner]));

@@ -113,6 +113,41 @@ describe("console", () => {
   });
 });
 
+describe("a callback that throws or rejects, on a daemon with a single sandbox", () => {
+  const SLEEPY = "import time\n\ndef sleepy(seconds):\n    print('first', flush=True)\n" +
+    "    time.sleep(seconds)\n    return 'slept'\n";
+  let single;
+  before(async () => { single = await startDaemon({ config: "max_concurrency = 1\n" }); });
+  after(() => single?.stop());
+
+  /** The daemon's log line for each call of `funcName` (one JSON object per call). */
+  const callLines = (funcName) => single.log().split("\n")
+    .map((line) => line.slice(line.indexOf("{")))
+    .filter((line) => line.startsWith('{"event": "call"'))
+    .map((line) => JSON.parse(line))
+    .filter((entry) => entry.function === funcName);
+
+  // One callback of each kind, one throwing and one rejecting: both must end the call.
+  const cases = [["onConsole", "throws"], ["running", "rejects"]];
+  for (const [callback, how] of cases) {
+    test(`${callback} that ${how} cancels the call: its sandbox is freed at once, not at the guest's end`, async () => {
+      const boom = new Error(`from ${callback}`);
+      const failing = how === "throws" ? () => { throw boom; } : async () => { throw boom; };
+      const runner = single.runner({ "index.py": SLEEPY },
+        { external: ["time"], onConsole: callback === "onConsole" ? failing : null });
+      const started = Date.now();
+      await assert.rejects(runner.run({ funcName: "sleepy", args: [5],
+        running: callback === "running" ? failing : null }), (error) => error === boom);
+      // The one sandbox slot is free again long before the 5 s sleep would have ended.
+      const quick = single.runner({ "index.py": "def quick():\n    return 'quick'\n" });
+      assert.equal(await quick.run({ funcName: "quick" }), "quick");
+      assert.ok(Date.now() - started < 3000, `the next call ended ${Date.now() - started} ms after the first began`);
+      const outcomes = callLines("sleepy").map((entry) => entry.outcome);
+      assert.equal(outcomes.at(-1), "cancelled", single.log());
+    });
+  }
+});
+
 describe("stack trace", () => {
   test("should only include code frames from sandbox", async () => {
     const runner = daemon.runner({
