@@ -54,11 +54,12 @@ class Calls:
         received = time.monotonic()
         entry = {"id": secrets.token_hex(8), "peer": peer, "root": request.root[:200], "file": request.file[:200],
                  "function": request.func_name[:200]}
-        outcome = None
+        outcome, queued = None, 0.0  # seconds to a sandbox; none for a call refused before the queue
         try:
             plan = plans.build(request, self.config)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)
             wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
+            queued = None  # in the queue from here until a sandbox is taken
             async with self.admission.slot(wait):
                 sandbox = await self.zygote.take()
                 entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
@@ -80,8 +81,17 @@ class Calls:
                 entry["error"] = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._log(entry, outcome, received)
+            if queued is None:  # it left while waiting for a sandbox
+                queued = time.monotonic() - received
+            self._log(entry, outcome, received, queued)
             self._after(request, outcome)
+
+    def refused(self, peer: str, outcome: str, error: str) -> None:
+        """A Run refused before it was a call (its bytes are not a RunRequest, the daemon is
+        stopping): it too leaves one log line and one count."""
+        entry = {"id": secrets.token_hex(8), "peer": peer, "root": "", "file": "", "function": "",
+                 "outcome": outcome, "error": error[:500]}
+        self._log(entry, None, time.monotonic(), 0.0)
 
     def abort_all(self, reason: str) -> None:
         """Kills every running call's sandbox (their outcome says ``reason``) and answers
@@ -105,7 +115,7 @@ class Calls:
         self._trim_wanted = False
         memory.give_back_freed_memory()
 
-    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float) -> None:
+    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float, queued: float) -> None:
         total = time.monotonic() - received
         if outcome is not None:
             usage = outcome.usage
@@ -118,7 +128,7 @@ class Calls:
             entry.update(queue_ms=_ms(usage.queue_seconds), run_ms=_ms(usage.wall_seconds),
                          cpu_ms=_ms(usage.cpu_seconds), peak_memory_bytes=usage.peak_memory_bytes)
         else:
-            entry.update(queue_ms=_ms(total), run_ms=0.0, cpu_ms=0.0, peak_memory_bytes=0)
+            entry.update(queue_ms=_ms(queued), run_ms=0.0, cpu_ms=0.0, peak_memory_bytes=0)
         entry["total_ms"] = _ms(total)
         if not self.isolated:
             entry["warning"] = "insecure: no kernel isolation"

@@ -99,13 +99,16 @@ class RunnerServicer:
                                     else "isorund cannot tell who this peer is; refused")
             peer = str(creds)
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
-                                f"{message_class.DESCRIPTOR.full_name} message: {request.error}")
+            message = f"the request is not a valid {message_class.DESCRIPTOR.full_name} message: {request.error}"
+            if message_class is pb.RunRequest:
+                self.server.calls.refused(peer, "invalid_argument", message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         return peer
 
     async def _run(self, request, context, on_event):
         peer = await self._admit(request, context, pb.RunRequest)
         if self.server.stopping:
+            self.server.calls.refused(peer, "unavailable", "isorund is shutting down")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "isorund is shutting down")
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

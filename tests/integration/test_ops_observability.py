@@ -87,8 +87,9 @@ def test_every_outcome_carries_the_id_of_its_log_line(start_daemon, make_root):
     root = make_root({"index.py": GUEST})
     with grpc.insecure_channel("unix:" + d.socket) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
-        timed_out = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="nap", timeout_seconds=0.5, external=["time"],
-                                           args=[struct_pb2.Value(number_value=5)]), timeout=30).outcome
+        nap = pb.RunRequest(root=root, file="index.py", func_name="nap", timeout_seconds=0.5, external=["time"],
+                            args=[struct_pb2.Value(number_value=5)])
+        timed_out = stub.Run(nap, timeout=30).outcome
         answered = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="boom"), timeout=30).outcome
     assert timed_out.failure.kind == pb.Failure.TIMEOUT, timed_out.failure
     assert answered.failure.kind == pb.Failure.GUEST_EXCEPTION
@@ -123,6 +124,27 @@ def test_the_metrics_counters_move_with_the_calls(metered, make_root):
     assert moved("isorun_queue_wait_seconds_count") == 5
     assert after["isorun_zygote_up"] == 1 and after["isorun_zygote_restarts_total"] == 0
     assert after["isorun_max_concurrency"] == 2 and after["isorun_sandboxes_ready"] >= 0
+
+
+def test_a_run_whose_bytes_are_no_request_still_leaves_a_line_and_a_count(metered, make_root):
+    d = metered
+    before = scrape(d)
+    root = make_root({"index.py": GUEST})
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary("/isorun.v1.Runner/Run")(b"\xff\xff\xff", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError):  # refused before the queue: no queue wait either
+            runner_pb2_grpc.RunnerStub(channel).Run(pb.RunRequest(root=root, file="../x.py", func_name="f"),
+                                                    timeout=10)
+    garbage, bad_path = [line for line in call_lines(d) if line["peer"] != "self-test"][-2:]
+    assert garbage["outcome"] == "invalid_argument" and "not a valid isorun.v1.RunRequest" in garbage["error"]
+    assert bad_path["outcome"] == "invalid_argument" and bad_path["queue_ms"] == 0.0
+    after = scrape(d)
+    assert after['isorun_calls_total{outcome="invalid_argument"}'] - before.get(
+        'isorun_calls_total{outcome="invalid_argument"}', 0) == 2
+    assert after['isorun_queue_wait_seconds_bucket{le="0.005"}'] - before.get(
+        'isorun_queue_wait_seconds_bucket{le="0.005"}', 0) == 2
 
 
 def test_the_gauges_show_live_sandboxes_and_queue_depth(metered, make_root):
