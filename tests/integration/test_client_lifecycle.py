@@ -162,3 +162,31 @@ def test_a_timeout_too_large_for_the_daemon_is_refused_by_the_daemon(runner, tim
     r = runner({"index.py": GUEST}, external=["time"])
     with pytest.raises(errors.InvalidRequest, match="timeout"):
         r.run("echo", args=[1], timeout=timeout)
+
+
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+def test_a_call_without_a_timeout_gets_a_deadline_from_the_daemons_default(start_daemon, make_root, runner_class):
+    # With a 30 s guess for its deadline, a call that named no timeout on a daemon whose default
+    # is 1000 s had no room to wait in the queue: it was refused at once while another call
+    # held the only sandbox. The deadline now follows the default the daemon reports.
+    d = start_daemon(config=ONE_AT_A_TIME + "default_timeout = 1000.0\nmax_timeout = 1000.0\n")
+    root = make_root({"index.py": GUEST})
+    running = threading.Event()
+    box: dict = {}
+
+    def hold_the_sandbox():
+        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+            box["held"] = r.run("chatty", args=[1], timeout=10, running=running.set)
+    holder = threading.Thread(target=hold_the_sandbox)
+    holder.start()
+    assert running.wait(30)
+    if runner_class is CodeRunner:
+        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+            assert r.run("echo", args=[7]) == 7
+    else:
+        async def waiter():
+            async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+                return await r.run("echo", args=[7])
+        assert asyncio.run(waiter()) == 7
+    holder.join(30)
+    assert box["held"] == "slept"

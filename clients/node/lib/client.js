@@ -22,8 +22,10 @@ const SYSTEM_SOCKET = "/run/isorund/isorund.sock";
 // How long a call may wait in the daemon's queue on top of its own timeout before the client
 // gives up. The daemon honours the resulting gRPC deadline while the call is queued.
 const QUEUE_ALLOWANCE_MS = 60000;
-// Used for the deadline only when the caller leaves the timeout to the daemon.
+// Used for the deadline only when the caller leaves the timeout to the daemon and the daemon
+// reports no default timeout of its own.
 const DEFAULT_TIMEOUT_GUESS_MS = 30000;
+const CAPABILITIES_TIMEOUT_MS = 10000;
 const MAX_MESSAGE = 64 * 1024 * 1024; // the daemon's default max_request_bytes
 // What the values of one request may take together: the message, less room for the rest of
 // the request (paths, names, framing), so that a request over the limit fails here, named.
@@ -135,7 +137,7 @@ class CodeRunner {
       "grpc.max_send_message_length": MAX_MESSAGE,
       "grpc.enable_retries": 0,
     });
-    this._typeNames = null; // a Promise of the daemon's type names, once asked
+    this._daemon = null; // a Promise of the daemon's capabilities, once asked
     this._closed = false;
     this._calls = 0; // in flight: close() closes the channel when the last one ends
     this._channelClosed = new Promise((resolve) => { this._resolveChannelClosed = resolve; });
@@ -153,10 +155,15 @@ class CodeRunner {
 
   async _run({ funcName, args, context, running, timeout, argsResolver }) {
     const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
-    const deadline = Date.now() + (timeout || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
     let outcome;
     try {
-      if (names.size) this._checkNames(names, await this._ensureTypeNames(deadline));
+      // The daemon's capabilities, once per runner: its type names for tagged values, and its
+      // default timeout for a call that names none (a shorter deadline would cut such calls
+      // short, and leave them no room to wait in the daemon's queue).
+      const daemon = names.size || !timeout ? await this._ensureCapabilities() : null;
+      if (names.size) this._checkNames(names, new Set(daemon.typeNames || []));
+      const defaultMs = daemon && daemon.defaultTimeoutSeconds ? daemon.defaultTimeoutSeconds * 1000 : 0;
+      const deadline = Date.now() + (timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
       if (!running && !this.onConsole) {
         outcome = (await this._unary("Run", request, deadline)).outcome;
       } else {
@@ -248,13 +255,12 @@ class CodeRunner {
     return { request, names };
   }
 
-  _ensureTypeNames(deadline) {
-    if (this._typeNames === null) {
-      this._typeNames = this._unary("GetCapabilities", {}, deadline)
-        .then((caps) => new Set(caps.typeNames || []));
-      this._typeNames.catch(() => { this._typeNames = null; }); // ask again on the next call
+  _ensureCapabilities() {
+    if (this._daemon === null) {
+      this._daemon = this._unary("GetCapabilities", {}, Date.now() + CAPABILITIES_TIMEOUT_MS);
+      this._daemon.catch(() => { this._daemon = null; }); // ask again on the next call
     }
-    return this._typeNames;
+    return this._daemon;
   }
 
   _checkNames(names, offered) {

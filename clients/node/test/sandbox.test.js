@@ -148,6 +148,29 @@ describe("a callback that throws or rejects, on a daemon with a single sandbox",
   }
 });
 
+describe("a call that names no timeout, on a daemon whose default timeout is long", () => {
+  // The client's deadline follows the daemon's default timeout (from its capabilities). With
+  // a 30 s guess, a daemon defaulting to 1000 s left such a call no room to wait in its queue:
+  // it was refused at once while another call held the one sandbox.
+  let patient;
+  before(async () => {
+    patient = await startDaemon({ config: "max_concurrency = 1\ndefault_timeout = 1000.0\nmax_timeout = 1000.0\n" });
+  });
+  after(() => patient?.stop());
+
+  test("waits in the queue for the sandbox instead of being refused", async () => {
+    const files = { "index.py": "import time\n\ndef nap(s):\n    time.sleep(s)\n    return s\n\ndef echo(x):\n    return x\n" };
+    const holder = patient.runner(files, { external: ["time"] });
+    let started;
+    const running = new Promise((resolve) => { started = resolve; });
+    const first = holder.run({ funcName: "nap", args: [1], timeout: 10000, running: started });
+    await running;
+    const waiter = patient.runner(files, { external: ["time"] });
+    assert.equal(await waiter.run({ funcName: "echo", args: [7] }), 7);
+    assert.equal(await first, 1);
+  });
+});
+
 describe("stack trace", () => {
   test("should only include code frames from sandbox", async () => {
     const runner = daemon.runner({

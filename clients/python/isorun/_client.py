@@ -33,8 +33,10 @@ SYSTEM_SOCKET = "/run/isorund/isorund.sock"
 # How long a call may wait in the daemon's queue on top of its own timeout before the client
 # gives up. The daemon honours the resulting gRPC deadline while the call is queued.
 QUEUE_ALLOWANCE_SECONDS = 60.0
-# Used for the deadline only when the caller leaves the timeout to the daemon.
+# When the caller leaves the timeout to the daemon, the deadline follows the daemon's default
+# timeout (from its capabilities); this only if a daemon reports none.
 _DEFAULT_TIMEOUT_GUESS = 30.0
+_CAPABILITIES_TIMEOUT = 10.0
 _MAX_MESSAGE = 64 * 1024 * 1024
 # What the values of one request (args and context together) may take: the message, less room
 # for the rest of the request (paths, names, framing), so that a request over the limit fails
@@ -80,7 +82,9 @@ class _Base:
         if resolver_options is not None:
             self._template.resolver_options.CopyFrom(_inputs.options_struct(resolver_options))
         self._unreachable = _inputs.socket_problem(self.socket)
-        self._type_names: frozenset[str] | None = None
+        # The daemon's capabilities, asked once per channel when a call needs them: its type
+        # names (for tagged values) and its default timeout (for a call that names none).
+        self._daemon: pb.Capabilities | None = None
         self._closed = False
         # True while this thread or asyncio task is inside one of this runner's calls (in a
         # callback, say): close() from there must not wait for the call that is running it.
@@ -118,17 +122,24 @@ class _Base:
                               f"context {key!r}", budget)
         return request, names
 
+    def _needs_capabilities(self, request: pb.RunRequest, names: set[str]) -> bool:
+        return self._daemon is None and bool(names or not request.timeout_seconds)
+
     def _check_names(self, names: set[str]) -> None:
-        missing = sorted(names - (self._type_names or frozenset()))
+        offered_names = frozenset(self._daemon.type_names)
+        missing = sorted(names - offered_names)
         if missing:
-            offered = ", ".join(sorted(self._type_names or ())) or "none"
+            offered = ", ".join(sorted(offered_names)) or "none"
             raise errors.SerializationError(
                 f"the daemon at {self.socket} has no resolver for type {missing[0]!r}; "
                 f"it offers: {offered}")
 
     def _deadline(self, request: pb.RunRequest) -> float:
-        seconds = (request.timeout_seconds or _DEFAULT_TIMEOUT_GUESS) + QUEUE_ALLOWANCE_SECONDS
-        return min(seconds, _MAX_DEADLINE_SECONDS)
+        """The gRPC deadline: the call's timeout (or the daemon's default) plus the queue's
+        allowance. A deadline shorter than the daemon's default timeout would cut calls short,
+        and leave them no room to wait in the queue at all."""
+        timeout = request.timeout_seconds or (self._daemon.default_timeout_seconds if self._daemon else 0)
+        return min((timeout or _DEFAULT_TIMEOUT_GUESS) + QUEUE_ALLOWANCE_SECONDS, _MAX_DEADLINE_SECONDS)
 
     def _result(self, outcome: pb.Outcome | None) -> Any:
         if outcome is None:
@@ -176,11 +187,12 @@ class CodeRunner(_Base):
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises."""
         with self._in_flight():
             request, names = self._request(func_name, args, context, timeout, args_resolver)
-            deadline = self._deadline(request)
             try:
+                if self._needs_capabilities(request, names):
+                    self._ensure_capabilities()
                 if names:
-                    self._ensure_type_names(deadline)
                     self._check_names(names)
+                deadline = self._deadline(request)
                 if running is None and self.on_console is None:
                     outcome = self._stub.Run(request, timeout=deadline).outcome
                 else:
@@ -203,11 +215,10 @@ class CodeRunner(_Base):
             raise
         return None
 
-    def _ensure_type_names(self, deadline: float) -> None:
+    def _ensure_capabilities(self) -> None:
         with self._lock:
-            if self._type_names is None:
-                caps = self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=deadline)
-                self._type_names = frozenset(caps.type_names)
+            if self._daemon is None:
+                self._daemon = self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=_CAPABILITIES_TIMEOUT)
 
     def capabilities(self) -> pb.Capabilities:
         """The daemon's version, isolation level, limits, plugins and value type names."""
@@ -287,7 +298,7 @@ class AsyncCodeRunner(_Base):
         loop = asyncio.get_running_loop()
         if self._connection is None or self._connection.loop is not loop:
             self._connection = _Connection(self._target())
-            self._type_names = None  # asked once per channel: the daemon may have changed
+            self._daemon = None  # asked once per channel: the daemon may have changed
         return self._connection
 
     async def run(self, func_name: str, args: Sequence[Any] | None = None,
@@ -297,11 +308,12 @@ class AsyncCodeRunner(_Base):
         ``running`` and ``on_console`` may be plain functions or coroutine functions."""
         async with self._in_flight() as connection:
             request, names = self._request(func_name, args, context, timeout, args_resolver)
-            deadline = self._deadline(request)
             try:
+                if self._needs_capabilities(request, names):
+                    await self._ensure_capabilities(connection)
                 if names:
-                    await self._ensure_type_names(connection, deadline)
                     self._check_names(names)
+                deadline = self._deadline(request)
                 if running is None and self.on_console is None:
                     outcome = (await connection.stub.Run(request, timeout=deadline)).outcome
                 else:
@@ -326,11 +338,11 @@ class AsyncCodeRunner(_Base):
             raise
         return None
 
-    async def _ensure_type_names(self, connection: _Connection, deadline: float) -> None:
+    async def _ensure_capabilities(self, connection: _Connection) -> None:
         async with connection.lock:
-            if self._type_names is None:
-                caps = await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=deadline)
-                self._type_names = frozenset(caps.type_names)
+            if self._daemon is None:
+                self._daemon = await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(),
+                                                                     timeout=_CAPABILITIES_TIMEOUT)
 
     async def capabilities(self) -> pb.Capabilities:
         async with self._in_flight() as connection:
