@@ -26,6 +26,10 @@ MAX_LIST = 256
 # fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
 RESERVED = ("/proc", "/dev", "/guest")
 UNBINDABLE = ("/", "/tmp")
+# The host's runtime folder holds the sockets of its services (D-Bus, container engines, …): a
+# read-only bind does not stop connect() on a socket file, so binding it would let the guest
+# talk to them, whatever its network namespace.
+HOST_RUNTIME = ("/run", "/var/run")
 
 
 class RequestError(ValueError):
@@ -119,6 +123,9 @@ def _folder(path: str, what: str) -> str:
     if real in UNBINDABLE or any(real == r or real.startswith(r + "/") for r in RESERVED):
         raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "
                            f"or lie in {', '.join(RESERVED)}")
+    if any(real == r or real.startswith(r + "/") for r in HOST_RUNTIME):
+        raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
+                           "sockets the guest could connect to")
     return real
 
 

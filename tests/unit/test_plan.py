@@ -123,6 +123,8 @@ def test_context_names_must_be_identifiers(config, root):
 @pytest.mark.parametrize("path, match", [
     ("relative", "absolute folder"), ("/proc/self", "may not be"), ("/", "may not be"),
     ("/tmp", "may not be"), ("/no/such/dir", "not a folder"),
+    # sockets of host services live there; a read-only bind does not stop connect()
+    ("/run", "runtime folder /run"), ("/var/run", "runtime folder /run"),
 ])
 def test_bad_whitelisted_paths_are_refused(config, root, path, match):
     refused(config, request(root, whitelisted_paths=[path]), match)
