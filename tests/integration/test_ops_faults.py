@@ -36,15 +36,14 @@ def events(daemon, name: str) -> list[dict]:
     return [json.loads(t) for t in daemon.log().splitlines() if t.startswith("{") and f'"event": "{name}"' in t]
 
 
-def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_daemon, make_root):
-    d = start_daemon(config='max_concurrency = 4\nmetrics_address = "127.0.0.1:0"\n')
-    root = make_root({"index.py": GUEST})
-    zygote = zygote_of(d)
+def a_long_call_running(daemon, root: str):
+    """Starts a 20 s call in a thread and returns once it runs; the function returned waits
+    (at most 20 s) for the call to end and returns the error it raised."""
     running = threading.Event()
     box: dict = {}
 
     def call():
-        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+        with CodeRunner(root=root, file="index.py", socket=daemon.socket, external=["time"]) as r:
             try:
                 box["value"] = r.run("nap", args=[20], timeout=25, running=running.set)
             except errors.IsorunError as e:
@@ -52,11 +51,23 @@ def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_da
     thread = threading.Thread(target=call)
     thread.start()
     assert running.wait(30)
+
+    def ended():
+        thread.join(20)
+        assert not thread.is_alive()
+        return box.get("error")
+    return ended
+
+
+def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_daemon, make_root):
+    d = start_daemon(config='max_concurrency = 4\nmetrics_address = "127.0.0.1:0"\n')
+    root = make_root({"index.py": GUEST})
+    zygote = zygote_of(d)
+    ended = a_long_call_running(d, root)
     sandboxes = zygote.children()
     zygote.send_signal(signal.SIGKILL)
-    thread.join(20)
-    assert not thread.is_alive()
-    assert isinstance(box.get("error"), errors.SandboxError) and "zygote died" in str(box["error"])
+    error = ended()
+    assert isinstance(error, errors.SandboxError) and "zygote died" in str(error)
     wait_gone(sandboxes)  # every prepared and running sandbox went with its zygote
     deadline = time.monotonic() + 30
     while not events(d, "zygote_restarted"):
@@ -74,24 +85,11 @@ def test_a_sandbox_killed_from_outside_is_not_reported_as_a_cpu_limit(start_daem
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
     zygote = zygote_of(d)
-    running = threading.Event()
-    box: dict = {}
-
-    def call():
-        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
-            try:
-                box["value"] = r.run("nap", args=[20], timeout=25, running=running.set)
-            except errors.IsorunError as e:
-                box["error"] = e
-    thread = threading.Thread(target=call)
-    thread.start()
-    assert running.wait(30)
+    ended = a_long_call_running(d, root)
     # the call's sandbox has dropped to its own host uid; pooled ones are still root
     (sandbox,) = [p for p in zygote.children() if p.uids().real != 0]
     sandbox.send_signal(signal.SIGKILL)
-    thread.join(20)
-    assert not thread.is_alive()
-    error = box.get("error")
+    error = ended()
     assert type(error) is errors.SandboxError, error
     assert "killed from outside the call (exit status 137)" in str(error)
 

@@ -1,7 +1,6 @@
 """Resource attacks: each ends at its limit, as a clear error or an OSError in the guest, and
 takes nothing from the host or the next call (checked after every test by ``daemon_survives``)."""
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -122,7 +121,7 @@ def test_a_flood_of_running_events_reaches_the_client_once(secure_daemon, tmp_pa
     assert len(seen) == 1, len(seen)
 
 
-def test_endless_empty_console_lines_are_an_output_limit_and_starve_no_one(attack, secure_daemon):
+def test_endless_empty_console_lines_are_an_output_limit_and_starve_no_one(attack, secure_daemon, tmp_path):
     # Lines with no text used to cost nothing against the cap, and a channel kept full kept
     # the daemon's event loop from running: the call outlived its timeout, and every other
     # call (and health check) waited for it.
@@ -137,7 +136,8 @@ def test_endless_empty_console_lines_are_an_output_limit_and_starve_no_one(attac
     started = time.monotonic()
     flooder.start()
     time.sleep(0.5)
-    root = Path(tempfile.mkdtemp())
+    root = tmp_path / "innocent"
+    root.mkdir()
     root.chmod(0o755)
     (root / "index.py").write_text("def ping(x):\n    return x + 1\n")
     with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
@@ -149,20 +149,14 @@ def test_endless_empty_console_lines_are_an_output_limit_and_starve_no_one(attac
     assert innocent < 5, innocent
 
 
-def test_console_lines_padded_with_undeclared_fields_are_counted(secure_daemon, tmp_path):
+def test_console_lines_padded_with_undeclared_fields_are_counted(attack):
     """Fields the schema does not declare are neither relayed nor free: 8 lines of 1 MiB of
     padding and no text end the call at the 1 MiB console cap, and the client receives none of
     the padding."""
-    root = tmp_path / "guest"
-    root.mkdir()
-    root.chmod(0o755)
-    for name in ("escape.py", "forged_events.py"):
-        shutil.copy(ATTACKS / name, root / name)
     received = []
-    with CodeRunner(root=str(root), file="forged_events.py", socket=secure_daemon.socket,
-                    on_console=lambda stream, text: received.append(text)) as runner:
-        with pytest.raises(errors.ResourceLimitError) as raised:
-            runner.run("padded_lines", args=[8, MiB], timeout=20)
+    with pytest.raises(errors.ResourceLimitError) as raised:
+        attack("forged_events", "padded_lines", args=[8, MiB], timeout=20,
+               on_console=lambda stream, text: received.append(text))
     assert raised.value.limit == "output"
     assert received == [""] * len(received) and len(received) < 8
 
