@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 from isorun import AsyncCodeRunner, CodeRunner, errors
-from isorun._client import _raise_failure
+from isorun._outcome import raise_failure
 from isorun._proto import runner_pb2 as pb
 
 MiB = 1024 * 1024
@@ -165,5 +165,5 @@ def test_a_request_under_the_budget_is_sent(runner):
 def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expected):
     failure = pb.Failure(kind=pb.Failure.SERIALIZATION, message="value is nested too deeply", limit=limit)
     with pytest.raises(errors.SerializationError, match="nested too deeply") as info:
-        _raise_failure(failure)
+        raise_failure(failure)
     assert info.value.limit == expected

@@ -2,9 +2,9 @@
 
 The two runners share everything but I/O (``_Base``): request building, the check of tagged
 values against the daemon's type names, and the mapping of outcomes and gRPC status codes to
-``isorun.errors`` (``_raise_failure``, ``_transport_error``) — the only place that mapping
-lives. A CodeRunner holds one channel for its life, an AsyncCodeRunner one per event loop it
-is used in; capabilities are asked once per channel. close() refuses new calls and lets the
+``isorun.errors`` (in ``_outcome``, the only place that mapping lives). A CodeRunner holds one
+channel for its life, an AsyncCodeRunner one per event loop it is used in; capabilities are
+asked once per channel. close() refuses new calls and lets the
 calls in flight finish, as the Node client's does; a callback that raises cancels its call.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 from . import _codec
 from . import _inputs
 from . import errors
+from ._outcome import raise_failure, transport_error
 from ._proto import runner_pb2 as pb
 from ._proto import runner_pb2_grpc
 
@@ -146,7 +147,7 @@ class _Base:
             raise errors.SandboxError("the daemon ended the call without an outcome")
         if outcome.WhichOneof("result") == "value":
             return _codec.decode(outcome.value, self._registry)
-        _raise_failure(outcome.failure)
+        raise_failure(outcome.failure)
 
     def _callbacks(self, event: pb.RunEvent, running: Callable[[], Any] | None) -> list[Callable[[], Any]]:
         """What a streamed event asks of the caller: ``running``, or one ``on_console`` per line."""
@@ -198,7 +199,7 @@ class CodeRunner(_Base):
                 else:
                     outcome = self._stream(request, deadline, running)
             except grpc.RpcError as e:
-                raise _transport_error(e, self.socket) from None
+                raise transport_error(e, self.socket) from None
             return self._result(outcome)
 
     def _stream(self, request: pb.RunRequest, deadline: float,
@@ -226,7 +227,7 @@ class CodeRunner(_Base):
             try:
                 return self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
             except grpc.RpcError as e:
-                raise _transport_error(e, self.socket) from None
+                raise transport_error(e, self.socket) from None
 
     @contextlib.contextmanager
     def _in_flight(self) -> Iterator[None]:
@@ -319,7 +320,7 @@ class AsyncCodeRunner(_Base):
                 else:
                     outcome = await self._stream(connection.stub, request, deadline, running)
             except grpc.RpcError as e:
-                raise _transport_error(e, self.socket) from None
+                raise transport_error(e, self.socket) from None
             return self._result(outcome)
 
     async def _stream(self, stub: runner_pb2_grpc.RunnerStub, request: pb.RunRequest, deadline: float,
@@ -349,7 +350,7 @@ class AsyncCodeRunner(_Base):
             try:
                 return await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
             except grpc.RpcError as e:
-                raise _transport_error(e, self.socket) from None
+                raise transport_error(e, self.socket) from None
 
     @contextlib.asynccontextmanager
     async def _in_flight(self) -> AsyncIterator[_Connection]:
@@ -410,47 +411,3 @@ def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry,
         error = type(e)(f"{where}: {_REQUEST_TOO_LARGE if e.limit == 'size' else e}")
         error.limit = e.limit
         raise error from None
-
-
-def _raise_failure(failure: pb.Failure) -> None:
-    kind, message = failure.kind, failure.message
-    if kind == pb.Failure.MODULE_NOT_FOUND:
-        raise errors.ModuleNotFound(failure.module)
-    if kind == pb.Failure.FUNCTION_NOT_FOUND:
-        raise errors.FunctionNotFound(message)
-    if kind == pb.Failure.GUEST_EXCEPTION:
-        raise errors.GuestError(failure.type_name, message, failure.traceback)
-    if kind == pb.Failure.TIMEOUT:
-        raise errors.RuntimeTimeoutError(message)
-    if kind == pb.Failure.RESOURCE_LIMIT:
-        raise errors.ResourceLimitError(message, failure.limit)
-    if kind == pb.Failure.SERIALIZATION:
-        error = errors.SerializationError(message)
-        error.limit = failure.limit or None  # "depth" or "size"; "" when no limit was broken
-        raise error
-    raise errors.SandboxError(message or "the sandbox failed without a message")
-
-
-def _transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
-    code = error.code() if hasattr(error, "code") else None
-    details = (error.details() if hasattr(error, "details") else "") or str(error)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return errors.InvalidRequest(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "message larger than max" in details.lower():  # grpc's own size check, either side
-            return errors.ResourceLimitError(f"a message to or from isorund at {socket} is too large: {details}",
-                                             "message")
-        return errors.ResourceLimitError(details, "queue")
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return errors.AccessDenied(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.RuntimeTimeoutError(f"no answer from isorund at {socket} before the deadline: {details}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        # A daemon that answered (shutting down, zygote restarting) says why; only a failed
-        # connection is explained by the socket itself.
-        if "failed to connect" not in details.lower() and "connect" not in details.lower():
-            return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
-        if not os.path.exists(socket):
-            return errors.DaemonUnavailable(f"no isorun daemon at {socket}: the socket does not exist")
-        return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
-    return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")

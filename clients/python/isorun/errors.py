@@ -13,8 +13,7 @@
     └── SandboxError            the sandbox could not be built or died unexpectedly
 
 Guest-side outcomes arrive in-band from the daemon; transport and request problems arrive as
-gRPC status codes. Both become these classes in one place: ``_client._raise_failure`` and
-``_client._transport_error``.
+gRPC status codes. Both become these classes in one place: ``_outcome``.
 """
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""How a call's outcome and gRPC's status codes become ``isorun.errors``: the only place that
+mapping lives, for both runners."""
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from . import errors
+from ._proto import runner_pb2 as pb
+
+
+def raise_failure(failure: pb.Failure) -> None:
+    kind, message = failure.kind, failure.message
+    if kind == pb.Failure.MODULE_NOT_FOUND:
+        raise errors.ModuleNotFound(failure.module)
+    if kind == pb.Failure.FUNCTION_NOT_FOUND:
+        raise errors.FunctionNotFound(message)
+    if kind == pb.Failure.GUEST_EXCEPTION:
+        raise errors.GuestError(failure.type_name, message, failure.traceback)
+    if kind == pb.Failure.TIMEOUT:
+        raise errors.RuntimeTimeoutError(message)
+    if kind == pb.Failure.RESOURCE_LIMIT:
+        raise errors.ResourceLimitError(message, failure.limit)
+    if kind == pb.Failure.SERIALIZATION:
+        error = errors.SerializationError(message)
+        error.limit = failure.limit or None  # "depth" or "size"; "" when no limit was broken
+        raise error
+    raise errors.SandboxError(message or "the sandbox failed without a message")
+
+
+def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
+    code = error.code() if hasattr(error, "code") else None
+    details = (error.details() if hasattr(error, "details") else "") or str(error)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidRequest(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if "message larger than max" in details.lower():  # grpc's own size check, either side
+            return errors.ResourceLimitError(f"a message to or from isorund at {socket} is too large: {details}",
+                                             "message")
+        return errors.ResourceLimitError(details, "queue")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return errors.AccessDenied(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.RuntimeTimeoutError(f"no answer from isorund at {socket} before the deadline: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # A daemon that answered (shutting down, zygote restarting) says why; only a failed
+        # connection is explained by the socket itself.
+        if "failed to connect" not in details.lower() and "connect" not in details.lower():
+            return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
+        if not os.path.exists(socket):
+            return errors.DaemonUnavailable(f"no isorun daemon at {socket}: the socket does not exist")
+        return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
+    return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")
