@@ -7,7 +7,8 @@ Built in three places, so that almost nothing of it is on the call's critical pa
   ``/tmp``; then ``pivot_root`` and the old root detached, so no host path can be named again;
 - ``detach_folders`` (in the daemon, when the call arrives): a detached, read-only copy of the
   call's guest folder, of its whitelisted folders and of the site-packages its externals need
-  (``open_tree`` + ``mount_setattr``), handed to the sandbox as file descriptors;
+  (``openat2`` without symlinks + ``open_tree`` + ``mount_setattr``), handed to the sandbox as
+  file descriptors;
 - ``enter_call`` (in the sandbox): attaches them (``move_mount``) at ``/guest`` and at their
   host paths, and gives ``/tmp`` the call's size if it asked for less.
 
@@ -112,12 +113,17 @@ def prepare_root(plan: RootPlan) -> None:
 
 def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:
     """In the daemon: detached, read-only copies of the call's folders (the guest folder first,
-    then ``host_paths`` in order), as file descriptors for the sandbox's ``enter_call``."""
+    then ``host_paths`` in order), as file descriptors for the sandbox's ``enter_call``.
+
+    The paths are the real paths the request was checked against, so none of their components
+    is a symbolic link. One that is by now was put there since (a tenant who can write in a
+    folder may swap a checked subfolder for a link to ``/`` while the call waits in the queue):
+    such a folder is refused, never followed."""
     step = "call folders"
     fds: list[int] = []
     try:
         for path, attributes in [(guest_root, GUEST_ATTRIBUTES), *((p, HOST_PATH_ATTRIBUTES) for p in host_paths)]:
-            fds.append(_libc.open_tree_clone(step, path))
+            fds.append(_clone_unchanged(step, path))
             # private: a copy of a shared host mount would otherwise stay its peer, and mount
             # events would travel between the host and the sandbox in either direction.
             _libc.mount_setattr(step, fds[-1], attributes, propagation=MS_PRIVATE)
@@ -126,6 +132,21 @@ def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:
             os.close(fd)
         raise
     return fds
+
+
+def _clone_unchanged(step: str, path: str) -> int:
+    try:
+        folder = _libc.open_folder_without_symlinks(step, path)
+    except _libc.SandboxSetupError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise _libc.SandboxSetupError(step, f"{path!r} changed after the request was checked "
+                                          "(a symbolic link, a file or nothing stands in its path now); not bound",
+                                          e.errno) from None
+        raise
+    try:
+        return _libc.open_tree_clone(step, folder)
+    finally:
+        os.close(folder)
 
 
 def enter_call(plan: RootPlan, folder_fds: list[int], host_paths: list[str], tmp_bytes: int) -> None:
