@@ -94,8 +94,10 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
         filesystem.prepare_root(plan.root)
         # 0-2 pointed at the host's /dev/null; now at the sandbox's.
         _redirect_std_fds("/dev/null")
-    else:
-        os.setsid()  # without a pid namespace, the process group is what gets killed
+    # A session of its own: sharing the zygote's would let a guest send SIGCONT to every
+    # process of the session (other calls' guests, the daemon), which the kernel allows within
+    # a session whatever the uids; without a pid namespace, the group is also what gets killed.
+    os.setsid()
     # 4. nothing of the daemon's environment (secrets included) reaches the guest;
     os.environ.clear()
     # 5. the runtime's first-touch work (copy-on-write faults) done now, off the call's path;

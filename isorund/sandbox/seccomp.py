@@ -49,6 +49,9 @@ DENIED = (
     # per-call cgroup, past anything else); no Python computation needs either
     "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl",
     "semget", "semop", "semtimedop", "semctl", "memfd_create", "memfd_secret",
+    # watching the shared read-only folders would show, live, which files other calls and the
+    # host's processes open (the stdlib, the libraries, whitelisted folders)
+    "inotify_init", "inotify_init1",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,

@@ -122,6 +122,8 @@ def test_daemon_and_zygote_cannot_be_signalled_or_traced(attack, secure_daemon):
     assert results["kill pid 1"] == "ok: None"
     assert results["ptrace pid 1"] == "EPERM"
     assert results["still alive"] is True
+    # a session and group of its own (pid 1 leads both), not the zygote's and other calls'
+    assert results["session and group"] == [1, 1]
     assert daemon.is_running() and zygote.is_running()
     assert zygote_of(secure_daemon).pid == zygote.pid
 
