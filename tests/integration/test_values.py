@@ -315,6 +315,17 @@ def test_an_argument_nested_past_the_limit_is_refused_with_a_clear_error(echo):
     assert echo.run("echo", args=[[1]]) == [1]
 
 
+def test_a_result_over_the_clients_message_size_names_the_message(start_daemon, make_root):
+    # A daemon may allow results above the client's 64 MiB messages; gRPC then refuses the
+    # answer, which is a limit on the message, not a full queue.
+    d = start_daemon(config="max_request_bytes = 134217728\n[limits]\nresult_bytes = 104857600\n")
+    root = make_root({"index.py": "def f():\n    return 'x' * (70 << 20)\n"})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        with pytest.raises(errors.ResourceLimitError) as raised:
+            r.run("f")
+    assert raised.value.limit == "message"
+
+
 def test_a_result_nested_past_the_limit_is_a_clear_error(runner):
     r = runner({"index.py": '''
         def deep(n):

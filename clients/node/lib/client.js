@@ -315,7 +315,8 @@ function failureError(failure) {
     case "GUEST_EXCEPTION": return new errors.GuestError(failure.typeName || "", message, failure.traceback || "");
     case "TIMEOUT": return new errors.RuntimeTimeoutError(message);
     case "RESOURCE_LIMIT": return new errors.ResourceLimitError(message, failure.limit || "");
-    case "SERIALIZATION": return new errors.SerializationError(message);
+    // "depth" or "size" when the guest's result broke a limit, as for values encoded here
+    case "SERIALIZATION": return new errors.SerializationError(message, failure.limit || null);
     default: return new errors.SandboxError(message || "the sandbox failed without a message");
   }
 }
@@ -329,7 +330,12 @@ function transportError(error, socket) {
   const { details } = error;
   switch (error.code) {
     case grpc.status.INVALID_ARGUMENT: return new errors.InvalidRequest(details);
-    case grpc.status.RESOURCE_EXHAUSTED: return new errors.ResourceLimitError(details, "queue");
+    case grpc.status.RESOURCE_EXHAUSTED:
+      // grpc's own size check (either side) says so; otherwise the daemon's queue is full
+      if (/message larger than max/i.test(details)) {
+        return new errors.ResourceLimitError(`a message to or from isorund at ${socket} is too large: ${details}`, "message");
+      }
+      return new errors.ResourceLimitError(details, "queue");
     case grpc.status.PERMISSION_DENIED: return new errors.AccessDenied(details);
     case grpc.status.DEADLINE_EXCEEDED:
       return new errors.RuntimeTimeoutError(`no answer from isorund at ${socket} before the deadline: ${details}`);

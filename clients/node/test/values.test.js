@@ -184,6 +184,38 @@ describe("values that cannot be sent", () => {
 
   test("a result the guest cannot send is a SerializationError", async () => {
     const bad = daemon.runner({ "index.py": "def f():\n    return lambda: 1\n" });
-    await assert.rejects(bad.run({ funcName: "f" }), errors.SerializationError);
+    await assert.rejects(bad.run({ funcName: "f" }), (error) => {
+      assert.ok(error instanceof errors.SerializationError, String(error));
+      assert.equal(error.limit, null); // no limit was broken: the value has no codec
+      return true;
+    });
+  });
+
+  test("a result nested past the limit on the guest's side says which limit", async () => {
+    const deep = daemon.runner({ "index.py": "def f():\n    x = []\n    for _ in range(200):\n        x = [x]\n    return x\n" });
+    await assert.rejects(deep.run({ funcName: "f" }), (error) => {
+      assert.ok(error instanceof errors.SerializationError, String(error));
+      assert.equal(error.limit, "depth");
+      return true;
+    });
+  });
+});
+
+describe("a result over the client's message size, from a daemon that allows it", () => {
+  // The daemon's own caps (result_bytes, max_request_bytes) may be set above the client's
+  // 64 MiB: gRPC then refuses the answer, which is a ResourceLimitError naming the message.
+  let roomy;
+  before(async () => {
+    roomy = await startDaemon({ config: "max_request_bytes = 134217728\n[limits]\nresult_bytes = 104857600\n" });
+  });
+  after(() => roomy?.stop());
+
+  test("is ResourceLimitError with limit 'message', not a full queue", async () => {
+    const big = roomy.runner({ "index.py": "def f():\n    return 'x' * (70 << 20)\n" });
+    await assert.rejects(big.run({ funcName: "f" }), (error) => {
+      assert.ok(error instanceof errors.ResourceLimitError, String(error));
+      assert.equal(error.limit, "message");
+      return true;
+    });
   });
 });
