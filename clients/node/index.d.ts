@@ -133,7 +133,10 @@ export namespace errors {
   /** The call went over a limit. */
   class ResourceLimitError extends IsorunError {
     constructor(message: string, limit: string);
-    /** memory, processes, output, result, cpu or queue */
+    /** memory, output, result, cpu, queue or message (a gRPC message over its size limit).
+     * Going over max_processes is not one: in the guest,
+     * starting a process fails with BlockingIOError (EAGAIN) and starting a thread with
+     * RuntimeError("can't start new thread"), reported as a GuestError unless the guest handles it. */
     readonly limit: string;
   }
   /** A value cannot cross the wire; raised before sending for arguments and context. Also an IsorunError. */

@@ -7,7 +7,7 @@
  *     ├── FunctionNotFound      (extends TypeError) funcName is missing or not callable
  *     ├── GuestError            the guest raised: typeName, message, traceback
  *     ├── RuntimeTimeoutError   the call ran past its timeout; its whole sandbox was killed
- *     ├── ResourceLimitError    limit names which: memory, processes, output, result, cpu, queue
+ *     ├── ResourceLimitError    limit names which: memory, output, result, cpu, queue, message
  *     ├── SerializationError    (extends TypeError) a value has no codec or resolver
  *     ├── DaemonUnavailable     no daemon answers at the socket named in the message
  *     ├── InvalidRequest        the daemon refused the request as malformed
@@ -63,6 +63,12 @@ class GuestError extends IsorunError {
 
 class RuntimeTimeoutError extends IsorunError {}
 
+/**
+ * `limit` is memory, output, result, cpu, queue or message (a gRPC message over its size
+ * limit). Going over max_processes is not one: in the guest, starting a process fails with
+ * BlockingIOError (EAGAIN) and starting a thread with RuntimeError("can't start new thread"),
+ * reported as a GuestError unless the guest handles it.
+ */
 class ResourceLimitError extends IsorunError {
   constructor(message, limit) {
     super(message);

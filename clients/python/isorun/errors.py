@@ -5,7 +5,7 @@
     ├── FunctionNotFound        (also TypeError) func_name is missing or not callable
     ├── GuestError              the guest raised: type_name, message, traceback
     ├── RuntimeTimeoutError     (also TimeoutError) the call ran past its timeout
-    ├── ResourceLimitError      limit names which: memory, processes, output, result, cpu, queue
+    ├── ResourceLimitError      limit names which: memory, output, result, cpu, queue, message
     ├── SerializationError      (also TypeError) a value has no codec or resolver
     ├── DaemonUnavailable       (also ConnectionError) no daemon answers at the socket
     ├── InvalidRequest          (also ValueError) the request is malformed (client or daemon said so)
@@ -55,7 +55,13 @@ class RuntimeTimeoutError(IsorunError, TimeoutError):
 
 
 class ResourceLimitError(IsorunError):
-    """The call went over a limit; ``limit`` names which one."""
+    """The call went over a limit; ``limit`` names which one: ``memory``, ``cpu``, ``output``,
+    ``result``, ``queue`` (the daemon's queue is full), or ``message`` (a gRPC message to or from
+    the daemon is over its size limit).
+
+    Going over ``max_processes`` is not one: in the guest, starting a process fails with
+    ``BlockingIOError`` (EAGAIN) and starting a thread with ``RuntimeError("can't start new
+    thread")``, which reach the caller as a GuestError unless the guest handles them."""
 
     def __init__(self, message: str, limit: str):
         super().__init__(message)
