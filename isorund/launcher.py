@@ -368,6 +368,10 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
             "lines, one outcome): something in the call wrote to its channel; the call was ended")), started)
+    except ConnectionError:
+        # The sandbox went away with bytes of ours unread (killed mid-plan, say by the end of
+        # the shutdown grace): the same as a channel closed without an outcome.
+        return await _died(sandbox, started, limits.cpu_seconds)
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
         return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {e}"), started)
     finally:

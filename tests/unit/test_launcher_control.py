@@ -1,13 +1,18 @@
-"""The daemon's side of the zygote's control socket, over a real socketpair: a prepared sandbox
-whose descriptors did not arrive (the daemon out of file descriptors) is not the end of the
-event loop's callback, and whoever waits for a sandbox gets the next one."""
+"""The daemon's side of its sockets, over real socketpairs: a prepared sandbox whose
+descriptors did not arrive on the zygote's control socket (the daemon out of file descriptors)
+is not the end of the event loop's callback, and a call channel reset by a sandbox killed
+mid-plan is reported as that sandbox's end."""
 import asyncio
 import json
 import os
+import select
 import socket
+import subprocess
 
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2
 from isorund.config import Config
-from isorund.launcher import Zygote
+from isorund.launcher import Sandbox, Zygote, run_call
 
 
 def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
@@ -34,3 +39,32 @@ def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
             s.close()
         os.close(pidfd)
     asyncio.run(scenario())
+
+
+def test_a_sandbox_gone_with_the_plan_unread_is_reported_as_its_end_not_as_garbage():
+    # Killed before it read its plan (the end of the shutdown grace, say), a sandbox leaves the
+    # daemon's next read with ECONNRESET; that was reported as "the sandbox sent an invalid
+    # event: [Errno 104]" instead of the reason the daemon killed it.
+    async def scenario():
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        # a real process for the sandbox's pidfd, in a group of its own (insecure mode kills the group)
+        stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        sandbox = Sandbox(stand_in.pid, os.pidfd_open(stand_in.pid), ours, asyncio.get_running_loop().create_future())
+        sandbox.aborted = "isorund is shutting down; the call was killed"
+        plan = sandbox_pb2.CallPlan(call_id="c", timeout_seconds=5, limits=pb.Limits(output_bytes=1 << 20,
+                                                                                       result_bytes=1 << 20))
+        call = asyncio.ensure_future(run_call(sandbox, plan, _ignore, isolated=False))
+        while not select.select([theirs], [], [], 0)[0]:
+            await asyncio.sleep(0.01)
+        theirs.close()  # with the plan unread: the daemon's next read gets ECONNRESET
+        outcome = await asyncio.wait_for(call, 10)
+        stand_in.wait(10)
+        return outcome
+    outcome = asyncio.run(scenario())
+    assert outcome.failure.kind == pb.Failure.SANDBOX
+    assert outcome.failure.message == "isorund is shutting down; the call was killed"
+
+
+async def _ignore(event):
+    pass
