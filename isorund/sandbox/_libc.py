@@ -112,8 +112,7 @@ def prctl(step: str, option: int, arg2: int = 0, arg3: int = 0) -> None:
 
 # The new mount API (Linux >= 5.12 for mount_setattr). These numbers are the same on every
 # architecture: system calls added after 5.1 share one table.
-SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_OPENAT2, SYS_MOUNT_SETATTR = 428, 429, 437, 442
-RESOLVE_NO_SYMLINKS = 0x04
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_FDCWD = -100
@@ -125,18 +124,6 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x1,
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-def open_folder_without_symlinks(step: str, path: str) -> int:
-    """An O_PATH descriptor of the folder ``path``, refused (ELOOP) if any component of the
-    path is a symbolic link (``openat2`` with RESOLVE_NO_SYMLINKS, Linux >= 5.6)."""
-    how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS)
-    return _check(_libc.syscall(SYS_OPENAT2, AT_FDCWD, _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-                  step, f"openat2({path!r}, RESOLVE_NO_SYMLINKS)")
 
 
 def open_tree_clone(step: str, fd: int) -> int:

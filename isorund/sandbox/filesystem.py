@@ -7,8 +7,8 @@ Built in three places, so that almost nothing of it is on the call's critical pa
   ``/tmp``; then ``pivot_root`` and the old root detached, so no host path can be named again;
 - ``detach_folders`` (in the daemon, when the call arrives): a detached, read-only copy of the
   call's guest folder, of its whitelisted folders and of the site-packages its externals need
-  (``openat2`` without symlinks + ``open_tree`` + ``mount_setattr``), handed to the sandbox as
-  file descriptors;
+  (opened without following symbolic links, then ``open_tree`` + ``mount_setattr``), handed to
+  the sandbox as file descriptors;
 - ``enter_call`` (in the sandbox): attaches them (``move_mount``) at ``/guest`` and at their
   host paths, and gives ``/tmp`` the call's size if it asked for less.
 
@@ -135,18 +135,32 @@ def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:
 
 
 def _clone_unchanged(step: str, path: str) -> int:
-    try:
-        folder = _libc.open_folder_without_symlinks(step, path)
-    except _libc.SandboxSetupError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-            raise _libc.SandboxSetupError(step, f"{path!r} changed after the request was checked "
-                                          "(a symbolic link, a file or nothing stands in its path now); not bound",
-                                          e.errno) from None
-        raise
+    folder = _open_without_symlinks(step, path)
     try:
         return _libc.open_tree_clone(step, folder)
     finally:
         os.close(folder)
+
+
+def _open_without_symlinks(step: str, path: str) -> int:
+    """An O_PATH descriptor of the folder at the real path ``path``, opened one component at
+    a time with O_NOFOLLOW: a component that is a symbolic link (or no folder) is refused.
+    (``openat2``'s RESOLVE_NO_SYMLINKS would do it in one call, but systemd's system call
+    filter for the unit does not know it.)"""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in filter(None, path.split("/")):
+            parent, fd = fd, -1
+            try:
+                fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            finally:
+                os.close(parent)
+    except OSError as e:
+        if fd >= 0:
+            os.close(fd)
+        raise _libc.SandboxSetupError(step, f"{path!r} changed after the request was checked (a symbolic "
+                                      "link, a file or nothing stands in its path now); not bound", e.errno) from None
+    return fd
 
 
 def enter_call(plan: RootPlan, folder_fds: list[int], host_paths: list[str], tmp_bytes: int) -> None:
