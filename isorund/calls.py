@@ -103,7 +103,8 @@ class Calls:
     def _after(self, request: pb.RunRequest, outcome: pb.Outcome | None) -> None:
         """After a call with a large value, gives the heap's free memory back once the daemon
         is idle (see isorund.memory); the call's own messages are gone by then."""
-        if request.ByteSize() >= memory.LARGE_BYTES or (outcome is not None and outcome.ByteSize() >= memory.LARGE_BYTES):
+        sizes = (request.ByteSize(), outcome.ByteSize() if outcome is not None else 0)
+        if max(sizes) >= memory.LARGE_BYTES:
             self._trim_wanted = True
         if self._trim_wanted and self._trim_timer is None:
             self._trim_timer = asyncio.get_running_loop().call_later(TRIM_AFTER_SECONDS, self._trim_if_idle)
