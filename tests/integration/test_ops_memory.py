@@ -22,7 +22,7 @@ def test_a_burst_of_large_requests_is_given_back_when_idle(start_daemon, make_ro
     daemon = psutil.Process(d.pid)
     small = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[struct_pb2.Value(number_value=1)])
     big = pb.RunRequest(root=root, file="index.py", func_name="echo", limits=pb.Limits(result_bytes=10),
-                        args=[struct_pb2.Value(string_value="x" * (40 * MiB))])
+                        args=[struct_pb2.Value(string_value="x" * (40 * MiB))], timeout_seconds=30)
     with grpc.insecure_channel("unix:" + d.socket, options=[("grpc.max_send_message_length", 64 * MiB)]) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
         for _ in range(5):
@@ -31,7 +31,7 @@ def test_a_burst_of_large_requests_is_given_back_when_idle(start_daemon, make_ro
         for _ in range(4):
             calls = [stub.Run.future(big, timeout=120) for _ in range(8)]
             outcomes = [call.result().outcome for call in calls]
-            assert {o.failure.limit for o in outcomes} == {"result"}
+            assert {o.failure.limit for o in outcomes} == {"result"}, [o.failure for o in outcomes]
     time.sleep(1.5)  # idle: the daemon trims half a second after its last call
     grown = (daemon.memory_info().rss - idle_before) / MiB
     assert grown < 150, f"the idle daemon kept {grown:.0f} MiB of the burst"
