@@ -17,7 +17,15 @@ const INT_TEXT = /^-?[0-9]+$/;
 // spelled exactly so (docs/values.md, "float").
 const FLOAT_TEXT = /^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$/;
 const NON_FINITE = { nan: NaN, inf: Infinity, "-inf": -Infinity };
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+// Python refuses ints of more than 4,300 digits (sys.get_int_max_str_digits()); so does this
+// client, before BigInt() spends seconds on millions of them.
+const MAX_INT_DIGITS = 4300;
+// The time one decode may spend putting entries into Maps and Sets. V8 hashes numbers and
+// BigInts without a seed, so a guest can pick keys that all land in one bucket: 120,000 such
+// BigInts took 136 s to put into a Set. Honest values take milliseconds per 100,000 entries.
+const MAX_FILL_MS = 1000;
+const FILL_CHUNK = 1024;
+let fillSpent = 0; // reset by decode(), which is synchronous: no two decodes interleave
 // datetime.isoformat(): date, "T" (or another one-character separator), time with optional
 // fraction, optional UTC offset with optional seconds and fraction.
 const DATETIME = new RegExp(
@@ -55,21 +63,61 @@ function decodeFloat(payload) {
   return Number(t);
 }
 
+/** Padded base64, checked by writing the bytes back: Buffer.from skips what is not base64,
+ * and a regular expression over megabytes of text runs out of V8's backtracking stack. */
 function decodeBytes(payload) {
   const t = text(payload);
-  if (!BASE64.test(t)) throw new BadPayload("not valid padded base64");
-  return Buffer.from(t, "base64");
+  const bytes = Buffer.from(t, "base64");
+  if (bytes.toString("base64") !== t) throw new BadPayload("not valid padded base64");
+  return bytes;
 }
 
 function decodePairs(payload) {
-  const map = new Map();
-  for (const pair of items(payload)) {
+  const pairs = items(payload);
+  for (const pair of pairs) {
     if (!Array.isArray(pair) || pair.length !== 2) {
       throw new BadPayload(`expected an array of [key, value] pairs, got ${describe(pair)}`);
     }
-    map.set(pair[0], pair[1]);
   }
+  const map = new Map();
+  fill(pairs, ([key, value]) => map.set(key, value));
+  if (map.size < pairs.length) refuseDuplicate("key", pairs.map(([key]) => key));
   return map;
+}
+
+function decodeSet(payload) {
+  const entries = items(payload);
+  const set = new Set();
+  fill(entries, (entry) => set.add(entry));
+  if (set.size < entries.length) refuseDuplicate("item", entries);
+  return set;
+}
+
+/** Puts `entries` in a Map or Set with `add`, within what is left of the decode's MAX_FILL_MS. */
+function fill(entries, add) {
+  for (let start = 0; start < entries.length; start += FILL_CHUNK) {
+    const began = performance.now();
+    const end = Math.min(start + FILL_CHUNK, entries.length);
+    for (let i = start; i < end; i++) add(entries[i]);
+    fillSpent += performance.now() - began;
+    if (fillSpent > MAX_FILL_MS) {
+      throw new BadPayload(`its entries took more than ${MAX_FILL_MS} ms to put into Maps and Sets ` +
+        "(keys made to collide in JavaScript's hash tables?)");
+    }
+  }
+}
+
+/** Entries distinct on the wire can be equal here (two equal strings, -0 and 0); merging them
+ * would silently drop one, so the value is refused, as the Python client does. */
+function refuseDuplicate(what, entries) {
+  const seen = new Map();
+  for (const entry of entries) {
+    if (seen.has(entry)) {
+      throw new BadPayload(`${what} ${short(entry)} equals the earlier ${what} ${short(seen.get(entry))} ` +
+        "here; one of them would be lost");
+    }
+    seen.set(entry, entry);
+  }
 }
 
 /** Six or fewer fraction digits ("5" is .5 s) -> [whole milliseconds, microseconds left over]. */
@@ -107,7 +155,9 @@ function decodeDatetime(payload) {
 
 const DECODERS = new Map(Object.entries({
   int: (p) => {
-    if (!INT_TEXT.test(text(p))) throw new BadPayload(`expected a decimal integer, got ${short(p)}`);
+    const digits = text(p).length - (p.startsWith("-") ? 1 : 0);
+    if (digits > MAX_INT_DIGITS) throw new BadPayload(`an integer of ${digits} digits, over ${MAX_INT_DIGITS}`);
+    if (!INT_TEXT.test(p)) throw new BadPayload(`expected a decimal integer, got ${short(p)}`);
     return BigInt(p); // only integers past 2**53 travel tagged, and those need a BigInt
   },
   float: decodeFloat,
@@ -115,8 +165,8 @@ const DECODERS = new Map(Object.entries({
   bytes: decodeBytes,
   bytearray: decodeBytes,
   tuple: items,
-  set: (p) => new Set(items(p)),
-  frozenset: (p) => new Set(items(p)),
+  set: decodeSet,
+  frozenset: decodeSet,
   datetime: decodeDatetime,
   date: text, // "2020-02-29": a Date would invent a time of day and a time zone
   time: text, // "23:59:59"
@@ -216,6 +266,7 @@ function decodeTagged(fields, keys, depth, registry) {
 /** Rebuilds the value the daemon sent, operator types by `registry`'s resolvers; throws a
  * SerializationError saying where it failed. */
 function decode(message, where = "", registry = defaultRegistry) {
+  fillSpent = 0;
   try {
     return decodeValue(message, 1, registry);
   } catch (e) {
