@@ -47,9 +47,9 @@ function items(payload, count = null) {
   return payload;
 }
 
-function numbers(payload, count) {
-  if (!items(payload, count).every((item) => typeof item === "number")) {
-    throw new BadPayload(`expected ${count} numbers, got ${short(payload)}`);
+function numbers(payload, count, finite = false) {
+  if (!items(payload, count).every((item) => typeof item === "number" && (!finite || Number.isFinite(item)))) {
+    throw new BadPayload(`expected ${count} ${finite ? "finite " : ""}numbers, got ${short(payload)}`);
   }
   return payload;
 }
@@ -139,6 +139,11 @@ function decodeDatetime(payload) {
   const [millis, micros] = fractionParts(m[7]);
   const date = new Date(0);
   date.setUTCFullYear(n(1), n(2) - 1, n(3)); // unlike Date.UTC, keeps years 1-99 as they are
+  // A Date rolls fields over (February 30 is March 1): Python never writes such a datetime.
+  if (date.getUTCMonth() !== n(2) - 1 || date.getUTCDate() !== n(3) || n(4) > 23 || n(5) > 59 || n(6) > 59 ||
+      n(10) > 23 || n(11) > 59 || n(12) > 59) {
+    throw new BadPayload(`not a valid datetime: ${short(t)}`);
+  }
   date.setUTCHours(n(4), n(5), n(6), millis);
   let time = date.getTime();
   let extraMicros = micros;
@@ -171,7 +176,7 @@ const DECODERS = new Map(Object.entries({
   date: text, // "2020-02-29": a Date would invent a time of day and a time zone
   time: text, // "23:59:59"
   timedelta: (p) => { // milliseconds, the unit of every duration in JavaScript
-    const [days, seconds, microseconds] = numbers(p, 3);
+    const [days, seconds, microseconds] = numbers(p, 3, true);
     return days * 86400000 + seconds * 1000 + microseconds / 1000;
   },
   Decimal: text, // the exact digits: a number would round them

@@ -190,3 +190,15 @@ describe("decoding what a guest may have forged", () => {
     assert.equal(decode(fromJson(tagged("set", honest))).size, 200000);
   });
 });
+
+test("a datetime with fields out of range, or a timedelta that is not finite, is refused", () => {
+  for (const text of ["2020-02-30T00:00:00", "2020-13-01T00:00:00", "2020-01-01T25:00:00", "2020-01-01T00:61:00",
+    "2020-01-01T00:00:61", "2020-01-01T00:00:00+24:00"]) {
+    assert.throws(() => decode(fromJson(tagged("datetime", text))), /not a valid datetime/, text);
+  }
+  assert.equal(decode(fromJson(tagged("datetime", "2020-02-29T23:59:59+23:59"))).toISOString(), "2020-02-29T00:00:59.000Z");
+  assert.throws(() => decode({ kind: "structValue", structValue: { fields: {
+    $type: { kind: "stringValue", stringValue: "timedelta" },
+    $value: { kind: "listValue", listValue: { values: [0, Infinity, 0].map((n) => ({ kind: "numberValue", numberValue: n })) } },
+  } } }), /finite numbers/);
+});
