@@ -168,6 +168,7 @@ def test_calls_that_leave_before_their_sandbox_arrives_do_not_grow_the_pool(star
 
     def pooled() -> int:
         return len(zygote.children())
-    wait_until(lambda: len(call_lines(d)) == 24 and pooled() <= 1)
-    time.sleep(1)  # anything still on its way has arrived by now
+    # (a call cancelled before the daemon saw it leaves no log line: count sandboxes, not lines)
+    wait_until(lambda: pooled() == 1, timeout=30)
+    time.sleep(1.5)  # anything still on its way has arrived (and been sent away) by now
     assert pooled() == 1
