@@ -97,8 +97,11 @@ class AccessFront:
     async def _connect(self, client: "_Side") -> None:
         """Opens the relay's grpc side for one accepted connection."""
         loop = asyncio.get_running_loop()
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream = None
         try:
+            # inside the try: out of descriptors (EMFILE), the client's connection must still be
+            # closed, or it stays open, unread and unnoticed, for the daemon's life
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.bind("")  # autobind: the kernel picks a unique abstract name
             upstream.setblocking(False)
             await loop.sock_connect(upstream, self.private)
@@ -106,7 +109,8 @@ class AccessFront:
             self.peers[name] = client.peer
             _, server_side = await loop.create_unix_connection(lambda: _Side(self, client, name), sock=upstream)
         except OSError as e:
-            upstream.close()
+            if upstream is not None:
+                upstream.close()
             log.error(json.dumps({"event": "access_relay_failed", "peer": str(client.peer), "error": str(e)}))
             client.transport.close()
             return

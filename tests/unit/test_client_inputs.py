@@ -167,3 +167,12 @@ def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expecte
     with pytest.raises(errors.SerializationError, match="nested too deeply") as info:
         raise_failure(failure)
     assert info.value.limit == expected
+
+
+def test_the_cli_reports_an_option_the_runner_refuses_as_a_usage_error(capsys):
+    # resolver options that are not a JSON object used to end in a traceback (exit status 1)
+    from isorun import _cli
+    status = _cli.main(["call", "--root", "/tmp", "--file", "x.py", "--resolver-options", "[1]", "f"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("isorun: SerializationError: resolver_options") and "Traceback" not in err

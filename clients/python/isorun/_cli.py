@@ -56,12 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except json.JSONDecodeError as e:
         print(f"isorun: an argument is not valid JSON: {e}", file=sys.stderr)
         return 2
-    runner = CodeRunner(
-        root=options.root, file=options.file, external=options.external,
-        whitelisted_paths=options.whitelisted_path,
-        source_extensions=options.source_extension or [".py"], compiler=options.compiler,
-        resolver=options.resolver, resolver_options=options.resolver_options,
-        on_console=_print_console, socket=options.socket)
+    try:
+        runner = CodeRunner(
+            root=options.root, file=options.file, external=options.external,
+            whitelisted_paths=options.whitelisted_path,
+            source_extensions=options.source_extension or [".py"], compiler=options.compiler,
+            resolver=options.resolver, resolver_options=options.resolver_options,
+            on_console=_print_console, socket=options.socket)
+    except errors.IsorunError as e:  # an option the runner refuses: a usage error
+        print(f"isorun: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     try:
         result = runner.run(options.func, args=args, context=options.context,
                             timeout=options.timeout, args_resolver=options.args_resolver)
