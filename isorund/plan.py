@@ -120,10 +120,10 @@ def _folder(path: str, what: str) -> str:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         raise RequestError(f"{what} {path!r} is not a folder")
-    if real in UNBINDABLE or any(real == r or real.startswith(r + "/") for r in RESERVED):
+    if real in UNBINDABLE or any(filesystem.within(real, r) for r in RESERVED):
         raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "
                            f"or lie in {', '.join(RESERVED)}")
-    if any(real == r or real.startswith(r + "/") for r in HOST_RUNTIME):
+    if any(filesystem.within(real, r) for r in HOST_RUNTIME):
         raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
                            "sockets the guest could connect to")
     return real

@@ -64,10 +64,10 @@ def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] =
     for path in ["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", *python_dirs]:
         if os.path.islink(path):
             links.append((path, os.readlink(path)))
-        elif os.path.isdir(path) and not any(_within(path, p) for p in paths):
+        elif os.path.isdir(path) and not any(within(path, p) for p in paths):
             paths.append(path)
     hidden = sorted({os.path.realpath(d) for d in package_dirs if os.path.isdir(d)
-                     and any(_within(os.path.realpath(d), p) for p in paths)})
+                     and any(within(os.path.realpath(d), p) for p in paths)})
     return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes)
 
 
@@ -97,10 +97,10 @@ def prepare_root(plan: RootPlan) -> None:
     # The private /tmp hides whatever was bound under the host's /tmp (an interpreter or a
     # virtualenv living there); it is bound again, the same way, on top.
     for path in plan.system_paths:
-        if _within(path, "/tmp"):
+        if within(path, "/tmp"):
             bind_read_only(new_root, path, path)
     for path in plan.hidden:
-        if _within(path, "/tmp"):
+        if within(path, "/tmp"):
             _hide(new_root + path)
     _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no path
@@ -225,5 +225,5 @@ def _ensure_parent(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
-def _within(path: str, folder: str) -> bool:
+def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")

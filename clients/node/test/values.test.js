@@ -19,6 +19,12 @@ before(async () => {
 after(() => daemon?.stop());
 
 const echo = (value) => runner.run({ funcName: "echo", args: [value] });
+/** `promise` rejects with an error of class `cls` whose `limit` is `limit`. */
+const rejectsWithLimit = (promise, cls, limit) => assert.rejects(promise, (error) => {
+  assert.ok(error instanceof cls, String(error));
+  assert.equal(error.limit, limit);
+  return true;
+});
 const kind = (value) => runner.run({ funcName: "kind", args: [value] });
 
 describe("round trips", () => {
@@ -157,11 +163,7 @@ describe("values that cannot be sent", () => {
     const selfish = {};
     selfish.self = selfish;
     for (const value of [deep, cycle, selfish]) {
-      await assert.rejects(echo(value), (error) => {
-        assert.ok(error instanceof errors.SerializationError, String(error));
-        assert.equal(error.limit, "depth");
-        return true;
-      });
+      await rejectsWithLimit(echo(value), errors.SerializationError, "depth");
     }
     let fine = [];
     for (let i = 0; i < 40; i++) fine = [fine];
@@ -175,29 +177,19 @@ describe("values that cannot be sent", () => {
   });
 
   test("a value over the message size is refused before it is built whole", async () => {
-    await assert.rejects(echo(["x".repeat(40 * 1024 * 1024), Buffer.alloc(30 * 1024 * 1024)]), (error) => {
-      assert.ok(error instanceof errors.SerializationError);
-      assert.equal(error.limit, "size");
-      return true;
-    });
+    await rejectsWithLimit(echo(["x".repeat(40 * 1024 * 1024), Buffer.alloc(30 * 1024 * 1024)]),
+      errors.SerializationError, "size");
   });
 
   test("a result the guest cannot send is a SerializationError", async () => {
     const bad = daemon.runner({ "index.py": "def f():\n    return lambda: 1\n" });
-    await assert.rejects(bad.run({ funcName: "f" }), (error) => {
-      assert.ok(error instanceof errors.SerializationError, String(error));
-      assert.equal(error.limit, null); // no limit was broken: the value has no codec
-      return true;
-    });
+    // no limit was broken: the value has no codec
+    await rejectsWithLimit(bad.run({ funcName: "f" }), errors.SerializationError, null);
   });
 
   test("a result nested past the limit on the guest's side says which limit", async () => {
     const deep = daemon.runner({ "index.py": "def f():\n    x = []\n    for _ in range(200):\n        x = [x]\n    return x\n" });
-    await assert.rejects(deep.run({ funcName: "f" }), (error) => {
-      assert.ok(error instanceof errors.SerializationError, String(error));
-      assert.equal(error.limit, "depth");
-      return true;
-    });
+    await rejectsWithLimit(deep.run({ funcName: "f" }), errors.SerializationError, "depth");
   });
 });
 
@@ -212,10 +204,6 @@ describe("a result over the client's message size, from a daemon that allows it"
 
   test("is ResourceLimitError with limit 'message', not a full queue", async () => {
     const big = roomy.runner({ "index.py": "def f():\n    return 'x' * (70 << 20)\n" });
-    await assert.rejects(big.run({ funcName: "f" }), (error) => {
-      assert.ok(error instanceof errors.ResourceLimitError, String(error));
-      assert.equal(error.limit, "message");
-      return true;
-    });
+    await rejectsWithLimit(big.run({ funcName: "f" }), errors.ResourceLimitError, "message");
   });
 });
