@@ -91,6 +91,7 @@ class Config:
     cgroup_root: str = _key("", "Delegated cgroup v2 folder for per-call memory/pids/cpu limits (systemd `Delegate=yes`); empty: the daemon's own cgroup if usable, else off (logged at start); `off`: never.")
     max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket (1 MiB to 256 MiB).")
     shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
+    start_timeout: float = _key(60.0, "Seconds the sandbox zygote may take to start (it imports the plugins and operator types) before the daemon gives up, naming the one it was importing.")
     metrics_address: str = _key("", "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; `[::1]:9464` for IPv6, port 0 picks a free one); empty turns it off.")
     log_level: str = _key("info", "debug, info, warning or error.")
     insecure_no_isolation: bool = _key(False, "Development only: run guests without kernel isolation (logged loudly, reported in GetCapabilities).")
@@ -135,6 +136,7 @@ class Config:
         need(1 * MiB <= self.max_request_bytes <= MAX_MESSAGE_BYTES, "max_request_bytes",
              f">= 1 MiB and <= {MAX_MESSAGE_BYTES // MiB} MiB", self.max_request_bytes)
         need(self.shutdown_grace >= 0, "shutdown_grace", ">= 0", self.shutdown_grace)
+        need(0 < self.start_timeout <= MAX_SECONDS, "start_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.start_timeout)
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)
         for f in fields(LimitsConfig):
             value = getattr(self.limits, f.name)

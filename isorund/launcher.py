@@ -33,6 +33,7 @@ ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
 
 
+
 @dataclass(frozen=True)
 class Exit:
     """How a sandbox ended, as its zygote saw it when reaping it."""
@@ -97,6 +98,7 @@ class Zygote:
         self.on_restart = on_restart
         self.on_down = on_down
         self._hello: asyncio.Future | None = None
+        self._loading = ""  # the plugin the starting zygote said it was importing
 
     async def start(self) -> None:
         """Starts the zygote and waits for it to say it can build sandboxes."""
@@ -116,8 +118,19 @@ class Zygote:
         self.process.stdin.close()
         self.control = ours
         self._hello = loop.create_future()
+        self._loading = ""
         loop.add_reader(ours.fileno(), self._on_control)
-        hello = await self._hello
+        # A plugin whose import never returns would otherwise hold the daemon's start (or a
+        # restart) for ever; the default is inside systemd's TimeoutStartSec (90 s), so the log
+        # names the plugin before systemd gives up.
+        timeout = self.config.start_timeout
+        try:
+            hello = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
+        except TimeoutError:
+            self.process.kill()  # its control socket closes: _on_zygote_exit cleans up
+            await self._hello
+            raise RuntimeError(f"the zygote did not start within {timeout:g} s (start_timeout)"
+                               + (f"; it was still importing {self._loading}" if self._loading else "")) from None
         if "fatal" in hello:
             raise RuntimeError(hello["fatal"])
         self.alive = True
@@ -220,6 +233,8 @@ class Zygote:
                     exited = message["exited"]
                     future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
                                            OOM_KILLED if exited.get("limit") == "memory" else ""))
+            elif "loading" in message:
+                self._loading = str(message["loading"])
             elif self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
 

@@ -31,26 +31,30 @@ def load_object(spec: str, what: str):
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a module calling sys.exit() on import fails here too
         raise PluginError(f"cannot load {what} {spec!r}: {type(e).__name__}: {e}") from e
     return obj
 
 
-def load(config) -> tuple[Plugins, TypeRegistry]:
+def load(config, on_load=lambda what: None) -> tuple[Plugins, TypeRegistry]:
     """Imports every configured plugin and operator type; raises PluginError naming the first
-    one that fails, so a bad config stops the daemon at start, not at the first call."""
+    one that fails, so a bad config stops the daemon at start, not at the first call.
+    ``on_load`` hears the name of each before its import, so that one that never returns can
+    be named by whoever gives up waiting."""
     for path in config.plugin_paths:
         if path not in sys.path:
             sys.path.insert(0, path)
     plugins = Plugins()
     for group in ("compilers", "resolvers", "args_resolvers"):
         for name, spec in getattr(config.plugins, group).items():
+            on_load(f"plugins.{group}.{name} = {spec!r}")
             obj = load_object(spec, f"plugins.{group}.{name}")
             if not callable(obj):
                 raise PluginError(f"plugins.{group}.{name} = {spec!r} is not callable")
             getattr(plugins, group)[name] = obj
     registry = TypeRegistry(parent=default_registry)
     for name, spec in config.types.items():
+        on_load(f"types.{name} = {spec!r}")
         resolver = load_object(spec, f"types.{name}")
         cls, encode, decode = _resolver_parts(resolver, f"types.{name} = {spec!r}")
         try:

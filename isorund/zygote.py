@@ -9,7 +9,8 @@ default externals), so a forked sandbox starts warm.
 
 Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
-    zygote → daemon   {"hello": {...}} or {"fatal": msg}  once, after start
+    zygote → daemon   {"loading": "plugins.… = '…'"}    before each plugin's import, at start
+                      {"hello": {...}} or {"fatal": msg}  once, after start
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
                       {"exited": {"pid": P, "status": S, "cpu_seconds": C}}  a sandbox exited
                       {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
@@ -55,7 +56,8 @@ class Zygote:
 
         self.config = Config.load(None, _flatten(config))
         self.control = control
-        self.plugins, self.registry = plugin_loader.load(self.config)
+        self.plugins, self.registry = plugin_loader.load(
+            self.config, on_load=lambda what: _send(control, {"loading": what}))
         isolated = not self.config.insecure_no_isolation
         python_dirs, package_dirs = _python_folders()
         self.cgroup_root = _cgroup_root(self.config) if isolated else None

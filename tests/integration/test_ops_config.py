@@ -8,6 +8,8 @@ import tomllib
 
 import pytest
 
+from processes import zygote_of
+
 
 def isorund(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "isorund", *args], capture_output=True, text=True, timeout=60)
@@ -24,6 +26,29 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
     assert d.proc.wait(60) == 2
     assert f"isorund: {message}" in d.log()
     assert not (d.folder / "isorund.sock").exists()
+
+
+def test_a_plugin_that_exits_on_import_stops_the_start_naming_it(start_daemon, tmp_path):
+    """sys.exit() is not an Exception: it used to end the zygote silently, and the daemon could
+    only say that its zygote exited."""
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nts = "quits:compile"\n', wait=False)
+    assert d.proc.wait(60) != 0
+    assert "cannot load plugins.compilers.ts 'quits:compile': SystemExit: 3" in d.log()
+
+
+def test_a_plugin_whose_import_never_returns_stops_the_start_naming_it(start_daemon, tmp_path):
+    """Without start_timeout the daemon waited for its zygote for ever (systemd would kill it
+    after TimeoutStartSec with nothing in the log to say why)."""
+    (tmp_path / "fine.py").write_text("def compile(source, filename):\n    return source\n")
+    (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    d = start_daemon(config=f'start_timeout = 2\nplugin_paths = ["{tmp_path}"]\n[plugins.compilers]\n'
+                            'a = "fine:compile"\nb = "stuck:compile"\n', wait=False)
+    stuck_zygote = zygote_of(d)
+    assert d.proc.wait(60) != 0
+    assert ("the zygote did not start within 2 s (start_timeout); it was still importing "
+            "plugins.compilers.b = 'stuck:compile'") in d.log()
+    assert not stuck_zygote.is_running()  # killed, not left importing for an hour
 
 
 def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):

@@ -70,6 +70,8 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ('metrics_address = "localhost:99999"\n', "metrics_address"),
     ('log_level = "chatty"\n', "log_level"),
     ("shutdown_grace = -1\n", "shutdown_grace"),
+    ("start_timeout = 0\n", "start_timeout"),
+    ("start_timeout = inf\n", "start_timeout"),
     ("insecure_no_isolation = 1\n", "insecure_no_isolation"),
     ('default_external = ["os path"]\n', "default_external"),
     ('plugin_paths = ["relative"]\n', "plugin_paths"),
