@@ -147,3 +147,39 @@ def test_the_access_front_costs_little(start_daemon, daemon):
     fronted = min(p50(guarded.socket) for _ in range(3))
     print(f"GetCapabilities p50: direct {direct * 1e6:.0f} us, through the access front {fronted * 1e6:.0f} us")
     assert fronted - direct < 0.002
+
+
+def test_connections_made_while_the_front_is_out_of_descriptors_are_not_kept(guarded, make_root):
+    """The front needs a second descriptor per connection (its socket to grpc). When the
+    daemon had none left, that socket's creation failed outside the relay's error handling and
+    the accepted connection stayed open, unread and unnoticed, for the daemon's life: any peer
+    able to reach the socket, allowed or not, could use up the daemon's descriptors for good."""
+    import socket as socketlib
+
+    import psutil
+    daemon = psutil.Process(guarded.pid)
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=guarded.socket) as r:
+        assert r.run("echo", args=[1]) == 1
+    time.sleep(0.5)
+    before = daemon.num_fds()
+    limit = daemon.rlimit(psutil.RLIMIT_NOFILE)
+    daemon.rlimit(psutil.RLIMIT_NOFILE, (before + 7, limit[1]))  # room for two or three relays
+    clients = []
+    try:
+        for _ in range(12):
+            c = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+            c.connect(guarded.socket)
+            clients.append(c)
+        time.sleep(1.5)  # the front accepts what it can (asyncio retries accept() each second)
+    finally:
+        for c in clients:
+            c.close()
+        time.sleep(1.0)
+        daemon.rlimit(psutil.RLIMIT_NOFILE, limit)
+    deadline = time.monotonic() + 15
+    while daemon.num_fds() > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert daemon.num_fds() <= before + 1, guarded.log()[-2000:]
+    assert "access_relay_failed" in guarded.log()  # the case above was met, and logged
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=guarded.socket) as r:
+        assert r.run("echo", args=[2]) == 2
