@@ -30,6 +30,9 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python la
 # Python's getsockopt reads at most 1024 bytes: 256 groups. A peer in more groups than that
 # (the kernel answers ERANGE) is judged by its uid and primary gid alone.
 MAX_GROUPS = 256
+# Connections one refused uid may hold open at once: enough to be told PERMISSION_DENIED, too
+# few to use up the daemon's descriptors (each relayed connection holds three).
+REFUSED_CONNECTIONS_PER_UID = 8
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class AccessFront:
         self.public, self.private, self.allowlist = public, private, allowlist
         self.peers: dict[str, Peer] = {}  # grpc peer() of a relay -> the credentials behind it
         self._relays: set[_Side] = set()
+        self._refused_open: dict[int, int] = {}  # uid not on the allowlist -> its open connections
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -93,6 +97,23 @@ class AccessFront:
         self.stop_accepting()
         for side in list(self._relays):
             side.transport.close()
+
+    def hold_refused(self, peer: Peer) -> bool:
+        """Counts one more open connection of a peer the allowlist refuses; False (not
+        counted) when its uid already holds REFUSED_CONNECTIONS_PER_UID."""
+        held = self._refused_open.get(peer.uid, 0)
+        if held >= REFUSED_CONNECTIONS_PER_UID:
+            return False
+        self._refused_open[peer.uid] = held + 1
+        if held + 1 == REFUSED_CONNECTIONS_PER_UID:
+            log.warning(json.dumps({"event": "denied_connections_capped", "peer": str(peer),
+                                    "open": held + 1, "note": "further connections are closed at once"}))
+        return True
+
+    def release_refused(self, peer: Peer) -> None:
+        self._refused_open[peer.uid] -= 1
+        if not self._refused_open[peer.uid]:
+            del self._refused_open[peer.uid]
 
     async def _connect(self, client: "_Side") -> None:
         """Opens the relay's grpc side for one accepted connection."""
@@ -125,12 +146,20 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.early: list[bytes] = []  # client bytes that arrive before grpc's side is open
+        self.holds_refused_slot = False  # a refused peer's connection, counted in the front
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.front._relays.add(self)
         if self.partner is None:  # a client: learn who it is, then open grpc's side
-            self.peer = peer_credentials(transport.get_extra_info("socket"))
+            peer = peer_credentials(transport.get_extra_info("socket"))
+            if not self.front.allowlist.allows(peer):
+                # still relayed, to be told PERMISSION_DENIED; but only a few at once
+                if not self.front.hold_refused(peer):
+                    transport.close()
+                    return
+                self.holds_refused_slot = True
+            self.peer = peer
             transport.pause_reading()
             asyncio.get_running_loop().create_task(self.front._connect(self))
 
@@ -155,6 +184,9 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.front._relays.discard(self)
+        if self.holds_refused_slot:
+            self.holds_refused_slot = False
+            self.front.release_refused(self.peer)
         if self.name:
             self.front.peers.pop(self.name, None)
         if self.partner is not None and self.partner.transport is not None:

@@ -183,3 +183,46 @@ def test_connections_made_while_the_front_is_out_of_descriptors_are_not_kept(gua
     assert "access_relay_failed" in guarded.log()  # the case above was met, and logged
     with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=guarded.socket) as r:
         assert r.run("echo", args=[2]) == 2
+
+
+HOLD_CONNECTIONS = '''
+import os, socket, time
+os.setgroups([])
+os.setgid({nobody})
+os.setuid({uid})
+held = []
+for _ in range({count}):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect({socket!r})
+    held.append(c)
+time.sleep(1.0)
+closed = 0
+for c in held:
+    c.setblocking(False)
+    try:
+        closed += c.recv(1) == b""
+    except BlockingIOError:
+        pass
+print(closed)
+'''
+
+
+def connections_closed_at_once(daemon, uid: int, count: int) -> int:
+    """How many of ``count`` idle connections, opened as ``uid``, the daemon closed."""
+    source = HOLD_CONNECTIONS.format(nobody=NOBODY, uid=uid, count=count, socket=daemon.socket)
+    out = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_a_refused_peer_may_hold_only_a_few_connections_open(guarded, make_root):
+    """Refused peers are relayed so that they get a clear PERMISSION_DENIED, but each holds
+    three of the daemon's descriptors: without a cap, a user the allowlist refuses could use
+    them all up by opening connections and never closing them."""
+    from isorund.access import REFUSED_CONNECTIONS_PER_UID
+    assert connections_closed_at_once(guarded, NOBODY, REFUSED_CONNECTIONS_PER_UID + 12) == 12
+    assert '"event": "denied_connections_capped"' in guarded.log()
+    # the allowed are not counted, and the refused user's slots came back when it closed them
+    assert connections_closed_at_once(guarded, 0, REFUSED_CONNECTIONS_PER_UID + 12) == 0
+    answer = call_as(NOBODY, [], guarded, make_root({"index.py": GUEST}))
+    assert answer.startswith("AccessDenied")
