@@ -18,7 +18,8 @@ from isorun._proto import runner_pb2 as pb
 from . import memory
 from . import plan as plans
 from .admission import Admission, QueueFull, QueueTimeout
-from .launcher import Sandbox, Zygote, ZygoteUnavailable, run_call
+from .launcher import Sandbox, Zygote, ZygoteUnavailable
+from .sandbox_call import run_call
 from .plan import RequestError
 
 log = logging.getLogger("isorund")

@@ -39,7 +39,7 @@ from isorun._proto import sandbox_pb2
 from isorund import plan as plans
 from isorund import zygote as zygote_module
 from isorund.config import Config
-from isorund import launcher
+from isorund import sandbox_call
 from isorund.sandbox import (_close_fds_except, _libc, _receive_folders, _redirect_std_fds, channel,
                              filesystem, guest, importer, limits, namespaces, seccomp)
 
@@ -184,7 +184,7 @@ class Prepared:
         self.marks["parent_send_plan"] = time.monotonic_ns()
         plan = sandbox_pb2.CallPlan.FromString(call_plan)
         folders = filesystem.detach_folders(plan.root, list(plan.host_paths))
-        launcher._send_folders(self.sock, folders)
+        sandbox_call._send_folders(self.sock, folders)
         for fd in folders:
             os.close(fd)
         self.sock.sendall(channel.HEADER.pack(len(call_plan)) + call_plan)

@@ -85,7 +85,7 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict:
 
 
 def _function(frame: str) -> str:
-    # py-spy raw frames look like "run_call (isorund/launcher.py:224)"; drop the line number.
+    # py-spy raw frames look like "run_call (isorund/sandbox_call.py:224)"; drop the line number.
     return re.sub(r":\d+\)$", ")", frame.strip())
 
 

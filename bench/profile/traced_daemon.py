@@ -11,7 +11,7 @@ Marks are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, the same clock in every proc
 client can line them up with its own. The wrappers find the current call through a context
 variable: gRPC aio runs each RPC in its own task, and everything the call awaits shares it.
 Wrapped names are looked up where the caller looks them up (``isorund.calls.run_call``, not
-``isorund.launcher.run_call``), so the profile follows the code as it is today; a wrapper
+``isorund.sandbox_call.run_call``), so the profile follows the code as it is today; a wrapper
 whose target is gone is skipped with a warning rather than failing the daemon.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 
-from isorund import calls, cli, launcher, plan, server
+from isorund import calls, cli, launcher, plan, sandbox_call, server
 
 CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("isorun_trace", default=None)
 log = logging.getLogger("isorund")
@@ -80,7 +80,7 @@ def trace_rpc(servicer_class, name: str) -> None:
 
 def trace_frames() -> None:
     """Marks the arrival of the first and of the last frame a sandbox sends."""
-    real = launcher._FrameReader.next
+    real = sandbox_call._FrameReader.next
 
     @functools.wraps(real)
     async def next_frame(self, *args, **kwargs):
@@ -91,7 +91,7 @@ def trace_frames() -> None:
             marks.setdefault("first_frame", now)
             marks["last_frame"] = now
         return frame
-    launcher._FrameReader.next = next_frame
+    sandbox_call._FrameReader.next = next_frame
 
 
 def install() -> None:

@@ -12,7 +12,8 @@ import subprocess
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund.config import Config
-from isorund.launcher import Sandbox, Zygote, run_call
+from isorund.launcher import Sandbox, Zygote
+from isorund.sandbox_call import run_call
 
 
 def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():

@@ -1,0 +1,220 @@
+"""The daemon's side of one call in a prepared sandbox: the plan out, the events in.
+
+Parent-side code only. ``run_call`` sends the call's folders and plan down the sandbox's
+channel, relays its events, and enforces what an untrusted guest cannot be trusted to enforce
+itself (the wall-clock timeout, the console and result caps); whatever happens, it kills the
+sandbox on return. The sandboxes themselves come from ``isorund.launcher``.
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+import signal
+import socket
+import time
+
+from isorun._proto import runner_pb2 as pb
+from isorund.sandbox import channel, filesystem
+from isorund.sandbox._libc import SandboxSetupError
+
+from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
+
+Failure = pb.Failure
+EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
+
+
+async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> pb.Outcome:
+    """Sends ``plan`` to ``sandbox`` and relays its events to ``on_event`` until the outcome.
+
+    Enforces what an untrusted guest cannot be trusted to enforce itself: the wall-clock
+    timeout (cut short by the client's ``deadline``, a ``time.monotonic()`` value, so that no
+    call runs for a client that stopped waiting), the console byte cap and the result size
+    cap. Whatever happens, the sandbox is killed on return — after an outcome that kill just
+    collects what the guest left behind."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    limits = plan.limits
+    console_left = limits.output_bytes
+    budget = plan.timeout_seconds
+    if deadline is not None:
+        budget = max(0.0, min(budget, deadline - started))
+    try:
+        async with asyncio.timeout(budget):
+            try:
+                folders = filesystem.detach_folders(plan.root, list(plan.host_paths)) if isolated else []
+            except SandboxSetupError as e:
+                return _failure(Failure(kind=Failure.SANDBOX, message=str(e)), started)
+            payload = plan.SerializeToString()
+            try:
+                _send_folders(sandbox.sock, folders)
+                await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
+            except OSError:
+                pass  # the sandbox may have failed set-up already; its report is in the channel
+            finally:
+                for fd in folders:
+                    os.close(fd)
+            reader = _FrameReader(loop, sandbox.sock)
+            max_frame = limits.result_bytes + EVENT_SLACK
+            event, running_seen = None, False
+            while True:
+                if event is None:
+                    frame = await reader.next(max_frame)
+                    if frame is None:
+                        return await _died(sandbox, started, limits.cpu_seconds)
+                    event = _parse_event(frame)
+                kind = event.WhichOneof("event")
+                if kind == "outcome":
+                    outcome = event.outcome
+                    outcome.usage.wall_seconds = time.monotonic() - started
+                    return outcome
+                if kind == "running" and not running_seen:
+                    running_seen = True
+                    await on_event(event)
+                    event = None
+                    continue
+                if kind != "console":
+                    # The guest can write to this socket itself: anything the sandbox's runtime
+                    # never sends (a console batch no cap would count, a second 'running', an
+                    # empty event) ends the call rather than reaching the client.
+                    raise _UnexpectedEvent(kind)
+                # A burst of lines already received goes out as one message, not one per line.
+                # Each line costs the bytes it took on the channel, so that no line is free:
+                # not an empty one, not one padded with fields the schema does not know.
+                lines, event = [event.console], None
+                console_left -= channel.HEADER.size + len(frame)  # (read just above: only other kinds carry over)
+                while (frame := reader.buffered(max_frame)) is not None:
+                    following = _parse_event(frame)
+                    if following.WhichOneof("event") != "console":
+                        event = following
+                        break
+                    lines.append(following.console)
+                    console_left -= channel.HEADER.size + len(frame)
+                if console_left < 0:
+                    return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
+                        f"the call printed more than its {limits.output_bytes} console bytes")), started)
+                await on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
+                               else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
+                # A guest that keeps its channel full would otherwise keep this loop from ever
+                # waiting: its timeout, and every other call, need the event loop to run.
+                await asyncio.sleep(0)
+    except TimeoutError:
+        if budget < plan.timeout_seconds:
+            return _failure(Failure(kind=Failure.TIMEOUT, message=(
+                f"the client's deadline passed after {budget:.3g} s of the call's {plan.timeout_seconds:g} s "
+                "timeout; its sandbox was killed")), started)
+        return _failure(Failure(kind=Failure.TIMEOUT, message=(
+            f"the call did not finish within its {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
+    except _FrameTooLarge as e:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e)), started)
+    except _UnexpectedEvent as e:
+        kind = e.args[0]
+        what = "a second 'running' event" if kind == "running" else f"a {kind!r} event" if kind else "an empty event"
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
+            "lines, one outcome): something in the call wrote to its channel; the call was ended")), started)
+    except ConnectionError:
+        # The sandbox went away with bytes of ours unread (killed mid-plan, say by the end of
+        # the shutdown grace): the same as a channel closed without an outcome.
+        return await _died(sandbox, started, limits.cpu_seconds)
+    except Exception as e:  # a guest that sends garbage must not take the daemon with it
+        return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {e}"), started)
+    finally:
+        sandbox.kill_group() if not isolated else sandbox.kill()
+        sandbox.close()
+
+
+def _parse_event(frame: bytes) -> pb.RunEvent:
+    """A sandbox's event, without fields the schema does not declare: those would be relayed
+    to the client (and held by the daemon) uncounted."""
+    event = pb.RunEvent.FromString(frame)
+    event.DiscardUnknownFields()
+    return event
+
+
+def _send_folders(sock: socket.socket, fds: list[int]) -> None:
+    """The call's folders as file descriptors, in one byte's ancillary data, ahead of the plan
+    (an empty socket buffer takes one byte at once, so this never blocks)."""
+    if sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []) != 1:
+        raise BlockingIOError("the call's folders could not be sent")
+
+
+async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> pb.Outcome:
+    """The guest closed its channel without an outcome: say how it ended, if it can be known."""
+    if sandbox.aborted:
+        return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
+    try:
+        end = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
+    except TimeoutError:
+        end = Exit()
+    if end.cause == ZYGOTE_LOST:
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "
+            "being started, retry the call")), started)
+    if end.cause == OOM_KILLED:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=(
+            "the call went over its memory limit and was killed by the kernel")), started)
+    how = "" if end.status is None else f" (exit status {end.status})"
+    killed = end.status in (128 + signal.SIGKILL, 128 + signal.SIGXCPU)
+    # The CPU rlimit's signals can also come from elsewhere (an operator's kill -9): only a
+    # sandbox that used its CPU time was ended by that limit.
+    if killed and end.cpu_seconds >= cpu_limit:
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu",
+                                message=f"the call was killed by the kernel for using up its CPU time{how}"), started)
+    if killed:
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
+            f"its {cpu_limit:g} s of CPU")), started)
+    return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
+
+
+def _failure(failure: pb.Failure, started: float) -> pb.Outcome:
+    return pb.Outcome(failure=failure, usage=pb.Usage(wall_seconds=time.monotonic() - started))
+
+
+class _FrameTooLarge(Exception):
+    pass
+
+
+class _UnexpectedEvent(Exception):
+    """An event kind the sandbox's runtime never sends at that point (args[0]: the kind, or None)."""
+
+
+class _FrameReader:
+    """Reads length-prefixed frames from a non-blocking socket with the event loop."""
+
+    def __init__(self, loop, sock):
+        self.loop, self.sock, self.buf = loop, sock, bytearray()
+
+    async def next(self, max_bytes: int) -> bytes | None:
+        header = await self._exactly(channel.HEADER.size)
+        if header is None:
+            return None
+        (size,) = channel.HEADER.unpack(header)
+        if size > max_bytes:
+            raise _FrameTooLarge(f"the call sent an event of {size} bytes, over its {max_bytes}-byte limit")
+        return await self._exactly(size)
+
+    def buffered(self, max_bytes: int) -> bytes | None:
+        """The next frame if it has been received whole already, else None (never waits)."""
+        if len(self.buf) < channel.HEADER.size:
+            return None
+        (size,) = channel.HEADER.unpack_from(self.buf)
+        if size > max_bytes:
+            raise _FrameTooLarge(f"the call sent an event of {size} bytes, over its {max_bytes}-byte limit")
+        end = channel.HEADER.size + size
+        if len(self.buf) < end:
+            return None
+        data = bytes(self.buf[channel.HEADER.size:end])
+        del self.buf[:end]
+        return data
+
+    async def _exactly(self, size: int) -> bytes | None:
+        while len(self.buf) < size:
+            chunk = await self.loop.sock_recv(self.sock, max(65536, size - len(self.buf)))
+            if not chunk:
+                return None
+            self.buf += chunk
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
