@@ -19,14 +19,14 @@ from . import memory
 from . import plan as plans
 from .admission import Admission, QueueFull, QueueTimeout
 from .launcher import Sandbox, Zygote, ZygoteUnavailable
-from .sandbox_call import run_call
 from .plan import RequestError
+from .sandbox_call import run_call
 
 log = logging.getLogger("isorund")
 
-# What the log line and the metrics call a call that ended without an outcome, by exception.
 # How long the daemon must have been idle after a large call before its heap is trimmed.
 TRIM_AFTER_SECONDS = 0.5
+# What the log line and the metrics call a call that ended without an outcome, by exception.
 REFUSALS = ((RequestError, "invalid_argument"), (QueueFull, "queue_full"), (QueueTimeout, "deadline_in_queue"),
             (ZygoteUnavailable, "unavailable"), (asyncio.CancelledError, "cancelled"))
 

@@ -28,7 +28,6 @@ ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
 
 
-
 @dataclass(frozen=True)
 class Exit:
     """How a sandbox ended, as its zygote saw it when reaping it."""
