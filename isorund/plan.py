@@ -108,10 +108,17 @@ def _name(name: str, what: str) -> None:
 
 
 def _modules(names) -> list[str]:
+    """Top-level names only: a submodule cannot be allowed without its package (``os.path``
+    would have allowed all of ``os``, which is what the guest would get), so asking for one is
+    refused rather than silently widened."""
     for name in _bounded(names, "external"):
-        if len(name) > MAX_NAME or not all(part.isidentifier() for part in name.split(".")):
-            raise RequestError(f"external module names must be dotted Python names, got {name[:80]!r}")
-    return [name.partition(".")[0] for name in names]
+        top, dot, _ = name.partition(".")
+        if dot and top.isidentifier():
+            raise RequestError(f"external names top-level modules, each with its submodules: {name[:80]!r} "
+                               f"cannot be allowed without all of {top!r}; name {top!r} to allow it")
+        if len(name) > MAX_NAME or not name.isidentifier():
+            raise RequestError(f"external module names must be Python names, got {name[:80]!r}")
+    return list(names)
 
 
 def _folder(path: str, what: str) -> str:

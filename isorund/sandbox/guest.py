@@ -23,7 +23,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun.errors import SerializationError
 
 from . import channel
-from .importer import GuestImporter, ImportPolicy
+from .importer import GuestImporter, GuestModuleNotFound, ImportPolicy, PluginFailure, call_plugin
 
 Failure = pb.Failure
 
@@ -98,9 +98,10 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
         resolver = None
         if request.resolver:
             options = _codec.decode(struct_pb2.Value(struct_value=request.resolver_options), registry)
-            resolver = plugins.resolvers[request.resolver](options)
+            resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options)
         importer = GuestImporter(policy, context=context, resolver=resolver,
-                                 compiler=plugins.compilers.get(request.compiler) if request.compiler else None)
+                                 compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
+                                 plugin_names=(request.compiler, request.resolver))
         module = importer.load_main(plan.file)
         func = module.__dict__.get(request.func_name)
         if not callable(func):
@@ -110,12 +111,16 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
         else:
             channel.send(sock, pb.RunEvent(running=pb.Running()))
             if request.args_resolver:
-                args = list(plugins.args_resolvers[request.args_resolver](args))
+                args = list(call_plugin("args_resolver", request.args_resolver,
+                                        plugins.args_resolvers[request.args_resolver], args))
             result = func(*_padded(func, args))
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            importer.withdraw()
             _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
+        if importer is not None:
+            importer.withdraw()
         failure = describe(e, importer.guest_files if importer else set())
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, ConsoleStream):
@@ -129,17 +134,21 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     """Turns what the guest raised into the Failure the client will raise."""
-    if isinstance(e, ModuleNotFoundError):
-        name = e.name or str(e)
-        return Failure(kind=Failure.MODULE_NOT_FOUND, module=name, message=f"Cannot find module '{name}'")
-    if isinstance(e, MemoryError):
+    if isinstance(e, GuestModuleNotFound):
+        return Failure(kind=Failure.MODULE_NOT_FOUND, module=e.name, message=str(e))
+    if isinstance(e, MemoryError) and not e.args:
+        # an allocation that failed (a guest's own `raise MemoryError("…")` has a message and
+        # is its exception like any other)
         return Failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
                        message="the call went over its memory limit")
+    if isinstance(e, PluginFailure):
+        return Failure(kind=Failure.SANDBOX, type_name=type(e.__cause__).__name__, message=str(e))
     if isinstance(e, CpuLimitExceeded):
         return Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
     if isinstance(e, SerializationError):
         if getattr(e, "limit", None) == "size":
-            return Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e))
+            return Failure(kind=Failure.RESOURCE_LIMIT, limit="result",
+                           message=str(e).replace("(limit 'size')", "(limit 'result')"))
         # a result nested past the depth limit (or containing itself) says so, as on the client
         return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
                        limit=getattr(e, "limit", None) or "")
@@ -195,13 +204,20 @@ def _padded(func, args: list) -> list:
 
     isolated-runtime called JavaScript functions, which tolerate missing arguments (they are
     ``undefined``); guests ported from it, and the contract's tests, call ``f(a, b)`` with
-    fewer arguments and expect the body to run. Callables without a plain code object (a
-    class, a builtin, a partial) get their arguments as given.
+    fewer arguments and expect the body to run. The parameters are the call's as Python sees
+    them: a bound method's or a callable object's without ``self``, a partial's without the
+    ones it binds. A callable whose signature cannot be read (some builtins) gets its
+    arguments as given.
     """
-    code = getattr(func, "__code__", None)
-    if code is None:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
         return args
-    required = code.co_argcount - len(getattr(func, "__defaults__", None) or ())
+    required = 0
+    for p in parameters:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+            break
+        required += 1
     if len(args) >= required:
         return args
     return list(args) + [None] * (required - len(args))

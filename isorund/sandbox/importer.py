@@ -6,9 +6,10 @@ module that fails in confusing ways further on.
 
 The rules (``ImportPolicy``) are pure data, unit-tested apart from the hook (``GuestImporter``):
 - a top-level name found as guest source in the guest folder is a guest module;
-- any other name must be allowed (``external`` plus the daemon's ``default_external``); it is
-  then looked up by the resolver plugin, then in the whitelisted folders (as guest source),
-  then by Python's own import system (stdlib, site-packages);
+- any other name must be allowed (``external`` plus the daemon's ``default_external``, plus
+  what ``ALWAYS_ALLOWED`` and ``IMPLIED`` add); it is then looked up by the resolver plugin,
+  then in the whitelisted folders (as guest source), then by Python's own import system
+  (stdlib, site-packages);
 - everything else is "Cannot find module".
 Guest source (from the guest folder, whitelisted folders or the resolver) is compiled here: the
 compiler plugin applies, its globals get the restricted builtins, and its file names are shown
@@ -17,14 +18,28 @@ relative to the guest folder ("/rules.py").
 from __future__ import annotations
 
 import builtins
+import importlib.machinery
+import importlib.util
 import linecache
 import os
+import sys
+import tokenize  # noqa: F401  (used by decode_source; loaded here, in the zygote)
 import types
 from dataclasses import dataclass
 from typing import Callable
 
 REMOVED_BUILTINS = frozenset({"open", "input", "exit", "quit", "breakpoint", "help",
                               "copyright", "credits", "license"})
+# A future statement is an instruction to the compiler; the module it imports holds nothing else.
+ALWAYS_ALLOWED = frozenset({"__future__"})
+# Modules an allowed module's C code imports while the guest's frame is the current one, so
+# that the import comes to the guest's __import__: datetime's strftime, today() and strptime
+# need time and _strptime. Allowed with the module that needs them.
+IMPLIED = {"datetime": frozenset({"time", "_strptime"})}
+
+
+def with_implied(allowed: frozenset[str]) -> frozenset[str]:
+    return allowed.union(ALWAYS_ALLOWED, *(IMPLIED.get(name, ()) for name in allowed))
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class ImportPolicy:
     extensions: tuple[str, ...]         # which files count as guest source
     allowed: frozenset[str]             # top-level names importable besides guest modules
     search_paths: tuple[str, ...] = ()  # whitelisted folders, searched for allowed names
+
+    def __post_init__(self):
+        object.__setattr__(self, "allowed", with_implied(frozenset(self.allowed)))
 
     def is_allowed(self, name: str) -> bool:
         return name.partition(".")[0] in self.allowed
@@ -50,8 +68,29 @@ class ImportPolicy:
         return path
 
 
+class GuestModuleNotFound(ModuleNotFoundError):
+    """The importer's own refusal: only this becomes the client's ModuleNotFound. A
+    ModuleNotFoundError the guest raises itself is the guest's exception like any other."""
+
+
+class PluginFailure(Exception):
+    """An operator plugin (compiler, resolver, args resolver) raised: the operator's code
+    failed, not the guest's, and the call says so instead of blaming the guest."""
+
+
 def module_not_found(name: str) -> ModuleNotFoundError:
-    return ModuleNotFoundError(f"Cannot find module '{name}'", name=name)
+    return GuestModuleNotFound(f"Cannot find module '{name}'", name=name)
+
+
+def call_plugin(kind: str, name: str, plugin, *args):
+    """``plugin(*args)``, with a failure reported as the named plugin's — except a
+    SyntaxError, which is a compiler's verdict on the guest's source and stays the guest's."""
+    try:
+        return plugin(*args)
+    except SyntaxError:
+        raise
+    except Exception as e:
+        raise PluginFailure(f"the {kind} plugin {name!r} raised {type(e).__name__}: {e}") from e
 
 
 class GuestImporter:
@@ -60,10 +99,12 @@ class GuestImporter:
 
     def __init__(self, policy: ImportPolicy, *, context: dict | None = None,
                  compiler: Callable[[str, str], str] | None = None,
-                 resolver: Callable[[str], str | None] | None = None):
+                 resolver: Callable[[str], str | None] | None = None,
+                 plugin_names: tuple[str, str] = ("", "")):
         self.policy = policy
         self.compiler = compiler
         self.resolver = resolver
+        self.plugin_names = plugin_names  # (compiler, resolver), for their failures' messages
         self.modules: dict[str, types.ModuleType] = {}
         self._found: dict[str, tuple[str, bool] | None] = {}
         self.guest_files: set[str] = set()
@@ -112,7 +153,7 @@ class GuestImporter:
         if not self.policy.is_allowed(top):
             return None
         if self.resolver is not None:
-            found = self.resolver(top)
+            found = call_plugin("resolver", self.plugin_names[1], self.resolver, top)
             if found:
                 candidates = (self.policy.source_candidates(os.path.dirname(found), top)
                               if os.path.isdir(found) else [(found, False)])
@@ -156,27 +197,46 @@ class GuestImporter:
         display = self.policy.display_name(path)
         try:
             with _read_only_file(path) as f:
-                source = f.read().decode("utf-8")
+                raw = f.read()
         except OSError:
             raise module_not_found(name) from None
+        try:
+            # as Python reads source: UTF-8 unless a coding declaration says otherwise, a
+            # byte-order mark dropped
+            source = importlib.util.decode_source(raw)
+        except (SyntaxError, UnicodeDecodeError) as e:
+            raise SyntaxError(f"{display} is not valid source text: {e}") from None
         if self.compiler is not None:
-            source = self.compiler(source, display)
+            source = call_plugin("compiler", self.plugin_names[0], self.compiler, source, display)
         linecache.cache[display] = (len(source), None, source.splitlines(True), display)
         self.guest_files.add(display)
         code = compile(source, display, "exec", dont_inherit=True)
         module = types.ModuleType(name)
         module.__file__ = display
         module.__package__ = package
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=display, is_package=is_package)
         module.__builtins__ = self.builtins
         if is_package:
             module.__path__ = [os.path.dirname(path)]
         self.modules[name] = module
+        # Visible in sys.modules while the guest runs, under a name no module holds yet (never
+        # replacing one): dataclasses, typing and enum look a class's module up there.
+        sys.modules.setdefault(name, module)
         try:
             exec(code, module.__dict__)
         except BaseException:
             del self.modules[name]
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
             raise
         return module
+
+    def withdraw(self) -> None:
+        """Takes the guest's modules out of sys.modules once its code has run, so that nothing
+        the runtime imports after it (reporting the outcome) can be a guest module."""
+        for name, module in self.modules.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
 
     def _absolute(self, name: str, globals, level: int) -> str:
         package = (globals or {}).get("__package__") or ""

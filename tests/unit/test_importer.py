@@ -6,6 +6,19 @@ import pytest
 from isorund.sandbox.importer import REMOVED_BUILTINS, GuestImporter, ImportPolicy
 
 
+@pytest.fixture(autouse=True)
+def _guest_modules_forgotten():
+    """Guest modules enter sys.modules while a guest runs; the sandbox ends after one call,
+    these tests do not: each test starts without the previous one's."""
+    import sys
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        spec = getattr(sys.modules[name], "__spec__", None)
+        if spec is not None and spec.loader is None:  # the importer's modules have no loader
+            del sys.modules[name]
+
+
 def policy(folder, allowed=(), extensions=(".py",), search_paths=()):
     return ImportPolicy(guest_dir=str(folder), extensions=tuple(extensions),
                         allowed=frozenset(allowed), search_paths=tuple(str(p) for p in search_paths))
@@ -66,11 +79,38 @@ def test_guest_modules_packages_and_relative_imports(tmp_path):
     assert set(importer.modules) >= {"index", "pkg", "pkg.helper", "pkg.sub"}
 
 
-def test_guest_modules_do_not_enter_sys_modules(tmp_path):
+def test_guest_modules_are_in_sys_modules_only_under_free_names_and_only_while_the_guest_runs(tmp_path):
+    """dataclasses, typing and enum look a class's module up in sys.modules; a guest module
+    must never replace a module the runtime holds, nor outlive the guest's code there."""
+    import json
     import sys
-    write(tmp_path, {"index.py": "import json_helpers\n", "json_helpers.py": "X = 1\n"})
-    GuestImporter(policy(tmp_path)).load_main("index.py")
-    assert "json_helpers" not in sys.modules
+    write(tmp_path, {"index.py": "import json_helpers, json\n", "json_helpers.py": "X = 1\n",
+                     "json.py": "SHADOW = True\n"})
+    importer = GuestImporter(policy(tmp_path))
+    main = importer.load_main("index.py")
+    assert main.json.SHADOW and sys.modules["json"] is json  # the guest's json is its own
+    assert sys.modules["json_helpers"] is main.json_helpers and sys.modules["index"] is main
+    assert main.__spec__.name == "index" and main.__spec__.origin == "/index.py"
+    importer.withdraw()
+    assert "json_helpers" not in sys.modules and "index" not in sys.modules and sys.modules["json"] is json
+
+
+def test_a_dataclass_with_string_annotations_works_in_a_guest_module(tmp_path):
+    write(tmp_path, {"index.py": "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: 'int'\n"
+                                 "    y: 'int' = 0\ndef f():\n    return dataclasses.astuple(P(1, 2))\n"})
+    importer = GuestImporter(policy(tmp_path, allowed=frozenset({"dataclasses"})))
+    try:
+        assert importer.load_main("index.py").f() == (1, 2)
+    finally:
+        importer.withdraw()
+
+
+def test_a_module_that_fails_to_import_leaves_sys_modules(tmp_path):
+    import sys
+    write(tmp_path, {"index.py": "import broken_helper\n", "broken_helper.py": "raise ValueError('no')\n"})
+    with pytest.raises(ValueError):
+        GuestImporter(policy(tmp_path)).load_main("index.py")
+    assert "broken_helper" not in sys.modules and "index" not in sys.modules
 
 
 def test_only_files_with_a_source_extension_are_guest_source(tmp_path):

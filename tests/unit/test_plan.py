@@ -33,7 +33,7 @@ def refused(config, req, match):
 
 
 def test_a_good_request_becomes_a_plan(config, root):
-    p = plan.build(request(root, external=["numpy.linalg"], timeout_seconds=2), config)
+    p = plan.build(request(root, external=["numpy"], timeout_seconds=2), config)
     assert p.root == os.path.realpath(root) and p.file == "index.py"
     assert "numpy" in p.allowed and "json" in p.allowed and "os" not in p.allowed
     assert p.timeout_seconds == 2 and p.limits.cpu_seconds == 3  # a grace second past the timeout
@@ -146,7 +146,9 @@ def test_more_host_paths_than_one_message_can_carry_are_refused(config, root, tm
 
 
 def test_bad_external_names_are_refused(config, root):
-    refused(config, request(root, external=["os/path"]), "dotted Python names")
+    refused(config, request(root, external=["os/path"]), "must be Python names")
+    # a submodule alone would in fact allow its whole package: refused, naming the package
+    refused(config, request(root, external=["os.path"]), "cannot be allowed without all of 'os'; name 'os'")
     refused(config, request(root, external=["x"] * 300), "at most")
 
 

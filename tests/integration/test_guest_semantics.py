@@ -1,0 +1,145 @@
+"""Guest code as people write it, end to end: methods as entry points, dates, future
+statements, typed dataclasses, source encodings, and errors that say whose fault they are.
+Each case was found failing by a black-box review against the contract."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from isorun import errors
+
+
+def test_a_bound_method_a_classmethod_and_a_callable_object_are_called_like_functions(runner):
+    r = runner({"index.py": """
+        class Handler:
+            def handle(self, a, b):
+                return [a, b]
+            @classmethod
+            def build(cls, a, b):
+                return [a, b]
+            def __call__(self, a, b=7):
+                return [a, b]
+        handle = Handler().handle
+        build = Handler.build
+        instance = Handler()
+    """})
+    assert r.run("handle", args=[1, 2]) == [1, 2]
+    assert r.run("build", args=[1, 2]) == [1, 2]
+    # missing arguments are None for these too, counted without self / cls; defaults kept
+    assert r.run("handle", args=[1]) == [1, None]
+    assert r.run("build") == [None, None]
+    assert r.run("instance") == [None, 7]
+
+
+def test_datetime_formats_parses_and_reads_the_clock_with_the_default_modules(runner):
+    r = runner({"index.py": """
+        import datetime
+        def f():
+            d = datetime.date(2020, 1, 2)
+            return [d.strftime('%d/%m/%Y'), f"{d:%Y}",
+                    datetime.datetime.strptime('2020-01-02', '%Y-%m-%d').isoformat(),
+                    datetime.date.today().year > 2000, d.timetuple().tm_yday]
+    """})
+    assert r.run("f") == ["02/01/2020", "2020", "2020-01-02T00:00:00", True, 2]
+
+
+def test_time_comes_with_datetime_and_not_without_it(daemon, start_daemon, make_root):
+    from isorun import CodeRunner
+    root = make_root({"index.py": "import time\ndef f():\n    return 1\n"})
+    with CodeRunner(root=root, file="index.py", socket=daemon.socket) as r:
+        assert r.run("f") == 1  # datetime is a default module, so time is importable too
+    without_datetime = start_daemon(config='default_external = ["json"]\n')
+    with CodeRunner(root=root, file="index.py", socket=without_datetime.socket) as r:
+        with pytest.raises(errors.ModuleNotFound) as info:
+            r.run("f")
+    assert info.value.module == "time"
+
+
+def test_future_statements_and_dataclasses_with_string_annotations_work(runner):
+    r = runner({"index.py": """
+        from __future__ import annotations
+        import dataclasses
+        from helper import Point
+
+        @dataclasses.dataclass
+        class Box:
+            corner: Point
+            label: 'str' = 'box'
+
+        def f():
+            return dataclasses.astuple(Box(Point(1, 2)))
+    """, "helper.py": """
+        from __future__ import annotations
+        import dataclasses
+        @dataclasses.dataclass(frozen=True)
+        class Point:
+            x: int
+            y: int
+    """})
+    assert r.run("f") == ((1, 2), "box")
+
+
+def test_source_is_decoded_as_python_decodes_it(runner):
+    r = runner({"index.py": "import latin, bom\ndef f():\n    return [latin.E, bom.B]\n"})
+    with open(os.path.join(r.root, "latin.py"), "wb") as f:
+        f.write("# -*- coding: latin-1 -*-\nE = 'é'\n".encode("latin-1"))
+    with open(os.path.join(r.root, "bom.py"), "wb") as f:
+        f.write(b"\xef\xbb\xbfB = 'bom'\n")
+    assert r.run("f") == ["é", "bom"]
+
+
+def test_a_file_that_is_not_text_in_its_encoding_is_a_syntax_error_naming_it(runner):
+    r = runner({"index.py": "import helper\ndef f():\n    return 1\n"})
+    with open(os.path.join(r.root, "helper.py"), "wb") as f:
+        f.write(b"X = '\xff'\n")
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "SyntaxError" and "/helper.py is not valid source text" in str(info.value)
+
+
+def test_a_submodule_in_external_is_refused_rather_than_widened(runner):
+    r = runner({"index.py": "def f():\n    return 1\n"}, external=["os.path"])
+    with pytest.raises(errors.InvalidRequest, match="cannot be allowed without all of 'os'; name 'os'"):
+        r.run("f")
+
+
+def test_a_module_not_found_error_the_guest_raises_is_its_own(runner):
+    r = runner({"index.py": """
+        def f():
+            raise ModuleNotFoundError("the 'fancy' backend is not configured")
+        def g():
+            import yaml_that_is_not_here
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "ModuleNotFoundError" and "'fancy' backend" in str(info.value)
+    assert "index.py" in info.value.traceback
+    with pytest.raises(errors.ModuleNotFound) as refused:  # the importer's refusal is still one
+        r.run("g")
+    assert refused.value.module == "yaml_that_is_not_here"
+
+
+def test_a_memory_error_the_guest_raises_is_its_own_and_a_large_result_says_result(runner):
+    r = runner({"index.py": """
+        def f(n):
+            raise MemoryError('order too large to price: ' + str(n))
+        def big():
+            return 'x' * (17 * 1024 * 1024)
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f", args=[5000])
+    assert info.value.type_name == "MemoryError" and "order too large to price: 5000" in str(info.value)
+    with pytest.raises(errors.ResourceLimitError) as limit:
+        r.run("big")
+    assert limit.value.limit == "result" and "(limit 'result')" in str(limit.value)
+
+
+def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(runner):
+    r = runner({"index.py": "def f(a):\n    return a\n"})
+    with pytest.raises(errors.SandboxError, match="the args_resolver plugin 'add-one' raised TypeError"):
+        r.run("f", args=["a"], args_resolver="add-one")
+    resolved = runner({"index.py": "def f(a):\n    return a\n"}, resolver="prefix", resolver_options={})
+    with pytest.raises(errors.SandboxError, match="the resolver plugin 'prefix' raised KeyError"):
+        resolved.run("f", args=[1])
+
