@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 
@@ -44,6 +45,9 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 PROBE = "def probe(x):\n    return x\n"
 STATUS_INTERVAL = 1.0  # seconds between checks of the systemd status line
 KILL_SLACK = 2.0  # seconds, after the grace, for killed calls to send their answer
+# Seconds grpc gets, once every call has answered, to write out the answers; streams that
+# never end by themselves (a health Watch) are cut then.
+FLUSH_SECONDS = 1.0
 
 
 class Malformed:
@@ -68,6 +72,16 @@ class RunnerServicer:
         self.server = server
 
     async def Run(self, request, context):
+        with self.server.rpc_in_flight():
+            return await self._run_collecting(request, context)
+
+    async def RunStream(self, request, context):
+        with self.server.rpc_in_flight():
+            outcome = await self._run(request, context, context.write)
+            await context.write(pb.RunEvent(outcome=outcome))
+
+    async def _run_collecting(self, request, context):
+        """Run: the console lines are held and answered with the outcome."""
         console = []
 
         async def collect(event):
@@ -78,10 +92,6 @@ class RunnerServicer:
                 console.extend(event.console_batch.lines)
         outcome = await self._run(request, context, collect)
         return pb.RunResponse(outcome=outcome, console=console)
-
-    async def RunStream(self, request, context):
-        outcome = await self._run(request, context, context.write)
-        await context.write(pb.RunEvent(outcome=outcome))
 
     async def GetCapabilities(self, request, context):
         await self._admit(request, context, pb.GetCapabilitiesRequest)
@@ -150,6 +160,9 @@ class Server:
         self.grpc: grpc.aio.Server | None = None
         self.front: AccessFront | None = None
         self._owns_socket = False  # set once our listener exists: only then is the socket ours to remove
+        self._runs = 0  # Run/RunStream handlers in progress
+        self._no_runs = asyncio.Event()
+        self._no_runs.set()
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
 
@@ -244,17 +257,21 @@ class Server:
         systemd.notify("STOPPING=1", f"STATUS=stopping: {self.status()}")
         log.info(json.dumps({"event": "stopping", "grace_seconds": grace, "running": self.calls.admission.running,
                              "queued": self.calls.admission.waiting}))
-        if self.front is not None:
-            self.front.stop_accepting()
-        stopped = asyncio.ensure_future(self.grpc.stop(grace + KILL_SLACK))
+        # The socket stays open while calls drain: health checks see NOT_SERVING and new calls
+        # are answered UNAVAILABLE (and logged), instead of finding no daemon. The drain waits
+        # for the calls only: a health Watch stream never ends by itself.
         try:
-            await asyncio.wait_for(asyncio.shield(stopped), grace)
+            await asyncio.wait_for(self._no_runs.wait(), grace)
         except TimeoutError:
             left = len(self.calls.in_flight)
             self.calls.abort_all(f"isorund is shutting down and the call did not finish within its "
                                  f"shutdown_grace of {grace:g} s; its sandbox was killed")
             log.warning(json.dumps({"event": "grace_expired", "killed_calls": left}))
-            await stopped
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_runs.wait(), KILL_SLACK)
+        if self.front is not None:
+            self.front.stop_accepting()
+        await self.grpc.stop(FLUSH_SECONDS)
         await self.cleanup()
         log.info(json.dumps({"event": "stopped"}))
 
@@ -271,6 +288,18 @@ class Server:
         if self.state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         self.metrics.stop()
+
+    @contextlib.contextmanager
+    def rpc_in_flight(self):
+        """Counts a Run or RunStream in progress, for the shutdown's drain."""
+        self._runs += 1
+        self._no_runs.clear()
+        try:
+            yield
+        finally:
+            self._runs -= 1
+            if not self._runs:
+                self._no_runs.set()
 
     def status(self) -> str:
         """The one-line state systemd shows in ``systemctl status``."""
@@ -335,8 +364,14 @@ def _restrict_socket(config) -> None:
 def _claim_socket(path: str) -> None:
     """Removes a stale socket left by a crashed daemon; refuses to steal a live one."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not os.path.exists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        # a typo in the socket path must not cost someone a file: only a socket is removed
+        raise SystemExit(f"{path} exists and is not a socket; isorund will not replace it "
+                         "(config key 'socket')")
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)

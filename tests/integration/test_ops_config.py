@@ -51,6 +51,16 @@ def test_a_plugin_whose_import_never_returns_stops_the_start_naming_it(start_dae
     assert not stuck_zygote.is_running()  # killed, not left importing for an hour
 
 
+def test_a_socket_path_that_is_a_file_is_refused_not_replaced(tmp_path):
+    """The daemon removes a stale socket it finds at its path; a file there (a typo in the
+    path) used to be removed just the same."""
+    precious = tmp_path / "notes.txt"
+    precious.write_text("precious data\n")
+    out = isorund("--socket", str(precious))
+    assert out.returncode == 1 and "exists and is not a socket; isorund will not replace it" in out.stderr
+    assert precious.read_text() == "precious data\n"
+
+
 def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
     out = isorund("--socket", str(tmp_path / "s.sock"), "--max-concurrency", "0")
     assert out.returncode == 2 and "config key 'max_concurrency' must be >= 1, got 0" in out.stderr

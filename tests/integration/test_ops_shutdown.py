@@ -8,8 +8,10 @@ import signal
 import threading
 import time
 
+import grpc
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from isorun import CodeRunner, errors
 
@@ -95,11 +97,30 @@ def test_no_new_call_is_accepted_once_shutdown_begins(start_daemon, make_root):
     os.kill(d.pid, signal.SIGTERM)
     time.sleep(0.3)
     with CodeRunner(root=root, file="index.py", socket=d.socket) as late:
-        with pytest.raises(errors.DaemonUnavailable):
+        with pytest.raises(errors.DaemonUnavailable, match="shutting down"):
             late.run("echo", args=[1], timeout=5)
+    # the socket stays while calls drain: a health check is told NOT_SERVING, not "no daemon"
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     thread.join(30)
     assert box == {"value": 3}
     assert d.proc.wait(30) == 0
+    assert '"outcome": "unavailable"' in d.log()  # the refused call left its line
+
+
+def test_an_idle_daemon_watched_by_a_health_stream_still_stops_at_once(start_daemon):
+    """A health Watch (what a supervisor holds open) never ends by itself; the drain used to
+    wait for it the whole grace period and report the grace as expired."""
+    d = start_daemon(config="shutdown_grace = 20\n")
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        signalled = time.monotonic()
+        os.kill(d.pid, signal.SIGTERM)
+        assert d.proc.wait(30) == 0
+        assert time.monotonic() - signalled < 8
+    assert "grace_expired" not in d.log()
 
 
 def test_an_idle_daemon_stops_at_once(start_daemon):
