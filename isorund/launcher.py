@@ -180,6 +180,20 @@ class Zygote:
             return
         self.ready.append(sandbox)
 
+    def _forget_if_pooled(self, pid: int, status: int) -> None:
+        """A prepared sandbox that died before its call (the host's OOM killer, an operator's
+        kill) leaves the pool, and another is asked for: handed out, it would fail a call in
+        which no guest code ran."""
+        for sandbox in self.ready:
+            if sandbox.pid == pid:
+                self.ready.remove(sandbox)
+                sandbox.close()
+                log.warning(json.dumps({"event": "sandbox_lost", "pid": pid,
+                                        "reason": f"it died in the pool before its call (exit status {status})"}))
+                if self.alive:
+                    self._request(1)
+                return
+
     def _fail_takers(self, message: str) -> None:
         while self._takers:
             taker = self._takers.popleft()
@@ -227,6 +241,7 @@ class Zygote:
                     exited = message["exited"]
                     future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
                                            OOM_KILLED if exited.get("limit") == "memory" else ""))
+                self._forget_if_pooled(pid, message["exited"]["status"])
             elif "loading" in message:
                 self._loading = str(message["loading"])
             elif self._hello is not None and not self._hello.done():

@@ -94,6 +94,26 @@ def test_a_sandbox_killed_from_outside_is_not_reported_as_a_cpu_limit(start_daem
     assert "killed from outside the call (exit status 137)" in str(error)
 
 
+def test_prepared_sandboxes_that_die_in_the_pool_are_replaced_not_handed_to_calls(start_daemon, make_root):
+    d = start_daemon(config="pool_size = 2\n")
+    zygote = zygote_of(d)
+    deadline = time.monotonic() + 30
+    while len(zygote.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pooled = zygote.children()
+    assert len(pooled) == 2
+    for sandbox in pooled:
+        sandbox.kill()  # an operator's kill -9, or the host's OOM killer
+    psutil.wait_procs(pooled, timeout=10)
+    deadline = time.monotonic() + 10
+    while d.log().count("died in the pool before its call") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with CodeRunner(root=make_root({"index.py": "def f(x):\n    return x\n"}), file="index.py",
+                    socket=d.socket) as r:
+        assert [r.run("f", args=[i]) for i in range(3)] == [0, 1, 2]  # none got a dead sandbox
+    assert d.log().count('"event": "sandbox_lost"') == 2
+
+
 def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_root):
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
