@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 MiB = 1 << 20
+ANSWER_FRAMING = 64 * 1024  # an answer's own fields and framing around the result and console
 MAX_SECONDS = 1e6  # timeouts and CPU limits: finite, and within what rlimits and deadlines hold
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel, so it is never a sandbox's id
 # The sandbox reads its plan (the whole request) in one frame of at most 256 MiB.
@@ -57,7 +58,7 @@ class LimitsConfig:
     max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
     output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, `ResourceLimitError(limit='output')`.")
-    result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`.")
+    result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`. At most `max_request_bytes` − `output_bytes` − 64 KiB (result and console travel in one answer).")
     cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout.")
     tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")
 
@@ -135,7 +136,7 @@ class Config:
              f">= max_concurrency + pool_size + 1 ({self.max_concurrency + self.pool_size + 1})", self.sandbox_uid_count)
         need(1 * MiB <= self.max_request_bytes <= MAX_MESSAGE_BYTES, "max_request_bytes",
              f">= 1 MiB and <= {MAX_MESSAGE_BYTES // MiB} MiB", self.max_request_bytes)
-        need(self.shutdown_grace >= 0, "shutdown_grace", ">= 0", self.shutdown_grace)
+        need(0 <= self.shutdown_grace <= MAX_SECONDS, "shutdown_grace", f">= 0 and <= {MAX_SECONDS:g}", self.shutdown_grace)
         need(0 < self.start_timeout <= MAX_SECONDS, "start_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.start_timeout)
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)
         for f in fields(LimitsConfig):
@@ -144,12 +145,19 @@ class Config:
                 need(0 <= value <= MAX_SECONDS, "limits.cpu_seconds", f">= 0 and <= {MAX_SECONDS:g}", value)
             else:
                 need(value >= MIN_LIMITS.get(f.name, 1), f"limits.{f.name}", f">= {MIN_LIMITS.get(f.name, 1)}", value)
+        # A unary Run answers the result and the console lines in one message, which grpc
+        # refuses past max_request_bytes: the client got RESOURCE_EXHAUSTED for a call the
+        # daemon had logged as ok.
+        room = self.max_request_bytes - self.limits.output_bytes - ANSWER_FRAMING
+        need(self.limits.result_bytes <= room, "limits.result_bytes",
+             f"<= max_request_bytes - limits.output_bytes - 64 KiB ({room}): the result and the console "
+             "lines travel in one answer", self.limits.result_bytes)
         for group in ("compilers", "resolvers", "args_resolvers"):
             for name, target in getattr(self.plugins, group).items():
                 need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)
         for name in self.default_external:
-            need(isinstance(name, str) and all(part.isidentifier() for part in name.split(".")),
-                 "default_external", "a list of module names", name)
+            need(isinstance(name, str) and name.isidentifier(), "default_external",
+                 "a list of top-level module names (each allows its submodules)", name)
         for path in self.plugin_paths:
             need(isinstance(path, str) and path.startswith("/"), "plugin_paths", "a list of absolute folder paths", path)
         for name, target in self.types.items():

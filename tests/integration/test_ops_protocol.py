@@ -115,7 +115,7 @@ def test_an_unknown_method_is_unimplemented(raw):
 
 
 def test_a_message_over_the_size_limit_is_refused_by_grpc(start_daemon, make_root):
-    d = start_daemon(config="max_request_bytes = 1048576\n")
+    d = start_daemon(config="max_request_bytes = 1048576\n[limits]\nresult_bytes = 524288\noutput_bytes = 262144\n")
     with grpc.insecure_channel("unix:" + d.socket, options=[("grpc.max_send_message_length", -1)]) as channel:
         payload = request(make_root({"index.py": ECHO}), args=[pb.RunRequest().args.add(string_value="x" * 2_000_000)])
         with pytest.raises(grpc.RpcError) as e:

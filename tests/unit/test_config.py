@@ -71,6 +71,10 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ('log_level = "chatty"\n', "log_level"),
     ("shutdown_grace = -1\n", "shutdown_grace"),
     ("start_timeout = 0\n", "start_timeout"),
+    ("shutdown_grace = inf\n", "shutdown_grace"),
+    # the answer to a unary Run holds the result and the console: it must fit in a message
+    ("max_request_bytes = 1048576\n", "limits.result_bytes"),
+    ('default_external = ["os.path"]\n', "default_external"),
     ("start_timeout = inf\n", "start_timeout"),
     ("insecure_no_isolation = 1\n", "insecure_no_isolation"),
     ('default_external = ["os path"]\n', "default_external"),
