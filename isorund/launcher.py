@@ -93,6 +93,7 @@ class Zygote:
         self.on_down = on_down
         self._hello: asyncio.Future | None = None
         self._loading = ""  # the plugin the starting zygote said it was importing
+        self.last_fatal = ""  # why the zygote last said it was dying, if it said so
 
     async def start(self) -> None:
         """Starts the zygote and waits for it to say it can build sandboxes."""
@@ -246,6 +247,9 @@ class Zygote:
                 self._loading = str(message["loading"])
             elif self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
+            elif "fatal" in message:
+                self.last_fatal = str(message["fatal"])
+                log.error(json.dumps({"event": "zygote_failed", "error": self.last_fatal}))
 
     def _on_zygote_exit(self) -> None:
         loop = asyncio.get_running_loop()

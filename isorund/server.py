@@ -244,7 +244,11 @@ class Server:
 
         async def ignore(event):
             pass
-        outcome = await self.calls.run(request, ignore, deadline=None, peer="self-test")
+        try:
+            outcome = await self.calls.run(request, ignore, deadline=None, peer="self-test")
+        except ZygoteUnavailable:
+            raise SystemExit("isorund cannot build a sandbox on this host: the zygote died preparing it: "
+                             + (self.zygote.last_fatal or "see its lines above")) from None
         if outcome.WhichOneof("result") != "value" or _codec.decode(outcome.value) != 7:
             raise SystemExit(f"isorund cannot build a sandbox on this host: {outcome.failure.message}")
 

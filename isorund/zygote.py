@@ -11,6 +11,7 @@ Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
     zygote → daemon   {"loading": "plugins.… = '…'"}    before each plugin's import, at start
                       {"hello": {...}} or {"fatal": msg}  once, after start
+                      {"fatal": msg}                      before it dies of a failed spawn
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
                       {"exited": {"pid": P, "status": S, "cpu_seconds": C}}  a sandbox exited
                       {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
@@ -112,8 +113,12 @@ class Zygote:
                 packet = self.control.recv(65536)
                 if not packet:
                     return
-                for _ in range(int(json.loads(packet).get("spawn", 0))):
-                    self.spawn()
+                try:
+                    for _ in range(int(json.loads(packet).get("spawn", 0))):
+                        self.spawn()
+                except Exception as e:  # the kernel refused a step the zygote itself takes
+                    _send(self.control, {"fatal": f"{type(e).__name__}: {e}"})
+                    sys.exit(1)  # the daemon logs the reason; its sandboxes die with it
 
     def spawn(self) -> None:
         from .sandbox import namespaces, sandbox_main

@@ -2,6 +2,8 @@
 `--print-config` shows the effective config, and flags override the file."""
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -59,6 +61,19 @@ def test_a_socket_path_that_is_a_file_is_refused_not_replaced(tmp_path):
     out = isorund("--socket", str(precious))
     assert out.returncode == 1 and "exists and is not a socket; isorund will not replace it" in out.stderr
     assert precious.read_text() == "precious data\n"
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux) to drop CAP_SYS_ADMIN")
+def test_a_host_that_refuses_namespaces_stops_the_start_with_one_fatal_line_naming_the_step(tmp_path):
+    """Root without CAP_SYS_ADMIN (a default container): the zygote cannot make a sandbox's pid
+    namespace. The start used to end in two raw tracebacks and 'retry the call'."""
+    out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-m", "isorund",
+                          "--socket", str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    fatal = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('{"event": "fatal"')]
+    assert len(fatal) == 1 and "cannot build a sandbox on this host" in fatal[0]["error"]
+    assert "step 'pid namespace'" in fatal[0]["error"] and "EPERM" in fatal[0]["error"]
+    assert "Traceback" not in out.stderr
 
 
 def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
