@@ -56,6 +56,7 @@ class Calls:
         entry = {"id": secrets.token_hex(8), "peer": peer, "root": request.root[:200], "file": request.file[:200],
                  "function": request.func_name[:200]}
         outcome, queued = None, 0.0  # seconds to a sandbox; none for a call refused before the queue
+        ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
             plan = plans.build(request, self.config)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)
@@ -64,7 +65,8 @@ class Calls:
             async with self.admission.slot(wait):
                 sandbox = await self.zygote.take()
                 entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
-                queued = time.monotonic() - received
+                ran_from = time.monotonic()
+                queued = ran_from - received
                 self.in_flight.add(sandbox)
                 try:
                     outcome = await run_call(sandbox, plan, on_event, self.isolated, deadline)
@@ -84,7 +86,7 @@ class Calls:
         finally:
             if queued is None:  # it left while waiting for a sandbox
                 queued = time.monotonic() - received
-            self._log(entry, outcome, received, queued)
+            self._log(entry, outcome, received, queued, ran_from)
             self._after(request, outcome)
 
     def refused(self, peer: str, outcome: str, error: str) -> None:
@@ -117,7 +119,8 @@ class Calls:
         self._trim_wanted = False
         memory.give_back_freed_memory()
 
-    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float, queued: float) -> None:
+    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float, queued: float,
+             ran_from: float | None = None) -> None:
         total = time.monotonic() - received
         if outcome is not None:
             usage = outcome.usage
@@ -130,7 +133,8 @@ class Calls:
             entry.update(queue_ms=_ms(usage.queue_seconds), run_ms=_ms(usage.wall_seconds),
                          cpu_ms=_ms(usage.cpu_seconds), peak_memory_bytes=usage.peak_memory_bytes)
         else:
-            entry.update(queue_ms=_ms(queued), run_ms=0.0, cpu_ms=0.0, peak_memory_bytes=0)
+            ran = 0.0 if ran_from is None else time.monotonic() - ran_from
+            entry.update(queue_ms=_ms(queued), run_ms=_ms(ran), cpu_ms=0.0, peak_memory_bytes=0)
         entry["total_ms"] = _ms(total)
         if not self.isolated:
             entry["warning"] = "insecure: no kernel isolation"
