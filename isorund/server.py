@@ -171,6 +171,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP's default would end the daemon without draining; there is nothing to reload.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(json.dumps({
+            "event": "sighup_ignored", "note": "isorund has no reload; restart it to apply a new config"})))
         try:
             await self.startup()
         except BaseException:

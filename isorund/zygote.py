@@ -29,6 +29,7 @@ import selectors
 import signal
 import site
 import socket
+import struct
 import sys
 import sysconfig
 
@@ -39,6 +40,7 @@ CAP_SYS_NICE = 23
 def main() -> int:
     config = json.loads(sys.stdin.read())
     control = socket.socket(fileno=int(sys.argv[1]))
+    _die_with_the_daemon(control)
     try:
         zygote = Zygote(config, control)
     except Exception as e:  # a plugin that fails to load, a sandbox the kernel refuses, …
@@ -179,6 +181,18 @@ class Zygote:
         if not removed:
             self.stale_groups.append(group)
         return kills > 0
+
+
+def _die_with_the_daemon(control: socket.socket) -> None:
+    """The zygote notices the daemon's end when its control socket closes, but only once it
+    serves: one still importing a slow plugin outlived a killed daemon. The kernel ends it
+    instead, and if the daemon (the control socket's maker) is already gone, it ends now."""
+    from .sandbox import _libc
+
+    _libc.prctl("zygote", _libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    daemon_pid = struct.unpack("3i", control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    if os.getppid() != daemon_pid:
+        sys.exit(1)
 
 
 class HostIds:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 
+import psutil
 import pytest
 
 from processes import zygote_of
@@ -74,6 +78,26 @@ def test_a_host_that_refuses_namespaces_stops_the_start_with_one_fatal_line_nami
     assert len(fatal) == 1 and "cannot build a sandbox on this host" in fatal[0]["error"]
     assert "step 'pid namespace'" in fatal[0]["error"] and "EPERM" in fatal[0]["error"]
     assert "Traceback" not in out.stderr
+
+
+def test_a_zygote_still_importing_plugins_dies_with_a_killed_daemon(start_daemon, tmp_path):
+    (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nb = "stuck:compile"\n', wait=False)
+    importing = zygote_of(d)
+    time.sleep(0.5)  # inside the plugin's import by now
+    d.proc.kill()
+    d.proc.wait(10)
+    assert psutil.wait_procs([importing], timeout=10)[1] == []  # none left alive
+
+
+def test_sighup_is_logged_and_ignored_not_an_unclean_stop(start_daemon, make_root):
+    from isorun import CodeRunner
+    d = start_daemon()
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    with CodeRunner(root=make_root({"index.py": "def f():\n    return 1\n"}), file="index.py", socket=d.socket) as r:
+        assert r.run("f") == 1
+    assert '"event": "sighup_ignored"' in d.log()
 
 
 def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
