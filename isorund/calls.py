@@ -82,6 +82,8 @@ class Calls:
             entry["outcome"] = next((name for kind, name in REFUSALS if isinstance(e, kind)), "error")
             if entry["outcome"] == "error":
                 entry["error"] = f"{type(e).__name__}: {e}"
+            elif isinstance(e, RequestError):
+                entry["error"] = str(e)[:500]  # the operator's only trace of what was wrong
             raise
         finally:
             if queued is None:  # it left while waiting for a sandbox

@@ -140,6 +140,7 @@ def test_a_run_whose_bytes_are_no_request_still_leaves_a_line_and_a_count(metere
     garbage, bad_path = [line for line in call_lines(d) if line["peer"] != "self-test"][-2:]
     assert garbage["outcome"] == "invalid_argument" and "not a valid isorun.v1.RunRequest" in garbage["error"]
     assert bad_path["outcome"] == "invalid_argument" and bad_path["queue_ms"] == 0.0
+    assert "file" in bad_path["error"] and "../x.py" in bad_path["error"]  # why, for the operator
     after = scrape(d)
     assert after['isorun_calls_total{outcome="invalid_argument"}'] - before.get(
         'isorun_calls_total{outcome="invalid_argument"}', 0) == 2
