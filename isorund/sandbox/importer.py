@@ -5,7 +5,8 @@ importing ``os`` gets a clear ``ModuleNotFoundError: Cannot find module 'os'`` i
 module that fails in confusing ways further on.
 
 The rules (``ImportPolicy``) are pure data, unit-tested apart from the hook (``GuestImporter``):
-- a top-level name found as guest source in the guest folder is a guest module;
+- a top-level name found as guest source in the guest folder is a guest module (a folder
+  without ``__init__`` is a namespace package, as in Python 3, unless the name is allowed);
 - any other name must be allowed (``external`` plus the daemon's ``default_external``, plus
   what ``ALWAYS_ALLOWED`` and ``IMPLIED`` add); it is then looked up by the resolver plugin,
   then in the whitelisted folders (as guest source), then by Python's own import system
@@ -151,7 +152,7 @@ class GuestImporter:
             if os.path.isfile(path):
                 return path, is_package
         if not self.policy.is_allowed(top):
-            return None
+            return _namespace(self.policy.guest_dir, top)
         if self.resolver is not None:
             found = call_plugin("resolver", self.plugin_names[1], self.resolver, top)
             if found:
@@ -187,13 +188,19 @@ class GuestImporter:
         return module
 
     def _find_sub(self, parent, child: str) -> tuple[str, bool] | None:
-        for folder in getattr(parent, "__path__", None) or ():
+        folders = getattr(parent, "__path__", None) or ()
+        for folder in folders:
             for path, is_package in self.policy.source_candidates(folder, child):
                 if os.path.isfile(path):
                     return path, is_package
+        for folder in folders:
+            if found := _namespace(folder, child):
+                return found
         return None
 
     def _execute(self, name: str, path: str, package: str, is_package: bool = False):
+        if os.path.isdir(path):
+            return self._namespace_package(name, path)
         display = self.policy.display_name(path)
         try:
             with _read_only_file(path) as f:
@@ -231,6 +238,19 @@ class GuestImporter:
             raise
         return module
 
+    def _namespace_package(self, name: str, folder: str):
+        """A guest folder without ``__init__``: a package with no code of its own, as Python 3
+        imports it (``import lib.util`` from ``lib/util.py``)."""
+        module = types.ModuleType(name)
+        module.__file__ = None
+        module.__package__ = name
+        module.__path__ = [folder]
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        module.__spec__.submodule_search_locations = [folder]
+        self.modules[name] = module
+        sys.modules.setdefault(name, module)
+        return module
+
     def withdraw(self) -> None:
         """Takes the guest's modules out of sys.modules once its code has run, so that nothing
         the runtime imports after it (reporting the outcome) can be a guest module."""
@@ -248,6 +268,13 @@ class GuestImporter:
 
 
 _real_import = builtins.__import__
+
+
+def _namespace(folder: str, name: str) -> tuple[str, bool] | None:
+    """A folder ``name`` in ``folder`` with no source of its own: a namespace package, found
+    only after every regular module (as in Python, where any module of that name wins)."""
+    path = os.path.join(folder, name)
+    return (path, True) if name.isidentifier() and os.path.isdir(path) else None
 
 
 def _read_only_file(path: str):

@@ -143,3 +143,8 @@ def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(r
     with pytest.raises(errors.SandboxError, match="the resolver plugin 'prefix' raised KeyError"):
         resolved.run("f", args=[1])
 
+
+
+def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
+    r = runner({"index.py": "import lib.util\ndef f():\n    return lib.util.V\n", "lib/util.py": "V = 'util'\n"})
+    assert r.run("f") == "util"

@@ -180,3 +180,23 @@ def test_relative_import_beyond_the_top_is_an_import_error(tmp_path):
     write(tmp_path, {"index.py": "from .. import x\n"})
     with pytest.raises(ImportError, match="beyond top-level"):
         GuestImporter(policy(tmp_path)).load_main("index.py")
+
+
+def test_a_folder_without_init_is_a_namespace_package_as_in_python(tmp_path):
+    write(tmp_path, {"index.py": "import lib.util\nfrom lib.deeper import leaf\nfrom lib import util as u\n"
+                                 "def f():\n    return lib.util.V, leaf.W, u.V\n",
+                     "lib/util.py": "V = 'util'\n", "lib/deeper/leaf.py": "W = 'leaf'\n"})
+    main = GuestImporter(policy(tmp_path)).load_main("index.py")
+    assert main.f() == ("util", "leaf", "util")
+    assert main.lib.__file__ is None and main.lib.__path__ == [str(tmp_path / "lib")]
+
+
+def test_a_folder_does_not_hide_an_allowed_module_of_its_name(tmp_path):
+    write(tmp_path, {"index.py": "import json\ndef f():\n    return json.dumps([1])\n", "json/notes.txt": "x\n"})
+    assert GuestImporter(policy(tmp_path, allowed={"json"})).load_main("index.py").f() == "[1]"
+
+
+def test_a_missing_name_is_still_not_found_next_to_folders(tmp_path):
+    write(tmp_path, {"index.py": "import lib.nothing\n", "lib/util.py": "V = 1\n"})
+    with pytest.raises(ModuleNotFoundError, match="'lib.nothing'"):
+        GuestImporter(policy(tmp_path)).load_main("index.py")
