@@ -213,6 +213,10 @@ class Zygote:
                 data, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 2)
             except BlockingIOError:
                 return
+            except ConnectionResetError:
+                # The zygote exited with requests of ours unread: the kernel reports that once,
+                # ahead of the messages it sent before (a "fatal" saying why); read on.
+                continue
             except OSError:
                 data, fds = b"", []
             if not data:
