@@ -98,8 +98,10 @@ def test_prepared_sandboxes_that_die_in_the_pool_are_replaced_not_handed_to_call
     d = start_daemon(config="pool_size = 2\n")
     zygote = zygote_of(d)
     deadline = time.monotonic() + 30
-    while len(zygote.children()) < 2 and time.monotonic() < deadline:
+    # the pool full and the start-up self-test's sandbox gone: exactly the two prepared ones
+    while len(zygote.children()) != 2 and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.3)
     pooled = zygote.children()
     assert len(pooled) == 2
     for sandbox in pooled:
