@@ -251,16 +251,20 @@ def _cgroup_root(config) -> str | None:
         if config.cgroup_root not in ("", "off"):
             # The operator asked for these limits: running without them would be a surprise.
             raise RuntimeError(f"cgroup_root {config.cgroup_root!r} cannot be used: {e}") from e
-        _log({"event": "cgroup", "enabled": False, "reason": str(e),
-              "note": "per-call memory/pids/cpu limits are off; rlimits still apply per process"})
+        _log(config, "warning", {"event": "cgroup", "enabled": False, "reason": str(e),
+                                 "note": "per-call memory/pids/cpu limits are off; rlimits still apply per process"})
         return None
-    _log({"event": "cgroup", "enabled": True, "root": root})
+    _log(config, "info", {"event": "cgroup", "enabled": True, "root": root})
     return root
 
 
-def _log(line: dict) -> None:
-    """One JSON line on stderr, which is the daemon's log."""
-    print(json.dumps(line), file=sys.stderr, flush=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log(config, level: str, line: dict) -> None:
+    """One JSON line on stderr, which is the daemon's log, at the daemon's log level."""
+    if LOG_LEVELS.index(level) >= LOG_LEVELS.index(config.log_level):
+        print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def _warm_up(config, registry) -> None:

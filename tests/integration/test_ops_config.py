@@ -130,3 +130,28 @@ def test_the_config_reference_lists_every_key(tmp_path):
     for key in ("`socket`", "`allowed_uids`", "`max_concurrency`", "`queue_size`", "`shutdown_grace`",
                 "`metrics_address`", "`limits.memory_bytes`", "`plugins.compilers`"):
         assert key in out.stdout
+
+
+def test_log_level_error_keeps_the_zygotes_lines_out_too(start_daemon, make_root):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from isorun import CodeRunner
+    d = start_daemon(config='log_level = "error"\n', wait=False)  # no "ready" line to wait for
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with grpc.insecure_channel("unix:" + d.socket) as channel:
+                if health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status \
+                        == health_pb2.HealthCheckResponse.SERVING:
+                    break
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline and d.proc.poll() is None, d.log()
+        time.sleep(0.1)
+    with CodeRunner(root=make_root({"index.py": "def f():\n    return 1\n"}), file="index.py", socket=d.socket) as r:
+        assert r.run("f") == 1
+    d.stop()
+    log = d.log()
+    # the zygote's cgroup line (a warning here, limits off) and every info line are below 'error'
+    assert '"event": "cgroup"' not in log and '"event": "call"' not in log and '"event": "ready"' not in log
