@@ -343,6 +343,11 @@ function transportError(error, socket) {
       if (!fs.existsSync(socket)) {
         return new errors.DaemonUnavailable(`no isorun daemon at ${socket}: the socket does not exist`);
       }
+      if (/permission denied|EACCES/i.test(details)) {
+        return new errors.DaemonUnavailable(`this process may not connect to isorund at ${socket} ` +
+          `(permission denied): the socket's mode and group (socket_mode, socket_group) decide who may; ` +
+          `details: ${details}`);
+      }
       return new errors.DaemonUnavailable(`isorund at ${socket} is unavailable: ${details}`);
     default:
       return new errors.SandboxError(`isorund at ${socket} failed the call ` +

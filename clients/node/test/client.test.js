@@ -127,6 +127,18 @@ describe("with a daemon", () => {
     await assert.rejects(r.run({ funcName: "f" }), errors.InvalidRequest);
   });
 
+  test("a process the socket's mode keeps out is told so, not that no daemon answers", () => {
+    fs.chmodSync(path.dirname(daemon.socket), 0o711); // traversable, so that connect() meets the socket's mode
+    const script = `
+      const { CodeRunner } = require(${JSON.stringify(path.resolve(__dirname, ".."))});
+      process.setgid(65534); process.setuid(65534);
+      new CodeRunner({ root: "/", file: "index.py", socket: ${JSON.stringify(daemon.socket)} })
+        .run({ funcName: "f" }).then(() => console.log("ok"), (e) => console.log(e.name + ": " + e.message));`;
+    const out = execFileSync(process.execPath, ["-e", script], { encoding: "utf8", cwd: "/" });
+    assert.match(out, /^DaemonUnavailable: this process may not connect to isorund at .* \(permission denied\)/);
+    assert.match(out, /socket_mode/);
+  });
+
   test("a closed runner refuses new calls", async () => {
     const r = daemon.runner({ "index.py": "def f():\n    return 1\n" });
     assert.equal(await r.run({ funcName: "f" }), 1);

@@ -50,5 +50,9 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
             return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
         if not os.path.exists(socket):
             return errors.DaemonUnavailable(f"no isorun daemon at {socket}: the socket does not exist")
+        if "permission denied" in details.lower() or "eacces" in details.lower():
+            return errors.DaemonUnavailable(
+                f"this process may not connect to isorund at {socket} (permission denied): the socket's "
+                f"mode and group (socket_mode, socket_group) decide who may; details: {details}")
         return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
     return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")
