@@ -174,11 +174,25 @@ class Server:
         # SIGHUP's default would end the daemon without draining; there is nothing to reload.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(json.dumps({
             "event": "sighup_ignored", "note": "isorund has no reload; restart it to apply a new config"})))
+        starting = loop.create_task(self.startup())
+        signalled = loop.create_task(stop.wait())
         try:
-            await self.startup()
+            # a stop asked for during the start (a plugin slow to import, a stuck self-test)
+            # is obeyed at once, not after the start
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                await self.cleanup()
+                log.info(json.dumps({"event": "stopped", "note": "stopped during start-up"}))
+                return 0
+            starting.result()
         except BaseException:
+            signalled.cancel()
             await self.cleanup()
             raise
+        signalled.cancel()
         systemd.notify("READY=1", f"STATUS={self.status()}")
         log.info(json.dumps({"event": "ready", "socket": self.config.socket, "isolation": self.isolation_name(),
                              "access": "allowlist" if self.front else "socket permissions",

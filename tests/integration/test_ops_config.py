@@ -90,6 +90,21 @@ def test_a_zygote_still_importing_plugins_dies_with_a_killed_daemon(start_daemon
     assert psutil.wait_procs([importing], timeout=10)[1] == []  # none left alive
 
 
+def test_sigterm_during_a_slow_start_stops_the_daemon_at_once(start_daemon, tmp_path):
+    """It used to be acted on only once the start ended: with a plugin slow to import, after
+    start_timeout (60 s by default, longer than systemd's TimeoutStopSec) and as a failure."""
+    (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nb = "stuck:compile"\n', wait=False)
+    importing = zygote_of(d)
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    os.kill(d.pid, signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert time.monotonic() - signalled < 10
+    assert "stopped during start-up" in d.log()
+    assert psutil.wait_procs([importing], timeout=10)[1] == []
+
+
 def test_sighup_is_logged_and_ignored_not_an_unclean_stop(start_daemon, make_root):
     from isorun import CodeRunner
     d = start_daemon()
