@@ -149,6 +149,10 @@ def _runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
+class _StartRefused(Exception):
+    """A SystemExit of the start, carried out of its task (see ``Server._start``)."""
+
+
 class Server:
     def __init__(self, config):
         self.config = config
@@ -174,7 +178,7 @@ class Server:
         # SIGHUP's default would end the daemon without draining; there is nothing to reload.
         loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(json.dumps({
             "event": "sighup_ignored", "note": "isorund has no reload; restart it to apply a new config"})))
-        starting = loop.create_task(self.startup())
+        starting = loop.create_task(self._start())
         signalled = loop.create_task(stop.wait())
         try:
             # a stop asked for during the start (a plugin slow to import, a stuck self-test)
@@ -187,7 +191,10 @@ class Server:
                 await self.cleanup()
                 log.info(json.dumps({"event": "stopped", "note": "stopped during start-up"}))
                 return 0
-            starting.result()
+            try:
+                starting.result()
+            except _StartRefused as e:
+                raise SystemExit(e.args[0]) from None
         except BaseException:
             signalled.cancel()
             await self.cleanup()
@@ -202,6 +209,15 @@ class Server:
         reporter.cancel()
         await self.shutdown()
         return 0
+
+    async def _start(self) -> None:
+        """``startup`` as a task: a SystemExit raised inside a task escapes the event loop at
+        once and leaves the task's exception unretrieved (a traceback at exit), so it travels
+        as an ordinary exception until ``serve`` raises it again."""
+        try:
+            await self.startup()
+        except SystemExit as e:
+            raise _StartRefused(e.code) from None
 
     async def startup(self) -> None:
         if not self.isolated:
