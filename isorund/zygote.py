@@ -29,7 +29,6 @@ import selectors
 import signal
 import site
 import socket
-import struct
 import sys
 import sysconfig
 
@@ -187,11 +186,11 @@ def _die_with_the_daemon(control: socket.socket) -> None:
     """The zygote notices the daemon's end when its control socket closes, but only once it
     serves: one still importing a slow plugin outlived a killed daemon. The kernel ends it
     instead, and if the daemon (the control socket's maker) is already gone, it ends now."""
+    from .access import peer_credentials
     from .sandbox import _libc
 
     _libc.prctl("zygote", _libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    daemon_pid = struct.unpack("3i", control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-    if os.getppid() != daemon_pid:
+    if os.getppid() != peer_credentials(control).pid:
         sys.exit(1)
 
 
