@@ -43,7 +43,9 @@ def main() -> int:
     try:
         zygote = Zygote(config, control)
     except Exception as e:  # a plugin that fails to load, a sandbox the kernel refuses, …
-        _send(control, {"fatal": f"{type(e).__name__}: {e}"})
+        from .sandbox import SandboxSetupError
+        what = "cannot build a sandbox on this host" if isinstance(e, SandboxSetupError) else type(e).__name__
+        _send(control, {"fatal": f"{what}: {e}"})
         return 1
     _send(control, {"hello": {"pid": os.getpid()}})
     zygote.serve()
@@ -70,6 +72,9 @@ class Zygote:
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
             if self.cgroup_root else None,
             pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
+        if isolated:
+            # the binds every sandbox's root holds, made once (see sandbox/filesystem.py)
+            filesystem.build_template(self.plan.root)
         # Compiled to BPF by the daemon; each sandbox only hands the programs to the kernel:
         # the pool's part while it waits, the call's part last (see sandbox/seccomp.py).
         self.filters = tuple(base64.b64decode(p) for p in config["_seccomp"]) if isolated else None

@@ -50,7 +50,7 @@ add-one = "test_plugins:add_one"
 class Daemon:
     """One running isorund; ``socket``, ``proc``, ``folder`` and ``log()`` for the test."""
 
-    def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None):
+    def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None, prefix: list[str] = ()):
         self.folder = folder
         self.socket = str(folder / "isorund.sock")
         plugins = folder / "plugins"
@@ -60,7 +60,9 @@ class Daemon:
         self.config.write_text(textwrap.dedent(config_text).replace("{plugins}", str(plugins)))
         self.log_path = folder / "daemon.log"
         self._log = open(self.log_path, "wb")
-        command = [sys.executable, "-m", "isorund", "--socket", self.socket, "--config", str(self.config), *args]
+        # prefix: a program that execs the daemon (``unshare …``), so that its pid stays the daemon's
+        command = [*prefix, sys.executable, "-m", "isorund", "--socket", self.socket,
+                   "--config", str(self.config), *args]
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, **(env or {})))
         self.pid = self.proc.pid
@@ -92,12 +94,12 @@ class Daemon:
 
 
 def _daemons(tmp_path_factory, show_logs_if=lambda: False):
-    """Yields start(config=..., args=..., env=..., wait=...) -> Daemon; stops them all after."""
+    """Yields start(config=..., args=..., env=..., wait=..., prefix=...) -> Daemon; stops them all after."""
     started: list[Daemon] = []
 
     def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
-              wait: bool = True) -> Daemon:
-        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env)
+              wait: bool = True, prefix: list[str] = ()) -> Daemon:
+        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env, list(prefix))
         started.append(d)
         if wait:
             d.wait_ready()

@@ -248,7 +248,8 @@ def _reap_any(block: bool = False) -> bool:
 SPANS = [
     ("zygote: unshare(CLONE_NEWPID) + fork + setns", "parent_fork", "sandbox_start", False),
     ("pool: unshare mnt/net/ipc/uts/cgroup, hostname, lo up", "sandbox_start", "pool_unshared", False),
-    ("pool: prepare_root (tmpfs, ro binds, /proc, /dev, /tmp, pivot_root)", "pool_unshared", "pool_root_prepared", False),
+    ("pool: prepare_root (tmpfs, template moved in, /proc, /tmp, pivot_root)", "pool_unshared",
+     "pool_root_prepared", False),
     ("pool: warm-up", "pool_root_prepared", "pool_warmed", False),
     ("pool: the pool's part of the seccomp filter", "pool_warmed", "pool_ready", False),
     ("daemon → sandbox: detach the folders, send them and the plan", "parent_send_plan", "plan_received", True),
@@ -331,6 +332,8 @@ def main() -> int:
     print("* = on a call's critical path once a prepared sandbox is waiting in the pool")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": rows, "runs": runs}, indent=1))
+    # this process holds the zygote's template (build_template) in its own mount namespace
+    _libc.umount2("steps", os.path.join(state, "root"), _libc.MNT_DETACH)
     os.rmdir(os.path.join(state, "root"))
     os.rmdir(state)
     return 0

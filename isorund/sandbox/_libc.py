@@ -36,8 +36,10 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
+MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
@@ -50,7 +52,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _MOUNT_FLAG_NAMES = [(MS_RDONLY, "MS_RDONLY"), (MS_NOSUID, "MS_NOSUID"), (MS_NODEV, "MS_NODEV"),
                      (MS_NOEXEC, "MS_NOEXEC"), (MS_REMOUNT, "MS_REMOUNT"), (MS_BIND, "MS_BIND"),
-                     (MS_REC, "MS_REC"), (MS_PRIVATE, "MS_PRIVATE")]
+                     (MS_MOVE, "MS_MOVE"), (MS_REC, "MS_REC"), (MS_PRIVATE, "MS_PRIVATE"),
+                     (MS_SLAVE, "MS_SLAVE")]
 
 
 class SandboxSetupError(Exception):

@@ -1,10 +1,15 @@
 """The guest's root filesystem: a read-only tmpfs holding only what Python needs.
 
-Built in three places, so that almost nothing of it is on the call's critical path:
-- ``prepare_root`` (in the sandbox, in the pool, as the host's root): a tmpfs with read-only
-  binds of the shared libraries and the stdlib (their site-packages hidden), a fresh ``/proc``
-  showing only the call's own processes, a minimal ``/dev``, a private size- and inode-capped
-  ``/tmp``; then ``pivot_root`` and the old root detached, so no host path can be named again;
+Built in four places, so that almost nothing of it is on the call's critical path:
+- ``build_template`` (in the zygote, once, in a mount namespace of its own): the read-only
+  binds of the shared libraries and the stdlib (their site-packages hidden) and a minimal
+  ``/dev``, made once under a folder no sandbox keeps;
+- ``prepare_root`` (in the sandbox, in the pool, as the host's root): its own copy of the
+  zygote's mounts comes with its mount namespace; it makes a fresh tmpfs root of its own,
+  *moves* the template's binds into it (a move is one system call, where a read-only bind is
+  two plus the path lookups), adds a fresh ``/proc`` showing only the call's own processes
+  and a private size- and inode-capped ``/tmp``; then ``pivot_root`` and the old root
+  detached, so no host path can be named again;
 - ``detach_folders`` (in the daemon, when the call arrives): a detached, read-only copy of the
   call's guest folder, of its whitelisted folders and of the site-packages its externals need
   (opened without following symbolic links, then ``open_tree`` + ``mount_setattr``), handed to
@@ -12,8 +17,11 @@ Built in three places, so that almost nothing of it is on the call's critical pa
 - ``enter_call`` (in the sandbox): attaches them (``move_mount``) at ``/guest`` and at their
   host paths, and gives ``/tmp`` the call's size if it asked for less.
 
-Binds are not recursive: a mount inside a bound folder is not carried along. Nothing the guest
-can write (``/tmp``) or provide (``/guest``) is mapped executable: ``noexec`` there.
+Each sandbox's root is a tmpfs of its own (the mountpoints a call needs are made in it), and
+what it shares with other sandboxes (the binds, the hidden folders' and ``/dev``'s empty
+tmpfs) is read-only. Binds are not recursive: a mount inside a bound folder is not carried
+along. Nothing the guest can write (``/tmp``) or provide (``/guest``) is mapped executable:
+``noexec`` there.
 """
 from __future__ import annotations
 
@@ -24,7 +32,8 @@ from dataclasses import dataclass
 
 from . import _libc
 from ._libc import (MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MS_BIND,
-                    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT)
+                    MS_MOVE, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
+                    MS_SLAVE)
 
 GUEST_DIR = "/guest"
 DEVICES = ("null", "zero", "random", "urandom")
@@ -46,11 +55,12 @@ MAX_HOST_PATHS = 250
 @dataclass(frozen=True)
 class RootPlan:
     """What every sandbox's root holds, decided once when the zygote starts."""
-    mountpoint: str                  # empty host folder the new root is mounted on
+    mountpoint: str                  # empty host folder: the template and each new root go under it
     system_paths: tuple[str, ...]    # host folders bound read-only at their own path
     symlinks: tuple[tuple[str, str], ...]  # (path, target) recreated inside, e.g. /lib -> usr/lib
     hidden: tuple[str, ...] = ()     # folders inside those binds covered by an empty tmpfs
     tmp_bytes: int = 16 << 20        # /tmp's size in the pool: the daemon's limit
+    folders: tuple[str, ...] = ()    # every folder the new root needs, parents first
 
 
 def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] = (),
@@ -68,47 +78,84 @@ def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] =
             paths.append(path)
     hidden = sorted({os.path.realpath(d) for d in package_dirs if os.path.isdir(d)
                      and any(within(os.path.realpath(d), p) for p in paths)})
-    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes)
+    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes,
+                    _folders_to_make(paths, [path for path, _ in links]))
+
+
+def _folders_to_make(system_paths: list[str], symlinks: list[str]) -> tuple[str, ...]:
+    """The new root's folders, parents before children: worked out once, so that each sandbox
+    makes them with one ``mkdir`` each instead of probing every level of every path."""
+    wanted = {"/proc", "/tmp", "/dev", GUEST_DIR}
+    for path in [*system_paths, *(os.path.dirname(link) for link in symlinks)]:
+        while path != "/":
+            wanted.add(path)
+            path = os.path.dirname(path)
+    return tuple(sorted(wanted, key=lambda path: (path.count("/"), path)))
+
+
+def build_template(plan: RootPlan) -> None:
+    """In the zygote, once: leaves the host's mount namespace (following its later mounts and
+    unmounts, so that a host filesystem is never held busy by it) and makes the binds every
+    sandbox's root holds, under ``plan.mountpoint``, which stays empty on the host.
+
+    Each sandbox's mount namespace starts as a copy of this one, template included, and
+    ``prepare_root`` moves the template's mounts into the sandbox's own root."""
+    step = "filesystem template"
+    _libc.unshare(step, _libc.CLONE_NEWNS)
+    _libc.mount(step, None, "/", None, MS_REC | MS_SLAVE)
+    _libc.mount(step, "tmpfs", plan.mountpoint, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "size=1m,mode=0700")
+    template = _template(plan)
+    os.makedirs(template)
+    os.mkdir(_new_root(plan))
+    for path in plan.system_paths:
+        bind_read_only(template, path, path)
+    for path in plan.hidden:
+        _hide(template + path)
+    # /dev as a mount of its own, so that a sandbox takes it, device binds included, in one move.
+    os.mkdir(template + "/dev")
+    _libc.mount(step, "tmpfs", template + "/dev", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "size=4k,mode=0755")
+    for device in DEVICES:
+        bind_read_only(template, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
+    _libc.mount(step, None, template + "/dev", None, MS_REMOUNT | _RO | MS_NOEXEC)
 
 
 def prepare_root(plan: RootPlan) -> None:
     """Builds the new root and pivots into it, as the real root of the host, in the pool."""
     step = "filesystem"
-    new_root = plan.mountpoint
-    # Nothing done from here on may propagate back to the host's mount table.
+    new_root, template = _new_root(plan), _template(plan)
+    # Nothing done from here on may propagate back to the zygote's or the host's mount table.
     _libc.mount(step, None, "/", None, MS_REC | MS_PRIVATE)
     _libc.mount(step, "tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    for path in plan.system_paths:
-        bind_read_only(new_root, path, path)
-    for path in plan.hidden:
-        _hide(new_root + path)
+    for folder in plan.folders:
+        os.mkdir(new_root + folder)
+        if folder == "/proc":
+            _mount_proc(new_root + folder)
+        elif folder == "/tmp":
+            # mounted before anything under it is made: an interpreter or a virtualenv living
+            # under the host's /tmp is then moved onto the call's private /tmp, not hidden by it.
+            _libc.mount(step, "tmpfs", new_root + folder, "tmpfs", _TMP_FLAGS, tmp_options(plan.tmp_bytes))
+    for path in (*plan.system_paths, "/dev"):
+        # a move keeps the mount's read-only flags and carries its submounts (hidden folders, devices)
+        _libc.mount(step, template + path, new_root + path, None, MS_MOVE)
     for path, target in plan.symlinks:
-        _ensure_parent(new_root + path)
         os.symlink(target, new_root + path)
-    os.makedirs(new_root + "/proc")
-    _mount_proc(new_root + "/proc")
-    os.makedirs(new_root + "/dev")
-    for device in DEVICES:
-        bind_read_only(new_root, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
-    os.makedirs(new_root + GUEST_DIR)
-    # exist_ok: an interpreter installed under the host's /tmp already made it.
-    os.makedirs(new_root + "/tmp", exist_ok=True)
-    _libc.mount(step, "tmpfs", new_root + "/tmp", "tmpfs", _TMP_FLAGS, tmp_options(plan.tmp_bytes))
-    # The private /tmp hides whatever was bound under the host's /tmp (an interpreter or a
-    # virtualenv living there); it is bound again, the same way, on top.
-    for path in plan.system_paths:
-        if within(path, "/tmp"):
-            bind_read_only(new_root, path, path)
-    for path in plan.hidden:
-        if within(path, "/tmp"):
-            _hide(new_root + path)
     _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no path
-    # by which the host's tree can be reached.
+    # by which the host's tree (or the template's remains) can be reached.
     os.chdir(new_root)
     _libc.pivot_root(step, ".", ".")
     _libc.umount2(step, ".", _libc.MNT_DETACH)
     os.chdir("/")
+
+
+def _template(plan: RootPlan) -> str:
+    return plan.mountpoint + "/template"
+
+
+def _new_root(plan: RootPlan) -> str:
+    return plan.mountpoint + "/root"
 
 
 def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:

@@ -69,14 +69,15 @@ def test_a_socket_path_that_is_a_file_is_refused_not_replaced(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux) to drop CAP_SYS_ADMIN")
 def test_a_host_that_refuses_namespaces_stops_the_start_with_one_fatal_line_naming_the_step(tmp_path):
-    """Root without CAP_SYS_ADMIN (a default container): the zygote cannot make a sandbox's pid
-    namespace. The start used to end in two raw tracebacks and 'retry the call'."""
+    """Root without CAP_SYS_ADMIN (a default container): the zygote cannot make the mount
+    namespace that holds its sandboxes' template (the first namespace it needs). The start used
+    to end in two raw tracebacks and 'retry the call'."""
     out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-m", "isorund",
                           "--socket", str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     fatal = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('{"event": "fatal"')]
     assert len(fatal) == 1 and "cannot build a sandbox on this host" in fatal[0]["error"]
-    assert "step 'pid namespace'" in fatal[0]["error"] and "EPERM" in fatal[0]["error"]
+    assert "step 'filesystem template'" in fatal[0]["error"] and "EPERM" in fatal[0]["error"]
     assert "Traceback" not in out.stderr
 
 

@@ -77,3 +77,13 @@ def test_the_two_parts_of_the_filter_deny_what_the_whole_filter_denies():
     assert pool | last == whole
     assert not pool & last  # the pool's part lets the call's own set-up steps through
     assert {"mount", "move_mount", "umount2", "pivot_root", "unshare"} <= whole
+
+
+def test_the_roots_folders_come_parents_first_and_cover_every_mountpoint():
+    folders = filesystem._folders_to_make(["/usr/lib", "/opt/py/lib/python3.11", "/tmp/venv/lib"],
+                                          ["/usr/lib64", "/lib"])
+    assert folders.index("/opt") < folders.index("/opt/py") < folders.index("/opt/py/lib/python3.11")
+    assert folders.index("/tmp") < folders.index("/tmp/venv") < folders.index("/tmp/venv/lib")
+    assert set(folders) == {"/proc", "/tmp", "/dev", "/guest", "/usr", "/usr/lib", "/opt", "/opt/py", "/opt/py/lib",
+                            "/opt/py/lib/python3.11", "/tmp/venv", "/tmp/venv/lib"}
+    assert len(folders) == len(set(folders))
