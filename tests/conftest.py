@@ -50,7 +50,8 @@ add-one = "test_plugins:add_one"
 class Daemon:
     """One running isorund; ``socket``, ``proc``, ``folder`` and ``log()`` for the test."""
 
-    def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None, prefix: list[str] = ()):
+    def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None,
+                 prefix: list[str] = ()):
         self.folder = folder
         self.socket = str(folder / "isorund.sock")
         plugins = folder / "plugins"

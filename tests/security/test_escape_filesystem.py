@@ -64,8 +64,9 @@ def test_guest_cannot_write_outside_its_private_tmp(attack, tmp_path):
     whitelisted.mkdir(mode=0o755)
     (whitelisted / "helpers.py").write_text("X = 1\n")
     host_tmp = Path("/tmp") / f"isorun-escape-{secrets.token_hex(4)}"
-    targets = {"/guest/planted.py": "EROFS", "/planted": "EROFS", "/usr/lib/planted": "EROFS", "/dev/planted": "EROFS",
-               str(whitelisted / "planted.py"): "EROFS", str(host_tmp): None, "/tmp/mine": None}
+    targets = {"/guest/planted.py": "EROFS", "/planted": "EROFS", "/usr/lib/planted": "EROFS",
+               "/dev/planted": "EROFS", str(whitelisted / "planted.py"): "EROFS", str(host_tmp): None,
+               "/tmp/mine": None}
     results = attack("write_everywhere", args=[list(targets)], whitelisted_paths=[str(whitelisted)])
     for path, expected in targets.items():
         if expected:
