@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import _libc
 from ._libc import (MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MS_BIND,
@@ -60,7 +60,11 @@ class RootPlan:
     symlinks: tuple[tuple[str, str], ...]  # (path, target) recreated inside, e.g. /lib -> usr/lib
     hidden: tuple[str, ...] = ()     # folders inside those binds covered by an empty tmpfs
     tmp_bytes: int = 16 << 20        # /tmp's size in the pool: the daemon's limit
-    folders: tuple[str, ...] = ()    # every folder the new root needs, parents first
+    folders: tuple[str, ...] = field(init=False)  # every folder the new root needs, parents first
+
+    def __post_init__(self):
+        # worked out once, in the zygote: each sandbox inherits the list
+        object.__setattr__(self, "folders", _folders_to_make(self.system_paths, [p for p, _ in self.symlinks]))
 
 
 def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] = (),
@@ -78,13 +82,12 @@ def plan_root(mountpoint: str, python_dirs: list[str], package_dirs: list[str] =
             paths.append(path)
     hidden = sorted({os.path.realpath(d) for d in package_dirs if os.path.isdir(d)
                      and any(within(os.path.realpath(d), p) for p in paths)})
-    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes,
-                    _folders_to_make(paths, [path for path, _ in links]))
+    return RootPlan(mountpoint, tuple(paths), tuple(links), tuple(hidden), tmp_bytes)
 
 
 def _folders_to_make(system_paths: list[str], symlinks: list[str]) -> tuple[str, ...]:
-    """The new root's folders, parents before children: worked out once, so that each sandbox
-    makes them with one ``mkdir`` each instead of probing every level of every path."""
+    """The new root's folders, parents before children, so that each sandbox makes them with one
+    ``mkdir`` each instead of probing every level of every path."""
     wanted = {"/proc", "/tmp", "/dev", GUEST_DIR}
     for path in [*system_paths, *(os.path.dirname(link) for link in symlinks)]:
         while path != "/":

@@ -57,6 +57,7 @@ def test_package_folders_inside_bound_folders_are_hidden(tmp_path):
     plan = filesystem.plan_root("/new-root", [str(stdlib)], [str(stdlib / "site-packages"), str(elsewhere)])
     assert str(stdlib) in plan.system_paths
     assert plan.hidden == (str(stdlib / "site-packages"),)
+    assert str(stdlib) in plan.folders and plan.folders.index(str(stdlib.parent)) < plan.folders.index(str(stdlib))
 
 
 def _denied_names(f) -> set[str]:
