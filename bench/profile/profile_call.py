@@ -151,9 +151,9 @@ def timed_call(runner, i: int, workload: str = "echo") -> dict:
     marks = {"c_start": time.monotonic_ns()}
     request, _names = runner._request(func, args, None, None, None)
     if _names:
-        runner._ensure_type_names(runner._deadline(None))
+        runner._ensure_type_names(runner._deadline(request))
     marks["c_built"] = time.monotonic_ns()
-    response = runner._stub.Run(request, timeout=runner._deadline(None))
+    response = runner._stub.Run(request, timeout=runner._deadline(request))
     marks["c_answered"] = time.monotonic_ns()
     value = runner._result(response.outcome)
     marks["c_decoded"] = time.monotonic_ns()
