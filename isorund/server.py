@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import stat
-import tempfile
 import time
 
 import grpc
@@ -29,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from isorun import _codec
 from isorun._proto import runner_pb2 as pb
 
-from . import __version__, systemd
+from . import __version__, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
 from .admission import QueueFull, QueueTimeout
 from .calls import Calls
@@ -159,6 +158,7 @@ class Server:
         self.isolated = not config.insecure_no_isolation
         self.stopping = False
         self.state_dir = ""
+        self._state_lock = -1  # held while the daemon lives: see isorund/state.py
         self.zygote: Zygote | None = None
         self.calls: Calls | None = None
         self.grpc: grpc.aio.Server | None = None
@@ -229,7 +229,7 @@ class Server:
         if self.config.metrics_address:
             self.metrics.serve(self.config.metrics_address)
         # Under systemd the state lives in RuntimeDirectory (/run/isorund), else under $TMPDIR.
-        self.state_dir = tempfile.mkdtemp(prefix="isorund-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
+        self.state_dir, self._state_lock = state.create(os.environ.get("RUNTIME_DIRECTORY") or None)
         os.mkdir(os.path.join(self.state_dir, "root"))
         self.zygote = Zygote(self.config, os.path.join(self.state_dir, "root"),
                              on_restart=self._on_zygote_restart, on_down=self._on_zygote_down)
@@ -324,6 +324,9 @@ class Server:
                 os.unlink(self.config.socket)
         if self.state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self._state_lock >= 0:
+            os.close(self._state_lock)
+            self._state_lock = -1
         self.metrics.stop()
 
     @contextlib.contextmanager

@@ -157,6 +157,39 @@ def test_a_daemon_killed_outright_leaves_no_process_and_its_socket_is_reclaimed(
     assert not os.path.exists(first.socket)
 
 
+def state_folder(daemon) -> str:
+    """The daemon's state folder: where the lock it holds open lives."""
+    locks = [f.path for f in psutil.Process(daemon.pid).open_files() if f.path.endswith("/lock")]
+    assert len(locks) == 1, locks
+    return os.path.dirname(locks[0])
+
+
+def test_a_killed_daemons_state_folder_is_removed_by_the_next_start_not_a_live_ones(start_daemon, make_root,
+                                                                                  tmp_path):
+    parent = tmp_path / "state"
+    parent.mkdir()
+    env = {"TMPDIR": str(parent)}
+    live, killed = start_daemon(env=env), start_daemon(env=env)
+    live_folder, killed_folder = state_folder(live), state_folder(killed)
+    assert os.path.dirname(killed_folder) == str(parent) and live_folder != killed_folder
+    family = psutil.Process(killed.pid).children(recursive=True)
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.proc.wait()
+    wait_gone(family)
+    assert os.path.isdir(killed_folder)  # nothing could remove it on the way out
+
+    third = start_daemon(env=env)
+    assert not os.path.exists(killed_folder)
+    assert [e["folder"] for e in events(third, "stale_state_removed")] == [killed_folder]
+    assert os.path.isdir(live_folder) and os.path.isdir(state_folder(third))
+    root = make_root({"index.py": GUEST})
+    for d in (live, third):  # the live daemon kept its sandboxes' root
+        with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+            assert r.run("echo", args=[3]) == 3
+    assert live.stop() == 0
+    assert not os.path.exists(live_folder)  # a clean stop removes its own
+
+
 def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, start_daemon):
     thief = start_daemon(args=["--socket", daemon.socket], wait=False)
     assert thief.proc.wait(60) == 1
