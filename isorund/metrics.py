@@ -3,15 +3,23 @@
 Counters and histograms are updated as calls end; the gauges (queue depth, live sandboxes,
 zygote state) are read from the daemon's own state at scrape time, so they cannot drift from
 it. The registry is the daemon's own, not prometheus_client's global one. The HTTP endpoint
-is off unless ``metrics_address`` is set; it serves from a daemon thread of prometheus_client,
-which only reads counters and a few integers.
+is off unless ``metrics_address`` is set. It may face a network (Prometheus scrapes from
+elsewhere), so it serves at most ``MAX_SCRAPES`` connections at once, each a thread that only
+reads counters and a few integers, and drops a connection that does not send its request or
+read its answer within ``SCRAPE_TIMEOUT``: whoever opens connections and sends nothing cannot
+pile up threads in the daemon, and holds the endpoint for seconds at most.
 """
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .config import metrics_endpoint
@@ -20,6 +28,8 @@ log = logging.getLogger("isorund")
 
 # From a warm call (~2 ms) to the longest timeout a call may ask for.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+MAX_SCRAPES = 4        # connections served at once; one more is closed as it comes
+SCRAPE_TIMEOUT = 5.0   # seconds a connection may wait between its bytes, either way
 
 
 class Metrics:
@@ -48,11 +58,12 @@ class Metrics:
         """Starts the endpoint; returns the address it listens on (port 0 picks one)."""
         host, port = metrics_endpoint(address)
         try:
-            started = start_http_server(port, host, registry=self.registry)
+            self._http = _bounded_server(host, port, make_wsgi_app(self.registry))
         except OSError as e:
-            raise SystemExit(f"cannot serve metrics on {address} (config key 'metrics_address'): {e.strerror}")
-        self._http = started[0] if isinstance(started, tuple) else None
-        bound = f"{address.rpartition(':')[0]}:{self._http.server_port}" if self._http else address
+            raise SystemExit(f"cannot serve metrics on {address} (config key 'metrics_address'): "
+                             f"{e.strerror or e}")
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
+        bound = f"{address.rpartition(':')[0]}:{self._http.server_port}"
         log.info(json.dumps({"event": "metrics", "address": bound, "path": "/metrics"}))
         return bound
 
@@ -60,6 +71,49 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most ``MAX_SCRAPES`` of them at once."""
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # all slots busy: closed now, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        """A peer that went silent or away is its own business: no traceback on the daemon's
+        log for it (whoever can connect could fill the log); anything else is a bug, printed."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # on the connection's socket: a silent peer is dropped
+
+    def log_message(self, format, *args):
+        pass  # a line per scrape on the daemon's log would drown its call lines
+
+
+def _bounded_server(host: str, port: int, app) -> _BoundedServer:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("_Server", (_BoundedServer,), {"address_family": family})
+    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
 
 
 class _StateCollector:

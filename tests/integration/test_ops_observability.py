@@ -2,19 +2,23 @@
 default) whose counters and gauges move with the calls."""
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import threading
 import time
 import urllib.request
 
 import grpc
+import psutil
 import pytest
 from google.protobuf import struct_pb2
 
 from isorun import CodeRunner, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from isorund.metrics import MAX_SCRAPES, SCRAPE_TIMEOUT
 from processes import zygote_of
 
 GUEST = '''
@@ -41,9 +45,13 @@ def call_lines(daemon) -> list[dict]:
     return [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
 
 
-def scrape(daemon) -> dict[str, float]:
+def metrics_address(daemon) -> str:
     (address,) = [json.loads(t)["address"] for t in daemon.log().splitlines() if '"event": "metrics"' in t]
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+    return address
+
+
+def scrape(daemon) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{metrics_address(daemon)}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples = {}
     for line in text.splitlines():
@@ -176,6 +184,37 @@ def test_zygote_restarts_are_counted(metered):
         assert time.monotonic() < deadline, d.log()
         time.sleep(0.1)
     assert scrape(d)["isorun_zygote_up"] == 1
+
+
+def test_silent_connections_to_the_metrics_endpoint_neither_pile_up_threads_nor_hold_it(metered, make_root):
+    host, _, port = metrics_address(metered).rpartition(":")
+    threads = psutil.Process(metered.pid).num_threads()
+    silent = []
+    for _ in range(20):  # connect and send nothing, as a slow or hostile peer would
+        silent.append(socket.create_connection((host, int(port)), timeout=5))
+        time.sleep(0.01)
+    time.sleep(0.5)
+    closed = 0
+    for s in silent:
+        s.settimeout(0.1)
+        try:
+            closed += s.recv(1) == b""
+        except TimeoutError:
+            pass  # held: one of the connections being served
+    assert closed == len(silent) - MAX_SCRAPES
+    assert psutil.Process(metered.pid).num_threads() <= threads + MAX_SCRAPES
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        scrape(metered)  # every slot is taken: refused at once, not queued behind them
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=metered.socket) as r:
+        assert r.run("echo", args=[1]) == 1  # calls do not notice
+
+    time.sleep(SCRAPE_TIMEOUT + 1)  # the silent ones are dropped by then
+    assert scrape(metered)["isorun_calls_total{outcome=\"ok\"}"] >= 1
+    for s in silent:
+        assert s.recv(1) == b""
+        s.close()
+    assert psutil.Process(metered.pid).num_threads() <= threads
+    assert "Traceback" not in metered.log()  # a dropped peer is not an error of the daemon's
 
 
 def test_a_taken_metrics_port_stops_the_start_naming_the_key(start_daemon):
