@@ -79,6 +79,7 @@ class Config:
     allowed_gids: list = _key(list, "Groups (numbers or names) whose members may call: the peer's primary or a supplementary group (SO_PEERGROUPS).")
     max_concurrency: int = _key(8, "Sandboxes running at once; further calls queue.")
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
+    max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
     max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds (at most 1e6).")
@@ -124,6 +125,7 @@ class Config:
         need(0 <= self.socket_mode <= 0o777, "socket_mode", "permission bits (0 to 0o777)", self.socket_mode)
         need(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
         need(self.queue_size >= 0, "queue_size", ">= 0", self.queue_size)
+        need(1 <= self.max_connections <= 1_000_000, "max_connections", "from 1 to 1000000", self.max_connections)
         need(self.pool_size >= 1, "pool_size", ">= 1", self.pool_size)
         need(0 < self.default_timeout <= MAX_SECONDS, "default_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.default_timeout)
         need(self.default_timeout <= self.max_timeout <= MAX_SECONDS, "max_timeout",

@@ -245,6 +245,10 @@ class Server:
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.config.max_request_bytes),
             ("grpc.max_send_message_length", self.config.max_request_bytes),
+            # past it grpc closes a new connection at once: idle ones cannot use up the
+            # daemon's descriptors (behind the allowlist front, the front's relay is closed
+            # and the front closes its client)
+            ("grpc.max_allowed_incoming_connections", self.config.max_connections),
         ])
         self.grpc.add_generic_rpc_handlers([_runner_handler(RunnerServicer(self))])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from isorun import CodeRunner
+from isorun import CodeRunner, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
 
@@ -229,3 +230,49 @@ def test_a_refused_peer_may_hold_only_a_few_connections_open(guarded, make_root)
     assert connections_closed_at_once(guarded, 0, REFUSED_CONNECTIONS_PER_UID + 12) == 0
     answer = call_as(NOBODY, [], guarded, make_root({"index.py": GUEST}))
     assert answer.startswith("AccessDenied")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def still_open(connections) -> int:
+    """How many of ``connections`` the daemon has not closed."""
+    open_ = 0
+    for s in connections:
+        s.setblocking(False)
+        try:
+            while s.recv(65536):
+                pass  # grpc's SETTINGS frames: a connection it serves
+        except BlockingIOError:
+            open_ += 1
+        except ConnectionError:
+            pass
+    return open_
+
+
+@pytest.mark.parametrize("front", [False, True], ids=["grpc owns the socket", "behind the allowlist front"])
+def test_connections_past_max_connections_are_closed_and_the_daemon_serves_again_once_they_go(
+        start_daemon, make_root, front):
+    d = start_daemon(config="max_connections = 3\n" + ("allowed_uids = [0]\n" if front else ""))
+    idle = []
+    for _ in range(10):  # open, and say nothing after the preface: the peer that hoards
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.socket)
+        try:
+            s.sendall(HTTP2_PREFACE)
+        except ConnectionError:
+            pass  # closed already: one past the cap
+        idle.append(s)
+    deadline = time.monotonic() + 10
+    while still_open(idle) > 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_open(idle) == 3
+    root = make_root({"index.py": "def echo(x):\n    return x\n"})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r, pytest.raises(errors.DaemonUnavailable):
+        r.run("echo", args=[1], timeout=2)  # every connection it allows is taken
+    for s in idle:
+        s.close()
+    time.sleep(0.5)
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert r.run("echo", args=[2]) == 2
+    assert d.proc.poll() is None
