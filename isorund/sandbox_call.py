@@ -22,6 +22,7 @@ from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
 
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
+CONSOLE_KINDS = ("console", "console_batch")  # a line, or lines the sandbox batched
 
 
 async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> pb.Outcome:
@@ -73,23 +74,24 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     await on_event(event)
                     event = None
                     continue
-                if kind != "console":
+                if kind not in CONSOLE_KINDS or not _has_lines(event):
                     # The guest can write to this socket itself: anything the sandbox's runtime
-                    # never sends (a console batch no cap would count, a second 'running', an
-                    # empty event) ends the call rather than reaching the client.
-                    raise _UnexpectedEvent(kind)
+                    # never sends (a second 'running', an empty event or batch) ends the call
+                    # rather than reaching the client.
+                    raise _UnexpectedEvent(kind if kind != "console_batch" else None)
                 # A burst of lines already received goes out as one message, not one per line.
-                # Each line costs the bytes it took on the channel, so that no line is free:
-                # not an empty one, not one padded with fields the schema does not know.
-                lines, event = [event.console], None
-                console_left -= channel.HEADER.size + len(frame)  # (read just above: only other kinds carry over)
+                # Each line costs the bytes it took on the channel plus a frame header, as if
+                # sent on its own, so that no line is free: not an empty one, not one padded with
+                # fields the schema does not know, not one in a batch.
+                lines = []
+                console_left -= _console_cost(event, len(frame), lines)  # (read just above: only other kinds carry over)
+                event = None
                 while (frame := reader.buffered(max_frame)) is not None:
                     following = _parse_event(frame)
-                    if following.WhichOneof("event") != "console":
+                    if following.WhichOneof("event") not in CONSOLE_KINDS or not _has_lines(following):
                         event = following
                         break
-                    lines.append(following.console)
-                    console_left -= channel.HEADER.size + len(frame)
+                    console_left -= _console_cost(following, len(frame), lines)
                 if console_left < 0:
                     return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
                         f"the call printed more than its {limits.output_bytes} console bytes")), started)
@@ -122,6 +124,20 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
     finally:
         sandbox.kill_group() if not isolated else sandbox.kill()
         sandbox.close()
+
+
+def _has_lines(event: pb.RunEvent) -> bool:
+    return event.WhichOneof("event") == "console" or bool(event.console_batch.lines)
+
+
+def _console_cost(event: pb.RunEvent, frame_bytes: int, lines: list) -> int:
+    """Appends the event's lines to ``lines``; returns what they cost against the console cap:
+    the frame's bytes, and a frame header for each line."""
+    if event.WhichOneof("event") == "console":
+        lines.append(event.console)
+        return channel.HEADER.size + frame_bytes
+    lines.extend(event.console_batch.lines)
+    return channel.HEADER.size * len(event.console_batch.lines) + frame_bytes
 
 
 def _parse_event(frame: bytes) -> pb.RunEvent:

@@ -251,6 +251,78 @@ def test_bursts_travel_as_batches_not_one_message_per_line(daemon, make_root):
         assert [line.text for line in unary.console] == [f"line {i}\n" for i in range(3000)]
 
 
+BURST_THEN_WAIT = """
+import time
+def burst_then(how, lines):
+    for i in range(lines):
+        print('line', i)
+    started = time.monotonic()
+    if how == 'sleep':
+        time.sleep(1.5)
+    else:
+        while time.monotonic() - started < 1.5:
+            pass
+    return lines
+"""
+
+
+@pytest.mark.parametrize("how", ["sleep", "compute"])
+def test_the_tail_of_a_burst_arrives_while_the_guest_goes_on(runner, how):
+    """The sandbox holds the lines of a burst back for a few ms to send them together: they
+    must still arrive while the guest sleeps or computes, not with its outcome."""
+    seen = []
+    r = runner({"index.py": BURST_THEN_WAIT}, external=["time"],
+               on_console=lambda stream, text: seen.append((text, time.monotonic())))
+    assert r.run("burst_then", args=[how, 200]) == 200
+    finished = time.monotonic()
+    assert [text for text, _ in seen] == [f"line {i}\n" for i in range(200)]
+    assert finished - seen[-1][1] > 1.0, finished - seen[-1][1]
+
+
+def test_lines_still_arrive_live_when_the_call_has_no_room_for_the_console_thread(start_daemon, make_root):
+    d = start_daemon(config="[limits]\nmax_processes = 1\n")
+    seen = []
+    with CodeRunner(root=make_root({"index.py": BURST_THEN_WAIT}), file="index.py", socket=d.socket,
+                    external=["time"], on_console=lambda stream, text: seen.append((text, time.monotonic()))) as r:
+        assert r.run("burst_then", args=["sleep", 200]) == 200
+    finished = time.monotonic()
+    assert [text for text, _ in seen] == [f"line {i}\n" for i in range(200)]
+    assert finished - seen[-1][1] > 1.0, finished - seen[-1][1]
+
+
+def test_a_signal_handler_may_print_while_the_code_it_interrupted_prints(runner):
+    lines = []
+    r = runner({"index.py": "import signal\n"
+                            "def ticking(n):\n"
+                            "    signal.signal(signal.SIGALRM, lambda *_: print('tick'))\n"
+                            "    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n"
+                            "    for i in range(n):\n"
+                            "        print('line', i)\n"
+                            "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+                            "    return n\n"},
+               external=["signal"], on_console=lambda stream, text: lines.append(text))
+    assert r.run("ticking", args=[20000], timeout=20) == 20000  # no deadlock on the console
+    text = "".join(lines)
+    # a tick may land inside a line, between print()'s parts, as on a terminal
+    assert text.count("tick") > 0 and text.count("\n") == 20000 + text.count("tick")
+
+
+def test_a_forked_childs_lines_arrive_though_it_exits_at_once(runner):
+    lines = []
+    r = runner({"index.py": "import os\n"
+                            "def fork_and_print():\n"
+                            "    pid = os.fork()\n"
+                            "    if pid == 0:\n"
+                            "        for i in range(50):\n"
+                            "            print('child', i)\n"
+                            "        os._exit(0)\n"
+                            "    os.waitpid(pid, 0)\n"
+                            "    return 'parent'\n"},
+               external=["os"], on_console=lambda stream, text: lines.append(text))
+    assert r.run("fork_and_print") == "parent"
+    assert lines == [f"child {i}\n" for i in range(50)]
+
+
 def test_a_whitelisted_folder_outside_tmp_is_mounted_at_its_own_path(runner):
     """Its mountpoint must be made in the sandbox's read-only root (not in its /tmp), once."""
     folder = tempfile.mkdtemp(dir="/var/tmp", prefix="isorun-lib-")

@@ -99,13 +99,34 @@ def test_a_call_that_asks_for_a_smaller_tmp_gets_it(secure_daemon, tmp_path):
     assert 0 < result["written"] <= smaller
 
 
-def test_forged_console_batches_end_the_call_and_are_not_held(attack, secure_daemon):
-    """A sandbox never sends console batches; one that does (from the guest, writing to its
-    channel) must not get lines past the output cap, nor make the daemon hold them."""
-    with pytest.raises(errors.SandboxError, match="'console_batch' event"):
-        attack("forged_events", "console_batches", args=[64], timeout=20)  # 16 MiB of lines
+def test_forged_console_batches_count_against_the_output_cap_and_are_not_held(attack, secure_daemon):
+    """The sandbox's runtime sends lines in batches; batches a guest writes to its channel
+    itself get no line past the output cap, and the daemon does not hold them."""
+    received = []
+    with pytest.raises(errors.ResourceLimitError) as raised:
+        attack("forged_events", "console_batches", args=[64], timeout=20,  # 16 MiB of lines
+               on_console=lambda stream, text: received.append(len(text)))
+    assert raised.value.limit == "output"
+    assert sum(received) <= MiB, sum(received)
     rss = psutil.Process(secure_daemon.pid).memory_info().rss
     assert rss < 400 * MiB, rss
+
+
+def test_batches_of_empty_lines_are_an_output_limit(attack):
+    """A line in a batch costs what it would cost as a frame of its own, header included:
+    4,096 empty lines to a batch are not nearly free."""
+    received = []
+    with pytest.raises(errors.ResourceLimitError) as raised:
+        attack("forged_events", "empty_line_batches_forever", timeout=20,
+               on_console=lambda stream, text: received.append(text))
+    assert raised.value.limit == "output"
+    # 1 MiB at 4 (header) + 2 (the line in its batch) bytes a line at most
+    assert len(received) <= MiB // 6, len(received)
+
+
+def test_a_forged_empty_console_batch_ends_the_call(attack):
+    with pytest.raises(errors.SandboxError, match="an empty event"):
+        attack("forged_events", "empty_batch", timeout=20)
 
 
 def test_a_flood_of_running_events_reaches_the_client_once(secure_daemon, tmp_path):

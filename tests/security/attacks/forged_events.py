@@ -1,7 +1,8 @@
-# Attack: write events the sandbox's runtime never sends straight to the channel — console
-# batches (which no output cap would count if the daemon trusted them), a flood of 'running'
-# events, an empty event, endless empty console lines, lines padded with fields the schema does
-# not declare — to get past the console cap, grow the daemon's memory or starve its event loop.
+# Attack: write events straight to the channel — console batches far past the console cap
+# (which no cap would count if the daemon trusted a batch's size), an empty batch, a flood of
+# 'running' events, an empty event, endless empty console lines, lines padded with fields the
+# schema does not declare — to get past the console cap, grow the daemon's memory or starve its
+# event loop.
 from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
@@ -27,6 +28,12 @@ def console_batches(rounds):
     return "sent"
 
 
+def empty_batch():
+    """A batch of no lines: nothing to count against the cap, nothing for the client."""
+    _send(channel_fd(), pb.RunEvent(console_batch=pb.ConsoleBatch()))
+    real_import("time").sleep(10)
+
+
 def running_flood(count):
     fd = channel_fd()
     for _ in range(count):
@@ -45,6 +52,15 @@ def empty_lines_forever():
     fd = channel_fd()
     data = pb.RunEvent(console=pb.ConsoleLine()).SerializeToString()
     frame = (len(data).to_bytes(4, "big") + data) * 4096
+    while True:
+        os.write(fd, frame)
+
+
+def empty_line_batches_forever():
+    """Batches of 4,096 lines with no text: two bytes a line on the wire, no end."""
+    fd = channel_fd()
+    data = pb.RunEvent(console_batch=pb.ConsoleBatch(lines=[pb.ConsoleLine()] * 4096)).SerializeToString()
+    frame = len(data).to_bytes(4, "big") + data
     while True:
         os.write(fd, frame)
 
