@@ -149,9 +149,11 @@ def timed_call(runner, i: int, workload: str = "echo") -> dict:
     _file, func, args_for, check = WORKLOADS[workload]
     args = args_for(i)
     marks = {"c_start": time.monotonic_ns()}
-    request, _names = runner._request(func, args, None, None, None)
-    if _names:
-        runner._ensure_type_names(runner._deadline(request))
+    request, names = runner._request(func, args, None, None, None)
+    if runner._needs_capabilities(request, names):
+        runner._ensure_capabilities()
+    if names:
+        runner._check_names(names)
     marks["c_built"] = time.monotonic_ns()
     response = runner._stub.Run(request, timeout=runner._deadline(request))
     marks["c_answered"] = time.monotonic_ns()
