@@ -130,23 +130,35 @@ class Console:
 
 
 class ConsoleStream:
-    """A text stream whose lines become console events; print() and sys.stdout land here."""
+    """A text stream whose lines become console events; print() and sys.stdout land here.
+
+    A guest's signal handler that prints runs in the middle of whatever the interrupted code
+    was writing (print() writes its parts one by one): its text then waits in
+    ``_interrupting`` and follows the interrupted write's, as on a terminal, instead of seeing
+    half-updated state (which sent a line twice)."""
 
     def __init__(self, console: Console, stream: int):
         self._console, self._stream, self._pending = console, stream, ""
+        self._busy = False
+        self._interrupting: list[str] = []
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if "\n" not in text:
-            self._pending += text  # print() writes its parts one by one, the newline last
+        if self._busy:
+            self._interrupting.append(text)
             return len(text)
-        *lines, self._pending = (self._pending + text).split("\n")
-        for line in lines:
-            self._console.add(self._stream, line + "\n")
+        self._busy = True
+        try:
+            self._take_interrupting()  # (one that came as the last write ended is older than text)
+            self._take(text)
+            self._take_interrupting()
+        finally:
+            self._busy = False
         return len(text)
 
     def flush(self) -> None:
+        self._take_interrupting()
         if self._pending:
             self._console.add(self._stream, self._pending)
             self._pending = ""
@@ -154,6 +166,18 @@ class ConsoleStream:
 
     def isatty(self) -> bool:
         return False
+
+    def _take(self, text: str) -> None:
+        if "\n" not in text:
+            self._pending += text  # print() writes its parts one by one, the newline last
+            return
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self._console.add(self._stream, line + "\n")
+
+    def _take_interrupting(self) -> None:
+        while self._interrupting:
+            self._take(self._interrupting.pop(0))
 
 
 _console: Console | None = None  # the call's (one call per process), made by prepare()
