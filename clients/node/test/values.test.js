@@ -3,7 +3,9 @@
 // the guest as the Python type listed there and comes back as itself; what cannot be sent
 // exactly is a SerializationError before anything is sent.
 const assert = require("node:assert/strict");
+const { execFile } = require("node:child_process");
 const { after, before, describe, test } = require("node:test");
+const { promisify } = require("node:util");
 const { errors } = require("..");
 const { startDaemon } = require("../test-support/daemon");
 
@@ -205,5 +207,30 @@ describe("a result over the client's message size, from a daemon that allows it"
   test("is ResourceLimitError with limit 'message', not a full queue", async () => {
     const big = roomy.runner({ "index.py": "def f():\n    return 'x' * (70 << 20)\n" });
     await rejectsWithLimit(big.run({ funcName: "f" }), errors.ResourceLimitError, "message");
+  });
+});
+
+describe("a result of millions of small items", () => {
+  // Each item was a protobufjs message and an object form of it at the same time before
+  // decode.js rebuilt it: 3,000,000 nulls (12 MB on the wire) took ~490 MiB of the client's RSS.
+  // The result now stays the decoded message until it is rebuilt (~270 MiB).
+  test("costs the client one object per item while it is rebuilt, not two", async () => {
+    const root = daemon.makeRoot({ "index.py": "def nulls(n):\n    return [None] * n\n" });
+    const script = `
+      const { CodeRunner } = require(${JSON.stringify(require.resolve(".."))});
+      (async () => {
+        const runner = new CodeRunner({ root: process.argv[1], file: "index.py", socket: process.argv[2] });
+        const before = process.resourceUsage().maxRSS;
+        const value = await runner.run({ funcName: "nulls", args: [3000000], timeout: 30000 });
+        const grew = (process.resourceUsage().maxRSS - before) / 1024;
+        await runner.close();
+        console.log(JSON.stringify({ items: value.length, nulls: value.every((v) => v === null), grew }));
+      })();`;
+    const { stdout } = await promisify(execFile)(process.execPath, ["-e", script, root, daemon.socket],
+      { timeout: 120000 });
+    const { items, nulls, grew } = JSON.parse(stdout);
+    assert.equal(items, 3000000);
+    assert.ok(nulls);
+    assert.ok(grew < 400, `the client's RSS grew by ${grew.toFixed(0)} MiB`);
   });
 });
