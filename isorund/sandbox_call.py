@@ -83,18 +83,23 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                 # Each line costs the bytes it took on the channel plus a frame header, as if
                 # sent on its own, so that no line is free: not an empty one, not one padded with
                 # fields the schema does not know, not one in a batch.
-                lines = []
-                console_left -= _console_cost(event, len(frame), lines)  # (read just above: only other kinds carry over)
-                event = None
-                while (frame := reader.buffered(max_frame)) is not None:
-                    following = _parse_event(frame)
-                    if following.WhichOneof("event") not in CONSOLE_KINDS or not _has_lines(following):
-                        event = following
+                # Lines are counted before they are taken out of their event: a forged batch of
+                # millions of empty lines ends the call without becoming millions of objects.
+                lines, carried = [], None
+                console_left -= _console_cost(event, len(frame))  # (read just above: only other kinds carry over)
+                while console_left >= 0:
+                    lines.extend(_lines_of(event))
+                    if (frame := reader.buffered(max_frame)) is None:
                         break
-                    console_left -= _console_cost(following, len(frame), lines)
+                    event = _parse_event(frame)
+                    if event.WhichOneof("event") not in CONSOLE_KINDS or not _has_lines(event):
+                        carried = event
+                        break
+                    console_left -= _console_cost(event, len(frame))
                 if console_left < 0:
                     return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
                         f"the call printed more than its {limits.output_bytes} console bytes")), started)
+                event = carried
                 await on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
                                else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
                 # A guest that keeps its channel full would otherwise keep this loop from ever
@@ -130,14 +135,16 @@ def _has_lines(event: pb.RunEvent) -> bool:
     return event.WhichOneof("event") == "console" or bool(event.console_batch.lines)
 
 
-def _console_cost(event: pb.RunEvent, frame_bytes: int, lines: list) -> int:
-    """Appends the event's lines to ``lines``; returns what they cost against the console cap:
-    the frame's bytes, and a frame header for each line."""
+def _console_cost(event: pb.RunEvent, frame_bytes: int) -> int:
+    """What a console event's lines cost against the console cap: the frame's bytes, and a
+    frame header for each line (what it would have cost sent alone)."""
     if event.WhichOneof("event") == "console":
-        lines.append(event.console)
         return channel.HEADER.size + frame_bytes
-    lines.extend(event.console_batch.lines)
     return channel.HEADER.size * len(event.console_batch.lines) + frame_bytes
+
+
+def _lines_of(event: pb.RunEvent):
+    return (event.console,) if event.WhichOneof("event") == "console" else event.console_batch.lines
 
 
 def _parse_event(frame: bytes) -> pb.RunEvent:

@@ -124,6 +124,26 @@ def test_batches_of_empty_lines_are_an_output_limit(attack):
     assert len(received) <= MiB // 6, len(received)
 
 
+def test_one_frame_of_millions_of_empty_lines_ends_the_call_at_once(attack, secure_daemon):
+    """Lines are counted before the daemon makes objects of them: 8,000,000 empty lines in
+    one 16 MB frame are an output limit in seconds (they stalled the daemon for minutes and
+    took 625 MiB more of it when each became a Python object first)."""
+    def peak_rss() -> int:
+        status = open(f"/proc/{secure_daemon.pid}/status").read()
+        return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+    with open(f"/proc/{secure_daemon.pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak starts again from the daemon's RSS now
+    before = peak_rss()
+    started = time.monotonic()
+    with pytest.raises(errors.ResourceLimitError) as raised:
+        attack("forged_events", "one_batch_of_empty_lines", args=[8_000_000], timeout=30)
+    assert raised.value.limit == "output"
+    assert time.monotonic() - started < 15
+    grown = peak_rss() - before
+    assert grown < 500 * MiB, grown  # what parsing the frame takes (~385 MiB), not more
+
+
 def test_a_forged_empty_console_batch_ends_the_call(attack):
     with pytest.raises(errors.SandboxError, match="an empty event"):
         attack("forged_events", "empty_batch", timeout=20)

@@ -65,6 +65,14 @@ def empty_line_batches_forever():
         os.write(fd, frame)
 
 
+def one_batch_of_empty_lines(count):
+    """A single frame holding ``count`` lines with no text (two bytes each on the wire), built
+    as bytes: as messages they would not fit in the guest's own memory limit."""
+    field = pb.RunEvent.DESCRIPTOR.fields_by_name["console_batch"].number
+    _send_raw(channel_fd(), _length_delimited(field, _length_delimited(1, b"") * count))
+    real_import("time").sleep(10)
+
+
 def padded_lines(count, pad_bytes):
     """Lines with no text but a field number the schema lacks, holding ``pad_bytes`` bytes."""
     fd = channel_fd()
