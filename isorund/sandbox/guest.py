@@ -2,8 +2,9 @@
 
 It decodes the arguments, imports the call's file through the restricted importer, finds the
 function, reports ``running``, calls it (awaiting a coroutine), and sends exactly one outcome.
-Console output is streamed while the call runs (a burst in batches, see ``Console``). Whatever the guest does, the report says what
-happened in the guest's terms: its exception and its own frames, never the runtime's.
+Console output is streamed while the call runs (a burst in batches, see ``Console``). Whatever
+the guest does, the report says what happened in the guest's terms: its exception and its own
+frames, never the runtime's.
 """
 from __future__ import annotations
 
