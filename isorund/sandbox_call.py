@@ -22,7 +22,6 @@ from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
 
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
-CONSOLE_KINDS = ("console", "console_batch")  # a line, or lines the sandbox batched
 
 
 async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> pb.Outcome:
@@ -74,7 +73,7 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     await on_event(event)
                     event = None
                     continue
-                if kind not in CONSOLE_KINDS or not _has_lines(event):
+                if not _carries_lines(event):
                     # The guest can write to this socket itself: anything the sandbox's runtime
                     # never sends (a second 'running', an empty event or batch) ends the call
                     # rather than reaching the client.
@@ -92,7 +91,7 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     if (frame := reader.buffered(max_frame)) is None:
                         break
                     event = _parse_event(frame)
-                    if event.WhichOneof("event") not in CONSOLE_KINDS or not _has_lines(event):
+                    if not _carries_lines(event):
                         carried = event
                         break
                     console_left -= _console_cost(event, len(frame))
@@ -131,8 +130,10 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
         sandbox.close()
 
 
-def _has_lines(event: pb.RunEvent) -> bool:
-    return event.WhichOneof("event") == "console" or bool(event.console_batch.lines)
+def _carries_lines(event: pb.RunEvent) -> bool:
+    """A console line, or a batch of at least one (an empty batch is nothing the runtime sends)."""
+    kind = event.WhichOneof("event")
+    return kind == "console" or kind == "console_batch" and bool(event.console_batch.lines)
 
 
 def _console_cost(event: pb.RunEvent, frame_bytes: int) -> int:
