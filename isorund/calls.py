@@ -14,6 +14,7 @@ import secrets
 import time
 
 from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2 as sb
 
 from . import memory
 from . import plan as plans
@@ -46,7 +47,7 @@ class Calls:
         self._trim_wanted = False
         self._trim_timer: asyncio.TimerHandle | None = None
 
-    async def run(self, request: pb.RunRequest, on_event, *, deadline: float | None, peer: str = "") -> pb.Outcome:
+    async def run(self, request: pb.RunRequest, on_event, *, deadline: float | None, peer: str = "") -> sb.RelayedOutcome:
         """Runs one call; raises RequestError, QueueFull, QueueTimeout or ZygoteUnavailable, and
         otherwise returns its outcome (a guest failure included).
 
@@ -105,7 +106,7 @@ class Calls:
         for sandbox in list(self.in_flight):
             sandbox.abort(reason)
 
-    def _after(self, request: pb.RunRequest, outcome: pb.Outcome | None) -> None:
+    def _after(self, request: pb.RunRequest, outcome: sb.RelayedOutcome | None) -> None:
         """After a call with a large value, gives the heap's free memory back once the daemon
         is idle (see isorund.memory); the call's own messages are gone by then."""
         sizes = (request.ByteSize(), outcome.ByteSize() if outcome is not None else 0)
@@ -121,7 +122,7 @@ class Calls:
         self._trim_wanted = False
         memory.give_back_freed_memory()
 
-    def _log(self, entry: dict, outcome: pb.Outcome | None, received: float, queued: float,
+    def _log(self, entry: dict, outcome: sb.RelayedOutcome | None, received: float, queued: float,
              ran_from: float | None = None) -> None:
         total = time.monotonic() - received
         if outcome is not None:

@@ -15,6 +15,7 @@ import socket
 import time
 
 from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2 as sb
 from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
 
@@ -22,9 +23,11 @@ from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
 
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
+CONSOLE_KINDS = ("console", "console_batch")
+RUNNING = pb.RunEvent(running=pb.Running())
 
 
-async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> pb.Outcome:
+async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> sb.RelayedOutcome:
     """Sends ``plan`` to ``sandbox`` and relays its events to ``on_event`` until the outcome.
 
     Enforces what an untrusted guest cannot be trusted to enforce itself: the wall-clock
@@ -70,31 +73,32 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     return outcome
                 if kind == "running" and not running_seen:
                     running_seen = True
-                    await on_event(event)
+                    await on_event(RUNNING)
                     event = None
                     continue
-                if not _carries_lines(event):
+                if kind not in CONSOLE_KINDS:
                     # The guest can write to this socket itself: anything the sandbox's runtime
-                    # never sends (a second 'running', an empty event or batch) ends the call
-                    # rather than reaching the client.
-                    raise _UnexpectedEvent(kind if kind != "console_batch" else None)
+                    # never sends (a second 'running', an empty event) ends the call rather
+                    # than reaching the client.
+                    raise _UnexpectedEvent(kind)
                 # A burst of lines already received goes out as one message, not one per line.
                 # Each line costs the bytes it took on the channel plus a frame header, as if
                 # sent on its own, so that no line is free: not an empty one, not one padded with
                 # fields the schema does not know, not one in a batch.
-                # Lines are counted before they are taken out of their event: a forged batch of
-                # millions of empty lines ends the call without becoming millions of objects.
                 lines, carried = [], None
-                console_left -= _console_cost(event, len(frame))  # (read just above: only other kinds carry over)
-                while console_left >= 0:
-                    lines.extend(_lines_of(event))
-                    if (frame := reader.buffered(max_frame)) is None:
+                while True:
+                    console_left -= len(frame)
+                    if console_left < 0:  # a batch larger than what is left is never parsed
+                        break
+                    event_lines = _lines_of(event)
+                    console_left -= channel.HEADER.size * len(event_lines)
+                    lines.extend(event_lines)
+                    if console_left < 0 or (frame := reader.buffered(max_frame)) is None:
                         break
                     event = _parse_event(frame)
-                    if not _carries_lines(event):
+                    if event.WhichOneof("event") not in CONSOLE_KINDS:
                         carried = event
                         break
-                    console_left -= _console_cost(event, len(frame))
                 if console_left < 0:
                     return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
                         f"the call printed more than its {limits.output_bytes} console bytes")), started)
@@ -130,28 +134,23 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
         sandbox.close()
 
 
-def _carries_lines(event: pb.RunEvent) -> bool:
-    """A console line, or a batch of at least one (an empty batch is nothing the runtime sends)."""
-    kind = event.WhichOneof("event")
-    return kind == "console" or kind == "console_batch" and bool(event.console_batch.lines)
-
-
-def _console_cost(event: pb.RunEvent, frame_bytes: int) -> int:
-    """What a console event's lines cost against the console cap: the frame's bytes, and a
-    frame header for each line (what it would have cost sent alone)."""
+def _lines_of(event: sb.SandboxEvent):
+    """The console lines of a console event; a batch is parsed here, once its frame's bytes
+    have been counted against the cap (so a batch is never larger than the console cap)."""
     if event.WhichOneof("event") == "console":
-        return channel.HEADER.size + frame_bytes
-    return channel.HEADER.size * len(event.console_batch.lines) + frame_bytes
+        return (event.console,)
+    batch = pb.ConsoleBatch.FromString(event.console_batch)
+    batch.DiscardUnknownFields()
+    if not batch.lines:
+        raise _UnexpectedEvent(None)  # an empty batch: nothing the runtime sends
+    return batch.lines
 
 
-def _lines_of(event: pb.RunEvent):
-    return (event.console,) if event.WhichOneof("event") == "console" else event.console_batch.lines
-
-
-def _parse_event(frame: bytes) -> pb.RunEvent:
+def _parse_event(frame: bytes) -> sb.SandboxEvent:
     """A sandbox's event, without fields the schema does not declare: those would be relayed
-    to the client (and held by the daemon) uncounted."""
-    event = pb.RunEvent.FromString(frame)
+    to the client (and held by the daemon) uncounted. A result's own bytes are relayed as they
+    came: they are counted, by the frame's size against the result cap."""
+    event = sb.SandboxEvent.FromString(frame)
     event.DiscardUnknownFields()
     return event
 
@@ -163,7 +162,7 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
         raise BlockingIOError("the call's folders could not be sent")
 
 
-async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> pb.Outcome:
+async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.RelayedOutcome:
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
     if sandbox.aborted:
         return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
@@ -192,8 +191,8 @@ async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> pb.Outcom
     return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
 
 
-def _failure(failure: pb.Failure, started: float) -> pb.Outcome:
-    return pb.Outcome(failure=failure, usage=pb.Usage(wall_seconds=time.monotonic() - started))
+def _failure(failure: pb.Failure, started: float) -> sb.RelayedOutcome:
+    return sb.RelayedOutcome(failure=failure, usage=pb.Usage(wall_seconds=time.monotonic() - started))
 
 
 class _FrameTooLarge(Exception):
@@ -229,9 +228,7 @@ class _FrameReader:
         end = channel.HEADER.size + size
         if len(self.buf) < end:
             return None
-        data = bytes(self.buf[channel.HEADER.size:end])
-        del self.buf[:end]
-        return data
+        return self._take(channel.HEADER.size, end)
 
     async def _exactly(self, size: int) -> bytes | None:
         while len(self.buf) < size:
@@ -239,6 +236,12 @@ class _FrameReader:
             if not chunk:
                 return None
             self.buf += chunk
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
+        return self._take(0, size)
+
+    def _take(self, start: int, end: int) -> bytes:
+        """``buf[start:end]`` as bytes, removed with what precedes it; copied once (a slice of
+        the bytearray would be a second copy of a frame that may be 16 MB)."""
+        with memoryview(self.buf) as view:
+            data = bytes(view[start:end])
+        del self.buf[:end]
         return data

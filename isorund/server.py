@@ -21,12 +21,14 @@ import stat
 import time
 
 import grpc
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from isorun import _codec
 from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2 as sb
 
 from . import __version__, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
@@ -77,7 +79,7 @@ class RunnerServicer:
     async def RunStream(self, request, context):
         with self.server.rpc_in_flight():
             outcome = await self._run(request, context, context.write)
-            await context.write(pb.RunEvent(outcome=outcome))
+            await context.write(sb.SandboxEvent(outcome=outcome))
 
     async def _run_collecting(self, request, context):
         """Run: the console lines are held and answered with the outcome."""
@@ -90,7 +92,7 @@ class RunnerServicer:
             elif kind == "console_batch":
                 console.extend(event.console_batch.lines)
         outcome = await self._run(request, context, collect)
-        return pb.RunResponse(outcome=outcome, console=console)
+        return sb.RelayedRunResponse(outcome=outcome, console=console)
 
     async def GetCapabilities(self, request, context):
         await self._admit(request, context, pb.GetCapabilitiesRequest)
@@ -138,14 +140,19 @@ def _runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
     methods = RUNNER.methods_by_name
     handlers = {
         "Run": grpc.unary_unary_rpc_method_handler(
-            servicer.Run, _lenient(pb.RunRequest), pb.RunResponse.SerializeToString),
+            servicer.Run, _lenient(pb.RunRequest), sb.RelayedRunResponse.SerializeToString),
         "RunStream": grpc.unary_stream_rpc_method_handler(
-            servicer.RunStream, _lenient(pb.RunRequest), pb.RunEvent.SerializeToString),
+            servicer.RunStream, _lenient(pb.RunRequest), _encoded),
         "GetCapabilities": grpc.unary_unary_rpc_method_handler(
             servicer.GetCapabilities, _lenient(pb.GetCapabilitiesRequest), pb.Capabilities.SerializeToString),
     }
     assert set(handlers) == set(methods), "every Runner method of the .proto needs a handler"
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _encoded(event) -> bytes:
+    """A RunStream event: a RunEvent, or the outcome as its wire twin ``SandboxEvent``."""
+    return event.SerializeToString()
 
 
 class _StartRefused(Exception):
@@ -286,7 +293,7 @@ class Server:
         except ZygoteUnavailable:
             raise SystemExit("isorund cannot build a sandbox on this host: the zygote died preparing it: "
                              + (self.zygote.last_fatal or "see its lines above")) from None
-        if outcome.WhichOneof("result") != "value" or _codec.decode(outcome.value) != 7:
+        if outcome.WhichOneof("result") != "value" or _codec.decode(struct_pb2.Value.FromString(outcome.value)) != 7:
             raise SystemExit(f"isorund cannot build a sandbox on this host: {outcome.failure.message}")
 
     async def shutdown(self) -> None:

@@ -124,24 +124,49 @@ def test_batches_of_empty_lines_are_an_output_limit(attack):
     assert len(received) <= MiB // 6, len(received)
 
 
-def test_one_frame_of_millions_of_empty_lines_ends_the_call_at_once(attack, secure_daemon):
-    """Lines are counted before the daemon makes objects of them: 8,000,000 empty lines in
-    one 16 MB frame are an output limit in seconds (they stalled the daemon for minutes and
-    took 625 MiB more of it when each became a Python object first)."""
-    def peak_rss() -> int:
-        status = open(f"/proc/{secure_daemon.pid}/status").read()
+def _peak_rss_since_now(pid: int):
+    """A function that returns how much the process's peak RSS (VmHWM) has grown since this
+    call, which resets it."""
+    def peak() -> int:
+        status = open(f"/proc/{pid}/status").read()
         return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
-    with open(f"/proc/{secure_daemon.pid}/clear_refs", "w") as f:
-        f.write("5")  # the peak starts again from the daemon's RSS now
-    before = peak_rss()
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak starts again from the process's RSS now
+    before = peak()
+    return lambda: peak() - before
+
+
+def test_one_frame_of_millions_of_empty_lines_ends_the_call_at_once(attack, secure_daemon):
+    """A batch is counted before the daemon parses it: 8,000,000 empty lines in one 16 MB
+    frame are an output limit at once. (Each line a Python object first: the daemon stalled
+    for minutes and took 625 MiB more; the whole frame parsed first: it took ~385 MiB.)"""
+    grown = _peak_rss_since_now(secure_daemon.pid)
     started = time.monotonic()
     with pytest.raises(errors.ResourceLimitError) as raised:
         attack("forged_events", "one_batch_of_empty_lines", args=[8_000_000], timeout=30)
     assert raised.value.limit == "output"
     assert time.monotonic() - started < 15
-    grown = peak_rss() - before
-    assert grown < 500 * MiB, grown  # what parsing the frame takes (~385 MiB), not more
+    assert grown() < 100 * MiB, grown()
+
+
+def test_a_result_of_millions_of_tiny_items_is_relayed_without_being_parsed(attack, secure_daemon):
+    """The daemon relays a result as its bytes: 4,000,000 nulls (16 MB) cost it about their
+    size, not the ~385 MiB a parse into messages took. The client parses them."""
+    grown = _peak_rss_since_now(secure_daemon.pid)
+    result = attack("forged_events", "result_of_nulls", args=[4_000_000], timeout=30)
+    assert len(result) == 4_000_000 and set(result) == {None}
+    assert grown() < 100 * MiB, grown()
+
+
+@pytest.mark.parametrize("how", ["utf8", "wire_type"])
+@pytest.mark.parametrize("rpc", ["Run", "RunStream"])
+def test_a_result_that_is_not_a_value_is_a_sandbox_error_of_that_call(attack, rpc, how):
+    """The daemon relays a result without parsing it; the client's parse is where a forged
+    one fails, as that call's error (not grpc's INTERNAL)."""
+    streamed = {"on_console": lambda stream, text: None} if rpc == "RunStream" else {}
+    with pytest.raises(errors.SandboxError, match="not a valid google.protobuf.Value"):
+        attack("forged_events", "result_not_a_value", args=[how], timeout=20, **streamed)
 
 
 def test_a_forged_empty_console_batch_ends_the_call(attack):

@@ -65,7 +65,12 @@ function messageTypes(dir) {
  */
 function keepingTheResultAsMessage(type) {
   return (buffer) => {
-    const message = type.decode(buffer);
+    let message;
+    try {
+      message = type.decode(buffer);
+    } catch (e) {
+      return unreadableAnswer(e);
+    }
     const outcome = message.outcome;
     const value = outcome ? outcome.value : null;
     if (value) outcome.value = null; // left out of the object form ...
@@ -76,6 +81,19 @@ function keepingTheResultAsMessage(type) {
     }
     return object;
   };
+}
+
+/**
+ * What an answer that does not decode stands for: a SANDBOX failure of that call. isorund
+ * relays a result as the sandbox encoded it, so a guest that wrote to its channel itself can
+ * send one that is not a valid google.protobuf.Value (grpc-js would make it an INTERNAL error).
+ * The object has the shape of both answers: a RunResponse and a RunEvent holding an outcome.
+ */
+function unreadableAnswer(error) {
+  const message = `isorund's answer could not be read (${error.message}): the call's sandbox sent a ` +
+    "result that is not a valid google.protobuf.Value, which its runtime never sends";
+  const outcome = { result: "failure", failure: { kind: "SANDBOX", message } };
+  return { event: "outcome", outcome, console: [] };
 }
 
 module.exports = { load, CANDIDATES, CONTRACT };

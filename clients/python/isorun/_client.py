@@ -24,7 +24,7 @@ from google.protobuf import struct_pb2
 from . import _codec
 from . import _inputs
 from . import errors
-from ._outcome import raise_failure, transport_error
+from ._outcome import readable_answer, raise_failure, transport_error
 from ._proto import runner_pb2 as pb
 from ._proto import runner_pb2_grpc
 
@@ -176,7 +176,7 @@ class CodeRunner(_Base):
         # cannot parse it); every call then fails in _check_usable, naming the path.
         self._channel = None if self._unreachable else grpc.insecure_channel(
             self._target(), options=_channel_options())
-        self._stub = runner_pb2_grpc.RunnerStub(self._channel) if self._channel else None
+        self._stub = _runner_stub(self._channel) if self._channel else None
         self._lock = threading.Lock()
         self._idle = threading.Condition()  # guards _calls, _closed and the channel's closing
         self._calls = 0
@@ -267,13 +267,25 @@ class CodeRunner(_Base):
         self.close()
 
 
+def _runner_stub(channel) -> runner_pb2_grpc.RunnerStub:
+    """The generated stub, but a run's answer whose result does not parse is that call's
+    ``SandboxError`` rather than grpc's INTERNAL (see ``readable_answer``)."""
+    stub = runner_pb2_grpc.RunnerStub(channel)
+    stub.Run = channel.unary_unary("/isorun.v1.Runner/Run", request_serializer=pb.RunRequest.SerializeToString,
+                                   response_deserializer=readable_answer(pb.RunResponse))
+    stub.RunStream = channel.unary_stream("/isorun.v1.Runner/RunStream",
+                                          request_serializer=pb.RunRequest.SerializeToString,
+                                          response_deserializer=readable_answer(pb.RunEvent))
+    return stub
+
+
 class _Connection:
     """An aio channel and what else belongs to the event loop it was made in."""
 
     def __init__(self, target: str):
         self.loop = asyncio.get_running_loop()
         self.channel = grpc.aio.insecure_channel(target, options=_channel_options())
-        self.stub = runner_pb2_grpc.RunnerStub(self.channel)
+        self.stub = _runner_stub(self.channel)
         self.lock = asyncio.Lock()  # asks the capabilities once
         self.calls = 0
         self.idle = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import errors
 from ._proto import runner_pb2 as pb
@@ -27,6 +28,20 @@ def raise_failure(failure: pb.Failure) -> None:
         error.limit = failure.limit or None  # "depth" or "size"; "" when no limit was broken
         raise error
     raise errors.SandboxError(message or "the sandbox failed without a message")
+
+
+def readable_answer(message_class):
+    """A deserializer of RunResponse or RunEvent for which bytes that do not parse are an
+    answer holding a SANDBOX failure: isorund relays a result as the sandbox encoded it, so a
+    guest that wrote to its channel itself can send one that is not a valid Value."""
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as e:
+            return message_class(outcome=pb.Outcome(failure=pb.Failure(kind=pb.Failure.SANDBOX, message=(
+                f"isorund's answer could not be read ({e}): the call's sandbox sent a result that is not "
+                "a valid google.protobuf.Value, which its runtime never sends"))))
+    return parse
 
 
 def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:

@@ -1,8 +1,8 @@
 # Attack: write events straight to the channel — console batches far past the console cap
 # (which no cap would count if the daemon trusted a batch's size), an empty batch, a flood of
 # 'running' events, an empty event, endless empty console lines, lines padded with fields the
-# schema does not declare — to get past the console cap, grow the daemon's memory or starve its
-# event loop.
+# schema does not declare, a result of millions of tiny items, a result that is not a Value —
+# to get past the console cap, grow the daemon's memory, starve its event loop or break it.
 from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
@@ -81,6 +81,25 @@ def padded_lines(count, pad_bytes):
     for _ in range(count):
         _send_raw(fd, data)
     return "sent"
+
+
+def result_of_nulls(count):
+    """An outcome whose result is a list of ``count`` nulls (four bytes each on the wire),
+    built as bytes, as the runtime would encode it if the guest's memory allowed."""
+    null = _length_delimited(1, b"\x08\x00")  # ListValue.values: a Value with null_value
+    value = _length_delimited(6, null * count)  # Value.list_value
+    outcome = _length_delimited(1, value)       # Outcome.value
+    _send_raw(channel_fd(), _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["outcome"].number, outcome))
+    real_import("time").sleep(10)
+
+
+def result_not_a_value(how):
+    """An outcome whose result's bytes are not a google.protobuf.Value: a string that is not
+    UTF-8 ("utf8"), or a field of wire type 7, which does not exist ("wire_type")."""
+    value = _length_delimited(3, b"\xff\xfe") if how == "utf8" else b"\x0f"
+    outcome = _length_delimited(1, value)
+    _send_raw(channel_fd(), _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["outcome"].number, outcome))
+    real_import("time").sleep(10)
 
 
 def _length_delimited(number, payload):

@@ -31,3 +31,35 @@ class CallPlan(_message.Message):
     limits: _runner_pb2.Limits
     timeout_seconds: float
     def __init__(self, call_id: _Optional[str] = ..., request: _Optional[_Union[_runner_pb2.RunRequest, _Mapping]] = ..., root: _Optional[str] = ..., file: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., host_paths: _Optional[_Iterable[str]] = ..., search_paths: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class SandboxEvent(_message.Message):
+    __slots__ = ("running", "console", "outcome", "console_batch")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_BATCH_FIELD_NUMBER: _ClassVar[int]
+    running: _runner_pb2.Running
+    console: _runner_pb2.ConsoleLine
+    outcome: RelayedOutcome
+    console_batch: bytes
+    def __init__(self, running: _Optional[_Union[_runner_pb2.Running, _Mapping]] = ..., console: _Optional[_Union[_runner_pb2.ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console_batch: _Optional[bytes] = ...) -> None: ...
+
+class RelayedOutcome(_message.Message):
+    __slots__ = ("value", "failure", "usage", "call_id")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    failure: _runner_pb2.Failure
+    usage: _runner_pb2.Usage
+    call_id: str
+    def __init__(self, value: _Optional[bytes] = ..., failure: _Optional[_Union[_runner_pb2.Failure, _Mapping]] = ..., usage: _Optional[_Union[_runner_pb2.Usage, _Mapping]] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class RelayedRunResponse(_message.Message):
+    __slots__ = ("outcome", "console")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_FIELD_NUMBER: _ClassVar[int]
+    outcome: RelayedOutcome
+    console: _containers.RepeatedCompositeFieldContainer[_runner_pb2.ConsoleLine]
+    def __init__(self, outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console: _Optional[_Iterable[_Union[_runner_pb2.ConsoleLine, _Mapping]]] = ...) -> None: ...
