@@ -34,7 +34,8 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
     timeout (cut short by the client's ``deadline``, a ``time.monotonic()`` value, so that no
     call runs for a client that stopped waiting), the console byte cap and the result size
     cap. Whatever happens, the sandbox is killed on return — after an outcome that kill just
-    collects what the guest left behind."""
+    collects what the guest left behind. The outcome's result stays the bytes the sandbox
+    encoded (``SandboxEvent`` in sandbox.proto): the client parses it, the daemon only relays."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     limits = plan.limits
