@@ -159,14 +159,17 @@ def test_a_result_of_millions_of_tiny_items_is_relayed_without_being_parsed(atta
     assert grown() < 100 * MiB, grown()
 
 
-@pytest.mark.parametrize("how", ["utf8", "wire_type"])
+@pytest.mark.parametrize("forged", [("result_not_a_value", "utf8"), ("result_not_a_value", "wire_type"),
+                                    ("deep_result", 120), ("deep_result", 5000)], ids=str)
 @pytest.mark.parametrize("rpc", ["Run", "RunStream"])
-def test_a_result_that_is_not_a_value_is_a_sandbox_error_of_that_call(attack, rpc, how):
+def test_a_result_that_is_not_a_value_is_a_sandbox_error_of_that_call(attack, rpc, forged):
     """The daemon relays a result without parsing it; the client's parse is where a forged
-    one fails, as that call's error (not grpc's INTERNAL)."""
+    one fails (bytes that are not a Value, or nested past the parser's limit), as that call's
+    error (not grpc's INTERNAL)."""
+    func, arg = forged
     streamed = {"on_console": lambda stream, text: None} if rpc == "RunStream" else {}
     with pytest.raises(errors.SandboxError, match="not a valid google.protobuf.Value"):
-        attack("forged_events", "result_not_a_value", args=[how], timeout=20, **streamed)
+        attack("forged_events", func, args=[arg], timeout=20, **streamed)
 
 
 def test_a_forged_empty_console_batch_ends_the_call(attack):

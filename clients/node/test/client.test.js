@@ -177,15 +177,18 @@ describe("with a daemon", () => {
   // send bytes that are not a Value. That call fails with a SandboxError, not grpc's INTERNAL.
   // (A string that is not UTF-8 is no such case here: protobufjs decodes it leniently.)
   const ATTACKS = path.join(__dirname, "..", "..", "..", "tests", "security", "attacks");
+  const FORGED = [["result_not_a_value", "wire_type"], ["deep_result", 120], ["deep_result", 5000]];
   for (const rpc of ["Run", "RunStream"]) {
-    test(`a result that is not a valid Value is that call's SandboxError (${rpc})`, async () => {
-      const files = Object.fromEntries(["escape.py", "forged_events.py"].map(
-        (name) => [name, fs.readFileSync(path.join(ATTACKS, name), "utf8")]));
-      const r = daemon.runner(files, { file: "forged_events.py", ...(rpc === "RunStream" ? { onConsole: () => {} } : {}) });
-      await assert.rejects(r.run({ funcName: "result_not_a_value", args: ["wire_type"], timeout: 20000 }),
-        (error) => error instanceof errors.SandboxError && /not a valid google\.protobuf\.Value/.test(error.message));
-      assert.equal(await daemon.runner({ "index.py": "def f():\n    return 1\n" }).run({ funcName: "f" }), 1);
-    });
+    for (const [funcName, arg] of FORGED) {
+      test(`a result that is not a valid Value is that call's SandboxError (${rpc}, ${funcName} ${arg})`, async () => {
+        const files = Object.fromEntries(["escape.py", "forged_events.py"].map(
+          (name) => [name, fs.readFileSync(path.join(ATTACKS, name), "utf8")]));
+        const r = daemon.runner(files, { file: "forged_events.py", ...(rpc === "RunStream" ? { onConsole: () => {} } : {}) });
+        await assert.rejects(r.run({ funcName, args: [arg], timeout: 20000 }),
+          (error) => error instanceof errors.SandboxError && /not a valid google\.protobuf\.Value/.test(error.message));
+        assert.equal(await daemon.runner({ "index.py": "def f():\n    return 1\n" }).run({ funcName: "f" }), 1);
+      });
+    }
   }
 
   test("an ESM program uses it the same way", () => {

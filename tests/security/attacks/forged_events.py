@@ -1,7 +1,8 @@
 # Attack: write events straight to the channel — console batches far past the console cap
 # (which no cap would count if the daemon trusted a batch's size), an empty batch, a flood of
 # 'running' events, an empty event, endless empty console lines, lines padded with fields the
-# schema does not declare, a result of millions of tiny items, a result that is not a Value —
+# schema does not declare, a result of millions of tiny items, a result that is not a Value or
+# is nested past any parser's limit —
 # to get past the console cap, grow the daemon's memory, starve its event loop or break it.
 from escape import channel_fd, os, real_import
 
@@ -97,6 +98,17 @@ def result_not_a_value(how):
     """An outcome whose result's bytes are not a google.protobuf.Value: a string that is not
     UTF-8 ("utf8"), or a field of wire type 7, which does not exist ("wire_type")."""
     value = _length_delimited(3, b"\xff\xfe") if how == "utf8" else b"\x0f"
+    outcome = _length_delimited(1, value)
+    _send_raw(channel_fd(), _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["outcome"].number, outcome))
+    real_import("time").sleep(10)
+
+
+def deep_result(depth):
+    """An outcome whose result is ``depth`` lists inside one another, past any parser's
+    nesting limit (the runtime's codec stops at 90 protobuf levels)."""
+    value = b"\x08\x00"  # null_value
+    for _ in range(depth):
+        value = _length_delimited(6, _length_delimited(1, value))  # Value.list_value.values
     outcome = _length_delimited(1, value)
     _send_raw(channel_fd(), _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["outcome"].number, outcome))
     real_import("time").sleep(10)
