@@ -2,8 +2,8 @@
 # (which no cap would count if the daemon trusted a batch's size), an empty batch, a flood of
 # 'running' events, an empty event, endless empty console lines, lines padded with fields the
 # schema does not declare, a result of millions of tiny items, a result that is not a Value or
-# is nested past any parser's limit —
-# to get past the console cap, grow the daemon's memory, starve its event loop or break it.
+# is nested past any parser's limit — to get past the console cap, grow the daemon's memory,
+# starve its event loop or break it.
 from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
