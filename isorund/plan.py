@@ -36,7 +36,9 @@ class RequestError(ValueError):
     """The request is malformed; the message says which field and what was expected."""
 
 
-def build(request: pb.RunRequest, config) -> sandbox_pb2.CallPlan:
+def build(request: sandbox_pb2.RelayedRunRequest | pb.RunRequest, config) -> sandbox_pb2.CallPlan:
+    """The call's plan. The request itself follows it to the sandbox as its bytes, its values
+    unparsed (see ``RelayedRunRequest``): the sandbox parses them."""
     root = _root(request.root)
     file = _file(root, request.file, _extensions(request.source_extensions))
     _name(request.func_name, "func_name")
@@ -55,7 +57,7 @@ def build(request: pb.RunRequest, config) -> sandbox_pb2.CallPlan:
         raise RequestError(f"{len(host_paths)} folders to bind (whitelisted_paths and the externals' "
                            f"site folders); at most {filesystem.MAX_HOST_PATHS}")
     return sandbox_pb2.CallPlan(
-        call_id=secrets.token_hex(8), request=request, root=root, file=file, allowed=allowed,
+        call_id=secrets.token_hex(8), root=root, file=file, allowed=allowed,
         host_paths=host_paths, search_paths=whitelisted,
         extensions=_extensions(request.source_extensions),
         limits=_limits(request.limits, config.limits, timeout), timeout_seconds=timeout)

@@ -20,6 +20,7 @@ from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
 
 from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
+from .plan import RequestError
 
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
@@ -27,15 +28,18 @@ CONSOLE_KINDS = ("console", "console_batch")
 RUNNING = pb.RunEvent(running=pb.Running())
 
 
-async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: float | None = None) -> sb.RelayedOutcome:
-    """Sends ``plan`` to ``sandbox`` and relays its events to ``on_event`` until the outcome.
+async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: bool,
+                   deadline: float | None = None) -> sb.RelayedOutcome:
+    """Sends ``plan`` and the client's ``request`` (its bytes) to ``sandbox`` and relays its
+    events to ``on_event`` until the outcome.
 
     Enforces what an untrusted guest cannot be trusted to enforce itself: the wall-clock
     timeout (cut short by the client's ``deadline``, a ``time.monotonic()`` value, so that no
     call runs for a client that stopped waiting), the console byte cap and the result size
     cap. Whatever happens, the sandbox is killed on return — after an outcome that kill just
     collects what the guest left behind. The outcome's result stays the bytes the sandbox
-    encoded (``SandboxEvent`` in sandbox.proto): the client parses it, the daemon only relays."""
+    encoded (``SandboxEvent`` in sandbox.proto): the client parses it, the daemon only relays.
+    Raises RequestError when the sandbox finds the request's values do not parse."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     limits = plan.limits
@@ -53,6 +57,8 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
             try:
                 _send_folders(sandbox.sock, folders)
                 await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
+                await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(request)))
+                await loop.sock_sendall(sandbox.sock, request)  # not joined: it may be 64 MiB
             except OSError:
                 pass  # the sandbox may have failed set-up already; its report is in the channel
             finally:
@@ -72,6 +78,10 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
                     outcome = event.outcome
                     outcome.usage.wall_seconds = time.monotonic() - started
                     return outcome
+                if kind == "invalid_request" and not running_seen:
+                    # The sandbox parses the request's values first (the daemon relays them
+                    # unparsed): the client's error, answered as any other bad request.
+                    raise RequestError(event.invalid_request[:2000])
                 if kind == "running" and not running_seen:
                     running_seen = True
                     await on_event(RUNNING)
@@ -124,6 +134,8 @@ async def run_call(sandbox: Sandbox, plan, on_event, isolated: bool, deadline: f
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
             "lines, one outcome): something in the call wrote to its channel; the call was ended")), started)
+    except RequestError:
+        raise
     except ConnectionError:
         # The sandbox went away with bytes of ours unread (killed mid-plan, say by the end of
         # the shutdown grace): the same as a channel closed without an outcome.

@@ -136,13 +136,14 @@ class RunnerServicer:
 
 
 def _runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
-    """The Runner service with lenient request parsing (see ``Malformed``)."""
+    """The Runner service with lenient request parsing (see ``Malformed``), requests and
+    answers read and written as their wire twins (sandbox.proto), whose values stay bytes."""
     methods = RUNNER.methods_by_name
     handlers = {
         "Run": grpc.unary_unary_rpc_method_handler(
-            servicer.Run, _lenient(pb.RunRequest), sb.RelayedRunResponse.SerializeToString),
+            servicer.Run, _lenient(sb.RelayedRunRequest), sb.RelayedRunResponse.SerializeToString),
         "RunStream": grpc.unary_stream_rpc_method_handler(
-            servicer.RunStream, _lenient(pb.RunRequest), _encoded),
+            servicer.RunStream, _lenient(sb.RelayedRunRequest), _encoded),
         "GetCapabilities": grpc.unary_unary_rpc_method_handler(
             servicer.GetCapabilities, _lenient(pb.GetCapabilitiesRequest), pb.Capabilities.SerializeToString),
     }

@@ -121,6 +121,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     _send_json(chan, {"pool": MARKS})
     folder_fds = _receive_folders(chan)
     frame = channel.receive(chan, 256 << 20)
+    request = channel.receive(chan, 256 << 20)
     mark("plan_received")
     call = sandbox_pb2.CallPlan.FromString(frame)
     mark("plan_parsed")
@@ -139,7 +140,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     seccomp.apply(zyg.filters[1])
     mark("seccomp")
     faults("faults_confined")
-    guest.run(call, chan, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
+    guest.run(call, request, chan, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
     mark("run_returned")
     faults("faults_guest_end")
     _send_json(chan, {"guest": MARKS})
@@ -177,7 +178,7 @@ class Prepared:
             self.marks.update(json.loads(read_frame(self.sock))["pool"])
             self.ready = True
 
-    def run(self, call_plan: bytes, overlap) -> dict:
+    def run(self, call_plan: bytes, request: bytes, overlap) -> dict:
         """Sends the plan, calls ``overlap()`` (the zygote's next fork, in overlap mode),
         reads the outcome and the guest's marks."""
         self.wait_ready()
@@ -188,6 +189,7 @@ class Prepared:
         for fd in folders:
             os.close(fd)
         self.sock.sendall(channel.HEADER.pack(len(call_plan)) + call_plan)
+        self.sock.sendall(channel.HEADER.pack(len(request)) + request)
         overlap()
         while True:
             event = pb.RunEvent.FromString(read_frame(self.sock))
@@ -209,7 +211,7 @@ class Prepared:
         self.sock.close()
 
 
-def replay(zyg, call_plan: bytes, calls: int, idle_s: float, overlap: bool, uid_base: int) -> list[dict]:
+def replay(zyg, call_plan: bytes, request: bytes, calls: int, idle_s: float, overlap: bool, uid_base: int) -> list[dict]:
     """Sequential mode: prepare, let it idle in the "pool", run, kill and reap, then the next.
     Overlap mode, like the daemon: the next sandbox is forked as soon as a plan is sent (the
     daemon asks the zygote for a replacement in ``take()``), and the finished one is killed
@@ -223,7 +225,7 @@ def replay(zyg, call_plan: bytes, calls: int, idle_s: float, overlap: bool, uid_
             fork_next = lambda: None  # noqa: E731
             current.wait_ready()
             time.sleep(idle_s)  # the sandbox waits in the pool
-        runs.append(current.run(call_plan, fork_next))
+        runs.append(current.run(call_plan, request, fork_next))
         current.kill(reap=not overlap)
         if overlap:
             while _reap_any():
@@ -314,7 +316,7 @@ def main() -> int:
     request = pb.RunRequest(root=str(GUESTS), file="echo.py", func_name="echo",
                             args=[_codec.encode([7, "hi"])])
     call_plan = plans.build(request, config).SerializeToString()
-    runs = replay(zyg, call_plan, args.calls + 5, args.idle_ms / 1000, args.overlap,
+    runs = replay(zyg, call_plan, request.SerializeToString(), args.calls + 5, args.idle_ms / 1000, args.overlap,
                   config.sandbox_uid_base)[5:]  # the first calls warm caches
     rows = summarize(runs)
     for name, start, end in (("page faults, pool: fork → waiting", "faults_pool_start", "faults_pool_end"),

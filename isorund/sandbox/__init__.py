@@ -41,7 +41,8 @@ from ._libc import SandboxSetupError
 
 __all__ = ["SandboxPlan", "SandboxSetupError", "sandbox_main"]
 
-MAX_PLAN_BYTES = MAX_MESSAGE_BYTES + (1 << 20)  # the whole request, and the plan's own fields
+MAX_PLAN_BYTES = 4 << 20  # the plan's own fields: names and paths, each list bounded by isorund.plan
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES
 MAX_FD = 2**31 - 1
 MAX_FOLDERS = 1 + filesystem.MAX_HOST_PATHS  # the guest folder and the host paths
 
@@ -67,12 +68,13 @@ def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host
         cgroup_fd = _prepare(plan, cgroup_path, chan, registry, syscall_filters)
         folder_fds = _receive_folders(chan)
         call = sandbox_pb2.CallPlan.FromString(channel.receive(chan, MAX_PLAN_BYTES))
+        request = channel.receive(chan, MAX_REQUEST_BYTES)  # parsed by the guest's runtime, confined
         _confine(plan, call, folder_fds, host_id, syscall_filters, cgroup_fd)
         _rearm_parent_death_signal(zygote_pidfd)
     except Exception as e:  # any failure here is the sandbox's, and must be reported as such
         _report_setup_failure(chan, e)
         return 1
-    guest.run(call, chan, plugins, registry, guest_dir=filesystem.GUEST_DIR if plan.isolated else call.root)
+    guest.run(call, request, chan, plugins, registry, guest_dir=filesystem.GUEST_DIR if plan.isolated else call.root)
     return 0
 
 

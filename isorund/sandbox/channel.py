@@ -1,8 +1,9 @@
 """The call channel between the daemon and one guest: length-prefixed protobuf frames.
 
-A frame is a 4-byte big-endian length and that many bytes. The daemon sends one CallPlan;
-the guest answers with RunEvents, the last of which carries the outcome. The guest is
-untrusted, so the daemon side (``isorund.launcher``) caps every frame it reads.
+A frame is a 4-byte big-endian length and that many bytes. The daemon sends one CallPlan and
+then the client's RunRequest; the guest answers with RunEvents, the last of which carries the
+outcome. The guest is untrusted, so the daemon side (``isorund.sandbox_call``) caps every frame
+it reads.
 """
 from __future__ import annotations
 

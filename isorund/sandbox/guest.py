@@ -20,9 +20,11 @@ import time
 import traceback
 
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from isorun import _codec
 from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2 as sb
 from isorun.errors import SerializationError
 
 from . import channel
@@ -206,8 +208,9 @@ def prepare(sock, registry) -> None:
     event.SerializeToString()
 
 
-def run(plan, sock, plugins, registry, guest_dir: str) -> None:
-    """Runs the call described by ``plan`` and sends its events on ``sock``."""
+def run(plan, request_bytes: bytes, sock, plugins, registry, guest_dir: str) -> None:
+    """Runs the call described by ``plan`` and the client's request, and sends its events on
+    ``sock``."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
@@ -216,7 +219,7 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
     outcome = event.outcome
     try:
         failure = None
-        request = plan.request
+        request = _request_of(request_bytes)
         args = [_codec.decode(v, registry) for v in request.args]
         context = {k: _codec.decode(v, registry) for k, v in request.context.items()}
         policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
@@ -244,6 +247,9 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
                 result = asyncio.run(result)
             importer.withdraw()
             _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
+    except InvalidRequest as e:
+        _send_after_lines(sock, sb.SandboxEvent(invalid_request=str(e)))
+        return
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
         if importer is not None:
             importer.withdraw()
@@ -256,6 +262,21 @@ def run(plan, sock, plugins, registry, guest_dir: str) -> None:
     if failure is not None:
         outcome.failure.CopyFrom(failure)  # the result oneof: whatever value was begun is dropped
     _send_after_lines(sock, event)
+
+
+class InvalidRequest(Exception):
+    """The client's request holds values that do not parse; the daemon answers INVALID_ARGUMENT."""
+
+
+def _request_of(data: bytes) -> pb.RunRequest:
+    """The client's request, parsed here: the daemon relays it with its values unparsed."""
+    try:
+        return pb.RunRequest.FromString(data)
+    except DecodeError as e:
+        if "alloc failed" in str(e):  # upb's words when its arena meets the call's memory limit
+            raise MemoryError() from None
+        raise InvalidRequest(f"the request's values (args, context, resolver_options) are not valid "
+                             f"protobuf messages: {e}") from None
 
 
 def _send_after_lines(sock, event) -> None:

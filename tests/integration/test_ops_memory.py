@@ -1,4 +1,5 @@
-"""The daemon's own memory: what a burst of large calls used is given back once it is idle."""
+"""The daemon's own memory: what a burst of large calls used is given back once it is idle, and
+what a request of millions of values costs it."""
 from __future__ import annotations
 
 import time
@@ -35,3 +36,47 @@ def test_a_burst_of_large_requests_is_given_back_when_idle(start_daemon, make_ro
     time.sleep(1.5)  # idle: the daemon trims half a second after its last call
     grown = (daemon.memory_info().rss - idle_before) / MiB
     assert grown < 150, f"the idle daemon kept {grown:.0f} MiB of the burst"
+
+
+def test_a_request_of_millions_of_tiny_values_is_relayed_not_parsed_by_the_daemon(start_daemon, make_root):
+    """The daemon never parses a request's values (the sandbox does): 16,000,000 nulls in one
+    64 MB argument cost it a few copies of the request (~370 MiB), not a message each (1.7 GiB
+    when it parsed them), and the call ends at the sandbox's memory limit."""
+    d = start_daemon()
+    root = make_root({"index.py": "def echo(x):\n    return x\n"})
+    head = pb.RunRequest(root=root, file="index.py", func_name="echo", timeout_seconds=30).SerializeToString()
+    nulls = _length_delimited(6, _length_delimited(1, b"\x08\x00") * 16_000_000)  # Value.list_value
+    data = head + _length_delimited(4, nulls)  # RunRequest.args
+    assert len(data) < 64 * MiB
+    grown = _peak_growth(d.pid)
+    with grpc.insecure_channel("unix:" + d.socket, options=[("grpc.max_send_message_length", 64 * MiB)]) as channel:
+        run = channel.unary_unary("/isorun.v1.Runner/Run", request_serializer=lambda b: b,
+                                  response_deserializer=pb.RunResponse.FromString)
+        outcome = run(data, timeout=120).outcome
+    assert (outcome.failure.kind, outcome.failure.limit) == (pb.Failure.RESOURCE_LIMIT, "memory"), outcome
+    assert grown() < 700 * MiB, grown() / MiB
+
+
+def _peak_growth(pid: int):
+    """Resets the process's peak RSS (VmHWM) and returns a function of how much it has grown."""
+    def peak() -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = peak()
+    return lambda: peak() - before
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

@@ -2,6 +2,7 @@
 message, the daemon never crashes, and the next call works."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -70,6 +71,29 @@ def test_a_value_nested_too_deep_to_parse_is_invalid_argument(raw, daemon, make_
         nested = nested.list_value.values.add()
     code, details = raw(req.SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert_still_serving(daemon, make_root)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes((number << 3 | 2, len(payload))) + payload
+
+
+NOT_UTF8 = _length_delimited(3, b"\xff\xfe")  # a Value whose string_value is not UTF-8
+
+
+@pytest.mark.parametrize("where, field", [
+    ("args", _length_delimited(4, NOT_UTF8)),
+    ("context", _length_delimited(5, _length_delimited(1, b"user") + _length_delimited(2, NOT_UTF8))),
+    ("resolver_options", _length_delimited(11, b"\x0f")),  # a field of wire type 7, which does not exist
+])
+def test_values_that_do_not_parse_are_invalid_argument(raw, daemon, make_root, where, field):
+    """The daemon relays a request's values unparsed; the sandbox parses them before any
+    guest code runs, and a value that does not parse is still the request's error."""
+    code, details = raw(request(make_root({"index.py": ECHO})) + field)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "the request's values (args, context, resolver_options) are not valid" in details, details
+    assert json.loads(daemon.log().splitlines()[-1])["outcome"] == "invalid_argument"
     assert_still_serving(daemon, make_root)
 
 

@@ -172,6 +172,13 @@ def test_a_result_that_is_not_a_value_is_a_sandbox_error_of_that_call(attack, rp
         attack("forged_events", func, args=[arg], timeout=20, **streamed)
 
 
+def test_a_forged_invalid_request_event_after_running_ends_the_call_as_the_sandboxs_fault(attack):
+    """Only the runtime's first step may say the request's values do not parse; a guest that
+    says so later cannot make its call look like the client's error."""
+    with pytest.raises(errors.SandboxError, match="a 'invalid_request' event"):
+        attack("forged_events", "invalid_request", timeout=20)
+
+
 def test_a_forged_empty_console_batch_ends_the_call(attack):
     with pytest.raises(errors.SandboxError, match="an empty event"):
         attack("forged_events", "empty_batch", timeout=20)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from isorun import _codec
-from isorun._proto import runner_pb2, sandbox_pb2
+from isorun._proto import runner_pb2
 from isorun.errors import SerializationError
 
 from test_codec import CODEC, same
@@ -89,9 +89,12 @@ def test_values_deeper_than_the_limit_are_refused_both_ways_and_the_rest_crosses
     if depth <= _codec.MAX_WIRE_DEPTH:
         assert _codec.encode(value, registry) == unlimited
         assert _codec.decode(unlimited, registry) == value
-        # It also parses where it travels deepest: inside the daemon's CallPlan, as context.
-        plan = sandbox_pb2.CallPlan(request=runner_pb2.RunRequest(context={"x": unlimited}))
-        assert sandbox_pb2.CallPlan.FromString(plan.SerializeToString()) == plan
+        # It also parses where it travels deepest: as context in the request the sandbox parses
+        # (the daemon relays it unparsed), and as a result in the event the client parses.
+        request = runner_pb2.RunRequest(context={"x": unlimited})
+        assert runner_pb2.RunRequest.FromString(request.SerializeToString()) == request
+        event = runner_pb2.RunEvent(outcome=runner_pb2.Outcome(value=unlimited))
+        assert runner_pb2.RunEvent.FromString(event.SerializeToString()) == event
     else:
         for attempt in (lambda: _codec.encode(value, registry), lambda: _codec.decode(unlimited, registry)):
             with pytest.raises(SerializationError) as info:

@@ -55,7 +55,7 @@ def test_a_sandbox_gone_with_the_plan_unread_is_reported_as_its_end_not_as_garba
         sandbox.aborted = "isorund is shutting down; the call was killed"
         plan = sandbox_pb2.CallPlan(call_id="c", timeout_seconds=5, limits=pb.Limits(output_bytes=1 << 20,
                                                                                        result_bytes=1 << 20))
-        call = asyncio.ensure_future(run_call(sandbox, plan, _ignore, isolated=False))
+        call = asyncio.ensure_future(run_call(sandbox, plan, b"", _ignore, isolated=False))
         while not select.select([theirs], [], [], 0)[0]:
             await asyncio.sleep(0.01)
         theirs.close()  # with the plan unread: the daemon's next read gets ECONNRESET

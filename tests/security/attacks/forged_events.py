@@ -2,8 +2,8 @@
 # (which no cap would count if the daemon trusted a batch's size), an empty batch, a flood of
 # 'running' events, an empty event, endless empty console lines, lines padded with fields the
 # schema does not declare, a result of millions of tiny items, a result that is not a Value or
-# is nested past any parser's limit — to get past the console cap, grow the daemon's memory,
-# starve its event loop or break it.
+# is nested past any parser's limit, the daemon-only 'invalid_request' event — to get past the
+# console cap, grow the daemon's memory, starve its event loop, break it or pass for the client.
 from escape import channel_fd, os, real_import
 
 pb = real_import("isorun._proto.runner_pb2")
@@ -111,6 +111,13 @@ def deep_result(depth):
         value = _length_delimited(6, _length_delimited(1, value))  # Value.list_value.values
     outcome = _length_delimited(1, value)
     _send_raw(channel_fd(), _length_delimited(pb.RunEvent.DESCRIPTOR.fields_by_name["outcome"].number, outcome))
+    real_import("time").sleep(10)
+
+
+def invalid_request():
+    """The daemon-only event a sandbox sends when the request's values do not parse, sent by
+    the guest once its call runs (field 15 of the daemon's twin of RunEvent)."""
+    _send_raw(channel_fd(), _length_delimited(15, b"forged"))
     real_import("time").sleep(10)
 
 

@@ -9,9 +9,8 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallPlan(_message.Message):
-    __slots__ = ("call_id", "request", "root", "file", "allowed", "host_paths", "search_paths", "extensions", "limits", "timeout_seconds")
+    __slots__ = ("call_id", "root", "file", "allowed", "host_paths", "search_paths", "extensions", "limits", "timeout_seconds")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
@@ -21,7 +20,6 @@ class CallPlan(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    request: _runner_pb2.RunRequest
     root: str
     file: str
     allowed: _containers.RepeatedScalarFieldContainer[str]
@@ -30,19 +28,60 @@ class CallPlan(_message.Message):
     extensions: _containers.RepeatedScalarFieldContainer[str]
     limits: _runner_pb2.Limits
     timeout_seconds: float
-    def __init__(self, call_id: _Optional[str] = ..., request: _Optional[_Union[_runner_pb2.RunRequest, _Mapping]] = ..., root: _Optional[str] = ..., file: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., host_paths: _Optional[_Iterable[str]] = ..., search_paths: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., root: _Optional[str] = ..., file: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., host_paths: _Optional[_Iterable[str]] = ..., search_paths: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class RelayedRunRequest(_message.Message):
+    __slots__ = ("root", "file", "func_name", "args", "context", "external", "whitelisted_paths", "source_extensions", "compiler", "resolver", "resolver_options", "args_resolver", "timeout_seconds", "limits")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FUNC_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
+    WHITELISTED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPILER_FIELD_NUMBER: _ClassVar[int]
+    RESOLVER_FIELD_NUMBER: _ClassVar[int]
+    RESOLVER_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ARGS_RESOLVER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    root: str
+    file: str
+    func_name: str
+    args: _containers.RepeatedScalarFieldContainer[bytes]
+    context: _containers.ScalarMap[str, bytes]
+    external: _containers.RepeatedScalarFieldContainer[str]
+    whitelisted_paths: _containers.RepeatedScalarFieldContainer[str]
+    source_extensions: _containers.RepeatedScalarFieldContainer[str]
+    compiler: str
+    resolver: str
+    resolver_options: bytes
+    args_resolver: str
+    timeout_seconds: float
+    limits: _runner_pb2.Limits
+    def __init__(self, root: _Optional[str] = ..., file: _Optional[str] = ..., func_name: _Optional[str] = ..., args: _Optional[_Iterable[bytes]] = ..., context: _Optional[_Mapping[str, bytes]] = ..., external: _Optional[_Iterable[str]] = ..., whitelisted_paths: _Optional[_Iterable[str]] = ..., source_extensions: _Optional[_Iterable[str]] = ..., compiler: _Optional[str] = ..., resolver: _Optional[str] = ..., resolver_options: _Optional[bytes] = ..., args_resolver: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ...) -> None: ...
 
 class SandboxEvent(_message.Message):
-    __slots__ = ("running", "console", "outcome", "console_batch")
+    __slots__ = ("running", "console", "outcome", "console_batch", "invalid_request")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_BATCH_FIELD_NUMBER: _ClassVar[int]
+    INVALID_REQUEST_FIELD_NUMBER: _ClassVar[int]
     running: _runner_pb2.Running
     console: _runner_pb2.ConsoleLine
     outcome: RelayedOutcome
     console_batch: bytes
-    def __init__(self, running: _Optional[_Union[_runner_pb2.Running, _Mapping]] = ..., console: _Optional[_Union[_runner_pb2.ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console_batch: _Optional[bytes] = ...) -> None: ...
+    invalid_request: str
+    def __init__(self, running: _Optional[_Union[_runner_pb2.Running, _Mapping]] = ..., console: _Optional[_Union[_runner_pb2.ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console_batch: _Optional[bytes] = ..., invalid_request: _Optional[str] = ...) -> None: ...
 
 class RelayedOutcome(_message.Message):
     __slots__ = ("value", "failure", "usage", "call_id")
