@@ -71,7 +71,8 @@ class Calls:
                 queued = ran_from - received
                 self.in_flight.add(sandbox)
                 try:
-                    outcome = await run_call(sandbox, plan, request.SerializeToString(), on_event, self.isolated, deadline)
+                    outcome = await run_call(sandbox, plan, request.SerializeToString(), on_event, self.isolated,
+                                             deadline)
                 finally:
                     self.in_flight.discard(sandbox)
                     self.zygote.replace()
