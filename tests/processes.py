@@ -18,3 +18,16 @@ def zygote_of(daemon, seconds: float = 30) -> psutil.Process:
         if time.monotonic() > deadline:
             raise AssertionError("the daemon has no zygote:\n" + daemon.log())
         time.sleep(0.05)
+
+
+def peak_rss_growth(pid: int):
+    """Resets the process's peak RSS (``VmHWM``; writing 5 to ``clear_refs``, Linux >= 4.0) and
+    returns a function that says, in bytes, how far the peak has grown since."""
+    def peak() -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = peak()
+    return lambda: peak() - before

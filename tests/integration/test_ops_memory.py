@@ -10,6 +10,8 @@ from google.protobuf import struct_pb2
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from processes import peak_rss_growth
+from wire import length_delimited
 
 MiB = 1 << 20
 
@@ -45,10 +47,10 @@ def test_a_request_of_millions_of_tiny_values_is_relayed_not_parsed_by_the_daemo
     d = start_daemon()
     root = make_root({"index.py": "def echo(x):\n    return x\n"})
     head = pb.RunRequest(root=root, file="index.py", func_name="echo", timeout_seconds=30).SerializeToString()
-    nulls = _length_delimited(6, _length_delimited(1, b"\x08\x00") * 16_000_000)  # Value.list_value
-    data = head + _length_delimited(4, nulls)  # RunRequest.args
+    nulls = length_delimited(6, length_delimited(1, b"\x08\x00") * 16_000_000)  # Value.list_value
+    data = head + length_delimited(4, nulls)  # RunRequest.args
     assert len(data) < 64 * MiB
-    grown = _peak_growth(d.pid)
+    grown = peak_rss_growth(d.pid)
     with grpc.insecure_channel("unix:" + d.socket, options=[("grpc.max_send_message_length", 64 * MiB)]) as channel:
         run = channel.unary_unary("/isorun.v1.Runner/Run", request_serializer=lambda b: b,
                                   response_deserializer=pb.RunResponse.FromString)
@@ -56,27 +58,3 @@ def test_a_request_of_millions_of_tiny_values_is_relayed_not_parsed_by_the_daemo
     assert (outcome.failure.kind, outcome.failure.limit) == (pb.Failure.RESOURCE_LIMIT, "memory"), outcome
     assert grown() < 700 * MiB, grown() / MiB
 
-
-def _peak_growth(pid: int):
-    """Resets the process's peak RSS (VmHWM) and returns a function of how much it has grown."""
-    def peak() -> int:
-        with open(f"/proc/{pid}/status") as f:
-            return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
-
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-    before = peak()
-    return lambda: peak() - before
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)

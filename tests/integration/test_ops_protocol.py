@@ -15,6 +15,7 @@ import pytest
 
 from isorun import CodeRunner, errors
 from isorun._proto import runner_pb2 as pb
+from wire import length_delimited
 
 RUN = "/isorun.v1.Runner/Run"
 ECHO = "def echo(x):\n    return x\n"
@@ -74,18 +75,13 @@ def test_a_value_nested_too_deep_to_parse_is_invalid_argument(raw, daemon, make_
     assert_still_serving(daemon, make_root)
 
 
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    assert len(payload) < 128
-    return bytes((number << 3 | 2, len(payload))) + payload
-
-
-NOT_UTF8 = _length_delimited(3, b"\xff\xfe")  # a Value whose string_value is not UTF-8
+NOT_UTF8 = length_delimited(3, b"\xff\xfe")  # a Value whose string_value is not UTF-8
 
 
 @pytest.mark.parametrize("where, field", [
-    ("args", _length_delimited(4, NOT_UTF8)),
-    ("context", _length_delimited(5, _length_delimited(1, b"user") + _length_delimited(2, NOT_UTF8))),
-    ("resolver_options", _length_delimited(11, b"\x0f")),  # a field of wire type 7, which does not exist
+    ("args", length_delimited(4, NOT_UTF8)),
+    ("context", length_delimited(5, length_delimited(1, b"user") + length_delimited(2, NOT_UTF8))),
+    ("resolver_options", length_delimited(11, b"\x0f")),  # a field of wire type 7, which does not exist
 ])
 def test_values_that_do_not_parse_are_invalid_argument(raw, daemon, make_root, where, field):
     """The daemon relays a request's values unparsed; the sandbox parses them before any

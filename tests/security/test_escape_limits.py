@@ -12,6 +12,7 @@ import pytest
 from isorun import CodeRunner, _codec, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from processes import peak_rss_growth
 
 MiB = 1 << 20
 ATTACKS = Path(__file__).resolve().parent / "attacks"
@@ -124,24 +125,11 @@ def test_batches_of_empty_lines_are_an_output_limit(attack):
     assert len(received) <= MiB // 6, len(received)
 
 
-def _peak_rss_since_now(pid: int):
-    """A function that returns how much the process's peak RSS (VmHWM) has grown since this
-    call, which resets it."""
-    def peak() -> int:
-        status = open(f"/proc/{pid}/status").read()
-        return int(status.split("VmHWM:")[1].split()[0]) * 1024
-
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")  # the peak starts again from the process's RSS now
-    before = peak()
-    return lambda: peak() - before
-
-
 def test_one_frame_of_millions_of_empty_lines_ends_the_call_at_once(attack, secure_daemon):
     """A batch is counted before the daemon parses it: 8,000,000 empty lines in one 16 MB
     frame are an output limit at once. (Each line a Python object first: the daemon stalled
     for minutes and took 625 MiB more; the whole frame parsed first: it took ~385 MiB.)"""
-    grown = _peak_rss_since_now(secure_daemon.pid)
+    grown = peak_rss_growth(secure_daemon.pid)
     started = time.monotonic()
     with pytest.raises(errors.ResourceLimitError) as raised:
         attack("forged_events", "one_batch_of_empty_lines", args=[8_000_000], timeout=30)
@@ -153,7 +141,7 @@ def test_one_frame_of_millions_of_empty_lines_ends_the_call_at_once(attack, secu
 def test_a_result_of_millions_of_tiny_items_is_relayed_without_being_parsed(attack, secure_daemon):
     """The daemon relays a result as its bytes: 4,000,000 nulls (16 MB) cost it about their
     size, not the ~385 MiB a parse into messages took. The client parses them."""
-    grown = _peak_rss_since_now(secure_daemon.pid)
+    grown = peak_rss_growth(secure_daemon.pid)
     result = attack("forged_events", "result_of_nulls", args=[4_000_000], timeout=30)
     assert len(result) == 4_000_000 and set(result) == {None}
     assert grown() < 100 * MiB, grown()
