@@ -1,5 +1,6 @@
 """Resource attacks: each ends at its limit, as a clear error or an OSError in the guest, and
 takes nothing from the host or the next call (checked after every test by ``daemon_survives``)."""
+import asyncio
 import shutil
 import threading
 import time
@@ -9,7 +10,7 @@ import grpc
 import psutil
 import pytest
 
-from isorun import CodeRunner, _codec, errors
+from isorun import AsyncCodeRunner, CodeRunner, _codec, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
 from processes import peak_rss_growth
@@ -158,6 +159,20 @@ def test_a_result_that_is_not_a_value_is_a_sandbox_error_of_that_call(attack, rp
     streamed = {"on_console": lambda stream, text: None} if rpc == "RunStream" else {}
     with pytest.raises(errors.SandboxError, match="not a valid google.protobuf.Value"):
         attack("forged_events", func, args=[arg], timeout=20, **streamed)
+
+
+@pytest.mark.parametrize("rpc", ["Run", "RunStream"])
+def test_the_async_runner_too_makes_a_result_that_is_not_a_value_a_sandbox_error(secure_daemon, run_attack, rpc):
+    with pytest.raises(errors.SandboxError):  # the guest folder, made by a first call
+        run_attack("forged_events", "result_not_a_value", args=["wire_type"], timeout=20)
+    streamed = {"on_console": lambda stream, text: None} if rpc == "RunStream" else {}
+
+    async def call():
+        async with AsyncCodeRunner(root=run_attack.root, file="forged_events.py", socket=secure_daemon.socket,
+                                   **streamed) as runner:
+            return await runner.run("result_not_a_value", args=["wire_type"], timeout=20)
+    with pytest.raises(errors.SandboxError, match="not a valid google.protobuf.Value"):
+        asyncio.run(call())
 
 
 def test_a_forged_invalid_request_event_after_running_ends_the_call_as_the_sandboxs_fault(attack):
