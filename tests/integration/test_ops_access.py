@@ -76,6 +76,27 @@ def test_a_user_outside_the_socket_group_cannot_connect_at_all(daemon, make_root
     assert answer.startswith("DaemonUnavailable") and "may not connect" in answer and "socket_mode" in answer
 
 
+NODE_CLIENT = """
+const {{ CodeRunner }} = require({package!r});
+new CodeRunner({{ root: {root!r}, file: "index.py", socket: {socket!r} }}).run({{ funcName: "echo", args: [7] }})
+  .then((v) => console.log("value", v), (e) => console.log(e.name, e.message));
+"""
+
+
+def test_a_socket_in_a_folder_the_caller_cannot_search_is_said_to_be_out_of_reach(start_daemon, make_root):
+    """pytest's folders are 0700: the socket exists, but not for another user. Both clients say
+    so (they said "the socket does not exist")."""
+    daemon = start_daemon()  # a folder of its own: another test's reachable_by_others did not open it
+    root = make_root({"index.py": GUEST})
+    answer = call_as(NOBODY, [], daemon, root)
+    assert answer.startswith("DaemonUnavailable") and "not searchable" in answer, answer
+    program = NODE_CLIENT.format(package=os.path.abspath(os.path.join(CLIENTS, "..", "node")), root=root,
+                                 socket=daemon.socket)
+    out = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=60, cwd="/",
+                         user=NOBODY, group=NOBODY, extra_groups=[])
+    assert out.stdout.startswith("DaemonUnavailable") and "not searchable" in out.stdout, out
+
+
 @pytest.fixture
 def guarded(start_daemon):
     """A daemon that lets anyone reach its socket but only root (uid) and group 4242 call."""

@@ -339,19 +339,33 @@ function transportError(error, socket) {
     case grpc.status.PERMISSION_DENIED: return new errors.AccessDenied(details);
     case grpc.status.DEADLINE_EXCEEDED:
       return new errors.RuntimeTimeoutError(`no answer from isorund at ${socket} before the deadline: ${details}`);
-    case grpc.status.UNAVAILABLE:
-      if (!fs.existsSync(socket)) {
-        return new errors.DaemonUnavailable(`no isorun daemon at ${socket}: the socket does not exist`);
-      }
+    case grpc.status.UNAVAILABLE: {
+      const why = unreachable(socket);
+      if (why) return new errors.DaemonUnavailable(why);
       if (/permission denied|EACCES/i.test(details)) {
         return new errors.DaemonUnavailable(`this process may not connect to isorund at ${socket} ` +
           `(permission denied): the socket's mode and group (socket_mode, socket_group) decide who may; ` +
           `details: ${details}`);
       }
       return new errors.DaemonUnavailable(`isorund at ${socket} is unavailable: ${details}`);
+    }
     default:
       return new errors.SandboxError(`isorund at ${socket} failed the call ` +
         `(${grpc.status[error.code] || error.code}): ${details}`);
+  }
+}
+
+/** Why this process cannot even reach the socket's path, or null if it can. */
+function unreachable(socket) {
+  try {
+    fs.statSync(socket);
+    return null;
+  } catch (e) {
+    if (e.code === "EACCES") {
+      return `this process may not reach isorund at ${socket}: a folder on the socket's path is not ` +
+        "searchable by it (permission denied); the daemon's socket belongs in a folder its callers can reach";
+    }
+    return `no isorun daemon at ${socket}: the socket does not exist`;
   }
 }
 

@@ -63,11 +63,24 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
         # connection is explained by the socket itself.
         if "failed to connect" not in details.lower() and "connect" not in details.lower():
             return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
-        if not os.path.exists(socket):
-            return errors.DaemonUnavailable(f"no isorun daemon at {socket}: the socket does not exist")
+        unreachable = _unreachable(socket)
+        if unreachable:
+            return errors.DaemonUnavailable(unreachable)
         if "permission denied" in details.lower() or "eacces" in details.lower():
             return errors.DaemonUnavailable(
                 f"this process may not connect to isorund at {socket} (permission denied): the socket's "
                 f"mode and group (socket_mode, socket_group) decide who may; details: {details}")
         return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
     return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")
+
+
+def _unreachable(socket: str) -> str | None:
+    """Why this process cannot even reach the socket's path, or None if it can."""
+    try:
+        os.stat(socket)
+    except PermissionError:
+        return (f"this process may not reach isorund at {socket}: a folder on the socket's path is not "
+                "searchable by it (permission denied); the daemon's socket belongs in a folder its callers can reach")
+    except OSError:
+        return f"no isorun daemon at {socket}: the socket does not exist"
+    return None
