@@ -36,7 +36,7 @@ clients/node/node_modules/.stamp: clients/node/package.json clients/node/package
 
 test: test-python test-node
 
-test-python: venv
+test-python: venv clients/node/node_modules/.stamp  # one test runs the Node client as another user
 	$(PY) -m pytest -q
 
 test-node: venv clients/node/node_modules/.stamp

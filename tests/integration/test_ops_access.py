@@ -90,8 +90,9 @@ def test_a_socket_in_a_folder_the_caller_cannot_search_is_said_to_be_out_of_reac
     root = make_root({"index.py": GUEST})
     answer = call_as(NOBODY, [], daemon, root)
     assert answer.startswith("DaemonUnavailable") and "not searchable" in answer, answer
-    program = NODE_CLIENT.format(package=os.path.abspath(os.path.join(CLIENTS, "..", "node")), root=root,
-                                 socket=daemon.socket)
+    package = os.path.abspath(os.path.join(CLIENTS, "..", "node"))
+    assert os.path.isdir(os.path.join(package, "node_modules")), "the Node client's packages: `make test` installs them"
+    program = NODE_CLIENT.format(package=package, root=root, socket=daemon.socket)
     out = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=60, cwd="/",
                          user=NOBODY, group=NOBODY, extra_groups=[])
     assert out.stdout.startswith("DaemonUnavailable") and "not searchable" in out.stdout, out
