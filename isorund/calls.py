@@ -47,7 +47,7 @@ class Calls:
         self._trim_wanted = False
         self._trim_timer: asyncio.TimerHandle | None = None
 
-    async def run(self, request: sb.RelayedRunRequest | pb.RunRequest, on_event, *, deadline: float | None,
+    async def run(self, request: sb.RelayedRunRequest, on_event, *, deadline: float | None,
                   peer: str = "") -> sb.RelayedOutcome:
         """Runs one call; raises RequestError, QueueFull, QueueTimeout or ZygoteUnavailable, and
         otherwise returns its outcome (a guest failure included).
@@ -108,7 +108,7 @@ class Calls:
         for sandbox in list(self.in_flight):
             sandbox.abort(reason)
 
-    def _after(self, request: sb.RelayedRunRequest | pb.RunRequest, outcome: sb.RelayedOutcome | None) -> None:
+    def _after(self, request: sb.RelayedRunRequest, outcome: sb.RelayedOutcome | None) -> None:
         """After a call with a large value, gives the heap's free memory back once the daemon
         is idle (see isorund.memory); the call's own messages are gone by then."""
         sizes = (request.ByteSize(), outcome.ByteSize() if outcome is not None else 0)

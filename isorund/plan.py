@@ -36,7 +36,7 @@ class RequestError(ValueError):
     """The request is malformed; the message says which field and what was expected."""
 
 
-def build(request: sandbox_pb2.RelayedRunRequest | pb.RunRequest, config) -> sandbox_pb2.CallPlan:
+def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPlan:
     """The call's plan. The request itself follows it to the sandbox as its bytes, its values
     unparsed (see ``RelayedRunRequest``): the sandbox parses them."""
     root = _root(request.root)

@@ -56,8 +56,8 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
             payload = plan.SerializeToString()
             try:
                 _send_folders(sandbox.sock, folders)
-                await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload)
-                await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(request)))
+                frames = channel.HEADER.pack(len(payload)) + payload + channel.HEADER.pack(len(request))
+                await loop.sock_sendall(sandbox.sock, frames)
                 await loop.sock_sendall(sandbox.sock, request)  # not joined: it may be 64 MiB
             except OSError:
                 pass  # the sandbox may have failed set-up already; its report is in the channel

@@ -285,7 +285,8 @@ class Server:
         # Explicit modes: the guest reads these as an unprivileged uid, whatever our umask.
         os.chmod(folder, 0o755)
         os.chmod(os.path.join(folder, "probe.py"), 0o644)
-        request = pb.RunRequest(root=folder, file="probe.py", func_name="probe", args=[_codec.encode(7)])
+        request = sb.RelayedRunRequest(root=folder, file="probe.py", func_name="probe",
+                                       args=[_codec.encode(7).SerializeToString()])
 
         async def ignore(event):
             pass
