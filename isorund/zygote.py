@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import gc
 import glob
 import json
@@ -74,7 +75,7 @@ class Zygote:
             pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
         if isolated:
             # the binds every sandbox's root holds, made once (see sandbox/filesystem.py)
-            filesystem.build_template(self.plan.root)
+            self.plan = dataclasses.replace(self.plan, template_ns=filesystem.build_template(self.plan.root))
         # Compiled to BPF by the daemon; each sandbox only hands the programs to the kernel:
         # the pool's part while it waits, the call's part last (see sandbox/seccomp.py).
         self.filters = tuple(base64.b64decode(p) for p in config["_seccomp"]) if isolated else None

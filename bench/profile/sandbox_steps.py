@@ -105,8 +105,8 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     mark("sandbox_start")
     faults("faults_pool_start")
     _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
-    _close_fds_except((chan.fileno(),))
-    namespaces.unshare_host_views()
+    _close_fds_except((chan.fileno(), zyg.plan.template_ns))
+    namespaces.unshare_host_views(zyg.plan.template_ns)
     mark("pool_unshared")
     filesystem.prepare_root(zyg.plan.root)
     _redirect_std_fds("/dev/null")
@@ -334,8 +334,7 @@ def main() -> int:
     print("* = on a call's critical path once a prepared sandbox is waiting in the pool")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": rows, "runs": runs}, indent=1))
-    # this process holds the zygote's template (build_template) in its own mount namespace
-    _libc.umount2("steps", os.path.join(state, "root"), _libc.MNT_DETACH)
+    # build_template left this process's own mount namespace without the template's mounts
     os.rmdir(os.path.join(state, "root"))
     os.rmdir(state)
     return 0

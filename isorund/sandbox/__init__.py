@@ -5,7 +5,8 @@ pid 1 and when it exits (or the daemon kills it) the kernel kills whatever it st
 nothing of a call outlives it. Its steps, in order:
 
     in the pool, before any call        host root: the call's cgroup (if delegated), its own
-                                        mount/net/ipc/uts/cgroup namespaces, the new root
+                                        mount (a copy of the zygote's template namespace),
+                                        net, ipc, uts and cgroup namespaces, the new root
                                         built and pivoted into (``prepare_root``), an empty
                                         environment, only the channel open, the runtime
                                         warmed up, the pool's part of the seccomp filter;
@@ -54,6 +55,7 @@ class SandboxPlan:
     root: filesystem.RootPlan
     cgroup_values: dict | None = None  # the daemon's limits for a new call group; None: no cgroup
     pool_nice: int = 0                 # priority sandboxes are prepared at; 0 when it can't be undone
+    template_ns: int = -1              # the zygote's template mount namespace (a descriptor); -1: none
 
 
 def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host_id: int, syscall_filters,
@@ -61,9 +63,9 @@ def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host
     """Runs in the forked sandbox; returns its exit status."""
     # The sandbox must die with the zygote, which takes the whole call with it.
     _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
-    # Only the call's channel stays open (and the zygote's pidfd, until the set-up is done);
-    # 0-2 lead nowhere.
-    _close_fds_except((chan.fileno(), zygote_pidfd))
+    # Only the call's channel stays open (and the zygote's pidfd, until the set-up is done,
+    # and the template namespace, until it is entered); 0-2 lead nowhere.
+    _close_fds_except(tuple(fd for fd in (chan.fileno(), zygote_pidfd, plan.template_ns) if fd >= 0))
     try:
         cgroup_fd = _prepare(plan, cgroup_path, chan, registry, syscall_filters)
         folder_fds = _receive_folders(chan)
@@ -89,9 +91,9 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
         if cgroup_path:
             cgroup.enter(cgroup_path, plan.cgroup_values)
             cgroup_fd = os.open(cgroup_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        # 2. leave the host's mounts, network, ipc, hostname and cgroup view, so every
-        #    mount below is private to this call;
-        namespaces.unshare_host_views()
+        # 2. leave the host's mounts (for a copy of the template namespace), network, ipc,
+        #    hostname and cgroup view, so every mount below is private to this call;
+        namespaces.unshare_host_views(plan.template_ns)
         # 3. the new root, and pivot_root into it: from here no host path can be named;
         filesystem.prepare_root(plan.root)
         # 0-2 pointed at the host's /dev/null; now at the sandbox's.

@@ -1,11 +1,11 @@
 """The guest's root filesystem: a read-only tmpfs holding only what Python needs.
 
 Built in four places, so that almost nothing of it is on the call's critical path:
-- ``build_template`` (in the zygote, once, in a mount namespace of its own): the read-only
-  binds of the shared libraries and the stdlib (their site-packages hidden) and a minimal
-  ``/dev``, made once under a folder no sandbox keeps;
-- ``prepare_root`` (in the sandbox, in the pool, as the host's root): its own copy of the
-  zygote's mounts comes with its mount namespace; it makes a fresh tmpfs root of its own,
+- ``build_template`` (in the zygote, once): the read-only binds of the shared libraries and
+  the stdlib (their site-packages hidden) and a minimal ``/dev``, made once, then kept in a
+  mount namespace that holds nothing else (the *template namespace*);
+- ``prepare_root`` (in the sandbox, in the pool, as the host's root): its mount namespace
+  starts as a copy of the template namespace; it makes a fresh tmpfs root of its own,
   *moves* the template's binds into it (a move is one system call, where a read-only bind is
   two plus the path lookups), adds a fresh ``/proc`` showing only the call's own processes
   and a private size- and inode-capped ``/tmp``; then ``pivot_root`` and the old root
@@ -50,12 +50,16 @@ HOST_PATH_ATTRIBUTES = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 # The call's folders reach the sandbox as file descriptors in one message (SCM_MAX_FD is 253):
 # the guest folder and at most this many host paths.
 MAX_HOST_PATHS = 250
+# In the template namespace, whose root is the zygote's tmpfs: the binds, and where each
+# sandbox mounts its own root.
+TEMPLATE = "/template"
+NEW_ROOT = "/root"
 
 
 @dataclass(frozen=True)
 class RootPlan:
     """What every sandbox's root holds, decided once when the zygote starts."""
-    mountpoint: str                  # empty host folder: the template and each new root go under it
+    mountpoint: str                  # empty host folder: the zygote builds the template in it
     system_paths: tuple[str, ...]    # host folders bound read-only at their own path
     symlinks: tuple[tuple[str, str], ...]  # (path, target) recreated inside, e.g. /lib -> usr/lib
     hidden: tuple[str, ...] = ()     # folders inside those binds covered by an empty tmpfs
@@ -96,21 +100,19 @@ def _folders_to_make(system_paths: list[str], symlinks: list[str]) -> tuple[str,
     return tuple(sorted(wanted, key=lambda path: (path.count("/"), path)))
 
 
-def build_template(plan: RootPlan) -> None:
+def build_template(plan: RootPlan) -> int:
     """In the zygote, once: leaves the host's mount namespace (following its later mounts and
-    unmounts, so that a host filesystem is never held busy by it) and makes the binds every
-    sandbox's root holds, under ``plan.mountpoint``, which stays empty on the host.
-
-    Each sandbox's mount namespace starts as a copy of this one, template included, and
-    ``prepare_root`` moves the template's mounts into the sandbox's own root."""
+    unmounts, so that a host filesystem is never held busy by it), makes the binds every
+    sandbox's root holds under ``plan.mountpoint`` (which stays empty on the host), and moves
+    them to the template namespace; returns that namespace, as a file descriptor."""
     step = "filesystem template"
     _libc.unshare(step, _libc.CLONE_NEWNS)
     _libc.mount(step, None, "/", None, MS_REC | MS_SLAVE)
     _libc.mount(step, "tmpfs", plan.mountpoint, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "size=1m,mode=0700")
-    template = _template(plan)
+    template = plan.mountpoint + TEMPLATE
     os.makedirs(template)
-    os.mkdir(_new_root(plan))
+    os.mkdir(plan.mountpoint + NEW_ROOT)
     for path in plan.system_paths:
         bind_read_only(template, path, path)
     for path in plan.hidden:
@@ -122,43 +124,70 @@ def build_template(plan: RootPlan) -> None:
     for device in DEVICES:
         bind_read_only(template, "/dev/" + device, "/dev/" + device, flags=MS_NOSUID)
     _libc.mount(step, None, template + "/dev", None, MS_REMOUNT | _RO | MS_NOEXEC)
+    _libc.mount(step, None, plan.mountpoint, None, MS_REMOUNT | _RO | MS_NOEXEC)
+    return _template_namespace(plan.mountpoint)
+
+
+def _template_namespace(mountpoint: str) -> int:
+    """A mount namespace whose root is the template's tmpfs: the template and nothing else.
+
+    Each sandbox's mount namespace is a copy of one it is in, made mount by mount, and torn
+    down mount by mount when it exits. A copy of the zygote's would hold the host's whole
+    mount table (hundreds of mounts on a container host: 300 of them cost 5.4 ms of CPU a
+    call here), only to detach it at ``pivot_root``. The zygote enters a copy of its own
+    namespace, pivots it onto the template, keeps a descriptor of it, comes back and drops
+    its own copy of the template. The binds stay slaves of the host's mounts, as they were."""
+    step = "filesystem template"
+    own = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _libc.unshare(step, _libc.CLONE_NEWNS)
+        template_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        os.chdir(mountpoint)
+        _libc.pivot_root(step, ".", ".")
+        _libc.umount2(step, ".", _libc.MNT_DETACH)
+        try:
+            _libc.setns(step, own, _libc.CLONE_NEWNS)
+        except _libc.SandboxSetupError as e:
+            if e.errno != errno.EPERM:
+                raise
+            raise _libc.SandboxSetupError(step, "setns() into a mount namespace (it needs CAP_SYS_CHROOT "
+                                          "besides CAP_SYS_ADMIN)", e.errno) from None
+        os.fchdir(cwd)
+    finally:
+        os.close(own)
+        os.close(cwd)
+    _libc.umount2(step, mountpoint, _libc.MNT_DETACH)
+    return template_ns
 
 
 def prepare_root(plan: RootPlan) -> None:
-    """Builds the new root and pivots into it, as the real root of the host, in the pool."""
+    """Builds the new root and pivots into it, as the real root of the host, in the pool, in
+    a copy of the template namespace (``namespaces.unshare_host_views``)."""
     step = "filesystem"
-    new_root, template = _new_root(plan), _template(plan)
-    # Nothing done from here on may propagate back to the zygote's or the host's mount table.
+    # Nothing done from here on may propagate back to the template's or the host's mounts.
     _libc.mount(step, None, "/", None, MS_REC | MS_PRIVATE)
-    _libc.mount(step, "tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    _libc.mount(step, "tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
     for folder in plan.folders:
-        os.mkdir(new_root + folder)
+        os.mkdir(NEW_ROOT + folder)
         if folder == "/proc":
-            _mount_proc(new_root + folder)
+            _mount_proc(NEW_ROOT + folder)
         elif folder == "/tmp":
             # mounted before anything under it is made: an interpreter or a virtualenv living
             # under the host's /tmp is then moved onto the call's private /tmp, not hidden by it.
-            _libc.mount(step, "tmpfs", new_root + folder, "tmpfs", _TMP_FLAGS, tmp_options(plan.tmp_bytes))
+            _libc.mount(step, "tmpfs", NEW_ROOT + folder, "tmpfs", _TMP_FLAGS, tmp_options(plan.tmp_bytes))
     for path in (*plan.system_paths, "/dev"):
         # a move keeps the mount's read-only flags and carries its submounts (hidden folders, devices)
-        _libc.mount(step, template + path, new_root + path, None, MS_MOVE)
+        _libc.mount(step, TEMPLATE + path, NEW_ROOT + path, None, MS_MOVE)
     for path, target in plan.symlinks:
-        os.symlink(target, new_root + path)
-    _libc.mount(step, None, new_root, None, MS_REMOUNT | _RO)
+        os.symlink(target, NEW_ROOT + path)
+    _libc.mount(step, None, NEW_ROOT, None, MS_REMOUNT | _RO)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves no path
     # by which the host's tree (or the template's remains) can be reached.
-    os.chdir(new_root)
+    os.chdir(NEW_ROOT)
     _libc.pivot_root(step, ".", ".")
     _libc.umount2(step, ".", _libc.MNT_DETACH)
     os.chdir("/")
-
-
-def _template(plan: RootPlan) -> str:
-    return plan.mountpoint + "/template"
-
-
-def _new_root(plan: RootPlan) -> str:
-    return plan.mountpoint + "/root"
 
 
 def detach_folders(guest_root: str, host_paths: list[str]) -> list[int]:

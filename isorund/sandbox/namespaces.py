@@ -40,8 +40,12 @@ def fork_into_new_pid_ns(own_pid_ns_fd: int) -> int:
     return pid
 
 
-def unshare_host_views() -> None:
-    """Leaves the host's mounts, network, ipc objects, hostname and cgroup view."""
+def unshare_host_views(template_ns: int) -> None:
+    """Leaves the host's mounts (for a copy of ``template_ns``, the zygote's template
+    namespace: see ``filesystem.build_template``), network, ipc objects, hostname and cgroup
+    view."""
+    _libc.setns("namespaces", template_ns, _libc.CLONE_NEWNS)
+    os.close(template_ns)
     _libc.unshare("namespaces", _libc.CLONE_NEWNS | _libc.CLONE_NEWNET | _libc.CLONE_NEWIPC
                   | _libc.CLONE_NEWUTS | _libc.CLONE_NEWCGROUP)
     socket.sethostname(HOSTNAME)

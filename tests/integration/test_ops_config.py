@@ -81,6 +81,19 @@ def test_a_host_that_refuses_namespaces_stops_the_start_with_one_fatal_line_nami
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux) to drop CAP_SYS_CHROOT")
+def test_a_daemon_without_cap_sys_chroot_says_it_needs_it(tmp_path):
+    """Each sandbox enters the zygote's template mount namespace, and setns() into a mount
+    namespace asks for CAP_SYS_CHROOT too: a unit or container that leaves it out is named
+    the capability, not only EPERM."""
+    out = subprocess.run(["setpriv", "--bounding-set", "-sys_chroot", sys.executable, "-m", "isorund",
+                          "--socket", str(tmp_path / "s.sock")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    fatal = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('{"event": "fatal"')]
+    assert len(fatal) == 1 and "needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN" in fatal[0]["error"], out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_zygote_still_importing_plugins_dies_with_a_killed_daemon(start_daemon, tmp_path):
     (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
     d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nb = "stuck:compile"\n', wait=False)
