@@ -22,6 +22,8 @@ from isorund.sandbox import filesystem
 MAX_NAME = 256
 CPU_GRACE_SECONDS = 1.0
 MAX_LIST = 256
+MAX_PATH = 4096      # PATH_MAX: the kernel resolves no longer path
+MAX_EXTENSION = 32
 # Sandbox paths a whitelisted folder may not cover or sit in. Folders under the host's /tmp are
 # fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
 RESERVED = ("/proc", "/dev", "/guest")
@@ -64,10 +66,10 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
 
 
 def _root(path: str) -> str:
-    if not path or not path.startswith("/") or "\0" in path or len(path) > 4096:
+    if not path or not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
         raise RequestError(f"root must be an absolute folder path, got {path[:200]!r}")
     real = os.path.realpath(path)
-    if not os.path.isdir(real):
+    if len(real) > MAX_PATH or not os.path.isdir(real):
         raise RequestError(f"root {path!r} is not a folder")
     if real == "/":
         raise RequestError("root must not be the host's / folder")
@@ -75,7 +77,7 @@ def _root(path: str) -> str:
 
 
 def _file(root: str, file: str, extensions: list[str]) -> str:
-    if not file or "\0" in file or len(file) > 4096:
+    if not file or "\0" in file or len(file) > MAX_PATH:
         raise RequestError(f"file must be a path relative to root, got {file[:200]!r}")
     if file.startswith("/"):
         raise RequestError(f"file must be relative to root, got the absolute path {file!r}")
@@ -99,7 +101,7 @@ def _file(root: str, file: str, extensions: list[str]) -> str:
 def _extensions(extensions) -> list[str]:
     extensions = list(_bounded(extensions, "source_extensions")) or [".py"]
     for ext in extensions:
-        if not ext.startswith(".") or len(ext) > 32 or "/" in ext or "\0" in ext:
+        if not ext.startswith(".") or len(ext) > MAX_EXTENSION or "/" in ext or "\0" in ext:
             raise RequestError(f"source extension must look like '.py', got {ext[:40]!r}")
     return extensions
 
@@ -124,10 +126,10 @@ def _modules(names) -> list[str]:
 
 
 def _folder(path: str, what: str) -> str:
-    if not path.startswith("/") or "\0" in path:
+    if not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
         raise RequestError(f"{what} must be an absolute folder path, got {path[:200]!r}")
     real = os.path.realpath(path)
-    if not os.path.isdir(real):
+    if len(real) > MAX_PATH or not os.path.isdir(real):
         raise RequestError(f"{what} {path!r} is not a folder")
     if real in UNBINDABLE or any(filesystem.within(real, r) for r in RESERVED):
         raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "

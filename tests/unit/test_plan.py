@@ -4,8 +4,9 @@ import os
 import pytest
 
 from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2
 from isorund import plan
-from isorund.sandbox import filesystem
+from isorund.sandbox import MAX_PLAN_BYTES, filesystem
 from isorund.config import Config
 
 
@@ -157,3 +158,24 @@ def test_only_site_packages_folders_are_bound_for_externals(config, root):
     assert plan.site_folder_of("no_such_module_x") is None
     folder = plan.site_folder_of("grpc")
     assert folder is not None and folder.endswith("site-packages")
+
+
+def test_the_largest_plan_the_daemon_can_make_fits_the_sandboxs_plan_frame(config):
+    """The sandbox reads its plan under a cap of its own (``MAX_PLAN_BYTES``), well under the
+    request's: every field of a plan is bounded here, and all of them at their bound at once
+    must still fit, or a request this module accepts would fail in its sandbox."""
+    path = "/" + "p" * (plan.MAX_PATH - 1)
+    worst = sandbox_pb2.CallPlan(
+        call_id="f" * 16, root=path, file=path[1:],
+        allowed=["n" * plan.MAX_NAME] * plan.MAX_LIST + list(config.default_external),
+        host_paths=[path] * filesystem.MAX_HOST_PATHS, search_paths=[path] * plan.MAX_LIST,
+        extensions=["." + "e" * (plan.MAX_EXTENSION - 1)] * plan.MAX_LIST,
+        limits=plan._limits(pb.Limits(), config.limits, config.max_timeout), timeout_seconds=config.max_timeout)
+    assert worst.ByteSize() <= MAX_PLAN_BYTES, worst.ByteSize()
+
+
+@pytest.mark.parametrize("field", ["root", "whitelisted_paths"])
+def test_a_path_longer_than_the_kernel_resolves_is_refused(config, root, field):
+    long_path = "/" + "p" * plan.MAX_PATH
+    req = request(long_path) if field == "root" else request(root, whitelisted_paths=[long_path])
+    refused(config, req, "absolute folder path")
