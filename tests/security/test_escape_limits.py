@@ -182,6 +182,18 @@ def test_a_forged_invalid_request_event_after_running_ends_the_call_as_the_sandb
         attack("forged_events", "invalid_request", timeout=20)
 
 
+def test_a_forged_invalid_request_before_running_refuses_only_its_own_call_and_is_cut_short(attack, secure_daemon):
+    """A guest can end its own call INVALID_ARGUMENT by sending the event while its module is
+    imported (documented: as it can end it with any failure); its text is cut to 2,000
+    characters for the client and 500 for the daemon's log."""
+    files = {"forged_events.py": (ATTACKS / "forged_events.py").read_text()}
+    with pytest.raises(errors.InvalidRequest) as refused:
+        attack("forged_at_import", files=files, timeout=20)
+    assert str(refused.value) == ("forged " * 20_000)[:2000]
+    [line] = [line for line in secure_daemon.log().splitlines() if '"forged forged' in line]
+    assert '"outcome": "invalid_argument"' in line and len(line) < 1000, line
+
+
 def test_a_forged_empty_console_batch_ends_the_call(attack):
     with pytest.raises(errors.SandboxError, match="an empty event"):
         attack("forged_events", "empty_batch", timeout=20)
