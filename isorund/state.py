@@ -1,5 +1,6 @@
-"""The daemon's state folder: the sandboxes' root mountpoint, the start-up probe's guest file and,
-with an allowlist, gRPC's private socket.
+"""The daemon's state folder: where the zygote builds the sandboxes' root template (the
+template namespace no longer needs it once built), the start-up probe's guest file and, with an
+allowlist, gRPC's private socket.
 
 Under systemd it lives in ``RuntimeDirectory``, which systemd removes however the daemon ends.
 Elsewhere it is ``$TMPDIR/isorund-XXXXXXXX``, and a daemon killed with SIGKILL cannot remove
@@ -7,7 +8,8 @@ its own. So every daemon holds an exclusive ``flock`` on its folder's ``lock`` f
 life — the kernel lets go of it when the process ends, however it ends — and a daemon starting
 under the same parent removes the folders whose lock it can take: their daemon is gone. A
 folder whose lock is held (another daemon on another socket), or that has no lock file, is
-left alone: removing a live daemon's folder would take its sandboxes' root from under them.
+left alone: removing a live daemon's folder would take gRPC's private socket (with an
+allowlist) from under it.
 """
 from __future__ import annotations
 

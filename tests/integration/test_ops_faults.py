@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -188,6 +189,22 @@ def test_a_killed_daemons_state_folder_is_removed_by_the_next_start_not_a_live_o
             assert r.run("echo", args=[3]) == 3
     assert live.stop() == 0
     assert not os.path.exists(live_folder)  # a clean stop removes its own
+
+
+def test_a_live_daemons_state_folder_removed_from_under_it_takes_no_call_down(start_daemon, make_root):
+    """A /tmp cleaner or an operator may remove the folder while the daemon runs. The
+    sandboxes' roots are built in the zygote's template namespace, whose root no longer hangs
+    on any host folder: before, the zygote's template lived at a folder in it, and every call
+    after the pool drained failed its set-up (ENOENT at the root's mountpoint). (With an
+    allowlist, gRPC's private socket lives there too: see isorund/state.py.)"""
+    d = start_daemon()
+    shutil.rmtree(state_folder(d))
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        for i in range(12):  # three times the pool: every sandbox made after the removal
+            assert r.run("echo", args=[i]) == i
+    assert d.stop() == 0
+    assert "Traceback" not in d.log()
 
 
 def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, start_daemon):
