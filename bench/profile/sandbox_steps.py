@@ -140,7 +140,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     seccomp.apply(zyg.filters[1])
     mark("seccomp")
     faults("faults_confined")
-    guest.run(call, request, chan, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
+    guest.run(call, request, zyg.plugins, zyg.registry, guest_dir=filesystem.GUEST_DIR)
     mark("run_returned")
     faults("faults_guest_end")
     _send_json(chan, {"guest": MARKS})

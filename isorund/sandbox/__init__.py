@@ -76,7 +76,7 @@ def sandbox_main(plan: SandboxPlan, chan: socket.socket, zygote_pidfd: int, host
     except Exception as e:  # any failure here is the sandbox's, and must be reported as such
         _report_setup_failure(chan, e)
         return 1
-    guest.run(call, request, chan, plugins, registry, guest_dir=filesystem.GUEST_DIR if plan.isolated else call.root)
+    guest.run(call, request, plugins, registry, guest_dir=filesystem.GUEST_DIR if plan.isolated else call.root)
     return 0
 
 

@@ -208,9 +208,9 @@ def prepare(sock, registry) -> None:
     event.SerializeToString()
 
 
-def run(plan, request_bytes: bytes, sock, plugins, registry, guest_dir: str) -> None:
+def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     """Runs the call described by ``plan`` and the client's request, and sends its events on
-    ``sock``."""
+    the channel ``prepare`` gave the console (after the lines printed before each of them)."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
@@ -238,7 +238,7 @@ def run(plan, request_bytes: bytes, sock, plugins, registry, guest_dir: str) -> 
                 f"{request.func_name} is not a function in /{plan.file}" if request.func_name in module.__dict__
                 else f"function {request.func_name} was not found in /{plan.file}"))
         else:
-            _send_after_lines(sock, pb.RunEvent(running=pb.Running()))
+            _console.send_after_lines(pb.RunEvent(running=pb.Running()))
             if request.args_resolver:
                 args = list(call_plugin("args_resolver", request.args_resolver,
                                         plugins.args_resolvers[request.args_resolver], args))
@@ -248,7 +248,7 @@ def run(plan, request_bytes: bytes, sock, plugins, registry, guest_dir: str) -> 
             importer.withdraw()
             _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
     except InvalidRequest as e:
-        _send_after_lines(sock, sb.SandboxEvent(invalid_request=str(e)))
+        _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
         if importer is not None:
@@ -261,7 +261,7 @@ def run(plan, request_bytes: bytes, sock, plugins, registry, guest_dir: str) -> 
     outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:
         outcome.failure.CopyFrom(failure)  # the result oneof: whatever value was begun is dropped
-    _send_after_lines(sock, event)
+    _console.send_after_lines(event)
 
 
 class InvalidRequest(Exception):
@@ -277,15 +277,6 @@ def _request_of(data: bytes) -> pb.RunRequest:
             raise MemoryError() from None
         raise InvalidRequest(f"the request's values (args, context, resolver_options) are not valid "
                              f"protobuf messages: {e}") from None
-
-
-def _send_after_lines(sock, event) -> None:
-    """``event`` after the console lines printed before it (also when the guest replaced
-    ``sys.stdout`` with a stream of its own)."""
-    if _console is None:
-        channel.send(sock, event)
-    else:
-        _console.send_after_lines(event)
 
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
