@@ -4,6 +4,8 @@ Each case was found failing by a black-box review against the contract."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -148,3 +150,23 @@ def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(r
 def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
     r = runner({"index.py": "import lib.util\ndef f():\n    return lib.util.V\n", "lib/util.py": "V = 'util'\n"})
     assert r.run("f") == "util"
+
+
+def test_a_precompiled_guest_folder_is_loaded_from_its_cache_and_keeps_its_guest_names(runner):
+    """``python -m compileall`` on the folder: the sandbox loads each module's cached code
+    instead of compiling its source on every call. Shown with an edit the timestamped entry
+    cannot tell apart (the same size, the time put back): the call runs the cached code."""
+    r = runner({"index.py": "import helper\ndef f():\n    return helper.WHO\ndef g():\n    return helper.fail()\n",
+                "helper.py": "WHO = 'cached'\ndef fail():\n    raise ValueError('from the cache')\n"})
+    helper = os.path.join(r.root, "helper.py")
+    assert subprocess.run([sys.executable, "-m", "compileall", "-q", r.root]).returncode == 0
+    stat = os.stat(helper)
+    with open(helper, "w") as f:
+        f.write("WHO = 'source'\ndef fail():\n    raise ValueError('from the cache')\n")
+    os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert r.run("f") == "cached"
+    with pytest.raises(errors.GuestError) as info:
+        r.run("g")
+    # named as guest source is: by its path in the guest folder, with its line
+    assert 'File "/helper.py", line 3, in fail' in info.value.traceback, info.value.traceback
+    assert "raise ValueError('from the cache')" in info.value.traceback

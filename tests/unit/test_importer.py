@@ -1,8 +1,14 @@
 """The import rules and the import hook, without a sandbox: pure Python over a temp folder."""
 import builtins
+import importlib.util
+import marshal
+import os
+import py_compile
+from pathlib import Path
 
 import pytest
 
+from isorund.sandbox import importer as importer_module
 from isorund.sandbox.importer import REMOVED_BUILTINS, GuestImporter, ImportPolicy
 
 
@@ -200,3 +206,83 @@ def test_a_missing_name_is_still_not_found_next_to_folders(tmp_path):
     write(tmp_path, {"index.py": "import lib.nothing\n", "lib/util.py": "V = 1\n"})
     with pytest.raises(ModuleNotFoundError, match="'lib.nothing'"):
         GuestImporter(policy(tmp_path)).load_main("index.py")
+
+
+# -- cached bytecode (__pycache__) -----------------------------------------------------------
+def precompile(path, mode=py_compile.PycInvalidationMode.TIMESTAMP):
+    py_compile.compile(str(path), cfile=importlib.util.cache_from_source(str(path)), doraise=True,
+                       invalidation_mode=mode)
+
+
+def same_size_edit(path, new_source):
+    """Replaces the source with text of the same size and keeps its modification time: what a
+    timestamp-stamped entry cannot tell apart, so its code shows whether the entry was used."""
+    stat = path.stat()
+    assert len(new_source) == stat.st_size
+    path.write_text(new_source)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def load(folder, name="m", **options):
+    return GuestImporter(policy(folder), **options).load_main(f"{name}.py")
+
+
+def test_a_precompiled_module_is_loaded_from_its_cache_under_its_guest_name(tmp_path):
+    write(tmp_path, {"m.py": "class K:\n    def f(self):\n        return (lambda: 'cached')()\n"})
+    precompile(tmp_path / "m.py")
+    same_size_edit(tmp_path / "m.py", "class K:\n    def f(self):\n        return (lambda: 'source')()\n")
+    module = load(tmp_path)
+    assert module.K().f() == "cached"
+    # every code object in it is named as compiled guest source is, not by its host path
+    method = module.K.f.__code__
+    lam = next(c for c in method.co_consts if hasattr(c, "co_filename"))
+    assert {module.K.f.__code__.co_filename, lam.co_filename} == {"/m.py"}
+
+
+def test_an_entry_for_another_version_of_the_source_is_not_used(tmp_path):
+    write(tmp_path, {"m.py": "X = 'old'\n"})
+    precompile(tmp_path / "m.py")
+    (tmp_path / "m.py").write_text("X = 'new, longer'\n")
+    assert load(tmp_path).X == "new, longer"
+
+
+@pytest.mark.parametrize("mode", [py_compile.PycInvalidationMode.CHECKED_HASH,
+                                  py_compile.PycInvalidationMode.UNCHECKED_HASH])
+def test_a_hash_stamped_entry_is_used_only_for_the_source_it_was_made_from(tmp_path, monkeypatch, mode):
+    write(tmp_path, {"m.py": "X = 'a'\n"})
+    precompile(tmp_path / "m.py", mode)
+    with monkeypatch.context() as m:
+        m.setattr(importer_module, "compile", _no_compile, raising=False)
+        assert load(tmp_path).X == "a"  # from the cache: nothing was compiled
+    # an edit of the same size and time: the hash tells, even for an entry Python would not check
+    same_size_edit(tmp_path / "m.py", "X = 'b'\n")
+    assert load(tmp_path).X == "b"
+
+
+@pytest.mark.parametrize("entry", [b"", b"garbage", importlib.util.MAGIC_NUMBER + b"\0" * 8,
+                                   b"\0\0\0\0" + b"\0" * 12 + marshal.dumps(compile("X = 1", "m", "exec")),
+                                   "valid header, no code", "valid header, bad flags"])
+def test_an_entry_that_is_not_this_interpreters_code_for_the_source_is_ignored(tmp_path, entry):
+    write(tmp_path, {"m.py": "X = 'source'\n"})
+    precompile(tmp_path / "m.py")
+    cache = Path(importlib.util.cache_from_source(str(tmp_path / "m.py")))
+    header = cache.read_bytes()[:16]
+    if entry == "valid header, no code":
+        entry = header + marshal.dumps(42)
+    elif entry == "valid header, bad flags":
+        entry = header[:4] + b"\x04\0\0\0" + header[8:] + marshal.dumps(compile("X = 'cache'", "m", "exec"))
+    cache.write_bytes(entry)
+    assert load(tmp_path).X == "source"
+
+
+def test_no_cache_is_read_for_a_compiler_plugins_sources_or_other_extensions(tmp_path):
+    write(tmp_path, {"m.py": "X = 'cached'\n", "g.guest": "X = 'guest'\n"})
+    precompile(tmp_path / "m.py")
+    same_size_edit(tmp_path / "m.py", "X = 'source'\n")
+    assert load(tmp_path, compiler=lambda source, name: source).X == "source"
+    assert load(tmp_path).X == "cached"
+    assert importer_module.cached_code(str(tmp_path / "g.guest"), b"X = 'guest'\n", 0, "/g.guest") is None
+
+
+def _no_compile(*args, **kwargs):
+    raise AssertionError("compiled, though a valid cache entry was there")
