@@ -108,6 +108,9 @@ def build_template(plan: RootPlan) -> int:
     step = "filesystem template"
     _libc.unshare(step, _libc.CLONE_NEWNS)
     _libc.mount(step, None, "/", None, MS_REC | MS_SLAVE)
+    # Needed only until the template namespace is made; made again if a /tmp cleaner removed
+    # the daemon's state folder before this zygote (a restarted one) started.
+    os.makedirs(plan.mountpoint, mode=0o700, exist_ok=True)
     _libc.mount(step, "tmpfs", plan.mountpoint, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "size=1m,mode=0700")
     template = plan.mountpoint + TEMPLATE

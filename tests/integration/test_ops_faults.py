@@ -33,6 +33,18 @@ def wait_gone(processes, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def call_eventually(runner, seconds: float = 30):
+    """echo(7) once the daemon serves calls again (a zygote restarting answers unavailable)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return runner.run("echo", args=[7], timeout=5)
+        except (errors.DaemonUnavailable, errors.SandboxError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def events(daemon, name: str) -> list[dict]:
     return [json.loads(t) for t in daemon.log().splitlines() if t.startswith("{") and f'"event": "{name}"' in t]
 
@@ -203,6 +215,12 @@ def test_a_live_daemons_state_folder_removed_from_under_it_takes_no_call_down(st
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         for i in range(12):  # three times the pool: every sandbox made after the removal
             assert r.run("echo", args=[i]) == i
+        # a zygote restarted now builds its template again (it needs a mountpoint for that)
+        killed = zygote_of(d)
+        killed.kill()
+        killed.wait(10)
+        assert call_eventually(r) == 7
+        assert zygote_of(d).pid != killed.pid
     assert d.stop() == 0
     assert "Traceback" not in d.log()
 
