@@ -30,6 +30,7 @@ import importlib.util
 import linecache
 import marshal
 import os
+import stat
 import sys
 import tokenize  # noqa: F401  (used by decode_source; loaded here, in the zygote)
 import types
@@ -289,33 +290,51 @@ def _namespace(folder: str, name: str) -> tuple[str, bool] | None:
 def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.CodeType | None:
     """The code of the source file ``path`` (its bytes ``source``, last modified at ``mtime``)
     from its ``__pycache__`` entry, named ``filename`` as compiled source would be; None when
-    there is no entry this interpreter could have written for exactly this source.
-
-    The checks are Python's own (PEP 552), except that a hash-based entry is always checked
-    against the source, even one marked not to be: the source is what tracebacks show."""
-    if not path.endswith(".py"):
+    there is no entry this interpreter could have written for exactly this source."""
+    fd = _open_regular_file(importlib.util.cache_from_source(path)) if path.endswith(".py") else None
+    if fd is None:
         return None
+    with builtins.open(fd, "rb") as f:
+        try:
+            if not _stamp_matches(f.read(16), source, mtime):
+                return None  # an entry for another source or interpreter: its code is not read
+            body = f.read()
+        except OSError:
+            return None
     try:
-        with _read_only_file(importlib.util.cache_from_source(path)) as f:
-            data = f.read()
-    except (OSError, ValueError):
-        return None
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
-        return None
-    flags = int.from_bytes(data[4:8], "little")
-    if flags == 0:  # stamped with the source's modification time and size
-        expected = (int(mtime) & 0xFFFFFFFF).to_bytes(4, "little") + (len(source) & 0xFFFFFFFF).to_bytes(4, "little")
-    elif flags in (0b01, 0b11):  # stamped with the source's hash (checked or not, by Python)
-        expected = importlib.util.source_hash(source)
-    else:
-        return None
-    if data[8:16] != expected:
-        return None
-    try:
-        code = marshal.loads(memoryview(data)[16:])
+        code = marshal.loads(body)
     except (EOFError, ValueError, TypeError):
         return None
     return _renamed(code, filename) if isinstance(code, types.CodeType) else None
+
+
+def _stamp_matches(header: bytes, source: bytes, mtime: float) -> bool:
+    """Python's own checks of an entry's header (PEP 552), except that a hash-stamped entry is
+    always checked against the source, even one marked not to be: the source is what
+    tracebacks show."""
+    if len(header) < 16 or header[:4] != importlib.util.MAGIC_NUMBER:
+        return False
+    flags = int.from_bytes(header[4:8], "little")
+    if flags == 0:  # stamped with the source's modification time and size
+        stamp = (int(mtime) & 0xFFFFFFFF).to_bytes(4, "little") + (len(source) & 0xFFFFFFFF).to_bytes(4, "little")
+    elif flags in (0b01, 0b11):  # stamped with the source's hash
+        stamp = importlib.util.source_hash(source)
+    else:
+        return False
+    return header[8:16] == stamp
+
+
+def _open_regular_file(path: str) -> int | None:
+    """``path`` opened for reading if it is a regular file: never blocking on a FIFO, never
+    reading ``/dev/zero`` through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
 
 
 def _renamed(code: types.CodeType, filename: str) -> types.CodeType:

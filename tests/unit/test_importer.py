@@ -286,3 +286,17 @@ def test_no_cache_is_read_for_a_compiler_plugins_sources_or_other_extensions(tmp
 
 def _no_compile(*args, **kwargs):
     raise AssertionError("compiled, though a valid cache entry was there")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "folder"])
+def test_an_entry_that_is_no_regular_file_is_ignored_without_blocking_or_reading_it(tmp_path, kind):
+    write(tmp_path, {"m.py": "X = 'source'\n"})
+    cache = Path(importlib.util.cache_from_source(str(tmp_path / "m.py")))
+    cache.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(cache)  # opening it to read would wait for a writer forever
+    elif kind == "folder":
+        cache.mkdir()
+    else:
+        cache.symlink_to("/dev/zero")  # reading it would never end
+    assert load(tmp_path).X == "source"
