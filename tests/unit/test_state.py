@@ -44,3 +44,20 @@ def test_folders_it_did_not_make_are_left_alone(tmp_path):
 
 def test_a_missing_parent_is_not_an_error(tmp_path):
     assert state.remove_stale(str(tmp_path / "missing")) == []
+
+
+def test_a_folder_being_made_is_never_taken_for_a_dead_daemons(tmp_path, monkeypatch):
+    """The lock file gets its name only once it is held: a daemon starting at that moment
+    finds no lock in the new folder (left alone), never an unheld one (removed)."""
+    seen = []
+    real_flock = state.fcntl.flock
+
+    def flock_while_another_daemon_starts(fd, operation):
+        [folder] = [p for p in tmp_path.iterdir() if p.name.startswith(state.PREFIX)]
+        seen.append((folder.name, state.remove_stale(str(tmp_path)), (folder / state.LOCK).exists()))
+        real_flock(fd, operation)
+    monkeypatch.setattr(state.fcntl, "flock", flock_while_another_daemon_starts)
+    folder, lock = state.create(str(tmp_path))
+    assert seen == [(os.path.basename(folder), [], False)]
+    assert os.path.isdir(folder) and os.path.exists(os.path.join(folder, state.LOCK))
+    os.close(lock)
