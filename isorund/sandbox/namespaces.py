@@ -4,8 +4,8 @@ The order matters (see ``isorund/sandbox/__init__``):
 - the zygote puts each new sandbox in a fresh pid namespace as it forks it (``fork_into_new_pid_ns``),
   so the sandbox is pid 1 there;
 - in the pool, the sandbox, still the host's root, unshares the other namespaces except the user
-  one (``unshare_host_views``): the mounts of the new root are made as the real root, which can
-  read any host folder it binds;
+  one (``unshare_host_views``; its mount namespace a copy of the zygote's template namespace):
+  the mounts of the new root are made as the real root;
 - once its call's folders are bound and the root pivoted, it becomes an unprivileged host id and
   enters a user namespace of its own (``become_guest_user``), which owns no other namespace, so
   even the capabilities it briefly holds there command nothing.
