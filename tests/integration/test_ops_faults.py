@@ -33,16 +33,13 @@ def wait_gone(processes, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def call_eventually(runner, seconds: float = 30):
-    """echo(7) once the daemon serves calls again (a zygote restarting answers unavailable)."""
+def wait_for_event(daemon, name: str, seconds: float = 30) -> list[dict]:
+    """The daemon's log lines of event ``name``, once there is one."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return runner.run("echo", args=[7], timeout=5)
-        except (errors.DaemonUnavailable, errors.SandboxError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    while not (found := events(daemon, name)):
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    return found
 
 
 def events(daemon, name: str) -> list[dict]:
@@ -82,10 +79,7 @@ def test_a_zygote_killed_mid_call_fails_the_call_clearly_and_comes_back(start_da
     error = ended()
     assert isinstance(error, errors.SandboxError) and "zygote died" in str(error)
     wait_gone(sandboxes)  # every prepared and running sandbox went with its zygote
-    deadline = time.monotonic() + 30
-    while not events(d, "zygote_restarted"):
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+    wait_for_event(d, "zygote_restarted")
     assert zygote_of(d).pid != zygote.pid
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         assert [r.run("echo", args=[n]) for n in range(5)] == list(range(5))
@@ -218,9 +212,9 @@ def test_a_live_daemons_state_folder_removed_from_under_it_takes_no_call_down(st
         # a zygote restarted now builds its template again (it needs a mountpoint for that)
         killed = zygote_of(d)
         killed.kill()
-        killed.wait(10)
-        assert call_eventually(r) == 7
+        wait_for_event(d, "zygote_restarted")
         assert zygote_of(d).pid != killed.pid
+        assert r.run("echo", args=[7]) == 7
     assert d.stop() == 0
     assert "Traceback" not in d.log()
 

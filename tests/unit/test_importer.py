@@ -4,6 +4,7 @@ import importlib.util
 import marshal
 import os
 import py_compile
+import signal
 from pathlib import Path
 
 import pytest
@@ -299,4 +300,14 @@ def test_an_entry_that_is_no_regular_file_is_ignored_without_blocking_or_reading
         cache.mkdir()
     else:
         cache.symlink_to("/dev/zero")  # reading it would never end
-    assert load(tmp_path).X == "source"
+    signal.signal(signal.SIGALRM, _stuck)
+    signal.alarm(10)  # a reader that blocks or reads forever fails here instead of hanging
+    try:
+        assert load(tmp_path).X == "source"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def _stuck(*_):
+    raise AssertionError("the importer blocked on, or kept reading, a cache entry")
