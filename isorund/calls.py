@@ -19,6 +19,7 @@ from isorun._proto import sandbox_pb2 as sb
 from . import memory
 from . import plan as plans
 from .admission import Admission, QueueFull, QueueTimeout
+from .code_cache import CodeCache
 from .launcher import Sandbox, Zygote, ZygoteUnavailable
 from .plan import RequestError
 from .sandbox_call import run_call
@@ -44,6 +45,7 @@ class Calls:
         self.metrics = metrics
         self.isolated = not config.insecure_no_isolation
         self.in_flight: set[Sandbox] = set()
+        self.code_cache = CodeCache(config.code_cache_bytes)
         self._trim_wanted = False
         self._trim_timer: asyncio.TimerHandle | None = None
 
@@ -61,6 +63,8 @@ class Calls:
         ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
             plan = plans.build(request, self.config)
+            if not request.compiler:  # a compiler plugin's output is compiled in each call
+                self.code_cache.fill(plan)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)
             wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
             queued = None  # in the queue from here until a sandbox is taken
@@ -72,7 +76,7 @@ class Calls:
                 self.in_flight.add(sandbox)
                 try:
                     outcome = await run_call(sandbox, plan, request.SerializeToString(), on_event, self.isolated,
-                                             deadline)
+                                             deadline, on_compiled=lambda m: self.code_cache.store(plan.root, m))
                 finally:
                     self.in_flight.discard(sandbox)
                     self.zygote.replace()

@@ -138,6 +138,15 @@ class _StateCollector:
         restarts = CounterMetricFamily("isorun_zygote_restarts", "Times the sandbox zygote was restarted after dying")
         restarts.add_metric([], zygote.restarts)
         yield restarts
+        cache = calls.code_cache
+        yield _gauge("isorun_code_cache_bytes", "Bytes of compiled guest modules the daemon keeps", cache.bytes)
+        yield _gauge("isorun_code_cache_modules", "Compiled guest modules the daemon keeps", len(cache))
+        for name, help_text, value in (
+                ("isorun_code_cache_hits", "Compiled guest modules handed to a call", cache.hits),
+                ("isorun_code_cache_stored", "Compiled guest modules received from a call's sandbox", cache.stored)):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -19,6 +19,7 @@ from isorun._proto import sandbox_pb2 as sb
 from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
 
+from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
 from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
 from .plan import RequestError
 
@@ -29,7 +30,7 @@ RUNNING = pb.RunEvent(running=pb.Running())
 
 
 async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: bool,
-                   deadline: float | None = None) -> sb.RelayedOutcome:
+                   deadline: float | None = None, on_compiled=None) -> sb.RelayedOutcome:
     """Sends ``plan`` and the client's ``request`` (its bytes) to ``sandbox`` and relays its
     events to ``on_event`` until the outcome.
 
@@ -39,7 +40,11 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
     cap. Whatever happens, the sandbox is killed on return — after an outcome that kill just
     collects what the guest left behind. The outcome's result stays the bytes the sandbox
     encoded (``SandboxEvent`` in sandbox.proto): the client parses it, the daemon only relays.
-    Raises RequestError when the sandbox finds the request's values do not parse."""
+    Raises RequestError when the sandbox finds the request's values do not parse.
+
+    When the plan asks for the call's compiled modules, a ``compiled`` event that is the
+    sandbox's first goes to ``on_compiled``: the runtime writes it before any guest code runs.
+    Any other ``compiled`` event ends the call, as any event the runtime would not send."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     limits = plan.limits
@@ -67,13 +72,21 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
             reader = _FrameReader(loop, sandbox.sock)
             max_frame = limits.result_bytes + EVENT_SLACK
             event, running_seen = None, False
+            compiled_expected = plan.report_compiled
             while True:
                 if event is None:
-                    frame = await reader.next(max_frame)
+                    frame = await reader.next(max(max_frame, MAX_COMPILED_EVENT) if compiled_expected else max_frame)
                     if frame is None:
                         return await _died(sandbox, started, limits.cpu_seconds)
                     event = _parse_event(frame)
                 kind = event.WhichOneof("event")
+                if compiled_expected:
+                    compiled_expected = False
+                    if kind == "compiled":
+                        if on_compiled is not None:
+                            on_compiled(event.compiled)
+                        event = None
+                        continue
                 if kind == "outcome":
                     outcome = event.outcome
                     outcome.usage.wall_seconds = time.monotonic() - started

@@ -28,7 +28,8 @@ from isorun._proto import sandbox_pb2 as sb
 from isorun.errors import SerializationError
 
 from . import channel
-from .importer import GuestImporter, GuestModuleNotFound, ImportPolicy, PluginFailure, call_plugin
+from .importer import (MAX_COMPILED_BYTES, Compiled, GuestImporter, GuestModuleNotFound, ImportPolicy,
+                       PluginFailure, call_plugin)
 
 Failure = pb.Failure
 
@@ -231,6 +232,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         importer = GuestImporter(policy, context=context, resolver=resolver,
                                  compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
                                  plugin_names=(request.compiler, request.resolver))
+        _preload(importer, plan)
         module = importer.load_main(plan.file)
         func = module.__dict__.get(request.func_name)
         if not callable(func):
@@ -262,6 +264,30 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     if failure is not None:
         outcome.failure.CopyFrom(failure)  # the result oneof: whatever value was begun is dropped
     _console.send_after_lines(event)
+
+
+def _preload(importer: GuestImporter, plan) -> None:
+    """Gets the guest's modules ready from the daemon's code cache, before any guest code runs;
+    when the daemon asked, sends it the modules, first of all events: the only moment the
+    process holds nothing but the runtime's own work (see isorund.code_cache)."""
+    compiled = importer.preload(plan.file, {m.path: m for m in plan.modules}, plan.report_compiled)
+    if plan.report_compiled:
+        _console.send_after_lines(sb.SandboxEvent(compiled=sb.CompiledModules(modules=_within_budget(compiled))))
+
+
+def _within_budget(modules: list[Compiled]) -> list[sb.CompiledModule]:
+    """The modules that fit in ``MAX_COMPILED_BYTES``, in the order found (the call's file
+    first), one too large for what is left skipped: the daemon reads the event under that bound."""
+    out, total = [], 0
+    for m in modules:
+        message = sb.CompiledModule(path=m.path, source_hash=m.source_hash, code=m.code, imports=m.imports,
+                                    inode=m.version[0], size=m.version[1], mtime_ns=m.version[2],
+                                    ctime_ns=m.version[3])
+        size = message.ByteSize() + 8  # with its tag and length in the list
+        if total + size <= MAX_COMPILED_BYTES:
+            out.append(message)
+            total += size
+    return out
 
 
 class InvalidRequest(Exception):

@@ -21,10 +21,18 @@ import does: whoever provides the folder may precompile it (``python -m compilea
 installed packages in whitelisted folders usually come precompiled. The sandbox never writes
 one: the folders are read-only, and a cache a call could fill would be state shared with the
 next calls.
+
+Compiled once per file version (``preload``): before any guest code runs, the runtime reads the
+call's file and the guest modules its module-level imports load (and theirs), and takes each
+one's code from the daemon's code cache when the source's hash matches, or compiles it; the
+modules compiled then go back to the daemon, which hands them to the next calls. Only code
+made before the first line of guest code runs is ever handed on: after that the process is
+the guest's, and what it sends could be anything.
 """
 from __future__ import annotations
 
 import builtins
+import dis
 import importlib.machinery
 import importlib.util
 import linecache
@@ -41,6 +49,10 @@ REMOVED_BUILTINS = frozenset({"open", "input", "exit", "quit", "breakpoint", "he
                               "copyright", "credits", "license"})
 # A future statement is an instruction to the compiler; the module it imports holds nothing else.
 ALWAYS_ALLOWED = frozenset({"__future__"})
+# Bounds of what ``preload`` reads ahead and hands back: modules, and bytes of their code (the
+# daemon's plan and the sandbox's event carry them; see isorund.code_cache).
+MAX_PRELOAD = 256
+MAX_COMPILED_BYTES = 1 << 20
 # Modules an allowed module's C code imports while the guest's frame is the current one, so
 # that the import comes to the guest's __import__: datetime's strftime, today() and strptime
 # need time and _strptime. Allowed with the module that needs them.
@@ -75,6 +87,24 @@ class ImportPolicy:
         if path.startswith(self.guest_dir + "/"):
             return path[len(self.guest_dir):]
         return path
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A guest module's code as ``preload`` compiled (or was handed) it, and what it imports."""
+    path: str                   # as the guest sees it: "/pkg/__init__.py"
+    source_hash: bytes          # importlib.util.source_hash of the source it was compiled from
+    code: bytes                 # marshal.dumps of its code object
+    imports: tuple[str, ...]    # guest modules its module-level imports load (paths as above)
+    version: tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of the file read
+
+
+@dataclass
+class _Loaded:
+    """A guest file ``preload`` read; ``code`` is a code object, or the bytes to unmarshal."""
+    raw: bytes
+    mtime: float
+    code: types.CodeType | bytes
 
 
 class GuestModuleNotFound(ModuleNotFoundError):
@@ -116,6 +146,7 @@ class GuestImporter:
         self.plugin_names = plugin_names  # (compiler, resolver), for their failures' messages
         self.modules: dict[str, types.ModuleType] = {}
         self._found: dict[str, tuple[str, bool] | None] = {}
+        self._preloaded: dict[str, _Loaded] = {}
         self.guest_files: set[str] = set()
         self.builtins = {k: v for k, v in vars(builtins).items() if k not in REMOVED_BUILTINS}
         self.builtins["__import__"] = self.import_
@@ -127,6 +158,91 @@ class GuestImporter:
         path = os.path.join(self.policy.guest_dir, relative_file)
         name = os.path.splitext(os.path.basename(relative_file))[0]
         return self._execute(name, path, package="")
+
+    def preload(self, relative_file: str, known: dict, report: bool) -> list[Compiled]:
+        """Reads the call's file and the guest modules its module-level imports load, and
+        theirs, and gets each one's code ready before any guest code runs; returns them as
+        ``Compiled`` when ``report`` (the daemon asked for them), else nothing.
+
+        ``known`` maps a guest path to the daemon's code for it (anything with ``Compiled``'s
+        fields), used only if the source read has its hash. Without ``report``, only modules the
+        daemon knows are read ahead, by the imports it recorded; with it, each one's imports are
+        found again in its code and every module reached is compiled if need be. A file that
+        cannot be read or compiled is left for the import, whose error is then the guest's as
+        before. Never runs guest code.
+        """
+        if self.compiler is not None:
+            return []  # a compiler plugin's output is compiled where it is made, every call
+        out: list[Compiled] = []
+        queue, seen = ["/" + relative_file], set()
+        while queue and len(seen) < MAX_PRELOAD:
+            display = queue.pop(0)
+            if display in seen:
+                continue
+            seen.add(display)
+            entry = known.get(display)
+            path = os.path.join(self.policy.guest_dir, display.lstrip("/"))
+            try:
+                with _read_only_file(path) as f:
+                    st, raw = os.fstat(f.fileno()), f.read()
+                source_hash = importlib.util.source_hash(raw)
+                if entry is not None and entry.source_hash == source_hash and not report:
+                    self._preloaded[path] = _Loaded(raw, st.st_mtime, entry.code)
+                    queue.extend(entry.imports)
+                    continue
+                if not report:
+                    continue
+                code = (marshal.loads(entry.code) if entry is not None and entry.source_hash == source_hash
+                        else self._code_of(path, raw, st.st_mtime, display))
+            except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, EOFError, TypeError):
+                continue
+            self._preloaded[path] = _Loaded(raw, st.st_mtime, code)
+            imports = tuple(dict.fromkeys(p for name, level, fromlist in module_imports(code)
+                                          for p in self.guest_files_of(display, name, level, fromlist)))
+            queue.extend(imports)
+            out.append(Compiled(display, source_hash, marshal.dumps(code), imports,
+                                (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+        return out
+
+    def guest_files_of(self, importer: str, name: str, level: int, fromlist) -> list[str]:
+        """The guest source files (guest paths) that ``from <level dots><name> import
+        <fromlist>`` in guest file ``importer`` would load, found as the import would find them
+        in the guest folder: each package's ``__init__`` on the way, the module, and the
+        submodules named in ``fromlist``. Names found elsewhere (allowed modules, whitelisted
+        folders) load no guest file of the call's folder."""
+        folder = "/" if not level else os.path.dirname(importer)
+        for _ in range(max(0, level - 1)):
+            if folder == "/":
+                return []
+            folder = os.path.dirname(folder)
+        files: list[str] = []
+        for part in name.split(".") if name else ():
+            found = self._guest_source(folder, part)
+            if found is None:
+                return files
+            file, folder = found
+            if file:
+                files.append(file)
+            if folder is None:  # a module, not a package: nothing below it
+                return files
+        for item in fromlist or ():
+            if item != "*" and (found := self._guest_source(folder, item)) and found[0]:
+                files.append(found[0])
+        return files
+
+    def _guest_source(self, folder: str, name: str) -> tuple[str | None, str | None] | None:
+        """Guest module ``name`` in guest folder ``folder``: (its file or None for a namespace
+        package, its package folder or None for a plain module), or None."""
+        if not name.isidentifier():
+            return None
+        host_folder = os.path.join(self.policy.guest_dir, folder.lstrip("/"))
+        for path, is_package in self.policy.source_candidates(host_folder, name):
+            if os.path.isfile(path):
+                display = self.policy.display_name(path)
+                return display, os.path.dirname(display) if is_package else None
+        if os.path.isdir(os.path.join(host_folder, name)):
+            return None, os.path.join(folder, name)
+        return None
 
     def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
         """The guest's ``__import__``: same contract as the builtin one."""
@@ -210,9 +326,13 @@ class GuestImporter:
         if os.path.isdir(path):
             return self._namespace_package(name, path)
         display = self.policy.display_name(path)
+        loaded = self._preloaded.pop(path, None)
         try:
-            with _read_only_file(path) as f:
-                mtime, raw = os.fstat(f.fileno()).st_mtime, f.read()
+            if loaded is not None:
+                mtime, raw = loaded.mtime, loaded.raw
+            else:
+                with _read_only_file(path) as f:
+                    mtime, raw = os.fstat(f.fileno()).st_mtime, f.read()
         except OSError:
             raise module_not_found(name) from None
         try:
@@ -225,9 +345,12 @@ class GuestImporter:
             source = call_plugin("compiler", self.plugin_names[0], self.compiler, source, display)
         linecache.cache[display] = (len(source), None, source.splitlines(True), display)
         self.guest_files.add(display)
-        code = None if self.compiler is not None else cached_code(path, raw, mtime, display)
-        if code is None:
+        if loaded is not None:
+            code = marshal.loads(loaded.code) if isinstance(loaded.code, bytes) else loaded.code
+        elif self.compiler is not None:
             code = compile(source, display, "exec", dont_inherit=True)
+        else:
+            code = self._code_of(path, raw, mtime, display, source)
         module = types.ModuleType(name)
         module.__file__ = display
         module.__package__ = package
@@ -247,6 +370,17 @@ class GuestImporter:
                 del sys.modules[name]
             raise
         return module
+
+    @staticmethod
+    def _code_of(path: str, raw: bytes, mtime: float, display: str, source: str | None = None) -> types.CodeType:
+        """Guest source's code: its ``__pycache__`` entry if it holds exactly this source, else
+        compiled."""
+        code = cached_code(path, raw, mtime, display)
+        if code is None:
+            if source is None:
+                source = importlib.util.decode_source(raw)
+            code = compile(source, display, "exec", dont_inherit=True)
+        return code
 
     def _namespace_package(self, name: str, folder: str):
         """A guest folder without ``__init__``: a package with no code of its own, as Python 3
@@ -285,6 +419,20 @@ def _namespace(folder: str, name: str) -> tuple[str, bool] | None:
     only after every regular module (as in Python, where any module of that name wins)."""
     path = os.path.join(folder, name)
     return (path, True) if name.isidentifier() and os.path.isdir(path) else None
+
+
+def module_imports(code: types.CodeType) -> list[tuple[str, int, tuple | None]]:
+    """The imports a module's own code makes as it runs ((name, level, fromlist), in order):
+    the statements at module level, under ``if`` and ``try`` included, not those in its
+    functions and classes, which may never run."""
+    found, previous = [], [None, None]
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "IMPORT_NAME" and all(p is not None and p.opname == "LOAD_CONST" for p in previous):
+            level, fromlist = (p.argval for p in previous)
+            if isinstance(level, int) and (fromlist is None or isinstance(fromlist, tuple)):
+                found.append((instruction.argval, level, fromlist))
+        previous = [previous[1], instruction]
+    return found
 
 
 def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.CodeType | None:

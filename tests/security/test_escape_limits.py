@@ -194,6 +194,25 @@ def test_a_forged_invalid_request_before_running_refuses_only_its_own_call_and_i
     assert '"outcome": "invalid_argument"' in line and len(line) < 1000, line
 
 
+def test_a_forged_compiled_event_is_never_kept_for_the_next_calls_of_the_file(secure_daemon, tmp_path):
+    """The daemon keeps a call's compiled modules only from the first event of a sandbox it
+    asked (the runtime writes it before any guest code runs). A guest that writes its own, with
+    code for its modules stamped with their sources' real hashes and versions, ends its call;
+    the next calls of the file run the source. Forged in the file's first call (whose sandbox
+    was asked: the runtime's event came first) and in a later one (whose sandbox was not)."""
+    root = tmp_path / "guest"
+    root.mkdir()
+    root.chmod(0o755)
+    for name in ("escape.py", "forged_events.py", "forged_compiled.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    (root / "helper.py").write_text("X = 'source'\n")
+    with CodeRunner(root=str(root), file="forged_compiled.py", socket=secure_daemon.socket) as runner:
+        for _ in range(2):
+            with pytest.raises(errors.SandboxError, match="a 'compiled' event"):
+                runner.run("forge", timeout=20)
+            assert runner.run("read", timeout=20) == "source"
+
+
 def test_a_forged_empty_console_batch_ends_the_call(attack):
     with pytest.raises(errors.SandboxError, match="an empty event"):
         attack("forged_events", "empty_batch", timeout=20)

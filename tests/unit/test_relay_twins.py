@@ -11,7 +11,7 @@ from isorun._proto import sandbox_pb2 as sb
 # The twins' fields that hold bytes where the public message holds a submessage.
 KEPT_AS_BYTES = {("SandboxEvent", "console_batch"), ("RelayedOutcome", "value"), ("RelayedRunRequest", "args"),
                  ("ContextEntry", "value"), ("RelayedRunRequest", "resolver_options")}
-DAEMON_ONLY = {("SandboxEvent", "invalid_request")}  # read by the daemon, never relayed
+DAEMON_ONLY = {("SandboxEvent", "invalid_request"), ("SandboxEvent", "compiled")}  # read by the daemon, never relayed
 TWINS = [(sb.SandboxEvent, pb.RunEvent), (sb.RelayedOutcome, pb.Outcome), (sb.RelayedRunResponse, pb.RunResponse),
          (sb.RelayedRunRequest, pb.RunRequest)]
 TWIN_NAMES = {twin.DESCRIPTOR.full_name: public.DESCRIPTOR.full_name for twin, public in TWINS}

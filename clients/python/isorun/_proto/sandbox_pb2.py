@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import runner_pb2 as isorun_dot_v1_dot_runner__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17isorun/v1/sandbox.proto\x12\tisorun.v1\x1a\x16isorun/v1/runner.proto\"\xc8\x01\n\x08\x43\x61llPlan\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x03 \x01(\t\x12\x0c\n\x04\x66ile\x18\x04 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x05 \x03(\t\x12\x12\n\nhost_paths\x18\x06 \x03(\t\x12\x14\n\x0csearch_paths\x18\x07 \x03(\t\x12\x12\n\nextensions\x18\x08 \x03(\t\x12!\n\x06limits\x18\t \x01(\x0b\x32\x11.isorun.v1.Limits\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x01J\x04\x08\x02\x10\x03\"\x95\x03\n\x11RelayedRunRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\tfunc_name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\x0c\x12:\n\x07\x63ontext\x18\x05 \x03(\x0b\x32).isorun.v1.RelayedRunRequest.ContextEntry\x12\x10\n\x08\x65xternal\x18\x06 \x03(\t\x12\x19\n\x11whitelisted_paths\x18\x07 \x03(\t\x12\x19\n\x11source_extensions\x18\x08 \x03(\t\x12\x10\n\x08\x63ompiler\x18\t \x01(\t\x12\x10\n\x08resolver\x18\n \x01(\t\x12\x18\n\x10resolver_options\x18\x0b \x01(\x0c\x12\x15\n\rargs_resolver\x18\x0c \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\r \x01(\x01\x12!\n\x06limits\x18\x0e \x01(\x0b\x32\x11.isorun.v1.Limits\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xcb\x01\n\x0cSandboxEvent\x12%\n\x07running\x18\x01 \x01(\x0b\x32\x12.isorun.v1.RunningH\x00\x12)\n\x07\x63onsole\x18\x02 \x01(\x0b\x32\x16.isorun.v1.ConsoleLineH\x00\x12,\n\x07outcome\x18\x03 \x01(\x0b\x32\x19.isorun.v1.RelayedOutcomeH\x00\x12\x17\n\rconsole_batch\x18\x04 \x01(\x0cH\x00\x12\x19\n\x0finvalid_request\x18\x0f \x01(\tH\x00\x42\x07\n\x05\x65vent\"\x84\x01\n\x0eRelayedOutcome\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x12.isorun.v1.FailureH\x00\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.isorun.v1.Usage\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\tB\x08\n\x06result\"i\n\x12RelayedRunResponse\x12*\n\x07outcome\x18\x01 \x01(\x0b\x32\x19.isorun.v1.RelayedOutcome\x12\'\n\x07\x63onsole\x18\x02 \x03(\x0b\x32\x16.isorun.v1.ConsoleLineb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17isorun/v1/sandbox.proto\x12\tisorun.v1\x1a\x16isorun/v1/runner.proto\"\x8d\x02\n\x08\x43\x61llPlan\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x03 \x01(\t\x12\x0c\n\x04\x66ile\x18\x04 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x05 \x03(\t\x12\x12\n\nhost_paths\x18\x06 \x03(\t\x12\x14\n\x0csearch_paths\x18\x07 \x03(\t\x12\x12\n\nextensions\x18\x08 \x03(\t\x12!\n\x06limits\x18\t \x01(\x0b\x32\x11.isorun.v1.Limits\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x01\x12*\n\x07modules\x18\x0b \x03(\x0b\x32\x19.isorun.v1.CompiledModule\x12\x17\n\x0freport_compiled\x18\x0c \x01(\x08J\x04\x08\x02\x10\x03\"\x93\x01\n\x0e\x43ompiledModule\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bsource_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x0c\x12\x0f\n\x07imports\x18\x04 \x03(\t\x12\r\n\x05inode\x18\x05 \x01(\x04\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x07 \x01(\x03\x12\x10\n\x08\x63time_ns\x18\x08 \x01(\x03\"=\n\x0f\x43ompiledModules\x12*\n\x07modules\x18\x01 \x03(\x0b\x32\x19.isorun.v1.CompiledModule\"\x95\x03\n\x11RelayedRunRequest\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\tfunc_name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\x0c\x12:\n\x07\x63ontext\x18\x05 \x03(\x0b\x32).isorun.v1.RelayedRunRequest.ContextEntry\x12\x10\n\x08\x65xternal\x18\x06 \x03(\t\x12\x19\n\x11whitelisted_paths\x18\x07 \x03(\t\x12\x19\n\x11source_extensions\x18\x08 \x03(\t\x12\x10\n\x08\x63ompiler\x18\t \x01(\t\x12\x10\n\x08resolver\x18\n \x01(\t\x12\x18\n\x10resolver_options\x18\x0b \x01(\x0c\x12\x15\n\rargs_resolver\x18\x0c \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\r \x01(\x01\x12!\n\x06limits\x18\x0e \x01(\x0b\x32\x11.isorun.v1.Limits\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xfb\x01\n\x0cSandboxEvent\x12%\n\x07running\x18\x01 \x01(\x0b\x32\x12.isorun.v1.RunningH\x00\x12)\n\x07\x63onsole\x18\x02 \x01(\x0b\x32\x16.isorun.v1.ConsoleLineH\x00\x12,\n\x07outcome\x18\x03 \x01(\x0b\x32\x19.isorun.v1.RelayedOutcomeH\x00\x12\x17\n\rconsole_batch\x18\x04 \x01(\x0cH\x00\x12\x19\n\x0finvalid_request\x18\x0f \x01(\tH\x00\x12.\n\x08\x63ompiled\x18\x0e \x01(\x0b\x32\x1a.isorun.v1.CompiledModulesH\x00\x42\x07\n\x05\x65vent\"\x84\x01\n\x0eRelayedOutcome\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x12.isorun.v1.FailureH\x00\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.isorun.v1.Usage\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\tB\x08\n\x06result\"i\n\x12RelayedRunResponse\x12*\n\x07outcome\x18\x01 \x01(\x0b\x32\x19.isorun.v1.RelayedOutcome\x12\'\n\x07\x63onsole\x18\x02 \x03(\x0b\x32\x16.isorun.v1.ConsoleLineb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_CALLPLAN']._serialized_start=63
-  _globals['_CALLPLAN']._serialized_end=263
-  _globals['_RELAYEDRUNREQUEST']._serialized_start=266
-  _globals['_RELAYEDRUNREQUEST']._serialized_end=671
-  _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._serialized_start=625
-  _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._serialized_end=671
-  _globals['_SANDBOXEVENT']._serialized_start=674
-  _globals['_SANDBOXEVENT']._serialized_end=877
-  _globals['_RELAYEDOUTCOME']._serialized_start=880
-  _globals['_RELAYEDOUTCOME']._serialized_end=1012
-  _globals['_RELAYEDRUNRESPONSE']._serialized_start=1014
-  _globals['_RELAYEDRUNRESPONSE']._serialized_end=1119
+  _globals['_CALLPLAN']._serialized_end=332
+  _globals['_COMPILEDMODULE']._serialized_start=335
+  _globals['_COMPILEDMODULE']._serialized_end=482
+  _globals['_COMPILEDMODULES']._serialized_start=484
+  _globals['_COMPILEDMODULES']._serialized_end=545
+  _globals['_RELAYEDRUNREQUEST']._serialized_start=548
+  _globals['_RELAYEDRUNREQUEST']._serialized_end=953
+  _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._serialized_start=907
+  _globals['_RELAYEDRUNREQUEST_CONTEXTENTRY']._serialized_end=953
+  _globals['_SANDBOXEVENT']._serialized_start=956
+  _globals['_SANDBOXEVENT']._serialized_end=1207
+  _globals['_RELAYEDOUTCOME']._serialized_start=1210
+  _globals['_RELAYEDOUTCOME']._serialized_end=1342
+  _globals['_RELAYEDRUNRESPONSE']._serialized_start=1344
+  _globals['_RELAYEDRUNRESPONSE']._serialized_end=1449
 # @@protoc_insertion_point(module_scope)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallPlan(_message.Message):
-    __slots__ = ("call_id", "root", "file", "allowed", "host_paths", "search_paths", "extensions", "limits", "timeout_seconds")
+    __slots__ = ("call_id", "root", "file", "allowed", "host_paths", "search_paths", "extensions", "limits", "timeout_seconds", "modules", "report_compiled")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class CallPlan(_message.Message):
     EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_COMPILED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     root: str
     file: str
@@ -28,7 +30,35 @@ class CallPlan(_message.Message):
     extensions: _containers.RepeatedScalarFieldContainer[str]
     limits: _runner_pb2.Limits
     timeout_seconds: float
-    def __init__(self, call_id: _Optional[str] = ..., root: _Optional[str] = ..., file: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., host_paths: _Optional[_Iterable[str]] = ..., search_paths: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    modules: _containers.RepeatedCompositeFieldContainer[CompiledModule]
+    report_compiled: bool
+    def __init__(self, call_id: _Optional[str] = ..., root: _Optional[str] = ..., file: _Optional[str] = ..., allowed: _Optional[_Iterable[str]] = ..., host_paths: _Optional[_Iterable[str]] = ..., search_paths: _Optional[_Iterable[str]] = ..., extensions: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., modules: _Optional[_Iterable[_Union[CompiledModule, _Mapping]]] = ..., report_compiled: _Optional[bool] = ...) -> None: ...
+
+class CompiledModule(_message.Message):
+    __slots__ = ("path", "source_hash", "code", "imports", "inode", "size", "mtime_ns", "ctime_ns")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    IMPORTS_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    source_hash: bytes
+    code: bytes
+    imports: _containers.RepeatedScalarFieldContainer[str]
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    def __init__(self, path: _Optional[str] = ..., source_hash: _Optional[bytes] = ..., code: _Optional[bytes] = ..., imports: _Optional[_Iterable[str]] = ..., inode: _Optional[int] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
+
+class CompiledModules(_message.Message):
+    __slots__ = ("modules",)
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    modules: _containers.RepeatedCompositeFieldContainer[CompiledModule]
+    def __init__(self, modules: _Optional[_Iterable[_Union[CompiledModule, _Mapping]]] = ...) -> None: ...
 
 class RelayedRunRequest(_message.Message):
     __slots__ = ("root", "file", "func_name", "args", "context", "external", "whitelisted_paths", "source_extensions", "compiler", "resolver", "resolver_options", "args_resolver", "timeout_seconds", "limits")
@@ -70,18 +100,20 @@ class RelayedRunRequest(_message.Message):
     def __init__(self, root: _Optional[str] = ..., file: _Optional[str] = ..., func_name: _Optional[str] = ..., args: _Optional[_Iterable[bytes]] = ..., context: _Optional[_Mapping[str, bytes]] = ..., external: _Optional[_Iterable[str]] = ..., whitelisted_paths: _Optional[_Iterable[str]] = ..., source_extensions: _Optional[_Iterable[str]] = ..., compiler: _Optional[str] = ..., resolver: _Optional[str] = ..., resolver_options: _Optional[bytes] = ..., args_resolver: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., limits: _Optional[_Union[_runner_pb2.Limits, _Mapping]] = ...) -> None: ...
 
 class SandboxEvent(_message.Message):
-    __slots__ = ("running", "console", "outcome", "console_batch", "invalid_request")
+    __slots__ = ("running", "console", "outcome", "console_batch", "invalid_request", "compiled")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_BATCH_FIELD_NUMBER: _ClassVar[int]
     INVALID_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_FIELD_NUMBER: _ClassVar[int]
     running: _runner_pb2.Running
     console: _runner_pb2.ConsoleLine
     outcome: RelayedOutcome
     console_batch: bytes
     invalid_request: str
-    def __init__(self, running: _Optional[_Union[_runner_pb2.Running, _Mapping]] = ..., console: _Optional[_Union[_runner_pb2.ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console_batch: _Optional[bytes] = ..., invalid_request: _Optional[str] = ...) -> None: ...
+    compiled: CompiledModules
+    def __init__(self, running: _Optional[_Union[_runner_pb2.Running, _Mapping]] = ..., console: _Optional[_Union[_runner_pb2.ConsoleLine, _Mapping]] = ..., outcome: _Optional[_Union[RelayedOutcome, _Mapping]] = ..., console_batch: _Optional[bytes] = ..., invalid_request: _Optional[str] = ..., compiled: _Optional[_Union[CompiledModules, _Mapping]] = ...) -> None: ...
 
 class RelayedOutcome(_message.Message):
     __slots__ = ("value", "failure", "usage", "call_id")

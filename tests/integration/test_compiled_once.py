@@ -1,0 +1,95 @@
+"""Guest modules compiled once per file version (``isorund.code_cache``), through the real daemon:
+the first call of a file sends its modules, later calls get them, an edit runs at once, and
+what the guest sees (results, tracebacks) is what compiled source gives."""
+import os
+
+import pytest
+
+from isorun import CodeRunner, errors
+from tests.integration.test_ops_observability import scrape
+
+CONFIG = '''
+metrics_address = "127.0.0.1:0"
+plugin_paths = ["{plugins}"]
+
+[plugins.compilers]
+plus-to-times = "test_plugins:plus_to_times"
+'''
+FILES = {
+    "index.py": "import helper\nfrom pkg import util\ndef f(x):\n    return helper.twice(x) + util.ONE\n"
+                "def fail():\n    return helper.fail()\n",
+    "helper.py": "def twice(x):\n    return 2 * x\ndef fail():\n    raise ValueError('from helper')\n",
+    "pkg/__init__.py": "",
+    "pkg/util.py": "ONE = 1\n",
+}
+
+
+@pytest.fixture
+def cached(start_daemon):
+    return start_daemon(config=CONFIG)
+
+
+def counts(daemon) -> tuple[float, float]:
+    samples = scrape(daemon)
+    return samples["isorun_code_cache_stored_total"], samples["isorun_code_cache_hits_total"]
+
+
+def test_a_files_modules_are_compiled_by_its_first_call_and_handed_to_the_next(cached, make_root):
+    root = make_root(FILES)
+    stored, hits = counts(cached)
+    with CodeRunner(root=root, file="index.py", socket=cached.socket) as runner:
+        assert runner.run("f", [20]) == 41
+        assert counts(cached) == (stored + 4, hits)  # index, helper, pkg/__init__, pkg/util
+        for x in range(3):
+            assert runner.run("f", [x]) == 2 * x + 1
+    assert counts(cached) == (stored + 4, hits + 3 * 4)
+
+
+def test_an_edited_module_runs_at_once_and_is_sent_again(cached, make_root):
+    root = make_root(FILES)
+    with CodeRunner(root=root, file="index.py", socket=cached.socket) as runner:
+        assert runner.run("f", [1]) == 3
+        stored, _ = counts(cached)
+        with open(os.path.join(root, "helper.py"), "w") as f:  # same size: only its content says so
+            f.write(FILES["helper.py"].replace("2 * x", "3 * x"))
+        assert runner.run("f", [1]) == 4
+        assert counts(cached)[0] == stored + 4  # the call was asked again; it sent all four
+        assert runner.run("f", [2]) == 7
+
+
+def test_a_handed_module_fails_with_its_own_traceback(cached, make_root):
+    root = make_root(FILES)
+    with CodeRunner(root=root, file="index.py", socket=cached.socket) as runner:
+        for _ in range(2):  # compiled in the call, then handed by the daemon
+            with pytest.raises(errors.GuestError) as failed:
+                runner.run("fail")
+            assert 'File "/helper.py", line 4, in fail' in failed.value.traceback
+            assert "raise ValueError('from helper')" in failed.value.traceback
+
+
+def test_calls_with_a_small_result_limit_still_send_their_modules(start_daemon, make_root):
+    """The event that carries the modules is read under a bound of its own, not the result's."""
+    daemon = start_daemon(config='metrics_address = "127.0.0.1:0"\n[limits]\nresult_bytes = 1024\n')
+    root = make_root({"index.py": "import big\ndef f():\n    return len(big.S)\n",
+                      "big.py": f"S = '{'s' * 200_000}'\n"})
+    stored, hits = counts(daemon)
+    with CodeRunner(root=root, file="index.py", socket=daemon.socket) as runner:
+        assert runner.run("f") == 200_000
+        assert runner.run("f") == 200_000
+    assert counts(daemon) == (stored + 2, hits + 2)
+
+
+def test_no_module_is_kept_for_a_compiler_plugins_calls(cached, make_root):
+    root = make_root({"index.py": "def f():\n    return 6 + 7\n"})
+    before = counts(cached)
+    with CodeRunner(root=root, file="index.py", socket=cached.socket, compiler="plus-to-times") as runner:
+        assert runner.run("f") == 42
+        assert runner.run("f") == 42
+    assert counts(cached) == before
+
+
+def test_without_a_cache_every_call_compiles_and_runs_the_same(start_daemon, make_root):
+    daemon = start_daemon(config='metrics_address = "127.0.0.1:0"\ncode_cache_bytes = 0\n')
+    with CodeRunner(root=make_root(FILES), file="index.py", socket=daemon.socket) as runner:
+        assert [runner.run("f", [x]) for x in range(3)] == [1, 3, 5]
+    assert counts(daemon) == (0, 0)

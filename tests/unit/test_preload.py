@@ -1,0 +1,154 @@
+"""The importer's read-ahead (``GuestImporter.preload``): which guest modules a call's file loads,
+what code is taken from the daemon and what is compiled, without a sandbox."""
+import dataclasses
+import importlib.util
+import marshal
+import sys
+
+import pytest
+
+from isorund.sandbox.guest import _within_budget
+from isorund.sandbox.importer import MAX_COMPILED_BYTES, Compiled, GuestImporter, ImportPolicy, module_imports
+
+TREE = {
+    "index.py": ("import helper\nfrom pkg import sub\nfrom pkg.ns import deep\nimport json\n"
+                 "try:\n    import optional\nexcept ImportError:\n    pass\n"
+                 "def f():\n    import lazy\n    return helper.X + sub.Y + deep.Z + other.W + lazy.L\n"
+                 "class C:\n    import in_class\n"
+                 "from pkg import other\n"),
+    "helper.py": "X = 1\n",
+    "optional.py": "",
+    "lazy.py": "L = 0\n",
+    "in_class.py": "",
+    "pkg/__init__.py": "from . import other\n",
+    "pkg/other.py": "from .sub import Y\nW = Y * 10\n",
+    "pkg/sub.py": "Y = 2\n",
+    "pkg/ns/deep.py": "Z = 3\n",
+}
+
+
+@pytest.fixture(autouse=True)
+def _guest_modules_forgotten():
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        spec = getattr(sys.modules[name], "__spec__", None)
+        if spec is not None and spec.loader is None:
+            del sys.modules[name]
+
+
+def importer(folder, **options) -> GuestImporter:
+    return GuestImporter(ImportPolicy(guest_dir=str(folder), extensions=(".py",), allowed=frozenset({"json"})),
+                         **options)
+
+
+def write(folder, files):
+    for name, source in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+
+
+def test_module_level_imports_are_found_in_the_code_not_those_of_functions_and_classes():
+    code = compile(TREE["index.py"], "/index.py", "exec")
+    assert module_imports(code) == [("helper", 0, None), ("pkg", 0, ("sub",)), ("pkg.ns", 0, ("deep",)),
+                                    ("json", 0, None), ("optional", 0, None), ("pkg", 0, ("other",))]
+    relative = compile("from . import a\nfrom ..b import c as d\nfrom .e import *\n", "/p/x.py", "exec")
+    assert module_imports(relative) == [("", 1, ("a",)), ("b", 2, ("c",)), ("e", 1, ("*",))]
+
+
+def test_preload_reaches_every_guest_module_the_file_loads_and_compiles_none_twice(tmp_path):
+    write(tmp_path, TREE)
+    found = importer(tmp_path).preload("index.py", {}, report=True)
+    assert [m.path for m in found] == ["/index.py", "/helper.py", "/pkg/__init__.py", "/pkg/sub.py",
+                                       "/pkg/ns/deep.py", "/optional.py", "/pkg/other.py"]
+    by_path = {m.path: m for m in found}
+    assert by_path["/index.py"].imports == ("/helper.py", "/pkg/__init__.py", "/pkg/sub.py", "/pkg/ns/deep.py",
+                                            "/optional.py", "/pkg/other.py")
+    assert by_path["/pkg/other.py"].imports == ("/pkg/sub.py",)
+    source = (tmp_path / "helper.py").read_bytes()
+    helper = by_path["/helper.py"]
+    assert helper.source_hash == importlib.util.source_hash(source)
+    assert marshal.loads(helper.code).co_filename == "/helper.py"
+    stat = (tmp_path / "helper.py").stat()
+    assert helper.version == (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def test_preloaded_modules_run_as_imported_ones_and_preload_runs_no_guest_code(tmp_path):
+    write(tmp_path, {**TREE, "helper.py": "ran.append('helper')\nX = 1\n"})
+    ran = []
+    imp = importer(tmp_path, context={"ran": ran})
+    imp.preload("index.py", {}, report=True)
+    assert ran == []
+    assert imp.load_main("index.py").f() == 1 + 2 + 3 + 20
+    assert ran == ["helper"] and imp._preloaded == {}
+
+
+def test_the_daemons_code_is_used_only_for_the_source_it_was_compiled_from(tmp_path):
+    """The entry's code says something the file does not: only a matching hash makes it run."""
+    write(tmp_path, {"index.py": "import helper\ndef f():\n    return helper.X\n", "helper.py": "X = 'source'\n"})
+    compiled = {m.path: m for m in importer(tmp_path).preload("index.py", {}, report=True)}
+    forged = marshal.dumps(compile("X = 'cached'\n", "/helper.py", "exec"))
+    known = {**compiled, "/helper.py": dataclasses.replace(compiled["/helper.py"], code=forged)}
+    imp = importer(tmp_path)
+    assert imp.preload("index.py", known, report=False) == []
+    assert imp.load_main("index.py").f() == "cached"
+    stale = {**known, "/helper.py": dataclasses.replace(known["/helper.py"], source_hash=b"\0" * 8)}
+    assert importer(tmp_path).load_main("index.py").f() == "source"
+    imp = importer(tmp_path)
+    imp.preload("index.py", stale, report=False)
+    assert imp.load_main("index.py").f() == "source"
+
+
+def test_without_report_only_modules_the_daemon_knows_are_read_ahead(tmp_path):
+    write(tmp_path, TREE)
+    known = {m.path: m for m in importer(tmp_path).preload("index.py", {}, report=True)}
+    del known["/pkg/sub.py"]
+    imp = importer(tmp_path)
+    assert imp.preload("index.py", known, report=False) == []
+    assert sorted(imp._preloaded) == sorted(str(tmp_path) + p for p in known)
+    assert imp.load_main("index.py").f() == 26
+
+
+def test_with_report_the_imports_are_found_again_and_changed_files_compiled(tmp_path):
+    write(tmp_path, TREE)
+    known = {m.path: m for m in importer(tmp_path).preload("index.py", {}, report=True)}
+    (tmp_path / "helper.py").write_text("import extra\nX = extra.E\n")
+    (tmp_path / "extra.py").write_text("E = 5\n")
+    found = {m.path: m for m in importer(tmp_path).preload("index.py", known, report=True)}
+    assert found["/helper.py"].imports == ("/extra.py",) and "/extra.py" in found
+    assert marshal.loads(found["/helper.py"].code).co_names[:1] == ("extra",)
+    assert found["/index.py"].code == known["/index.py"].code
+
+
+def test_a_file_that_does_not_compile_is_left_to_the_import_and_its_error(tmp_path):
+    write(tmp_path, {"index.py": "import broken\n", "broken.py": "def (:\n", "other.py": ""})
+    imp = importer(tmp_path)
+    assert [m.path for m in imp.preload("index.py", {}, report=True)] == ["/index.py"]
+    with pytest.raises(SyntaxError) as raised:
+        imp.load_main("index.py")
+    assert raised.value.filename == "/broken.py"
+
+
+def test_relative_imports_beyond_the_guest_folder_and_missing_names_load_nothing(tmp_path):
+    write(tmp_path, {"index.py": "", "pkg/__init__.py": ""})
+    imp = importer(tmp_path)
+    assert imp.guest_files_of("/pkg/__init__.py", "x", 3, None) == []
+    assert imp.guest_files_of("/index.py", "missing.deeper", 0, None) == []
+    assert imp.guest_files_of("/index.py", "pkg", 0, ("missing", "*")) == ["/pkg/__init__.py"]
+    assert imp.guest_files_of("/index.py", "json", 0, None) == []
+
+
+def test_no_read_ahead_with_a_compiler_plugin(tmp_path):
+    write(tmp_path, {"index.py": "import helper\n", "helper.py": ""})
+    imp = importer(tmp_path, compiler=lambda source, filename: source)
+    assert imp.preload("index.py", {}, report=True) == [] and not imp._preloaded
+
+
+def test_what_goes_back_to_the_daemon_fits_its_bound_and_starts_with_the_calls_file():
+    def module(path, size):
+        return Compiled(path, b"h" * 8, b"c" * size, (), (1, 2, 3, 4))
+    modules = [module("/index.py", 1000), module("/huge.py", MAX_COMPILED_BYTES), module("/small.py", 1000)]
+    sent = _within_budget(modules)
+    assert [m.path for m in sent] == ["/index.py", "/small.py"]
+    assert sum(m.ByteSize() + 8 for m in sent) <= MAX_COMPILED_BYTES
