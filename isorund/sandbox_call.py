@@ -87,6 +87,9 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
                             on_compiled(event.compiled)
                         event = None
                         continue
+                    if len(frame) > max_frame:  # read under the modules' bound, but not theirs
+                        raise _FrameTooLarge(f"the call sent an event of {len(frame)} bytes, over its "
+                                             f"{max_frame}-byte limit")
                 if kind == "outcome":
                     outcome = event.outcome
                     outcome.usage.wall_seconds = time.monotonic() - started

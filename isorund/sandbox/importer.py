@@ -182,8 +182,11 @@ class GuestImporter:
             seen.add(display)
             entry = known.get(display)
             path = os.path.join(self.policy.guest_dir, display.lstrip("/"))
+            fd = _open_regular_file(path)  # never blocked by a FIFO the import itself might not open
+            if fd is None:
+                continue
             try:
-                with _read_only_file(path) as f:
+                with builtins.open(fd, "rb") as f:
                     st, raw = os.fstat(f.fileno()), f.read()
                 source_hash = importlib.util.source_hash(raw)
                 if entry is not None and entry.source_hash == source_hash and not report:

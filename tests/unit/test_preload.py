@@ -1,6 +1,8 @@
 """The importer's read-ahead (``GuestImporter.preload``): which guest modules a call's file loads,
 what code is taken from the daemon and what is compiled, without a sandbox."""
 import dataclasses
+import os
+import signal
 import importlib.util
 import marshal
 import sys
@@ -152,3 +154,32 @@ def test_what_goes_back_to_the_daemon_fits_its_bound_and_starts_with_the_calls_f
     sent = _within_budget(modules)
     assert [m.path for m in sent] == ["/index.py", "/small.py"]
     assert sum(m.ByteSize() + 8 for m in sent) <= MAX_COMPILED_BYTES
+
+
+def test_a_file_that_is_no_regular_file_is_not_read_ahead_and_nothing_blocks(tmp_path):
+    """Modules the daemon recorded, replaced since by a FIFO (a read would wait for a writer
+    forever) and a link to /dev/zero (a read would never end): read-ahead skips both; the
+    import meets them as it did before read-ahead existed (here it never runs)."""
+    write(tmp_path, {"index.py": "if __name__ == 'never':\n    import pipe\n    import zeros\n",
+                     "pipe.py": "", "zeros.py": ""})
+    known = {m.path: m for m in importer(tmp_path).preload("index.py", {}, report=True)}
+    assert known["/index.py"].imports == ("/pipe.py", "/zeros.py")
+    os.unlink(tmp_path / "pipe.py")
+    os.mkfifo(tmp_path / "pipe.py")
+    os.unlink(tmp_path / "zeros.py")
+    (tmp_path / "zeros.py").symlink_to("/dev/zero")
+    signal.signal(signal.SIGALRM, _stuck)
+    signal.alarm(10)
+    try:
+        for report in (False, True):
+            imp = importer(tmp_path)
+            imp.preload("index.py", known, report=report)
+            assert sorted(imp._preloaded) == [str(tmp_path / "index.py")]
+            imp.load_main("index.py")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def _stuck(*_):
+    raise AssertionError("read-ahead blocked on a file that is not a regular one")
