@@ -2,7 +2,7 @@
 
 Compiling a guest module costs a call 10-25 µs a line, every call (a 300-line module doubled an
 echo call's time). A sandbox whose plan asks for it (``report_compiled``) sends the code of the
-call's file and of the guest modules its module-level imports load, as its first event, before
+call's file and of the guest modules its import statements load, as its first event, before
 any guest code runs (``isorund.sandbox.importer.preload``); this cache keeps them and puts them in
 the plans of the next calls of that file, whose sandboxes use each one only if the source they
 read has its hash.

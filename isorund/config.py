@@ -81,7 +81,7 @@ class Config:
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
     max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
-    code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its module-level imports load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
+    code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its import statements load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
     max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds (at most 1e6).")
     default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation).")

@@ -16,8 +16,9 @@ plugin_paths = ["{plugins}"]
 plus-to-times = "test_plugins:plus_to_times"
 '''
 FILES = {
-    "index.py": "import helper\nfrom pkg import util\ndef f(x):\n    return helper.twice(x) + util.ONE\n"
+    "index.py": "import helper\nfrom pkg import util\ndef f(x):\n    import lazy\n    return helper.twice(x) + util.ONE + lazy.ZERO\n"
                 "def fail():\n    return helper.fail()\n",
+    "lazy.py": "ZERO = 0\n",
     "helper.py": "def twice(x):\n    return 2 * x\ndef fail():\n    raise ValueError('from helper')\n",
     "pkg/__init__.py": "",
     "pkg/util.py": "ONE = 1\n",
@@ -39,10 +40,10 @@ def test_a_files_modules_are_compiled_by_its_first_call_and_handed_to_the_next(c
     stored, hits = counts(cached)
     with CodeRunner(root=root, file="index.py", socket=cached.socket) as runner:
         assert runner.run("f", [20]) == 41
-        assert counts(cached) == (stored + 4, hits)  # index, helper, pkg/__init__, pkg/util
+        assert counts(cached) == (stored + 5, hits)  # index, helper, pkg/__init__, pkg/util, lazy (in f)
         for x in range(3):
             assert runner.run("f", [x]) == 2 * x + 1
-    assert counts(cached) == (stored + 4, hits + 3 * 4)
+    assert counts(cached) == (stored + 5, hits + 3 * 5)
 
 
 def test_an_edited_module_runs_at_once_and_is_sent_again(cached, make_root):
@@ -53,7 +54,7 @@ def test_an_edited_module_runs_at_once_and_is_sent_again(cached, make_root):
         with open(os.path.join(root, "helper.py"), "w") as f:  # same size: only its content says so
             f.write(FILES["helper.py"].replace("2 * x", "3 * x"))
         assert runner.run("f", [1]) == 4
-        assert counts(cached)[0] == stored + 4  # the call was asked again; it sent all four
+        assert counts(cached)[0] == stored + 5  # the call was asked again; it sent all five
         assert runner.run("f", [2]) == 7
 
 

@@ -51,10 +51,14 @@ def write(folder, files):
         path.write_text(source)
 
 
-def test_module_level_imports_are_found_in_the_code_not_those_of_functions_and_classes():
+def test_the_imports_are_found_in_the_modules_code_and_in_its_functions_and_classes():
     code = compile(TREE["index.py"], "/index.py", "exec")
     assert module_imports(code) == [("helper", 0, None), ("pkg", 0, ("sub",)), ("pkg.ns", 0, ("deep",)),
-                                    ("json", 0, None), ("optional", 0, None), ("pkg", 0, ("other",))]
+                                    ("json", 0, None), ("optional", 0, None), ("pkg", 0, ("other",)),
+                                    ("lazy", 0, None), ("in_class", 0, None)]
+    nested = compile("def f():\n    def g():\n        return [__import__ for _ in ()] or __import__('x')\n"
+                     "    import deep.er\n", "/n.py", "exec")
+    assert module_imports(nested) == [("deep.er", 0, None)]  # a name made at run time is not found
     relative = compile("from . import a\nfrom ..b import c as d\nfrom .e import *\n", "/p/x.py", "exec")
     assert module_imports(relative) == [("", 1, ("a",)), ("b", 2, ("c",)), ("e", 1, ("*",))]
 
@@ -63,10 +67,10 @@ def test_preload_reaches_every_guest_module_the_file_loads_and_compiles_none_twi
     write(tmp_path, TREE)
     found = importer(tmp_path).preload("index.py", {}, report=True)
     assert [m.path for m in found] == ["/index.py", "/helper.py", "/pkg/__init__.py", "/pkg/sub.py",
-                                       "/pkg/ns/deep.py", "/optional.py", "/pkg/other.py"]
+                                       "/pkg/ns/deep.py", "/optional.py", "/pkg/other.py", "/lazy.py", "/in_class.py"]
     by_path = {m.path: m for m in found}
     assert by_path["/index.py"].imports == ("/helper.py", "/pkg/__init__.py", "/pkg/sub.py", "/pkg/ns/deep.py",
-                                            "/optional.py", "/pkg/other.py")
+                                            "/optional.py", "/pkg/other.py", "/lazy.py", "/in_class.py")
     assert by_path["/pkg/other.py"].imports == ("/pkg/sub.py",)
     source = (tmp_path / "helper.py").read_bytes()
     helper = by_path["/helper.py"]
