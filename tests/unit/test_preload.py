@@ -1,16 +1,16 @@
 """The importer's read-ahead (``GuestImporter.preload``): which guest modules a call's file loads,
 what code is taken from the daemon and what is compiled, without a sandbox."""
 import dataclasses
-import os
-import signal
 import importlib.util
 import marshal
-import sys
+import os
+import signal
 
 import pytest
 
 from isorund.sandbox.guest import _within_budget
 from isorund.sandbox.importer import MAX_COMPILED_BYTES, Compiled, GuestImporter, ImportPolicy, module_imports
+from test_importer import _guest_modules_forgotten, write  # noqa: F401  (an autouse fixture)
 
 TREE = {
     "index.py": ("import helper\nfrom pkg import sub\nfrom pkg.ns import deep\nimport json\n"
@@ -29,26 +29,9 @@ TREE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _guest_modules_forgotten():
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        spec = getattr(sys.modules[name], "__spec__", None)
-        if spec is not None and spec.loader is None:
-            del sys.modules[name]
-
-
 def importer(folder, **options) -> GuestImporter:
     return GuestImporter(ImportPolicy(guest_dir=str(folder), extensions=(".py",), allowed=frozenset({"json"})),
                          **options)
-
-
-def write(folder, files):
-    for name, source in files.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source)
 
 
 def test_the_imports_are_found_in_the_modules_code_and_in_its_functions_and_classes():
