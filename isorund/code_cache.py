@@ -102,7 +102,11 @@ class CodeCache:
             if old is not None:
                 self.bytes -= old.size
             version = (module.inode, module.size, module.mtime_ns, module.ctime_ns)
-            self._entries[key] = _Entry(module, version, now, module.ByteSize())
+            # a copy: a part of a parsed message holds the memory of the whole message (the
+            # event, up to a megabyte, with the modules this cache dropped or replaces later)
+            kept = sb.CompiledModule()
+            kept.CopyFrom(module)
+            self._entries[key] = _Entry(kept, version, now, kept.ByteSize())
             self.bytes += self._entries[key].size
             self.stored += 1
         while self.bytes > self.max_bytes and self._entries:

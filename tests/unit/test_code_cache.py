@@ -1,8 +1,10 @@
 """The daemon's code cache (``isorund.code_cache``): what goes in a call's plan, when a sandbox is
 asked for its modules, what is kept and for how long. Modules are made by the importer's own
 read-ahead over real files, as a sandbox makes them."""
+import gc
 import os
 
+import psutil
 import pytest
 
 from isorun._proto import sandbox_pb2 as sb
@@ -153,3 +155,21 @@ def test_a_cache_of_no_bytes_keeps_nothing_and_asks_nothing(root):
     p = plan(root)
     cache.fill(p)
     assert len(cache) == 0 and not p.report_compiled and not p.modules
+
+
+def test_a_kept_module_does_not_hold_the_memory_of_the_event_it_came_in(root):
+    """A part of a parsed message keeps the whole message's memory alive: kept as it came, one
+    small module held every byte of the event around it (measured: 4 events of 50 MB, 200 MB)."""
+    modules = compiled(root)
+    modules.modules.add(path="dropped", source_hash=b"h" * 8, code=b"x" * (64 << 20))  # not kept: bad path
+    data = sb.SandboxEvent(compiled=modules).SerializeToString()
+    del modules
+    cache = CodeCache(1 << 20)
+    before = psutil.Process().memory_info().rss
+    for _ in range(3):
+        event = sb.SandboxEvent.FromString(data)
+        cache.store(str(root), event.compiled)
+        del event
+    gc.collect()
+    assert len(cache) == 2
+    assert psutil.Process().memory_info().rss - before < 32 << 20
