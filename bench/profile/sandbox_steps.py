@@ -64,6 +64,7 @@ def _send_json(sock: socket.socket, body: dict) -> None:
 def instrument() -> None:
     """Marks inside ``guest.run`` without changing it: its imports are module attributes."""
     real_load_main = importer.GuestImporter.load_main
+    real_preload = importer.GuestImporter.preload
     real_send = channel.send
     real_decode = _codec.decode
     real_encode_into = _codec.encode_into
@@ -74,6 +75,13 @@ def instrument() -> None:
             return real_load_main(self, relative_file)
         finally:
             mark("import_end")
+
+    def preload(self, *args, **kwargs):
+        mark("preload_start")
+        try:
+            return real_preload(self, *args, **kwargs)
+        finally:
+            mark("preload_end")
 
     def send(sock, message):
         kind = message.WhichOneof("event") if hasattr(message, "WhichOneof") else "frame"
@@ -93,12 +101,21 @@ def instrument() -> None:
             mark("encode_result_end")
 
     importer.GuestImporter.load_main = load_main
+    importer.GuestImporter.preload = preload
     channel.send = send
     guest._codec = type("CodecShim", (), {"decode": staticmethod(decode), "encode": staticmethod(_codec.encode),
                                            "encode_into": staticmethod(encode_into)})
 
 
 # ---- child side: the sandbox, as isorund.sandbox.sandbox_main runs it --------------------------
+
+def cached_modules(root, file: str) -> list:
+    """What a warm daemon's code cache puts in the plans of ``file``'s calls: its modules as a
+    sandbox compiles them (paths as the guest sees them, so compiled here the same)."""
+    reader = importer.GuestImporter(importer.ImportPolicy(guest_dir=str(root), extensions=(".py",),
+                                                          allowed=frozenset()))
+    return guest._within_budget(reader.preload(file, {}, report=True))
+
 
 def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     """``sandbox_main``'s steps (``_prepare``, then ``_confine``) with a mark between each."""
@@ -261,8 +278,10 @@ SPANS = [
     ("call: no_new_privs + rlimits", "guest_user", "rlimits", True),
     ("call: the call's part of the seccomp filter", "rlimits", "seccomp", True),
     ("guest.run: SIGXCPU handler, console streams", "seccomp", "decode_args_start", True),
-    ("guest.run: decode args, policy, importer set-up", "decode_args_start", "import_start", True),
-    ("guest.run: import the guest file (read, compile, exec)", "import_start", "import_end", True),
+    ("guest.run: decode args, policy, importer set-up", "decode_args_start", "preload_start", True),
+    ("guest.run: read ahead (the daemon's code, or nothing with --no-code-cache)", "preload_start", "preload_end",
+     True),
+    ("guest.run: import the guest file (read, compile or unmarshal, exec)", "import_start", "import_end", True),
     ("guest.run: send 'running'", "send_running_start", "send_running_end", True),
     ("guest.run: call + encode the result", "send_running_end", "encode_result_end", True),
     ("guest.run: rusage + build the outcome", "encode_result_end", "send_outcome_start", True),
@@ -299,6 +318,8 @@ def main() -> int:
                         help="fork the next sandbox while the current call runs, as the daemon does")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before forking")
     parser.add_argument("--json", help="write the per-call marks and the summary here")
+    parser.add_argument("--no-code-cache", action="store_true",
+                        help="plans without the daemon's compiled modules: every call compiles the guest file")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("sandbox_steps.py needs root, as isorund does", file=sys.stderr)
@@ -315,7 +336,10 @@ def main() -> int:
         gc.freeze()  # what the zygote could do before forking: GC never touches these objects
     request = pb.RunRequest(root=str(GUESTS), file="echo.py", func_name="echo",
                             args=[_codec.encode([7, "hi"])])
-    call_plan = plans.build(request, config).SerializeToString()
+    plan = plans.build(request, config)
+    if not args.no_code_cache:
+        plan.modules.extend(cached_modules(GUESTS, "echo.py"))
+    call_plan = plan.SerializeToString()
     runs = replay(zyg, call_plan, request.SerializeToString(), args.calls + 5, args.idle_ms / 1000, args.overlap,
                   config.sandbox_uid_base)[5:]  # the first calls warm caches
     rows = summarize(runs)

@@ -181,6 +181,8 @@ class GuestImporter:
                 continue
             seen.add(display)
             entry = known.get(display)
+            if entry is None and not report:
+                continue  # left to the import: nothing to check it against
             path = os.path.join(self.policy.guest_dir, display.lstrip("/"))
             fd = _open_regular_file(path)  # never blocked by a FIFO the import itself might not open
             if fd is None:
