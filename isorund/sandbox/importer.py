@@ -430,18 +430,33 @@ def module_imports(code: types.CodeType) -> list[tuple[str, int, tuple | None]]:
     """The import statements in a module's code ((name, level, fromlist), in order): at module
     level and in its classes and functions too. One in a function the call never runs costs a
     read and a hash per call once known; compiling it when the function first runs would
-    cost 10-25 µs a line, every call."""
-    found, previous = [], [None, None]
-    for instruction in dis.get_instructions(code):
-        if instruction.opname == "IMPORT_NAME" and all(p is not None and p.opname == "LOAD_CONST" for p in previous):
-            level, fromlist = (p.argval for p in previous)
-            if isinstance(level, int) and (fromlist is None or isinstance(fromlist, tuple)):
-                found.append((instruction.argval, level, fromlist))
-        previous = [previous[1], instruction]
+    cost 10-25 µs a line, every call.
+
+    Read straight from the bytecode: ``dis.get_instructions`` took 250 ms over a 6,000-line
+    module; a code object without an ``IMPORT_NAME`` is skipped by a byte search."""
+    found = []
+    raw = code.co_code
+    if _IMPORT_NAME in raw[::2]:
+        previous: list[tuple[int, int]] = [(-1, 0), (-1, 0)]
+        extended = 0
+        for i in range(0, len(raw), 2):
+            op, arg = raw[i], raw[i + 1] | extended
+            extended = arg << 8 if op == _EXTENDED_ARG else 0
+            if op in (_EXTENDED_ARG, _CACHE):
+                continue
+            if op == _IMPORT_NAME and all(p == _LOAD_CONST for p, _ in previous):
+                level, fromlist = (code.co_consts[a] for _, a in previous)
+                if isinstance(level, int) and (fromlist is None or isinstance(fromlist, tuple)):
+                    found.append((code.co_names[arg], level, fromlist))
+            previous = [previous[1], (op, arg)]
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             found.extend(module_imports(const))
     return found
+
+
+_IMPORT_NAME, _LOAD_CONST = dis.opmap["IMPORT_NAME"], dis.opmap["LOAD_CONST"]
+_EXTENDED_ARG, _CACHE = dis.opmap["EXTENDED_ARG"], dis.opmap["CACHE"]
 
 
 def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.CodeType | None:

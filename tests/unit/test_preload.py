@@ -1,10 +1,14 @@
 """The importer's read-ahead (``GuestImporter.preload``): which guest modules a call's file loads,
 what code is taken from the daemon and what is compiled, without a sandbox."""
 import dataclasses
+import dis
 import importlib.util
 import marshal
 import os
 import signal
+import sysconfig
+import types
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +48,33 @@ def test_the_imports_are_found_in_the_modules_code_and_in_its_functions_and_clas
     assert module_imports(nested) == [("deep.er", 0, None)]  # a name made at run time is not found
     relative = compile("from . import a\nfrom ..b import c as d\nfrom .e import *\n", "/p/x.py", "exec")
     assert module_imports(relative) == [("", 1, ("a",)), ("b", 2, ("c",)), ("e", 1, ("*",))]
+
+
+def _imports_by_dis(code):
+    """The same, found by the standard library's disassembler (the slow way)."""
+    found, previous = [], [None, None]
+    for ins in dis.get_instructions(code):
+        if ins.opname == "EXTENDED_ARG":  # the next instruction's argument, not an instruction
+            continue
+        if ins.opname == "IMPORT_NAME" and all(p is not None and p.opname == "LOAD_CONST" for p in previous):
+            level, fromlist = (p.argval for p in previous)
+            if isinstance(level, int) and (fromlist is None or isinstance(fromlist, tuple)):
+                found.append((ins.argval, level, fromlist))
+        previous = [previous[1], ins]
+    return found + [i for c in code.co_consts if isinstance(c, types.CodeType) for i in _imports_by_dis(c)]
+
+
+def test_the_bytecode_reader_finds_what_the_disassembler_finds():
+    """Over standard library packages, and past 256 names and constants (EXTENDED_ARG)."""
+    many = "".join(f"n{i} = {i}.5\n" for i in range(300)) + "import late.name\nfrom . import (a, b)\n"
+    sources = [compile(many, "/many.py", "exec")]
+    for package in ("json", "email", "asyncio", "importlib"):
+        folder = Path(sysconfig.get_paths()["stdlib"]) / package
+        sources += [compile(f.read_bytes(), str(f), "exec") for f in sorted(folder.glob("*.py"))]
+    assert module_imports(sources[0])[-2:] == [("late.name", 0, None), ("", 1, ("a", "b"))]
+    assert sum(len(module_imports(code)) for code in sources) > 300
+    for code in sources:
+        assert module_imports(code) == _imports_by_dis(code), code.co_filename
 
 
 def test_preload_reaches_every_guest_module_the_file_loads_and_compiles_none_twice(tmp_path):
