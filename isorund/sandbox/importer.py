@@ -199,11 +199,12 @@ class GuestImporter:
                     continue
                 code = (marshal.loads(entry.code) if entry is not None and entry.source_hash == source_hash
                         else self._code_of(path, raw, st.st_mtime, display))
-            except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, EOFError, TypeError):
+                imports = tuple(dict.fromkeys(p for name, level, fromlist in module_imports(code)
+                                              for p in self.guest_files_of(display, name, level, fromlist)))
+            except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, EOFError, TypeError,
+                    IndexError):  # (IndexError: bytecode of a __pycache__ entry made by hand)
                 continue
             self._preloaded[path] = _Loaded(raw, st.st_mtime, code)
-            imports = tuple(dict.fromkeys(p for name, level, fromlist in module_imports(code)
-                                          for p in self.guest_files_of(display, name, level, fromlist)))
             queue.extend(imports)
             out.append(Compiled(display, source_hash, marshal.dumps(code), imports,
                                 (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))

@@ -201,3 +201,20 @@ def test_a_file_that_is_no_regular_file_is_not_read_ahead_and_nothing_blocks(tmp
 
 def _stuck(*_):
     raise AssertionError("read-ahead blocked on a file that is not a regular one")
+
+
+def test_a_cache_entry_whose_bytecode_makes_no_sense_is_left_to_the_import(tmp_path):
+    """A ``__pycache__`` entry is the folder owner's to make: one whose IMPORT_NAME points past
+    its names costs read-ahead nothing but that module."""
+    write(tmp_path, {"index.py": "import helper\n", "helper.py": "import os\n"})
+    code = compile("import os\n", "/helper.py", "exec")
+    raw = bytearray(code.co_code)
+    at = raw[::2].index(dis.opmap["IMPORT_NAME"]) * 2
+    raw[at + 1] = 200  # no such name
+    source = (tmp_path / "helper.py").read_bytes()
+    entry = Path(importlib.util.cache_from_source(str(tmp_path / "helper.py")))
+    entry.parent.mkdir()
+    entry.write_bytes(importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")
+                      + importlib.util.source_hash(source) + marshal.dumps(code.replace(co_code=bytes(raw))))
+    imp = importer(tmp_path)
+    assert [m.path for m in imp.preload("index.py", {}, report=True)] == ["/index.py"]
