@@ -2,6 +2,7 @@
 sandbox on a real socketpair: which event is kept, which ends the call, and that the bound the
 first event is read under is the modules', not a licence for a larger result."""
 import asyncio
+import os
 import socket
 import subprocess
 
@@ -24,8 +25,7 @@ def call_with(events, report: bool):
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         stand_in = subprocess.Popen(["sleep", "30"], start_new_session=True)
-        sandbox = Sandbox(stand_in.pid, __import__("os").pidfd_open(stand_in.pid), ours,
-                          asyncio.get_running_loop().create_future())
+        sandbox = Sandbox(stand_in.pid, os.pidfd_open(stand_in.pid), ours, asyncio.get_running_loop().create_future())
         plan = sb.CallPlan(call_id="c", timeout_seconds=5, report_compiled=report,
                            limits=pb.Limits(output_bytes=1 << 20, result_bytes=1024))
         for event in events:
