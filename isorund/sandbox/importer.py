@@ -14,20 +14,20 @@ The rules (``ImportPolicy``) are pure data, unit-tested apart from the hook (``G
 - everything else is "Cannot find module".
 Guest source (from the guest folder, whitelisted folders or the resolver) is compiled here: the
 compiler plugin applies, its globals get the restricted builtins, and its file names are shown
-relative to the guest folder ("/rules.py"). Compiling costs every call again (10-25 µs a line in
-a fresh sandbox); a ``__pycache__`` entry this interpreter would have written for exactly that
-source (checked by its timestamp and size, or by its hash) is loaded instead, as Python's own
-import does: whoever provides the folder may precompile it (``python -m compileall``), and
-installed packages in whitelisted folders usually come precompiled. The sandbox never writes
-one: the folders are read-only, and a cache a call could fill would be state shared with the
-next calls.
+relative to the guest folder ("/rules.py"). Compiling costs 10-25 µs a line in a fresh sandbox,
+so it is avoided two ways. A ``__pycache__`` entry this interpreter would have written for
+exactly that source (checked by its timestamp and size, or by its hash) is loaded instead, as
+Python's own import does: whoever provides the folder may precompile it
+(``python -m compileall``), and installed packages in whitelisted folders usually come
+precompiled. The sandbox never writes one: the folders are read-only, and a cache a call could
+fill would be state shared with the next calls.
 
-Compiled once per file version (``preload``): before any guest code runs, the runtime reads the
-call's file and the guest modules its import statements load (and theirs), and takes each
+And compiled once per file version (``preload``): before any guest code runs, the runtime reads
+the call's file and the guest modules its import statements load (and theirs), and takes each
 one's code from the daemon's code cache when the source's hash matches, or compiles it; the
-modules compiled then go back to the daemon, which hands them to the next calls. Only code
-made before the first line of guest code runs is ever handed on: after that the process is
-the guest's, and what it sends could be anything.
+modules compiled then go back to the daemon, which hands them to the next calls. Only code made
+before the first line of guest code runs is ever handed on: after that the process is the
+guest's, and what it sends could be anything.
 """
 from __future__ import annotations
 
