@@ -27,10 +27,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from isorun._proto import sandbox_pb2 as sb
+from isorund.plan import MAX_PATH
 from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD
 
 RECHECK_SECONDS = 60.0
-MAX_PATH = 4096
 SOURCE_HASH_BYTES = 8  # importlib.util.source_hash
 # The ``compiled`` event's frame: its modules, and the few bytes of the event around them.
 MAX_EVENT_BYTES = MAX_COMPILED_BYTES + 64

@@ -246,9 +246,7 @@ class GuestImporter:
             if os.path.isfile(path):
                 display = self.policy.display_name(path)
                 return display, os.path.dirname(display) if is_package else None
-        if os.path.isdir(os.path.join(host_folder, name)):
-            return None, os.path.join(folder, name)
-        return None
+        return (None, os.path.join(folder, name)) if _namespace(host_folder, name) else None
 
     def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
         """The guest's ``__import__``: same contract as the builtin one."""

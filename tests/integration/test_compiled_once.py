@@ -44,6 +44,8 @@ def test_a_files_modules_are_compiled_by_its_first_call_and_handed_to_the_next(c
         for x in range(3):
             assert runner.run("f", [x]) == 2 * x + 1
     assert counts(cached) == (stored + 5, hits + 3 * 5)
+    samples = scrape(cached)  # the five and the start-up self-test's probe module
+    assert samples["isorun_code_cache_modules"] == 6 and 0 < samples["isorun_code_cache_bytes"] < 64 << 10
 
 
 def test_an_edited_module_runs_at_once_and_is_sent_again(cached, make_root):

@@ -10,7 +10,7 @@ import pytest
 from isorun._proto import sandbox_pb2 as sb
 from isorund.code_cache import RECHECK_SECONDS, CodeCache
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, GuestImporter, ImportPolicy
+from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, GuestImporter, ImportPolicy
 
 
 class Clock:
@@ -173,3 +173,19 @@ def test_a_kept_module_does_not_hold_the_memory_of_the_event_it_came_in(root):
     gc.collect()
     assert len(cache) == 2
     assert psutil.Process().memory_info().rss - before < 32 << 20
+
+
+def test_a_plan_carries_at_most_the_bound_of_modules(tmp_path):
+    count = MAX_PRELOAD + 20
+    (tmp_path / "index.py").write_text("import m0\n")
+    for i in range(count):
+        (tmp_path / f"m{i}.py").write_text(f"import m{i + 1}\n" if i + 1 < count else "")
+    modules = compiled(tmp_path)
+    assert len(modules.modules) == MAX_PRELOAD  # index.py, m0 … m254
+    cache = CodeCache(8 << 20)
+    cache.store(str(tmp_path), modules)
+    cache.store(str(tmp_path), compiled(tmp_path, "m200.py"))  # and m200 … m275: the whole chain known
+    assert len(cache) == count + 1
+    p = plan(tmp_path)
+    cache.fill(p)
+    assert len(p.modules) == MAX_PRELOAD and not p.report_compiled

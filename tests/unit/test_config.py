@@ -59,6 +59,7 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ('max_concurrency = "8"\n', "max_concurrency"),
     ("max_concurrency = 0\n", "max_concurrency"),
     ("queue_size = -1\n", "queue_size"),
+    ("code_cache_bytes = -1\n", "code_cache_bytes"),
     ("max_connections = 0\n", "max_connections"),
     ("max_connections = 2000000\n", "max_connections"),
     ("default_timeout = 0\n", "default_timeout"),

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, Compiled, GuestImporter, ImportPolicy, module_imports
+from isorund.sandbox.importer import (MAX_COMPILED_BYTES, MAX_PRELOAD, Compiled, GuestImporter, ImportPolicy,
+                                      module_imports)
 from test_importer import _guest_modules_forgotten, write  # noqa: F401  (an autouse fixture)
 
 TREE = {
@@ -218,3 +219,16 @@ def test_a_cache_entry_whose_bytecode_makes_no_sense_is_left_to_the_import(tmp_p
                       + importlib.util.source_hash(source) + marshal.dumps(code.replace(co_code=bytes(raw))))
     imp = importer(tmp_path)
     assert [m.path for m in imp.preload("index.py", {}, report=True)] == ["/index.py"]
+
+
+def test_read_ahead_stops_at_its_bound_of_modules(tmp_path):
+    """A file importing more than MAX_PRELOAD modules: the first ones are read ahead, the rest
+    are left to the import, which still loads every one."""
+    count = MAX_PRELOAD + 20
+    write(tmp_path, {"index.py": "".join(f"import m{i}\n" for i in range(count))
+                     + f"def f():\n    return sum(m.ONE for m in ({', '.join(f'm{i}' for i in range(count))}))\n",
+                     **{f"m{i}.py": "ONE = 1\n" for i in range(count)}})
+    imp = importer(tmp_path)
+    found = imp.preload("index.py", {}, report=True)
+    assert len(found) == len(imp._preloaded) == MAX_PRELOAD
+    assert imp.load_main("index.py").f() == count
