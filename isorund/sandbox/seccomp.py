@@ -52,19 +52,43 @@ DENIED = (
     # watching the shared read-only folders would show, live, which files other calls and the
     # host's processes open (the stdlib, the libraries, whitelisted folders)
     "inotify_init", "inotify_init1",
+    # a lock on a file is state of the file, shared with everyone who opens it (see FCNTL_DENIED)
+    "flock",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
 # last. (pivot_root and umount2 are done before the pool's part is loaded.)
 CALL_STEPS = ("mount", "move_mount", "unshare")
 # System calls younger than the libseccomp this may run with, by their native number.
-DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467}, "aarch64": {"open_tree_attr": 467}}
+# futex_requeue takes its futexes' flags from memory the filter cannot read, so it may move
+# waiters of a shared futex (see FUTEX_SHARED_DENIED); no libc uses it.
+DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467, "futex_requeue": 456},
+                    "aarch64": {"open_tree_attr": 467, "futex_requeue": 456}}
+FUTEX_WAKE_NUMBER = 454  # futex_wake(uaddr, mask, nr, flags), the same on x86_64 and aarch64
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
 # socket() and socketpair() may only make Unix, IPv4 and IPv6 sockets (all of them local: the
 # network namespace has only loopback). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+# A lock or a watch on a file belongs to the file, not to the process: on the folders every
+# sandbox shares read-only (the stdlib, the libraries, whitelisted folders) one call could
+# signal another through a lock, see and hold off the host's processes' locks, or (dnotify,
+# like inotify) watch which files other calls and host processes open. These fcntl commands
+# are denied, compared on the low 32 bits the kernel reads (`cmd` is an unsigned int).
+FCNTL_DENIED = {"F_GETLK": 5, "F_SETLK": 6, "F_SETLKW": 7, "F_OFD_GETLK": 36, "F_OFD_SETLK": 37,
+                "F_OFD_SETLKW": 38, "F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_NOTIFY": 1026}
+# A futex in a shared mapping of a file is keyed by the file: two calls that map the same
+# library file could wake each other. Every futex operation that wakes, requeues or locks is
+# denied unless it carries FUTEX_PRIVATE_FLAG (which Python's and libc's own locks do); a shared
+# wait stays allowed, because libc's pthread_join waits on one the kernel wakes at thread exit.
+# The mask leaves out FUTEX_CLOCK_REALTIME and the upper 32 bits (`op` is an int).
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+FUTEX_SHARED_DENIED = {"FUTEX_WAKE": 1, "FUTEX_FD": 2, "FUTEX_REQUEUE": 3, "FUTEX_CMP_REQUEUE": 4,
+                       "FUTEX_WAKE_OP": 5, "FUTEX_LOCK_PI": 6, "FUTEX_UNLOCK_PI": 7,
+                       "FUTEX_TRYLOCK_PI": 8, "FUTEX_WAKE_BITSET": 10, "FUTEX_WAIT_REQUEUE_PI": 11,
+                       "FUTEX_CMP_REQUEUE_PI": 12, "FUTEX_LOCK_PI2": 13}
+LOW_32_BITS = 0xFFFFFFFF
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the zygote
@@ -92,6 +116,13 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
         for family in (0, *range(AF_INET + 1, AF_INET6)):
             f.add_rule(deny, call, seccomp.Arg(0, seccomp.EQ, family))
         f.add_rule(deny, call, seccomp.Arg(0, seccomp.GE, AF_INET6 + 1))
+    for command in FCNTL_DENIED.values():
+        f.add_rule(deny, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS, command))
+    for operation in FUTEX_SHARED_DENIED.values():
+        f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME,
+                                              operation))
+    # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
+    f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
     return f
 
 

@@ -1,0 +1,113 @@
+# Attack: use kernel state that belongs to a file every sandbox shares read-only, not to a
+# process — a lock (flock, POSIX and open-file-description locks, a lease), a directory
+# notification (dnotify) and a futex in a shared mapping of a library file — to signal another
+# call, see the host's locks or watch which files other calls and the host open.
+from escape import os, real_import, syscall
+
+FCNTL, FUTEX, FUTEX_WAKE2, FUTEX_REQUEUE2 = 72, 202, 454, 456
+F_GETFL, F_GETLK, F_SETLK, F_OFD_GETLK, F_OFD_SETLK = 3, 5, 6, 36, 37
+F_SETLEASE, F_NOTIFY = 1024, 1026
+F_RDLCK, F_UNLCK, DN_ACCESS, DN_MULTISHOT = 0, 2, 0x1, 0x80000000
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAKE_BITSET = 0, 1, 10
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+HIGH_BIT = 1 << 32
+
+
+def _library_file() -> int:
+    """A read-only descriptor of a file every sandbox (and the host) shares: the stdlib's os.py."""
+    return os.open(os.__file__, os.O_RDONLY)
+
+
+def _mapped_word(fd: int) -> int:
+    """Address of the first word of a shared read-only mapping of ``fd``: a futex keyed by the
+    file, the same in every process that maps it."""
+    ctypes = real_import("ctypes")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    PROT_READ, MAP_SHARED = 1, 1
+    return libc.mmap(None, 4096, PROT_READ, MAP_SHARED, fd, 0)
+
+
+def _lock_record() -> int:
+    """Address of a zeroed struct flock: a read lock (F_RDLCK is 0) on the whole file."""
+    ctypes = real_import("ctypes")
+    global _flock
+    _flock = ctypes.create_string_buffer(32)
+    return ctypes.addressof(_flock)
+
+
+def _try(number: int, *args: int) -> str:
+    result, err = syscall(number, *args)
+    return err or f"succeeded ({result})"
+
+
+def _own_file() -> int:
+    """A file the guest owns (in its /tmp), where a lease needs no other permission."""
+    path = "/tmp/leased"
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    return os.open(path, os.O_RDONLY)
+
+
+def _current(address: int) -> int:
+    return real_import("ctypes").c_uint32.from_address(address).value
+
+
+def _timeout(seconds: int) -> int:
+    ctypes = real_import("ctypes")
+    global _timespec
+    _timespec = (ctypes.c_long * 2)(seconds, 0)
+    return ctypes.addressof(_timespec)
+
+
+def attack():
+    fd = _library_file()
+    folder = os.open(os.path.dirname(os.__file__), os.O_RDONLY)
+    word = _mapped_word(fd)
+    lock = _lock_record()
+    LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
+    return {
+        "flock LOCK_EX": _try(73, fd, LOCK_EX | LOCK_NB),
+        "flock LOCK_SH": _try(73, fd, LOCK_SH | LOCK_NB),
+        "F_SETLK": _try(FCNTL, fd, F_SETLK, lock),
+        "F_GETLK": _try(FCNTL, fd, F_GETLK, lock),
+        "F_OFD_SETLK": _try(FCNTL, fd, F_OFD_SETLK, lock),
+        "F_OFD_GETLK": _try(FCNTL, fd, F_OFD_GETLK, lock),
+        "F_SETLK, high bits set": _try(FCNTL, fd, HIGH_BIT | F_SETLK, lock),
+        "F_SETLEASE": _try(FCNTL, _own_file(), F_SETLEASE, F_RDLCK),
+        "F_NOTIFY": _try(FCNTL, folder, F_NOTIFY, DN_ACCESS | DN_MULTISHOT),
+        "F_NOTIFY, high bits set": _try(FCNTL, folder, HIGH_BIT | F_NOTIFY, DN_ACCESS),
+        "FUTEX_WAKE": _try(FUTEX, word, FUTEX_WAKE, 1, 0, 0, 0),
+        "FUTEX_WAKE, realtime clock bit": _try(FUTEX, word, FUTEX_WAKE | FUTEX_CLOCK_REALTIME, 1, 0, 0, 0),
+        "FUTEX_WAKE, high bits set": _try(FUTEX, word, HIGH_BIT | FUTEX_WAKE, 1, 0, 0, 0),
+        "FUTEX_WAKE_BITSET": _try(FUTEX, word, FUTEX_WAKE_BITSET, 1, 0, 0, 0xFFFFFFFF),
+        "futex_wake": _try(FUTEX_WAKE2, word, 0xFFFFFFFF, 1, 2),  # flags: FUTEX2_SIZE_U32
+        "futex_requeue": _try(FUTEX_REQUEUE2, 0, 0, 1, 1),
+        # what the runtime and libc need keeps working
+        "F_GETFL": "succeeded" if syscall(FCNTL, fd, F_GETFL)[0] >= 0 else "failed",
+        "private FUTEX_WAKE": _try(FUTEX, word, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, 0, 0, 0),
+        "private futex_wake": _try(FUTEX_WAKE2, word, 0xFFFFFFFF, 1, 2 | FUTEX_PRIVATE_FLAG),
+        "shared FUTEX_WAIT": _try(FUTEX, word, FUTEX_WAIT, _current(word), _timeout(0), 0, 0),
+        "thread joined": _thread_joins(),
+    }
+
+
+def _thread_joins() -> str:
+    threading = real_import("threading")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(1))
+    thread.start()
+    thread.join(10)
+    return "yes" if seen and not thread.is_alive() else "no"
+
+
+def waiter(seconds: int):
+    """Waits on the futex of os.py's first word: "succeeded (0)" if another process woke it."""
+    word = _mapped_word(_library_file())
+    print("waiting")
+    return _try(FUTEX, word, FUTEX_WAIT, _current(word), _timeout(seconds), 0, 0)
+
+
+def waker():
+    """Wakes whoever waits on the futex of os.py's first word; returns how many it woke."""
+    return _try(FUTEX, _mapped_word(_library_file()), FUTEX_WAKE, 1 << 20, 0, 0, 0)
