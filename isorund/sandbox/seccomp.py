@@ -54,6 +54,12 @@ DENIED = (
     "inotify_init", "inotify_init1",
     # a lock on a file is state of the file, shared with everyone who opens it (see FCNTL_DENIED)
     "flock",
+    # the page cache's state of a file (some kernels answer any reader; see POSIX_FADV_DONTNEED)
+    "cachestat",
+    # the host's load, free memory and number of threads (what /proc/loadavg and /proc/meminfo,
+    # absent from the sandbox's /proc, would show); the count moves with every other call's
+    # threads, so two calls could signal each other through it
+    "sysinfo",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
@@ -89,6 +95,12 @@ FUTEX_SHARED_DENIED = {"FUTEX_WAKE": 1, "FUTEX_FD": 2, "FUTEX_REQUEUE": 3, "FUTE
                        "FUTEX_TRYLOCK_PI": 8, "FUTEX_WAKE_BITSET": 10, "FUTEX_WAIT_REQUEUE_PI": 11,
                        "FUTEX_CMP_REQUEUE_PI": 12, "FUTEX_LOCK_PI2": 13}
 LOW_32_BITS = 0xFFFFFFFF
+# The page cache of the shared files is shared too. A guest that evicts a library file's pages
+# (fadvise DONTNEED needs only read access) and later reads it with RWF_NOWAIT (which fails
+# where a page is not cached) learns whether another call or the host read that file meanwhile
+# (seen: a host `cat` of the stdlib's colorsys.py between the two). Both are denied; timing
+# plain reads stays possible (the security model's timing side channels), without eviction.
+POSIX_FADV_DONTNEED, RWF_NOWAIT = 4, 0x8
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the zygote
@@ -121,6 +133,9 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     for operation in FUTEX_SHARED_DENIED.values():
         f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME,
                                               operation))
+    f.add_rule(deny, "fadvise64", seccomp.Arg(3, seccomp.MASKED_EQ, LOW_32_BITS, POSIX_FADV_DONTNEED))
+    for call in ("preadv2", "pwritev2"):  # (fd, iov, iovcnt, pos_l, pos_h, flags)
+        f.add_rule(deny, call, seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
     return f

@@ -1,8 +1,9 @@
 """State that belongs to a file rather than to a process: every sandbox maps and opens the same
 read-only files (the stdlib, the libraries, whitelisted folders), and the host opens them too.
-A lock, a directory notification or a futex keyed by such a file would be a line between two
-calls, or a view of what the host does; the system call filter denies each (EPERM), and leaves
-what libc and the runtime need (private futexes, a shared futex wait, plain fcntl)."""
+A lock, a directory notification, a futex keyed by such a file or its pages evicted from the page
+cache and probed would be a line between two calls, or a view of what the host does; the system
+call filter denies each (EPERM), and leaves what libc and the runtime need (private futexes, a
+shared futex wait, plain fcntl, fadvise and preadv2)."""
 import threading
 import time
 
@@ -13,7 +14,8 @@ from isorun import errors
 DENIED = ("flock LOCK_EX", "flock LOCK_SH", "F_SETLK", "F_GETLK", "F_OFD_SETLK", "F_OFD_GETLK",
           "F_SETLK, high bits set", "F_SETLEASE", "F_NOTIFY", "F_NOTIFY, high bits set",
           "FUTEX_WAKE", "FUTEX_WAKE, realtime clock bit", "FUTEX_WAKE, high bits set",
-          "FUTEX_WAKE_BITSET", "futex_wake", "futex_requeue")
+          "FUTEX_WAKE_BITSET", "futex_wake", "futex_requeue", "fadvise DONTNEED",
+          "fadvise DONTNEED, high bits set", "preadv2 RWF_NOWAIT", "pwritev2 RWF_NOWAIT", "cachestat")
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +25,14 @@ def shared_file_results(run_attack):
 
 
 @pytest.mark.parametrize("name", DENIED)
-def test_locks_watches_and_shared_futex_wakes_are_denied(shared_file_results, name):
+def test_locks_watches_shared_futex_wakes_and_page_cache_probes_are_denied(shared_file_results, name):
     assert shared_file_results[name] == "EPERM"
 
 
 def test_what_libc_and_the_runtime_need_still_works(shared_file_results):
     assert shared_file_results["F_GETFL"] == "succeeded"
+    assert shared_file_results["fadvise SEQUENTIAL"] == "succeeded (0)"
+    assert shared_file_results["preadv2"] == "succeeded"
     assert shared_file_results["private FUTEX_WAKE"] == "succeeded (0)"
     assert shared_file_results["private futex_wake"] == "succeeded (0)"
     assert shared_file_results["shared FUTEX_WAIT"] == "ETIMEDOUT"  # what pthread_join does

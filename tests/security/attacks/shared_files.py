@@ -1,16 +1,20 @@
 # Attack: use kernel state that belongs to a file every sandbox shares read-only, not to a
 # process — a lock (flock, POSIX and open-file-description locks, a lease), a directory
-# notification (dnotify) and a futex in a shared mapping of a library file — to signal another
-# call, see the host's locks or watch which files other calls and the host open.
+# notification (dnotify), a futex in a shared mapping of a library file, the file's pages in
+# the page cache (evicted, then probed without waiting) — to signal another call, see the
+# host's locks or watch which files other calls and the host open.
 from escape import os, real_import, syscall
 
 FCNTL, FUTEX, FUTEX_WAKE2, FUTEX_REQUEUE2 = 72, 202, 454, 456
+FADVISE, PREADV2, PWRITEV2, CACHESTAT = 221, 327, 328, 451
+POSIX_FADV_SEQUENTIAL, POSIX_FADV_DONTNEED, RWF_NOWAIT = 2, 4, 0x8
 F_GETFL, F_GETLK, F_SETLK, F_OFD_GETLK, F_OFD_SETLK = 3, 5, 6, 36, 37
 F_SETLEASE, F_NOTIFY = 1024, 1026
 F_RDLCK, F_UNLCK, DN_ACCESS, DN_MULTISHOT = 0, 2, 0x1, 0x80000000
 FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAKE_BITSET = 0, 1, 10
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 HIGH_BIT = 1 << 32
+_kept = []  # what the kernel is handed an address of, alive as long as the call
 
 
 def _library_file() -> int:
@@ -29,12 +33,6 @@ def _mapped_word(fd: int) -> int:
     return libc.mmap(None, 4096, PROT_READ, MAP_SHARED, fd, 0)
 
 
-def _lock_record() -> int:
-    """Address of a zeroed struct flock: a read lock (F_RDLCK is 0) on the whole file."""
-    ctypes = real_import("ctypes")
-    global _flock
-    _flock = ctypes.create_string_buffer(32)
-    return ctypes.addressof(_flock)
 
 
 def _try(number: int, *args: int) -> str:
@@ -42,11 +40,25 @@ def _try(number: int, *args: int) -> str:
     return err or f"succeeded ({result})"
 
 
-def _own_file() -> int:
-    """A file the guest owns (in its /tmp), where a lease needs no other permission."""
-    path = "/tmp/leased"
+def _own_file(mode: int = os.O_RDONLY) -> int:
+    """A file the guest owns (in its /tmp), where a lease or cachestat needs no other right."""
+    path = "/tmp/owned"
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    return os.open(path, os.O_RDONLY)
+    return os.open(path, mode)
+
+
+def _buffer(size: int) -> int:
+    """Address of a zeroed buffer of ``size`` bytes that lives as long as the call."""
+    ctypes = real_import("ctypes")
+    _kept.append(ctypes.create_string_buffer(size))
+    return ctypes.addressof(_kept[-1])
+
+
+def _iovec() -> int:
+    """Address of one struct iovec over a 4 KiB buffer."""
+    ctypes = real_import("ctypes")
+    _kept.append((ctypes.c_size_t * 2)(_buffer(4096), 4096))
+    return ctypes.addressof(_kept[-1])
 
 
 def _current(address: int) -> int:
@@ -54,17 +66,17 @@ def _current(address: int) -> int:
 
 
 def _timeout(seconds: int) -> int:
+    """Address of a struct timespec of ``seconds``."""
     ctypes = real_import("ctypes")
-    global _timespec
-    _timespec = (ctypes.c_long * 2)(seconds, 0)
-    return ctypes.addressof(_timespec)
+    _kept.append((ctypes.c_long * 2)(seconds, 0))
+    return ctypes.addressof(_kept[-1])
 
 
 def attack():
     fd = _library_file()
     folder = os.open(os.path.dirname(os.__file__), os.O_RDONLY)
     word = _mapped_word(fd)
-    lock = _lock_record()
+    lock = _buffer(32)  # a struct flock: a read lock (F_RDLCK is 0) on the whole file
     LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
     return {
         "flock LOCK_EX": _try(73, fd, LOCK_EX | LOCK_NB),
@@ -83,10 +95,18 @@ def attack():
         "FUTEX_WAKE_BITSET": _try(FUTEX, word, FUTEX_WAKE_BITSET, 1, 0, 0, 0xFFFFFFFF),
         "futex_wake": _try(FUTEX_WAKE2, word, 0xFFFFFFFF, 1, 2),  # flags: FUTEX2_SIZE_U32
         "futex_requeue": _try(FUTEX_REQUEUE2, 0, 0, 1, 1),
+        "fadvise DONTNEED": _try(FADVISE, fd, 0, 0, POSIX_FADV_DONTNEED),
+        "fadvise DONTNEED, high bits set": _try(FADVISE, fd, 0, 0, HIGH_BIT | POSIX_FADV_DONTNEED),
+        "preadv2 RWF_NOWAIT": _try(PREADV2, fd, _iovec(), 1, 0, 0, RWF_NOWAIT),
+        "pwritev2 RWF_NOWAIT": _try(PWRITEV2, _own_file(os.O_WRONLY), _iovec(), 1, 0, 0, RWF_NOWAIT),
+        # on a file it owns, where this kernel answers (it refuses other readers itself)
+        "cachestat": _try(CACHESTAT, _own_file(), _buffer(16), _buffer(64), 0),
         # what the runtime and libc need keeps working
         "F_GETFL": "succeeded" if syscall(FCNTL, fd, F_GETFL)[0] >= 0 else "failed",
         "private FUTEX_WAKE": _try(FUTEX, word, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, 0, 0, 0),
         "private futex_wake": _try(FUTEX_WAKE2, word, 0xFFFFFFFF, 1, 2 | FUTEX_PRIVATE_FLAG),
+        "fadvise SEQUENTIAL": _try(FADVISE, fd, 0, 0, POSIX_FADV_SEQUENTIAL),
+        "preadv2": _try(PREADV2, fd, _iovec(), 1, 0, 0, 0).split(" ")[0],
         "shared FUTEX_WAIT": _try(FUTEX, word, FUTEX_WAIT, _current(word), _timeout(0), 0, 0),
         "thread joined": _thread_joins(),
     }
