@@ -54,6 +54,15 @@ DENIED = (
     "inotify_init", "inotify_init1",
     # a lock on a file is state of the file, shared with everyone who opens it (see FCNTL_DENIED)
     "flock",
+    # Linux AIO: every context reserves events against one host-wide budget (fs.aio-max-nr), so
+    # one call could take it all and fail the host's io_setup with EAGAIN (seen); libc's POSIX
+    # AIO uses threads, not these
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
+    # write-back of every host filesystem (sync) or of one the guest only reads (syncfs): host
+    # I/O on demand, nothing a guest's own files need (fsync stays)
+    "sync", "syncfs",
+    # the x86 local descriptor table: kernel surface with a history, no Python program uses it
+    "modify_ldt",
     # the page cache's state of a file (some kernels answer any reader; see POSIX_FADV_DONTNEED)
     "cachestat",
     # the host's load, free memory and number of threads (what /proc/loadavg and /proc/meminfo,
