@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from isorun._proto import sandbox_pb2 as sb
 from isorund.plan import MAX_PATH
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD
+from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, CompiledBudget
 
 RECHECK_SECONDS = 60.0
 SOURCE_HASH_BYTES = 8  # importlib.util.source_hash
@@ -67,7 +67,7 @@ class CodeCache:
         main = "/" + plan.file
         entry = self._entries.get((plan.root, main))
         report = entry is None or self._clock() - entry.checked_at > RECHECK_SECONDS
-        queue, seen, total = [main], set(), 0
+        queue, seen, budget = [main], set(), CompiledBudget()
         while queue and len(seen) < MAX_PRELOAD:
             path = queue.pop(0)
             if path in seen:
@@ -81,9 +81,8 @@ class CodeCache:
                 report = True
                 continue
             self._entries.move_to_end(key)
-            if total + entry.size + 8 <= MAX_COMPILED_BYTES:
+            if budget.take(entry.size):
                 plan.modules.append(entry.module)
-                total += entry.size + 8
                 self.hits += 1
             queue.extend(entry.module.imports)
         plan.report_compiled = report

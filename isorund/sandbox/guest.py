@@ -28,7 +28,7 @@ from isorun._proto import sandbox_pb2 as sb
 from isorun.errors import SerializationError
 
 from . import channel
-from .importer import (MAX_COMPILED_BYTES, Compiled, GuestImporter, GuestModuleNotFound, ImportPolicy,
+from .importer import (Compiled, CompiledBudget, GuestImporter, GuestModuleNotFound, ImportPolicy,
                        PluginFailure, call_plugin)
 
 Failure = pb.Failure
@@ -278,15 +278,13 @@ def _preload(importer: GuestImporter, plan) -> None:
 def _within_budget(modules: list[Compiled]) -> list[sb.CompiledModule]:
     """The modules that fit in ``MAX_COMPILED_BYTES``, in the order found (the call's file
     first), one too large for what is left skipped: the daemon reads the event under that bound."""
-    out, total = [], 0
+    out, budget = [], CompiledBudget()
     for m in modules:
         message = sb.CompiledModule(path=m.path, source_hash=m.source_hash, code=m.code, imports=m.imports,
                                     inode=m.version[0], size=m.version[1], mtime_ns=m.version[2],
                                     ctime_ns=m.version[3])
-        size = message.ByteSize() + 8  # with its tag and length in the list
-        if total + size <= MAX_COMPILED_BYTES:
+        if budget.take(message.ByteSize()):
             out.append(message)
-            total += size
     return out
 
 

@@ -53,10 +53,27 @@ ALWAYS_ALLOWED = frozenset({"__future__"})
 # daemon's plan and the sandbox's event carry them; see isorund.code_cache).
 MAX_PRELOAD = 256
 MAX_COMPILED_BYTES = 1 << 20
+MODULE_FRAMING_BYTES = 8  # a module's tag and length in the repeated field that carries it
 # Modules an allowed module's C code imports while the guest's frame is the current one, so
 # that the import comes to the guest's __import__: datetime's strftime, today() and strptime
 # need time and _strptime. Allowed with the module that needs them.
 IMPLIED = {"datetime": frozenset({"time", "_strptime"})}
+
+
+class CompiledBudget:
+    """``MAX_COMPILED_BYTES`` of modules, each with its framing: the daemon's plan and the
+    sandbox's event keep to the same count, since each side reads the other's under it."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def take(self, module_bytes: int) -> bool:
+        """Counts a module of ``module_bytes`` if it fits in what is left; False if it does not."""
+        cost = module_bytes + MODULE_FRAMING_BYTES
+        if self.used + cost > MAX_COMPILED_BYTES:
+            return False
+        self.used += cost
+        return True
 
 
 def with_implied(allowed: frozenset[str]) -> frozenset[str]:

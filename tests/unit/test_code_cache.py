@@ -10,7 +10,7 @@ import pytest
 from isorun._proto import sandbox_pb2 as sb
 from isorund.code_cache import RECHECK_SECONDS, CodeCache
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, GuestImporter, ImportPolicy
+from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, GuestImporter, ImportPolicy
 
 
 class Clock:
@@ -128,7 +128,7 @@ def test_a_plan_carries_at_most_the_bound_of_code(tmp_path):
     p = plan(tmp_path)
     cache.fill(p)
     assert [m.path for m in p.modules] == ["/index.py", "/a.py"] and not p.report_compiled
-    assert sum(m.ByteSize() + 8 for m in p.modules) <= MAX_COMPILED_BYTES
+    assert sum(m.ByteSize() + MODULE_FRAMING_BYTES for m in p.modules) <= MAX_COMPILED_BYTES
 
 
 @pytest.mark.parametrize("change", [

@@ -7,7 +7,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund import plan
 from isorund.sandbox import MAX_PLAN_BYTES, filesystem
-from isorund.sandbox.importer import MAX_COMPILED_BYTES
+from isorund.sandbox.importer import MAX_COMPILED_BYTES, MODULE_FRAMING_BYTES
 from isorund.config import Config
 
 
@@ -174,8 +174,8 @@ def test_the_largest_plan_the_daemon_can_make_fits_the_sandboxs_plan_frame(confi
         limits=plan._limits(pb.Limits(), config.limits, config.max_timeout), timeout_seconds=config.max_timeout,
         report_compiled=True)
     # and the code cache's modules, up to their own bound (isorund.code_cache)
-    module = sandbox_pb2.CompiledModule(path=path, source_hash=b"h" * 8, code=b"c" * (MAX_COMPILED_BYTES - 8 - 8000))
-    assert module.ByteSize() + 8 <= MAX_COMPILED_BYTES
+    module = sandbox_pb2.CompiledModule(path=path, source_hash=b"h" * 8, code=b"c" * (MAX_COMPILED_BYTES - MODULE_FRAMING_BYTES - 8000))
+    assert module.ByteSize() + MODULE_FRAMING_BYTES <= MAX_COMPILED_BYTES
     worst.modules.append(module)
     assert worst.ByteSize() <= MAX_PLAN_BYTES, worst.ByteSize()
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import (MAX_COMPILED_BYTES, MAX_PRELOAD, Compiled, GuestImporter, ImportPolicy,
-                                      module_imports)
+from isorund.sandbox.importer import (MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, Compiled,
+                                      GuestImporter, ImportPolicy, module_imports)
 from test_importer import _guest_modules_forgotten, write  # noqa: F401  (an autouse fixture)
 
 TREE = {
@@ -172,7 +172,7 @@ def test_what_goes_back_to_the_daemon_fits_its_bound_and_starts_with_the_calls_f
     modules = [module("/index.py", 1000), module("/huge.py", MAX_COMPILED_BYTES), module("/small.py", 1000)]
     sent = _within_budget(modules)
     assert [m.path for m in sent] == ["/index.py", "/small.py"]
-    assert sum(m.ByteSize() + 8 for m in sent) <= MAX_COMPILED_BYTES
+    assert sum(m.ByteSize() + MODULE_FRAMING_BYTES for m in sent) <= MAX_COMPILED_BYTES
 
 
 def test_a_file_that_is_no_regular_file_is_not_read_ahead_and_nothing_blocks(tmp_path):
