@@ -107,6 +107,14 @@ def test_compat_syscall_entry_kills_the_process(attack):
     assert "159" in str(raised.value)  # 128 + SIGSYS: the filter killed it, nothing ran
 
 
+def test_x32_syscall_numbers_kill_the_process(attack):
+    # x32 calls arrive with the x86_64 architecture tag and bit 30 set in the number, so a
+    # deny list compared on plain numbers would miss them: the filter kills instead.
+    with pytest.raises(errors.SandboxError) as raised:
+        attack("compat_syscall", "x32")
+    assert "159" in str(raised.value)
+
+
 def test_programs_cannot_be_run(attack):
     results = attack("run_programs")
     assert results["os.system"] != 7 << 8  # the shell never ran "exit 7"
