@@ -86,6 +86,11 @@ NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLO
 # network namespace has only loopback). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+# A Unix socket only comes connected to its pair (socketpair, stream or seqpacket): a socket()
+# of its own, or a datagram pair (sendto takes any address), could reach a socket file of a
+# host service in a folder the call was given, through the read-only bind (connect() needs no
+# write access to the mount, only to the socket file, and a 0666 socket gives that).
+SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, 2
 # A lock or a watch on a file belongs to the file, not to the process: on the folders every
 # sandbox shares read-only (the stdlib, the libraries, whitelisted folders) one call could
 # signal another through a lock, see and hold off the host's processes' locks, or (dnotify,
@@ -137,6 +142,9 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
         for family in (0, *range(AF_INET + 1, AF_INET6)):
             f.add_rule(deny, call, seccomp.Arg(0, seccomp.EQ, family))
         f.add_rule(deny, call, seccomp.Arg(0, seccomp.GE, AF_INET6 + 1))
+    f.add_rule(deny, "socket", seccomp.Arg(0, seccomp.EQ, AF_UNIX))
+    f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
+               seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS, command))
     for operation in FUTEX_SHARED_DENIED.values():

@@ -59,6 +59,10 @@ DENIED = {
     "socket(AF_ALG, high bits set)": [41, (1 << 32) | 38, 5, 0],
     "socket(AF_VSOCK)": [41, 40, 1, 0],
     "socketpair(AF_TIPC)": [53, 30, 5, 0, 0],
+    # a Unix socket that could be pointed at a socket file of the host (only connected pairs)
+    "socket(AF_UNIX)": [41, 1, 1, 0],
+    "socketpair(AF_UNIX, SOCK_DGRAM)": [53, 1, 2, 0, 0],
+    "socketpair(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, high bits set)": [53, 1, (1 << 32) | 0o2000000 | 2, 0, 0],
     # memory outside RLIMIT_AS (a guest touching 3 GiB of detached SysV segments was seen)
     "shmget": [29, 0, 1 << 20, 0o1000 | 0o600],
     "shmat": [30, 0, 0, 0],

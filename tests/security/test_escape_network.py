@@ -52,8 +52,8 @@ def test_guest_cannot_reach_host_services(attack, secure_daemon, host_services):
     results = attack("network", args=[port, name, secure_daemon.socket], timeout=20)
     assert results["host loopback"] == "ECONNREFUSED"  # the call's own, empty loopback answers
     assert results["host loopback v6"] in ("ECONNREFUSED", "EADDRNOTAVAIL", "ENETUNREACH")
-    assert results["abstract unix"] == "ECONNREFUSED"  # abstract names are per network namespace
-    assert results["daemon socket"] == "ENOENT"
+    assert results["abstract unix"] == "EPERM"  # no Unix socket of its own (and a namespace's names)
+    assert results["daemon socket"] == "EPERM"
     assert results["daemon socket exists"] is False
     assert results["internet"] == "ENETUNREACH"
     assert results["netlink"] == "EPERM"
@@ -64,3 +64,32 @@ def test_guest_cannot_reach_host_services(attack, secure_daemon, host_services):
 def test_guest_can_still_use_its_own_loopback(attack, secure_daemon, host_services):
     _, _, name = host_services
     assert attack("network", args=[1, name, secure_daemon.socket], timeout=20)["own loopback"] == "ping"
+
+
+@pytest.fixture
+def socket_files(tmp_path_factory):
+    """A folder holding a host service's stream and datagram socket files, mode 0666."""
+    folder = tmp_path_factory.mktemp("sockets")
+    folder.chmod(0o755)
+    stream = Listener(socket.AF_UNIX, str(folder / "service.sock"))
+    datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    datagram.bind(str(folder / "log.sock"))
+    datagram.settimeout(0.5)
+    for name in ("service.sock", "log.sock"):
+        (folder / name).chmod(0o666)
+    yield folder, stream, datagram
+    stream.close()
+    datagram.close()
+
+
+def test_a_socket_file_in_a_folder_the_call_was_given_is_out_of_reach(attack, socket_files):
+    """A read-only bind does not stop connect(): a world-writable socket in a whitelisted folder
+    reached the host service (seen: "hello from the host") until no guest could make a Unix
+    socket but a connected pair."""
+    folder, stream, datagram = socket_files
+    results = attack("network", "socket_file", args=[str(folder / "service.sock"), str(folder / "log.sock")],
+                     whitelisted_paths=[str(folder)], timeout=20)
+    assert results == {"stream connect": "EPERM", "datagram sendto": "EPERM", "own pair": "ok: 'ping'"}
+    assert stream.connected == 0
+    with pytest.raises(TimeoutError):
+        datagram.recv(64)

@@ -39,3 +39,30 @@ def _own_loopback(socket):
     for s in (client, peer, server):
         s.close()
     return data.decode()
+
+
+def socket_file(stream_path, datagram_path):
+    """A host service's socket files, world-writable, in a folder the call was given: connect to
+    the stream one, send to the datagram one. A connected pair of its own still works."""
+    socket = real_import("socket")
+
+    def connect():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(3)
+        try:
+            s.connect(stream_path)
+            return s.recv(64).decode(errors="replace")
+        finally:
+            s.close()
+
+    def send():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with a, b:
+            return a.sendto(b"from the guest", datagram_path)
+
+    def own_pair():
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(b"ping")
+            return b.recv(4).decode()
+    return {"stream connect": outcome(connect), "datagram sendto": outcome(send), "own pair": outcome(own_pair)}
