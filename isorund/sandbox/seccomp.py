@@ -115,6 +115,11 @@ LOW_32_BITS = 0xFFFFFFFF
 # (seen: a host `cat` of the stdlib's colorsys.py between the two). Both are denied; timing
 # plain reads stays possible (the security model's timing side channels), without eviction.
 POSIX_FADV_DONTNEED, RWF_NOWAIT = 4, 0x8
+# Memory a process marks mergeable is deduplicated with other processes' identical pages where
+# the host runs KSM (kernel same-page merging), and the time a write to such a page takes tells
+# whether some other process (another call, the host) holds a page with that content: a known
+# way to read across processes. Opting in is denied, for a range and for a whole process.
+MADV_MERGEABLE, PR_SET_MEMORY_MERGE = 12, 67
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the zygote
@@ -153,6 +158,8 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     f.add_rule(deny, "fadvise64", seccomp.Arg(3, seccomp.MASKED_EQ, LOW_32_BITS, POSIX_FADV_DONTNEED))
     for call in ("preadv2", "pwritev2"):  # (fd, iov, iovcnt, pos_l, pos_h, flags)
         f.add_rule(deny, call, seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
+    f.add_rule(deny, "madvise", seccomp.Arg(2, seccomp.MASKED_EQ, LOW_32_BITS, MADV_MERGEABLE))
+    f.add_rule(deny, "prctl", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32_BITS, PR_SET_MEMORY_MERGE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
     return f

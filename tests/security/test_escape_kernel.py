@@ -78,6 +78,10 @@ DENIED = {
     "sync": [162],
     "syncfs": [306, 0],
     "modify_ldt(read)": [154, 0, 0, 8],
+    # same-page merging with other processes' memory, where the host runs KSM
+    "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
+    "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
+    "prctl(PR_SET_MEMORY_MERGE)": [157, 67, 1, 0, 0, 0],
 }
 
 
