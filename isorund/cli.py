@@ -6,6 +6,7 @@ Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when the daemon cannot sta
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -54,13 +55,9 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=config.log_level.upper(), format="%(message)s", stream=sys.stderr)
     keep_freed_memory()
-    import uvloop
-
     from .server import Server
     try:
-        # libuv's loop behind the same asyncio API: the daemon spends ~0.4 ms less CPU a call
-        # (~13% of its share; bench/PROFILE.md, twelfth session)
-        return uvloop.run(Server(config).serve())
+        return asyncio.run(Server(config).serve())
     except SystemExit as e:
         if isinstance(e.code, str):
             logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": e.code}))
