@@ -1,26 +1,30 @@
 # Attack: talk to the outside — a TCP service on the host's loopback, an abstract Unix socket
-# of the host, the daemon's own socket path, and the internet — from inside the sandbox.
+# of the host, the daemon's own socket path, the internet, and a host service's socket files in
+# a folder the call was given — from inside the sandbox.
 from escape import os, outcome, real_import
+
+
+def _greeting(family, address) -> str:
+    """Connects to ``address`` and returns what the service there says first."""
+    socket = real_import("socket")
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(address)
+        return s.recv(64).decode(errors="replace")
+    finally:
+        s.close()
 
 
 def attack(tcp_port, abstract_name, daemon_socket):
     socket = real_import("socket")
-
-    def connect(family, address):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.settimeout(3)
-        try:
-            s.connect(address)
-            return s.recv(64).decode(errors="replace")
-        finally:
-            s.close()
     return {
-        "host loopback": outcome(lambda: connect(socket.AF_INET, ("127.0.0.1", tcp_port))),
-        "host loopback v6": outcome(lambda: connect(socket.AF_INET6, ("::1", tcp_port))),
-        "abstract unix": outcome(lambda: connect(socket.AF_UNIX, "\0" + abstract_name)),
-        "daemon socket": outcome(lambda: connect(socket.AF_UNIX, daemon_socket)),
+        "host loopback": outcome(lambda: _greeting(socket.AF_INET, ("127.0.0.1", tcp_port))),
+        "host loopback v6": outcome(lambda: _greeting(socket.AF_INET6, ("::1", tcp_port))),
+        "abstract unix": outcome(lambda: _greeting(socket.AF_UNIX, "\0" + abstract_name)),
+        "daemon socket": outcome(lambda: _greeting(socket.AF_UNIX, daemon_socket)),
         "daemon socket exists": os.path.exists(daemon_socket),
-        "internet": outcome(lambda: connect(socket.AF_INET, ("1.1.1.1", 53))),
+        "internet": outcome(lambda: _greeting(socket.AF_INET, ("1.1.1.1", 53))),
         "netlink": outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()),
         "packet": outcome(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()),
         "own loopback": _own_loopback(socket),
@@ -46,15 +50,6 @@ def socket_file(stream_path, datagram_path):
     the stream one, send to the datagram one. A connected pair of its own still works."""
     socket = real_import("socket")
 
-    def connect():
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(3)
-        try:
-            s.connect(stream_path)
-            return s.recv(64).decode(errors="replace")
-        finally:
-            s.close()
-
     def send():
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with a, b:
@@ -65,4 +60,5 @@ def socket_file(stream_path, datagram_path):
         with a, b:
             a.sendall(b"ping")
             return b.recv(4).decode()
-    return {"stream connect": outcome(connect), "datagram sendto": outcome(send), "own pair": outcome(own_pair)}
+    return {"stream connect": outcome(lambda: _greeting(socket.AF_UNIX, stream_path)),
+            "datagram sendto": outcome(send), "own pair": outcome(own_pair)}
