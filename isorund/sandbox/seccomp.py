@@ -82,8 +82,8 @@ DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467, "futex_requeue": 456},
 FUTEX_WAKE_NUMBER = 454  # futex_wake(uaddr, mask, nr, flags), the same on x86_64 and aarch64
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
-# socket() and socketpair() may only make Unix, IPv4 and IPv6 sockets (all of them local: the
-# network namespace has only loopback). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
+# socket() and socketpair() may only make IPv4 and IPv6 sockets (all of them local: the
+# network namespace has only loopback) and Unix pairs (below). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 # A Unix socket only comes connected to its pair (socketpair, stream or seqpacket): a socket()
@@ -142,6 +142,13 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     for flag in NAMESPACE_FLAGS:
         f.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    _limit_sockets(f, deny, seccomp)
+    _deny_shared_state(f, deny, seccomp)
+    return f
+
+
+def _limit_sockets(f, deny, seccomp) -> None:
+    """IPv4 and IPv6 sockets, and Unix sockets as a connected stream or seqpacket pair."""
     # Compared as 64-bit values: anything >= 11, upper bits set included, is denied.
     for call in ("socket", "socketpair"):
         for family in (0, *range(AF_INET + 1, AF_INET6)):
@@ -150,19 +157,23 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     f.add_rule(deny, "socket", seccomp.Arg(0, seccomp.EQ, AF_UNIX))
     f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
                seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+
+
+def _deny_shared_state(f, deny, seccomp) -> None:
+    """The operations on state that other processes share: a file's locks and watches, a futex
+    keyed by a file, a file's cached pages, merged memory (see the tables above)."""
+    low = lambda index, value: seccomp.Arg(index, seccomp.MASKED_EQ, LOW_32_BITS, value)  # noqa: E731
     for command in FCNTL_DENIED.values():
-        f.add_rule(deny, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS, command))
+        f.add_rule(deny, "fcntl", low(1, command))
     for operation in FUTEX_SHARED_DENIED.values():
-        f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME,
-                                              operation))
-    f.add_rule(deny, "fadvise64", seccomp.Arg(3, seccomp.MASKED_EQ, LOW_32_BITS, POSIX_FADV_DONTNEED))
+        f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME, operation))
+    f.add_rule(deny, "fadvise64", low(3, POSIX_FADV_DONTNEED))
     for call in ("preadv2", "pwritev2"):  # (fd, iov, iovcnt, pos_l, pos_h, flags)
         f.add_rule(deny, call, seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
-    f.add_rule(deny, "madvise", seccomp.Arg(2, seccomp.MASKED_EQ, LOW_32_BITS, MADV_MERGEABLE))
-    f.add_rule(deny, "prctl", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32_BITS, PR_SET_MEMORY_MERGE))
+    f.add_rule(deny, "madvise", low(2, MADV_MERGEABLE))
+    f.add_rule(deny, "prctl", low(0, PR_SET_MEMORY_MERGE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
-    return f
 
 
 def build_last() -> seccomp.SyscallFilter:
