@@ -5,12 +5,13 @@
 # host's locks or watch which files other calls and the host open.
 from escape import os, real_import, syscall
 
-FCNTL, FUTEX, FUTEX_WAKE2, FUTEX_REQUEUE2 = 72, 202, 454, 456
+FCNTL, FLOCK, FUTEX, FUTEX_WAKE2, FUTEX_REQUEUE2 = 72, 73, 202, 454, 456
 FADVISE, PREADV2, PWRITEV2, CACHESTAT = 221, 327, 328, 451
 POSIX_FADV_SEQUENTIAL, POSIX_FADV_DONTNEED, RWF_NOWAIT = 2, 4, 0x8
 F_GETFL, F_GETLK, F_SETLK, F_OFD_GETLK, F_OFD_SETLK = 3, 5, 6, 36, 37
 F_SETLEASE, F_NOTIFY = 1024, 1026
-F_RDLCK, F_UNLCK, DN_ACCESS, DN_MULTISHOT = 0, 2, 0x1, 0x80000000
+F_RDLCK, DN_ACCESS, DN_MULTISHOT = 0, 0x1, 0x80000000
+LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
 FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAKE_BITSET = 0, 1, 10
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 HIGH_BIT = 1 << 32
@@ -33,9 +34,8 @@ def _mapped_word(fd: int) -> int:
     return libc.mmap(None, 4096, PROT_READ, MAP_SHARED, fd, 0)
 
 
-
-
 def _try(number: int, *args: int) -> str:
+    """The errno name the call failed with, or "succeeded (its result)"."""
     result, err = syscall(number, *args)
     return err or f"succeeded ({result})"
 
@@ -62,6 +62,7 @@ def _iovec() -> int:
 
 
 def _current(address: int) -> int:
+    """The 32-bit word at ``address`` (a futex wait must name the value it expects)."""
     return real_import("ctypes").c_uint32.from_address(address).value
 
 
@@ -77,10 +78,9 @@ def attack():
     folder = os.open(os.path.dirname(os.__file__), os.O_RDONLY)
     word = _mapped_word(fd)
     lock = _buffer(32)  # a struct flock: a read lock (F_RDLCK is 0) on the whole file
-    LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
     return {
-        "flock LOCK_EX": _try(73, fd, LOCK_EX | LOCK_NB),
-        "flock LOCK_SH": _try(73, fd, LOCK_SH | LOCK_NB),
+        "flock LOCK_EX": _try(FLOCK, fd, LOCK_EX | LOCK_NB),
+        "flock LOCK_SH": _try(FLOCK, fd, LOCK_SH | LOCK_NB),
         "F_SETLK": _try(FCNTL, fd, F_SETLK, lock),
         "F_GETLK": _try(FCNTL, fd, F_GETLK, lock),
         "F_OFD_SETLK": _try(FCNTL, fd, F_OFD_SETLK, lock),
