@@ -10,6 +10,7 @@ import time
 import pytest
 
 from isorun import errors
+from isorund.sandbox import seccomp
 
 DENIED = ("flock LOCK_EX", "flock LOCK_SH", "F_SETLK", "F_GETLK", "F_OFD_SETLK", "F_OFD_GETLK",
           "F_SETLK, high bits set", "F_SETLEASE", "F_NOTIFY", "F_NOTIFY, high bits set",
@@ -57,3 +58,11 @@ def test_two_calls_cannot_wake_each_other_through_a_library_file(attack):
     assert attack("shared_files", "waker", timeout=20) == "EPERM"
     thread.join()
     assert outcome["waiter"] == "ETIMEDOUT"
+
+
+def test_every_lock_command_and_shared_futex_op_the_filter_lists_is_denied(attack):
+    """The rows above pick the ways in; this sweeps the filter's whole tables (F_SETLKW,
+    F_GETLEASE, FUTEX_WAKE_OP, the PI operations, …), so no listed entry goes unexercised."""
+    commands, ops = sorted(seccomp.FCNTL_DENIED.values()), sorted(seccomp.FUTEX_SHARED_DENIED.values())
+    results = attack("shared_files", "sweep", args=[commands, ops], timeout=20)
+    assert results == {**{f"fcntl {c}": "EPERM" for c in commands}, **{f"futex {o}": "EPERM" for o in ops}}

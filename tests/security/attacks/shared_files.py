@@ -131,3 +131,13 @@ def waiter(seconds: int):
 def waker():
     """Wakes whoever waits on the futex of os.py's first word; returns how many it woke."""
     return _try(FUTEX, _mapped_word(_library_file()), FUTEX_WAKE, 1 << 20, 0, 0, 0)
+
+
+def sweep(fcntl_commands, futex_ops):
+    """Every fcntl command and shared futex op the filter lists, on the library file."""
+    fd = _library_file()
+    word = _mapped_word(fd)
+    lock = _buffer(32)
+    results = {f"fcntl {command}": _try(FCNTL, fd, command, lock) for command in fcntl_commands}
+    results.update({f"futex {op}": _try(FUTEX, word, op, 0, 0, 0, 0) for op in futex_ops})
+    return results
