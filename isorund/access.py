@@ -33,6 +33,10 @@ MAX_GROUPS = 256
 # Connections one refused uid may hold open at once: enough to be told PERMISSION_DENIED, too
 # few to use up the daemon's descriptors (each relayed connection holds three).
 REFUSED_CONNECTIONS_PER_UID = 8
+BACKLOG = 1024
+# When accept() fails (out of descriptors), how long the front stops accepting: Linux keeps
+# reporting the listening socket readable, so retrying at once would spin.
+ACCEPT_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,19 +83,54 @@ class AccessFront:
         self.peers: dict[str, Peer] = {}  # grpc peer() of a relay -> the credentials behind it
         self._relays: set[_Side] = set()
         self._refused_open: dict[int, int] = {}  # uid not on the allowlist -> its open connections
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
 
     async def start(self) -> None:
+        # Our own accept loop, not loop.create_unix_server: out of descriptors, Python 3.11's
+        # goes on through its whole backlog, logging a traceback and scheduling a retry for
+        # every queued slot (CPython gh-151615): ~1,000 tracebacks a second in the journal.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.public)
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._watch_listener()
+
+    def _watch_listener(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_queued)
+
+    def _accept_queued(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Side(self), self.public, backlog=1024)
+        for _ in range(BACKLOG):
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:  # out of descriptors, most likely: pause rather than spin
+                loop.remove_reader(self._listener.fileno())
+                loop.call_later(ACCEPT_RETRY_SECONDS, self._watch_listener)
+                log.error(json.dumps({"event": "access_accept_paused", "error": str(e),
+                                      "retry_seconds": ACCEPT_RETRY_SECONDS}))
+                return
+            conn.setblocking(False)
+            loop.create_task(loop.connect_accepted_socket(lambda: _Side(self), conn))
 
     def lookup(self, grpc_peer: str) -> Peer | None:
         return self.peers.get(grpc_peer)
 
     def stop_accepting(self) -> None:
         """New connections are refused from now on; relays in progress go on."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
 
     def close(self) -> None:
         self.stop_accepting()

@@ -226,13 +226,17 @@ class Zygote:
             if "ready" in message and len(fds) != 2:
                 # Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
                 # message; that sandbox sees its channel close and exits. Whoever waits for one
-                # gets the next.
+                # gets the next; with no one waiting, the pool is owed one, asked for when a call
+                # ends (asked for at once, still out of descriptors, it would be lost again, and
+                # again: a loop of forks).
                 for fd in fds:
                     os.close(fd)
                 log.error(json.dumps({"event": "sandbox_lost", "pid": message["ready"]["pid"],
                                       "reason": "its descriptors did not arrive (is the daemon out of file descriptors?)"}))
                 if self._takers:
                     self._request(1)
+                else:
+                    self._owed += 1
             elif "ready" in message:
                 pid = message["ready"]["pid"]
                 future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())

@@ -42,6 +42,24 @@ def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
     asyncio.run(scenario())
 
 
+def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_when_a_call_ends():
+    """With no call waiting, the lost sandbox was never replaced: each one shrank the pool
+    for the daemon's life. Asked for at once it would be lost again while the daemon is out
+    of descriptors, so it waits for the next call's end."""
+    ours, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    zygote_end.setblocking(False)
+    z = Zygote(Config.load(None, {"socket": "/tmp/unused.sock"}), "/unused")
+    z.control, z.alive = ours, True
+    zygote_end.send(json.dumps({"ready": {"pid": 41}}).encode())  # no fds
+    z._on_control()
+    assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
+    z.replace()  # a call ended
+    assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
+    ours.close()
+    zygote_end.close()
+
+
 def test_a_sandbox_gone_with_the_plan_unread_is_reported_as_its_end_not_as_garbage():
     # Killed before it read its plan (the end of the shutdown grace, say), a sandbox leaves the
     # daemon's next read with ECONNRESET; that was reported as "the sandbox sent an invalid
