@@ -123,7 +123,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     faults("faults_pool_start")
     _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
     _close_fds_except((chan.fileno(), zyg.plan.template_ns))
-    namespaces.unshare_host_views(zyg.plan.template_ns)
+    namespaces.unshare_host_views(zyg.plan.template_ns, scratch=filesystem.NEW_ROOT)
     mark("pool_unshared")
     filesystem.prepare_root(zyg.plan.root)
     _redirect_std_fds("/dev/null")

@@ -83,7 +83,7 @@ FUTEX_WAKE_NUMBER = 454  # futex_wake(uaddr, mask, nr, flags), the same on x86_6
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
 # socket() and socketpair() may only make IPv4 and IPv6 sockets (all of them local: the
-# network namespace has only loopback) and Unix pairs (below). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
+# network namespace has only loopback; TCP only, below) and Unix pairs (below). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
 # AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 # A Unix socket only comes connected to its pair (socketpair, stream or seqpacket): a socket()
@@ -91,6 +91,21 @@ AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 # host service in a folder the call was given, through the read-only bind (connect() needs no
 # write access to the mount, only to the socket file, and a 0666 socket gives that).
 SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, 2
+# An IP socket is a TCP socket: SOCK_STREAM, protocol 0 or IPPROTO_TCP. A UDP socket's queue
+# draws on the host-wide udp_mem every UDP socket of the host shares (60 sockets of one guest
+# held 11 MiB of it: a few calls of many processes could starve the host's DNS), and other
+# protocols (SCTP, MPTCP, ICMP, L2TP, …) are kernel code, often a module the kernel would load
+# on the guest's behalf. The type's low four bits are denied when 0 or when any of bits 1-3 is
+# set: everything but SOCK_STREAM (1), whatever flags ride above them.
+SOCK_STREAM, IPPROTO_TCP = 1, 6
+NOT_STREAM_BITS = (2, 4, 8)
+# A socket's buffers may not be enlarged: SO_SNDBUF and SO_RCVBUF take up to twice the host's
+# net.core.wmem_max / rmem_max (8 MiB each on the host this was written on) for every socket,
+# kernel memory outside the call's address-space limit, drawn for TCP from the host-wide
+# tcp_mem every TCP socket of the host shares. TCP's own growth is capped in the call's network
+# namespace (namespaces.TCP_RMEM); Unix pairs keep the host's default (net.core.wmem_default).
+SOL_SOCKET = 1
+BUFFER_OPTIONS = {"SO_SNDBUF": 7, "SO_RCVBUF": 8, "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}
 # A lock or a watch on a file belongs to the file, not to the process: on the folders every
 # sandbox shares read-only (the stdlib, the libraries, whitelisted folders) one call could
 # signal another through a lock, see and hold off the host's processes' locks, or (dnotify,
@@ -148,15 +163,28 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
 
 
 def _limit_sockets(f, deny, seccomp) -> None:
-    """IPv4 and IPv6 sockets, and Unix sockets as a connected stream or seqpacket pair."""
+    """TCP sockets over IPv4 and IPv6, and Unix sockets as a connected stream or seqpacket
+    pair, with the buffers they come with."""
     # Compared as 64-bit values: anything >= 11, upper bits set included, is denied.
     for call in ("socket", "socketpair"):
         for family in (0, *range(AF_INET + 1, AF_INET6)):
             f.add_rule(deny, call, seccomp.Arg(0, seccomp.EQ, family))
         f.add_rule(deny, call, seccomp.Arg(0, seccomp.GE, AF_INET6 + 1))
     f.add_rule(deny, "socket", seccomp.Arg(0, seccomp.EQ, AF_UNIX))
+    for family in (AF_INET, AF_INET6):  # TCP only
+        is_ip = seccomp.Arg(0, seccomp.EQ, family)
+        f.add_rule(deny, "socket", is_ip, seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, 0))
+        for bit in NOT_STREAM_BITS:
+            f.add_rule(deny, "socket", is_ip, seccomp.Arg(1, seccomp.MASKED_EQ, bit, bit))
+        # protocols other than 0 and 6, compared as 64-bit values (upper bits set: denied)
+        for protocol in range(1, IPPROTO_TCP):
+            f.add_rule(deny, "socket", is_ip, seccomp.Arg(2, seccomp.EQ, protocol))
+        f.add_rule(deny, "socket", is_ip, seccomp.Arg(2, seccomp.GE, IPPROTO_TCP + 1))
     f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
                seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+    for option in BUFFER_OPTIONS.values():  # (fd, level, optname, optval, optlen); both ints
+        f.add_rule(deny, "setsockopt", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS, SOL_SOCKET),
+                   seccomp.Arg(2, seccomp.MASKED_EQ, LOW_32_BITS, option))
 
 
 def _deny_shared_state(f, deny, seccomp) -> None:

@@ -82,6 +82,22 @@ DENIED = {
     "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
     "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
     "prctl(PR_SET_MEMORY_MERGE)": [157, 67, 1, 0, 0, 0],
+    # an IP socket is a TCP socket: no UDP (host-wide udp_mem), no other protocol's kernel code
+    "socket(AF_INET, SOCK_DGRAM)": [41, 2, 2, 0],
+    "socket(AF_INET6, SOCK_DGRAM|SOCK_NONBLOCK)": [41, 10, 2 | 0o4000, 0],
+    "socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)": [41, 2, 2, 1],
+    "socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP)": [41, 2, 1, 132],
+    "socket(AF_INET6, SOCK_SEQPACKET, IPPROTO_SCTP)": [41, 10, 5, 132],
+    "socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)": [41, 2, 1, 262],
+    "socket(AF_INET, SOCK_DCCP)": [41, 2, 6, 33],
+    "socket(AF_INET, type 0)": [41, 2, 0, 0],
+    "socket(AF_INET, SOCK_STREAM, IPPROTO_TCP, high bits set)": [41, 2, 1, (1 << 32) | 6],
+    # kernel memory outside RLIMIT_AS, from host-wide budgets (see test_socket_buffers.py)
+    "setsockopt(SO_SNDBUF)": [54, 0, 1, 7, 0, 4],
+    "setsockopt(SO_RCVBUF)": [54, 0, 1, 8, 0, 4],
+    "setsockopt(SO_SNDBUFFORCE)": [54, 0, 1, 32, 0, 4],
+    "setsockopt(SO_RCVBUFFORCE)": [54, 0, 1, 33, 0, 4],
+    "setsockopt(SO_RCVBUF, high bits set)": [54, 0, (1 << 32) | 1, (1 << 32) | 8, 0, 4],
 }
 
 
@@ -107,6 +123,14 @@ def test_threads_and_plain_forks_still_work(attack):
     # Denying namespace flags must not deny clone itself.
     results = attack("forbidden_syscalls", args=[{"getpid": [39]}])
     assert results["getpid"].startswith("succeeded")
+
+
+def test_tcp_sockets_are_still_allowed(attack):
+    SOCK_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
+    results = attack("forbidden_syscalls", args=[{
+        "socket(AF_INET, SOCK_STREAM|flags)": [41, 2, 1 | SOCK_NONBLOCK_CLOEXEC, 0],
+        "socket(AF_INET6, SOCK_STREAM, IPPROTO_TCP)": [41, 10, 1, 6]}])
+    assert all(result.startswith("succeeded") for result in results.values()), results
 
 
 def test_compat_syscall_entry_kills_the_process(attack):
