@@ -135,6 +135,11 @@ POSIX_FADV_DONTNEED, RWF_NOWAIT = 4, 0x8
 # whether some other process (another call, the host) holds a page with that content: a known
 # way to read across processes. Opting in is denied, for a range and for a whole process.
 MADV_MERGEABLE, PR_SET_MEMORY_MERGE = 12, 67
+# Huge pages from the host's reserved pool (vm.nr_hugepages, kept for a database, DPDK or VMs):
+# any process may map them, the pool is the host's, and a cgroup's memory.max does not count
+# them. A guest took all 32 reserved pages while a host process's MAP_HUGETLB failed with
+# ENOMEM (seen). Transparent huge pages come from ordinary memory and stay allowed.
+MAP_HUGETLB = 0x40000
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the zygote
@@ -189,7 +194,8 @@ def _limit_sockets(f, deny, seccomp) -> None:
 
 def _deny_shared_state(f, deny, seccomp) -> None:
     """The operations on state that other processes share: a file's locks and watches, a futex
-    keyed by a file, a file's cached pages, merged memory (see the tables above)."""
+    keyed by a file, a file's cached pages, merged memory, the host's huge pages (see the
+    tables above)."""
     low = lambda index, value: seccomp.Arg(index, seccomp.MASKED_EQ, LOW_32_BITS, value)  # noqa: E731
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", low(1, command))
@@ -200,6 +206,7 @@ def _deny_shared_state(f, deny, seccomp) -> None:
         f.add_rule(deny, call, seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
     f.add_rule(deny, "madvise", low(2, MADV_MERGEABLE))
     f.add_rule(deny, "prctl", low(0, PR_SET_MEMORY_MERGE))
+    f.add_rule(deny, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, MAP_HUGETLB, MAP_HUGETLB))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
 

@@ -82,6 +82,8 @@ DENIED = {
     "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
     "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
     "prctl(PR_SET_MEMORY_MERGE)": [157, 67, 1, 0, 0, 0],
+    # the host's reserved huge pages (see test_host_budgets.py)
+    "mmap(MAP_HUGETLB)": [9, 0, 2 << 20, 3, 0x22 | 0x40000, -1, 0],
     # an IP socket is a TCP socket: no UDP (host-wide udp_mem), no other protocol's kernel code
     "socket(AF_INET, SOCK_DGRAM)": [41, 2, 2, 0],
     "socket(AF_INET6, SOCK_DGRAM|SOCK_NONBLOCK)": [41, 10, 2 | 0o4000, 0],

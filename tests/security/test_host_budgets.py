@@ -1,7 +1,10 @@
-"""Socket buffers: kernel memory a guest could hold outside its address-space limit, and for
-TCP and UDP out of budgets every socket of the host draws on (tcp_mem, udp_mem). TCP's
-self-tuning buffers are capped in the call's network namespace; enlarging any socket's
-buffers is denied by the filter, and so are UDP sockets."""
+"""Budgets the host shares with every process: socket memory (tcp_mem, udp_mem) and the
+reserved huge pages. A guest's socket buffers are kernel memory outside its address-space
+limit: TCP's self-tuning buffers are capped in the call's network namespace, enlarging any
+socket's buffers is denied, and so are UDP sockets. Huge pages from the host's pool are
+denied (Linux AIO's budget is in test_escape_kernel.py's table)."""
+import pytest
+
 from isorund.sandbox import namespaces
 
 # Each end of a connection holds at most its send buffer, and its peer's receive buffer holds
@@ -36,3 +39,34 @@ def test_socket_buffers_cannot_be_enlarged_and_udp_is_refused(attack):
             assert results.pop(f"{kind} {name}") == "EPERM", (kind, name)
     assert results == {"read SO_RCVBUF": "ok: True", "SO_REUSEADDR": "ok: None", "TCP_NODELAY": "ok: None",
                        "udp": "EPERM", "udp v6": "EPERM"}
+
+
+@pytest.fixture
+def reserved_huge_pages():
+    """The host sets 4 huge pages aside, as a host running a database might; put back after."""
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        before = int(f.read())
+    try:
+        with open(path, "w") as f:
+            f.write(str(before + 4))
+    except OSError as e:
+        pytest.skip(f"this kernel keeps no huge page pool ({e})")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(str(before))
+
+
+def free_huge_pages() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("HugePages_Free:"))
+
+
+def test_the_hosts_reserved_huge_pages_are_out_of_reach(attack, reserved_huge_pages):
+    """Seen before the rule: a guest took all 32 reserved pages, and a host process's own
+    MAP_HUGETLB mapping failed with ENOMEM until the call ended."""
+    free = free_huge_pages()
+    assert free >= 4
+    assert attack("huge_pages", args=[free], timeout=20) == "EPERM"
