@@ -9,7 +9,8 @@ nothing of a call outlives it. Its steps, in order:
                                         net, ipc, uts and cgroup namespaces, the new root
                                         built and pivoted into (``prepare_root``), an empty
                                         environment, only the channel open, the runtime
-                                        warmed up, the pool's part of the seccomp filter;
+                                        warmed up, RLIMIT_CORE at 1, the pool's part of the
+                                        seccomp filter;
                                         then it waits for its plan
     when the call arrives               its priority back to normal, the call's folders (the
                                         daemon's detached copies) attached (``enter_call``),
@@ -106,7 +107,9 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
     os.environ.clear()
     # 5. the runtime's first-touch work (copy-on-write faults) done now, off the call's path;
     guest.prepare(chan, registry)
-    # 6. the pool's part of the seccomp filter: all of it but what the call's steps need.
+    # 6. no core dump, and no host core helper, for a crash (the filter then keeps it so);
+    limits.keep_crashes_to_the_sandbox()
+    # 7. the pool's part of the seccomp filter: all of it but what the call's steps need.
     if plan.isolated:
         seccomp.apply(syscall_filters[0])
     return cgroup_fd

@@ -74,6 +74,9 @@ DENIED = (
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
 # last. (pivot_root and umount2 are done before the pool's part is loaded.)
 CALL_STEPS = ("mount", "move_mount", "unshare")
+# RLIMIT_CORE stays at 1, set in the pool before this filter (see limits.py): setting it is
+# denied; reading it (prlimit64 with no new limit) stays allowed.
+RLIMIT_CORE = 4
 # System calls younger than the libseccomp this may run with, by their native number.
 # futex_requeue takes its futexes' flags from memory the filter cannot read, so it may move
 # waiters of a shared futex (see FUTEX_SHARED_DENIED); no libc uses it.
@@ -194,8 +197,8 @@ def _limit_sockets(f, deny, seccomp) -> None:
 
 def _deny_shared_state(f, deny, seccomp) -> None:
     """The operations on state that other processes share: a file's locks and watches, a futex
-    keyed by a file, a file's cached pages, merged memory, the host's huge pages (see the
-    tables above)."""
+    keyed by a file, a file's cached pages, merged memory, the host's huge pages and its core
+    dump helper (see the tables above)."""
     low = lambda index, value: seccomp.Arg(index, seccomp.MASKED_EQ, LOW_32_BITS, value)  # noqa: E731
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", low(1, command))
@@ -207,6 +210,9 @@ def _deny_shared_state(f, deny, seccomp) -> None:
     f.add_rule(deny, "madvise", low(2, MADV_MERGEABLE))
     f.add_rule(deny, "prctl", low(0, PR_SET_MEMORY_MERGE))
     f.add_rule(deny, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, MAP_HUGETLB, MAP_HUGETLB))
+    core = low(1, RLIMIT_CORE)
+    f.add_rule(deny, "prlimit64", core, seccomp.Arg(2, seccomp.NE, 0))  # (pid, resource, new, old)
+    f.add_rule(deny, "setrlimit", low(0, RLIMIT_CORE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
 

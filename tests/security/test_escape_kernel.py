@@ -82,6 +82,10 @@ DENIED = {
     "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
     "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
     "prctl(PR_SET_MEMORY_MERGE)": [157, 67, 1, 0, 0, 0],
+    # RLIMIT_CORE stays 1, which keeps the host's core helper from starting (test_host_budgets.py)
+    "prlimit64(RLIMIT_CORE, new)": [302, 0, 4, 1, 0],
+    "prlimit64(RLIMIT_CORE, new, high bits set)": [302, 0, (1 << 32) | 4, 1, 0],
+    "setrlimit(RLIMIT_CORE)": [160, 4, 1],
     # the host's reserved huge pages (see test_host_budgets.py)
     "mmap(MAP_HUGETLB)": [9, 0, 2 << 20, 3, 0x22 | 0x40000, -1, 0],
     # an IP socket is a TCP socket: no UDP (host-wide udp_mem), no other protocol's kernel code

@@ -66,7 +66,7 @@ def test_rlimits_are_set_and_cannot_be_raised(attack, secure_daemon):
     assert limits["RLIMIT_AS"] == (configured["memory_bytes"],) * 2
     assert limits["RLIMIT_NPROC"] == (configured["max_processes"],) * 2
     assert limits["RLIMIT_FSIZE"] == (configured["max_file_bytes"],) * 2
-    assert limits["RLIMIT_CORE"] == (0, 0)
+    assert limits["RLIMIT_CORE"] == (1, 1)
     # counted from the call's start: the CPU the pooled guest used before it is added (< 1 s)
     soft, hard = limits["RLIMIT_CPU"]
     assert configured["cpu_seconds"] <= soft <= configured["cpu_seconds"] + 1 and hard == soft + 1

@@ -1,8 +1,10 @@
-"""Budgets the host shares with every process: socket memory (tcp_mem, udp_mem) and the
-reserved huge pages. A guest's socket buffers are kernel memory outside its address-space
-limit: TCP's self-tuning buffers are capped in the call's network namespace, enlarging any
-socket's buffers is denied, and so are UDP sockets. Huge pages from the host's pool are
-denied (Linux AIO's budget is in test_escape_kernel.py's table)."""
+"""What the host shares with every process: socket memory (tcp_mem, udp_mem), the reserved
+huge pages and its core dump helper. A guest's socket buffers are kernel memory outside its
+address-space limit: TCP's self-tuning buffers are capped in the call's network namespace,
+enlarging any socket's buffers is denied, and so are UDP sockets. Huge pages from the host's
+pool are denied. A crash starts no helper on the host (Linux AIO's budget is in
+test_escape_kernel.py's table)."""
+import time
 import pytest
 
 from isorund.sandbox import namespaces
@@ -70,3 +72,32 @@ def test_the_hosts_reserved_huge_pages_are_out_of_reach(attack, reserved_huge_pa
     free = free_huge_pages()
     assert free >= 4
     assert attack("huge_pages", args=[free], timeout=20) == "EPERM"
+
+
+@pytest.fixture
+def core_helper(tmp_path_factory):
+    """The host pipes core dumps to a helper, as hosts running systemd-coredump or apport do;
+    each run of this one adds a line to ``runs``. The host's own pattern is put back after."""
+    folder = tmp_path_factory.mktemp("core")
+    script, runs = folder / "helper.sh", folder / "runs"
+    script.write_text(f'echo "$1" >> {runs}\ncat > /dev/null\n')
+    path = "/proc/sys/kernel/core_pattern"
+    with open(path) as f:
+        before = f.read()
+    with open(path, "w") as f:
+        f.write(f"|/bin/sh {script} %p")
+    try:
+        yield runs
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+
+
+def test_a_crashing_guest_starts_no_helper_on_the_host(attack, core_helper):
+    """Seen with RLIMIT_CORE at 0: 10 crashed children started the host's helper 10 times (the
+    kernel ignores the limit for pipes, except a limit of exactly 1)."""
+    results = attack("core_dumps", args=[10], timeout=20)
+    time.sleep(0.5)
+    assert not core_helper.exists(), f"the host's helper ran for pids {core_helper.read_text().split()}"
+    # Python reports setrlimit's EPERM as a ValueError ("not allowed to raise maximum limit")
+    assert results == {"setrlimit": "ValueError", "prlimit": "EPERM", "limit": [1, 1], "crashed": 10}

@@ -34,10 +34,9 @@ def test_filter_kills_calls_made_through_other_abis(filter_text):
     assert "# invalid architecture action\naction KILL_PROCESS;" in filter_text
 
 
-def test_rlimits_include_core_zero_and_kernel_memory_caps():
+def test_rlimits_include_kernel_memory_caps():
     table = {name: (soft, hard) for name, soft, hard in limits.rlimits(limits.Limits(
         memory_bytes=1 << 28, max_processes=8, max_open_files=64, max_file_bytes=1 << 20, cpu_seconds=1.5))}
-    assert table["RLIMIT_CORE"] == (0, 0)
     assert table["RLIMIT_CPU"] == (2, 3)
     assert table["RLIMIT_AS"] == (1 << 28, 1 << 28)
     assert table["RLIMIT_MEMLOCK"] == table["RLIMIT_MSGQUEUE"] == (0, 0)
