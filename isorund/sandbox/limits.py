@@ -29,7 +29,8 @@ SIGNALS_PENDING = 64
 
 
 def rlimits(limits: Limits) -> list[tuple[str, int, int]]:
-    """Every rlimit the guest gets, as (name, soft, hard); fixed ones included."""
+    """Every rlimit the call sets, as (name, soft, hard); fixed ones included (RLIMIT_CORE is
+    set earlier, in the pool: ``keep_crashes_to_the_sandbox``)."""
     cpu = max(1, math.ceil(limits.cpu_seconds))
     return [
         ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
