@@ -20,6 +20,7 @@ meets an unprivileged uid with no capabilities, in namespaces of its own. Two ex
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,10 @@ NOT_STREAM_BITS = (2, 4, 8)
 # namespace (namespaces.TCP_RMEM); Unix pairs keep the host's default (net.core.wmem_default).
 SOL_SOCKET = 1
 BUFFER_OPTIONS = {"SO_SNDBUF": 7, "SO_RCVBUF": 8, "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}
+# A TCP upper-layer protocol (kTLS, espintcp) is kernel code an unprivileged process reaches by
+# naming it (CVE-2023-0461, a use-after-free through it, needed no privilege); Python's ssl
+# module encrypts in user space and never sets one.
+TCP_ULP = 31
 # A lock or a watch on a file belongs to the file, not to the process: on the folders every
 # sandbox shares read-only (the stdlib, the libraries, whitelisted folders) one call could
 # signal another through a lock, see and hold off the host's processes' locks, or (dnotify,
@@ -172,7 +177,7 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
 
 def _limit_sockets(f, deny, seccomp) -> None:
     """TCP sockets over IPv4 and IPv6, and Unix sockets as a connected stream or seqpacket
-    pair, with the buffers they come with."""
+    pair, with the buffers they come with and no upper-layer protocol."""
     # Compared as 64-bit values: anything >= 11, upper bits set included, is denied.
     for call in ("socket", "socketpair"):
         for family in (0, *range(AF_INET + 1, AF_INET6)):
@@ -190,16 +195,17 @@ def _limit_sockets(f, deny, seccomp) -> None:
         f.add_rule(deny, "socket", is_ip, seccomp.Arg(2, seccomp.GE, IPPROTO_TCP + 1))
     f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
                seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+    low = functools.partial(_low_32_bits, seccomp)
     for option in BUFFER_OPTIONS.values():  # (fd, level, optname, optval, optlen); both ints
-        f.add_rule(deny, "setsockopt", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS, SOL_SOCKET),
-                   seccomp.Arg(2, seccomp.MASKED_EQ, LOW_32_BITS, option))
+        f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))
+    f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, TCP_ULP))
 
 
 def _deny_shared_state(f, deny, seccomp) -> None:
     """The operations on state that other processes share: a file's locks and watches, a futex
     keyed by a file, a file's cached pages, merged memory, the host's huge pages and its core
     dump helper (see the tables above)."""
-    low = lambda index, value: seccomp.Arg(index, seccomp.MASKED_EQ, LOW_32_BITS, value)  # noqa: E731
+    low = functools.partial(_low_32_bits, seccomp)
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", low(1, command))
     for operation in FUTEX_SHARED_DENIED.values():
@@ -215,6 +221,11 @@ def _deny_shared_state(f, deny, seccomp) -> None:
     f.add_rule(deny, "setrlimit", low(0, RLIMIT_CORE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
+
+
+def _low_32_bits(seccomp, index: int, value: int):
+    """Argument ``index`` equal to ``value`` on the low 32 bits, all the kernel reads of an int."""
+    return seccomp.Arg(index, seccomp.MASKED_EQ, LOW_32_BITS, value)
 
 
 def build_last() -> seccomp.SyscallFilter:

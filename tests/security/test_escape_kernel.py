@@ -104,6 +104,8 @@ DENIED = {
     "setsockopt(SO_SNDBUFFORCE)": [54, 0, 1, 32, 0, 4],
     "setsockopt(SO_RCVBUFFORCE)": [54, 0, 1, 33, 0, 4],
     "setsockopt(SO_RCVBUF, high bits set)": [54, 0, (1 << 32) | 1, (1 << 32) | 8, 0, 4],
+    # kTLS and other TCP upper-layer protocols: kernel code reached by naming it
+    "setsockopt(TCP_ULP)": [54, 0, 6, 31, 0, 0],
 }
 
 
