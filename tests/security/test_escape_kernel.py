@@ -75,6 +75,9 @@ DENIED = {
     "sysinfo": [99, 0],
     # one host-wide budget of AIO events: a call could take it all from the host's services
     "io_setup(fs.aio-max-nr)": [206, 65536, 0],
+    "io_submit": [209, 1, 1, 0],
+    "io_getevents": [208, 1, 1, 1, 0, 0],
+    "io_pgetevents": [333, 1, 1, 1, 0, 0, 0],
     "sync": [162],
     "syncfs": [306, 0],
     "modify_ldt(read)": [154, 0, 0, 8],
@@ -82,6 +85,7 @@ DENIED = {
     "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
     "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
     "prctl(PR_SET_MEMORY_MERGE)": [157, 67, 1, 0, 0, 0],
+    "prctl(PR_SET_MEMORY_MERGE, high bits set)": [157, (1 << 32) | 67, 1, 0, 0, 0],
     # RLIMIT_CORE stays 1, which keeps the host's core helper from starting (test_host_budgets.py)
     "prlimit64(RLIMIT_CORE, new)": [302, 0, 4, 1, 0],
     "prlimit64(RLIMIT_CORE, new, high bits set)": [302, 0, (1 << 32) | 4, 1, 0],
