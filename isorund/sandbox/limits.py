@@ -8,6 +8,7 @@ runner reports as ``ResourceLimitError(limit="memory")``. Without a delegated cg
 """
 from __future__ import annotations
 
+import errno
 import math
 import resource
 from dataclasses import dataclass
@@ -58,17 +59,18 @@ def keep_crashes_to_the_sandbox() -> None:
     crash whatever the limit, except for a limit of exactly 1 (its guard against a crashing
     helper). A guest that forked and aborted 10 children started 10 host helpers with a limit
     of 0. One byte is also too small for a core file."""
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (1, 1))
-    except (OSError, ValueError) as e:
-        raise SandboxSetupError("limits", "setrlimit(RLIMIT_CORE, (1, 1))", getattr(e, "errno", None) or 22) from e
+    _set("RLIMIT_CORE", 1, 1)
 
 
 def apply(limits: Limits) -> None:
     """Sets every rlimit, soft and hard, so the guest can only lower them further."""
     for name, soft, hard in rlimits(limits):
-        try:
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        except (OSError, ValueError) as e:
-            raise SandboxSetupError("limits", f"setrlimit({name}, ({soft}, {hard}))",
-                                    getattr(e, "errno", None) or 22) from e
+        _set(name, soft, hard)
+
+
+def _set(name: str, soft: int, hard: int) -> None:
+    try:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    except (OSError, ValueError) as e:
+        raise SandboxSetupError("limits", f"setrlimit({name}, ({soft}, {hard}))",
+                                getattr(e, "errno", None) or errno.EINVAL) from e

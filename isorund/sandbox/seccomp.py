@@ -87,8 +87,9 @@ FUTEX_WAKE_NUMBER = 454  # futex_wake(uaddr, mask, nr, flags), the same on x86_6
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
 # socket() and socketpair() may only make IPv4 and IPv6 sockets (all of them local: the
-# network namespace has only loopback; TCP only, below) and Unix pairs (below). Rare families (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS,
-# AF_NETLINK, …) are kernel code any unprivileged process could otherwise reach.
+# network namespace has only loopback; TCP only, below) and Unix pairs (below). Rare families
+# (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS, AF_NETLINK, …) are kernel code any unprivileged process
+# could otherwise reach.
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 # A Unix socket only comes connected to its pair (socketpair, stream or seqpacket): a socket()
 # of its own, or a datagram pair (sendto takes any address), could reach a socket file of a
@@ -101,7 +102,7 @@ SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, 2
 # protocols (SCTP, MPTCP, ICMP, L2TP, …) are kernel code, often a module the kernel would load
 # on the guest's behalf. The type's low four bits are denied when 0 or when any of bits 1-3 is
 # set: everything but SOCK_STREAM (1), whatever flags ride above them.
-SOCK_STREAM, IPPROTO_TCP = 1, 6
+IPPROTO_TCP = 6
 NOT_STREAM_BITS = (2, 4, 8)
 # A socket's buffers may not be enlarged: SO_SNDBUF and SO_RCVBUF take up to twice the host's
 # net.core.wmem_max / rmem_max (8 MiB each on the host this was written on) for every socket,
@@ -216,8 +217,8 @@ def _deny_shared_state(f, deny, seccomp) -> None:
     f.add_rule(deny, "madvise", low(2, MADV_MERGEABLE))
     f.add_rule(deny, "prctl", low(0, PR_SET_MEMORY_MERGE))
     f.add_rule(deny, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, MAP_HUGETLB, MAP_HUGETLB))
-    core = low(1, RLIMIT_CORE)
-    f.add_rule(deny, "prlimit64", core, seccomp.Arg(2, seccomp.NE, 0))  # (pid, resource, new, old)
+    # prlimit64(pid, resource, new, old): only with a new limit
+    f.add_rule(deny, "prlimit64", low(1, RLIMIT_CORE), seccomp.Arg(2, seccomp.NE, 0))
     f.add_rule(deny, "setrlimit", low(0, RLIMIT_CORE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
