@@ -18,7 +18,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from . import memory
 from . import plan as plans
-from .admission import Admission, QueueFull, QueueTimeout
+from .admission import Admission, QueueFull, QueueTimeout, RequestsTooLarge
 from .code_cache import CodeCache
 from .launcher import Sandbox, Zygote, ZygoteUnavailable
 from .plan import RequestError
@@ -29,8 +29,9 @@ log = logging.getLogger("isorund")
 # How long the daemon must have been idle after a large call before its heap is trimmed.
 TRIM_AFTER_SECONDS = 0.5
 # What the log line and the metrics call a call that ended without an outcome, by exception.
-REFUSALS = ((RequestError, "invalid_argument"), (QueueFull, "queue_full"), (QueueTimeout, "deadline_in_queue"),
-            (ZygoteUnavailable, "unavailable"), (asyncio.CancelledError, "cancelled"))
+REFUSALS = ((RequestError, "invalid_argument"), (RequestsTooLarge, "requests_too_large"), (QueueFull, "queue_full"),
+            (QueueTimeout, "deadline_in_queue"), (ZygoteUnavailable, "unavailable"),
+            (asyncio.CancelledError, "cancelled"))
 
 
 class ShuttingDown(ZygoteUnavailable):
@@ -41,7 +42,7 @@ class Calls:
     def __init__(self, config, zygote: Zygote, metrics):
         self.config = config
         self.zygote = zygote
-        self.admission = Admission(config.max_concurrency, config.queue_size)
+        self.admission = Admission(config.max_concurrency, config.queue_size, config.max_held_request_bytes)
         self.metrics = metrics
         self.isolated = not config.insecure_no_isolation
         self.in_flight: set[Sandbox] = set()
@@ -62,34 +63,35 @@ class Calls:
         outcome, queued = None, 0.0  # seconds to a sandbox; none for a call refused before the queue
         ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
-            plan = plans.build(request, self.config)
-            if not request.compiler:  # a compiler plugin's output is compiled in each call
-                self.code_cache.fill(plan)
-            entry.update(id=plan.call_id, root=plan.root, file=plan.file)
-            wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
-            queued = None  # in the queue from here until a sandbox is taken
-            async with self.admission.slot(wait):
-                sandbox = await self.zygote.take()
-                entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
-                ran_from = time.monotonic()
-                queued = ran_from - received
-                self.in_flight.add(sandbox)
-                try:
-                    outcome = await run_call(sandbox, plan, request.SerializeToString(), on_event, self.isolated,
-                                             deadline, on_compiled=lambda m: self.code_cache.store(plan.root, m))
-                finally:
-                    self.in_flight.discard(sandbox)
-                    self.zygote.replace()
-            # Whoever made the outcome (the guest's runtime, or the daemon for a timeout, a
-            # limit or a sandbox that died), its id is the daemon's, to match the log line.
-            outcome.call_id = plan.call_id
-            outcome.usage.queue_seconds = queued
-            return outcome
+            with self.admission.holding(request.ByteSize()):
+                plan = plans.build(request, self.config)
+                if not request.compiler:  # a compiler plugin's output is compiled in each call
+                    self.code_cache.fill(plan)
+                entry.update(id=plan.call_id, root=plan.root, file=plan.file)
+                wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
+                queued = None  # in the queue from here until a sandbox is taken
+                async with self.admission.slot(wait):
+                    sandbox = await self.zygote.take()
+                    entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
+                    ran_from = time.monotonic()
+                    queued = ran_from - received
+                    self.in_flight.add(sandbox)
+                    try:
+                        outcome = await run_call(sandbox, plan, request.SerializeToString(), on_event, self.isolated,
+                                                 deadline, on_compiled=lambda m: self.code_cache.store(plan.root, m))
+                    finally:
+                        self.in_flight.discard(sandbox)
+                        self.zygote.replace()
+                # Whoever made the outcome (the guest's runtime, or the daemon for a timeout, a
+                # limit or a sandbox that died), its id is the daemon's, to match the log line.
+                outcome.call_id = plan.call_id
+                outcome.usage.queue_seconds = queued
+                return outcome
         except BaseException as e:
             entry["outcome"] = next((name for kind, name in REFUSALS if isinstance(e, kind)), "error")
             if entry["outcome"] == "error":
                 entry["error"] = f"{type(e).__name__}: {e}"
-            elif isinstance(e, RequestError):
+            elif isinstance(e, (RequestError, RequestsTooLarge)):
                 entry["error"] = str(e)[:500]  # the operator's only trace of what was wrong
             raise
         finally:

@@ -93,6 +93,7 @@ class Config:
     sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
     cgroup_root: str = _key("", "Delegated cgroup v2 folder for per-call memory/pids/cpu limits (systemd `Delegate=yes`); empty: the daemon's own cgroup if usable, else off (logged at start); `off`: never.")
     max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket (1 MiB to 256 MiB).")
+    max_held_request_bytes: int = _key(256 * MiB, "Requests the daemon holds at once, queued and running together, by their size on the socket; a call that would pass it is refused at once (`RESOURCE_EXHAUSTED`), since the daemon keeps a few copies of each. At least `max_request_bytes`.")
     shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
     start_timeout: float = _key(60.0, "Seconds the sandbox zygote may take to start (it imports the plugins and operator types) before the daemon gives up, naming the one it was importing.")
     metrics_address: str = _key("", "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; `[::1]:9464` for IPv6, port 0 picks a free one); empty turns it off.")
@@ -140,6 +141,8 @@ class Config:
              f">= max_concurrency + pool_size + 1 ({self.max_concurrency + self.pool_size + 1})", self.sandbox_uid_count)
         need(1 * MiB <= self.max_request_bytes <= MAX_MESSAGE_BYTES, "max_request_bytes",
              f">= 1 MiB and <= {MAX_MESSAGE_BYTES // MiB} MiB", self.max_request_bytes)
+        need(self.max_held_request_bytes >= self.max_request_bytes, "max_held_request_bytes",
+             f">= max_request_bytes ({self.max_request_bytes})", self.max_held_request_bytes)
         need(0 <= self.shutdown_grace <= MAX_SECONDS, "shutdown_grace", f">= 0 and <= {MAX_SECONDS:g}", self.shutdown_grace)
         need(0 < self.start_timeout <= MAX_SECONDS, "start_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.start_timeout)
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)

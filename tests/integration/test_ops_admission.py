@@ -175,3 +175,32 @@ def test_calls_that_leave_before_their_sandbox_arrives_do_not_grow_the_pool(star
     # the fix they stayed, and the pool never came back.
     time.sleep(3)
     wait_until(lambda: pooled() == 1, timeout=30)
+
+
+SIZED = "def size(data, seconds):\n    import time\n    time.sleep(seconds)\n    return len(data)\n"
+SMALL_MESSAGES = ("max_request_bytes = 2097152\nmax_held_request_bytes = 2097152\n\n"
+                  "[limits]\nresult_bytes = 524288\n")
+
+
+def test_a_request_past_the_bytes_the_daemon_may_hold_is_refused_and_later_ones_run(start_daemon, make_root):
+    """The daemon holds a few copies of every request it has taken, queued or running (24
+    requests of 40 MiB at once took it to 3.1 GiB): past max_held_request_bytes a call is
+    refused at once, with the bound in its message, and small calls, and large ones once the
+    held ones end, still run."""
+    d = start_daemon(config=SMALL_MESSAGES)
+    root = make_root({"index.py": SIZED})
+    large = b"x" * (1 << 20)  # ~1.3 MiB on the socket: one fits in 2 MiB, two do not
+    started = threading.Event()
+    runner = CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"])
+    first, first_box = in_background(runner.run, "size", args=[large, 2], timeout=15, running=started.set)
+    assert started.wait(30), d.log()
+    with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+        with pytest.raises(errors.ResourceLimitError) as e:
+            r.run("size", args=[large, 0])
+        assert e.value.limit == "queue" and "max_held_request_bytes 2 MiB" in str(e.value), str(e.value)
+        assert r.run("size", args=[b"small", 0]) == 5
+        first.join(30)
+        assert first_box == {"value": 1 << 20}
+        assert r.run("size", args=[large, 0]) == 1 << 20
+    refused = [line for line in call_lines(d) if line["outcome"] == "requests_too_large"]
+    assert len(refused) == 1 and "max_held_request_bytes" in refused[0]["error"]

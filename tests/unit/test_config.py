@@ -89,6 +89,8 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     # values the daemon would accept and then fail on later: at gRPC's start, on the fifth
     # sandbox's uid map, when turning a timeout into an rlimit, on the guest's first import
     ("max_request_bytes = 9999999999999\n", "max_request_bytes"),
+    # a request of the largest size could never be held
+    ("max_held_request_bytes = 1048576\n", "max_held_request_bytes"),
     ("sandbox_uid_base = 4294967290\n", "sandbox_uid_count"),
     ("max_timeout = inf\n", "max_timeout"),
     ("default_timeout = nan\n", "default_timeout"),
