@@ -81,6 +81,8 @@ DENIED = {
     "sync": [162],
     "syncfs": [306, 0],
     "modify_ldt(read)": [154, 0, 0, 8],
+    # interrupts the host's processes registered for it, on every CPU they run on
+    "membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)": [324, 2, 0, 0],
     # same-page merging with other processes' memory, where the host runs KSM
     "madvise(MADV_MERGEABLE)": [28, 0, 4096, 12],
     "madvise(MADV_MERGEABLE, high bits set)": [28, 0, 4096, (1 << 32) | 12],
