@@ -47,11 +47,22 @@ class Admission:
     def running(self) -> int:
         return self.max_concurrency - self.free
 
+    @contextlib.asynccontextmanager
+    async def slot(self, wait_seconds: float | None, request_bytes: int = 0):
+        """Holds one sandbox slot for the body, and counts the call's request while it waits and
+        runs. Raises RequestsTooLarge or QueueFull at once, QueueTimeout once ``wait_seconds``
+        pass in the queue, or the exception given to ``close``."""
+        with self._holding(request_bytes):
+            await self._acquire(wait_seconds)
+            try:
+                yield
+            finally:
+                self._release()
+
     @contextlib.contextmanager
-    def holding(self, request_bytes: int):
-        """Counts a request while the daemon holds it. The daemon keeps a few copies of each
-        (24 requests of 40 MiB at once took it to 3.1 GiB), and a queue of large ones would
-        otherwise use up its memory; past the bound, RequestsTooLarge at once."""
+    def _holding(self, request_bytes: int):
+        """The daemon keeps a few copies of each request it holds (24 requests of 40 MiB at
+        once took it to 3.1 GiB): past the bound a call is refused rather than queued."""
         if self.held_bytes + request_bytes > self.max_held_bytes:
             raise RequestsTooLarge(
                 f"isorund already holds {self.held_bytes / MiB:.1f} MiB of requests and this one is "
@@ -62,16 +73,6 @@ class Admission:
             yield
         finally:
             self.held_bytes -= request_bytes
-
-    @contextlib.asynccontextmanager
-    async def slot(self, wait_seconds: float | None):
-        """Holds one sandbox slot for the body. Raises QueueFull, QueueTimeout once
-        ``wait_seconds`` pass in the queue, or the exception given to ``close``."""
-        await self._acquire(wait_seconds)
-        try:
-            yield
-        finally:
-            self._release()
 
     def close(self, error: Exception) -> None:
         """Answers every queued call with ``error`` and refuses later ones with it."""
