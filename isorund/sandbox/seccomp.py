@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import resource
+import socket
 from typing import TYPE_CHECKING
 
 from . import _libc
@@ -81,7 +83,7 @@ DENIED = (
 CALL_STEPS = ("mount", "move_mount", "unshare")
 # RLIMIT_CORE stays at 1, set in the pool before this filter (see limits.py): setting it is
 # denied; reading it (prlimit64 with no new limit) stays allowed.
-RLIMIT_CORE = 4
+RLIMIT_CORE = resource.RLIMIT_CORE
 # System calls younger than the libseccomp this may run with, by their native number.
 # futex_requeue takes its futexes' flags from memory the filter cannot read, so it may move
 # waiters of a shared futex (see FUTEX_SHARED_DENIED); no libc uses it.
@@ -94,27 +96,28 @@ NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLO
 # network namespace has only loopback; TCP only, below) and Unix pairs (below). Rare families
 # (AF_ALG, AF_VSOCK, AF_TIPC, AF_RDS, AF_NETLINK, …) are kernel code any unprivileged process
 # could otherwise reach.
-AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+AF_UNIX, AF_INET, AF_INET6 = socket.AF_UNIX, socket.AF_INET, socket.AF_INET6
 # A Unix socket only comes connected to its pair (socketpair, stream or seqpacket): a socket()
 # of its own, or a datagram pair (sendto takes any address), could reach a socket file of a
 # host service in a folder the call was given, through the read-only bind (connect() needs no
 # write access to the mount, only to the socket file, and a 0666 socket gives that).
-SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, 2
+SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, socket.SOCK_DGRAM
 # An IP socket is a TCP socket: SOCK_STREAM, protocol 0 or IPPROTO_TCP. A UDP socket's queue
 # draws on the host-wide udp_mem every UDP socket of the host shares (60 sockets of one guest
 # held 11 MiB of it: a few calls of many processes could starve the host's DNS), and other
 # protocols (SCTP, MPTCP, ICMP, L2TP, …) are kernel code, often a module the kernel would load
 # on the guest's behalf. The type's low four bits are denied when 0 or when any of bits 1-3 is
 # set: everything but SOCK_STREAM (1), whatever flags ride above them.
-IPPROTO_TCP = 6
+IPPROTO_TCP = socket.IPPROTO_TCP
 NOT_STREAM_BITS = (2, 4, 8)
 # A socket's buffers may not be enlarged: SO_SNDBUF and SO_RCVBUF take up to twice the host's
 # net.core.wmem_max / rmem_max (8 MiB each on the host this was written on) for every socket,
 # kernel memory outside the call's address-space limit, drawn for TCP from the host-wide
 # tcp_mem every TCP socket of the host shares. TCP's own growth is capped in the call's network
 # namespace (namespaces.TCP_RMEM); Unix pairs keep the host's default (net.core.wmem_default).
-SOL_SOCKET = 1
-BUFFER_OPTIONS = {"SO_SNDBUF": 7, "SO_RCVBUF": 8, "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}
+SOL_SOCKET = socket.SOL_SOCKET
+BUFFER_OPTIONS = {"SO_SNDBUF": socket.SO_SNDBUF, "SO_RCVBUF": socket.SO_RCVBUF,
+                  "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}  # (the last two: not in Python's socket)
 # A TCP upper-layer protocol (kTLS, espintcp) is kernel code an unprivileged process reaches by
 # naming it (CVE-2023-0461, a use-after-free through it, needed no privilege); Python's ssl
 # module encrypts in user space and never sets one.
