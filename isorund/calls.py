@@ -119,7 +119,8 @@ class Calls:
     def _after(self, request_bytes: int, outcome: sb.RelayedOutcome | None) -> None:
         """After a call with a large value, gives the heap's free memory back once the daemon
         is idle (see isorund.memory); the call's own messages are gone by then."""
-        sizes = (request_bytes, outcome.ByteSize() if outcome is not None else 0)
+        # the result's own bytes: ByteSize would serialize the whole outcome again to say so
+        sizes = (request_bytes, len(outcome.value) if outcome is not None else 0)
         if max(sizes) >= memory.LARGE_BYTES:
             self._trim_wanted = True
         if self._trim_wanted and self._trim_timer is None:
