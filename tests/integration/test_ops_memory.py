@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 import psutil
 from google.protobuf import struct_pb2
 
@@ -59,3 +60,48 @@ def test_a_request_of_millions_of_tiny_values_is_relayed_not_parsed_by_the_daemo
     assert (outcome.failure.kind, outcome.failure.limit) == (pb.Failure.RESOURCE_LIMIT, "memory"), outcome
     assert grown() < 700 * MiB, grown() / MiB
 
+
+SLOW = "import time\n\ndef nap(*values):\n    time.sleep(60)\n"
+
+
+def test_refused_large_requests_are_freed_at_once(start_daemon, make_root):
+    # Refused with context.abort(), a request stayed in a reference cycle through gRPC's
+    # AbortError until a full garbage collection, which a daemon making few objects rarely
+    # runs: 10 bad-root requests of 20 MiB kept 360 MiB; 32 malformed ones of 50 MiB, 1.6 GiB.
+    d = start_daemon(config=f"max_held_request_bytes = {64 * MiB}\n")
+    root = make_root({"index.py": "def echo(x):\n    return x\n", "slow.py": SLOW})
+    daemon = psutil.Process(d.pid)
+    big = struct_pb2.Value(string_value="x" * (20 * MiB))
+    bad_root = pb.RunRequest(root="relative", file="index.py", func_name="echo", args=[big])
+    no_file = pb.RunRequest(root=root, file="missing.py", func_name="echo", args=[big])
+    malformed = b"\xff" * (20 * MiB)
+    with grpc.insecure_channel("unix:" + d.socket, options=[("grpc.max_send_message_length", 64 * MiB)]) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        raw = channel.unary_unary("/isorun.v1.Runner/Run")
+
+        def refusals(rounds: int) -> list:
+            codes = []
+            for _ in range(rounds):
+                for call in (lambda: stub.Run(bad_root, timeout=30), lambda: stub.Run(no_file, timeout=30),
+                             lambda: raw(malformed, timeout=30)):
+                    try:
+                        call()
+                    except grpc.RpcError as e:
+                        codes.append(e.code())
+            return codes
+        assert set(refusals(1)) == {grpc.StatusCode.INVALID_ARGUMENT}
+        time.sleep(1.5)  # idle: trimmed
+        before = daemon.memory_info().rss
+        assert set(refusals(10)) == {grpc.StatusCode.INVALID_ARGUMENT}
+        # 40 MiB more while a call holds 40 MiB of the 64 MiB bound: requests_too_large
+        slow = stub.Run.future(pb.RunRequest(root=root, file="slow.py", func_name="nap", args=[big, big],
+                                             timeout_seconds=30), timeout=60)
+        time.sleep(1.0)
+        for _ in range(10):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Run(pb.RunRequest(root=root, file="index.py", func_name="echo", args=[big, big]), timeout=30)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert slow.cancel()  # its sandbox is killed and its request let go
+    time.sleep(1.5)
+    grown = (daemon.memory_info().rss - before) / MiB
+    assert grown < 100, f"the idle daemon kept {grown:.0f} MiB of 50 refused 20-40 MiB requests"
