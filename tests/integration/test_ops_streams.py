@@ -1,0 +1,100 @@
+"""HTTP/2 streams, driven by hand: gRPC holds every stream from its first bytes, before the
+daemon's handlers (and its queue) see it, so the daemon bounds how many may be open at once
+over all connections (``max_open_rpcs``)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from isorun import CodeRunner, errors
+
+OPEN_RPCS = 40
+SMALL = f"max_concurrency = 1\nqueue_size = 2\nmax_open_rpcs = {OPEN_RPCS}\n"
+ECHO = "def echo(x):\n    return x\n"
+
+
+class Http2:
+    """One HTTP/2 connection to the daemon, written by hand with h2: streams that never finish
+    their request, and more of them than the daemon's settings allow."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.sock.settimeout(0.05)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                        header_encoding="utf-8"))
+        self.h2.initiate_connection()
+        self.events: list = []
+        self.streams: list[int] = []
+
+    def open(self, count: int) -> None:
+        """Sends the headers of ``count`` Run calls and nothing else."""
+        for _ in range(count):
+            stream = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                          (":path", "/isorun.v1.Runner/Run"), (":authority", "isorund"),
+                                          ("content-type", "application/grpc"), ("te", "trailers")])
+            self.streams.append(stream)
+        self.sock.sendall(self.h2.data_to_send())
+
+    def read(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            if not data:
+                return
+            self.events.extend(self.h2.receive_data(data))
+            self.sock.sendall(self.h2.data_to_send())
+
+    def grpc_statuses(self) -> list[str]:
+        return [dict(e.headers).get("grpc-status") for e in self.events
+                if isinstance(e, (h2.events.ResponseReceived, h2.events.TrailersReceived))
+                and "grpc-status" in dict(e.headers)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connections():
+    opened: list[Http2] = []
+
+    def connect(path: str) -> Http2:
+        opened.append(Http2(path))
+        return opened[-1]
+    yield connect
+    for c in opened:
+        c.close()
+
+
+def call_echo(d, make_root):
+    with CodeRunner(root=make_root({"index.py": ECHO}), file="index.py", socket=d.socket) as r:
+        return r.run("echo", args=[41])
+
+
+def test_streams_past_max_open_rpcs_are_refused_until_some_close(start_daemon, make_root, connections):
+    # Without a bound one connection held 20,000 streams that never sent their request, and
+    # the daemon 410 MiB more for them (seen).
+    d = start_daemon(config=SMALL)
+    first, second = connections(d.socket), connections(d.socket)
+    first.open(30)
+    first.read(1.0)
+    second.open(200)
+    second.read(2.0)
+    assert first.grpc_statuses() == []  # all 30 held open
+    assert second.grpc_statuses() == ["8"] * (230 - OPEN_RPCS)  # RESOURCE_EXHAUSTED, from gRPC
+    with pytest.raises(errors.ResourceLimitError):  # the daemon is full: what holding it costs
+        call_echo(d, make_root)
+    first.close()
+    second.close()
+    time.sleep(0.5)
+    assert call_echo(d, make_root) == 41
+    assert d.proc.poll() is None
