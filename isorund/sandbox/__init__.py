@@ -147,7 +147,8 @@ def _confine(plan: SandboxPlan, call, folder_fds: list[int], host_id: int, sysca
     for fd in folder_fds:
         os.close(fd)  # attached now (or never: insecure mode sends none)
     # the call's part of the seccomp filter last: it denies mount, move_mount and unshare,
-    # which the steps above needed; from here the whole filter applies.
+    # which the steps above needed, and loading a filter, which this very step needs; from
+    # here the whole filter applies.
     if plan.isolated:
         seccomp.apply(syscall_filters[1])
 

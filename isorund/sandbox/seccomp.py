@@ -2,9 +2,9 @@
 
 EPERM rather than a kill, so a guest sees an ``OSError`` it can report instead of vanishing.
 The filter is built and compiled to BPF once by the daemon, and loaded by each sandbox in two
-parts: the pool's part (everything but ``CALL_STEPS``) while the sandbox waits for its call,
-and the call's part (``CALL_STEPS``: a handful of instructions) as the very last set-up step,
-after the call's folders are bound. Filters stack, so from then on the guest meets exactly the
+parts: the pool's part (everything but ``CALL_STEPS`` and ``prctl(PR_SET_SECCOMP)``) while the
+sandbox waits for its call, and the call's part (those: a handful of instructions) as the very
+last set-up step, after the call's folders are bound. Filters stack, so from then on the guest meets exactly the
 whole filter; loading the long part off the call's path saves the kernel's check and JIT of
 it there (about 0.3 ms).
 
@@ -76,10 +76,13 @@ DENIED = (
     # absent from the sandbox's /proc, would show); the count moves with every other call's
     # threads, so two calls could signal each other through it
     "sysinfo",
+    # a filter of the guest's own: the kernel's BPF checker and JIT, reached with no privilege
+    # (see PROGRAM_OPTIONS); the sandbox loads its own with prctl, denied by the call's part
+    "seccomp",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
-# last. (pivot_root and umount2 are done before the pool's part is loaded.)
+# last, with prctl(PR_SET_SECCOMP), which loads that part. (pivot_root and umount2 are done before the pool's part is loaded.)
 CALL_STEPS = ("mount", "move_mount", "unshare")
 # RLIMIT_CORE stays at 1, set in the pool before this filter (see limits.py): setting it is
 # denied; reading it (prlimit64 with no new limit) stays allowed.
@@ -118,6 +121,12 @@ NOT_STREAM_BITS = (2, 4, 8)
 SOL_SOCKET = socket.SOL_SOCKET
 BUFFER_OPTIONS = {"SO_SNDBUF": socket.SO_SNDBUF, "SO_RCVBUF": socket.SO_RCVBUF,
                   "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}  # (the last two: not in Python's socket)
+# A program attached to a socket (classic BPF, or eBPF by descriptor) is kernel code, the BPF
+# checker and JIT, that any process reaches with no privilege: a guest attached one with
+# SO_ATTACH_REUSEPORT_CBPF and loaded its own seccomp filters (seen). Python never does either.
+PROGRAM_OPTIONS = {"SO_ATTACH_FILTER": 26, "SO_ATTACH_BPF": 50, "SO_ATTACH_REUSEPORT_CBPF": 51,
+                   "SO_ATTACH_REUSEPORT_EBPF": 52}
+PR_SET_SECCOMP = 22
 # A TCP upper-layer protocol (kTLS, espintcp) is kernel code an unprivileged process reaches by
 # naming it (CVE-2023-0461, a use-after-free through it, needed no privilege); Python's ssl
 # module encrypts in user space and never sets one.
@@ -162,12 +171,12 @@ if TYPE_CHECKING:  # loaded only where filters are built: the daemon, never the 
     import pyseccomp as seccomp
 
 
-def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
-    """Returns the filter, ready to load; names this libseccomp does not know are skipped.
-    ``defer`` leaves those names out (the pool's part: ``build(defer=CALL_STEPS)``)."""
+def build(pool_part: bool = False) -> seccomp.SyscallFilter:
+    """Returns the whole filter, ready to load; names this libseccomp does not know are skipped.
+    ``pool_part`` leaves out what ``build_last`` holds, which the sandbox's last steps need."""
     import pyseccomp as seccomp
 
-    f = _deny_filter([name for name in DENIED if name not in defer])
+    f = _deny_filter([name for name in DENIED if not (pool_part and name in CALL_STEPS)])
     deny = seccomp.ERRNO(errno.EPERM)
     for number in DENIED_BY_NUMBER.get(os.uname().machine, {}).values():
         try:
@@ -180,6 +189,8 @@ def build(defer: tuple[str, ...] = ()) -> seccomp.SyscallFilter:
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     _limit_sockets(f, deny, seccomp)
     _deny_shared_state(f, deny, seccomp)
+    if not pool_part:
+        _deny_loading_filters(f, deny, seccomp)
     return f
 
 
@@ -204,7 +215,7 @@ def _limit_sockets(f, deny, seccomp) -> None:
     f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
                seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
     low = functools.partial(_low_32_bits, seccomp)
-    for option in BUFFER_OPTIONS.values():  # (fd, level, optname, optval, optlen); both ints
+    for option in (*BUFFER_OPTIONS.values(), *PROGRAM_OPTIONS.values()):  # (fd, level, optname, …)
         f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))
     f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, TCP_ULP))
 
@@ -237,8 +248,18 @@ def _low_32_bits(seccomp, index: int, value: int):
 
 
 def build_last() -> seccomp.SyscallFilter:
-    """The call's part of the filter: the system calls ``build(defer=CALL_STEPS)`` left out."""
-    return _deny_filter(CALL_STEPS)
+    """The call's part of the filter: the system calls ``build(pool_part=True)`` left out, and
+    loading another filter (this one is the last the sandbox loads)."""
+    import pyseccomp as seccomp
+
+    f = _deny_filter(CALL_STEPS)
+    _deny_loading_filters(f, seccomp.ERRNO(errno.EPERM), seccomp)
+    return f
+
+
+def _deny_loading_filters(f, deny, seccomp) -> None:
+    """prctl(PR_SET_SECCOMP); the seccomp system call is in DENIED (see PROGRAM_OPTIONS)."""
+    f.add_rule(deny, "prctl", _low_32_bits(seccomp, 0, PR_SET_SECCOMP))
 
 
 def _deny_filter(names) -> seccomp.SyscallFilter:
@@ -258,7 +279,7 @@ def _deny_filter(names) -> seccomp.SyscallFilter:
 def programs() -> tuple[bytes, bytes]:
     """The pool's and the call's parts, compiled. The daemon compiles them once and hands
     them to the zygote, which never loads libseccomp (one library less in every sandbox)."""
-    return compile_filter(build(defer=CALL_STEPS)), compile_filter(build_last())
+    return compile_filter(build(pool_part=True)), compile_filter(build_last())
 
 
 def compile_filter(f: seccomp.SyscallFilter) -> bytes:

@@ -112,6 +112,16 @@ DENIED = {
     "setsockopt(SO_RCVBUF, high bits set)": [54, 0, (1 << 32) | 1, (1 << 32) | 8, 0, 4],
     # kTLS and other TCP upper-layer protocols: kernel code reached by naming it
     "setsockopt(TCP_ULP)": [54, 0, 6, 31, 0, 0],
+    # programs of the guest's own: the kernel's BPF checker and JIT (an fd that is no socket,
+    # a null program: EFAULT or ENOTSOCK if the filter let them through)
+    "setsockopt(SO_ATTACH_FILTER)": [54, 0, 1, 26, 0, 16],
+    "setsockopt(SO_ATTACH_BPF)": [54, 0, 1, 50, 0, 4],
+    "setsockopt(SO_ATTACH_REUSEPORT_CBPF)": [54, 0, 1, 51, 0, 16],
+    "setsockopt(SO_ATTACH_REUSEPORT_EBPF)": [54, 0, 1, 52, 0, 4],
+    "setsockopt(SO_ATTACH_REUSEPORT_CBPF, high bits set)": [54, 0, (1 << 32) | 1, (1 << 32) | 51, 0, 16],
+    "seccomp(SECCOMP_SET_MODE_FILTER)": [317, 1, 0, 0],
+    "prctl(PR_SET_SECCOMP)": [157, 22, 2, 0, 0, 0],
+    "prctl(PR_SET_SECCOMP, high bits set)": [157, (1 << 32) | 22, 2, 0, 0, 0],
 }
 
 
