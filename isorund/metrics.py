@@ -5,17 +5,20 @@ zygote state) are read from the daemon's own state at scrape time, so they canno
 it. The registry is the daemon's own, not prometheus_client's global one. The HTTP endpoint
 is off unless ``metrics_address`` is set. It may face a network (Prometheus scrapes from
 elsewhere), so it serves at most ``MAX_SCRAPES`` connections at once, each a thread that only
-reads counters and a few integers, and drops a connection that does not send its request or
-read its answer within ``SCRAPE_TIMEOUT``: whoever opens connections and sends nothing cannot
-pile up threads in the daemon, and holds the endpoint for seconds at most.
+reads counters and a few integers, and cuts a connection that has not sent its request and read
+its answer within ``SCRAPE_TIMEOUT`` in all: whoever opens connections and sends nothing, or a
+byte now and then, cannot pile up threads in the daemon, and holds the endpoint for seconds at
+most.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import sys
 import threading
+import time
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -29,7 +32,7 @@ log = logging.getLogger("isorund")
 # From a warm call (~2 ms) to the longest timeout a call may ask for.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 MAX_SCRAPES = 4        # connections served at once; one more is closed as it comes
-SCRAPE_TIMEOUT = 5.0   # seconds a connection may wait between its bytes, either way
+SCRAPE_TIMEOUT = 5.0   # seconds a connection may take, its request and its answer together
 
 
 class Metrics:
@@ -74,10 +77,13 @@ class Metrics:
 
 
 class _BoundedServer(ThreadingWSGIServer):
-    """A thread per connection, at most ``MAX_SCRAPES`` of them at once."""
+    """A thread per connection, at most ``MAX_SCRAPES`` of them at once, each cut once its
+    ``SCRAPE_TIMEOUT`` is over."""
 
     def __init__(self, *args, **kwargs):
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def process_request(self, request, client_address):
@@ -91,10 +97,26 @@ class _BoundedServer(ThreadingWSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        with self._deadlines_lock:
+            self._deadlines[request] = time.monotonic() + SCRAPE_TIMEOUT
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._deadlines_lock:
+                del self._deadlines[request]
             self._slots.release()
+
+    def service_actions(self):
+        """Run by serve_forever between its polls (twice a second). The socket's timeout bounds
+        each wait for a byte, not the connection: four peers each sending a byte every three
+        seconds held the endpoint for as long as they went on (seen)."""
+        super().service_actions()
+        now = time.monotonic()
+        with self._deadlines_lock:
+            overdue = [request for request, deadline in self._deadlines.items() if deadline <= now]
+        for request in overdue:
+            with contextlib.suppress(OSError):  # closed meanwhile: its thread has ended
+                request.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request, client_address):
         """A peer that went silent or away is its own business: no traceback on the daemon's

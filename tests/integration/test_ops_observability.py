@@ -222,6 +222,36 @@ def test_silent_connections_to_the_metrics_endpoint_neither_pile_up_threads_nor_
     assert "Traceback" not in metered.log()  # a dropped peer is not an error of the daemon's
 
 
+def test_peers_that_trickle_their_request_hold_the_metrics_endpoint_for_seconds_at_most(metered):
+    # The socket's timeout bounds each wait for a byte, not the connection: four peers sending
+    # a byte every three seconds held every slot for as long as they went on (seen).
+    host, _, port = metrics_address(metered).rpartition(":")
+    lasted = []
+
+    def trickle():
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            try:
+                for byte in b"GET /metrics HTTP/1.1\r\n" + b"X-Slow: 1\r\n" * 100:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.5)
+            except OSError:
+                pass  # cut by the daemon
+        lasted.append(time.monotonic() - started)
+    tricklers = [threading.Thread(target=trickle) for _ in range(MAX_SCRAPES)]
+    for t in tricklers:
+        t.start()
+    time.sleep(1.0)
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        scrape(metered)  # every slot is held meanwhile
+    time.sleep(SCRAPE_TIMEOUT + 1)
+    assert "isorun_calls_total{outcome=\"ok\"}" in scrape(metered)  # the self-test's call
+    for t in tricklers:
+        t.join(10)
+    assert len(lasted) == MAX_SCRAPES and max(lasted) < SCRAPE_TIMEOUT + 3, lasted
+    assert "Traceback" not in metered.log()
+
+
 def test_a_taken_metrics_port_stops_the_start_naming_the_key(start_daemon):
     import socket
     with socket.socket() as taken:
