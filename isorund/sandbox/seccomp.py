@@ -4,9 +4,9 @@ EPERM rather than a kill, so a guest sees an ``OSError`` it can report instead o
 The filter is built and compiled to BPF once by the daemon, and loaded by each sandbox in two
 parts: the pool's part (everything but ``CALL_STEPS`` and ``prctl(PR_SET_SECCOMP)``) while the
 sandbox waits for its call, and the call's part (those: a handful of instructions) as the very
-last set-up step, after the call's folders are bound. Filters stack, so from then on the guest meets exactly the
-whole filter; loading the long part off the call's path saves the kernel's check and JIT of
-it there (about 0.3 ms).
+last set-up step, after the call's folders are bound. Filters stack, so from then on the guest
+meets exactly the whole filter; loading the long part off the call's path saves the kernel's
+check and JIT of it there (about 0.3 ms).
 
 It is a deny list on top of the other layers, not the only wall: what it lets through still
 meets an unprivileged uid with no capabilities, in namespaces of its own. Two exceptions to
@@ -82,7 +82,8 @@ DENIED = (
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
-# last, with prctl(PR_SET_SECCOMP), which loads that part. (pivot_root and umount2 are done before the pool's part is loaded.)
+# last, with prctl(PR_SET_SECCOMP), which loads that part. (pivot_root and umount2 are done
+# before the pool's part is loaded.)
 CALL_STEPS = ("mount", "move_mount", "unshare")
 # RLIMIT_CORE stays at 1, set in the pool before this filter (see limits.py): setting it is
 # denied; reading it (prlimit64 with no new limit) stays allowed.
