@@ -93,6 +93,7 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ("max_held_request_bytes = 1048576\n", "max_held_request_bytes"),
     # gRPC would refuse calls the queue could hold, with no log line
     ("max_concurrency = 8\nqueue_size = 64\nmax_open_rpcs = 72\n", "max_open_rpcs"),
+    ("max_open_rpcs = 3000000000\n", "max_open_rpcs"),  # past a C int: gRPC's OverflowError at start
     ("sandbox_uid_base = 4294967290\n", "sandbox_uid_count"),
     ("max_timeout = inf\n", "max_timeout"),
     ("default_timeout = nan\n", "default_timeout"),
