@@ -26,6 +26,10 @@ from isorund.sandbox import seccomp
 log = logging.getLogger("isorund")
 ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died before reporting it
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
+# A pooled sandbox lost for want of descriptors is asked for again after this long, or when a
+# call ends if that comes first: at once, still out of descriptors, it would be lost again, and
+# again (a loop of forks); never, the pool stayed short until a call ended.
+LOST_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Zygote:
         self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
         self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
         self._owed = 0  # sandboxes taken from the pool whose replacement waits for their call to end
+        self._lost_retry: asyncio.TimerHandle | None = None
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
@@ -162,7 +167,10 @@ class Zygote:
             raise
 
     def replace(self) -> None:
-        """Asks for the sandboxes owed to the pool by calls that have ended."""
+        """Asks for the sandboxes owed to the pool by calls that have ended (and lost ones)."""
+        if self._lost_retry is not None:
+            self._lost_retry.cancel()
+            self._lost_retry = None
         if self._owed and self.alive:
             self._request(self._owed)
         self._owed = 0
@@ -226,9 +234,7 @@ class Zygote:
             if "ready" in message and len(fds) != 2:
                 # Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
                 # message; that sandbox sees its channel close and exits. Whoever waits for one
-                # gets the next; with no one waiting, the pool is owed one, asked for when a call
-                # ends (asked for at once, still out of descriptors, it would be lost again, and
-                # again: a loop of forks).
+                # gets the next; with no one waiting, the pool is owed one (LOST_RETRY_SECONDS).
                 for fd in fds:
                     os.close(fd)
                 log.error(json.dumps({"event": "sandbox_lost", "pid": message["ready"]["pid"],
@@ -237,6 +243,8 @@ class Zygote:
                     self._request(1)
                 else:
                     self._owed += 1
+                    if self._lost_retry is None:
+                        self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY_SECONDS, self.replace)
             elif "ready" in message:
                 pid = message["ready"]["pid"]
                 future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())

@@ -12,6 +12,7 @@ import subprocess
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund.config import Config
+from isorund import launcher
 from isorund.launcher import Sandbox, Zygote
 from isorund.sandbox_call import run_call
 
@@ -45,7 +46,33 @@ def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
 def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_when_a_call_ends():
     """With no call waiting, the lost sandbox was never replaced: each one shrank the pool
     for the daemon's life. Asked for at once it would be lost again while the daemon is out
-    of descriptors, so it waits for the next call's end."""
+    of descriptors, so it waits for the next call's end or LOST_RETRY_SECONDS."""
+    async def scenario():
+        z, ours, zygote_end = lost_sandbox()
+        assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
+        z.replace()  # a call ended
+        assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
+        await asyncio.sleep(launcher.LOST_RETRY_SECONDS + 0.2)
+        assert select.select([zygote_end], [], [], 0)[0] == []  # asked for once, not twice
+        ours.close()
+        zygote_end.close()
+    asyncio.run(scenario())
+
+
+def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_a_little_later():
+    async def scenario():
+        z, ours, zygote_end = lost_sandbox()
+        assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
+        await asyncio.sleep(launcher.LOST_RETRY_SECONDS + 0.2)  # and no call ends
+        assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
+        ours.close()
+        zygote_end.close()
+    asyncio.run(scenario())
+
+
+def lost_sandbox():
+    """(zygote, its control socket, the zygote's end): the pool just lost a sandbox whose
+    descriptors did not arrive, with no call waiting."""
     ours, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     zygote_end.setblocking(False)
@@ -53,11 +80,7 @@ def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_when_a_call
     z.control, z.alive = ours, True
     zygote_end.send(json.dumps({"ready": {"pid": 41}}).encode())  # no fds
     z._on_control()
-    assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
-    z.replace()  # a call ended
-    assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
-    ours.close()
-    zygote_end.close()
+    return z, ours, zygote_end
 
 
 def test_a_sandbox_gone_with_the_plan_unread_is_reported_as_its_end_not_as_garbage():
