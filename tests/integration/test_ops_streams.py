@@ -19,8 +19,8 @@ ECHO = "def echo(x):\n    return x\n"
 
 
 class Http2:
-    """One HTTP/2 connection to the daemon, written by hand with h2: streams that never finish
-    their request, and more of them than the daemon's settings allow."""
+    """One HTTP/2 connection to the daemon, written by hand with h2: streams that never send
+    their request, as no gRPC client would."""
 
     def __init__(self, path: str):
         self.sock = socket.socket(socket.AF_UNIX)
@@ -30,7 +30,6 @@ class Http2:
                                                                         header_encoding="utf-8"))
         self.h2.initiate_connection()
         self.events: list = []
-        self.streams: list[int] = []
 
     def open(self, count: int) -> None:
         """Sends the headers of ``count`` Run calls and nothing else."""
@@ -39,7 +38,6 @@ class Http2:
             self.h2.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
                                           (":path", "/isorun.v1.Runner/Run"), (":authority", "isorund"),
                                           ("content-type", "application/grpc"), ("te", "trailers")])
-            self.streams.append(stream)
         self.sock.sendall(self.h2.data_to_send())
 
     def read(self, seconds: float, until=lambda: False) -> None:
