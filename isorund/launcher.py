@@ -28,7 +28,7 @@ ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
 # A pooled sandbox lost for want of descriptors is asked for again after this long, or when a
 # call ends if that comes first: at once, still out of descriptors, it would be lost again, and
-# again (a loop of forks); never, the pool stayed short until a call ended.
+# again (a loop of forks); only at a call's end, an idle daemon's pool would stay short.
 LOST_RETRY_SECONDS = 1.0
 
 
@@ -86,7 +86,7 @@ class Zygote:
         self._programs: list[str] | None = None
         self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
         self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
-        self._owed = 0  # sandboxes taken from the pool whose replacement waits for their call to end
+        self._owed = 0  # sandboxes taken from the pool (or lost from it) not yet asked for again
         self._lost_retry: asyncio.TimerHandle | None = None
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
