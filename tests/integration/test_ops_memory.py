@@ -104,4 +104,4 @@ def test_refused_large_requests_are_freed_at_once(start_daemon, make_root):
         assert slow.cancel()  # its sandbox is killed and its request let go
     time.sleep(1.5)
     grown = (daemon.memory_info().rss - before) / MiB
-    assert grown < 100, f"the idle daemon kept {grown:.0f} MiB of 50 refused 20-40 MiB requests"
+    assert grown < 100, f"the idle daemon kept {grown:.0f} MiB of 40 refused 20-40 MiB requests"
