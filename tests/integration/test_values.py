@@ -277,6 +277,7 @@ def test_a_type_the_daemon_lacks_fails_before_anything_is_sent(daemon, runner):
     ("import math\n\ndef f():\n    return math\n", "'module'"),
     ("class Loud(int):\n    pass\n\ndef f():\n    return Loud(3)\n", "'Loud'"),
     ("def f():\n    return {'s': 'a\\ud800'}\n", "surrogate"),
+    ("def f():\n    return [10 ** 4300]\n", "more than 4300 decimal digits"),
 ])
 def test_a_result_that_cannot_be_encoded_is_a_serialization_error_naming_its_type(runner, source, type_name):
     r = runner({"index.py": source + "\ndef ok():\n    return 'still here'\n"})

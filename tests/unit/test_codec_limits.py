@@ -371,13 +371,42 @@ def test_an_empty_value_message_is_a_serialization_error():
         _codec.decode(struct_pb2.Value(list_value=struct_pb2.ListValue(values=[struct_pb2.Value()])))
 
 
-def test_an_int_too_long_for_python_is_refused_both_ways_not_a_value_error():
-    digits = "9" * (sys.get_int_max_str_digits() + 1)
-    message = json_format.Parse(f'{{"$type": "int", "$value": "{digits}"}}', struct_pb2.Value())
-    with pytest.raises(SerializationError, match="int"):
-        _codec.decode(message)
-    with pytest.raises(SerializationError, match="int"):
-        _codec.encode(10 ** (sys.get_int_max_str_digits() + 1))
+def _tagged_int(digits: str) -> struct_pb2.Value:
+    return json_format.Parse(f'{{"$type": "int", "$value": "{digits}"}}', struct_pb2.Value())
+
+
+@contextlib.contextmanager
+def _host_int_bound(digits: int):
+    saved = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(digits)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(saved)
+
+
+@pytest.mark.parametrize("host_bound", [sys.get_int_max_str_digits(), 0])
+def test_an_int_of_more_than_4300_digits_is_refused_both_ways_whatever_the_hosts_own_bound(host_bound):
+    """4,300 digits is what every sandbox converts; a host that raised its own bound (0: none)
+    still refuses before sending, with the wire's reason, not CPython's advice to raise it."""
+    with _host_int_bound(host_bound):
+        largest = 10 ** 4300 - 1
+        assert _codec.decode(_codec.encode(-largest)) == -largest
+        for value in (10 ** 4300, -(10 ** 4300), 10 ** 100_000):
+            with pytest.raises(SerializationError, match="more than 4300 decimal digits") as info:
+                _codec.encode(value)
+            assert "set_int_max_str_digits" not in str(info.value)
+        with pytest.raises(SerializationError, match="an int of 4301 decimal digits; at most 4300"):
+            _codec.decode(_tagged_int("9" * 4301))
+        with pytest.raises(SerializationError, match="an int of 4301 decimal digits"):
+            _codec.decode(_tagged_int("-" + "9" * 4301))
+
+
+def test_a_host_that_lowered_its_int_bound_is_told_so():
+    with _host_int_bound(1000):
+        for convert in (lambda: _codec.encode(10 ** 2000), lambda: _codec.decode(_tagged_int("9" * 2000))):
+            with pytest.raises(SerializationError, match="limit \\(1000 digits\\)"):
+                convert()
 
 
 def test_a_lone_surrogate_cannot_be_encoded():

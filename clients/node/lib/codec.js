@@ -27,6 +27,9 @@ const MAX_WIRE_DEPTH = 90;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 // Python reads an integral number up to this magnitude as an int; past it, as a float.
 const BIG_MAX_SAFE = 2n ** 53n;
+// Python refuses ints of more than 4,300 digits (sys.get_int_max_str_digits()); so does this
+// client both ways: before sending one, and before BigInt() spends seconds on millions of them.
+const MAX_INT_DIGITS = 4300;
 const TYPE_KEY = "$type";
 const VALUE_KEY = "$value";
 const NULL = { nullValue: "NULL_VALUE" };
@@ -146,7 +149,12 @@ class Encoder {
 
   bigint(target, value, depth) {
     if (value >= -BIG_MAX_SAFE && value <= BIG_MAX_SAFE) return this.number(target, Number(value), depth);
-    return this.tagged(target, "int", depth, (payload) => this.string(payload, value.toString()));
+    const text = value.toString();
+    if (text.length - (value < 0n ? 1 : 0) > MAX_INT_DIGITS) {
+      throw new Failure("cannot encode a bigint", `it has more than ${MAX_INT_DIGITS} decimal digits, ` +
+        "the most an int may have on the wire (Python's bound on converting ints to text)");
+    }
+    return this.tagged(target, "int", depth, (payload) => this.string(payload, text));
   }
 
   string(target, value) {
@@ -377,4 +385,6 @@ function encode(value, { names = null, budget = sizeBudget(), where = "", regist
   return target;
 }
 
-module.exports = { encode, sizeBudget, Failure, tooDeep, short, thrown, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY };
+module.exports = {
+  encode, sizeBudget, Failure, tooDeep, short, thrown, MAX_INT_DIGITS, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY,
+};

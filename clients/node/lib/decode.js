@@ -6,7 +6,9 @@
  * for their name (registry.js). A value tagged with a type this client has no decoder for is a
  * SerializationError: returning it half-decoded would silently change its type.
  */
-const { Failure, tooDeep, short, thrown, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY } = require("./codec");
+const {
+  Failure, tooDeep, short, thrown, MAX_INT_DIGITS, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY,
+} = require("./codec");
 const { defaultRegistry } = require("./registry");
 
 /** Internal: a tagged value's payload has the wrong shape. */
@@ -17,9 +19,6 @@ const INT_TEXT = /^-?[0-9]+$/;
 // spelled exactly so (docs/values.md, "float").
 const FLOAT_TEXT = /^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$/;
 const NON_FINITE = { nan: NaN, inf: Infinity, "-inf": -Infinity };
-// Python refuses ints of more than 4,300 digits (sys.get_int_max_str_digits()); so does this
-// client, before BigInt() spends seconds on millions of them.
-const MAX_INT_DIGITS = 4300;
 // The time one decode may spend putting entries into Maps and Sets. V8 hashes numbers and
 // BigInts without a seed, so a guest can pick keys that all land in one bucket: 120,000 such
 // BigInts took 136 s to put into a Set. Honest values take milliseconds per 100,000 entries.

@@ -155,6 +155,17 @@ describe("limits", () => {
   });
 });
 
+describe("ints past Python's 4,300 digits", () => {
+  test("a bigint of more than 4,300 digits is refused before it is sent, a sign not counted", () => {
+    assert.equal(encode(10n ** 4300n - 1n).structValue.fields.$value.stringValue.length, 4300);
+    assert.equal(encode(-(10n ** 4300n - 1n)).structValue.fields.$value.stringValue.length, 4301);
+    for (const value of [10n ** 4300n, -(10n ** 4300n)]) {
+      assert.throws(() => encode(value), (error) => error instanceof errors.SerializationError &&
+        /cannot encode a bigint: it has more than 4300 decimal digits/.test(error.message));
+    }
+  });
+});
+
 describe("decoding what a guest may have forged", () => {
   const refused = (json, message) => assert.throws(() => decode(fromJson(json)),
     (error) => error instanceof errors.SerializationError && message.test(error.message));

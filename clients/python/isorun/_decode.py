@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pybase64
 from google.protobuf import struct_pb2
 
-from ._wire import (BUILTIN_NAMES, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
+from ._wire import (BUILTIN_NAMES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
                     VALUE_KEY, _DECIMAL_CONTEXT, _FLOAT_TEXT, _Failure, _INT_TEXT, _NO_STACK_WHY,
                     _describe, _short, _too_deep, default_registry)
 
@@ -48,7 +48,10 @@ def _dec_int(payload: Any) -> int:
     if not _INT_TEXT.fullmatch(text):
         raise _BadPayload(f"expected a decimal integer such as '-18446744073709551617', got "
                           f"{_short(text)}")
-    return int(text)  # ValueError past sys.get_int_max_str_digits(): no quadratic parse
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:  # refused before int() spends time quadratic in the digits
+        raise _BadPayload(f"an int of {digits} decimal digits; at most {MAX_INT_DIGITS} travel")
+    return int(text)
 
 
 def _dec_float(payload: Any) -> float:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import math
+import sys
 import uuid
 from typing import Any, Callable
 
 import pybase64
 from google.protobuf import struct_pb2
 
-from ._wire import (DEFAULT_MAX_BYTES, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
-                    VALUE_KEY, _BUILTIN_CLASSES, _Failure, _NO_STACK_WHY, _field, _short,
+from ._wire import (DEFAULT_MAX_BYTES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY,
+                    TypeRegistry, VALUE_KEY, _BUILTIN_CLASSES, _Failure, _NO_STACK_WHY, _field, _short,
                     _tagged_size, _too_deep, _utf8_len, default_registry)
 
 
@@ -63,11 +65,26 @@ def _enc_int(enc: _Encoder, target: struct_pb2.Value, value: int, depth: int) ->
         target.number_value = value
         enc.charge(9)
         return 9
-    try:
-        text = str(value)
-    except ValueError as e:  # past sys.get_int_max_str_digits()
-        raise _Failure("cannot encode an int", str(e)) from None
-    return _enc_tagged(enc, target, "int", _enc_str, text, depth)
+    return _enc_tagged(enc, target, "int", _enc_str, _int_text(value), depth)
+
+
+# An int of this many bits has at most MAX_INT_DIGITS + 1 decimal digits: past it, str() (time
+# quadratic in the digits) is not even tried.
+_MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
+
+
+def _int_text(value: int) -> str:
+    text = None
+    if value.bit_length() <= _MAX_INT_BITS:
+        try:
+            text = str(value)
+        except ValueError as e:  # past this process's own bound: the host's, if it set it lower
+            if 0 < sys.get_int_max_str_digits() < MAX_INT_DIGITS:
+                raise _Failure("cannot encode an int", str(e)) from None
+    if text is None or len(text) - (value < 0) > MAX_INT_DIGITS:
+        raise _Failure("cannot encode an int", f"it has more than {MAX_INT_DIGITS} decimal digits, "
+                       "the most an int may have on the wire (Python's bound on converting ints to text)")
+    return text
 
 
 def _enc_float(enc: _Encoder, target: struct_pb2.Value, value: float, depth: int) -> int:

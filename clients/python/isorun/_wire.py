@@ -20,6 +20,10 @@ from .errors import SerializationError
 MAX_WIRE_DEPTH = 90
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_SAFE_INTEGER = 2**53  # every int up to this magnitude is exact in a double
+# The most decimal digits a tagged int may have: CPython's default bound on int <-> text
+# (``sys.get_int_max_str_digits()``), which every sandbox keeps. Fixed here, not read from this
+# process, so that a client whose host raised its own bound still refuses before sending.
+MAX_INT_DIGITS = 4300
 
 TYPE_KEY = "$type"
 VALUE_KEY = "$value"
