@@ -274,6 +274,7 @@ class Encoder {
   pairs(target, entries, depth) {
     const pairs = [];
     for (const [key, item] of entries) pairs.push([hashable(key), item]);
+    refuseEqualInPython("Map keys", pairs.map(([key]) => key));
     try {
       return this.tagged(target, "dict", depth, (payload) => this.list(payload, pairs, depth + 3));
     } catch (e) {
@@ -345,7 +346,50 @@ function hashable(key) {
 function hashables(set) {
   const items = [];
   for (const item of set) items.push(hashable(item));
+  refuseEqualInPython("Set items", items);
   return items;
+}
+
+/** Keys distinct here can be one key in Python: 1, 1n and true; two Dates of one instant; two
+ * Buffers of the same bytes. The sandbox would refuse the value (an entry would be lost), so
+ * it is refused here, before anything is sent. */
+function refuseEqualInPython(what, keys) {
+  // Strings and numbers equal in Python are equal here too, so the Map or Set holds one of
+  // them already; only keys of the other kinds can meet another key in Python.
+  if (keys.every((key) => typeof key === "string" || typeof key === "number")) return;
+  const seen = new Map();
+  for (const key of keys) {
+    const python = pythonKey(key);
+    if (python === undefined) continue;
+    if (seen.has(python)) {
+      throw new Failure(`cannot encode ${what} ${keyText(seen.get(python))} and ${keyText(key)}`,
+        "they are equal in Python, where one of them would be lost");
+    }
+    seen.set(python, key);
+  }
+}
+
+/** What a key becomes in Python, as a string equal for keys equal there (ints equal floats of
+ * the same value, True is 1); undefined for keys the encoder refuses anyway. */
+function pythonKey(key) {
+  switch (typeof key) {
+    case "boolean": return key ? "i1" : "i0";
+    case "bigint": return `i${key}`;
+    case "number": return Number.isInteger(key) ? `i${BigInt(key)}` : `f${key}`;
+    case "string": return `s${key}`;
+    case "undefined": return "n"; // sent as null
+  }
+  if (key === null) return "n";
+  if (key instanceof Date) return Number.isNaN(key.getTime()) ? undefined : `d${key.getTime()}`;
+  if (key instanceof Uint8Array) return `b${Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString("latin1")}`;
+  return undefined;
+}
+
+function keyText(key) {
+  if (typeof key === "bigint") return `${key}n`;
+  if (key instanceof Date) return `Date ${key.toISOString()}`;
+  if (key instanceof Uint8Array) return `Buffer of ${key.length} bytes ${short(Buffer.from(key).toString("hex"))}`;
+  return short(key);
 }
 
 /** Date -> what Python's datetime.isoformat() writes for that instant, aware, in UTC:

@@ -138,6 +138,11 @@ describe("values that cannot be sent", () => {
     ["a Map with an array key", new Map([[[1], 1]]), /as a Map key or Set item/],
     ["a string with a lone surrogate", "a\ud800b", /lone surrogate/],
     ["a value in a Map", new Map([[1, new Opaque()]]), /type 'Opaque' at \[1\]/],
+    ["Map keys equal in Python (1 and 1n)", new Map([[1, "a"], [1n, "b"]]), /Map keys 1 and 1n: they are equal in Python/],
+    ["Set items equal in Python (0 and false)", { s: new Set([0, false]) }, /Set items 0 and false at \["s"\]: they are equal in Python/],
+    ["Map keys of one instant", new Map([[new Date(5), 1], [new Date(5), 2]]), /Map keys Date .* equal in Python/],
+    ["Set items of the same bytes", new Set([Buffer.from("ab"), new Uint8Array([97, 98])]), /Set items Buffer .* equal/],
+    ["Map keys null and undefined", new Map([[null, 1], [undefined, 2]]), /Map keys null and undefined/],
   ];
   for (const [name, value, message] of refused) {
     test(`${name} is a SerializationError naming it, before sending`, async () => {
@@ -151,6 +156,12 @@ describe("values that cannot be sent", () => {
       });
     });
   }
+
+  test("keys of every kind that stay distinct in Python all arrive", async () => {
+    const keys = ["1", 1, 1.5, 2n ** 60n, false, null, new Date(1), new Date(2), Buffer.from("a"), Buffer.from("b")];
+    const back = await echo(new Set(keys));
+    assert.equal(back.size, keys.length);
+  });
 
   test("a context value is checked too, and named", async () => {
     await assert.rejects(runner.run({ funcName: "echo", context: { tenant: { f() {} } } }),
