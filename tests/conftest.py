@@ -95,12 +95,13 @@ class Daemon:
 
 
 def _daemons(tmp_path_factory, show_logs_if=lambda: False):
-    """Yields start(config=..., args=..., env=..., wait=..., prefix=...) -> Daemon; stops them all after."""
+    """Yields start(config=..., args=..., env=..., wait=..., prefix=..., folder=...) -> Daemon;
+    stops them all after. ``folder``: a stopped daemon's, to start another on its socket."""
     started: list[Daemon] = []
 
     def start(config: str = DEFAULT_CONFIG, args: list[str] = (), env: dict | None = None,
-              wait: bool = True, prefix: list[str] = ()) -> Daemon:
-        d = Daemon(tmp_path_factory.mktemp("isorund"), config, list(args), env, list(prefix))
+              wait: bool = True, prefix: list[str] = (), folder: Path | None = None) -> Daemon:
+        d = Daemon(folder or tmp_path_factory.mktemp("isorund"), config, list(args), env, list(prefix))
         started.append(d)
         if wait:
             d.wait_ready()

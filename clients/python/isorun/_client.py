@@ -410,7 +410,9 @@ async def _maybe_await(result: Any) -> None:
 def _channel_options() -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.enable_retries", 0)]
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry, names: set[str],
