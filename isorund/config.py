@@ -80,7 +80,7 @@ class Config:
     max_concurrency: int = _key(8, "Sandboxes running at once; further calls queue.")
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
     max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come.")
-    max_open_rpcs: int = _key(4096, "RPCs open at once over all connections, counted from their first bytes: gRPC refuses more with `RESOURCE_EXHAUSTED` at once (not logged, unlike the queue's refusals). Bounds what streams that never send their request cost the daemon (~20 KiB each). More than `max_concurrency + queue_size`, at most 1000000.")
+    max_open_rpcs: int = _key(4096, "RPCs open at once over all connections, counted from their first bytes: gRPC refuses more with `RESOURCE_EXHAUSTED` at once, or cancels those it has not handed to the daemon yet (`CANCELLED`; both `ResourceLimitError(limit=\"queue\")` in the clients, neither logged, unlike the queue's refusals). Bounds what streams that never send their request cost the daemon (~20 KiB each). More than `max_concurrency + queue_size`, at most 1000000.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
     code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its import statements load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")

@@ -291,6 +291,11 @@ class Server:
             # daemon's descriptors (behind the allowlist front, the front's relay is closed
             # and the front closes its client)
             ("grpc.max_allowed_incoming_connections", self.config.max_connections),
+            # Calls that arrive faster than the event loop takes them wait in a queue of gRPC's
+            # own, which by default cancels some past 1,000 and all past 3,000 (CANCELLED, seen
+            # in a burst of 2,000): up to max_open_rpcs they must reach the daemon's own queue.
+            ("grpc.server.max_pending_requests", self.config.max_open_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", self.config.max_open_rpcs),
         ])
         self.grpc.add_generic_rpc_handlers([_runner_handler(RunnerServicer(self))])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -151,6 +151,40 @@ def test_a_storm_of_calls_gets_exactly_one_answer_each(start_daemon, make_root):
         assert r.run("echo", args=["after"]) == "after"
 
 
+@pytest.mark.parametrize(("open_rpcs", "calls"), [(4096, 3000), (16, 600)])
+def test_a_burst_of_calls_gets_one_clear_answer_each_also_past_grpcs_own_bounds(start_daemon, make_root,
+                                                                                 open_rpcs, calls):
+    """gRPC holds calls that arrive faster than the server takes them in a queue of its own,
+    and by default cancelled some past 1,000 and all past 3,000: of 2,000 calls sent at once,
+    56 came back CANCELLED, a SandboxError in the clients, with no log line. Up to max_open_rpcs
+    every call now reaches the daemon's queue and its answer (and its log line); past it, what
+    gRPC refuses or cancels is a ResourceLimitError('queue') too, as the daemon's queue says."""
+    d = start_daemon(config=f"max_concurrency = 2\nqueue_size = 8\npool_size = 2\nmax_open_rpcs = {open_rpcs}\n")
+    root = make_root({"index.py": SLEEPY})
+    answers: list = []
+
+    async def one(runner: AsyncCodeRunner, n: int) -> None:
+        try:
+            answers.append(("value", await runner.run("echo", args=[n], timeout=30) == n, ""))
+        except errors.IsorunError as e:
+            answers.append((type(e).__name__, getattr(e, "limit", None), str(e)))
+
+    async def burst() -> None:
+        runner = AsyncCodeRunner(root=root, file="index.py", socket=d.socket)
+        await asyncio.wait_for(asyncio.gather(*(one(runner, n) for n in range(calls))), 240)
+        await runner.close()
+
+    asyncio.run(burst())
+    kinds = {(kind, detail) for kind, detail, _ in answers}
+    assert kinds <= {("value", True), ("ResourceLimitError", "queue")}, [a for a in answers if a[0] != "value"][:3]
+    if open_rpcs > calls:
+        assert len(call_lines(d)) == calls
+    else:  # still a burst that gRPC itself cancels some of
+        assert any("did not take the call: gRPC cancelled it" in message for _, _, message in answers)
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert r.run("echo", args=["after"]) == "after"
+
+
 def test_calls_that_leave_before_their_sandbox_arrives_do_not_grow_the_pool(start_daemon, make_root):
     # With the pool empty, a call asks the zygote for a sandbox; when the call is cancelled
     # before it arrives, that sandbox must not stay on top of a refilled pool.

@@ -336,6 +336,10 @@ function transportError(error, socket) {
         return new errors.ResourceLimitError(`a message to or from isorund at ${socket} is too large: ${details}`, "message");
       }
       return new errors.ResourceLimitError(details, "queue");
+    case grpc.status.CANCELLED: // never this client's doing: a call it ends rejects with its own error
+      return new errors.ResourceLimitError(`isorund at ${socket} did not take the call: gRPC cancelled it ` +
+        "before the daemon saw it, because more calls arrived at once than the daemon lets wait " +
+        `(max_open_rpcs) or because it was stopping; retry later (${details})`, "queue");
     case grpc.status.PERMISSION_DENIED: return new errors.AccessDenied(details);
     case grpc.status.DEADLINE_EXCEEDED:
       return new errors.RuntimeTimeoutError(`no answer from isorund at ${socket} before the deadline: ${details}`);

@@ -201,3 +201,25 @@ describe("with a daemon", () => {
     assert.equal(out.trim(), "20 function");
   });
 });
+
+describe("a burst of calls past what the daemon lets wait", () => {
+  let small;
+  before(async () => {
+    small = await startDaemon({ config: "max_concurrency = 2\nqueue_size = 8\npool_size = 2\nmax_open_rpcs = 16\n" });
+  });
+  after(() => small?.stop());
+
+  test("every call gets its value or a ResourceLimitError 'queue', also those gRPC cancels", async () => {
+    // Past max_open_rpcs gRPC refuses calls itself, or cancels those its own queue of calls
+    // not yet taken cannot hold: a CANCELLED this client did not ask for is that, not a
+    // sandbox's failure (it was a SandboxError).
+    const runner = small.runner({ "index.py": "def echo(x):\n    return x\n" });
+    const results = await Promise.allSettled(Array.from({ length: 600 }, (_, i) => runner.run({ funcName: "echo", args: [i] })));
+    const kinds = new Set(results.map((r, i) => (r.status === "fulfilled"
+      ? `value ${r.value === i}` : `${r.reason.constructor.name} ${r.reason.limit}`)));
+    assert.ok([...kinds].every((kind) => kind === "value true" || kind === "ResourceLimitError queue"), [...kinds].join(", "));
+    assert.ok(results.some((r) => r.status === "rejected" && /did not take the call: gRPC cancelled it/.test(r.reason.message)),
+      "no call was cancelled by gRPC: the burst no longer tests that path");
+    assert.equal(await runner.run({ funcName: "echo", args: ["after"] }), "after");
+  });
+});

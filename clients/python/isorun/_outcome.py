@@ -44,6 +44,12 @@ def readable_answer(message_class):
     return parse
 
 
+# A call gRPC cancels before the daemon's handler sees it: its queue of calls not yet taken
+# overflowed (past max_open_rpcs), or the daemon was stopping.
+_NOT_TAKEN = ("gRPC cancelled it before the daemon saw it, because more calls arrived at once than the daemon "
+              "lets wait (max_open_rpcs) or because it was stopping; retry later")
+
+
 def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else "") or str(error)
@@ -54,6 +60,8 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
             return errors.ResourceLimitError(f"a message to or from isorund at {socket} is too large: {details}",
                                              "message")
         return errors.ResourceLimitError(details, "queue")
+    if code == grpc.StatusCode.CANCELLED:  # never this client's doing: it raises its own error
+        return errors.ResourceLimitError(f"isorund at {socket} did not take the call: {_NOT_TAKEN} ({details})", "queue")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.AccessDenied(details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
