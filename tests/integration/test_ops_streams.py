@@ -93,7 +93,10 @@ def test_streams_past_max_open_rpcs_are_refused_until_some_close(start_daemon, m
     second.read(20.0, until=lambda: len(statuses()) >= 230 - OPEN_RPCS)
     for c in (first, second):
         c.read(0.5)  # and no more
-    assert statuses() == ["8"] * (230 - OPEN_RPCS)  # RESOURCE_EXHAUSTED, from gRPC itself
+    # From gRPC itself: RESOURCE_EXHAUSTED past the bound, or CANCELLED from its queue of calls
+    # not yet handed to the daemon, sized to the same bound (both ResourceLimitError('queue')).
+    refused = statuses()
+    assert len(refused) == 230 - OPEN_RPCS and set(refused) <= {"8", "1"}, refused
     with pytest.raises(errors.ResourceLimitError):  # the daemon is full: what holding it costs
         call_echo(d, make_root)
     first.close()
