@@ -171,10 +171,38 @@ class GuestImporter:
 
     # -- entry points -------------------------------------------------------------------
     def load_main(self, relative_file: str) -> types.ModuleType:
-        """Imports the call's file as module ``__main__``-like name taken from its stem."""
+        """Imports the call's file. One in a package of the guest folder is imported as Python
+        would import it from there, by its dotted name after its packages (``pkg/mod.py`` is
+        ``pkg.mod``), so that its relative imports work and a module importing it gets this
+        same module; any other file is a top-level module named by its stem."""
+        dotted = self._dotted_name(relative_file)
+        if dotted is not None:
+            return self._import_guest(dotted)
         path = os.path.join(self.policy.guest_dir, relative_file)
         name = os.path.splitext(os.path.basename(relative_file))[0]
         return self._execute(name, path, package="")
+
+    def _dotted_name(self, relative_file: str) -> str | None:
+        """``pkg.mod`` for ``pkg/mod.py`` (``pkg`` for ``pkg/__init__.py``) when importing that
+        name from the guest folder would load this very file; None for a file at the top or
+        one that name would not reach (a folder that is not a package there, a part that is not
+        an identifier, ``pkg`` also a module or an allowed module's name)."""
+        parts = os.path.splitext(os.path.normpath(relative_file))[0].split("/")
+        if len(parts) < 2:
+            return None
+        if parts[-1] == "__init__":
+            parts.pop()
+        if not all(part.isidentifier() for part in parts):
+            return None
+        found = self._find_guest(parts[0])
+        for part in parts[1:]:
+            if found is None or not found[1]:
+                return None  # not a package: nothing below it
+            folder = found[0] if os.path.isdir(found[0]) else os.path.dirname(found[0])
+            found = next(((path, is_package) for path, is_package in self.policy.source_candidates(folder, part)
+                          if os.path.isfile(path)), None) or _namespace(folder, part)
+        wanted = os.path.join(self.policy.guest_dir, os.path.normpath(relative_file))
+        return ".".join(parts) if found is not None and found[0] == wanted else None
 
     def preload(self, relative_file: str, known: dict, report: bool) -> list[Compiled]:
         """Reads the call's file and the guest modules its import statements load, and
@@ -191,7 +219,11 @@ class GuestImporter:
         if self.compiler is not None:
             return []  # a compiler plugin's output is compiled where it is made, every call
         out: list[Compiled] = []
-        queue, seen = ["/" + relative_file], set()
+        main = "/" + relative_file
+        dotted = self._dotted_name(relative_file)
+        # A file in a package loads after its packages' __init__ files: they count as its imports.
+        parents = tuple(p for p in self.guest_files_of("/", dotted, 0, ()) if p != main) if dotted else ()
+        queue, seen = [main], set()
         while queue and len(seen) < MAX_PRELOAD:
             display = queue.pop(0)
             if display in seen:
@@ -216,8 +248,9 @@ class GuestImporter:
                     continue
                 code = (marshal.loads(entry.code) if entry is not None and entry.source_hash == source_hash
                         else self._code_of(path, raw, st.st_mtime, display))
-                imports = tuple(dict.fromkeys(p for name, level, fromlist in module_imports(code)
-                                              for p in self.guest_files_of(display, name, level, fromlist)))
+                imports = tuple(dict.fromkeys([*(parents if display == main else ()),
+                                               *(p for name, level, fromlist in module_imports(code)
+                                                 for p in self.guest_files_of(display, name, level, fromlist))]))
             except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, EOFError, TypeError,
                     IndexError):  # (IndexError: bytecode of a __pycache__ entry made by hand)
                 continue

@@ -152,6 +152,20 @@ def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
     assert r.run("f") == "util"
 
 
+def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):
+    """``file="rules/pricing.py"`` is the module ``rules.pricing``, loaded after ``rules`` (as
+    ``import rules.pricing`` would): ``from . import`` works, as a require('./x') does in
+    isolated-runtime. It was a top-level module ``pricing``, whose relative imports failed."""
+    files = {"rules/__init__.py": "RATE = 3\n", "rules/tax.py": "def tax(x):\n    return x // 10\n",
+             "rules/pricing.py": "from . import RATE\nfrom .tax import tax\n"
+                                 "def price(x):\n    return [__name__, x * RATE + tax(x)]\n"}
+    r = runner(files, file="rules/pricing.py")
+    for _ in range(2):  # the second from the daemon's code cache, the packages included
+        assert r.run("price", args=[100]) == ["rules.pricing", 310]
+    with pytest.raises(errors.GuestError, match="beyond top-level package"):  # as in Python
+        runner({"tools/up.py": "from .. import x\n"}, file="tools/up.py").run("f")
+
+
 def test_a_precompiled_guest_folder_is_loaded_from_its_cache_and_keeps_its_guest_names(runner):
     """``python -m compileall`` on the folder: the sandbox loads each module's cached code
     instead of compiling its source on every call. Shown with an edit the timestamped entry

@@ -311,3 +311,35 @@ def test_an_entry_that_is_no_regular_file_is_ignored_without_blocking_or_reading
 
 def _stuck(*_):
     raise AssertionError("the importer blocked on, or kept reading, a cache entry")
+
+
+def test_a_file_in_a_package_is_imported_by_its_dotted_name_after_its_packages(tmp_path):
+    write(tmp_path, {"pkg/__init__.py": "LOADED = True\n",
+                     "pkg/sub/__init__.py": "",
+                     "pkg/sub/mod.py": "from . import helper\nfrom .. import LOADED\nfrom ..other import back\n"
+                                       "def f():\n    return __name__, __package__, helper.H, LOADED, back()\n",
+                     "pkg/sub/helper.py": "H = 'helper'\n",
+                     "pkg/other.py": "def back():\n    import pkg.sub.mod\n    return pkg.sub.mod\n",
+                     "ns/mod.py": "from .helper import H\ndef f():\n    return __name__, H\n",
+                     "ns/helper.py": "H = 'ns helper'\n"})
+    importer = GuestImporter(policy(tmp_path))
+    main = importer.load_main("pkg/sub/mod.py")
+    name, package, helper, loaded, same = main.f()
+    assert (name, package, helper, loaded) == ("pkg.sub.mod", "pkg.sub", "helper", True)
+    assert same is main  # one module, whoever imports it
+    assert GuestImporter(policy(tmp_path)).load_main("ns/mod.py").f() == ("ns.mod", "ns helper")  # a namespace package
+    assert GuestImporter(policy(tmp_path)).load_main("pkg/__init__.py").__name__ == "pkg"
+
+
+@pytest.mark.parametrize(("files", "file"), [
+    ({"my-rules/mod.py": ""}, "my-rules/mod.py"),        # a folder that is no name
+    ({"pkg/my-mod.py": "", "pkg/__init__.py": ""}, "pkg/my-mod.py"),
+    ({"pkg.py": "", "pkg/mod.py": ""}, "pkg/mod.py"),       # `import pkg` finds the module pkg.py
+    ({"json/mod.py": ""}, "json/mod.py"),                   # `import json` is the allowed module
+])
+def test_a_file_its_dotted_name_would_not_reach_is_a_top_level_module(tmp_path, files, file):
+    write(tmp_path, files)
+    importer = GuestImporter(policy(tmp_path, allowed={"json"}))
+    module = importer.load_main(file)
+    assert module.__name__ == os.path.splitext(os.path.basename(file))[0] and module.__package__ == ""
+    assert module.__file__ == "/" + file

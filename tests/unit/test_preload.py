@@ -232,3 +232,21 @@ def test_read_ahead_stops_at_its_bound_of_modules(tmp_path):
     found = imp.preload("index.py", {}, report=True)
     assert len(found) == len(imp._preloaded) == MAX_PRELOAD
     assert imp.load_main("index.py").f() == count
+
+
+def test_a_file_in_a_package_reads_its_packages_ahead_as_its_imports(tmp_path):
+    write(tmp_path, {"pkg/__init__.py": "", "pkg/sub/__init__.py": "from . import helper\n",
+                     "pkg/sub/helper.py": "", "pkg/sub/mod.py": "from .. import other\n", "pkg/other.py": ""})
+    found = importer(tmp_path).preload("pkg/sub/mod.py", {}, report=True)
+    by_path = {m.path: m for m in found}
+    assert found[0].path == "/pkg/sub/mod.py"
+    assert by_path["/pkg/sub/mod.py"].imports == ("/pkg/__init__.py", "/pkg/sub/__init__.py", "/pkg/other.py")
+    assert set(by_path) == {"/pkg/sub/mod.py", "/pkg/__init__.py", "/pkg/sub/__init__.py", "/pkg/sub/helper.py",
+                            "/pkg/other.py"}
+    # handed back by the daemon, they are all read ahead and none is compiled again
+    known = {m.path: m for m in found}
+    imp = importer(tmp_path)
+    assert imp.preload("pkg/sub/mod.py", known, report=False) == []
+    assert {os.path.relpath(p, tmp_path) for p in imp._preloaded} == {p.lstrip("/") for p in known}
+    imp.load_main("pkg/sub/mod.py")
+    assert not imp._preloaded  # each one used by the import
