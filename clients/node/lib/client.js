@@ -136,6 +136,10 @@ class CodeRunner {
       "grpc.max_receive_message_length": MAX_MESSAGE,
       "grpc.max_send_message_length": MAX_MESSAGE,
       "grpc.enable_retries": 0,
+      // A restarted daemon serves this runner within a second of being ready: gRPC's default
+      // reconnect backoff grows to 120 s (after 100 s down, calls failed for 28 s more).
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 1000,
     });
     this._daemon = null; // a Promise of the daemon's capabilities, once asked
     this._closed = false;

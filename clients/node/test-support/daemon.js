@@ -68,19 +68,34 @@ class Daemon {
     fs.mkdirSync(plugins);
     fs.writeFileSync(path.join(plugins, "test_plugins.py"), PLUGINS);
     for (const [name, source] of Object.entries(extraPlugins)) fs.writeFileSync(path.join(plugins, name), source);
-    const configPath = path.join(folder, "isorund.toml");
-    fs.writeFileSync(configPath, config(plugins, extraConfig));
-    const log = fs.openSync(this.logPath, "w");
-    this.proc = spawn(PYTHON, ["-m", "isorund", "--socket", this.socket, "--config", configPath],
+    this.configPath = path.join(folder, "isorund.toml");
+    fs.writeFileSync(this.configPath, config(plugins, extraConfig));
+    this.runners = [];
+    this._spawn("w");
+  }
+
+  _spawn(logMode) {
+    const log = fs.openSync(this.logPath, logMode);
+    this.proc = spawn(PYTHON, ["-m", "isorund", "--socket", this.socket, "--config", this.configPath],
       { stdio: ["ignore", log, log] });
     fs.closeSync(log);
     this.exited = new Promise((resolve) => this.proc.once("exit", (code, signal) => resolve({ code, signal })));
     this.exitCode = null;
-    this.runners = [];
     this.exited.then(({ code, signal }) => { this.exitCode = code ?? signal; });
     // Never leave a daemon behind if the test process ends without calling stop().
     this._reap = () => { if (this.exitCode === null) this.proc.kill("SIGKILL"); };
     process.once("exit", this._reap);
+  }
+
+  /** Stops the daemon (SIGTERM), awaits `whileDown()`, and starts another one on the same
+   * socket and config; the runners made before stay open. */
+  async restart(whileDown) {
+    this.proc.kill("SIGTERM");
+    await this.exited;
+    process.removeListener("exit", this._reap);
+    await whileDown();
+    this._spawn("a");
+    await this.waitReady();
   }
 
   async waitReady() {

@@ -223,3 +223,35 @@ describe("a burst of calls past what the daemon lets wait", () => {
     assert.equal(await runner.run({ funcName: "echo", args: ["after"] }), "after");
   });
 });
+
+describe("a daemon restarted under its runners", () => {
+  let restarted;
+  before(async () => { restarted = await startDaemon(); });
+  after(() => restarted?.stop());
+
+  test("a runner made before serves again within a second or two of the new daemon", async () => {
+    // gRPC's default reconnect backoff grows to 120 s: after 10 s down, calls went on failing
+    // for 6 s after the new daemon was up (26 s after 40 s down).
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const runner = restarted.runner({ "index.py": "def echo(x):\n    return x\n" });
+    assert.equal(await runner.run({ funcName: "echo", args: [1] }), 1);
+    await restarted.restart(async () => {
+      const until = Date.now() + 10_000;
+      while (Date.now() < until) { // the host goes on calling meanwhile
+        await assert.rejects(runner.run({ funcName: "echo", args: [2] }), errors.DaemonUnavailable);
+        await sleep(250);
+      }
+    });
+    const ready = Date.now();
+    for (;;) {
+      try {
+        assert.equal(await runner.run({ funcName: "echo", args: [3] }), 3);
+        break;
+      } catch (error) {
+        if (!(error instanceof errors.DaemonUnavailable)) throw error;
+        assert.ok(Date.now() - ready < 2500, "the runner stayed unavailable after the restart");
+        await sleep(50);
+      }
+    }
+  });
+});
