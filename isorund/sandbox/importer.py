@@ -185,8 +185,9 @@ class GuestImporter:
     def _dotted_name(self, relative_file: str) -> str | None:
         """``pkg.mod`` for ``pkg/mod.py`` (``pkg`` for ``pkg/__init__.py``) when importing that
         name from the guest folder would load this very file; None for a file at the top or
-        one that name would not reach (a folder that is not a package there, a part that is not
-        an identifier, ``pkg`` also a module or an allowed module's name)."""
+        one that name would not reach: a part that is not an identifier, or a name the import
+        finds elsewhere first (``pkg.py`` beside a ``pkg/`` without ``__init__``, an allowed
+        module's name)."""
         parts = os.path.splitext(os.path.normpath(relative_file))[0].split("/")
         if len(parts) < 2:
             return None
