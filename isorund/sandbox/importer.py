@@ -199,9 +199,8 @@ class GuestImporter:
         for part in parts[1:]:
             if found is None or not found[1]:
                 return None  # not a package: nothing below it
-            folder = found[0] if os.path.isdir(found[0]) else os.path.dirname(found[0])
-            found = next(((path, is_package) for path, is_package in self.policy.source_candidates(folder, part)
-                          if os.path.isfile(path)), None) or _namespace(folder, part)
+            # the folder _execute gives the package as its __path__ (a namespace's is its own)
+            found = self._find_in([found[0] if os.path.isdir(found[0]) else os.path.dirname(found[0])], part)
         wanted = os.path.join(self.policy.guest_dir, os.path.normpath(relative_file))
         return ".".join(parts) if found is not None and found[0] == wanted else None
 
@@ -367,7 +366,10 @@ class GuestImporter:
         return module
 
     def _find_sub(self, parent, child: str) -> tuple[str, bool] | None:
-        folders = getattr(parent, "__path__", None) or ()
+        return self._find_in(getattr(parent, "__path__", None) or (), child)
+
+    def _find_in(self, folders, child: str) -> tuple[str, bool] | None:
+        """Module ``child`` of a package whose ``__path__`` is ``folders``: (path, is_package)."""
         for folder in folders:
             for path, is_package in self.policy.source_candidates(folder, child):
                 if os.path.isfile(path):
