@@ -8,6 +8,7 @@ that can be checked up front is left to fail inside a child.
 from __future__ import annotations
 
 import importlib.util
+import keyword
 import math
 import os
 import secrets
@@ -45,8 +46,7 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
     file = _file(root, request.file, _extensions(request.source_extensions))
     _name(request.func_name, "func_name")
     for key in request.context:
-        if not key.isidentifier():
-            raise RequestError(f"context key {key!r} is not a valid Python name")
+        _context_name(key)
     external = _modules(request.external)
     whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
     _plugin(request.compiler, config.plugins.compilers, "compiler")
@@ -63,6 +63,19 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
         host_paths=host_paths, search_paths=whitelisted,
         extensions=_extensions(request.source_extensions),
         limits=_limits(request.limits, config.limits, timeout), timeout_seconds=timeout)
+
+
+def _context_name(key: str) -> None:
+    """A context entry becomes a builtin name of every guest module, so it must be one a guest
+    can name, and must not replace what the runtime puts there: a key ``__import__`` would
+    replace the restricted importer and ``__build_class__`` break every ``class`` statement.
+    Python reserves every ``__*__`` name for itself (its reference, "Reserved classes of
+    identifiers"), so all of them are refused, not only those in use today."""
+    if not key.isidentifier() or keyword.iskeyword(key):
+        raise RequestError(f"context key {key!r} is not a valid Python name")
+    if len(key) > 4 and key.startswith("__") and key.endswith("__"):
+        raise RequestError(f"context key {key!r} is a name Python reserves (__*__); "
+                           f"context entries become global names of the guest's modules")
 
 
 def _root(path: str) -> str:

@@ -116,10 +116,26 @@ def test_too_few_open_files_for_the_runtime_are_refused(config, root, asked):
     assert plan.build(request(root, limits=pb.Limits(max_open_files=8)), config).limits.max_open_files == 8
 
 
-def test_context_names_must_be_identifiers(config, root):
+@pytest.mark.parametrize("key, match", [
+    ("not a name", "not a valid Python name"), ("", "not a valid Python name"),
+    ("class", "not a valid Python name"), ("None", "not a valid Python name"),
+    # a context entry is a builtin name: these would replace the importer, break class
+    # statements, or take a name Python reserves for itself
+    ("__import__", "reserves"), ("__build_class__", "reserves"), ("__builtins__", "reserves"),
+    ("__name__", "reserves"), ("__tenant__", "reserves"),
+])
+def test_context_names_must_be_names_a_guest_can_use(config, root, key, match):
     req = request(root)
-    req.context["not a name"].string_value = "x"
-    refused(config, req, "context key")
+    req.context[key].string_value = "x"
+    refused(config, req, f"context key {key!r} .*{match}")
+
+
+@pytest.mark.parametrize("key", ["_private", "__private", "tenant__", "___", "print", "match"])
+def test_context_names_python_does_not_reserve_are_kept(config, root, key):
+    # "match" is only a soft keyword; "print" replaces a builtin, as the caller asked
+    req = request(root)
+    req.context[key].string_value = "x"
+    assert plan.build(req, config).file == "index.py"
 
 
 @pytest.mark.parametrize("path, match", [
