@@ -73,7 +73,7 @@ class Calls:
             wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
             queued = None  # in the queue from here until a sandbox is taken
             async with self.admission.slot(wait, len(payload)):
-                sandbox = await self.zygote.take()
+                sandbox = await self._sandbox(None if wait is None else wait - (time.monotonic() - received))
                 entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
                 ran_from = time.monotonic()
                 queued = ran_from - received
@@ -101,6 +101,17 @@ class Calls:
                 queued = time.monotonic() - received
             self._log(entry, outcome, received, queued, ran_from)
             self._after(len(payload), outcome)
+
+    async def _sandbox(self, wait: float | None):
+        """A prepared sandbox, waited for within what is left of the call's wait budget: a
+        zygote that is slow or stalled (stopped, starved of CPU) must not hold the call past
+        the time its deadline leaves for its timeout, as a full queue would not."""
+        try:
+            async with asyncio.timeout(None if wait is None else max(0.0, wait)):
+                return await self.zygote.take()
+        except TimeoutError:
+            raise QueueTimeout("no sandbox was ready while the call's deadline left room for its "
+                               "timeout (the sandbox zygote is slow or stalled); it was not started") from None
 
     def refused(self, peer: str, outcome: str, error: str) -> None:
         """A Run refused before it was a call (its bytes are not a RunRequest, the daemon is

@@ -102,6 +102,32 @@ def test_a_queued_call_leaves_the_queue_when_its_deadline_leaves_no_room_to_run(
     assert [line["outcome"] for line in call_lines(d)].count("deadline_in_queue") == 1
 
 
+def test_a_call_waiting_for_a_sandbox_leaves_when_its_deadline_leaves_no_room_to_run(start_daemon, make_root):
+    # The pool empty and the zygote stalled (stopped here; starved of CPU elsewhere): the wait
+    # for a sandbox has the queue's budget. Before, the call waited out its client's whole
+    # deadline and was logged as cancelled by the client.
+    d = start_daemon(config="pool_size = 1\n")
+    root = make_root({"index.py": SLEEPY})
+    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=1.0)
+    zygote = zygote_of(d)
+    wait_until(lambda: len(zygote.children()) == 1)
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        zygote.suspend()
+        try:
+            assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"  # the pooled one
+            sent = time.monotonic()
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Run(request, timeout=2.6)  # 1.6 s to wait for a sandbox, then 1 s to run
+            waited = time.monotonic() - sent
+        finally:
+            zygote.resume()
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "not started" in e.value.details()
+        assert 1.4 < waited < 2.5
+        assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"
+    assert [line["outcome"] for line in call_lines(d)] == ["ok", "deadline_in_queue", "ok"]
+
+
 def test_a_call_never_runs_past_its_clients_deadline(start_daemon, make_root):
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": SLEEPY})
