@@ -90,7 +90,7 @@ class Config:
     plugins: PluginsConfig = _key(PluginsConfig, "Named plugins, in `[plugins.compilers]`, `[plugins.resolvers]`, `[plugins.args_resolvers]`.")
     types: dict = _key(dict, "Operator value types: `\"acme.Money\" = \"module:attr\"`, an object with `type`, `encode(obj)` and `decode(payload)`.")
     limits: LimitsConfig = _key(LimitsConfig, "Per-call limits, in `[limits]` (see below).")
-    sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own.")
+    sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own. Two daemons on one host need ranges that do not overlap (operations.md, \"Two daemons on one host\").")
     sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
     cgroup_root: str = _key("", "Delegated cgroup v2 folder for per-call memory/pids/cpu limits (systemd `Delegate=yes`); empty: the daemon's own cgroup if usable, else off (logged at start); `off`: never.")
     max_request_bytes: int = _key(64 * MiB, "Largest request or response message on the socket (1 MiB to 256 MiB).")
