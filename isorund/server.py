@@ -244,9 +244,11 @@ class Server:
                              "access": "allowlist" if self.front else "socket permissions",
                              "version": __version__, "pid": os.getpid()}))
         reporter = loop.create_task(self._report_status())
+        watchdog = loop.create_task(self._feed_watchdog(systemd.watchdog_interval()))
         await stop.wait()
         reporter.cancel()
         await self.shutdown()
+        watchdog.cancel()
         return 0
 
     async def _start(self) -> None:
@@ -411,6 +413,15 @@ class Server:
                 systemd.notify(f"STATUS={text}")
                 last = text
             await asyncio.sleep(STATUS_INTERVAL)
+
+    @staticmethod
+    async def _feed_watchdog(interval: float | None) -> None:
+        """Pings systemd's watchdog (WatchdogSec=) from the event loop, so a loop that stops
+        turning (a deadlock, a call that blocks it) stops the pings, and systemd restarts the
+        daemon instead of leaving it up and answering nothing."""
+        while interval:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -131,6 +131,32 @@ def test_sd_notify_reports_ready_status_and_stopping(start_daemon, make_root, tm
         listener.close()
 
 
+def test_the_daemon_pings_the_watchdog_only_when_systemd_asks_it_to(start_daemon, tmp_path):
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    try:
+        d = start_daemon(env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000"}, wait=False)
+        listener.wait_for(lambda m: m.get("READY") == "1")
+        pings = lambda: sum(m.get("WATCHDOG") == "1" for m in listener.messages)  # noqa: E731
+        before = pings()
+        time.sleep(1.0)
+        assert pings() - before >= 5  # every 0.1 s: half of WatchdogSec
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(30) == 0
+    finally:
+        listener.close()
+
+    # WATCHDOG_PID names the process systemd expects the pings from; this is not it
+    listener = NotifyListener(str(tmp_path / "notify2.sock"))
+    try:
+        d = start_daemon(env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000",
+                              "WATCHDOG_PID": "1"}, wait=False)
+        listener.wait_for(lambda m: m.get("READY") == "1")
+        time.sleep(1.0)
+        assert not [m for m in listener.messages if "WATCHDOG" in m]
+    finally:
+        listener.close()
+
+
 # --- make install --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory) -> Path:
@@ -194,14 +220,17 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t proc proc /proc
 exec env -i container=isorun-test PATH=/usr/sbin:/usr/bin:/sbin:/bin /lib/systemd/systemd --unit=isorund.service
 '''
-# The one deviation from the installed unit: no sysinit/basic.target (they would boot this
-# host's whole early userspace inside the test) and the log in a file instead of a journal.
+# The deviations from the installed unit: no sysinit/basic.target (they would boot this
+# host's whole early userspace inside the test), the log in a file instead of a journal, and a
+# watchdog of 2 s instead of 30 (a stopped daemon is then killed 2 s after it was found out).
 DROP_IN = '''
 [Unit]
 DefaultDependencies=no
 [Service]
 StandardOutput=append:/run/isorund-test.log
 StandardError=inherit
+WatchdogSec=2s
+TimeoutAbortSec=2s
 '''
 
 
@@ -322,6 +351,23 @@ def test_the_installed_unit_runs_the_daemon_under_systemd(booted):
     assert (stopped["Result"], stopped["ExecMainStatus"]) == ("success", "0"), booted.daemon_log()
     assert booted.run("test", "-e", "/run/isorund/isorund.sock").returncode != 0
     assert '"event": "stopped"' in booted.daemon_log()
+
+
+def test_systemd_restarts_a_daemon_that_stops_answering_its_watchdog(booted):
+    first = int(booted.wait_state("active")["MainPID"])
+    time.sleep(5)  # over two watchdog periods: a daemon that pings is left alone
+    assert booted.show("MainPID", "NRestarts") == {"MainPID": str(first), "NRestarts": "0"}
+    booted.run("kill", "-STOP", str(first))  # as a loop that stops turning: no more pings
+    deadline = time.monotonic() + 90
+    while True:
+        state = booted.wait_state("active")
+        if state["MainPID"] not in ("0", str(first)):
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert state["NRestarts"] == "1"
+    call = booted.run("/opt/isorun/bin/python", "-c", CALL)
+    assert call.stdout.strip() == "5", call.stderr + booted.daemon_log()
 
 
 def test_systemd_restarts_the_daemon_after_a_crash(booted):
