@@ -45,122 +45,165 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
     When the plan asks for the call's compiled modules, a ``compiled`` event that is the
     sandbox's first goes to ``on_compiled``: the runtime writes it before any guest code runs.
     Any other ``compiled`` event ends the call, as any event the runtime would not send."""
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    limits = plan.limits
-    console_left = limits.output_bytes
     budget = plan.timeout_seconds
     if deadline is not None:
         budget = max(0.0, min(budget, deadline - started))
     try:
         async with asyncio.timeout(budget):
             try:
-                folders = filesystem.detach_folders(plan.root, list(plan.host_paths)) if isolated else []
+                await _send_plan(sandbox, plan, request, isolated)
             except SandboxSetupError as e:
                 return _failure(Failure(kind=Failure.SANDBOX, message=str(e)), started)
-            payload = plan.SerializeToString()
-            try:
-                _send_folders(sandbox.sock, folders)
-                frames = channel.HEADER.pack(len(payload)) + payload + channel.HEADER.pack(len(request))
-                await loop.sock_sendall(sandbox.sock, frames)
-                await loop.sock_sendall(sandbox.sock, request)  # not joined: it may be 64 MiB
-            except OSError:
-                pass  # the sandbox may have failed set-up already; its report is in the channel
-            finally:
-                for fd in folders:
-                    os.close(fd)
-            reader = _FrameReader(loop, sandbox.sock)
-            max_frame = limits.result_bytes + EVENT_SLACK
-            event, running_seen = None, False
-            compiled_expected = plan.report_compiled
-            while True:
-                if event is None:
-                    frame = await reader.next(max(max_frame, MAX_COMPILED_EVENT) if compiled_expected else max_frame)
-                    if frame is None:
-                        return await _died(sandbox, started, limits.cpu_seconds)
-                    event = _parse_event(frame)
-                kind = event.WhichOneof("event")
-                if compiled_expected:
-                    compiled_expected = False
-                    if kind == "compiled":
-                        if on_compiled is not None:
-                            on_compiled(event.compiled)
-                        event = None
-                        continue
-                    if len(frame) > max_frame:  # read under the modules' bound, but not theirs
-                        raise _FrameTooLarge(f"the call sent an event of {len(frame)} bytes, over its "
-                                             f"{max_frame}-byte limit")
-                if kind == "outcome":
-                    outcome = event.outcome
-                    outcome.usage.wall_seconds = time.monotonic() - started
-                    return outcome
-                if kind == "invalid_request" and not running_seen:
-                    # The sandbox parses the request's values first (the daemon relays them
-                    # unparsed): the client's error, answered as any other bad request.
-                    raise RequestError(event.invalid_request[:2000])
-                if kind == "running" and not running_seen:
-                    running_seen = True
-                    await on_event(RUNNING)
-                    event = None
-                    continue
-                if kind not in CONSOLE_KINDS:
-                    # The guest can write to this socket itself: anything the sandbox's runtime
-                    # never sends (a second 'running', an empty event) ends the call rather
-                    # than reaching the client.
-                    raise _UnexpectedEvent(kind)
-                # A burst of lines already received goes out as one message, not one per line.
-                # Each line costs the bytes it took on the channel plus a frame header, as if
-                # sent on its own, so that no line is free: not an empty one, not one padded with
-                # fields the schema does not know, not one in a batch.
-                lines, carried = [], None
-                while True:
-                    console_left -= len(frame)
-                    if console_left < 0:  # a batch larger than what is left is never parsed
-                        break
-                    event_lines = _lines_of(event)
-                    console_left -= channel.HEADER.size * len(event_lines)
-                    lines.extend(event_lines)
-                    if console_left < 0 or (frame := reader.buffered(max_frame)) is None:
-                        break
-                    event = _parse_event(frame)
-                    if event.WhichOneof("event") not in CONSOLE_KINDS:
-                        carried = event
-                        break
-                if console_left < 0:
-                    return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="output", message=(
-                        f"the call printed more than its {limits.output_bytes} console bytes")), started)
-                event = carried
-                await on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
-                               else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
-                # A guest that keeps its channel full would otherwise keep this loop from ever
-                # waiting: its timeout, and every other call, need the event loop to run.
-                await asyncio.sleep(0)
+            outcome = await _Relay(sandbox, plan, on_event, on_compiled).outcome()
+            if outcome is None:
+                return await _died(sandbox, started, plan.limits.cpu_seconds)
+            outcome.usage.wall_seconds = time.monotonic() - started
+            return outcome
     except TimeoutError:
-        if budget < plan.timeout_seconds:
-            return _failure(Failure(kind=Failure.TIMEOUT, message=(
-                f"the client's deadline passed after {budget:.3g} s of the call's {plan.timeout_seconds:g} s "
-                "timeout; its sandbox was killed")), started)
+        cut = f"the client's deadline passed after {budget:.3g} s of the call's" if budget < plan.timeout_seconds \
+            else "the call did not finish within its"
         return _failure(Failure(kind=Failure.TIMEOUT, message=(
-            f"the call did not finish within its {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
-    except _FrameTooLarge as e:
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(e)), started)
-    except _UnexpectedEvent as e:
-        kind = e.args[0]
-        what = "a second 'running' event" if kind == "running" else f"a {kind!r} event" if kind else "an empty event"
-        return _failure(Failure(kind=Failure.SANDBOX, message=(
-            f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
-            "lines, one outcome): something in the call wrote to its channel; the call was ended")), started)
+            f"{cut} {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
     except RequestError:
         raise
     except ConnectionError:
         # The sandbox went away with bytes of ours unread (killed mid-plan, say by the end of
         # the shutdown grace): the same as a channel closed without an outcome.
-        return await _died(sandbox, started, limits.cpu_seconds)
+        return await _died(sandbox, started, plan.limits.cpu_seconds)
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
-        return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {e}"), started)
+        return _failure(_failure_of(e), started)
     finally:
         sandbox.kill_group() if not isolated else sandbox.kill()
         sandbox.close()
+
+
+async def _send_plan(sandbox: Sandbox, plan, request: bytes, isolated: bool) -> None:
+    """The call's folders (as descriptors), its plan and the client's request, down the
+    sandbox's channel. Raises SandboxSetupError when a folder cannot be opened."""
+    folders = filesystem.detach_folders(plan.root, list(plan.host_paths)) if isolated else []
+    payload = plan.SerializeToString()
+    loop = asyncio.get_running_loop()
+    try:
+        _send_folders(sandbox.sock, folders)
+        await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload
+                                + channel.HEADER.pack(len(request)))
+        await loop.sock_sendall(sandbox.sock, request)  # not joined: it may be 64 MiB
+    except OSError:
+        pass  # the sandbox may have failed set-up already; its report is in the channel
+    finally:
+        for fd in folders:
+            os.close(fd)
+
+
+class _Relay:
+    """One call's events, from the sandbox's channel to ``on_event``, in the order and within
+    the limits the sandbox's runtime keeps: an optional ``compiled`` event first, one
+    ``running``, console lines, one outcome."""
+
+    def __init__(self, sandbox: Sandbox, plan, on_event, on_compiled):
+        self.reader = _FrameReader(asyncio.get_running_loop(), sandbox.sock)
+        self.on_event, self.on_compiled = on_event, on_compiled
+        self.max_frame = plan.limits.result_bytes + EVENT_SLACK
+        self.output_bytes = plan.limits.output_bytes
+        self.console_left = plan.limits.output_bytes
+        self.compiled_expected = plan.report_compiled
+
+    async def outcome(self) -> sb.RelayedOutcome | None:
+        """The sandbox's outcome, once every event before it was relayed; None if the channel
+        closed without one."""
+        running_seen = False
+        received = await self._first()
+        while received is not None:
+            event, frame = received
+            kind = event.WhichOneof("event")
+            if kind == "outcome":
+                return event.outcome
+            if kind == "invalid_request" and not running_seen:
+                # The sandbox parses the request's values first (the daemon relays them
+                # unparsed): the client's error, answered as any other bad request.
+                raise RequestError(event.invalid_request[:2000])
+            if kind == "running" and not running_seen:
+                running_seen = True
+                await self.on_event(RUNNING)
+                received = await self._next()
+            elif kind in CONSOLE_KINDS:
+                received = await self._relay_console(event, frame) or await self._next()
+            else:
+                # The guest can write to this socket itself: anything the sandbox's runtime
+                # never sends (a second 'running', an empty event) ends the call rather
+                # than reaching the client.
+                raise _UnexpectedEvent(kind)
+        return None
+
+    async def _next(self, max_bytes: int = 0) -> tuple[sb.SandboxEvent, bytes] | None:
+        frame = await self.reader.next(max_bytes or self.max_frame)
+        return None if frame is None else (_parse_event(frame), frame)
+
+    async def _first(self) -> tuple[sb.SandboxEvent, bytes] | None:
+        """The first event, the ``compiled`` one the plan asked for handed to ``on_compiled``;
+        it is read under the modules' bound, any other first event under the result's."""
+        if not self.compiled_expected:
+            return await self._next()
+        received = await self._next(max(self.max_frame, MAX_COMPILED_EVENT))
+        if received is None:
+            return None
+        event, frame = received
+        if event.WhichOneof("event") == "compiled":
+            if self.on_compiled is not None:
+                self.on_compiled(event.compiled)
+            return await self._next()
+        if len(frame) > self.max_frame:
+            raise _FrameTooLarge(f"the call sent an event of {len(frame)} bytes, over its "
+                                 f"{self.max_frame}-byte limit")
+        return received
+
+    async def _relay_console(self, event: sb.SandboxEvent, frame: bytes) -> tuple[sb.SandboxEvent, bytes] | None:
+        """Relays ``event``'s lines with every console event already received behind it, as
+        one message; returns a non-console event read on the way, which comes next.
+
+        Each line costs the bytes it took on the channel plus a frame header, as if sent on
+        its own, so that no line is free: not an empty one, not one padded with fields the
+        schema does not know, not one in a batch. A batch larger than what is left of the cap
+        is never parsed."""
+        lines, carried = [], None
+        while True:
+            self.console_left -= len(frame)
+            if self.console_left < 0:
+                break
+            event_lines = _lines_of(event)
+            self.console_left -= channel.HEADER.size * len(event_lines)
+            lines.extend(event_lines)
+            if self.console_left < 0 or (frame := self.reader.buffered(self.max_frame)) is None:
+                break
+            event = _parse_event(frame)
+            if event.WhichOneof("event") not in CONSOLE_KINDS:
+                carried = (event, frame)
+                break
+        if self.console_left < 0:
+            raise _OutputLimit(self.output_bytes)
+        await self.on_event(pb.RunEvent(console=lines[0]) if len(lines) == 1
+                            else pb.RunEvent(console_batch=pb.ConsoleBatch(lines=lines)))
+        # A guest that keeps its channel full would otherwise keep this loop from ever
+        # waiting: its timeout, and every other call, need the event loop to run.
+        await asyncio.sleep(0)
+        return carried
+
+
+def _failure_of(error: Exception) -> pb.Failure:
+    """What the client is told when the sandbox's events broke the runtime's rules."""
+    if isinstance(error, _OutputLimit):
+        return Failure(kind=Failure.RESOURCE_LIMIT, limit="output",
+                       message=f"the call printed more than its {error.args[0]} console bytes")
+    if isinstance(error, _FrameTooLarge):
+        return Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(error))
+    if isinstance(error, _UnexpectedEvent):
+        kind = error.args[0]
+        what = "a second 'running' event" if kind == "running" else f"a {kind!r} event" if kind else "an empty event"
+        return Failure(kind=Failure.SANDBOX, message=(
+            f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
+            "lines, one outcome): something in the call wrote to its channel; the call was ended"))
+    return Failure(kind=Failure.SANDBOX, message=f"the sandbox sent an invalid event: {error}")
 
 
 def _lines_of(event: sb.SandboxEvent):
@@ -226,6 +269,10 @@ def _failure(failure: pb.Failure, started: float) -> sb.RelayedOutcome:
 
 class _FrameTooLarge(Exception):
     pass
+
+
+class _OutputLimit(Exception):
+    """The call printed more than its console cap (args[0]: the cap in bytes)."""
 
 
 class _UnexpectedEvent(Exception):
