@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from isorun._proto import sandbox_pb2 as sb
 from isorund.plan import MAX_PATH
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, CompiledBudget
+from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, CompiledBudget
 
 RECHECK_SECONDS = 60.0
 SOURCE_HASH_BYTES = 8  # importlib.util.source_hash

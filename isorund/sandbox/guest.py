@@ -28,7 +28,8 @@ from isorun._proto import sandbox_pb2 as sb
 from isorun.errors import SerializationError
 
 from . import channel
-from .importer import (Compiled, CompiledBudget, GuestImporter, GuestModuleNotFound, ImportPolicy,
+from .compiled import Compiled, CompiledBudget
+from .importer import (GuestImporter, GuestModuleNotFound, ImportPolicy,
                        PluginFailure, call_plugin)
 
 Failure = pb.Failure

@@ -10,7 +10,8 @@ import pytest
 from isorun._proto import sandbox_pb2 as sb
 from isorund.code_cache import RECHECK_SECONDS, CodeCache
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, GuestImporter, ImportPolicy
+from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES
+from isorund.sandbox.importer import GuestImporter, ImportPolicy
 
 
 class Clock:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from isorund.sandbox import compiled
 from isorund.sandbox import importer as importer_module
 from isorund.sandbox.importer import REMOVED_BUILTINS, GuestImporter, ImportPolicy
 
@@ -282,7 +283,7 @@ def test_no_cache_is_read_for_a_compiler_plugins_sources_or_other_extensions(tmp
     same_size_edit(tmp_path / "m.py", "X = 'source'\n")
     assert load(tmp_path, compiler=lambda source, name: source).X == "source"
     assert load(tmp_path).X == "cached"
-    assert importer_module.cached_code(str(tmp_path / "g.guest"), b"X = 'guest'\n", 0, "/g.guest") is None
+    assert compiled.cached_code(str(tmp_path / "g.guest"), b"X = 'guest'\n", 0, "/g.guest") is None
 
 
 def _no_compile(*args, **kwargs):

@@ -7,7 +7,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund import plan
 from isorund.sandbox import MAX_PLAN_BYTES, filesystem
-from isorund.sandbox.importer import MAX_COMPILED_BYTES, MODULE_FRAMING_BYTES
+from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MODULE_FRAMING_BYTES
 from isorund.config import Config
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from isorund.sandbox.guest import _within_budget
-from isorund.sandbox.importer import (MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, Compiled,
-                                      GuestImporter, ImportPolicy, module_imports)
+from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, Compiled, module_imports
+from isorund.sandbox.importer import GuestImporter, ImportPolicy
 from test_importer import _guest_modules_forgotten, write  # noqa: F401  (an autouse fixture)
 
 TREE = {
