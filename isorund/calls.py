@@ -1,6 +1,6 @@
 """One call, from a request to its outcome: the daemon's logic, without gRPC.
 
-The servicer (``isorund.server``) only translates; this class validates the request, admits
+The servicer (``isorund.servicer``) only translates; this class validates the request, admits
 the call, takes a prepared sandbox, runs it, and writes the call's one structured log line —
 also for calls that were refused or abandoned, so every call leaves exactly one line and one
 count in the metrics. Tests can drive it without a gRPC server.

@@ -1,10 +1,11 @@
-"""The gRPC face of the daemon and its lifecycle.
+"""The daemon's lifecycle and its gRPC server.
 
 ``Server.serve()`` is the life of the process, top to bottom: start the zygote → prove a
 sandbox can be built → start gRPC (behind the access front when an allowlist is set) →
 notify READY → wait for SIGTERM/SIGINT → health NOT_SERVING → notify STOPPING → let in-flight
 calls finish within the grace period → kill what is left → remove the socket. The servicer
-only translates between protobuf and ``Calls``, and maps errors to status codes.
+(``isorund.servicer``) only translates between protobuf and ``Calls``, and maps errors to
+status codes.
 """
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ import shutil
 import signal
 import socket
 import stat
-import time
 
 import grpc
 from google.protobuf import struct_pb2
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,16 +31,13 @@ from isorun._proto import sandbox_pb2 as sb
 
 from . import __version__, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
-from .admission import QueueFull, QueueTimeout
 from .calls import Calls
 from .config import resolve_id
 from .launcher import Zygote, ZygoteUnavailable
 from .metrics import Metrics
-from .plan import RequestError
+from .servicer import SERVICE, RunnerServicer, runner_handler
 
 log = logging.getLogger("isorund")
-RUNNER = pb.DESCRIPTOR.services_by_name["Runner"]
-SERVICE = RUNNER.full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 PROBE = "def probe(x):\n    return x\n"
 STATUS_INTERVAL = 1.0  # seconds between checks of the systemd status line
@@ -49,142 +45,6 @@ KILL_SLACK = 2.0  # seconds, after the grace, for killed calls to send their ans
 # Seconds grpc gets, once every call has answered, to write out the answers; streams that
 # never end by themselves (a health Watch) are cut then.
 FLUSH_SECONDS = 1.0
-
-
-class Malformed:
-    """A request whose bytes are not the expected message; the servicer answers
-    INVALID_ARGUMENT (a deserializer that raised would make grpc answer INTERNAL)."""
-
-    def __init__(self, error: str):
-        self.error = error
-
-
-def _lenient(message_class):
-    def parse(data: bytes):
-        try:
-            return message_class.FromString(data)
-        except (DecodeError, RuntimeWarning, ValueError) as e:
-            # its text only: the exception's traceback holds this frame, and so the request's
-            # bytes, in a cycle only a full collection frees (32 malformed 50 MiB requests
-            # kept 1.6 GiB, seen)
-            return Malformed(str(e))
-    return parse
-
-
-class Refused(Exception):
-    """Ends an RPC with a status code other than OK (see ``_answered``)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-async def _answered(context, handling):
-    """Awaits a handler's work; a ``Refused`` becomes the RPC's status, set on the context.
-    Not ``context.abort()``: grpc keeps its AbortError in the RPC's state, which the frames of
-    the error's traceback refer back to, and that cycle pins every frame's locals (the
-    request's bytes among them) until a full collection: 10 refused 20 MiB requests held
-    360 MiB of the daemon (seen). gRPC sends no response with a status that is not OK."""
-    try:
-        return await handling
-    except Refused as refusal:
-        context.set_code(refusal.code)
-        context.set_details(refusal.message)
-        return None
-
-
-class RunnerServicer:
-    def __init__(self, server: "Server"):
-        self.server = server
-
-    async def Run(self, request, context):
-        with self.server.rpc_in_flight():
-            return await _answered(context, self._run_collecting(request, context))
-
-    async def RunStream(self, request, context):
-        with self.server.rpc_in_flight():
-            await _answered(context, self._run_streaming(request, context))
-
-    async def _run_streaming(self, request, context):
-        outcome = await self._run(request, context, context.write)
-        await context.write(sb.SandboxEvent(outcome=outcome))
-
-    async def _run_collecting(self, request, context):
-        """Run: the console lines are held and answered with the outcome."""
-        console = []
-
-        async def collect(event):
-            kind = event.WhichOneof("event")
-            if kind == "console":
-                console.append(event.console)
-            elif kind == "console_batch":
-                console.extend(event.console_batch.lines)
-        outcome = await self._run(request, context, collect)
-        return sb.RelayedRunResponse(outcome=outcome, console=console)
-
-    async def GetCapabilities(self, request, context):
-        return await _answered(context, self._capabilities(request, context))
-
-    async def _capabilities(self, request, context):
-        self._admit(request, context, pb.GetCapabilitiesRequest)
-        return self.server.capabilities()
-
-    def _admit(self, request, context, message_class) -> str:
-        """Refuses malformed requests and peers not on the allowlist; returns the peer's name."""
-        peer = context.peer()
-        front = self.server.front
-        if front is not None:
-            creds = front.lookup(peer)
-            if creds is None or not front.allowlist.allows(creds):
-                log.info(json.dumps({"event": "denied", "peer": str(creds) if creds else peer}))
-                raise Refused(grpc.StatusCode.PERMISSION_DENIED, front.allowlist.refusal(creds) if creds
-                              else "isorund cannot tell who this peer is; refused")
-            peer = str(creds)
-        if isinstance(request, Malformed):
-            message = f"the request is not a valid {message_class.DESCRIPTOR.full_name} message: {request.error}"
-            if message_class is pb.RunRequest:
-                self.server.calls.refused(peer, "invalid_argument", message)
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, message)
-        return peer
-
-    async def _run(self, request, context, on_event):
-        peer = self._admit(request, context, pb.RunRequest)
-        if self.server.stopping:
-            self.server.calls.refused(peer, "unavailable", "isorund is shutting down")
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "isorund is shutting down")
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        try:
-            return await self.server.calls.run(request, on_event, deadline=deadline, peer=peer)
-        except RequestError as e:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        except QueueFull as e:
-            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        except QueueTimeout as e:
-            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
-        except ZygoteUnavailable as e:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-
-
-def _runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
-    """The Runner service with lenient request parsing (see ``Malformed``), requests and
-    answers read and written as their wire twins (sandbox.proto), whose values stay bytes."""
-    methods = RUNNER.methods_by_name
-    handlers = {
-        "Run": grpc.unary_unary_rpc_method_handler(
-            servicer.Run, _lenient(sb.RelayedRunRequest), sb.RelayedRunResponse.SerializeToString),
-        "RunStream": grpc.unary_stream_rpc_method_handler(
-            servicer.RunStream, _lenient(sb.RelayedRunRequest), _encoded),
-        "GetCapabilities": grpc.unary_unary_rpc_method_handler(
-            servicer.GetCapabilities, _lenient(pb.GetCapabilitiesRequest), pb.Capabilities.SerializeToString),
-    }
-    assert set(handlers) == set(methods), "every Runner method of the .proto needs a handler"
-    return grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-
-def _encoded(event) -> bytes:
-    """A RunStream event: a RunEvent, or the outcome as its wire twin ``SandboxEvent``."""
-    return event.SerializeToString()
 
 
 class _StartRefused(Exception):
@@ -299,7 +159,7 @@ class Server:
             ("grpc.server.max_pending_requests", self.config.max_open_rpcs),
             ("grpc.server.max_pending_requests_hard_limit", self.config.max_open_rpcs),
         ])
-        self.grpc.add_generic_rpc_handlers([_runner_handler(RunnerServicer(self))])
+        self.grpc.add_generic_rpc_handlers([runner_handler(RunnerServicer(self))])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((SERVICE, HEALTH, reflection.SERVICE_NAME), self.grpc)
         _claim_socket(self.config.socket)

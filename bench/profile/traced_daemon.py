@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 
-from isorund import calls, cli, launcher, plan, sandbox_call, server
+from isorund import calls, cli, launcher, plan, sandbox_call, servicer
 
 CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("isorun_trace", default=None)
 log = logging.getLogger("isorund")
@@ -95,7 +95,7 @@ def trace_frames() -> None:
 
 
 def install() -> None:
-    trace_rpc(server.RunnerServicer, "Run")
+    trace_rpc(servicer.RunnerServicer, "Run")
     around(plan, "build", "plan_start", "plan_end")
     around(launcher.Zygote, "take", "take_start", "take_end")
     around(calls, "run_call", "run_start", "run_end")
