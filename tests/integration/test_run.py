@@ -210,6 +210,23 @@ def test_cli_prints_the_result_as_json_and_console_to_stderr(daemon, make_root):
     assert "multiplying" in done.stderr
 
 
+def test_cli_prints_strict_json_for_values_json_has_no_form_for(daemon, make_root):
+    # It crashed on a dict key that is no string, and printed NaN, which strict parsers refuse.
+    root = make_root({"rules.py": (
+        "import datetime\n"
+        "def odd():\n"
+        "    return {(1, 2): 3, b'k': b'\\x00\\xff', 'f': [float('nan'), float('-inf')],\n"
+        "            'd': datetime.date(2020, 1, 2), 't': (1, {2}), 1: True, None: None}\n")})
+    done = cli("--root", root, "--file", "rules.py", "odd", socket=daemon.socket)
+    assert done.returncode == 0, done.stderr
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    assert json.loads(done.stdout, parse_constant=refuse) == {
+        "[1, 2]": 3, "aw==": "AP8=", "f": ["NaN", "-Infinity"], "d": "2020-01-02", "t": [1, [2]],
+        "1": True, "null": None}
+
+
 def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     root = make_root({"rules.py": "def boom():\n    raise ValueError('Boom!')\n"})
     done = cli("--root", root, "--file", "rules.py", "boom", socket=daemon.socket)

@@ -1,12 +1,15 @@
 """``isorun call --root DIR --file F FUNC [JSON_ARG ...]``: one call from the shell.
 
-Prints the result as JSON on stdout (console lines of the guest go to stderr); on failure
-prints the error on stderr and exits 1 (2 for a usage error, 3 when no daemon answers).
+Prints the result as strict JSON on stdout (``_as_json`` says how values JSON has no form for
+are written); console lines of the guest go to stderr. On failure prints the error on stderr
+and exits 1 (2 for a usage error, 3 when no daemon answers).
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import math
 import sys
 from typing import Any, Sequence
 
@@ -41,12 +44,28 @@ def _print_console(stream: str, text: str) -> None:
     sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def _as_json(value: Any) -> Any:
+    """``value`` as strict JSON can carry it, for a program reading the output (``jq`` refuses
+    ``NaN``): bytes as base64 and non-finite floats as "NaN", "Infinity", "-Infinity", as
+    protobuf's JSON mapping writes them; sets and tuples as arrays; a dict key that is no
+    string as the text of its JSON (``(1, 2)`` is "[1, 2]"); anything else (dates, Decimal,
+    UUID, complex) as its ``str()``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {_key_text(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_as_json(item) for item in value]
     if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+        return base64.b64encode(value).decode()
     return str(value)
+
+
+def _key_text(key: Any) -> str:
+    converted = _as_json(key)
+    return converted if isinstance(converted, str) else json.dumps(converted, ensure_ascii=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         runner.close()
-    print(json.dumps(result, default=_json_default, ensure_ascii=False))
+    print(json.dumps(_as_json(result), ensure_ascii=False, allow_nan=False))
     return 0
 
 
