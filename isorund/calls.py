@@ -29,6 +29,7 @@ log = logging.getLogger("isorund")
 # How long the daemon must have been idle after a large call before its heap is trimmed.
 TRIM_AFTER_SECONDS = 0.5
 # What the log line and the metrics call a call that ended without an outcome, by exception.
+SANDBOX_WAIT_FLOOR = 1.0  # seconds a call may always wait for a prepared sandbox (see _sandbox)
 REFUSALS = ((RequestError, "invalid_argument"), (RequestsTooLarge, "requests_too_large"), (QueueFull, "queue_full"),
             (QueueTimeout, "deadline_in_queue"), (ZygoteUnavailable, "unavailable"),
             (asyncio.CancelledError, "cancelled"))
@@ -103,11 +104,13 @@ class Calls:
             self._after(len(payload), outcome)
 
     async def _sandbox(self, wait: float | None):
-        """A prepared sandbox, waited for within what is left of the call's wait budget: a
-        zygote that is slow or stalled (stopped, starved of CPU) must not hold the call past
-        the time its deadline leaves for its timeout, as a full queue would not."""
+        """A prepared sandbox, waited for within what is left of the call's wait budget, but
+        at least ``SANDBOX_WAIT_FLOOR``: a zygote that is stalled (stopped) or starved of CPU
+        must not hold the call until its client gives up, yet waiting a few milliseconds for
+        the next sandbox when the pool is empty is normal, also for a client whose deadline
+        leaves no room to wait (its call then runs for what the deadline leaves)."""
         try:
-            async with asyncio.timeout(None if wait is None else max(0.0, wait)):
+            async with asyncio.timeout(None if wait is None else max(SANDBOX_WAIT_FLOOR, wait)):
                 return await self.zygote.take()
         except TimeoutError:
             raise QueueTimeout("no sandbox was ready while the call's deadline left room for its "
