@@ -289,6 +289,16 @@ class NestedSystemd:
             time.sleep(0.2)
         raise AssertionError(f"isorund never became {state}: {shown}\n{self.daemon_log()}")
 
+    def restarted_after(self, pid: int, timeout: float = 90) -> dict[str, str]:
+        """The unit's state once it is active again with a main process other than ``pid``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.wait_state("active")
+            if state["MainPID"] not in ("0", str(pid)):
+                return state
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+
     def daemon_log(self) -> str:
         return self.run("cat", "/run/isorund-test.log").stdout
 
@@ -358,14 +368,7 @@ def test_systemd_restarts_a_daemon_that_stops_answering_its_watchdog(booted):
     time.sleep(5)  # over two watchdog periods: a daemon that pings is left alone
     assert booted.show("MainPID", "NRestarts") == {"MainPID": str(first), "NRestarts": "0"}
     booted.run("kill", "-STOP", str(first))  # as a loop that stops turning: no more pings
-    deadline = time.monotonic() + 90
-    while True:
-        state = booted.wait_state("active")
-        if state["MainPID"] not in ("0", str(first)):
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
-    assert state["NRestarts"] == "1"
+    assert booted.restarted_after(first)["NRestarts"] == "1"
     call = booted.run("/opt/isorun/bin/python", "-c", CALL)
     assert call.stdout.strip() == "5", call.stderr + booted.daemon_log()
 
@@ -373,13 +376,6 @@ def test_systemd_restarts_a_daemon_that_stops_answering_its_watchdog(booted):
 def test_systemd_restarts_the_daemon_after_a_crash(booted):
     first = int(booted.wait_state("active")["MainPID"])
     booted.run("kill", "-9", str(first))
-    deadline = time.monotonic() + 90
-    while True:
-        state = booted.wait_state("active")
-        if state["MainPID"] not in ("0", str(first)):
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
-    assert state["NRestarts"] == "1"
+    assert booted.restarted_after(first)["NRestarts"] == "1"
     call = booted.run("/opt/isorun/bin/python", "-c", CALL)
     assert call.stdout.strip() == "5", call.stderr + booted.daemon_log()
