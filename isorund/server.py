@@ -127,6 +127,10 @@ class Server:
         elif os.geteuid() != 0:
             raise SystemExit("isorund needs root to build sandboxes (namespaces, mounts, per-call uids); "
                              "run it as root (systemd does) or, for development only, with --insecure-no-isolation")
+        # Before anything is started: a second daemon on a live socket (or a typo naming a file)
+        # is refused at once, not after a zygote and a self-test call it cannot use. Checked
+        # again when listening, in case one appeared meanwhile.
+        _claim_socket(self.config.socket)
         if self.config.metrics_address:
             self.metrics.serve(self.config.metrics_address)
         # Under systemd the state lives in RuntimeDirectory (/run/isorund), else under $TMPDIR.

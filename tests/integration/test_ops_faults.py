@@ -223,4 +223,6 @@ def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, start_daemon):
     thief = start_daemon(args=["--socket", daemon.socket], wait=False)
     assert thief.proc.wait(60) == 1
     assert "already serving" in thief.log()
+    # refused before it built anything: it started no zygote and ran no self-test call
+    assert '"peer": "self-test"' not in thief.log()
     assert os.path.exists(daemon.socket)
