@@ -39,7 +39,10 @@ from .servicer import SERVICE, RunnerServicer, runner_handler
 
 log = logging.getLogger("isorund")
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-PROBE = "def probe(x):\n    return x\n"
+# The self-test's guest: it also takes PROBE_MIB of fresh memory, so that a memory limit that
+# leaves a call nothing beyond what the runtime itself maps fails the start, not every call.
+PROBE_MIB = 8
+PROBE = "def probe(mib):\n    return len(bytearray(mib << 20)) >> 20\n"
 STATUS_INTERVAL = 1.0  # seconds between checks of the systemd status line
 KILL_SLACK = 2.0  # seconds, after the grace, for killed calls to send their answer
 # Seconds grpc gets, once every call has answered, to write out the answers; streams that
@@ -191,7 +194,7 @@ class Server:
         os.chmod(folder, 0o755)
         os.chmod(os.path.join(folder, "probe.py"), 0o644)
         request = sb.RelayedRunRequest(root=folder, file="probe.py", func_name="probe",
-                                       args=[_codec.encode(7).SerializeToString()])
+                                       args=[_codec.encode(PROBE_MIB).SerializeToString()])
 
         async def ignore(event):
             pass
@@ -200,8 +203,21 @@ class Server:
         except ZygoteUnavailable:
             raise SystemExit("isorund cannot build a sandbox on this host: the zygote died preparing it: "
                              + (self.zygote.last_fatal or "see its lines above")) from None
-        if outcome.WhichOneof("result") != "value" or _codec.decode(struct_pb2.Value.FromString(outcome.value)) != 7:
-            raise SystemExit(f"isorund cannot build a sandbox on this host: {outcome.failure.message}")
+        if outcome.WhichOneof("result") != "value" or _codec.decode(struct_pb2.Value.FromString(outcome.value)) != PROBE_MIB:
+            raise SystemExit(self._probe_failed(outcome.failure))
+
+    def _probe_failed(self, failure: pb.Failure) -> str:
+        """Why the daemon will not start, naming the config key when the self-test failed by a
+        limit of the config rather than by the host."""
+        if failure.kind == pb.Failure.RESOURCE_LIMIT and failure.limit == "memory":
+            return (f"config key 'limits.memory_bytes' ({self.config.limits.memory_bytes}) leaves a call no memory: "
+                    f"the self-test call could not take {PROBE_MIB} MiB beyond what the runtime itself maps "
+                    "(tens of MiB of address space, more with large plugins); raise it")
+        if failure.kind == pb.Failure.TIMEOUT:
+            return (f"the self-test call did not finish within default_timeout ({self.config.default_timeout:g} s), "
+                    "the timeout of every call that names none; raise it if it is that short, else "
+                    f"the host is too slow or busy: {failure.message}")
+        return f"isorund cannot build a sandbox on this host: {failure.message}"
 
     async def shutdown(self) -> None:
         """Stops accepting, gives in-flight and queued calls ``shutdown_grace`` seconds, then

@@ -34,6 +34,19 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
     assert not (d.folder / "isorund.sock").exists()
 
 
+@pytest.mark.parametrize("config, message", [
+    # the runtime alone maps ~36 MiB here: the daemon started, and every call that allocated failed
+    ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' (16777216) leaves a call no memory"),
+    # it said "cannot build a sandbox on this host"
+    ("default_timeout = 0.001\n", "the self-test call did not finish within default_timeout (0.001 s)"),
+])
+def test_limits_that_leave_a_call_nothing_stop_the_start_naming_the_key(start_daemon, config, message):
+    d = start_daemon(config=config, wait=False)
+    assert d.proc.wait(60) == 1
+    assert message in d.log()
+    assert not (d.folder / "isorund.sock").exists()
+
+
 def test_a_plugin_that_exits_on_import_stops_the_start_naming_it(start_daemon, tmp_path):
     """sys.exit() is not an Exception: it used to end the zygote silently, and the daemon could
     only say that its zygote exited."""
