@@ -53,7 +53,7 @@ def default_socket() -> str:
 @dataclass(frozen=True)
 class LimitsConfig:
     """Per-call limits; a request may lower each of them, never raise it."""
-    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes ~36 MiB of it (more with large plugins); the daemon does not start when its self-test call cannot take 8 MiB more.")
+    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes about 35 MiB of it (more with large plugins); the daemon does not start when its self-test call cannot take 8 MiB more.")
     max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
     max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")

@@ -35,7 +35,8 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
 
 
 @pytest.mark.parametrize("config, message", [
-    # the runtime alone maps ~36 MiB here: the daemon started, and every call that allocated failed
+    # a sandbox maps about 35 MiB before its guest allocates anything: with less, the daemon
+    # started (its self-test needed no new memory) and calls that allocate failed
     ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' (16777216) leaves a call no memory"),
     # it said "cannot build a sandbox on this host"
     ("default_timeout = 0.001\n", "the self-test call did not finish within default_timeout (0.001 s)"),
