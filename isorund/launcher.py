@@ -87,6 +87,9 @@ class Zygote:
         self.ready: collections.deque[Sandbox] = collections.deque()  # prepared, waiting for a call
         self._takers: collections.deque[asyncio.Future] = collections.deque()  # calls waiting for one
         self._owed = 0  # sandboxes taken from the pool (or lost from it) not yet asked for again
+        self._asked = 0  # sandboxes asked for by waiting calls (see take) that have not arrived
+        self.prepared = 0   # sandboxes received from the zygote
+        self.discarded = 0  # … of them killed unused: asked for by calls that left, pool full
         self._lost_retry: asyncio.TimerHandle | None = None
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
@@ -134,7 +137,7 @@ class Zygote:
         if "fatal" in hello:
             raise RuntimeError(hello["fatal"])
         self.alive = True
-        self._owed = 0  # a new zygote starts with a full pool
+        self._owed = self._asked = 0  # a new zygote starts with a full pool, owing no one
         self._request(self.config.pool_size)
 
     def _seccomp(self) -> list[str]:
@@ -156,9 +159,11 @@ class Zygote:
         if self.ready:
             self._owed += 1
             return self.ready.popleft()
-        self._request(1)
+        while self._takers and self._takers[0].done():
+            self._takers.popleft()  # calls that left (their wait ran out, their client went)
         taker = asyncio.get_running_loop().create_future()
         self._takers.append(taker)
+        self._ask_for_waiting()
         try:
             return await taker
         except asyncio.CancelledError:
@@ -175,6 +180,19 @@ class Zygote:
             self._request(self._owed)
         self._owed = 0
 
+    def _ask_for_waiting(self) -> None:
+        """Keeps one sandbox on its way for each waiting call. Those asked for by calls that
+        have left still arrive, and serve the calls waiting then: asking again for every call
+        (a zygote stalled while calls came and left) had it prepare a sandbox for each of them
+        once it ran again, only for the pool to kill it."""
+        if self._asked < sum(not t.done() for t in self._takers) and self._request(1):
+            self._asked += 1
+
+    def _arrived(self) -> None:
+        """A sandbox came from the zygote (or was lost on the way): one fewer on its way."""
+        self.prepared += 1
+        self._asked = max(0, self._asked - 1)
+
     def _hand_over(self, sandbox: Sandbox) -> None:
         while self._takers:
             taker = self._takers.popleft()
@@ -184,6 +202,7 @@ class Zygote:
         if len(self.ready) >= self.config.pool_size:
             # asked for by a call that left before it arrived, with the pool refilled
             # meanwhile: kept, it would grow the pool past pool_size for good
+            self.discarded += 1
             sandbox.kill()
             sandbox.close()
             return
@@ -209,11 +228,13 @@ class Zygote:
             if not taker.done():
                 taker.set_exception(ZygoteUnavailable(message))
 
-    def _request(self, count: int) -> None:
+    def _request(self, count: int) -> bool:
+        """Asks the zygote for ``count`` sandboxes; False if the request could not be sent."""
         try:
             self.control.send(json.dumps({"spawn": count}).encode())
         except OSError:
-            pass
+            return False
+        return True
 
     def _on_control(self) -> None:
         while True:
@@ -239,8 +260,9 @@ class Zygote:
                     os.close(fd)
                 log.error(json.dumps({"event": "sandbox_lost", "pid": message["ready"]["pid"],
                                       "reason": "its descriptors did not arrive (is the daemon out of file descriptors?)"}))
-                if self._takers:
-                    self._request(1)
+                self._arrived()
+                if any(not t.done() for t in self._takers):
+                    self._ask_for_waiting()
                 else:
                     self._owed += 1
                     if self._lost_retry is None:
@@ -250,6 +272,7 @@ class Zygote:
                 future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
                 sock = socket.socket(fileno=fds[0])
                 sock.setblocking(False)
+                self._arrived()
                 self._hand_over(Sandbox(pid, fds[1], sock, future))
             elif "exited" in message:
                 pid = message["exited"]["pid"]

@@ -157,13 +157,14 @@ class _StateCollector:
         yield _gauge("isorun_sandboxes_ready", "Sandboxes prepared ahead, waiting for a call", len(zygote.ready))
         yield _gauge("isorun_max_concurrency", "Sandboxes that may run at once", calls.admission.max_concurrency)
         yield _gauge("isorun_zygote_up", "1 while the sandbox zygote is running", int(zygote.alive))
-        restarts = CounterMetricFamily("isorun_zygote_restarts", "Times the sandbox zygote was restarted after dying")
-        restarts.add_metric([], zygote.restarts)
-        yield restarts
         cache = calls.code_cache
         yield _gauge("isorun_code_cache_bytes", "Bytes of compiled guest modules the daemon keeps", cache.bytes)
         yield _gauge("isorun_code_cache_modules", "Compiled guest modules the daemon keeps", len(cache))
         for name, help_text, value in (
+                ("isorun_zygote_restarts", "Times the sandbox zygote was restarted after dying", zygote.restarts),
+                ("isorun_sandboxes_prepared", "Sandboxes the zygote prepared and handed over", zygote.prepared),
+                ("isorun_sandboxes_discarded", "Prepared sandboxes killed unused: asked for by calls that "
+                 "left before they arrived, with the pool already full", zygote.discarded),
                 ("isorun_code_cache_hits", "Compiled guest modules handed to a call", cache.hits),
                 ("isorun_code_cache_stored", "Compiled guest modules received from a call's sandbox", cache.stored)):
             counter = CounterMetricFamily(name, help_text)

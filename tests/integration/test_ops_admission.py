@@ -128,6 +128,36 @@ def test_a_call_waiting_for_a_sandbox_leaves_when_its_deadline_leaves_no_room_to
     assert [line["outcome"] for line in call_lines(d)] == ["ok", "deadline_in_queue", "ok"]
 
 
+def test_calls_that_leave_a_stalled_zygote_leave_no_sandboxes_to_prepare_for_them(start_daemon, make_root):
+    # Each call that found the pool empty asked the zygote for a sandbox of its own, even with
+    # one already on its way for a call that had left: 24 calls against a stopped zygote left
+    # it 24 sandboxes to prepare once it ran again, and the pool killed them. One sandbox on
+    # its way for each waiting call: at most max_concurrency (8) of them.
+    d = start_daemon(config='pool_size = 1\nmetrics_address = "127.0.0.1:0"\n')
+    root = make_root({"index.py": SLEEPY})
+    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=1.0)
+    zygote = zygote_of(d)
+    wait_until(lambda: len(zygote.children()) == 1)
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        zygote.suspend()
+        try:
+            assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"  # the pooled one
+            for _ in range(3):  # waves of 8: each call waits its second, then leaves
+                calls = [stub.Run.future(request, timeout=1.0) for _ in range(8)]
+                codes = [call.exception().code() for call in calls]
+                assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 8
+        finally:
+            zygote.resume()
+        assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"
+    wait_until(lambda: len(zygote.children()) == 1)
+    time.sleep(2)  # what the zygote still had to prepare arrives, and is discarded
+    # before: 2 at the start (the pool, the self-test's refill), then the first call's refill,
+    # one for each of the 24 calls, and the last call's refill: 28, of which 23 were discarded
+    assert metric(d, "isorun_sandboxes_prepared_total") <= 2 + 1 + 8 + 1
+    assert metric(d, "isorun_sandboxes_discarded_total") <= 8
+
+
 def test_calls_whose_deadline_is_their_timeout_still_wait_for_the_next_sandbox(start_daemon, make_root):
     # A plain stub whose deadline is the call's timeout leaves no room to wait in the queue;
     # with the pool empty, waiting the few milliseconds the next sandbox takes is still normal
