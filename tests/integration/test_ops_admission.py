@@ -3,6 +3,7 @@ calls that honour their client's deadline, and a storm in which every call is an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -102,58 +103,61 @@ def test_a_queued_call_leaves_the_queue_when_its_deadline_leaves_no_room_to_run(
     assert [line["outcome"] for line in call_lines(d)].count("deadline_in_queue") == 1
 
 
-def test_a_call_waiting_for_a_sandbox_leaves_when_its_deadline_leaves_no_room_to_run(start_daemon, make_root):
-    # The pool empty and the zygote stalled (stopped here; starved of CPU elsewhere): the wait
-    # for a sandbox has the queue's budget. Before, the call waited out its client's whole
-    # deadline and was logged as cancelled by the client.
-    d = start_daemon(config="pool_size = 1\n")
-    root = make_root({"index.py": SLEEPY})
-    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=1.0)
-    zygote = zygote_of(d)
+@contextlib.contextmanager
+def a_stalled_zygote(daemon, request):
+    """A stub of ``daemon`` while its zygote is stopped (as one starved of CPU or stuck in the
+    kernel would be), the pool's one sandbox already used by ``request``; resumed on leaving."""
+    zygote = zygote_of(daemon)
     wait_until(lambda: len(zygote.children()) == 1)
-    with grpc.insecure_channel("unix:" + d.socket) as channel:
+    with grpc.insecure_channel("unix:" + daemon.socket) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
         zygote.suspend()
         try:
-            assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"  # the pooled one
-            sent = time.monotonic()
-            with pytest.raises(grpc.RpcError) as e:
-                stub.Run(request, timeout=2.6)  # 1.6 s to wait for a sandbox, then 1 s to run
-            waited = time.monotonic() - sent
+            assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"
+            yield stub
         finally:
             zygote.resume()
-        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "not started" in e.value.details()
-        assert 1.4 < waited < 2.5
-        assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"
+
+
+def answered(daemon, request) -> bool:
+    with grpc.insecure_channel("unix:" + daemon.socket) as channel:
+        return runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=10).outcome.WhichOneof("result") == "value"
+
+
+def test_a_call_waiting_for_a_sandbox_leaves_when_its_deadline_leaves_no_room_to_run(start_daemon, make_root):
+    # The pool empty and the zygote stalled: the wait for a sandbox has the queue's budget.
+    # Before, the call waited out its client's whole deadline and was logged as cancelled.
+    d = start_daemon(config="pool_size = 1\n")
+    request = pb.RunRequest(root=make_root({"index.py": SLEEPY}), file="index.py", func_name="echo",
+                            args=[encode(1)], timeout_seconds=1.0)
+    with a_stalled_zygote(d, request) as stub:
+        sent = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Run(request, timeout=2.6)  # 1.6 s to wait for a sandbox, then 1 s to run
+        waited = time.monotonic() - sent
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "not started" in e.value.details()
+    assert 1.4 < waited < 2.5
+    assert answered(d, request)
     assert [line["outcome"] for line in call_lines(d)] == ["ok", "deadline_in_queue", "ok"]
 
 
 def test_calls_that_leave_a_stalled_zygote_leave_no_sandboxes_to_prepare_for_them(start_daemon, make_root):
     # Each call that found the pool empty asked the zygote for a sandbox of its own, even with
-    # one already on its way for a call that had left: 24 calls against a stopped zygote left
-    # it 24 sandboxes to prepare once it ran again, and the pool killed them. One sandbox on
-    # its way for each waiting call: at most max_concurrency (8) of them.
+    # one already on its way for a call that had left, and the pool killed what arrived once
+    # the zygote ran again. One sandbox on its way for each waiting call: at most
+    # max_concurrency (8) of them.
     d = start_daemon(config='pool_size = 1\nmetrics_address = "127.0.0.1:0"\n')
-    root = make_root({"index.py": SLEEPY})
-    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=1.0)
-    zygote = zygote_of(d)
-    wait_until(lambda: len(zygote.children()) == 1)
-    with grpc.insecure_channel("unix:" + d.socket) as channel:
-        stub = runner_pb2_grpc.RunnerStub(channel)
-        zygote.suspend()
-        try:
-            assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"  # the pooled one
-            for _ in range(3):  # waves of 8: each call waits its second, then leaves
-                calls = [stub.Run.future(request, timeout=1.0) for _ in range(8)]
-                codes = [call.exception().code() for call in calls]
-                assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 8
-        finally:
-            zygote.resume()
-        assert stub.Run(request, timeout=10).outcome.WhichOneof("result") == "value"
-    wait_until(lambda: len(zygote.children()) == 1)
+    request = pb.RunRequest(root=make_root({"index.py": SLEEPY}), file="index.py", func_name="echo",
+                            args=[encode(1)], timeout_seconds=1.0)
+    with a_stalled_zygote(d, request) as stub:
+        for _ in range(3):  # waves of 8: each call waits its second, then leaves
+            calls = [stub.Run.future(request, timeout=1.0) for _ in range(8)]
+            assert [call.exception().code() for call in calls] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 8
+    assert answered(d, request)
+    wait_until(lambda: len(zygote_of(d).children()) == 1)
     time.sleep(2)  # what the zygote still had to prepare arrives, and is discarded
-    # before: 2 at the start (the pool, the self-test's refill), then the first call's refill,
-    # one for each of the 24 calls, and the last call's refill: 28, of which 23 were discarded
+    # 2 at the start (the pool, the self-test's refill), the first call's refill, 8 for the
+    # waiting calls, the last call's refill; before, one for each of the 24 calls (28 in all)
     assert metric(d, "isorun_sandboxes_prepared_total") <= 2 + 1 + 8 + 1
     assert metric(d, "isorun_sandboxes_discarded_total") <= 8
 
