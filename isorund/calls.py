@@ -110,8 +110,7 @@ class Calls:
         the next sandbox when the pool is empty is normal, also for a client whose deadline
         leaves no room to wait (its call then runs for what the deadline leaves)."""
         try:
-            async with asyncio.timeout(None if wait is None else max(SANDBOX_WAIT_FLOOR, wait)):
-                return await self.zygote.take()
+            return await self.zygote.take(None if wait is None else max(SANDBOX_WAIT_FLOOR, wait))
         except TimeoutError:
             raise QueueTimeout("no sandbox was ready while the call's deadline left room for its "
                                "timeout (the sandbox zygote is slow or stalled); it was not started") from None

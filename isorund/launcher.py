@@ -149,11 +149,12 @@ class Zygote:
             self._programs = [base64.b64encode(p).decode() for p in seccomp.programs()]
         return self._programs
 
-    async def take(self) -> Sandbox:
+    async def take(self, timeout: float | None = None) -> Sandbox:
         """A prepared sandbox for one call. Its replacement is asked for when the call ends
         (``replace``), so that preparing it does not compete with the call for the CPU; only
         when none is waiting is one asked for at once.
-        Raises ZygoteUnavailable if the zygote is down, or dies before a sandbox arrives."""
+        Raises ZygoteUnavailable if the zygote is down, or dies before a sandbox arrives, and
+        TimeoutError when none has arrived within ``timeout`` seconds (a pooled one never waits)."""
         if not self.alive:
             raise ZygoteUnavailable("the sandbox zygote is restarting; retry the call")
         if self.ready:
@@ -165,8 +166,9 @@ class Zygote:
         self._takers.append(taker)
         self._ask_for_waiting()
         try:
-            return await taker
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout):
+                return await taker
+        except (asyncio.CancelledError, TimeoutError):  # the caller left, or its wait ran out
             if taker.done() and not taker.cancelled():
                 self._hand_over(taker.result())  # it arrived as the caller left: not wasted
             raise
@@ -180,12 +182,15 @@ class Zygote:
             self._request(self._owed)
         self._owed = 0
 
+    def _waiting(self) -> int:
+        return sum(not taker.done() for taker in self._takers)
+
     def _ask_for_waiting(self) -> None:
         """Keeps one sandbox on its way for each waiting call. Those asked for by calls that
         have left still arrive, and serve the calls waiting then: asking again for every call
         (a zygote stalled while calls came and left) had it prepare a sandbox for each of them
         once it ran again, only for the pool to kill it."""
-        if self._asked < sum(not t.done() for t in self._takers) and self._request(1):
+        if self._asked < self._waiting() and self._request(1):
             self._asked += 1
 
     def _arrived(self) -> None:
@@ -261,7 +266,7 @@ class Zygote:
                 log.error(json.dumps({"event": "sandbox_lost", "pid": message["ready"]["pid"],
                                       "reason": "its descriptors did not arrive (is the daemon out of file descriptors?)"}))
                 self._arrived()
-                if any(not t.done() for t in self._takers):
+                if self._waiting():
                     self._ask_for_waiting()
                 else:
                     self._owed += 1
