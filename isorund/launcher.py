@@ -30,6 +30,9 @@ OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/
 # call ends if that comes first: at once, still out of descriptors, it would be lost again, and
 # again (a loop of forks); only at a call's end, an idle daemon's pool would stay short.
 LOST_RETRY_SECONDS = 1.0
+# A call that has waited this long for a sandbox, with none arriving meanwhile, means a zygote
+# that is stalled (stopped, starved of CPU, stuck in the kernel): a sandbox takes ~10 ms.
+STALL_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Sandbox:
 class Zygote:
     """Starts, feeds and restarts the zygote process; hands out prepared sandboxes."""
 
-    def __init__(self, config, new_root: str, on_restart=None, on_down=None):
+    def __init__(self, config, new_root: str, on_restart=None, on_down=None, on_stall=None):
         self.config = config
         self.new_root = new_root
         self._programs: list[str] | None = None
@@ -99,6 +102,9 @@ class Zygote:
         self.restarts = 0
         self.on_restart = on_restart
         self.on_down = on_down
+        self.on_stall = on_stall  # called with True when it stalls, False when a sandbox comes
+        self.stalled_since: float | None = None  # loop time the stall was seen from
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._hello: asyncio.Future | None = None
         self._loading = ""  # the plugin the starting zygote said it was importing
         self.last_fatal = ""  # why the zygote last said it was dying, if it said so
@@ -165,6 +171,7 @@ class Zygote:
         taker = asyncio.get_running_loop().create_future()
         self._takers.append(taker)
         self._ask_for_waiting()
+        self._watch_for_stall()
         try:
             async with asyncio.timeout(timeout):
                 return await taker
@@ -194,9 +201,42 @@ class Zygote:
             self._asked += 1
 
     def _arrived(self) -> None:
-        """A sandbox came from the zygote (or was lost on the way): one fewer on its way."""
+        """A sandbox came from the zygote (or was lost on the way): one fewer on its way, and
+        the zygote is not stalled."""
         self.prepared += 1
         self._asked = max(0, self._asked - 1)
+        self._end_stall()
+
+    def _watch_for_stall(self) -> None:
+        """Starts the clock when a call waits for a sandbox, unless it runs already; an arrival
+        stops it, and starts it again while calls still wait (see _on_control). It is not
+        stopped when the waiting calls leave: a call whose wait ran out (SANDBOX_WAIT_FLOOR)
+        asked for a sandbox, and a zygote that does not deliver it is stalled all the same."""
+        if self._stall_timer is None and self.stalled_since is None:
+            self._stall_timer = asyncio.get_running_loop().call_later(STALL_SECONDS, self._stall_seen)
+
+    def _stall_seen(self) -> None:
+        self._stall_timer = None
+        if self.alive:
+            self.stalled_since = asyncio.get_running_loop().time() - STALL_SECONDS
+            log.warning(json.dumps({"event": "zygote_stalled", "waiting_calls": self._waiting(),
+                                    "note": f"no sandbox arrived within {STALL_SECONDS:g} s of a call asking "
+                                            "for one; is the zygote stopped or starved of CPU?"}))
+            if self.on_stall:
+                self.on_stall(True)
+
+    def _end_stall(self, recovered: bool = True) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self.stalled_since is None:
+            return
+        seconds = asyncio.get_running_loop().time() - self.stalled_since
+        self.stalled_since = None
+        if recovered:
+            log.info(json.dumps({"event": "zygote_recovered", "stalled_seconds": round(seconds, 3)}))
+            if self.on_stall:
+                self.on_stall(False)
 
     def _hand_over(self, sandbox: Sandbox) -> None:
         while self._takers:
@@ -279,6 +319,8 @@ class Zygote:
                 sock.setblocking(False)
                 self._arrived()
                 self._hand_over(Sandbox(pid, fds[1], sock, future))
+                if self._waiting():
+                    self._watch_for_stall()
             elif "exited" in message:
                 pid = message["exited"]["pid"]
                 future = self.exits.pop(pid, None)
@@ -300,6 +342,7 @@ class Zygote:
         loop.remove_reader(self.control.fileno())
         self.control.close()
         was_alive, self.alive = self.alive, False
+        self._end_stall(recovered=False)  # a dead zygote is reported as such (on_down)
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"fatal": "the zygote exited during start-up"})
         while self.ready:
@@ -338,6 +381,7 @@ class Zygote:
     async def stop(self) -> None:
         self.stopping = True
         self.alive = False
+        self._end_stall(recovered=False)
         self._fail_takers("isorund is shutting down")
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

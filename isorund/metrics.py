@@ -157,6 +157,8 @@ class _StateCollector:
         yield _gauge("isorun_sandboxes_ready", "Sandboxes prepared ahead, waiting for a call", len(zygote.ready))
         yield _gauge("isorun_max_concurrency", "Sandboxes that may run at once", calls.admission.max_concurrency)
         yield _gauge("isorun_zygote_up", "1 while the sandbox zygote is running", int(zygote.alive))
+        yield _gauge("isorun_zygote_stalled", "1 while the zygote has delivered no sandbox for "
+                     "seconds after a call asked for one", int(zygote.stalled_since is not None))
         cache = calls.code_cache
         yield _gauge("isorun_code_cache_bytes", "Bytes of compiled guest modules the daemon keeps", cache.bytes)
         yield _gauge("isorun_code_cache_modules", "Compiled guest modules the daemon keeps", len(cache))

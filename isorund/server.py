@@ -70,6 +70,7 @@ class Server:
         self._no_runs = asyncio.Event()
         self._no_runs.set()
         self.health = health.aio.HealthServicer()
+        self._serving = False  # the health status last decided; see _set_health
         self.metrics = Metrics()
 
     async def serve(self) -> int:
@@ -140,7 +141,8 @@ class Server:
         self.state_dir, self._state_lock = state.create(os.environ.get("RUNTIME_DIRECTORY") or None)
         os.mkdir(os.path.join(self.state_dir, "root"))
         self.zygote = Zygote(self.config, os.path.join(self.state_dir, "root"),
-                             on_restart=self._on_zygote_restart, on_down=self._on_zygote_down)
+                             on_restart=self._on_zygote_restart, on_down=self._on_zygote_down,
+                             on_stall=self._on_zygote_stall)
         await self.zygote.start()
         self.calls = Calls(self.config, self.zygote, self.metrics)
         self.metrics.watch(self.calls, self.zygote)
@@ -304,8 +306,11 @@ class Server:
             await asyncio.sleep(interval)
 
     async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        """Each name gets the status last decided, not this call's: two changes in quick
+        succession (a stall and its end) may run interleaved, and must end as the later one."""
+        self._serving = serving
         for name in ("", SERVICE):
+            status = health_pb2.HealthCheckResponse.SERVING if self._serving else health_pb2.HealthCheckResponse.NOT_SERVING
             await self.health.set(name, status)
 
     def _on_zygote_restart(self) -> None:
@@ -315,6 +320,12 @@ class Server:
 
     def _on_zygote_down(self) -> None:
         asyncio.get_running_loop().create_task(self._set_health(False))
+
+    def _on_zygote_stall(self, stalled: bool) -> None:
+        """A stalled zygote serves no call, as a dead one does not; it is not restarted (that
+        would kill the calls running in its sandboxes), so health says it until it delivers."""
+        if not self.stopping:
+            asyncio.get_running_loop().create_task(self._set_health(not stalled))
 
     def isolation_name(self) -> str:
         return "kernel" if self.isolated else "none (insecure)"

@@ -10,6 +10,7 @@ import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from isorun import AsyncCodeRunner, CodeRunner, errors
 from isorun._codec import encode
@@ -18,6 +19,8 @@ from isorun._proto import runner_pb2_grpc
 from processes import zygote_of
 
 SLEEPY = "def nap(seconds):\n    import time\n    time.sleep(seconds)\n    return seconds\n\n\ndef echo(x):\n    return x\n"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SMALL = 'max_concurrency = 1\nqueue_size = 1\npool_size = 1\nmetrics_address = "127.0.0.1:0"\n'
 
 
@@ -175,6 +178,36 @@ def test_calls_whose_deadline_is_their_timeout_still_wait_for_the_next_sandbox(s
         kinds = [call.result().outcome.WhichOneof("result") for call in calls]
     assert kinds == ["value"] * 6
     assert [line["outcome"] for line in call_lines(d)] == ["ok"] * 6
+    assert '"zygote_stalled"' not in d.log()  # waiting a few milliseconds is no stall
+
+
+def health(daemon) -> int:
+    with grpc.insecure_channel("unix:" + daemon.socket) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service="isorun.v1.Runner"), timeout=10).status
+
+
+def test_a_stalled_zygote_turns_health_not_serving_until_it_delivers_again(start_daemon, make_root):
+    # It used to show only in the calls that gave up; a stalled zygote is not restarted (that
+    # would kill the calls running in its sandboxes), so health and a gauge say it.
+    d = start_daemon(config='pool_size = 1\nmetrics_address = "127.0.0.1:0"\n')
+    request = pb.RunRequest(root=make_root({"index.py": SLEEPY}), file="index.py", func_name="echo",
+                            args=[encode(1)], timeout_seconds=1.0)
+    with a_stalled_zygote(d, request) as stub:
+        asked = time.monotonic()
+        with pytest.raises(grpc.RpcError):  # it waits its second for a sandbox, and leaves
+            stub.Run(request, timeout=1.0)
+        assert health(d) == SERVING and metric(d, "isorun_zygote_stalled") == 0  # 1 s is no stall yet
+        wait_until(lambda: health(d) == NOT_SERVING)
+        assert time.monotonic() - asked > 2.5  # STALL_SECONDS after the call asked
+        assert metric(d, "isorun_zygote_stalled") == 1
+        (stalled,) = [json.loads(t) for t in d.log().splitlines() if '"event": "zygote_stalled"' in t]
+        assert stalled["waiting_calls"] == 0 and "stopped or starved" in stalled["note"]
+    wait_until(lambda: health(d) == SERVING)
+    assert metric(d, "isorun_zygote_stalled") == 0
+    (recovered,) = [json.loads(t) for t in d.log().splitlines() if '"event": "zygote_recovered"' in t]
+    assert recovered["stalled_seconds"] > 2.9  # from the call's asking
+    assert answered(d, request)
 
 
 def test_a_call_never_runs_past_its_clients_deadline(start_daemon, make_root):
