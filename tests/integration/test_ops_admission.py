@@ -106,6 +106,29 @@ def test_a_queued_call_leaves_the_queue_when_its_deadline_leaves_no_room_to_run(
     assert [line["outcome"] for line in call_lines(d)].count("deadline_in_queue") == 1
 
 
+def test_a_queued_call_whose_client_leaves_gives_its_place_in_the_queue_back(start_daemon, make_root):
+    # One sandbox at a time and one place in the queue: a call whose client cancels it while
+    # it waits there must leave it, or the next call would find the queue full.
+    d = start_daemon(config=SMALL)
+    root = make_root({"index.py": SLEEPY})
+    first, first_box = running_sleeper(d, root, 3)
+    request = pb.RunRequest(root=root, file="index.py", func_name="echo", args=[encode(1)], timeout_seconds=5.0)
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        left = stub.Run.future(request, timeout=30)
+        wait_until(lambda: metric(d, "isorun_queue_depth") == 1)
+        left.cancel()
+        wait_until(lambda: metric(d, "isorun_queue_depth") == 0)
+        assert first.is_alive()  # still running: the next call must queue behind it
+        assert stub.Run(request, timeout=30).outcome.WhichOneof("result") == "value"
+    first.join(30)
+    assert first_box == {"value": 3}
+    lines = call_lines(d)
+    assert sorted(line["outcome"] for line in lines) == ["cancelled", "ok", "ok"]
+    (cancelled,) = [line for line in lines if line["outcome"] == "cancelled"]
+    assert cancelled["queue_ms"] > 0 and cancelled["run_ms"] == 0  # it left from the queue, never ran
+
+
 @contextlib.contextmanager
 def a_stalled_zygote(daemon, request):
     """A stub of ``daemon`` while its zygote is stopped (as one starved of CPU or stuck in the

@@ -139,6 +139,71 @@ def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_roo
     assert set(answers) - set(range(20)) <= {"DaemonUnavailable", "SandboxError"}
 
 
+def test_a_call_waiting_for_a_sandbox_when_the_zygote_dies_is_answered_at_once(start_daemon, make_root):
+    # The pool empty and the zygote stopped, a call waits for the sandbox it asked for; the
+    # zygote's death ends that wait with UNAVAILABLE, not the call's whole deadline (65 s).
+    d = start_daemon(config="pool_size = 1\n")
+    root = make_root({"index.py": GUEST})
+    zygote = zygote_of(d)
+    deadline = time.monotonic() + 30
+    while len(zygote.children()) != 1:  # the pool refilled after the start-up self-test
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    box: dict = {}
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        zygote.suspend()
+        assert r.run("echo", args=[1]) == 1  # the pool's one sandbox; none comes after it
+
+        def call():
+            try:
+                box["value"] = r.run("echo", args=[2], timeout=5)
+            except errors.IsorunError as e:
+                box["error"] = e
+        waiting = threading.Thread(target=call)
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive()
+        killed = time.monotonic()
+        zygote.kill()
+        waiting.join(10)
+        assert not waiting.is_alive() and time.monotonic() - killed < 5
+        assert isinstance(box.get("error"), errors.DaemonUnavailable), box
+        assert "zygote died before this call got a sandbox" in str(box["error"])
+        wait_for_event(d, "zygote_restarted")
+        assert r.run("echo", args=[3]) == 3
+    outcomes = [json.loads(t)["outcome"] for t in d.log().splitlines()
+                if t.startswith('{"event": "call"') and '"self-test"' not in t]
+    assert outcomes == ["ok", "unavailable", "ok"]
+
+
+def test_a_zygote_that_fails_to_restart_is_retried_until_it_starts(start_daemon, make_root, tmp_path):
+    # A transient failure at restart (here a plugin whose import fails while a flag file
+    # exists) must not end the daemon or leave it without a zygote for good: it retries, with
+    # a backoff, calls meanwhile are refused at once, and it serves again once a start works.
+    flag = tmp_path / "broken"
+    (tmp_path / "flaky.py").write_text(f"import os\nif os.path.exists({str(flag)!r}):\n"
+                                       "    raise RuntimeError('the plugin cannot load now')\n"
+                                       "def compile(source, filename):\n    return source\n")
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nflaky = "flaky:compile"\n')
+    root = make_root({"index.py": GUEST})
+    flag.write_text("")
+    zygote_of(d).kill()
+    deadline = time.monotonic() + 30
+    while len(events(d, "zygote_restart_failed")) < 3:
+        assert time.monotonic() < deadline and d.proc.poll() is None, d.log()
+        time.sleep(0.05)
+    assert "the plugin cannot load now" in events(d, "zygote_restart_failed")[0]["error"]
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        asked = time.monotonic()
+        with pytest.raises(errors.DaemonUnavailable, match="zygote is restarting"):
+            r.run("echo", args=[1])
+        assert time.monotonic() - asked < 5
+        flag.unlink()
+        wait_for_event(d, "zygote_restarted")
+        assert r.run("echo", args=[2]) == 2
+    assert d.proc.poll() is None
+
+
 def test_a_daemon_killed_outright_leaves_no_process_and_its_socket_is_reclaimed(start_daemon, make_root):
     first = start_daemon()
     root = make_root({"index.py": GUEST})
