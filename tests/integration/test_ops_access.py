@@ -123,6 +123,15 @@ def test_a_member_of_an_allowed_group_may_call(guarded, make_root):
     assert call_as(NOBODY, [4242], guarded, make_root({"index.py": GUEST})) == "value 7"
 
 
+def test_large_values_cross_the_front_whole_both_ways(guarded, make_root):
+    # 8 MiB each way is more than the sockets' buffers hold: the relay pauses reading one side
+    # while the other's writes are pending, and must resume it, or the call hangs.
+    data = os.urandom(8 << 20)
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=guarded.socket) as r:
+        for _ in range(3):
+            assert r.run("echo", args=[data], timeout=30) == data
+
+
 PROBE = '''
 import os, sys
 sys.path.insert(0, {clients!r})
