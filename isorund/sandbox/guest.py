@@ -320,7 +320,7 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     if isinstance(e, SerializationError):
         if getattr(e, "limit", None) == "size":
             return Failure(kind=Failure.RESOURCE_LIMIT, limit="result",
-                           message=str(e).replace("(limit 'size')", "(limit 'result')"))
+                           message=str(e).replace("(limit 'size';", "(limit 'result';"))
         # a result nested past the depth limit (or containing itself) says so, as on the client
         return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
                        limit=getattr(e, "limit", None) or "")

@@ -128,13 +128,20 @@ def test_a_memory_error_the_guest_raises_is_its_own_and_a_large_result_says_resu
             raise MemoryError('order too large to price: ' + str(n))
         def big():
             return 'x' * (17 * 1024 * 1024)
+        def big_bytes():
+            return b'x' * (13 * 1024 * 1024)
     """})
     with pytest.raises(errors.GuestError) as info:
         r.run("f", args=[5000])
     assert info.value.type_name == "MemoryError" and "order too large to price: 5000" in str(info.value)
     with pytest.raises(errors.ResourceLimitError) as limit:
         r.run("big")
-    assert limit.value.limit == "result" and "(limit 'result')" in str(limit.value)
+    assert limit.value.limit == "result" and "(limit 'result';" in str(limit.value)
+    # 13 MiB of bytes under a 16 MiB limit: the message says why it is over
+    with pytest.raises(errors.ResourceLimitError) as limit:
+        r.run("big_bytes")
+    assert limit.value.limit == "result"
+    assert "more than 16777216 bytes once encoded (limit 'result'; bytes take 4/3 of their length" in str(limit.value)
 
 
 def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(runner):

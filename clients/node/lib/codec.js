@@ -119,7 +119,8 @@ class Encoder {
   charge(n) {
     this.budget.used += n;
     if (this.budget.used > this.budget.limit) {
-      throw new Failure(this.budget.what, `more than ${this.budget.limit} bytes (limit 'size')`, "size");
+      throw new Failure(this.budget.what, `more than ${this.budget.limit} bytes once encoded ` +
+        "(limit 'size'; bytes take 4/3 of their length, as base64)", "size");
     }
   }
 

@@ -37,7 +37,8 @@ class _Encoder:
     def charge(self, n: int) -> None:
         self.used += n
         if self.used > self.limit:
-            raise _Failure("value is too large", f"more than {self.limit} bytes (limit 'size')",
+            raise _Failure("value is too large", f"more than {self.limit} bytes once encoded (limit 'size'; "
+                           "bytes take 4/3 of their length, as base64)",
                            "size")
 
 
