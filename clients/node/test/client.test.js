@@ -101,11 +101,22 @@ describe("without a daemon", () => {
       { name: "InvalidRequest", message: /compiler must be the name of a plugin/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", external: "json" }), /external must be an array/);
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { n: 1n } }), errors.SerializationError);
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: [1, 2] }),
+      { name: "SerializationError", message: /resolverOptions must be a JSON-like object/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", onConsole: "log" }),
+      { name: "InvalidRequest", message: /onConsole must be a function/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", registry: {} }),
+      { name: "InvalidRequest", message: /registry must be a TypeRegistry/ });
     const r = runner();
     await assert.rejects(r.run({ funcName: "" }), errors.InvalidRequest);
     await assert.rejects(r.run({ funcName: "f", args: { original: [1] } }), /args must be an array/);
     await assert.rejects(r.run({ funcName: "f", timeout: "5s" }), /timeout must be a number of milliseconds/);
     await assert.rejects(r.run({ funcName: "f", argsResolver: (args) => args }), /argsResolver must be the name/);
+    await assert.rejects(r.run({ funcName: "f", running: true }), { name: "InvalidRequest", message: /running must be a function/ });
+    await assert.rejects(r.run({ funcName: "f", args: "1, 2" }), { name: "InvalidRequest", message: /args must be an array/ });
+    await assert.rejects(r.run({ funcName: "f", context: new Map([["a", 1]]) }),
+      { name: "InvalidRequest", message: /context must be a plain object/ });
+    await assert.rejects(r.run({ funcName: "f", context: [1] }), { name: "InvalidRequest", message: /context must be a plain object/ });
   });
 });
 
