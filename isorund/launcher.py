@@ -282,6 +282,7 @@ class Zygote:
         return True
 
     def _on_control(self) -> None:
+        """Reads what the zygote sent until nothing is left; an empty read is its death."""
         while True:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 2)
@@ -296,46 +297,56 @@ class Zygote:
             if not data:
                 self._on_zygote_exit()
                 return
-            message = json.loads(data)
-            if "ready" in message and len(fds) != 2:
-                # Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
-                # message; that sandbox sees its channel close and exits. Whoever waits for one
-                # gets the next; with no one waiting, the pool is owed one (LOST_RETRY_SECONDS).
-                for fd in fds:
-                    os.close(fd)
-                log.error(json.dumps({"event": "sandbox_lost", "pid": message["ready"]["pid"],
-                                      "reason": "its descriptors did not arrive (is the daemon out of file descriptors?)"}))
-                self._arrived()
-                if self._waiting():
-                    self._ask_for_waiting()
-                else:
-                    self._owed += 1
-                    if self._lost_retry is None:
-                        self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY_SECONDS, self.replace)
-            elif "ready" in message:
-                pid = message["ready"]["pid"]
-                future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
-                sock = socket.socket(fileno=fds[0])
-                sock.setblocking(False)
-                self._arrived()
-                self._hand_over(Sandbox(pid, fds[1], sock, future))
-                if self._waiting():
-                    self._watch_for_stall()
-            elif "exited" in message:
-                pid = message["exited"]["pid"]
-                future = self.exits.pop(pid, None)
-                if future is not None and not future.done():
-                    exited = message["exited"]
-                    future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
-                                           OOM_KILLED if exited.get("limit") == "memory" else ""))
-                self._forget_if_pooled(pid, message["exited"]["status"])
-            elif "loading" in message:
-                self._loading = str(message["loading"])
-            elif self._hello is not None and not self._hello.done():
-                self._hello.set_result(message)
-            elif "fatal" in message:
-                self.last_fatal = str(message["fatal"])
-                log.error(json.dumps({"event": "zygote_failed", "error": self.last_fatal}))
+            self._on_message(json.loads(data), fds)
+
+    def _on_message(self, message: dict, fds: list[int]) -> None:
+        if "ready" in message and len(fds) == 2:
+            self._on_ready(message["ready"]["pid"], fds)
+        elif "ready" in message:
+            self._on_lost_on_the_way(message["ready"]["pid"], fds)
+        elif "exited" in message:
+            self._on_exited(message["exited"])
+        elif "loading" in message:
+            self._loading = str(message["loading"])
+        elif self._hello is not None and not self._hello.done():
+            self._hello.set_result(message)
+        elif "fatal" in message:
+            self.last_fatal = str(message["fatal"])
+            log.error(json.dumps({"event": "zygote_failed", "error": self.last_fatal}))
+
+    def _on_ready(self, pid: int, fds: list[int]) -> None:
+        """A prepared sandbox: its call channel and pidfd."""
+        future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        sock = socket.socket(fileno=fds[0])
+        sock.setblocking(False)
+        self._arrived()
+        self._hand_over(Sandbox(pid, fds[1], sock, future))
+        if self._waiting():
+            self._watch_for_stall()
+
+    def _on_lost_on_the_way(self, pid: int, fds: list[int]) -> None:
+        """Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
+        message; that sandbox sees its channel close and exits. Whoever waits for one gets the
+        next; with no one waiting, the pool is owed one (LOST_RETRY_SECONDS)."""
+        for fd in fds:
+            os.close(fd)
+        log.error(json.dumps({"event": "sandbox_lost", "pid": pid,
+                              "reason": "its descriptors did not arrive (is the daemon out of file descriptors?)"}))
+        self._arrived()
+        if self._waiting():
+            self._ask_for_waiting()
+        else:
+            self._owed += 1
+            if self._lost_retry is None:
+                self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY_SECONDS, self.replace)
+
+    def _on_exited(self, exited: dict) -> None:
+        """A sandbox's end as its zygote reaped it: for its call's outcome, or the pool's loss."""
+        future = self.exits.pop(exited["pid"], None)
+        if future is not None and not future.done():
+            future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
+                                   OOM_KILLED if exited.get("limit") == "memory" else ""))
+        self._forget_if_pooled(exited["pid"], exited["status"])
 
     def _on_zygote_exit(self) -> None:
         loop = asyncio.get_running_loop()
