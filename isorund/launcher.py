@@ -209,7 +209,7 @@ class Zygote:
 
     def _watch_for_stall(self) -> None:
         """Starts the clock when a call waits for a sandbox, unless it runs already; an arrival
-        stops it, and starts it again while calls still wait (see _on_control). It is not
+        stops it, and starts it again while calls still wait (see _on_ready). It is not
         stopped when the waiting calls leave: a call whose wait ran out (SANDBOX_WAIT_FLOOR)
         asked for a sandbox, and a zygote that does not deliver it is stalled all the same."""
         if self._stall_timer is None and self.stalled_since is None:
