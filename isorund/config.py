@@ -20,6 +20,8 @@ MiB = 1 << 20
 ANSWER_FRAMING = 64 * 1024  # an answer's own fields and framing around the result and console
 MAX_SECONDS = 1e6  # timeouts and CPU limits: finite, and within what rlimits and deadlines hold
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel, so it is never a sandbox's id
+# Prepared sandboxes hold ~3 MiB and a process each (a pool of 500 took 1.6 GiB here).
+MAX_POOL_SIZE = 256
 # The sandbox reads its plan (the whole request) in one frame of at most 256 MiB.
 MAX_MESSAGE_BYTES = 256 * MiB
 # Below these, a call fails for a reason its error would not name: the runtime holds four
@@ -81,7 +83,7 @@ class Config:
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
     max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come.")
     max_open_rpcs: int = _key(4096, "RPCs open at once over all connections, counted from their first bytes: gRPC refuses more with `RESOURCE_EXHAUSTED` at once, or cancels those it has not handed to the daemon yet (`CANCELLED`; both `ResourceLimitError(limit=\"queue\")` in the clients, neither logged, unlike the queue's refusals). Bounds what streams that never send their request cost the daemon (~20 KiB each). More than `max_concurrency + queue_size`, at most 1000000.")
-    pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call).")
+    pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call). At most 256, or `max_concurrency` if that is larger: each prepared sandbox holds ~3 MiB and a process, and a typo such as 40000 would take the host's memory.")
     code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its import statements load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
     max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds (at most 1e6).")
@@ -133,7 +135,9 @@ class Config:
         need(self.max_concurrency + self.queue_size < self.max_open_rpcs <= 1_000_000, "max_open_rpcs",
              f"> max_concurrency + queue_size ({self.max_concurrency + self.queue_size}) and <= 1000000",
              self.max_open_rpcs)
-        need(self.pool_size >= 1, "pool_size", ">= 1", self.pool_size)
+        pool_max = max(MAX_POOL_SIZE, self.max_concurrency)
+        need(1 <= self.pool_size <= pool_max, "pool_size", f"from 1 to {pool_max} (256, or max_concurrency if "
+             "larger: each prepared sandbox holds ~3 MiB and a process)", self.pool_size)
         need(0 < self.default_timeout <= MAX_SECONDS, "default_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.default_timeout)
         need(self.default_timeout <= self.max_timeout <= MAX_SECONDS, "max_timeout",
              f">= default_timeout ({self.default_timeout}) and <= {MAX_SECONDS:g}", self.max_timeout)

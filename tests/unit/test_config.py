@@ -58,6 +58,10 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
 @pytest.mark.parametrize("text, key", [
     ('max_concurrency = "8"\n', "max_concurrency"),
     ("max_concurrency = 0\n", "max_concurrency"),
+    # a typo that would have the zygote prepare 40,000 sandboxes (~120 GiB) at start
+    ("pool_size = 40000\n", "pool_size"),
+    ("pool_size = 257\n", "pool_size"),
+    ("max_concurrency = 300\npool_size = 301\n", "pool_size"),
     ("queue_size = -1\n", "queue_size"),
     ("code_cache_bytes = -1\n", "code_cache_bytes"),
     ("max_connections = 0\n", "max_connections"),
@@ -181,3 +185,9 @@ def test_the_configuration_tables_are_the_generated_reference(name):
     if update_readme_config.render(text, name) != text:
         pytest.fail(f"{name}'s configuration table differs from `python -m isorund --config-reference`; "
                     "run `.venv/bin/python tools/update_readme_config.py`")
+
+
+def test_the_pool_may_be_as_large_as_max_concurrency_past_256(tmp_path):
+    assert load_text(tmp_path, "max_concurrency = 300\npool_size = 300\n").pool_size == 300
+    assert load_text(tmp_path, "pool_size = 256\n").pool_size == 256
+    assert "from 1 to 256 (256, or max_concurrency if larger" in refusal(tmp_path, "pool_size = 40000\n")
