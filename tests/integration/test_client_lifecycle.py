@@ -1,5 +1,5 @@
-"""The Python runners' life around a call, through a real daemon: a callback that raises ends
-the call on the daemon, close() lets calls in flight finish and refuses new ones, an async
+"""The Python runners' life around a call, through a real daemon: a callback that raises, or a
+caller that cancels an async call, ends the call on the daemon, close() lets calls in flight finish and refuses new ones, an async
 runner works in one event loop after another, and the daemon (not gRPC's deadline
 arithmetic) answers a timeout too large for it."""
 from __future__ import annotations
@@ -80,6 +80,27 @@ def test_a_sync_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, m
     [line] = _calls(d, "chatty")
     assert line["outcome"] == "cancelled"
     assert line["run_ms"] > 0 and line["run_ms"] <= line["total_ms"]  # how long its sandbox ran, not 0
+
+
+@pytest.mark.parametrize("path", ["unary", "stream"])
+def test_an_async_call_its_caller_cancels_ends_its_sandbox(start_daemon, make_root, path):
+    # asyncio.wait_for (or any cancelled task) abandons the call: the daemon must end its
+    # sandbox then, not let it run its 3 s to the end (one sandbox at a time: the next call
+    # would wait for it).
+    d = start_daemon(config=ONE_AT_A_TIME)
+    root = make_root({"index.py": GUEST})
+    options = {"running": lambda: None} if path == "stream" else {}  # a callback: the streaming RPC
+
+    async def main():
+        async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(r.run("chatty", args=[3], **options), 0.7)
+            started = time.monotonic()
+            assert await r.run("echo", args=[5]) == 5
+            return time.monotonic() - started
+    assert asyncio.run(main()) < 1.5
+    [line] = _calls(d, "chatty")
+    assert line["outcome"] == "cancelled" and line["run_ms"] < 1500
 
 
 def test_close_lets_a_call_in_flight_finish_then_refuses_new_ones(daemon, make_root):
