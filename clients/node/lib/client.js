@@ -346,7 +346,8 @@ function transportError(error, socket) {
         `(max_open_rpcs) or because it was stopping; retry later (${details})`, "queue");
     case grpc.status.PERMISSION_DENIED: return new errors.AccessDenied(details);
     case grpc.status.DEADLINE_EXCEEDED:
-      return new errors.RuntimeTimeoutError(`no answer from isorund at ${socket} before the deadline: ${details}`);
+      // gRPC's own deadline, or the daemon's answer for a call its deadline left no room to run
+      return new errors.RuntimeTimeoutError(`the call's deadline passed before isorund at ${socket} gave a result: ${details}`);
     case grpc.status.UNAVAILABLE: {
       const why = unreachable(socket);
       if (why) return new errors.DaemonUnavailable(why);

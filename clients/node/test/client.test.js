@@ -266,3 +266,64 @@ describe("a daemon restarted under its runners", () => {
     }
   });
 });
+
+describe("each gRPC status a daemon may answer with", () => {
+  // A small real gRPC server stands in for the daemon: some statuses a live daemon gives only
+  // in rare states (a queue past the call's deadline, gRPC's own limits).
+  const grpc = require("@grpc/grpc-js");
+  const { load } = require("../lib/proto");
+  let server;
+  let socket;
+  let answer;
+  before(async () => {
+    socket = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "isorun-status-")), "fake.sock");
+    server = new grpc.Server();
+    server.addService(load().Runner.service, {
+      run: (_call, callback) => callback(answer),
+      runStream: (call) => call.destroy(answer),
+      getCapabilities: (_call, callback) => callback(answer),
+    });
+    await new Promise((resolve, reject) => server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(),
+      (error) => (error ? reject(error) : resolve())));
+  });
+  after(() => server?.forceShutdown());
+
+  const cases = [
+    [grpc.status.INVALID_ARGUMENT, "file 'x.py' is not in root", "InvalidRequest", undefined],
+    [grpc.status.RESOURCE_EXHAUSTED, "all 8 sandboxes are busy", "ResourceLimitError", "queue"],
+    [grpc.status.RESOURCE_EXHAUSTED, "Received message larger than max (70000000 vs. 67108864)", "ResourceLimitError", "message"],
+    [grpc.status.CANCELLED, "Cancelled", "ResourceLimitError", "queue"],
+    [grpc.status.PERMISSION_DENIED, "uid 65534 may not call", "AccessDenied", undefined],
+    [grpc.status.DEADLINE_EXCEEDED, "no sandbox was ready while the call's deadline left room for its timeout; " +
+      "it was not started", "RuntimeTimeoutError", undefined],
+    [grpc.status.UNAVAILABLE, "isorund is shutting down; the call was not started", "DaemonUnavailable", undefined],
+    [grpc.status.INTERNAL, "something broke", "SandboxError", undefined],
+  ];
+  for (const [code, details, name, limit] of cases) {
+    test(`${grpc.status[code]} (${details.slice(0, 30)}…) is a ${name}${limit ? ` '${limit}'` : ""}`, async () => {
+      answer = { code, details };
+      const r = new CodeRunner({ root: "/srv/x", file: "index.py", socket });
+      try {
+        await assert.rejects(r.run({ funcName: "f", args: [1], timeout: 5000 }), (error) => {
+          assert.equal(error.name, name);
+          assert.ok(error.message.includes(details), error.message);
+          if (limit) assert.equal(error.limit, limit);
+          return true;
+        });
+      } finally {
+        await r.close();
+      }
+    });
+  }
+
+  test("a deadline the daemon answered is not reported as no answer", async () => {
+    answer = { code: grpc.status.DEADLINE_EXCEEDED, details: "it was not started" };
+    const r = new CodeRunner({ root: "/srv/x", file: "index.py", socket });
+    try {
+      await assert.rejects(r.run({ funcName: "f", args: [1], timeout: 5000 }),
+        { name: "RuntimeTimeoutError", message: `the call's deadline passed before isorund at ${socket} gave a result: it was not started` });
+    } finally {
+      await r.close();
+    }
+  });
+});

@@ -65,7 +65,9 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.AccessDenied(details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.RuntimeTimeoutError(f"no answer from isorund at {socket} before the deadline: {details}")
+        # gRPC's own deadline ("Deadline Exceeded"), or the daemon's answer for a call whose
+        # deadline left no room to run it ("… it was not started")
+        return errors.RuntimeTimeoutError(f"the call's deadline passed before isorund at {socket} gave a result: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         # A daemon that answered (shutting down, zygote restarting) says why; only a failed
         # connection is explained by the socket itself.
