@@ -227,6 +227,18 @@ def test_cli_prints_strict_json_for_values_json_has_no_form_for(daemon, make_roo
         "1": True, "null": None}
 
 
+def test_cli_takes_options_after_the_function_and_its_arguments(daemon, make_root):
+    # "unrecognized arguments: 5" before: FUNC's arguments ended at the first option
+    root = make_root({"rules.py": "def multiply(a, b):\n    return a * b * factor\n"})
+    done = cli("--root", root, "multiply", "4", "--context", '{"factor": 10}', "5", "--file", "rules.py",
+               socket=daemon.socket)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == 200
+    negative = cli("--root", root, "--file", "rules.py", "multiply", "-4", "--context", '{"factor": 1}', "-5",
+                   socket=daemon.socket)
+    assert negative.returncode == 0 and json.loads(negative.stdout) == 20, negative.stderr
+
+
 def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     root = make_root({"rules.py": "def boom():\n    raise ValueError('Boom!')\n"})
     done = cli("--root", root, "--file", "rules.py", "boom", socket=daemon.socket)

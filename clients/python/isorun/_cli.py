@@ -17,7 +17,8 @@ from . import errors
 from ._client import CodeRunner
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser (for help and usage errors) and its ``call`` parser."""
     parser = argparse.ArgumentParser(prog="isorun", description="Client of the isorun daemon.")
     commands = parser.add_subparsers(dest="command", required=True)
     call = commands.add_parser("call", help="call one function and print its result as JSON")
@@ -37,7 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--socket", default=None, help="daemon socket (default: $ISORUN_SOCKET)")
     call.add_argument("func", metavar="FUNC")
     call.add_argument("args", nargs="*", metavar="JSON_ARG", help="arguments, each one JSON value")
-    return parser
+    return parser, call
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options may come after FUNC and its arguments too (``isorun call f 1 --timeout 2 3``):
+    a plain parse would take FUNC's arguments only up to the first option, and refuse the
+    rest as unrecognized. argparse mixes them only without subcommands, so ``call``'s own
+    parser reads what follows it."""
+    parser, call = _parsers()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["call"]:
+        return call.parse_intermixed_args(argv[1:])
+    return parser.parse_args(argv)
 
 
 def _print_console(stream: str, text: str) -> None:
@@ -69,7 +82,7 @@ def _key_text(key: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = _parser().parse_args(argv)
+    options = _parse(argv)
     try:
         args = [json.loads(a) for a in options.args]
     except json.JSONDecodeError as e:
