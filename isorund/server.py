@@ -282,7 +282,8 @@ class Server:
         if self.calls is None:
             return "starting"
         a = self.calls.admission
-        zygote = "zygote up" if self.zygote.alive else "ZYGOTE DOWN, restarting"
+        zygote = ("ZYGOTE DOWN, restarting" if not self.zygote.alive else
+                  "ZYGOTE STALLED, no sandbox for calls" if self.zygote.stalled_since is not None else "zygote up")
         return (f"{a.running}/{a.max_concurrency} sandboxes busy, {a.waiting} calls queued, {zygote}, "
                 f"{self.zygote.restarts} zygote restarts")
 

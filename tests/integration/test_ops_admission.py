@@ -16,6 +16,7 @@ from isorun import AsyncCodeRunner, CodeRunner, errors
 from isorun._codec import encode
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from notify import NotifyListener
 from processes import zygote_of
 
 SLEEPY = "def nap(seconds):\n    import time\n    time.sleep(seconds)\n    return seconds\n\n\ndef echo(x):\n    return x\n"
@@ -210,10 +211,12 @@ def health(daemon) -> int:
         return stub.Check(health_pb2.HealthCheckRequest(service="isorun.v1.Runner"), timeout=10).status
 
 
-def test_a_stalled_zygote_turns_health_not_serving_until_it_delivers_again(start_daemon, make_root):
+def test_a_stalled_zygote_turns_health_not_serving_until_it_delivers_again(start_daemon, make_root, tmp_path):
     # It used to show only in the calls that gave up; a stalled zygote is not restarted (that
-    # would kill the calls running in its sandboxes), so health and a gauge say it.
-    d = start_daemon(config='pool_size = 1\nmetrics_address = "127.0.0.1:0"\n')
+    # would kill the calls running in its sandboxes), so health, a gauge and systemd's status
+    # line say it.
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    d = start_daemon(config='pool_size = 1\nmetrics_address = "127.0.0.1:0"\n', env={"NOTIFY_SOCKET": listener.address})
     request = pb.RunRequest(root=make_root({"index.py": SLEEPY}), file="index.py", func_name="echo",
                             args=[encode(1)], timeout_seconds=1.0)
     with a_stalled_zygote(d, request) as stub:
@@ -226,7 +229,11 @@ def test_a_stalled_zygote_turns_health_not_serving_until_it_delivers_again(start
         assert metric(d, "isorun_zygote_stalled") == 1
         (stalled,) = [json.loads(t) for t in d.log().splitlines() if '"event": "zygote_stalled"' in t]
         assert stalled["waiting_calls"] == 0 and "stopped or starved" in stalled["note"]
+        listener.wait_for(lambda m: "ZYGOTE STALLED" in m.get("STATUS", ""))
+        seen = len(listener.messages)
     wait_until(lambda: health(d) == SERVING)
+    wait_until(lambda: any("zygote up" in m.get("STATUS", "") for m in listener.messages[seen:]))
+    listener.close()
     assert metric(d, "isorun_zygote_stalled") == 0
     (recovered,) = [json.loads(t) for t in d.log().splitlines() if '"event": "zygote_recovered"' in t]
     assert recovered["stalled_seconds"] > 2.9  # from the call's asking

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import textwrap
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from isorun import CodeRunner
+from notify import NotifyListener
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "isorund.service"
@@ -72,42 +72,6 @@ def test_the_unit_keeps_what_sandboxes_need():
 
 
 # --- sd_notify -----------------------------------------------------------------------------------
-class NotifyListener:
-    """A datagram socket standing in for systemd's $NOTIFY_SOCKET; collects assignments."""
-
-    def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-        self.address = path
-        self.messages: list[dict] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
-
-    def wait_for(self, predicate, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in list(self.messages):
-                if predicate(message):
-                    return message
-            time.sleep(0.02)
-        raise AssertionError(f"no such notification in {self.messages}")
-
-    def close(self):
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.mark.parametrize("abstract", [False, True])
 def test_sd_notify_reports_ready_status_and_stopping(start_daemon, make_root, tmp_path, abstract):
     path = f"\0isorund-test-{uuid.uuid4().hex}" if abstract else str(tmp_path / "notify.sock")
