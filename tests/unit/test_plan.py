@@ -108,6 +108,20 @@ def test_limits_may_only_be_lowered(config, root):
             "limits.memory_bytes may only lower")
 
 
+@pytest.mark.parametrize("asked", [-1.0, float("nan"), float("inf"), float("-inf")])
+def test_a_cpu_limit_that_is_no_number_of_seconds_is_refused(config, root, asked):
+    # NaN passes every comparison as false: without the check it would become the guest's
+    # RLIMIT_CPU (and inf, past the default, the "only lower" message with inf in it)
+    refused(config, request(root, limits=pb.Limits(cpu_seconds=asked)), "limits.cpu_seconds must be >= 0")
+
+
+def test_a_cpu_limit_below_the_default_is_kept_and_zero_means_the_default(config, root):
+    asked = plan.build(request(root, timeout_seconds=2, limits=pb.Limits(cpu_seconds=1.5)), config)
+    assert asked.limits.cpu_seconds == 1.5
+    default = plan.build(request(root, timeout_seconds=2), config)
+    assert default.limits.cpu_seconds == 3  # a grace second past the timeout
+
+
 @pytest.mark.parametrize("asked", [1, 7])
 def test_too_few_open_files_for_the_runtime_are_refused(config, root, asked):
     # Below it the guest's own file could not be opened, and the call would fail as a
