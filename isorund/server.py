@@ -43,6 +43,8 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # leaves a call nothing beyond what the runtime itself maps fails the start, not every call.
 PROBE_MIB = 8
 PROBE = "def probe(mib):\n    return len(bytearray(mib << 20)) >> 20\n"
+# The config key behind each limit a self-test's failure may name (see Failure.limit).
+LIMIT_KEYS = {"result": "result_bytes", "output": "output_bytes", "cpu": "cpu_seconds"}
 STATUS_INTERVAL = 1.0  # seconds between checks of the systemd status line
 KILL_SLACK = 2.0  # seconds, after the grace, for killed calls to send their answer
 # Seconds grpc gets, once every call has answered, to write out the answers; streams that
@@ -215,6 +217,10 @@ class Server:
             return (f"config key 'limits.memory_bytes' ({self.config.limits.memory_bytes}) leaves a call no memory: "
                     f"the self-test call could not take {PROBE_MIB} MiB beyond what the runtime itself maps "
                     "(tens of MiB of address space, more with large plugins); raise it")
+        key = LIMIT_KEYS.get(failure.limit) if failure.kind == pb.Failure.RESOURCE_LIMIT else None
+        if key:  # every call would fail the same way: the config's limit, not the host
+            return (f"config key 'limits.{key}' ({getattr(self.config.limits, key)}) is too small for even the "
+                    f"self-test call, which returns the number {PROBE_MIB}: {failure.message}")
         if failure.kind == pb.Failure.TIMEOUT:
             return (f"the self-test call did not finish within default_timeout ({self.config.default_timeout:g} s), "
                     "the timeout of every call that names none; raise it if it is that short, else "

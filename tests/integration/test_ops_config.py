@@ -40,6 +40,8 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
     ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' (16777216) leaves a call no memory"),
     # it said "cannot build a sandbox on this host"
     ("default_timeout = 0.001\n", "the self-test call did not finish within default_timeout (0.001 s)"),
+    # it said "cannot build a sandbox on this host: value is too large …"
+    ("[limits]\nresult_bytes = 1\n", "config key 'limits.result_bytes' (1) is too small for even the self-test call"),
 ])
 def test_limits_that_leave_a_call_nothing_stop_the_start_naming_the_key(start_daemon, config, message):
     d = start_daemon(config=config, wait=False)
