@@ -1,4 +1,6 @@
 """Finding the daemon's processes from the host, for tests that watch or kill them."""
+import contextlib
+import os
 import time
 
 import psutil
@@ -31,3 +33,19 @@ def peak_rss_growth(pid: int):
         f.write("5")
     before = peak()
     return lambda: peak() - before
+
+
+def wait_for_pool(daemon_pid: int, size: int, seconds: float = 30) -> None:
+    """Until the daemon holds a pidfd for each of ``size`` sandboxes: it holds one from the
+    zygote's `ready` on, so these sandboxes are the daemon's to hand out (a sandbox merely
+    forked by the zygote may not have been announced yet). Counts running ones too."""
+    def pidfds() -> int:
+        links = []
+        for fd in os.listdir(f"/proc/{daemon_pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing
+                links.append(os.readlink(f"/proc/{daemon_pid}/fd/{fd}"))
+        return links.count("anon_inode:[pidfd]")
+    deadline = time.monotonic() + seconds
+    while pidfds() < size:
+        assert time.monotonic() < deadline, f"the daemon holds {pidfds()} sandboxes after {seconds:g} s"
+        time.sleep(0.05)

@@ -2,7 +2,6 @@
 tested with real clients running as other users."""
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import socket
@@ -13,11 +12,11 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from isorun import CodeRunner, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
+from processes import wait_for_pool
 
 NOBODY = 65534
 CLIENTS = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "python")
@@ -186,20 +185,10 @@ def test_the_access_front_costs_little(start_daemon, daemon):
 
 
 def wait_for_a_full_pool(pid: int) -> None:
-    """Until the daemon holds a pidfd for each of the pool's sandboxes (the replacement for
-    the sandbox a call used arrives after the call, later still on a loaded machine)."""
+    """Until the pool is full again (the replacement for the sandbox a call used arrives after
+    the call, later still on a loaded machine)."""
     from isorund.config import Config
-
-    def pidfds() -> int:
-        links = []
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(FileNotFoundError):  # closed since the listing
-                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        return links.count("anon_inode:[pidfd]")
-    deadline = time.monotonic() + 30
-    while pidfds() < Config().pool_size:
-        assert time.monotonic() < deadline, f"the pool holds {pidfds()} sandboxes after 30 s"
-        time.sleep(0.1)
+    wait_for_pool(pid, Config().pool_size)
 
 
 def test_connections_made_while_the_front_is_out_of_descriptors_are_not_kept(guarded, make_root):

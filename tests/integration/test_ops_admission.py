@@ -17,7 +17,7 @@ from isorun._codec import encode
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
 from notify import NotifyListener
-from processes import zygote_of
+from processes import wait_for_pool, zygote_of
 
 SLEEPY = "def nap(seconds):\n    import time\n    time.sleep(seconds)\n    return seconds\n\n\ndef echo(x):\n    return x\n"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -135,7 +135,7 @@ def a_stalled_zygote(daemon, request):
     """A stub of ``daemon`` while its zygote is stopped (as one starved of CPU or stuck in the
     kernel would be), the pool's one sandbox already used by ``request``; resumed on leaving."""
     zygote = zygote_of(daemon)
-    wait_until(lambda: len(zygote.children()) == 1)
+    wait_for_pool(daemon.pid, 1)  # announced to the daemon, not only forked
     with grpc.insecure_channel("unix:" + daemon.socket) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
         zygote.suspend()

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from isorun import CodeRunner, errors
-from processes import zygote_of
+from processes import wait_for_pool, zygote_of
 
 GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
 
@@ -145,10 +145,7 @@ def test_a_call_waiting_for_a_sandbox_when_the_zygote_dies_is_answered_at_once(s
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
     zygote = zygote_of(d)
-    deadline = time.monotonic() + 30
-    while len(zygote.children()) != 1:  # the pool refilled after the start-up self-test
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_pool(d.pid, 1)  # the pool's one sandbox, announced to the daemon
     box: dict = {}
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         zygote.suspend()
