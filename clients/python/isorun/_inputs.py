@@ -75,10 +75,30 @@ def socket_problem(socket: str) -> str | None:
 
 
 def options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
-    """resolver_options are plain JSON handed to the resolver plugin as a dict."""
+    """resolver_options are plain JSON handed to the resolver plugin as a dict. What is not
+    JSON is named with its place: protobuf's own words ("Unexpected type", "'int' object is
+    not iterable") said neither what nor where."""
+    if not isinstance(options, Mapping):
+        raise errors.SerializationError(f"resolver_options must be a dict of JSON values, got {type(options).__name__}")
+    _json_only(options, "resolver_options")
     message = struct_pb2.Struct()
-    try:
-        message.update(dict(options))
-    except (ValueError, TypeError) as e:
-        raise errors.SerializationError(f"resolver_options must be JSON-like: {e}") from None
+    message.update(dict(options))
     return message
+
+
+def _json_only(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 100:
+        raise errors.SerializationError(f"{where} is nested more than 100 levels deep")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise errors.SerializationError(f"{where} has a key that is no str: {_short(key)}")
+            _json_only(item, f"{where}[{key!r}]", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _json_only(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise errors.SerializationError(f"{where} is {value}, which JSON has no form for")
+    elif not (value is None or isinstance(value, (bool, int, float, str))):
+        raise errors.SerializationError(f"{where} is of type {type(value).__name__}; resolver_options hold "
+                                        "only JSON values (None, bool, int, float, str, list, dict)")
