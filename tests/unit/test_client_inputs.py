@@ -169,6 +169,27 @@ def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expecte
     assert info.value.limit == expected
 
 
+@pytest.mark.parametrize("options, message", [
+    (5, "resolver_options must be a dict of JSON values, got int"),
+    ([1, 2], "resolver_options must be a dict of JSON values, got list"),
+    ({1: 2}, "resolver_options has a key that is no str: 1"),
+    ({"a": {"b": [1, b"x"]}}, "resolver_options['a']['b'][1] is of type bytes; resolver_options hold only JSON values"),
+    ({"a": float("nan")}, "resolver_options['a'] is nan, which JSON has no form for"),
+])
+def test_resolver_options_that_are_not_json_are_refused_naming_the_place(options, message):
+    # protobuf's own words were "'int' object is not iterable", "Unexpected type", "bad
+    # argument type for built-in operation": neither what nor where
+    with pytest.raises(errors.SerializationError) as info:
+        CodeRunner(root="/r", file="f.py", resolver="r", resolver_options=options)
+    assert str(info.value).startswith(message)
+
+
+def test_json_resolver_options_are_kept():
+    runner = CodeRunner(root="/r", file="f.py", resolver="r", resolver_options={"base": "/lib", "n": [1, 2.5, None, True]})
+    request, _ = runner._request("f", [], None, None, None)
+    assert dict(request.resolver_options) == {"base": "/lib", "n": [1, 2.5, None, True]}
+
+
 def test_the_cli_reports_an_option_the_runner_refuses_as_a_usage_error(capsys):
     # resolver options that are not a JSON object used to end in a traceback (exit status 1)
     from isorun import _cli
@@ -176,3 +197,16 @@ def test_the_cli_reports_an_option_the_runner_refuses_as_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("isorun: SerializationError: resolver_options") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--timeout", "0"], "timeout must be a finite number of seconds > 0"),
+    (["--timeout", "nan"], "timeout must be a finite number of seconds > 0"),
+    (["--context", "[1]"], "context must be a mapping"),
+])
+def test_the_cli_reports_a_bad_timeout_or_context_as_a_usage_error(capsys, option, message):
+    # they were checked only by run(), and left with status 1, as a failed call does
+    from isorun import _cli
+    status = _cli.main(["call", "--root", "/tmp", "--file", "x.py", "--socket", "/nonexistent.sock", "f", *option])
+    assert status == 2
+    assert message in capsys.readouterr().err

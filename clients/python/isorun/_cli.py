@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any, Sequence
 
-from . import errors
+from . import _inputs, errors
 from ._client import CodeRunner
 
 
@@ -95,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             source_extensions=options.source_extension or [".py"], compiler=options.compiler,
             resolver=options.resolver, resolver_options=options.resolver_options,
             on_console=_print_console, socket=options.socket)
+        # checked by run() too, but there they would read as the call's failure (status 1)
+        _inputs.timeout_seconds(options.timeout)
+        if options.context is not None:
+            _inputs.mapping("context", options.context, "global names to values")
     except errors.IsorunError as e:  # an option the runner refuses: a usage error
         print(f"isorun: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
