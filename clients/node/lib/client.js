@@ -65,18 +65,44 @@ function stringList(option, value) {
   return value;
 }
 
-/** resolverOptions are plain JSON handed to the resolver plugin as a dict: a Struct, as is. */
+/**
+ * resolverOptions are plain JSON handed to the resolver plugin as a dict: a Struct, as is.
+ * What JSON.stringify would quietly change (a Map to {}, NaN to null, a Date to a string, a
+ * function dropped) is refused naming its place, as the Python client does; a key whose
+ * value is undefined is left out, as JSON leaves it.
+ */
 function optionsStruct(options) {
-  let json;
-  try {
-    json = JSON.parse(JSON.stringify(options));
-  } catch (e) {
-    throw new errors.SerializationError(`resolverOptions must be JSON-like: ${e.message}`);
+  if (!isPlainObject(options)) {
+    throw new errors.SerializationError("resolverOptions must be a JSON-like object (a plain object of JSON values), " +
+      `got ${typeName(options)}`);
   }
-  if (json === null || typeof json !== "object" || Array.isArray(json)) {
-    throw new errors.SerializationError("resolverOptions must be a JSON-like object");
+  return jsonValue(jsonOnly(options, "resolverOptions", 0)).structValue;
+}
+
+/** ``value`` as plain JSON, or a SerializationError naming the first part that is not. */
+function jsonOnly(value, where, depth) {
+  if (depth > 100) throw new errors.SerializationError(`${where} is nested more than 100 levels deep`);
+  if (value === null || typeof value === "string" || typeof value === "boolean") return value;
+  if (typeof value === "number") {
+    if (Number.isFinite(value)) return value;
+    throw new errors.SerializationError(`${where} is ${value}, which JSON has no form for`);
   }
-  return jsonValue(json).structValue;
+  if (Array.isArray(value)) return value.map((item, i) => jsonOnly(item, `${where}[${i}]`, depth + 1));
+  if (isPlainObject(value)) {
+    const out = {};
+    for (const [key, item] of Object.entries(value)) {
+      if (item !== undefined) out[key] = jsonOnly(item, `${where}[${JSON.stringify(key)}]`, depth + 1);
+    }
+    return out;
+  }
+  throw new errors.SerializationError(`${where} is of type ${typeName(value)}; resolverOptions hold only JSON values ` +
+    "(null, boolean, number, string, array, plain object)");
+}
+
+function typeName(value) {
+  if (value === null || value === undefined) return String(value);
+  if (typeof value === "object" || typeof value === "function") return value.constructor?.name || typeof value;
+  return typeof value;
 }
 
 function jsonValue(json) {

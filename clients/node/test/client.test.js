@@ -102,7 +102,16 @@ describe("without a daemon", () => {
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", external: "json" }), /external must be an array/);
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { n: 1n } }), errors.SerializationError);
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: [1, 2] }),
-      { name: "SerializationError", message: /resolverOptions must be a JSON-like object/ });
+      { name: "SerializationError", message: /resolverOptions must be a JSON-like object .*got Array/ });
+    // what JSON.stringify would quietly change is refused, naming its place
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: new Map([["a", 1]]) }),
+      { name: "SerializationError", message: /resolverOptions must be a JSON-like object .*got Map/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { a: NaN } }),
+      { name: "SerializationError", message: /^resolverOptions\["a"\] is NaN, which JSON has no form for/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { a: { b: [1, new Date(0)] } } }),
+      { name: "SerializationError", message: /^resolverOptions\["a"\]\["b"\]\[1\] is of type Date/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { a: 1n } }),
+      { name: "SerializationError", message: /^resolverOptions\["a"\] is of type bigint/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", onConsole: "log" }),
       { name: "InvalidRequest", message: /onConsole must be a function/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", registry: {} }),
