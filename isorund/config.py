@@ -87,7 +87,7 @@ class Config:
     code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its import statements load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
     default_timeout: float = _key(5.0, "Wall-clock timeout of a call that names none, in seconds.")
     max_timeout: float = _key(30.0, "Largest timeout a call may ask for, in seconds (at most 1e6).")
-    default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation).")
+    default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation). Each is imported once by the zygote, so every sandbox starts with it loaded; one that is not installed is named in a `default_external_missing` warning at start.")
     plugin_paths: list = _key(list, "Folders added to the import path to load plugins and operator types from.")
     plugins: PluginsConfig = _key(PluginsConfig, "Named plugins, in `[plugins.compilers]`, `[plugins.resolvers]`, `[plugins.args_resolvers]`.")
     types: dict = _key(dict, "Operator value types: `\"acme.Money\" = \"module:attr\"`, an object with `type`, `encode(obj)` and `decode(payload)`.")

@@ -283,8 +283,10 @@ def _warm_up(config, registry) -> None:
     for name in config.default_external:
         try:
             importlib.import_module(name)
-        except ImportError:
-            pass
+        except ImportError as e:  # a typo, or not installed: said once, not found by guests one by one
+            _log(config, "warning", {"event": "default_external_missing", "module": name, "error": str(e),
+                                     "note": "config key 'default_external' names it; guests importing it "
+                                             "get ModuleNotFound"})
     # Lazy imports inside protobuf and the codec happen now, not after pivot_root.
     import datetime, decimal, uuid  # noqa: E401
     sample = [1, 2.5, 2**70, float("nan"), b"x", (1,), {1}, frozenset(), {"a": None}, {1: 2},

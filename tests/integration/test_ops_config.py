@@ -14,6 +14,7 @@ import tomllib
 import psutil
 import pytest
 
+from isorun import CodeRunner, errors
 from processes import zygote_of
 
 
@@ -200,3 +201,14 @@ def test_log_level_error_keeps_the_zygotes_lines_out_too(start_daemon, make_root
     log = d.log()
     # the zygote's cgroup line (a warning here, limits off) and every info line are below 'error'
     assert '"event": "cgroup"' not in log and '"event": "call"' not in log and '"event": "ready"' not in log
+
+
+def test_a_default_external_module_that_is_not_installed_is_named_at_start(start_daemon, make_root):
+    # it was skipped without a word: a typo showed only as guests' ModuleNotFound
+    d = start_daemon(config='default_external = ["json", "jsno_typo"]\n')
+    (line,) = [json.loads(t) for t in d.log().splitlines() if '"event": "default_external_missing"' in t]
+    assert line["module"] == "jsno_typo" and "default_external" in line["note"]
+    root = make_root({"index.py": "def f():\n    import json\n    import jsno_typo\n"})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        with pytest.raises(errors.ModuleNotFound, match="jsno_typo"):
+            r.run("f")
