@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pathlib
+import types
 
 import pytest
 
@@ -175,6 +176,8 @@ def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expecte
     ({1: 2}, "resolver_options has a key that is no str: 1"),
     ({"a": {"b": [1, b"x"]}}, "resolver_options['a']['b'][1] is of type bytes; resolver_options hold only JSON values"),
     ({"a": float("nan")}, "resolver_options['a'] is nan, which JSON has no form for"),
+    # a mapping that is no dict inside: protobuf said "Unexpected type" (a ValueError, no IsorunError)
+    ({"a": types.MappingProxyType({"b": 1})}, "resolver_options['a'] is of type mappingproxy"),
 ])
 def test_resolver_options_that_are_not_json_are_refused_naming_the_place(options, message):
     # protobuf's own words were "'int' object is not iterable", "Unexpected type", "bad

@@ -89,7 +89,7 @@ def options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
 def _json_only(value: Any, where: str, depth: int = 0) -> None:
     if depth > 100:
         raise errors.SerializationError(f"{where} is nested more than 100 levels deep")
-    if isinstance(value, Mapping):
+    if isinstance(value, dict) or (depth == 0 and isinstance(value, Mapping)):  # protobuf takes dicts inside
         for key, item in value.items():
             if not isinstance(key, str):
                 raise errors.SerializationError(f"{where} has a key that is no str: {_short(key)}")
