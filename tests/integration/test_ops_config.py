@@ -29,10 +29,15 @@ def isorund(*args: str) -> subprocess.CompletedProcess:
     ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0) and <= 1e+06, got 1.0"),
 ])
 def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemon, config, message):
+    assert f"isorund: {message}" in refused_start(start_daemon, config, status=2)
+
+
+def refused_start(start_daemon, config: str, status: int) -> str:
+    """The log of a daemon that must exit with ``status`` at start, leaving no socket."""
     d = start_daemon(config=config, wait=False)
-    assert d.proc.wait(60) == 2
-    assert f"isorund: {message}" in d.log()
+    assert d.proc.wait(60) == status
     assert not (d.folder / "isorund.sock").exists()
+    return d.log()
 
 
 @pytest.mark.parametrize("config, message", [
@@ -45,10 +50,7 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
     ("[limits]\nresult_bytes = 1\n", "config key 'limits.result_bytes' (1) is too small for even the self-test call"),
 ])
 def test_limits_that_leave_a_call_nothing_stop_the_start_naming_the_key(start_daemon, config, message):
-    d = start_daemon(config=config, wait=False)
-    assert d.proc.wait(60) == 1
-    assert message in d.log()
-    assert not (d.folder / "isorund.sock").exists()
+    assert message in refused_start(start_daemon, config, status=1)
 
 
 def test_a_plugin_that_exits_on_import_stops_the_start_naming_it(start_daemon, tmp_path):
