@@ -59,7 +59,7 @@ class LimitsConfig:
     max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
     max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
-    output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, `ResourceLimitError(limit='output')`.")
+    output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, or on a line longer than it (sent at once, however it was written), `ResourceLimitError(limit='output')`.")
     result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`. At most `max_request_bytes` − `output_bytes` − 64 KiB (result and console travel in one answer).")
     cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU, which counts whole seconds: a fraction is rounded up); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout.")
     tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")

@@ -104,7 +104,10 @@ class _Relay:
     def __init__(self, sandbox: Sandbox, plan, on_event, on_compiled):
         self.reader = _FrameReader(asyncio.get_running_loop(), sandbox.sock)
         self.on_event, self.on_compiled = on_event, on_compiled
-        self.max_frame = plan.limits.result_bytes + EVENT_SLACK
+        # An outcome is at most the result's bytes and the event's own; a console line may be
+        # as long as the console cap (the runtime cuts one longer to just over it).
+        self.max_outcome = plan.limits.result_bytes + EVENT_SLACK
+        self.max_frame = max(plan.limits.result_bytes, plan.limits.output_bytes) + EVENT_SLACK
         self.output_bytes = plan.limits.output_bytes
         self.console_left = plan.limits.output_bytes
         self.compiled_expected = plan.report_compiled
@@ -118,6 +121,9 @@ class _Relay:
             event, frame = received
             kind = event.WhichOneof("event")
             if kind == "outcome":
+                if len(frame) > self.max_outcome:
+                    raise _FrameTooLarge(f"the call sent an outcome of {len(frame)} bytes, over its "
+                                         f"{self.max_outcome}-byte limit")
                 return event.outcome
             if kind == "invalid_request" and not running_seen:
                 # The sandbox parses the request's values first (the daemon relays them
@@ -256,6 +262,11 @@ async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.Relaye
     if killed and end.cpu_seconds >= cpu_limit:
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu",
                                 message=f"the call was killed by the kernel for using up its CPU time{how}"), started)
+    if end.cpu_seconds >= cpu_limit:
+        # SIGXCPU landed where no outcome could follow (the guest's own handler exited, or the
+        # runtime was sending): the spent CPU is what ended the call
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=(
+            f"the call used up its CPU time and ended without an outcome{how}")), started)
     if killed:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "

@@ -57,6 +57,8 @@ class Console:
 
     def __init__(self, sock):
         self._sock = sock
+        # The call's console cap in bytes (``limits.output_bytes``), known once its plan came.
+        self.cap = sys.maxsize
         self._lines: list[tuple[int, str]] = []
         self._bytes = 0
         self._sent_at = 0.0
@@ -67,6 +69,7 @@ class Console:
         os.register_at_fork(after_in_child=self._after_fork)
 
     def add(self, stream: int, text: str) -> None:
+        text = within_reach(text, self.cap)
         with self._lock:
             self._lines.append((stream, text))
             self._bytes += len(text)
@@ -134,6 +137,22 @@ class Console:
         self._lines, self._bytes, self._flusher = [], 0, False
 
 
+def within_reach(line: str, cap: int) -> str:
+    """``line``, or if it is over the console cap by itself, its start, cut to just over it
+    (1–4 bytes). The daemon, which counts the call's console bytes, then ends the call for its
+    output (``limit='output'``), where the whole line, sent as one event, could have been
+    larger than any event it reads and been reported as an oversized result."""
+    if 4 * len(line) <= cap:  # no str of this length takes more bytes than the cap
+        return line
+    data = line.encode("utf-8", "surrogatepass")  # (a lone surrogate is refused when sent, as before)
+    if len(data) <= cap + 4:
+        return line
+    end = cap + 4
+    while (data[end] & 0xC0) == 0x80:  # a character's continuation byte: cut before that character
+        end -= 1  # (at most 3 times: the start stays over the cap)
+    return data[:end].decode("utf-8", "surrogatepass")
+
+
 class ConsoleStream:
     """A text stream whose lines become console events; print() and sys.stdout land here.
 
@@ -143,7 +162,11 @@ class ConsoleStream:
     half-updated state (which sent a line twice)."""
 
     def __init__(self, console: Console, stream: int):
-        self._console, self._stream, self._pending = console, stream, ""
+        self._console, self._stream = console, stream
+        # The line being written, in parts: print(x, end="") in a loop made one str grow by
+        # copying, 100,000 times 6 characters took 14 s.
+        self._pending: list[str] = []
+        self._pending_chars = 0
         self._busy = False
         self._interrupting: list[str] = []
 
@@ -165,8 +188,7 @@ class ConsoleStream:
     def flush(self) -> None:
         self._take_interrupting()
         if self._pending:
-            self._console.add(self._stream, self._pending)
-            self._pending = ""
+            self._console.add(self._stream, self._line_so_far())
         self._console.flush()
 
     def isatty(self) -> bool:
@@ -174,11 +196,29 @@ class ConsoleStream:
 
     def _take(self, text: str) -> None:
         if "\n" not in text:
-            self._pending += text  # print() writes its parts one by one, the newline last
+            if not text:
+                return
+            self._pending.append(text)  # print() writes its parts one by one, the newline last
+            self._pending_chars += len(text)
+            if self._pending_chars > self._console.cap:
+                # a line past the call's whole console cap is sent as it stands (the daemon ends
+                # the call for it) rather than held until memory runs out
+                self._console.add(self._stream, self._line_so_far())
             return
-        *lines, self._pending = (self._pending + text).split("\n")
+        first, *lines = text.split("\n")
+        last = lines.pop()
+        self._console.add(self._stream, self._line_so_far(first) + "\n")
         for line in lines:
             self._console.add(self._stream, line + "\n")
+        if last:
+            self._pending, self._pending_chars = [last], len(last)
+
+    def _line_so_far(self, end: str = "") -> str:
+        """The pending parts and ``end`` as one str; nothing is pending after."""
+        self._pending.append(end)
+        line = "".join(self._pending)
+        self._pending, self._pending_chars = [], 0
+        return line
 
     def _take_interrupting(self) -> None:
         while self._interrupting:
@@ -214,6 +254,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     """Runs the call described by ``plan`` and the client's request, and sends its events on
     the channel ``prepare`` gave the console (after the lines printed before each of them)."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
+    _console.cap = plan.limits.output_bytes
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
     # built once, not copied into an Outcome and again into a RunEvent.
@@ -256,14 +297,15 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
         if importer is not None:
             importer.withdraw()
-        failure = describe(e, importer.guest_files if importer else set())
+        failure = _described(e, importer.guest_files if importer else set())
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, ConsoleStream):
             stream.flush()
     outcome.call_id = plan.call_id
     outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:
-        outcome.failure.CopyFrom(failure)  # the result oneof: whatever value was begun is dropped
+        # the result oneof: whatever value was begun is dropped
+        outcome.failure.CopyFrom(_within_bounds(failure, plan.limits.result_bytes))
     _console.send_after_lines(event)
 
 
@@ -307,33 +349,93 @@ def _request_of(data: bytes) -> pb.RunRequest:
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     """Turns what the guest raised into the Failure the client will raise."""
     if isinstance(e, GuestModuleNotFound):
-        return Failure(kind=Failure.MODULE_NOT_FOUND, module=e.name, message=str(e))
+        return _failure(kind=Failure.MODULE_NOT_FOUND, module=e.name, message=str(e))
     if isinstance(e, MemoryError) and not e.args:
         # an allocation that failed (a guest's own `raise MemoryError("…")` has a message and
         # is its exception like any other)
-        return Failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
-                       message="the call went over its memory limit")
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
+                        message="the call went over its memory limit")
     if isinstance(e, PluginFailure):
-        return Failure(kind=Failure.SANDBOX, type_name=type(e.__cause__).__name__, message=str(e))
+        return _failure(kind=Failure.SANDBOX, type_name=type(e.__cause__).__name__, message=str(e))
     if isinstance(e, CpuLimitExceeded):
-        return Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
     if isinstance(e, SerializationError):
         if getattr(e, "limit", None) == "size":
-            return Failure(kind=Failure.RESOURCE_LIMIT, limit="result",
-                           message=str(e).replace("(limit 'size';", "(limit 'result';"))
+            return _failure(kind=Failure.RESOURCE_LIMIT, limit="result",
+                            message=str(e).replace("(limit 'size';", "(limit 'result';"))
         # a result nested past the depth limit (or containing itself) says so, as on the client
-        return Failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
-                       limit=getattr(e, "limit", None) or "")
-    return Failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
-                   traceback=guest_traceback(e, guest_files))
+        return _failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
+                        limit=getattr(e, "limit", None) or "")
+    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+                    traceback=guest_traceback(e, guest_files))
+
+
+def _described(e: BaseException, guest_files: set[str]) -> pb.Failure:
+    """``describe(e)``, or if that fails too, ``e`` without its traceback; the sandbox used to
+    end without an outcome. Formatting can fail for want of memory (a guest that recursed until
+    it ran out still holds every frame), or by what the guest's ``__str__`` raises; the call's
+    CPU time can run out on the way, which is then the call's outcome."""
+    try:
+        return describe(e, guest_files)
+    except CpuLimitExceeded as spent:
+        return describe(spent, guest_files)
+    except BaseException as failed:  # noqa: B036 - anything, a MemoryError most likely
+        e.__traceback__ = None  # lets the frames go
+        reason = type(failed).__name__
+        del failed
+        return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+                        traceback=f"(the traceback could not be formatted: {reason})\n")
+
+
+def _failure(**fields) -> pb.Failure:
+    """A Failure whose texts may hold what the guest made: a lone surrogate (``"\\ud800"``),
+    which no protobuf string may hold, is written as its escape, as Python's stderr writes it
+    (the guest's ``raise ValueError("\\ud800")`` ended the sandbox without an outcome)."""
+    return Failure(**{name: _encodable(value) if isinstance(value, str) else value
+                      for name, value in fields.items()})
+
+
+def _encodable(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# The innermost frames a traceback is made of: Python would format them all, and a guest that
+# raised the recursion limit (after escaping to sys) to a million made its outcome take longer
+# than any timeout. The frames dropped are the outermost: the runtime's own, then the guest's first.
+TRACEBACK_FRAMES = 2000
+# Characters of a failure's message, and of its traceback, sent at most (see _within_bounds).
+FAILURE_TEXT_CHARS = 256 << 10
 
 
 def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
     """The traceback as Python prints it, keeping only frames of guest source."""
-    te = traceback.TracebackException.from_exception(e)
+    te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
     for part in _chain(te):
         part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
     return "".join(te.format())
+
+
+def _within_bounds(failure: pb.Failure, result_bytes: int) -> pb.Failure:
+    """``failure`` with a long message, traceback or type name cut in the middle, so that
+    ``raise ValueError(huge)`` is reported as that ValueError, not as an outcome too large for
+    the daemon to read. Message and traceback get at most a sixteenth of the result's bytes
+    each (4 bytes a character at worst), and never less than 1,024 characters."""
+    chars = max(1024, min(FAILURE_TEXT_CHARS, result_bytes // 16))
+    failure.message = _cut_in_middle(failure.message, chars)
+    failure.traceback = _cut_in_middle(failure.traceback, chars)
+    failure.type_name = _cut_in_middle(failure.type_name, 1024)
+    return failure
+
+
+def _cut_in_middle(text: str, chars: int) -> str:
+    """``text`` if it has at most ``chars`` characters, else its start and end around a
+    note of what was cut (a traceback's end holds the innermost frame and the exception)."""
+    if len(text) <= chars:
+        return text
+    half = chars // 2
+    return f"{text[:half]}\n[… {len(text) - 2 * half} characters cut …]\n{text[-half:]}"
 
 
 def _chain(te):
@@ -347,6 +449,8 @@ def _chain(te):
 def _message(e: BaseException) -> str:
     try:
         return str(e)
+    except CpuLimitExceeded:
+        raise
     except BaseException:  # a guest exception whose __str__ itself fails
         return f"<unprintable {type(e).__name__}>"
 

@@ -191,3 +191,80 @@ def test_a_precompiled_guest_folder_is_loaded_from_its_cache_and_keeps_its_guest
     # named as guest source is: by its path in the guest folder, with its line
     assert 'File "/helper.py", line 3, in fail' in info.value.traceback, info.value.traceback
     assert "raise ValueError('from the cache')" in info.value.traceback
+
+
+def test_an_exception_with_a_huge_message_is_the_guests_error_cut_in_the_middle(runner):
+    """50 MB of message was reported as an outcome too large for the daemon (limit 'result')."""
+    r = runner({"index.py": """
+        def shout():
+            raise ValueError("a" * (25 << 20) + "z" * (25 << 20))
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("shout")
+    e = info.value
+    assert e.type_name == "ValueError"
+    assert e.message.startswith("aaaa") and e.message.endswith("zzzz")
+    assert "characters cut" in e.message and len(e.message) < 300_000
+    assert e.traceback.startswith("Traceback (most recent call last):")
+    assert '/index.py", line 3, in shout' in e.traceback
+    assert e.traceback.endswith("zzzz\n") and len(e.traceback) < 300_000
+
+
+def test_lone_surrogates_in_what_the_guest_raises_are_escaped_not_a_lost_outcome(runner):
+    """No protobuf string may hold "\\ud800": the sandbox died building the failure, and the
+    call ended as a SandboxError without the guest's exception."""
+    r = runner({"index.py": """
+        def bad_text():
+            raise ValueError("bad \\ud800 text")
+        def bad_module():
+            __import__("odd\\udfffname")
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("bad_text")
+    assert info.value.type_name == "ValueError"
+    assert info.value.message == "bad \\ud800 text"
+    assert "ValueError: bad \\ud800 text" in info.value.traceback
+    with pytest.raises(errors.ModuleNotFound) as info:
+        r.run("bad_module")
+    assert info.value.module == "odd\\udfffname"
+
+
+
+def test_an_exception_that_breaks_traceback_formatting_is_still_reported(runner):
+    """A guest's exception whose ``__notes__`` raises makes Python's traceback module raise
+    too: the sandbox ended without an outcome."""
+    r = runner({"index.py": """
+        class Odd(Exception):
+            @property
+            def __notes__(self):
+                raise ValueError("no notes")
+        def f():
+            raise Odd("odd one")
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert info.value.type_name == "Odd"
+    assert info.value.message == "odd one"
+    assert info.value.traceback == "(the traceback could not be formatted: ValueError)\n"
+
+
+def test_a_guest_that_escaped_and_recursed_a_million_deep_gets_its_recursion_error(runner):
+    """Python formats every frame of a traceback: a million of them took the runtime longer
+    than the call's timeout, so the guest got a timeout instead of its RecursionError."""
+    r = runner({"index.py": """
+        def _sys():
+            for klass in object.__subclasses__():
+                for member in vars(klass).values():
+                    found = getattr(member, "__globals__", None)
+                    if isinstance(found, dict) and found.get("__name__") == "os":
+                        return found["sys"]
+        def dive():
+            _sys().setrecursionlimit(1_000_000)
+            def down(n):
+                return down(n + 1)
+            return down(0)
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("dive", timeout=25)
+    assert info.value.type_name == "RecursionError"
+    assert 0 < info.value.traceback.count('/index.py"') <= 2000

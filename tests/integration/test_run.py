@@ -117,6 +117,41 @@ def test_flooding_the_console_is_an_output_limit(runner):
     assert info.value.limit == "output"
 
 
+def test_a_line_printed_in_many_parts_costs_what_its_parts_do(runner):
+    """print(x, end="") in a loop grew one str by copying it: 100,000 parts of 6 characters
+    took 14 s, 900,000 of one character longer than the call's timeout."""
+    lines = []
+    r = runner({"index.py": "def dots(n):\n"
+                            "    for _ in range(n):\n"
+                            "        print('a', end='')\n"
+                            "    print()\n"
+                            "    return n\n"}, on_console=lambda stream, text: lines.append(text))
+    assert r.run("dots", args=[900_000], timeout=20) == 900_000
+    assert lines == ["a" * 900_000 + "\n"]
+
+
+@pytest.mark.parametrize("body", [
+    "print('y' * (50 << 20))",  # one line of 50 MiB: sent whole, larger than any event the daemon reads
+    "for _ in range(100):\n        print('z' * (1 << 20), end='')",  # a line never ended, held until memory ran out
+    "print('\\u20ac' * (1 << 19))",  # 1.5 MiB of 3-byte characters: cut, it must stay over the cap
+])
+def test_one_line_over_the_console_cap_is_an_output_limit(runner, body):
+    r = runner({"index.py": f"def shout():\n    {body}\n    return 1\n"})
+    with pytest.raises(errors.ResourceLimitError) as info:
+        r.run("shout", timeout=20)
+    assert info.value.limit == "output"
+
+
+def test_a_line_longer_than_the_result_cap_arrives_whole_within_the_console_cap(start_daemon, make_root):
+    """The daemon read no event larger than the result cap, console lines included."""
+    d = start_daemon(config="[limits]\nresult_bytes = 65536\noutput_bytes = 1048576\n")
+    lines = []
+    with CodeRunner(root=make_root({"index.py": "def long():\n    print('w' * (512 << 10))\n    return 1\n"}),
+                    file="index.py", socket=d.socket, on_console=lambda stream, text: lines.append(text)) as r:
+        assert r.run("long") == 1
+    assert lines == ["w" * (512 << 10) + "\n"]
+
+
 def test_hogging_memory_is_a_memory_limit(runner):
     r = runner({"index.py": "def hog():\n    return bytearray(2 << 30)\n"})
     with pytest.raises(errors.ResourceLimitError) as info:

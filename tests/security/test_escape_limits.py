@@ -38,6 +38,16 @@ def test_cpu_spin_ends_at_cpu_seconds(attack):
     assert raised.value.limit == "cpu"
 
 
+@pytest.mark.parametrize("func", ["attack_exiting_on_sigxcpu", "attack_in_its_exceptions_str"])
+def test_cpu_spent_where_no_outcome_can_follow_is_still_a_cpu_limit(attack, func):
+    """The soft limit's signal, landing in a handler that leaves the process or in the runtime
+    reporting the guest's exception, ended the call as 'the sandbox ended without reporting an
+    outcome'."""
+    with pytest.raises(errors.ResourceLimitError) as raised:
+        attack("cpu_spin", func, timeout=20)
+    assert raised.value.limit == "cpu"
+
+
 def test_cpu_spin_ignoring_sigxcpu_is_killed_by_the_kernel(attack):
     with pytest.raises(errors.ResourceLimitError) as raised:
         attack("cpu_spin", "attack_ignoring_sigxcpu", timeout=20)
@@ -211,6 +221,24 @@ def test_a_forged_compiled_event_is_never_kept_for_the_next_calls_of_the_file(se
             with pytest.raises(errors.SandboxError, match="a 'compiled' event"):
                 runner.run("forge", timeout=20)
             assert runner.run("read", timeout=20) == "source"
+
+
+def test_a_forged_outcome_over_the_result_cap_is_refused_where_console_events_may_be_larger(
+        start_daemon, tmp_path):
+    """With a console cap above the result cap the daemon reads events up to the console's
+    size; an outcome is still held to the result's."""
+    d = start_daemon(config="[limits]\nresult_bytes = 65536\noutput_bytes = 1048576\n")
+    root = tmp_path / "guest"
+    root.mkdir()
+    root.chmod(0o755)
+    for name in ("escape.py", "forged_events.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    with CodeRunner(root=str(root), file="forged_events.py", socket=d.socket) as runner:
+        with pytest.raises(errors.ResourceLimitError, match="an outcome of") as raised:
+            runner.run("outcome_of", args=[512 << 10], timeout=20)
+        assert raised.value.limit == "result"
+        with pytest.raises(errors.GuestError, match="mmm"):  # one within the cap is relayed
+            runner.run("outcome_of", args=[1000], timeout=20)
 
 
 def test_a_forged_empty_console_batch_ends_the_call(attack):

@@ -13,3 +13,20 @@ def attack_ignoring_sigxcpu():
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
     while True:
         pass
+
+
+def attack_exiting_on_sigxcpu():
+    signal, os = real_import("signal"), real_import("os")
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(1))
+    while True:
+        pass
+
+
+class _Endless(Exception):
+    def __str__(self):
+        while True:
+            pass
+
+
+def attack_in_its_exceptions_str():
+    raise _Endless()

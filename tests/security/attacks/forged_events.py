@@ -132,3 +132,10 @@ def _varint(n):
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def outcome_of(size):
+    """An outcome of ``size`` bytes of message, whatever the call's result cap."""
+    failure = pb.Failure(kind=pb.Failure.GUEST_EXCEPTION, type_name="E", message="m" * size)
+    _send(channel_fd(), pb.RunEvent(outcome=pb.Outcome(failure=failure)))
+    real_import("time").sleep(10)

@@ -1,0 +1,54 @@
+"""What the sandbox's runtime sends of texts the guest made: console lines over the cap and
+failures with huge or unencodable texts (pure functions of isorund.sandbox.guest)."""
+from isorun._proto import runner_pb2 as pb
+from isorund.sandbox.guest import _cut_in_middle, _failure, _within_bounds, within_reach
+
+CAP = 1 << 20
+
+
+def test_a_line_within_the_cap_is_sent_as_it_is():
+    for line in ("", "hi\n", "x" * CAP, "\u20ac" * (CAP // 3)):
+        assert within_reach(line, CAP) is line
+
+
+def test_a_line_over_the_cap_is_cut_to_between_one_and_four_bytes_over_it():
+    # ASCII, 2-, 3- and 4-byte characters, so that every cut position inside a character occurs
+    for char in ("y", "\u00e9", "\u20ac", "\U0001f600"):
+        for extra in range(8):
+            line = char * ((CAP + extra) // len(char.encode()) + 1)
+            cut = within_reach(line, CAP)
+            size = len(cut.encode())
+            assert CAP < size <= CAP + 4, (char, extra, size)
+            assert line.startswith(cut)
+
+
+def test_a_line_over_the_cap_keeps_its_lone_surrogates_for_the_console_to_refuse_as_before():
+    cut = within_reach("\ud800" * CAP, CAP)
+    assert cut == "\ud800" * (CAP // 3 + 1)
+
+
+def test_a_text_is_cut_in_the_middle_only_when_longer_than_its_bound():
+    assert _cut_in_middle("abc", 3) == "abc"
+    cut = _cut_in_middle("a" * 50 + "z" * 50, 20)
+    assert cut == "a" * 10 + "\n[… 80 characters cut …]\n" + "z" * 10
+
+
+def test_a_failures_texts_get_a_sixteenth_of_the_result_cap_each_and_at_least_1024_characters():
+    def failure():
+        return pb.Failure(kind=pb.Failure.GUEST_EXCEPTION, type_name="E" * 5000, message="m" * 10**6,
+                          traceback="t" * 10**6)
+    small = _within_bounds(failure(), result_bytes=4096)
+    assert len(small.message) < 1100 and small.message.startswith("m" * 512)
+    assert len(small.traceback) < 1100 and len(small.type_name) < 1100
+    default = _within_bounds(failure(), result_bytes=16 << 20)
+    assert 256 << 10 <= len(default.message) < (256 << 10) + 100
+    ample = _within_bounds(pb.Failure(message="m" * 1000, traceback="t" * 1000), result_bytes=16 << 20)
+    assert ample.message == "m" * 1000 and ample.traceback == "t" * 1000
+
+
+def test_lone_surrogates_in_a_failures_texts_are_escaped_as_stderr_writes_them():
+    f = _failure(kind=pb.Failure.GUEST_EXCEPTION, type_name="ValueError", message="bad \ud800 text",
+                 traceback="ValueError: bad \ud800 text\n")
+    assert f.message == "bad \\ud800 text"
+    assert f.traceback == "ValueError: bad \\ud800 text\n"
+    assert f.SerializeToString()
