@@ -171,8 +171,8 @@ class Config:
             for name, target in getattr(self.plugins, group).items():
                 need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)
         for name in self.default_external:
-            need(isinstance(name, str) and name.isidentifier(), "default_external",
-                 "a list of top-level module names (each allows its submodules)", name)
+            need(isinstance(name, str) and name.isidentifier() and name != "__main__", "default_external",
+                 "a list of top-level module names (each allows its submodules), not '__main__'", name)
         for path in self.plugin_paths:
             need(isinstance(path, str) and path.startswith("/"), "plugin_paths", "a list of absolute folder paths", path)
         for name, target in self.types.items():

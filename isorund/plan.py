@@ -135,6 +135,9 @@ def _modules(names) -> list[str]:
                                f"cannot be allowed without all of {top!r}; name {top!r} to allow it")
         if len(name) > MAX_NAME or not name.isidentifier():
             raise RequestError(f"external module names must be Python names, got {name[:80]!r}")
+        if name == "__main__":
+            raise RequestError("external may not name '__main__': in a sandbox that is the runtime's own "
+                               "entry module, not a module a guest could mean")
     return list(names)
 
 

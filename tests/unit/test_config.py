@@ -85,6 +85,7 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ("start_timeout = inf\n", "start_timeout"),
     ("insecure_no_isolation = 1\n", "insecure_no_isolation"),
     ('default_external = ["os path"]\n', "default_external"),
+    ('default_external = ["__main__"]\n', "default_external"),
     ('plugin_paths = ["relative"]\n', "plugin_paths"),
     ("[limits]\nmemory_bytes = 0\n", "limits.memory_bytes"),
     ('[plugins.compilers]\nbad = "no-colon"\n', "plugins.compilers.bad"),

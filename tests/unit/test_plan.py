@@ -182,6 +182,8 @@ def test_bad_external_names_are_refused(config, root):
     # a submodule alone would in fact allow its whole package: refused, naming the package
     refused(config, request(root, external=["os.path"]), "cannot be allowed without all of 'os'; name 'os'")
     refused(config, request(root, external=["x"] * 300), "at most")
+    # the zygote's own entry module, not a module a guest could mean
+    refused(config, request(root, external=["__main__"]), "may not name '__main__'")
 
 
 def test_only_site_packages_folders_are_bound_for_externals(config, root):
