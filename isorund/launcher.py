@@ -33,6 +33,11 @@ LOST_RETRY_SECONDS = 1.0
 # A call that has waited this long for a sandbox, with none arriving meanwhile, means a zygote
 # that is stalled (stopped, starved of CPU, stuck in the kernel): a sandbox takes ~10 ms.
 STALL_SECONDS = 3.0
+# A zygote that dies within this long of its start is restarted after a delay, doubled at each
+# such death up to the last: one that dies as soon as it serves (its spawns failing) was
+# restarted at once, four times a second, each a new interpreter importing everything.
+STABLE_SECONDS = 10.0
+RESTART_DELAYS = (0.05, 5.0)  # the first delay and the longest
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class Zygote:
         self.alive = False
         self.stopping = False
         self.restarts = 0
+        self._started_at = 0.0  # loop time the running zygote said hello
+        self._quick_deaths = 0  # deaths in a row, each within STABLE_SECONDS of its start
         self.on_restart = on_restart
         self.on_down = on_down
         self.on_stall = on_stall  # called with True when it stalls, False when a sandbox comes
@@ -143,6 +150,7 @@ class Zygote:
         if "fatal" in hello:
             raise RuntimeError(hello["fatal"])
         self.alive = True
+        self._started_at = loop.time()
         self._owed = self._asked = 0  # a new zygote starts with a full pool, owing no one
         self._request(self.config.pool_size)
 
@@ -370,13 +378,26 @@ class Zygote:
                 self.process.kill()  # it closed its control socket: it can serve no one any more
             status = self.process.wait()
         if was_alive and not self.stopping:
-            log.error(json.dumps({"event": "zygote_died", "exit_status": status, "restarts": self.restarts}))
+            wait = self._restart_delay()
+            log.error(json.dumps({"event": "zygote_died", "exit_status": status, "restarts": self.restarts,
+                                  "restart_in_seconds": wait}))
             if self.on_down:
                 self.on_down()
-            loop.create_task(self._restart())
+            loop.create_task(self._restart(wait))
 
-    async def _restart(self) -> None:
-        delay = 0.05
+    def _restart_delay(self) -> float:
+        """No delay after a zygote that lived ``STABLE_SECONDS``; else doubling from the first of
+        ``RESTART_DELAYS`` to the last, death after quick death."""
+        quick = asyncio.get_running_loop().time() - self._started_at < STABLE_SECONDS
+        self._quick_deaths = self._quick_deaths + 1 if quick else 0
+        if not self._quick_deaths:
+            return 0.0
+        first, longest = RESTART_DELAYS
+        return min(first * 2 ** (self._quick_deaths - 1), longest)
+
+    async def _restart(self, wait: float = 0.0) -> None:
+        await asyncio.sleep(wait)
+        delay = RESTART_DELAYS[0]
         while not self.stopping:
             try:
                 await self.start()
@@ -387,7 +408,7 @@ class Zygote:
             except Exception as e:  # keep trying: a transient failure must not end the daemon
                 log.error(json.dumps({"event": "zygote_restart_failed", "error": str(e)}))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RESTART_DELAYS[1])
 
     async def stop(self) -> None:
         self.stopping = True

@@ -201,6 +201,65 @@ def test_a_zygote_that_fails_to_restart_is_retried_until_it_starts(start_daemon,
     assert d.proc.poll() is None
 
 
+def spawns_failing_while(flag) -> str:
+    """A plugin module that makes the zygote's every spawn fail (its socketpair) while ``flag``
+    exists; the daemon imports it too, untouched."""
+    return (f"import os, socket, sys\n"
+            f"if 'isorund.zygote' in sys.orig_argv:\n"
+            f"    real = socket.socketpair\n"
+            f"    def socketpair(*args, **kwargs):\n"
+            f"        if os.path.exists({str(flag)!r}):\n"
+            f"            raise OSError(24, 'Too many open files (test)')\n"
+            f"        return real(*args, **kwargs)\n"
+            f"    socket.socketpair = socketpair\n"
+            f"def compile(source, filename):\n"
+            f"    return source\n")
+
+
+def test_a_zygote_that_dies_soon_after_each_restart_is_restarted_with_a_growing_delay(start_daemon, make_root,
+                                                                                     tmp_path):
+    # It said why it died (a 'fatal' from the running zygote), and was restarted at once, four
+    # times a second, each restart a new interpreter importing everything.
+    flag = tmp_path / "failing"
+    (tmp_path / "spawnfail.py").write_text(spawns_failing_while(flag))
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nsf = "spawnfail:compile"\n')
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        assert r.run("echo", args=[1]) == 1  # its replacement is asked for: the spawn fails
+        flag.write_text("")
+        assert r.run("echo", args=[2]) == 2  # a pooled one was ready
+        time.sleep(6)
+        failed = events(d, "zygote_failed")
+        assert failed and failed[0]["error"] == "OSError: [Errno 24] Too many open files (test)"
+        delays = [e["restart_in_seconds"] for e in events(d, "zygote_died")]
+        assert 3 <= len(delays) <= 9, delays  # 0.05, 0.1, 0.2, … s, each restart ~0.3 s: at once, ~20
+        assert delays == sorted(delays) and delays[1] == 2 * delays[0], delays
+        with pytest.raises(errors.DaemonUnavailable, match="zygote is restarting"):
+            r.run("echo", args=[3])
+        flag.unlink()
+        deadline = time.monotonic() + 30
+        while True:  # at most the longest delay (5 s) and a start
+            try:
+                assert r.run("echo", args=[4]) == 4
+                break
+            except errors.DaemonUnavailable:
+                assert time.monotonic() < deadline, d.log()
+                time.sleep(0.1)
+    assert d.proc.poll() is None
+
+
+def test_a_zygote_dying_during_the_self_test_stops_the_start_saying_why(start_daemon, tmp_path):
+    flag = tmp_path / "failing"
+    flag.write_text("")
+    (tmp_path / "spawnfail.py").write_text(spawns_failing_while(flag))
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nsf = "spawnfail:compile"\n',
+                     wait=False)
+    assert d.proc.wait(60) == 1
+    assert not (d.folder / "isorund.sock").exists()
+    assert ("isorund cannot build a sandbox on this host: the zygote died preparing it: "
+            "OSError: [Errno 24] Too many open files (test)") in d.log()
+
+
 def test_a_daemon_killed_outright_leaves_no_process_and_its_socket_is_reclaimed(start_daemon, make_root):
     first = start_daemon()
     root = make_root({"index.py": GUEST})
