@@ -26,10 +26,12 @@ from isorund.sandbox import seccomp
 log = logging.getLogger("isorund")
 ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died before reporting it
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
-# A pooled sandbox lost for want of descriptors is asked for again after this long, or when a
-# call ends if that comes first: at once, still out of descriptors, it would be lost again, and
-# again (a loop of forks); only at a call's end, an idle daemon's pool would stay short.
-LOST_RETRY_SECONDS = 1.0
+# A sandbox lost from the pool (dead before its call, or its descriptors dropped) is asked for
+# again after this long, doubled at each loss until one lives to be taken, up to the longest;
+# or when a call ends, if that comes first. At once, a host that kills every sandbox (or a
+# daemon out of descriptors) had the zygote fork in a loop, 350 sandboxes and log lines a
+# second; only at a call's end, an idle daemon's pool would stay short.
+LOST_RETRY_SECONDS = (1.0, 30.0)
 # A call that has waited this long for a sandbox, with none arriving meanwhile, means a zygote
 # that is stalled (stopped, starved of CPU, stuck in the kernel): a sandbox takes ~10 ms.
 STALL_SECONDS = 3.0
@@ -99,6 +101,7 @@ class Zygote:
         self.prepared = 0   # sandboxes received from the zygote
         self.discarded = 0  # … of them killed unused: asked for by calls that left, pool full
         self._lost_retry: asyncio.TimerHandle | None = None
+        self._lost_delay = LOST_RETRY_SECONDS[0]
         self.exits: dict[int, asyncio.Future] = {}
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
@@ -173,6 +176,7 @@ class Zygote:
             raise ZygoteUnavailable("the sandbox zygote is restarting; retry the call")
         if self.ready:
             self._owed += 1
+            self._lost_delay = LOST_RETRY_SECONDS[0]  # sandboxes live again
             return self.ready.popleft()
         while self._takers and self._takers[0].done():
             self._takers.popleft()  # calls that left (their wait ran out, their client went)
@@ -271,8 +275,7 @@ class Zygote:
                 sandbox.close()
                 log.warning(json.dumps({"event": "sandbox_lost", "pid": pid,
                                         "reason": f"it died in the pool before its call (exit status {status})"}))
-                if self.alive:
-                    self._request(1)
+                self._owe_later()
                 return
 
     def _fail_takers(self, message: str) -> None:
@@ -335,7 +338,7 @@ class Zygote:
     def _on_lost_on_the_way(self, pid: int, fds: list[int]) -> None:
         """Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
         message; that sandbox sees its channel close and exits. Whoever waits for one gets the
-        next; with no one waiting, the pool is owed one (LOST_RETRY_SECONDS)."""
+        next; with no one waiting, the pool is owed one (``_owe_later``)."""
         for fd in fds:
             os.close(fd)
         log.error(json.dumps({"event": "sandbox_lost", "pid": pid,
@@ -344,9 +347,14 @@ class Zygote:
         if self._waiting():
             self._ask_for_waiting()
         else:
-            self._owed += 1
-            if self._lost_retry is None:
-                self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY_SECONDS, self.replace)
+            self._owe_later()
+
+    def _owe_later(self) -> None:
+        """The pool is owed one more sandbox, asked for after LOST_RETRY_SECONDS."""
+        self._owed += 1
+        if self._lost_retry is None:
+            self._lost_retry = asyncio.get_running_loop().call_later(self._lost_delay, self.replace)
+            self._lost_delay = min(self._lost_delay * 2, LOST_RETRY_SECONDS[1])
 
     def _on_exited(self, exited: dict) -> None:
         """A sandbox's end as its zygote reaped it: for its call's outcome, or the pool's loss."""

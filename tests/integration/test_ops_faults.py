@@ -248,6 +248,31 @@ def test_a_zygote_that_dies_soon_after_each_restart_is_restarted_with_a_growing_
     assert d.proc.poll() is None
 
 
+def test_sandboxes_that_die_as_soon_as_made_are_not_replaced_in_a_loop(start_daemon, make_root, tmp_path):
+    # A host that kills every new sandbox (here a plugin's fork hook in the zygote, while a flag
+    # exists): each one lost from the pool was asked for again at once, 350 forks and log lines
+    # a second. Calls still get an answer, and once sandboxes live again the pool is refilled.
+    flag = tmp_path / "dying"
+    (tmp_path / "childdie.py").write_text(
+        f"import os, sys\n"
+        f"if 'isorund.zygote' in sys.orig_argv:\n"
+        f"    os.register_at_fork(after_in_child=lambda: os.path.exists({str(flag)!r}) and os._exit(7))\n"
+        f"def compile(source, filename):\n"
+        f"    return source\n")
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\ncd = "childdie:compile"\n')
+    root = make_root({"index.py": GUEST})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        flag.write_text("")
+        assert r.run("echo", args=[1]) == 1  # a pooled sandbox, made before; its replacement dies
+        time.sleep(5)
+        lost = events(d, "sandbox_lost")
+        assert 1 <= len(lost) <= 6, len(lost)  # asked again after 1, 2 s, …: at once, ~1,700
+        assert lost[0]["reason"] == "it died in the pool before its call (exit status 7)"
+        flag.unlink()
+        assert r.run("echo", args=[2]) == 2
+    wait_for_pool(d.pid, 4)
+
+
 def test_a_zygote_dying_during_the_self_test_stops_the_start_saying_why(start_daemon, tmp_path):
     flag = tmp_path / "failing"
     flag.write_text("")

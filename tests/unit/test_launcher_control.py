@@ -46,13 +46,13 @@ def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
 def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_when_a_call_ends():
     """With no call waiting, the lost sandbox was never replaced: each one shrank the pool
     for the daemon's life. Asked for at once it would be lost again while the daemon is out
-    of descriptors, so it waits for the next call's end or LOST_RETRY_SECONDS."""
+    of descriptors, so it waits for the next call's end or LOST_RETRY_SECONDS[0]."""
     async def scenario():
         z, ours, zygote_end = lost_sandbox()
         assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
         z.replace()  # a call ended
         assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
-        await asyncio.sleep(launcher.LOST_RETRY_SECONDS + 0.2)
+        await asyncio.sleep(launcher.LOST_RETRY_SECONDS[0] + 0.2)
         assert select.select([zygote_end], [], [], 0)[0] == []  # asked for once, not twice
         ours.close()
         zygote_end.close()
@@ -63,10 +63,39 @@ def test_a_pooled_sandbox_without_its_descriptors_is_asked_for_again_a_little_la
     async def scenario():
         z, ours, zygote_end = lost_sandbox()
         assert select.select([zygote_end], [], [], 0)[0] == []  # not asked for at once
-        await asyncio.sleep(launcher.LOST_RETRY_SECONDS + 0.2)  # and no call ends
+        await asyncio.sleep(launcher.LOST_RETRY_SECONDS[0] + 0.2)  # and no call ends
         assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
         ours.close()
         zygote_end.close()
+    asyncio.run(scenario())
+
+
+def test_sandboxes_lost_one_after_another_are_asked_for_again_later_and_later():
+    """Asked for at once (or always after the same second), sandboxes that a host kills as soon
+    as they are made had the zygote fork in a loop; one that lives to be taken resets it."""
+    async def scenario():
+        first = launcher.LOST_RETRY_SECONDS[0]
+        z, ours, zygote_end = lost_sandbox()
+        await asyncio.sleep(first + 0.2)
+        assert json.loads(zygote_end.recv(100)) == {"spawn": 1}
+        zygote_end.send(json.dumps({"ready": {"pid": 43}}).encode())  # lost again
+        z._on_control()
+        await asyncio.sleep(first + 0.2)
+        assert select.select([zygote_end], [], [], 0)[0] == []  # not after the same delay
+        await asyncio.sleep(first)
+        assert json.loads(zygote_end.recv(100)) == {"spawn": 1}  # but after twice it
+        channel, peer = socket.socketpair()
+        pidfd = os.pidfd_open(os.getpid())
+        socket.send_fds(zygote_end, [json.dumps({"ready": {"pid": 44}}).encode()], [channel.fileno(), pidfd])
+        z._on_control()
+        (await z.take()).close()  # one lived to be taken
+        zygote_end.send(json.dumps({"ready": {"pid": 45}}).encode())  # lost
+        z._on_control()
+        await asyncio.sleep(first + 0.2)
+        assert json.loads(zygote_end.recv(100)) == {"spawn": 2}  # the taken one's and the lost one's
+        for s in (channel, peer, ours, zygote_end):
+            s.close()
+        os.close(pidfd)
     asyncio.run(scenario())
 
 
