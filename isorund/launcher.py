@@ -155,6 +155,7 @@ class Zygote:
         self.alive = True
         self._started_at = loop.time()
         self._owed = self._asked = 0  # a new zygote starts with a full pool, owing no one
+        self._lost_delay = LOST_RETRY_SECONDS[0]
         self._request(self.config.pool_size)
 
     def _seccomp(self) -> list[str]:
@@ -350,7 +351,7 @@ class Zygote:
             self._owe_later()
 
     def _owe_later(self) -> None:
-        """The pool is owed one more sandbox, asked for after LOST_RETRY_SECONDS."""
+        """The pool is owed one more sandbox, asked for after the delay (see LOST_RETRY_SECONDS)."""
         self._owed += 1
         if self._lost_retry is None:
             self._lost_retry = asyncio.get_running_loop().call_later(self._lost_delay, self.replace)

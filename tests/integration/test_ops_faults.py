@@ -233,7 +233,8 @@ def test_a_zygote_that_dies_soon_after_each_restart_is_restarted_with_a_growing_
         assert failed and failed[0]["error"] == "OSError: [Errno 24] Too many open files (test)"
         delays = [e["restart_in_seconds"] for e in events(d, "zygote_died")]
         assert 3 <= len(delays) <= 9, delays  # 0.05, 0.1, 0.2, … s, each restart ~0.3 s: at once, ~20
-        assert delays == sorted(delays) and delays[1] == 2 * delays[0], delays
+        waited = [delay for delay in delays if delay]  # (the first zygote may have lived 10 s)
+        assert delays == sorted(delays) and waited[1] == 2 * waited[0], delays
         with pytest.raises(errors.DaemonUnavailable, match="zygote is restarting"):
             r.run("echo", args=[3])
         flag.unlink()
