@@ -80,9 +80,12 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        # SIGHUP's default would end the daemon without draining; there is nothing to reload.
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(json.dumps({
-            "event": "sighup_ignored", "note": "isorund has no reload; restart it to apply a new config"})))
+        # Their default would end the daemon at once, without draining its calls (a log rotation
+        # sending SIGHUP or SIGUSR1 did); there is nothing to reload and no log file to reopen.
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(sig, lambda name=sig.name: log.warning(json.dumps({
+                "event": "signal_ignored", "signal": name,
+                "note": "isorund has no reload and writes no log file; restart it to apply a new config"})))
         starting = loop.create_task(self._start())
         signalled = loop.create_task(stop.wait())
         try:

@@ -138,14 +138,19 @@ def test_sigterm_during_a_slow_start_stops_the_daemon_at_once(start_daemon, tmp_
     assert psutil.wait_procs([importing], timeout=10)[1] == []
 
 
-def test_sighup_is_logged_and_ignored_not_an_unclean_stop(start_daemon, make_root):
+def test_sighup_and_sigusr_are_logged_and_ignored_not_an_unclean_stop(start_daemon, make_root):
+    # SIGUSR1's and SIGUSR2's default ended the daemon at once: no drain, no log line, a stale
+    # socket left behind (a log rotation's postrotate may send either, or SIGHUP)
     from isorun import CodeRunner
     d = start_daemon()
-    os.kill(d.pid, signal.SIGHUP)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        os.kill(d.pid, sig)
     time.sleep(0.5)
     with CodeRunner(root=make_root({"index.py": "def f():\n    return 1\n"}), file="index.py", socket=d.socket) as r:
         assert r.run("f") == 1
-    assert '"event": "sighup_ignored"' in d.log()
+    assert d.proc.poll() is None
+    for name in ("SIGHUP", "SIGUSR1", "SIGUSR2"):
+        assert f'"event": "signal_ignored", "signal": "{name}"' in d.log()
 
 
 def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
