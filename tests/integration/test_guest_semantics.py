@@ -268,3 +268,14 @@ def test_a_guest_that_escaped_and_recursed_a_million_deep_gets_its_recursion_err
         r.run("dive", timeout=25)
     assert info.value.type_name == "RecursionError"
     assert 0 < info.value.traceback.count('/index.py"') <= 2000
+
+
+def test_extra_arguments_are_the_guests_type_error_not_dropped(runner):
+    """Missing arguments are None (JavaScript's undefined); extra ones are not dropped as
+    JavaScript would: Python's TypeError names the mistake (decided, README)."""
+    r = runner({"index.py": "def one(a):\n    return a\n"})
+    assert r.run("one", args=[]) is None
+    with pytest.raises(errors.GuestError) as info:
+        r.run("one", args=[1, 2])
+    assert info.value.type_name == "TypeError"
+    assert "takes 1 positional argument but 2 were given" in info.value.message
