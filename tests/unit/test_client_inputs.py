@@ -104,6 +104,23 @@ def test_list_options_take_lists_tuples_and_paths_for_whitelisted_paths(tmp_path
     r.close()
 
 
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+@pytest.mark.parametrize("option, value, type_name", [("root", None, "NoneType"), ("file", None, "NoneType"),
+                                                      ("root", 5, "int"), ("file", ["index.py"], "list")])
+def test_a_root_or_file_that_is_no_path_is_refused_naming_it(tmp_path, runner_class, option, value, type_name):
+    # it was os.fspath's bare TypeError, naming neither (the Node client refuses them the same way)
+    paths = {"root": str(tmp_path), "file": "index.py", option: value}
+    with pytest.raises(errors.InvalidRequest) as info:
+        runner_class(socket=str(tmp_path / "s"), **paths)
+    assert str(info.value) == f"{option} must be a path (a str or os.PathLike), got {type_name}"
+
+
+def test_root_and_file_take_paths_and_bytes(tmp_path):
+    r = CodeRunner(root=tmp_path, file=b"pkg/index.py", socket=str(tmp_path / "s"))
+    assert (r.root, r.file) == (str(tmp_path), "pkg/index.py")
+    r.close()
+
+
 # ------------------------------------------------------------------------------- socket
 
 def _socket_path(tmp_path, size: int) -> str:

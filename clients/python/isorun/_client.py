@@ -70,8 +70,8 @@ class _Base:
                  resolver_options: Mapping[str, Any] | None = None,
                  on_console: ConsoleCallback | None = None, socket: str | None = None,
                  registry: _codec.TypeRegistry | None = None):
-        self.root = os.fspath(root)
-        self.file = os.fspath(file)
+        self.root = _inputs.path("root", root)
+        self.file = _inputs.path("file", file)
         self.socket = os.fspath(socket) if socket else default_socket()
         self.on_console = on_console
         self._registry = registry or _codec.default_registry

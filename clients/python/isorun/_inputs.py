@@ -49,6 +49,16 @@ def strings(option: str, value: Any, *, paths: bool = False) -> list[str]:
     return items
 
 
+def path(option: str, value: Any) -> str:
+    """A path option (``root``, ``file``): a str or os.PathLike, as ``open()`` takes; a
+    bytes path is decoded as the file system would."""
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise errors.InvalidRequest(f"{option} must be a path (a str or os.PathLike), "
+                                    f"got {type(value).__name__}") from None
+
+
 def timeout_seconds(timeout: Any) -> float:
     """The timeout as a float number of seconds; 0.0 (None) leaves it to the daemon."""
     if timeout is None:
