@@ -69,7 +69,7 @@ class Console:
         os.register_at_fork(after_in_child=self._after_fork)
 
     def add(self, stream: int, text: str) -> None:
-        text = within_reach(text, self.cap)
+        text = capped_line(text, self.cap)
         with self._lock:
             self._lines.append((stream, text))
             self._bytes += len(text)
@@ -137,7 +137,7 @@ class Console:
         self._lines, self._bytes, self._flusher = [], 0, False
 
 
-def within_reach(line: str, cap: int) -> str:
+def capped_line(line: str, cap: int) -> str:
     """``line``, or if it is over the console cap by itself, its start, cut to just over it
     (1–4 bytes). The daemon, which counts the call's console bytes, then ends the call for its
     output (``limit='output'``), where the whole line, sent as one event, could have been

@@ -1,14 +1,14 @@
 """What the sandbox's runtime sends of texts the guest made: console lines over the cap and
 failures with huge or unencodable texts (pure functions of isorund.sandbox.guest)."""
 from isorun._proto import runner_pb2 as pb
-from isorund.sandbox.guest import _cut_in_middle, _failure, _within_bounds, within_reach
+from isorund.sandbox.guest import _cut_in_middle, _failure, _within_bounds, capped_line
 
 CAP = 1 << 20
 
 
 def test_a_line_within_the_cap_is_sent_as_it_is():
     for line in ("", "hi\n", "x" * CAP, "\u20ac" * (CAP // 3)):
-        assert within_reach(line, CAP) is line
+        assert capped_line(line, CAP) is line
 
 
 def test_a_line_over_the_cap_is_cut_to_between_one_and_four_bytes_over_it():
@@ -16,14 +16,14 @@ def test_a_line_over_the_cap_is_cut_to_between_one_and_four_bytes_over_it():
     for char in ("y", "\u00e9", "\u20ac", "\U0001f600"):
         for extra in range(8):
             line = char * ((CAP + extra) // len(char.encode()) + 1)
-            cut = within_reach(line, CAP)
+            cut = capped_line(line, CAP)
             size = len(cut.encode())
             assert CAP < size <= CAP + 4, (char, extra, size)
             assert line.startswith(cut)
 
 
 def test_a_line_over_the_cap_keeps_its_lone_surrogates_for_the_console_to_refuse_as_before():
-    cut = within_reach("\ud800" * CAP, CAP)
+    cut = capped_line("\ud800" * CAP, CAP)
     assert cut == "\ud800" * (CAP // 3 + 1)
 
 
