@@ -66,6 +66,9 @@ class Console:
         self._lock = threading.RLock()
         self._line_added = threading.Condition(self._lock)
         self._flusher: threading.Thread | None | bool = None  # False: none can run
+        # A frame on its way: a signal handler that prints runs in the middle of it (sendall
+        # runs handlers when a signal interrupts it) and must not send a frame of its own into it.
+        self._sending = False
         os.register_at_fork(after_in_child=self._after_fork)
 
     def add(self, stream: int, text: str) -> None:
@@ -93,21 +96,25 @@ class Console:
         never in the middle of a line's frame (a guest's own threads may be printing)."""
         with self._lock:
             self._send()
-            channel.send(self._sock, event)
+            self._sending = True  # (lines a handler prints now follow the event)
+            try:
+                channel.send(self._sock, event)
+            finally:
+                self._sending = False
 
     def _send(self) -> None:
-        if not self._lines:
+        """Sends the pending lines, and those a signal handler adds meanwhile; re-entered from
+        such a handler, leaves its lines to the send under way."""
+        if self._sending:
             return
-        lines, self._lines, self._bytes = self._lines, [], 0
-        if len(lines) == 1:
-            event = pb.RunEvent(console=pb.ConsoleLine(stream=lines[0][0], text=lines[0][1]))
-        else:
-            event = pb.RunEvent()
-            add = event.console_batch.lines.add
-            for stream, text in lines:
-                add(stream=stream, text=text)
-        channel.send(self._sock, event)
-        self._sent_at = time.monotonic()
+        self._sending = True
+        try:
+            while self._lines:
+                lines, self._lines, self._bytes = self._lines, [], 0
+                channel.send(self._sock, _console_event(lines))
+                self._sent_at = time.monotonic()
+        finally:
+            self._sending = False
 
     def _start_flusher(self) -> None:
         """If no thread can start (the call's process limit leaves no room for one), each line
@@ -134,7 +141,17 @@ class Console:
         exit at any moment, with no runtime left to flush for it."""
         self._lock = threading.RLock()
         self._line_added = threading.Condition(self._lock)
-        self._lines, self._bytes, self._flusher = [], 0, False
+        self._lines, self._bytes, self._flusher, self._sending = [], 0, False, False
+
+
+def _console_event(lines: list[tuple[int, str]]) -> pb.RunEvent:
+    if len(lines) == 1:
+        return pb.RunEvent(console=pb.ConsoleLine(stream=lines[0][0], text=lines[0][1]))
+    event = pb.RunEvent()
+    add = event.console_batch.lines.add
+    for stream, text in lines:
+        add(stream=stream, text=text)
+    return event
 
 
 def capped_line(line: str, cap: int) -> str:
@@ -169,6 +186,7 @@ class ConsoleStream:
         self._pending_chars = 0
         self._busy = False
         self._interrupting: list[str] = []
+        self._flush_after = False  # a flush asked for while busy, done when the write ends
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
@@ -182,14 +200,30 @@ class ConsoleStream:
             self._take(text)
             self._take_interrupting()
         finally:
-            self._busy = False
+            self._done()
         return len(text)
 
     def flush(self) -> None:
-        self._take_interrupting()
-        if self._pending:
-            self._console.add(self._stream, self._line_so_far())
+        """Sends what was written, a line begun included. From a signal handler in the middle
+        of a write (``print(..., flush=True)``), it waits for that write to end: taking the
+        handler's text then raised the runtime's IndexError in the guest's print()."""
+        if self._busy:
+            self._flush_after = True
+            return
+        self._busy = True
+        try:
+            self._take_interrupting()
+            if self._pending:
+                self._console.add(self._stream, self._line_so_far())
+        finally:
+            self._done()
         self._console.flush()
+
+    def _done(self) -> None:
+        self._busy = False
+        if self._flush_after:  # (the lines taken so far; the interrupted code's line goes on)
+            self._flush_after = False
+            self._console.flush()
 
     def isatty(self) -> bool:
         return False

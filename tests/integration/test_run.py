@@ -354,12 +354,17 @@ def test_lines_still_arrive_live_when_the_call_has_no_room_for_the_console_threa
     assert finished - seen[-1][1] > 1.0, finished - seen[-1][1]
 
 
-def test_a_signal_handler_may_print_while_the_code_it_interrupted_prints(runner):
+@pytest.mark.parametrize("flush, every", [(False, 0.0002), (True, 0.001)])
+def test_a_signal_handler_may_print_while_the_code_it_interrupted_prints(runner, flush, every):
+    # With flush=True the handler's flush took its text in the middle of the interrupted
+    # write's: the guest's print() raised the runtime's IndexError, or a line was garbled.
+    # (Each flush is an event through the daemon: every 0.2 ms, handlers outlast their interval
+    # and nest until the guest's RecursionError, as any handler slower than its timer would.)
     lines = []
     r = runner({"index.py": "import signal\n"
                             "def ticking(n):\n"
-                            "    signal.signal(signal.SIGALRM, lambda *_: print('tick'))\n"
-                            "    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n"
+                            f"    signal.signal(signal.SIGALRM, lambda *_: print('tick', flush={flush}))\n"
+                            f"    signal.setitimer(signal.ITIMER_REAL, {every}, {every})\n"
                             "    for i in range(n):\n"
                             "        print('line', i)\n"
                             "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
@@ -371,6 +376,38 @@ def test_a_signal_handler_may_print_while_the_code_it_interrupted_prints(runner)
     # terminal; with the ticks taken out, every line is there, in order
     assert "tick" in text
     assert text.replace("tick", "").replace("\n", "") == "".join(f"line {i}" for i in range(20000))
+
+
+def test_a_signal_handler_printing_amid_a_long_lines_send_does_not_break_its_frame(runner):
+    # sendall runs signal handlers when a signal interrupts it: a handler's flushed line was
+    # sent in the middle of a 300 KB line's frame, and the daemon read garbage (an event of
+    # 808464432 bytes, the text's "0000" taken for a length) in 15 calls of 15
+    lines = []
+    r = runner({"index.py": "import signal\n"
+                            "def big_lines(n, size):\n"
+                            "    signal.signal(signal.SIGALRM, lambda *_: print('tick', flush=True))\n"
+                            "    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)\n"
+                            "    for i in range(n):\n"
+                            "        print(str(i) * size)\n"
+                            "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+                            "    return n\n"},
+               external=["signal"], on_console=lambda stream, text: lines.append(text))
+    assert r.run("big_lines", args=[3, 300_000], timeout=20) == 3
+    text = "".join(lines)
+    assert "tick" in text
+    assert text.replace("tick", "").replace("\n", "") == "".join(str(i) * 300_000 for i in range(3))
+
+
+def test_a_signal_handler_printing_while_the_result_is_sent_does_not_break_its_frame(runner):
+    # the same inside the runtime's send of an 8 MiB result: "the sandbox sent an invalid
+    # event" in 10 calls of 10 without the console's guard against sending from inside a send
+    r = runner({"index.py": "import signal\n"
+                            "def big_result(size):\n"
+                            "    signal.signal(signal.SIGALRM, lambda *_: print('tick', flush=True))\n"
+                            "    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)\n"
+                            "    return b'x' * size\n"},
+               external=["signal"], on_console=lambda stream, text: None)
+    assert r.run("big_result", args=[8 << 20], timeout=20) == b"x" * (8 << 20)
 
 
 def test_a_forked_childs_lines_arrive_though_it_exits_at_once(runner):
