@@ -8,6 +8,7 @@ frames, never the runtime's.
 """
 from __future__ import annotations
 
+import _signal  # signal's own functions wrap each handler in an enum: 30 times slower
 import asyncio
 import builtins
 import inspect
@@ -323,12 +324,14 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             result = func(*_padded(func, args))
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            _silence_guest_handlers()
             importer.withdraw()
             _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
     except InvalidRequest as e:
         _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
+        _silence_guest_handlers()
         if importer is not None:
             importer.withdraw()
         failure = _described(e, importer.guest_files if importer else set())
@@ -507,6 +510,22 @@ def _usage(started: float, cpu_before: float = 0.0) -> pb.Usage:
 
 def _on_sigxcpu(signum, frame):
     raise CpuLimitExceeded()
+
+
+_SIGNALS = tuple(int(number) for number in signal.valid_signals())
+
+
+def _silence_guest_handlers() -> None:
+    """Once the guest's function has returned or raised, its signal handlers have nothing left
+    to do: one still called (by a timer left running) raised inside the runtime's report, and
+    the sandbox ended without an outcome. They are ignored from here on, the CPU limit's own
+    handler put back (~3 µs)."""
+    for number in _SIGNALS:
+        handler = _signal.getsignal(number)
+        if callable(handler) and handler is not _on_sigxcpu:
+            _signal.signal(number, _signal.SIG_IGN)
+    if _signal.getsignal(signal.SIGXCPU) is not _on_sigxcpu:
+        _signal.signal(signal.SIGXCPU, _on_sigxcpu)
 
 
 def _padded(func, args: list) -> list:

@@ -279,3 +279,19 @@ def test_extra_arguments_are_the_guests_type_error_not_dropped(runner):
         r.run("one", args=[1, 2])
     assert info.value.type_name == "TypeError"
     assert "takes 1 positional argument but 2 were given" in info.value.message
+
+
+def test_a_signal_handler_left_running_does_not_break_the_report_of_a_returned_call(runner):
+    """A guest's timer still firing after its function returned raised the handler's error in
+    the middle of the runtime's encoding of the result (or, while sending it, ended the
+    sandbox without an outcome): the function had returned, its handlers are ignored after."""
+    r = runner({"index.py": """
+        import signal
+        def leaves_a_timer(n):
+            def handler(*_):
+                raise ValueError("from the handler")
+            signal.signal(signal.SIGALRM, handler)
+            signal.setitimer(signal.ITIMER_REAL, 0.1, 0.01)
+            return list(range(n))  # encoding it takes longer than the timer's first 0.1 s
+    """}, external=["signal"])
+    assert r.run("leaves_a_timer", args=[400_000], timeout=20) == list(range(400_000))
