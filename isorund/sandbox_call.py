@@ -258,15 +258,13 @@ async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.Relaye
     how = "" if end.status is None else f" (exit status {end.status})"
     killed = end.status in (128 + signal.SIGKILL, 128 + signal.SIGXCPU)
     # The CPU rlimit's signals can also come from elsewhere (an operator's kill -9): only a
-    # sandbox that used its CPU time was ended by that limit.
-    if killed and end.cpu_seconds >= cpu_limit:
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu",
-                                message=f"the call was killed by the kernel for using up its CPU time{how}"), started)
+    # sandbox that used its CPU time was ended by that limit. One that used it and ended
+    # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
+    # the runtime was sending): the spent CPU is what ended the call all the same.
     if end.cpu_seconds >= cpu_limit:
-        # SIGXCPU landed where no outcome could follow (the guest's own handler exited, or the
-        # runtime was sending): the spent CPU is what ended the call
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=(
-            f"the call used up its CPU time and ended without an outcome{how}")), started)
+        ended = "was killed by the kernel for using up its CPU time" if killed else \
+            "used up its CPU time and ended without an outcome"
+        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)
     if killed:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
