@@ -331,7 +331,18 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
-        _silence_guest_handlers()
+        # A handler of the guest's may still be due (a timer's signal that arrived as its
+        # exception unwound): Python runs it at the next call or loop, here. Signals are held
+        # first (a C call: nothing runs before it), so each try below can meet at most the
+        # handlers already due, and the guest's failure is still what is reported.
+        while True:
+            try:
+                _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGNALS)
+                _silence_guest_handlers()
+                break
+            except BaseException:  # noqa: B036 - a late handler's error: the call already ended
+                pass
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _SIGNALS)
         if importer is not None:
             importer.withdraw()
         failure = _described(e, importer.guest_files if importer else set())

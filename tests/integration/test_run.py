@@ -410,6 +410,29 @@ def test_a_signal_handler_printing_while_the_result_is_sent_does_not_break_its_f
     assert r.run("big_result", args=[8 << 20], timeout=20) == b"x" * (8 << 20)
 
 
+def test_a_guests_handler_due_as_its_exception_unwinds_leaves_the_failure_reported(runner):
+    # The handler raises, the guest's frames unwind (freeing 8 MB buffers takes a while), and
+    # the next tick's handler ran at the runtime's first call: the sandbox ended without an
+    # outcome in 18 calls of 20. Three timers, three signals, so that several can be due.
+    r = runner({"index.py": "import signal\n"
+                            "def boom(size):\n"
+                            "    def handler(number, frame):\n"
+                            "        raise ValueError('from the handler')\n"
+                            "    for which, number in ((signal.ITIMER_REAL, signal.SIGALRM),\n"
+                            "                          (signal.ITIMER_PROF, signal.SIGPROF),\n"
+                            "                          (signal.ITIMER_VIRTUAL, signal.SIGVTALRM)):\n"
+                            "        signal.signal(number, handler)\n"
+                            "        signal.setitimer(which, 0.0001, 0.0001)\n"
+                            "    data = []\n"
+                            "    while True:\n"
+                            "        data.append(b'x' * size)\n"},
+               external=["signal"])
+    for _ in range(6):
+        with pytest.raises(errors.GuestError) as info:
+            r.run("boom", args=[8_000_000], timeout=20)
+        assert (info.value.type_name, info.value.message) == ("ValueError", "from the handler")
+
+
 def test_a_forked_childs_lines_arrive_though_it_exits_at_once(runner):
     lines = []
     r = runner({"index.py": "import os\n"
