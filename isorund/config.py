@@ -74,7 +74,7 @@ class PluginsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`).")
+    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`); at most 107 bytes.")
     socket_mode: int = _key(0o660, "Permission bits of the socket (TOML octal, e.g. `0o660`): owner and `socket_group` may connect.")
     socket_group: str = _key("", "Group owning the socket (name or number); empty keeps the daemon's group.")
     allowed_uids: list = _key(list, "Users (numbers or names) allowed to call; with `allowed_gids` empty too, every peer that can open the socket may. Checked with SO_PEERCRED; others get `PERMISSION_DENIED`.")
@@ -127,6 +127,9 @@ class Config:
             if not ok:
                 raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
         need(self.socket.startswith("/"), "socket", "an absolute path", self.socket)
+        # sun_path holds 108 bytes with its NUL; gRPC's own refusal came late and named no key
+        need(len(os.fsencode(self.socket)) <= 107, "socket", "a path of at most 107 bytes (a Unix socket's limit)",
+             self.socket)
         need(0 <= self.socket_mode <= 0o777, "socket_mode", "permission bits (0 to 0o777)", self.socket_mode)
         need(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
         need(self.queue_size >= 0, "queue_size", ">= 0", self.queue_size)

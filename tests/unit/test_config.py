@@ -69,6 +69,7 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ("default_timeout = 0\n", "default_timeout"),
     ("max_timeout = 1.0\ndefault_timeout = 2.0\n", "max_timeout"),
     ('socket = "relative.sock"\n', "socket"),
+    (f'socket = "/tmp/{"d" * 100}/s.sock"\n', "socket"),
     ("socket_mode = 0o1777\n", "socket_mode"),
     ('socket_group = "no-such-group-here"\n', "socket_group"),
     ('allowed_uids = ["no-such-user-here"]\n', "allowed_uids"),
