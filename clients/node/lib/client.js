@@ -57,6 +57,31 @@ function pluginName(option, value) {
   return value;
 }
 
+const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceExtensions", "compiler",
+  "resolver", "resolverOptions", "onConsole", "socket", "registry"];
+const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver"];
+// isolated-runtime's options that isorun names otherwise: code moved over would have them
+// ignored, and its guest would then fail far from the cause.
+const RENAMED = {
+  resolve: "isolated-runtime's resolve function is `resolver` here: the name of a resolver plugin in the daemon's config",
+  resolveArguments: "isolated-runtime's resolveArguments function is the run() option `argsResolver` here: " +
+    "the name of an args-resolver plugin in the daemon's config",
+};
+
+/** A misspelt option would otherwise be dropped without a word (`timout: 100` runs with the
+ * daemon's default timeout), so options are checked by name, as Python checks keywords. */
+function knownOptions(what, options, known) {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new errors.InvalidRequest(`${what} options must be an object, got ${typeName(options)}`);
+  }
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      throw new errors.InvalidRequest(`unknown ${what} option '${key}': ${RENAMED[key] || `known are ${known.join(", ")}`}`);
+    }
+  }
+  return options;
+}
+
 function stringList(option, value) {
   if (value === undefined || value === null) return [];
   if (!Array.isArray(value) || !value.every((item) => typeof item === "string")) {
@@ -127,8 +152,9 @@ class CodeRunner {
    *   onConsole(stream, text), socket, registry (operator types; default: the process-wide
    *   one registerType fills). See index.d.ts.
    */
-  constructor({ root, file, external, whitelistedPaths, sourceExtensions = [".py"], compiler,
-    resolver, resolverOptions, onConsole, socket, registry = defaultRegistry } = {}) {
+  constructor(options = {}) {
+    const { root, file, external, whitelistedPaths, sourceExtensions = [".py"], compiler, resolver,
+      resolverOptions, onConsole, socket, registry = defaultRegistry } = knownOptions("CodeRunner", options, RUNNER_OPTIONS);
     if (typeof root !== "string" || typeof file !== "string") {
       throw new errors.InvalidRequest("root and file must be strings: the absolute folder holding " +
         `the guest code and the file under it, got root=${typeof root}, file=${typeof file}`);
@@ -180,7 +206,7 @@ class CodeRunner {
    * with one of `errors`. `timeout` is in milliseconds, as in isolated-runtime.
    */
   async run(options = {}) {
-    return this._inFlight(() => this._run(options));
+    return this._inFlight(() => this._run(knownOptions("run()", options, RUN_OPTIONS)));
   }
 
   async _run({ funcName, args, context, running, timeout, argsResolver }) {

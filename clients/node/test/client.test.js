@@ -127,6 +127,27 @@ describe("without a daemon", () => {
       { name: "InvalidRequest", message: /context must be a plain object/ });
     await assert.rejects(r.run({ funcName: "f", context: [1] }), { name: "InvalidRequest", message: /context must be a plain object/ });
   });
+
+  test("an option of no known name is refused, not dropped", async () => {
+    // a misspelt timeout ran with the daemon's default, a misspelt external was never allowed
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", extrnal: ["json"] }),
+      { name: "InvalidRequest", message: /^unknown CodeRunner option 'extrnal': known are root, file, external,/ });
+    // isolated-runtime's functions for what isorun's plugins do: the guest would have failed far from the cause
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolve: (name) => name }),
+      { name: "InvalidRequest", message: /option 'resolve': isolated-runtime's resolve function is `resolver` here/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolveArguments: (args) => args }),
+      { name: "InvalidRequest", message: /option 'resolveArguments': .* is the run\(\) option `argsResolver` here/ });
+    assert.throws(() => new CodeRunner(null), { name: "InvalidRequest", message: /^CodeRunner options must be an object, got null/ });
+    assert.throws(() => new CodeRunner("/r"), { name: "InvalidRequest", message: /got string/ });
+    // options a class builds still pass: only own keys are checked, as destructuring reads them
+    class Options { constructor() { this.root = "/r"; this.file = "f.py"; } }
+    assert.equal(new CodeRunner(new Options()).file, "f.py");
+    const r = runner();
+    await assert.rejects(r.run({ funcName: "f", timout: 100 }),
+      { name: "InvalidRequest", message: /^unknown run\(\) option 'timout': known are funcName, args, context, running, timeout, argsResolver$/ });
+    await assert.rejects(r.run(null), { name: "InvalidRequest", message: /^run\(\) options must be an object, got null/ });
+    await assert.rejects(r.run("f"), { name: "InvalidRequest", message: /got string/ });
+  });
 });
 
 describe("with a daemon", () => {
