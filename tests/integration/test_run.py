@@ -278,8 +278,9 @@ def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     root = make_root({"rules.py": "def boom():\n    raise ValueError('Boom!')\n"})
     done = cli("--root", root, "--file", "rules.py", "boom", socket=daemon.socket)
     assert done.returncode == 1 and "GuestError: ValueError: Boom!" in done.stderr and done.stdout == ""
-    bad = cli("--root", root, "--file", "rules.py", "boom", "{not json", socket=daemon.socket)
-    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    bad = cli("--root", root, "--file", "rules.py", "boom", "1", "hello", socket=daemon.socket)
+    assert bad.returncode == 2 and "argument 2 ('hello') is not valid JSON" in bad.stderr, bad.stderr
+    assert "keeps its quotes" in bad.stderr
     gone = cli("--root", root, "--file", "rules.py", "boom", socket=str(tmp_path / "none.sock"))
     assert gone.returncode == 3 and "none.sock" in gone.stderr
 

@@ -83,11 +83,15 @@ def _key_text(key: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parse(argv)
-    try:
-        args = [json.loads(a) for a in options.args]
-    except json.JSONDecodeError as e:
-        print(f"isorun: an argument is not valid JSON: {e}", file=sys.stderr)
-        return 2
+    args = []
+    for number, text in enumerate(options.args, 1):
+        try:
+            args.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            # the usual slip: a string without the quotes JSON needs, which the shell removed
+            print(f"isorun: argument {number} ({text[:80]!r}) is not valid JSON: {e}; a JSON string keeps its "
+                  f"quotes, which the shell takes: '\"text\"'", file=sys.stderr)
+            return 2
     try:
         runner = CodeRunner(
             root=options.root, file=options.file, external=options.external,
