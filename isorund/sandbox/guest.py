@@ -276,6 +276,9 @@ def prepare(sock, registry) -> None:
     _console = Console(sock)
     sys.stdout = ConsoleStream(_console, pb.ConsoleLine.STDOUT)
     sys.stderr = ConsoleStream(_console, pb.ConsoleLine.STDERR)
+    # "the real stdout, however sys.stdout was redirected" is the console too: the original
+    # streams write to /dev/null, so a guest's print(file=sys.__stderr__) was lost
+    sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
     sample = _codec.decode(_codec.encode([1, "warm", {"up": 2.5}], registry), registry)
     namespace = {"__builtins__": dict(vars(builtins))}
     exec(compile("def echo(x):\n    return x\n", "/warm-up.py", "exec", dont_inherit=True), namespace)

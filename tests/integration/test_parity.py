@@ -120,6 +120,21 @@ def test_console_output_is_redirected_to_the_callback(runner):
     assert lines == [("stdout", "a 1\n"), ("stdout", "b!\n")]
 
 
+def test_the_original_streams_are_the_console_too(runner):
+    # sys.__stdout__ and sys.__stderr__ wrote to /dev/null: a guest printing "to the real
+    # stdout" lost its lines. Bytes written to descriptors 1 and 2 are still discarded (README).
+    lines = []
+    r = runner({"index.py": "import os, sys\n"
+                            "def f():\n"
+                            "    print('original out', file=sys.__stdout__)\n"
+                            "    sys.__stderr__.write('original err\\n')\n"
+                            "    os.write(1, b'descriptor 1\\n')\n"
+                            "    return 0\n"},
+               external=["os", "sys"], on_console=lambda stream, text: lines.append((stream, text)))
+    assert r.run("f") == 0
+    assert lines == [("stdout", "original out\n"), ("stderr", "original err\n")]
+
+
 def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
     r = runner({"index.py": "import deep\ndef top():\n    return deep.middle()\n",
                 "deep.py": "def middle():\n    return bottom()\n\ndef bottom():\n    return 1 / 0\n"})
