@@ -135,6 +135,41 @@ def test_the_original_streams_are_the_console_too(runner):
     assert lines == [("stdout", "original out\n"), ("stderr", "original err\n")]
 
 
+def test_a_printed_lone_surrogate_is_escaped_not_a_lost_outcome(runner):
+    # os.fsdecode of a name that is not UTF-8 makes them; the line, still pending when the
+    # outcome was sent, ended the sandbox without one ("exit status 1", 3 calls of 3)
+    lines = []
+    r = runner({"index.py": "def f():\n    print('ok')\n    print('bad \\ud800 name')\n    return 1\n"},
+               on_console=lambda stream, text: lines.append(text))
+    for _ in range(3):
+        lines.clear()
+        assert r.run("f") == 1
+        assert lines == ["ok\n", "bad \\ud800 name\n"]
+
+
+def test_sys_stdout_has_what_libraries_look_for_on_a_text_stream(runner):
+    lines = []
+    r = runner({"index.py": """
+import io, sys
+def f():
+    out = sys.stdout
+    seen = [isinstance(out, io.TextIOBase), out.encoding, out.errors, out.writable(), out.closed]
+    try:
+        out.fileno()
+    except io.UnsupportedOperation:
+        seen.append("no fileno")
+    out.reconfigure(encoding="utf-8")
+    out.writelines(["one\\n", "two\\n"])
+    out.buffer.write(b"caf\\xc3")  # a character split across two writes
+    out.buffer.write(bytearray(b"\\xa9 \\xff\\n"))  # and a byte that is no UTF-8
+    out.close()  # only flushes: the console is the call's
+    print("still here")
+    return seen
+"""}, external=["io", "sys"], on_console=lambda stream, text: lines.append(text))
+    assert r.run("f") == [True, "utf-8", "backslashreplace", True, False, "no fileno"]
+    assert lines == ["one\n", "two\n", "caf\u00e9 \ufffd\n", "still here\n"]
+
+
 def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
     r = runner({"index.py": "import deep\ndef top():\n    return deep.middle()\n",
                 "deep.py": "def middle():\n    return bottom()\n\ndef bottom():\n    return 1 / 0\n"})

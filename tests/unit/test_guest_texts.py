@@ -1,7 +1,10 @@
 """What the sandbox's runtime sends of texts the guest made: console lines over the cap and
 failures with huge or unencodable texts (pure functions of isorund.sandbox.guest)."""
+import socket
+
 from isorun._proto import runner_pb2 as pb
-from isorund.sandbox.guest import _cut_in_middle, _failure, _within_bounds, capped_line
+from isorund.sandbox import channel
+from isorund.sandbox.guest import Console, _cut_in_middle, _failure, _within_bounds, capped_line
 
 CAP = 1 << 20
 
@@ -22,9 +25,20 @@ def test_a_line_over_the_cap_is_cut_to_between_one_and_four_bytes_over_it():
             assert line.startswith(cut)
 
 
-def test_a_line_over_the_cap_keeps_its_lone_surrogates_for_the_console_to_refuse_as_before():
-    cut = capped_line("\ud800" * CAP, CAP)
-    assert cut == "\ud800" * (CAP // 3 + 1)
+def test_lone_surrogates_in_a_console_line_are_escaped_before_it_is_cut():
+    # no protobuf string may hold one: the send that met it (the outcome's, when the line was
+    # still pending) raised, and the sandbox ended without an outcome
+    a, b = socket.socketpair()
+    with a, b:
+        console = Console(a)
+        console.add(pb.ConsoleLine.STDERR, "bad \ud800 name\n")
+        console.cap = 64
+        console.add(pb.ConsoleLine.STDOUT, "\udcff" * 100)
+        console.flush()
+        first = pb.RunEvent.FromString(channel.receive(b, 1 << 20))
+        assert (first.console.stream, first.console.text) == (pb.ConsoleLine.STDERR, "bad \\ud800 name\n")
+        second = pb.RunEvent.FromString(channel.receive(b, 1 << 20))
+        assert second.console.text == ("\\udcff" * 100)[:68]  # escaped first, then cut just over the cap
 
 
 def test_a_text_is_cut_in_the_middle_only_when_longer_than_its_bound():
