@@ -404,9 +404,11 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         return
     except BaseException as e:  # noqa: B036 - everything the guest raises is its outcome
         # A handler of the guest's may still be due (a timer's signal that arrived as its
-        # exception unwound): Python runs it at the next call or loop, here. Signals are held
-        # first (a C call: nothing runs before it), so each try below can meet at most the
-        # handlers already due, and the guest's failure is still what is reported.
+        # exception unwound): Python runs it at the next call or loop, here, and its error
+        # ended the sandbox without an outcome. Signals are held first (a C call, so nothing
+        # runs before it), after which only handlers already due can run, each once; the
+        # guest's failure is what is reported. Not closed: with two or more due, one may run
+        # at the loop's jump back, outside the try; a guest thread may still take a signal.
         while True:
             try:
                 _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGNALS)
