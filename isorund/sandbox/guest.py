@@ -330,6 +330,9 @@ class ConsoleBytes(io.BufferedIOBase):
 
 
 _console: Console | None = None  # the call's (one call per process), made by prepare()
+# Its stdout and stderr streams: a line begun on them is sent at the end of the call even if
+# the guest has put something else in sys.stdout since (the line was lost).
+_streams: tuple[ConsoleStream, ...] = ()
 
 
 def prepare(sock, registry) -> None:
@@ -340,11 +343,12 @@ def prepare(sock, registry) -> None:
     each page inherited from the zygote is a copy-on-write fault, and taking those here keeps
     them off the call's path. Nothing of it is visible to the guest.
     """
-    global _console
+    global _console, _streams
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     _console = Console(sock)
     sys.stdout = ConsoleStream(_console, pb.ConsoleLine.STDOUT)
     sys.stderr = ConsoleStream(_console, pb.ConsoleLine.STDERR)
+    _streams = (sys.stdout, sys.stderr)
     # "the real stdout, however sys.stdout was redirected" is the console too: the original
     # streams write to /dev/null, so a guest's print(file=sys.__stderr__) was lost
     sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
@@ -420,9 +424,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         if importer is not None:
             importer.withdraw()
         failure = _described(e, importer.guest_files if importer else set())
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, ConsoleStream):
-            stream.flush()
+    for stream in _streams:
+        stream.flush()
     outcome.call_id = plan.call_id
     outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:

@@ -135,6 +135,22 @@ def test_the_original_streams_are_the_console_too(runner):
     assert lines == [("stdout", "original out\n"), ("stderr", "original err\n")]
 
 
+def test_a_line_begun_before_the_guest_swaps_sys_stdout_still_arrives(runner):
+    # the runtime flushed whatever sys.stdout and sys.stderr were at the end: the lines begun
+    # on its own streams were lost
+    lines = []
+    r = runner({"index.py": "import io, sys\n"
+                            "def f():\n"
+                            "    print('partial', end='')\n"
+                            "    sys.stderr.write('err partial')\n"
+                            "    sys.stdout, sys.stderr = io.StringIO(), None\n"
+                            "    print('into the guest own buffer')\n"
+                            "    return 1\n"},
+               external=["io", "sys"], on_console=lambda stream, text: lines.append((stream, text)))
+    assert r.run("f") == 1
+    assert sorted(lines) == [("stderr", "err partial"), ("stdout", "partial")]
+
+
 def test_a_printed_lone_surrogate_is_escaped_not_a_lost_outcome(runner):
     # os.fsdecode of a name that is not UTF-8 makes them; the line, still pending when the
     # outcome was sent, ended the sandbox without one ("exit status 1", 3 calls of 3)
