@@ -434,6 +434,16 @@ def test_a_guests_handler_due_as_its_exception_unwinds_leaves_the_failure_report
         assert (info.value.type_name, info.value.message) == ("ValueError", "from the handler")
 
 
+def test_a_sync_callback_that_returns_a_coroutine_fails_the_call_instead_of_losing_its_lines(runner):
+    async def keep(text):
+        lines.append(text)
+    lines = []
+    r = runner({"index.py": CHATTY}, on_console=lambda stream, text: keep(text))
+    with pytest.raises(errors.InvalidRequest, match="^a callback .* returned an awaitable: CodeRunner does not await"):
+        r.run("chatty", args=[3])
+    assert lines == []
+
+
 def test_a_forked_childs_lines_arrive_though_it_exits_at_once(runner):
     lines = []
     r = runner({"index.py": "import os\n"

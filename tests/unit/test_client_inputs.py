@@ -230,3 +230,17 @@ def test_the_cli_reports_a_bad_timeout_or_context_as_a_usage_error(capsys, optio
     status = _cli.main(["call", "--root", "/tmp", "--file", "x.py", "--socket", "/nonexistent.sock", "f", *option])
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+async def _async_callback(*_):
+    pass
+
+
+def test_the_sync_runner_refuses_coroutine_functions_as_callbacks(runner, tmp_path):
+    # CodeRunner calls them without awaiting: each line was lost with a "never awaited" warning
+    with pytest.raises(errors.InvalidRequest, match="^on_console is a coroutine function: CodeRunner does not await"):
+        CodeRunner(root=str(tmp_path), file="index.py", on_console=_async_callback)
+    with pytest.raises(errors.InvalidRequest, match="^running is a coroutine function: .* use AsyncCodeRunner"):
+        runner.run("f", running=_async_callback)
+    # the async runner awaits them
+    AsyncCodeRunner(root=str(tmp_path), file="index.py", on_console=_async_callback)

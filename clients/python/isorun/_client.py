@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -164,6 +165,23 @@ class _Base:
         return "unix:" + os.path.abspath(self.socket)
 
 
+_NOT_AWAITED = "CodeRunner does not await its callbacks; use AsyncCodeRunner, or a plain function"
+
+
+def _no_coroutine_function(name: str, callback: Callable[..., Any] | None) -> None:
+    """An async callback of the sync runner did nothing: its lines were lost with a warning."""
+    if inspect.iscoroutinefunction(callback):
+        raise errors.InvalidRequest(f"{name} is a coroutine function: {_NOT_AWAITED}")
+
+
+def _not_awaitable(returned: Any) -> None:
+    """The same for a callback that returned an awaitable (a lambda around an async function)."""
+    if inspect.isawaitable(returned):
+        if inspect.iscoroutine(returned):
+            returned.close()  # (no "never awaited" warning on top of the error)
+        raise errors.InvalidRequest(f"a callback (on_console or running) returned an awaitable: {_NOT_AWAITED}")
+
+
 class CodeRunner(_Base):
     """Calls functions of ``file`` under ``root`` in fresh sandboxes of the isorun daemon.
 
@@ -172,6 +190,7 @@ class CodeRunner(_Base):
 
     def __init__(self, root: str, file: str, **options: Any):
         super().__init__(root, file, **options)
+        _no_coroutine_function("on_console", self.on_console)
         # A socket path too long for an address gets no channel (gRPC would only log that it
         # cannot parse it); every call then fails in _check_usable, naming the path.
         self._channel = None if self._unreachable else grpc.insecure_channel(
@@ -186,6 +205,7 @@ class CodeRunner(_Base):
             running: Callable[[], Any] | None = None, timeout: float | None = None,
             args_resolver: str | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises."""
+        _no_coroutine_function("running", running)
         with self._in_flight():
             request, names = self._request(func_name, args, context, timeout, args_resolver)
             try:
@@ -210,7 +230,7 @@ class CodeRunner(_Base):
                 if event.WhichOneof("event") == "outcome":
                     return event.outcome
                 for callback in self._callbacks(event, running):
-                    callback()
+                    _not_awaitable(callback())
         except BaseException:
             call.cancel()  # a callback raised: end the sandbox now, not at its timeout
             raise
