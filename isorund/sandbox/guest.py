@@ -537,7 +537,7 @@ FAILURE_TEXT_CHARS = 256 << 10
 def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
     """The traceback as Python prints it, keeping only frames of guest source."""
     te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
-    for part in _chain(te):
+    for part in _parts(te):
         part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
     return "".join(te.format())
 
@@ -563,12 +563,18 @@ def _cut_in_middle(text: str, chars: int) -> str:
     return f"{text[:half]}\n[… {len(text) - 2 * half} characters cut …]\n{text[-half:]}"
 
 
-def _chain(te):
-    seen = set()
-    while te is not None and id(te) not in seen:
-        seen.add(id(te))
-        yield te
-        te = te.__cause__ or (None if te.__suppress_context__ else te.__context__)
+def _parts(te):
+    """Every exception the report of ``te`` may show: its cause or context, theirs, and the
+    members of an exception group with theirs (whose frames, the standard library's with
+    their host paths, were shown in full)."""
+    seen, todo = set(), [te]
+    while todo:
+        part = todo.pop()
+        if part is None or id(part) in seen:
+            continue
+        seen.add(id(part))
+        yield part
+        todo += [part.__cause__, part.__context__, *(part.exceptions or ())]
 
 
 def _message(e: BaseException) -> str:

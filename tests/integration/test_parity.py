@@ -197,6 +197,35 @@ def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
     assert "isorund" not in info.value.traceback and "/tmp" not in info.value.traceback
 
 
+def test_an_exception_groups_members_show_only_guest_frames_too(runner):
+    # the members' tracebacks, and their causes', were shown whole: json's frames, host paths
+    r = runner({"index.py": "import json\n"
+                            "def parse(text):\n"
+                            "    return json.loads(text)\n"
+                            "def many():\n"
+                            "    found = []\n"
+                            "    for text in ('{', '[1,'):\n"
+                            "        try:\n"
+                            "            parse(text)\n"
+                            "        except ValueError as e:\n"
+                            "            found.append(e)\n"
+                            "    try:\n"
+                            "        parse('x')\n"
+                            "    except ValueError as e:\n"
+                            "        try:\n"
+                            "            raise KeyError('wrapped') from e\n"
+                            "        except KeyError as k:\n"
+                            "            found.append(k)\n"
+                            "    raise ExceptionGroup('bad inputs', found)\n"})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("many")
+    text = info.value.traceback
+    assert text.count("JSONDecodeError") == 3 and "KeyError: 'wrapped'" in text
+    files = {line.strip().split('"')[1] for line in text.splitlines() if line.strip().lstrip("| ").startswith("File ")}
+    assert files == {"/index.py"}, text
+    assert "decoder.py" not in text and "python3" not in text
+
+
 def test_calls_run_in_parallel(runner):
     r = runner({"index.py": "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"}, external=["time"])
     results = []
