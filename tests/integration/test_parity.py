@@ -112,10 +112,15 @@ def test_globals_and_monkey_patches_do_not_survive_a_call(runner):
     assert [r.run("f") for _ in range(3)] == [(1, math.pi)] * 3  # tuples stay tuples
 
 
-def test_console_output_is_redirected_to_the_callback(runner):
+def _printing(runner, source: str, *external: str):
+    """A runner of ``source`` as index.py, and the (stream, text) console lines of its calls."""
     lines = []
-    r = runner({"index.py": "def f():\n    print('a', 1)\n    print('b', end='!\\n')\n    return 0\n"},
-               on_console=lambda stream, text: lines.append((stream, text)))
+    return runner({"index.py": source}, external=list(external),
+                  on_console=lambda stream, text: lines.append((stream, text))), lines
+
+
+def test_console_output_is_redirected_to_the_callback(runner):
+    r, lines = _printing(runner, "def f():\n    print('a', 1)\n    print('b', end='!\\n')\n    return 0\n")
     r.run("f")
     assert lines == [("stdout", "a 1\n"), ("stdout", "b!\n")]
 
@@ -123,14 +128,12 @@ def test_console_output_is_redirected_to_the_callback(runner):
 def test_the_original_streams_are_the_console_too(runner):
     # sys.__stdout__ and sys.__stderr__ wrote to /dev/null: a guest printing "to the real
     # stdout" lost its lines. Bytes written to descriptors 1 and 2 are still discarded (README).
-    lines = []
-    r = runner({"index.py": "import os, sys\n"
-                            "def f():\n"
-                            "    print('original out', file=sys.__stdout__)\n"
-                            "    sys.__stderr__.write('original err\\n')\n"
-                            "    os.write(1, b'descriptor 1\\n')\n"
-                            "    return 0\n"},
-               external=["os", "sys"], on_console=lambda stream, text: lines.append((stream, text)))
+    r, lines = _printing(runner, "import os, sys\n"
+                                 "def f():\n"
+                                 "    print('original out', file=sys.__stdout__)\n"
+                                 "    sys.__stderr__.write('original err\\n')\n"
+                                 "    os.write(1, b'descriptor 1\\n')\n"
+                                 "    return 0\n", "os", "sys")
     assert r.run("f") == 0
     assert lines == [("stdout", "original out\n"), ("stderr", "original err\n")]
 
@@ -138,15 +141,13 @@ def test_the_original_streams_are_the_console_too(runner):
 def test_a_line_begun_before_the_guest_swaps_sys_stdout_still_arrives(runner):
     # the runtime flushed whatever sys.stdout and sys.stderr were at the end: the lines begun
     # on its own streams were lost
-    lines = []
-    r = runner({"index.py": "import io, sys\n"
-                            "def f():\n"
-                            "    print('partial', end='')\n"
-                            "    sys.stderr.write('err partial')\n"
-                            "    sys.stdout, sys.stderr = io.StringIO(), None\n"
-                            "    print('into the guest own buffer')\n"
-                            "    return 1\n"},
-               external=["io", "sys"], on_console=lambda stream, text: lines.append((stream, text)))
+    r, lines = _printing(runner, "import io, sys\n"
+                                 "def f():\n"
+                                 "    print('partial', end='')\n"
+                                 "    sys.stderr.write('err partial')\n"
+                                 "    sys.stdout, sys.stderr = io.StringIO(), None\n"
+                                 "    print('into the guest own buffer')\n"
+                                 "    return 1\n", "io", "sys")
     assert r.run("f") == 1
     assert sorted(lines) == [("stderr", "err partial"), ("stdout", "partial")]
 
@@ -154,18 +155,15 @@ def test_a_line_begun_before_the_guest_swaps_sys_stdout_still_arrives(runner):
 def test_a_printed_lone_surrogate_is_escaped_not_a_lost_outcome(runner):
     # os.fsdecode of a name that is not UTF-8 makes them; the line, still pending when the
     # outcome was sent, ended the sandbox without one ("exit status 1", 3 calls of 3)
-    lines = []
-    r = runner({"index.py": "def f():\n    print('ok')\n    print('bad \\ud800 name')\n    return 1\n"},
-               on_console=lambda stream, text: lines.append(text))
+    r, lines = _printing(runner, "def f():\n    print('ok')\n    print('bad \\ud800 name')\n    return 1\n")
     for _ in range(3):
         lines.clear()
         assert r.run("f") == 1
-        assert lines == ["ok\n", "bad \\ud800 name\n"]
+        assert lines == [("stdout", "ok\n"), ("stdout", "bad \\ud800 name\n")]
 
 
 def test_sys_stdout_has_what_libraries_look_for_on_a_text_stream(runner):
-    lines = []
-    r = runner({"index.py": """
+    r, lines = _printing(runner, """
 import io, sys
 def f():
     out = sys.stdout
@@ -181,9 +179,9 @@ def f():
     out.close()  # only flushes: the console is the call's
     print("still here")
     return seen
-"""}, external=["io", "sys"], on_console=lambda stream, text: lines.append(text))
+""", "io", "sys")
     assert r.run("f") == [True, "utf-8", "backslashreplace", True, False, "no fileno"]
-    assert lines == ["one\n", "two\n", "caf\u00e9 \ufffd\n", "still here\n"]
+    assert [text for _, text in lines] == ["one\n", "two\n", "caf\u00e9 \ufffd\n", "still here\n"]
 
 
 def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
