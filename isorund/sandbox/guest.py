@@ -528,7 +528,8 @@ def _encodable(text: str) -> str:
 
 # The innermost frames a traceback is made of: Python would format them all, and a guest that
 # raised the recursion limit (after escaping to sys) to a million made its outcome take longer
-# than any timeout. The frames dropped are the outermost: the runtime's own, then the guest's first.
+# than any timeout. The frames dropped are the outermost: the runtime's own, then the guest's first
+# (the traceback says how many of the guest's, see _Shortened).
 TRACEBACK_FRAMES = 2000
 # Characters of a failure's message, and of its traceback, sent at most (see _within_bounds).
 FAILURE_TEXT_CHARS = 256 << 10
@@ -539,7 +540,34 @@ def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
     te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
     for part in _parts(te):
         part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
+    left_out = _guest_frames_left_out(e.__traceback__, guest_files)
+    if left_out:
+        te.stack = _Shortened(te.stack, left_out)
     return "".join(te.format())
+
+
+class _Shortened(traceback.StackSummary):
+    """A stack whose outermost guest frames were left out, saying how many (without it a
+    traceback cut to its innermost frames read as if it began where it was cut)."""
+
+    def __init__(self, frames, left_out: int):
+        super().__init__(frames)
+        self.left_out = left_out
+
+    def format(self) -> list[str]:
+        return [f"  [… {self.left_out:,} earlier frames not shown …]\n", *super().format()]
+
+
+def _guest_frames_left_out(tb, guest_files: set[str]) -> int:
+    """How many of the guest's frames lie beyond the innermost ``TRACEBACK_FRAMES`` of ``tb``."""
+    depth, entry = 0, tb
+    while entry is not None:
+        depth, entry = depth + 1, entry.tb_next
+    left_out, entry = 0, tb
+    for _ in range(depth - TRACEBACK_FRAMES):
+        left_out += entry.tb_frame.f_code.co_filename in guest_files
+        entry = entry.tb_next
+    return left_out
 
 
 def _within_bounds(failure: pb.Failure, result_bytes: int) -> pb.Failure:

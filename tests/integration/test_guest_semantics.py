@@ -4,6 +4,7 @@ Each case was found failing by a black-box review against the contract."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -268,6 +269,9 @@ def test_a_guest_that_escaped_and_recursed_a_million_deep_gets_its_recursion_err
         r.run("dive", timeout=25)
     assert info.value.type_name == "RecursionError"
     assert 0 < info.value.traceback.count('/index.py"') <= 2000
+    # and it says that more came before (the runtime's own frame is not counted)
+    left_out = re.search(r"\[… ([\d,]+) earlier frames not shown …\]", info.value.traceback)
+    assert left_out and 900_000 < int(left_out.group(1).replace(",", "")) < 1_000_000, info.value.traceback[:300]
 
 
 def test_extra_arguments_are_the_guests_type_error_not_dropped(runner):

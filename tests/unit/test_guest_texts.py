@@ -1,10 +1,12 @@
 """What the sandbox's runtime sends of texts the guest made: console lines over the cap and
 failures with huge or unencodable texts (pure functions of isorund.sandbox.guest)."""
 import socket
+import sys
 
 from isorun._proto import runner_pb2 as pb
 from isorund.sandbox import channel
-from isorund.sandbox.guest import Console, _cut_in_middle, _failure, _within_bounds, capped_line
+from isorund.sandbox.guest import (TRACEBACK_FRAMES, Console, _cut_in_middle, _failure, _within_bounds, capped_line,
+                                   guest_traceback)
 
 CAP = 1 << 20
 
@@ -66,3 +68,28 @@ def test_lone_surrogates_in_a_failures_texts_are_escaped_as_stderr_writes_them()
     assert f.message == "bad \\ud800 text"
     assert f.traceback == "ValueError: bad \\ud800 text\n"
     assert f.SerializeToString()
+
+
+def _raised_at_depth(depth: int) -> BaseException:
+    def down(n):
+        if n == 0:
+            raise ValueError("bottom")
+        return down(n - 1)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 1000)
+    try:
+        down(depth)
+    except ValueError as e:
+        return e
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_a_traceback_cut_to_its_innermost_frames_says_how_many_guest_frames_came_before():
+    here = {__file__}
+    short = guest_traceback(_raised_at_depth(10), here)
+    assert "not shown" not in short and short.count("in down") == 4  # (3, then "repeated 7 more times")
+    deep = guest_traceback(_raised_at_depth(TRACEBACK_FRAMES + 500), here)
+    # (the frame that caught it counts: it is in a "guest" file here, as every down() is)
+    assert deep.startswith("Traceback (most recent call last):\n  [… 502 earlier frames not shown …]\n")
+    assert deep.endswith("ValueError: bottom\n")
