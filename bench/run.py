@@ -351,6 +351,30 @@ class Bench:
         self.started.clear()
 
 
+# Time enough for 10,000 echo calls at 8 callers on a slow hour of this machine (~60 calls/s).
+LEAK_BUDGET_S = 300
+
+
+def leak_check(out: Path, daemon_config: str | None) -> int:
+    """The full run's memory phase alone, without its time bound cutting it short: a fresh
+    daemon's memory idle, after 1,000 and after 10,000 echo calls. Prints the table's row."""
+    with tempfile.TemporaryDirectory(prefix="isorun-bench-") as work:
+        bench = Bench(FULL, Path(work), daemon_config)
+        try:
+            bench.memory_phase(LEAK_BUDGET_S)
+        finally:
+            bench.close_all()
+    memory = bench.results["isorun_memory"]
+    memory["meta"] = report.machine_info({"mode": "leak", "budget_s": LEAK_BUDGET_S})
+    (out / "leak.json").write_text(json.dumps(memory, indent=1) + "\n")
+    for point in memory.get("points", []):
+        print(f"after {point['calls']:>6,} calls: RSS {point['rss_mib']:.1f} MiB, PSS {point['pss_mib']:.1f} MiB, "
+              f"{point['processes']} processes")
+    row = targets.memory_rows(memory)[-1]
+    print(f"{row['target']}: {row['measured']}: {row['verdict']}")
+    return 0 if row["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="isorun benchmark against its peers")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter batches (< 1 min)")
@@ -358,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for results.json, RESULTS.md, latency.png (default: bench/)")
     parser.add_argument("--daemon-config", default=None,
                         help="TOML config passed to every isorund this run starts")
+    parser.add_argument("--leak", action="store_true",
+                        help="only the leak check, run to its 10,000 calls however long that takes "
+                             "(the full run stops it at its time bound); writes leak.json")
     parser.add_argument("--render", metavar="RESULTS_JSON", default=None,
                         help="measure nothing: redo the targets, RESULTS.md and latency.png of a "
                              "results.json written earlier")
@@ -369,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = targets.evaluate(results)
         print("wrote " + ", ".join(str(p) for p in report.write_all(results, out)), file=sys.stderr)
         return 0
+    if args.leak:
+        return leak_check(out, args.daemon_config)
     with tempfile.TemporaryDirectory(prefix="isorun-bench-") as work:
         bench = Bench(QUICK if args.quick else FULL, Path(work), args.daemon_config)
         try:
