@@ -232,6 +232,17 @@ def test_the_cli_reports_a_bad_timeout_or_context_as_a_usage_error(capsys, optio
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--context", "--resolver-options"])
+def test_the_cli_says_what_is_wrong_with_an_options_json(capsys, option):
+    # argparse named the function: "invalid loads value: '{bad'"
+    from isorun import _cli
+    with pytest.raises(SystemExit) as done:
+        _cli.main(["call", "--root", "/tmp", "--file", "x.py", "f", option, "{bad"])
+    assert done.value.code == 2
+    assert (f"argument {option}: not valid JSON (Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)): '{bad'") in capsys.readouterr().err
+
+
 async def _async_callback(*_):
     pass
 

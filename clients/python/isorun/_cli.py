@@ -17,6 +17,14 @@ from . import _inputs, errors
 from ._client import CodeRunner
 
 
+def _json_option(text: str) -> Any:
+    """An option's JSON value; argparse said only "invalid loads value" of a bad one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text[:80]!r}") from None
+
+
 def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser (for help and usage errors) and its ``call`` parser."""
     parser = argparse.ArgumentParser(prog="isorun", description="Client of the isorun daemon.")
@@ -30,9 +38,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     call.add_argument("--source-extension", action="append", default=None, metavar="EXT")
     call.add_argument("--compiler")
     call.add_argument("--resolver")
-    call.add_argument("--resolver-options", type=json.loads, default=None, metavar="JSON")
+    call.add_argument("--resolver-options", type=_json_option, default=None, metavar="JSON")
     call.add_argument("--args-resolver")
-    call.add_argument("--context", type=json.loads, default=None, metavar="JSON",
+    call.add_argument("--context", type=_json_option, default=None, metavar="JSON",
                       help="a JSON object whose entries become global names")
     call.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     call.add_argument("--socket", default=None, help="daemon socket (default: $ISORUN_SOCKET)")
