@@ -232,9 +232,9 @@ def test_a_closed_runner_refuses_calls(daemon, make_root):
         r.run("f")
 
 
-def cli(*args, socket):
+def cli(*args, socket, cwd=None):
     return subprocess.run([sys.executable, "-m", "isorun._cli", "call", "--socket", socket, *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_cli_prints_the_result_as_json_and_console_to_stderr(daemon, make_root):
@@ -243,6 +243,15 @@ def test_cli_prints_the_result_as_json_and_console_to_stderr(daemon, make_root):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"product": 20}
     assert "multiplying" in done.stderr
+
+
+def test_cli_takes_relative_folders_from_the_current_one(daemon, make_root):
+    # "--root ." was refused: "root must be an absolute folder path, got '.'"
+    root = make_root({"rules.py": "import shapes\ndef area(n):\n    return shapes.square(n)\n"})
+    lib = make_root({"shapes.py": "def square(n):\n    return n * n\n"})
+    done = cli("--root", ".", "--file", "rules.py", "--whitelisted-path", os.path.relpath(lib, root),
+               "--external", "shapes", "area", "3", socket=daemon.socket, cwd=root)
+    assert done.returncode == 0 and json.loads(done.stdout) == 9, done.stderr
 
 
 def test_cli_prints_strict_json_for_values_json_has_no_form_for(daemon, make_root):

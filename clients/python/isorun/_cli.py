@@ -10,6 +10,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -30,11 +31,13 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(prog="isorun", description="Client of the isorun daemon.")
     commands = parser.add_subparsers(dest="command", required=True)
     call = commands.add_parser("call", help="call one function and print its result as JSON")
-    call.add_argument("--root", required=True, help="absolute folder holding the guest code")
+    call.add_argument("--root", required=True, help="folder holding the guest code (a relative path is taken "
+                                                    "from the current folder)")
     call.add_argument("--file", required=True, help="file, relative to root, that holds FUNC")
     call.add_argument("--external", action="append", default=[], metavar="MODULE",
                       help="allow importing MODULE (repeatable)")
-    call.add_argument("--whitelisted-path", action="append", default=[], metavar="DIR")
+    call.add_argument("--whitelisted-path", action="append", default=[], metavar="DIR",
+                      help="folder guest modules may import from (repeatable; relative as --root)")
     call.add_argument("--source-extension", action="append", default=None, metavar="EXT")
     call.add_argument("--compiler")
     call.add_argument("--resolver")
@@ -102,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         runner = CodeRunner(
-            root=options.root, file=options.file, external=options.external,
-            whitelisted_paths=options.whitelisted_path,
+            # The daemon resolves nothing against the caller's folder: a shell user's "--root ."
+            # is made absolute here (the libraries keep asking for absolute paths).
+            root=os.path.abspath(options.root), file=options.file, external=options.external,
+            whitelisted_paths=[os.path.abspath(p) for p in options.whitelisted_path],
             source_extensions=options.source_extension or [".py"], compiler=options.compiler,
             resolver=options.resolver, resolver_options=options.resolver_options,
             on_console=_print_console, socket=options.socket)
