@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 
+from . import __version__
 from .config import Config, ConfigError, reference
 from .memory import keep_freed_memory
 
@@ -26,6 +27,7 @@ OVERRIDES = (
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="isorund", description="Runs untrusted Python functions in per-call sandboxes.")
+    p.add_argument("--version", action="version", version=f"isorund {__version__}")
     p.add_argument("--config", help="TOML config file (reference: docs/operations.md, or --config-reference)")
     for flag, kind, text in OVERRIDES:
         p.add_argument(flag, type=kind, help=f"{text} (overrides the config)")

@@ -255,3 +255,15 @@ def test_the_sync_runner_refuses_coroutine_functions_as_callbacks(runner, tmp_pa
         runner.run("f", running=_async_callback)
     # the async runner awaits them
     AsyncCodeRunner(root=str(tmp_path), file="index.py", on_console=_async_callback)
+
+
+def test_both_commands_say_their_version(capsys):
+    import isorun
+    import isorund
+    from isorun import _cli
+    from isorund import cli
+    for parse, expected in ((lambda: _cli.main(["--version"]), f"isorun {isorun.__version__}\n"),
+                            (lambda: cli.parse_args(["--version"]), f"isorund {isorund.__version__}\n")):
+        with pytest.raises(SystemExit) as done:
+            parse()
+        assert done.value.code == 0 and capsys.readouterr().out == expected

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from . import _inputs, errors
+from . import __version__, _inputs, errors
 from ._client import CodeRunner
 
 
@@ -29,6 +29,7 @@ def _json_option(text: str) -> Any:
 def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser (for help and usage errors) and its ``call`` parser."""
     parser = argparse.ArgumentParser(prog="isorun", description="Client of the isorun daemon.")
+    parser.add_argument("--version", action="version", version=f"isorun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     call = commands.add_parser("call", help="call one function and print its result as JSON")
     call.add_argument("--root", required=True, help="folder holding the guest code (a relative path is taken "
