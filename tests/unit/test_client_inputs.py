@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pathlib
+import re
 import types
 
 import pytest
@@ -267,3 +268,32 @@ def test_both_commands_say_their_version(capsys):
         with pytest.raises(SystemExit) as done:
             parse()
         assert done.value.code == 0 and capsys.readouterr().out == expected
+
+
+@pytest.mark.parametrize("options, call, message", [
+    ({}, {"func_name": "ec\ud800ho"}, "func_name holds '\\ud800' at 2, a lone surrogate"),
+    ({"root": "/tmp/r\udcffp"}, {}, "root holds '\\udcff' at 6"),
+    ({"root": b"/tmp/r\xffp"}, {}, "root holds '\\udcff' at 6"),  # os.fsdecode of a name that is no UTF-8
+    ({"file": "i\ud800.py"}, {}, "file holds"),
+    ({"external": ["json", "x\ud800"]}, {}, "external[1] holds"),
+    ({"whitelisted_paths": ["/tmp/\udc80"]}, {}, "whitelisted_paths[0] holds"),
+    ({"source_extensions": [".p\ud800"]}, {}, "source_extensions[0] holds"),
+    ({"compiler": "c\ud800"}, {}, "compiler holds"),
+    ({"resolver": "r\ud800"}, {}, "resolver holds"),
+    ({}, {"args_resolver": "\udc80"}, "args_resolver holds"),
+    ({}, {"context": {"k\ud800": 1}}, "a context name holds"),
+])
+def test_a_lone_surrogate_in_a_name_or_path_is_refused_naming_the_option(tmp_path, options, call, message):
+    # protobuf raised a bare UnicodeEncodeError, no IsorunError, naming nothing
+    with pytest.raises(errors.InvalidRequest, match="^" + re.escape(message)):
+        r = CodeRunner(**{"root": str(tmp_path), "file": "index.py", "socket": str(tmp_path / "none.sock"), **options})
+        r.run(call.pop("func_name", "f"), **call)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"a": ["x\ud800"]}, "resolver_options['a'][0] holds a lone surrogate at 1"),
+    ({"k\ud800": 1}, "resolver_options has a key holding a lone surrogate"),
+])
+def test_a_lone_surrogate_in_resolver_options_is_refused_naming_its_place(tmp_path, options, message):
+    with pytest.raises(errors.SerializationError, match="^" + re.escape(message)):
+        CodeRunner(root=str(tmp_path), file="index.py", resolver_options=options)

@@ -54,7 +54,7 @@ function pluginName(option, value) {
     throw new errors.InvalidRequest(`${option} must be the name of a plugin registered in the ` +
       `daemon's config (a string), got ${typeof value}: isorun runs no host JavaScript in the sandbox`);
   }
-  return value;
+  return wellFormed(option, value);
 }
 
 const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceExtensions", "compiler",
@@ -87,7 +87,19 @@ function stringList(option, value) {
   if (!Array.isArray(value) || !value.every((item) => typeof item === "string")) {
     throw new errors.InvalidRequest(`${option} must be an array of strings`);
   }
+  value.forEach((item, i) => wellFormed(`${option}[${i}]`, item));
   return value;
+}
+
+/** A lone surrogate cannot travel in a protobuf string: grpc-js sent it as bad UTF-8, and the
+ * daemon's refusal ("String field had bad UTF-8") named no option. */
+function wellFormed(option, text) {
+  if (!text.isWellFormed()) {
+    const at = [...text].findIndex((c) => !c.isWellFormed());
+    throw new errors.InvalidRequest(`${option} holds a lone surrogate (at code point ${at}), which is not ` +
+      "valid Unicode; requests carry UTF-8 text only");
+  }
+  return text;
 }
 
 /**
@@ -107,6 +119,9 @@ function optionsStruct(options) {
 /** ``value`` as plain JSON, or a SerializationError naming the first part that is not. */
 function jsonOnly(value, where, depth) {
   if (depth > 100) throw new errors.SerializationError(`${where} is nested more than 100 levels deep`);
+  if (typeof value === "string" && !value.isWellFormed()) {
+    throw new errors.SerializationError(`${where} holds a lone surrogate, which is not valid Unicode`);
+  }
   if (value === null || typeof value === "string" || typeof value === "boolean") return value;
   if (typeof value === "number") {
     if (Number.isFinite(value)) return value;
@@ -116,6 +131,9 @@ function jsonOnly(value, where, depth) {
   if (isPlainObject(value)) {
     const out = {};
     for (const [key, item] of Object.entries(value)) {
+      if (!key.isWellFormed()) {
+        throw new errors.SerializationError(`${where} has a key holding a lone surrogate, which is not valid Unicode`);
+      }
       if (item !== undefined) out[key] = jsonOnly(item, `${where}[${JSON.stringify(key)}]`, depth + 1);
     }
     return out;
@@ -159,6 +177,8 @@ class CodeRunner {
       throw new errors.InvalidRequest("root and file must be strings: the absolute folder holding " +
         `the guest code and the file under it, got root=${typeof root}, file=${typeof file}`);
     }
+    wellFormed("root", root);
+    wellFormed("file", file);
     if (onConsole !== undefined && onConsole !== null && typeof onConsole !== "function") {
       throw new errors.InvalidRequest("onConsole must be a function (stream, text) => void");
     }
@@ -278,6 +298,7 @@ class CodeRunner {
     if (typeof funcName !== "string" || !funcName) {
       throw new errors.InvalidRequest(`funcName must be a non-empty string, got ${typeof funcName}`);
     }
+    wellFormed("funcName", funcName);
     if (timeout !== undefined && timeout !== null && !(typeof timeout === "number" && timeout > 0)) {
       throw new errors.InvalidRequest(`timeout must be a number of milliseconds > 0, got ${timeout}`);
     }
@@ -302,6 +323,7 @@ class CodeRunner {
       argsResolver: pluginName("argsResolver", argsResolver),
     };
     for (const [key, value] of Object.entries(context || {})) {
+      wellFormed("a context name", key);
       // Entries holding undefined are left out, as JSON.stringify leaves them out.
       if (value !== undefined) {
         request.context[key] = encode(value, { names, budget, registry: this.registry,

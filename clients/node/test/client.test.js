@@ -128,6 +128,26 @@ describe("without a daemon", () => {
     await assert.rejects(r.run({ funcName: "f", context: [1] }), { name: "InvalidRequest", message: /context must be a plain object/ });
   });
 
+  test("a lone surrogate in a name or path is refused naming the option", async () => {
+    // grpc-js sent it as bad UTF-8 and the daemon's refusal ("String field had bad UTF-8") named nothing
+    for (const [options, pattern] of [[{ root: "/r\ud800" }, /^root holds a lone surrogate \(at code point 2\)/],
+      [{ file: "f\udfff.py" }, /^file holds/], [{ external: ["json", "x\ud800"] }, /^external\[1\] holds/],
+      [{ whitelistedPaths: ["/\udc80"] }, /^whitelistedPaths\[0\] holds/], [{ compiler: "c\ud800" }, /^compiler holds/],
+      [{ resolver: "\udc80" }, /^resolver holds/]]) {
+      assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", ...options }), { name: "InvalidRequest", message: pattern });
+    }
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { a: ["x\ud800"] } }),
+      { name: "SerializationError", message: /^resolverOptions\["a"\]\[0\] holds a lone surrogate/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { "k\ud800": 1 } }),
+      { name: "SerializationError", message: /^resolverOptions has a key holding a lone surrogate/ });
+    const r = runner();
+    await assert.rejects(r.run({ funcName: "ec\ud800ho" }), { name: "InvalidRequest", message: /^funcName holds/ });
+    await assert.rejects(r.run({ funcName: "f", argsResolver: "\ud800" }), { name: "InvalidRequest", message: /^argsResolver holds/ });
+    await assert.rejects(r.run({ funcName: "f", context: { "k\ud800": 1 } }), { name: "InvalidRequest", message: /^a context name holds/ });
+    // a surrogate pair is a character like any other: such a call gets past the client
+    await assert.rejects(r.run({ funcName: "f", context: { "k\ud83d\ude00": 1 } }), errors.DaemonUnavailable);
+  });
+
   test("an option of no known name is refused, not dropped", async () => {
     // a misspelt timeout ran with the daemon's default, a misspelt external was never allowed
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", extrnal: ["json"] }),

@@ -80,7 +80,8 @@ class _Base:
             root=self.root, file=self.file, external=_inputs.strings("external", external),
             whitelisted_paths=_inputs.strings("whitelisted_paths", whitelisted_paths, paths=True),
             source_extensions=_inputs.strings("source_extensions", source_extensions),
-            compiler=compiler or "", resolver=resolver or "")
+            compiler=_inputs.unicode_text("compiler", compiler or ""),
+            resolver=_inputs.unicode_text("resolver", resolver or ""))
         if resolver_options is not None:
             self._template.resolver_options.CopyFrom(_inputs.options_struct(resolver_options))
         self._unreachable = _inputs.socket_problem(self.socket)
@@ -105,6 +106,7 @@ class _Base:
         values share one size budget, so an oversized request is refused before it is sent."""
         if not isinstance(func_name, str) or not func_name:
             raise errors.InvalidRequest(f"func_name must be a non-empty string, got {func_name!r}")
+        _inputs.unicode_text("func_name", func_name)
         seconds = _inputs.timeout_seconds(timeout)
         args = () if args is None else _inputs.sequence("args", args, "the positional arguments")
         context = {} if context is None else _inputs.mapping("context", context, "global names to values")
@@ -112,7 +114,7 @@ class _Base:
         request.CopyFrom(self._template)
         request.func_name = func_name
         request.timeout_seconds = seconds
-        request.args_resolver = args_resolver or ""
+        request.args_resolver = _inputs.unicode_text("args_resolver", args_resolver or "")
         names: set[str] = set()
         budget = _VALUES_BUDGET
         for i, arg in enumerate(args):
@@ -120,6 +122,7 @@ class _Base:
         for key, value in context.items():
             if not isinstance(key, str):
                 raise errors.SerializationError(f"context names must be str, got {key!r}")
+            _inputs.unicode_text("a context name", key)
             budget -= _encode(request.context[key], value, self._registry, names,
                               f"context {key!r}", budget)
         return request, names

@@ -42,10 +42,11 @@ def strings(option: str, value: Any, *, paths: bool = False) -> list[str]:
     """The strings (or, for ``paths``, os.PathLike too) of a list-valued option."""
     items = [os.fspath(item) if paths and isinstance(item, os.PathLike) else item
              for item in sequence(option, value, "strings")]
-    for item in items:
+    for i, item in enumerate(items):
         if not isinstance(item, str):
             raise errors.InvalidRequest(f"{option} must be a list or tuple of strings, "
                                         f"got an item of type {type(item).__name__}")
+        unicode_text(f"{option}[{i}]", item)
     return items
 
 
@@ -53,10 +54,34 @@ def path(option: str, value: Any) -> str:
     """A path option (``root``, ``file``): a str or os.PathLike, as ``open()`` takes; a
     bytes path is decoded as the file system would."""
     try:
-        return os.fsdecode(os.fspath(value))
+        decoded = os.fsdecode(os.fspath(value))
     except TypeError:
         raise errors.InvalidRequest(f"{option} must be a path (a str or os.PathLike), "
                                     f"got {type(value).__name__}") from None
+    return unicode_text(option, decoded)
+
+
+def unicode_text(option: str, value: str) -> str:
+    """``value`` when it is valid Unicode. A lone surrogate, which ``os.fsdecode`` makes of a
+    name whose bytes are not UTF-8, cannot travel in a protobuf string: protobuf raised a bare
+    UnicodeEncodeError naming no option."""
+    at = _lone_surrogate_at(value)
+    if at >= 0:
+        raise errors.InvalidRequest(
+            f"{option} holds {value[at]!r} at {at}, a lone surrogate, which is not valid Unicode "
+            "(os.fsdecode makes one of a name whose bytes are not UTF-8); requests carry UTF-8 text only")
+    return value
+
+
+def _lone_surrogate_at(text: str) -> int:
+    """Where ``text`` holds a lone surrogate, or -1."""
+    if text.isascii():
+        return -1
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return -1
 
 
 def timeout_seconds(timeout: Any) -> float:
@@ -103,10 +128,16 @@ def _json_only(value: Any, where: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise errors.SerializationError(f"{where} has a key that is no str: {_short(key)}")
+            if _lone_surrogate_at(key) >= 0:
+                raise errors.SerializationError(f"{where} has a key holding a lone surrogate, which is not "
+                                                f"valid Unicode: {key!r}")
             _json_only(item, f"{where}[{key!r}]", depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             _json_only(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, str) and _lone_surrogate_at(value) >= 0:
+        raise errors.SerializationError(f"{where} holds a lone surrogate at {_lone_surrogate_at(value)}, "
+                                        "which is not valid Unicode")
     elif isinstance(value, float) and not math.isfinite(value):
         raise errors.SerializationError(f"{where} is {value}, which JSON has no form for")
     elif not (value is None or isinstance(value, (bool, int, float, str))):
