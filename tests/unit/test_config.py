@@ -123,9 +123,13 @@ def test_a_file_that_is_not_utf8_is_refused_as_not_toml(tmp_path):
 
 
 def test_the_largest_accepted_values_are_a_valid_config():
-    config = Config.load(None, {"max_request_bytes": 256 << 20, "max_timeout": 1e6,
+    socket = "/run/" + "s" * 102  # 107 bytes: sun_path's 108 with the NUL (one more is refused)
+    config = Config.load(None, {"max_request_bytes": 256 << 20, "max_timeout": 1e6, "socket": socket,
                                 "sandbox_uid_base": 2**32 - 2 - 65535, "sandbox_uid_count": 65536})
     assert config.sandbox_uid_base + config.sandbox_uid_count - 1 == 2**32 - 2
+    assert len(config.socket) == 107
+    with pytest.raises(ConfigError, match="socket' must be a path of at most 107 bytes"):
+        Config.load(None, {"socket": socket + "s"})
 
 
 def test_users_and_groups_may_be_named_or_numbered(tmp_path):

@@ -135,9 +135,8 @@ def _json_only(value: Any, where: str, depth: int = 0) -> None:
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             _json_only(item, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, str) and _lone_surrogate_at(value) >= 0:
-        raise errors.SerializationError(f"{where} holds a lone surrogate at {_lone_surrogate_at(value)}, "
-                                        "which is not valid Unicode")
+    elif isinstance(value, str) and (at := _lone_surrogate_at(value)) >= 0:
+        raise errors.SerializationError(f"{where} holds a lone surrogate at {at}, which is not valid Unicode")
     elif isinstance(value, float) and not math.isfinite(value):
         raise errors.SerializationError(f"{where} is {value}, which JSON has no form for")
     elif not (value is None or isinstance(value, (bool, int, float, str))):
