@@ -195,11 +195,12 @@ class ConsoleStream:
     errors = "backslashreplace"  # (what Console.add does to a lone surrogate)
     newlines = None
     closed = False
+    _bytes_held = False  # the start of a character written to .buffer, not yet completed
 
     def __init__(self, console: Console, stream: int):
         self._console, self._stream = console, stream
         self.name = "<stdout>" if stream == pb.ConsoleLine.STDOUT else "<stderr>"
-        self.buffer = ConsoleBytes(self)
+        self.buffer = self._bytes = ConsoleBytes(self)
         # The line being written, in parts: print(x, end="") in a loop made one str grow by
         # copying, 100,000 times 6 characters took 14 s.
         self._pending: list[str] = []
@@ -211,6 +212,8 @@ class ConsoleStream:
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._bytes_held:
+            ConsoleBytes.finish(self._bytes)
         if self._busy:
             self._interrupting.append(text)
             return len(text)
@@ -244,6 +247,11 @@ class ConsoleStream:
         if self._flush_after:  # (the lines taken so far; the interrupted code's line goes on)
             self._flush_after = False
             self._console.flush()
+
+    def finish(self) -> None:
+        """Sends what is left at the end of the call."""
+        ConsoleBytes.finish(self._bytes)
+        ConsoleStream.flush(self)
 
     def isatty(self) -> bool:
         return False
@@ -316,7 +324,10 @@ class ConsoleBytes(io.BufferedIOBase):
 
     def write(self, data) -> int:
         data = memoryview(data).cast("B")  # (bytes-like, as a binary stream takes)
-        self._text.write(self._decoder.decode(data))
+        text = self._decoder.decode(data)  # (what it held before is in text now)
+        self._text._bytes_held = False
+        self._text.write(text)
+        self._text._bytes_held = bool(self._decoder.getstate()[0])
         return data.nbytes
 
     def writable(self) -> bool:
@@ -327,6 +338,13 @@ class ConsoleBytes(io.BufferedIOBase):
 
     def close(self) -> None:
         self.flush()
+
+    def finish(self) -> None:
+        """A character begun and not completed, at the end of the call or before text written
+        to the text stream, is a U+FFFD there, not lost or sent after it (bytes written to a
+        real stdout would still reach the terminal, in their place)."""
+        self._text._bytes_held = False
+        ConsoleStream.write(self._text, self._decoder.decode(b"", final=True))
 
 
 _console: Console | None = None  # the call's (one call per process), made by prepare()
@@ -425,7 +443,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             importer.withdraw()
         failure = _described(e, importer.guest_files if importer else set())
     for stream in _streams:
-        stream.flush()
+        ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     outcome.call_id = plan.call_id
     outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:

@@ -184,6 +184,34 @@ def f():
     assert [text for _, text in lines] == ["one\n", "two\n", "caf\u00e9 \ufffd\n", "still here\n"]
 
 
+def test_a_character_begun_in_bytes_and_never_finished_is_a_replacement_in_its_place(runner):
+    # it was held back: dropped at the end of the call, or sent after the text that followed it
+    r, lines = _printing(runner, """
+import sys
+def f():
+    sys.stdout.buffer.write(b"a\\xe2\\x82")  # a euro sign's first two bytes of three
+    print("b")
+    sys.stdout.buffer.write(b"x\\xe2")
+    sys.stdout.buffer.write(b"\\x82")  # joined up across writes: no replacement here
+    sys.stdout.buffer.write(b"\\xac y\\n")
+    sys.stdout.buffer.write(b"end \\xe2")
+    return 1
+""", "sys")
+    assert r.run("f") == 1
+    assert [text for _, text in lines] == ["a\ufffdb\n", "x\u20ac y\n", "end \ufffd"]
+
+
+def test_a_guest_that_replaced_its_streams_methods_still_gets_its_outcome(runner):
+    # the runtime's last flush called the guest's None: no outcome, a SandboxError
+    r, lines = _printing(runner, "import sys\n"
+                                 "def f():\n"
+                                 "    print('partial', end='')\n"
+                                 "    sys.stdout.flush = sys.stderr.flush = None\n"
+                                 "    return 1\n", "sys")
+    assert r.run("f") == 1
+    assert lines == [("stdout", "partial")]
+
+
 def test_tracebacks_show_only_guest_frames_with_root_relative_paths(runner):
     r = runner({"index.py": "import deep\ndef top():\n    return deep.middle()\n",
                 "deep.py": "def middle():\n    return bottom()\n\ndef bottom():\n    return 1 / 0\n"})
