@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
@@ -416,9 +417,12 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                 args = list(call_plugin("args_resolver", request.args_resolver,
                                         plugins.args_resolvers[request.args_resolver], args))
             result = func(*_padded(func, args))
-            if inspect.iscoroutine(result):
+            if isinstance(result, types.CoroutineType):  # (inspect's test, with no frame to trace)
                 result = asyncio.run(result)
+            sys.settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back
+            sys.setprofile(None)
             _silence_guest_handlers()
+            _interpreter_settings_back()
             importer.withdraw()
             _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
     except InvalidRequest as e:
@@ -434,11 +438,14 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         while True:
             try:
                 _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGNALS)
+                sys.settrace(None)
+                sys.setprofile(None)
                 _silence_guest_handlers()
                 break
             except BaseException:  # noqa: B036 - a late handler's error: the call already ended
                 pass
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _SIGNALS)
+        _interpreter_settings_back()
         if importer is not None:
             importer.withdraw()
         failure = _described(e, importer.guest_files if importer else set())
@@ -653,6 +660,7 @@ def _on_sigxcpu(signum, frame):
 
 
 _SIGNALS = tuple(int(number) for number in signal.valid_signals())
+_RECURSION_LIMIT = sys.getrecursionlimit()  # (the zygote's, which every sandbox starts with)
 
 
 def _silence_guest_handlers() -> None:
@@ -666,6 +674,15 @@ def _silence_guest_handlers() -> None:
             _signal.signal(number, _signal.SIG_IGN)
     if _signal.getsignal(signal.SIGXCPU) is not _on_sigxcpu:
         _signal.signal(signal.SIGXCPU, _on_sigxcpu)
+
+
+def _interpreter_settings_back() -> None:
+    """The runtime's own work after the guest's (encoding its result, formatting its failure)
+    runs with the interpreter's settings, not the guest's: a recursion limit it lowered made
+    a result 40 lists deep a SerializationError. A trace or profile function the guest set
+    ran on every frame of the runtime (and its error became the call's): they are unset
+    where this is called, inline, as calling this would be traced already."""
+    sys.setrecursionlimit(_RECURSION_LIMIT)
 
 
 def _padded(func, args: list) -> list:

@@ -299,3 +299,36 @@ def test_a_signal_handler_left_running_does_not_break_the_report_of_a_returned_c
             return list(range(n))  # encoding it takes longer than the timer's first 0.1 s
     """}, external=["signal"])
     assert r.run("leaves_a_timer", args=[400_000], timeout=20) == list(range(400_000))
+
+
+def test_the_guests_recursion_limit_and_trace_function_do_not_reach_the_runtimes_work(runner):
+    """The runtime encodes the result and formats the failure after the guest's function is
+    done, with the guest's interpreter settings: a recursion limit lowered to 60 made a
+    result 40 lists deep a SerializationError, and a trace function ran on the runtime's
+    frames (here it raised in them)."""
+    r = runner({"index.py": """
+        import sys
+        def _runtime_frames_fail():
+            def trace(frame, event, arg):
+                if event == "call" and frame.f_code.co_filename != "/index.py":
+                    raise RuntimeError("traced " + frame.f_code.co_name)
+            sys.settrace(trace)
+        def nested(depth):
+            sys.setrecursionlimit(60)
+            _runtime_frames_fail()
+            value = []
+            for _ in range(depth):
+                value = [value]
+            return value
+        def fails():
+            sys.setrecursionlimit(60)
+            _runtime_frames_fail()
+            raise ValueError("its own")
+    """}, external=["sys"])
+    expected = []
+    for _ in range(40):
+        expected = [expected]
+    assert r.run("nested", args=[40]) == expected
+    with pytest.raises(errors.GuestError) as info:
+        r.run("fails")
+    assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
