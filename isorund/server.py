@@ -31,7 +31,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from . import __version__, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
-from .calls import Calls
+from .calls import SELF_TEST_PEER, Calls
 from .config import resolve_id
 from .launcher import Zygote, ZygoteUnavailable
 from .metrics import Metrics
@@ -206,7 +206,7 @@ class Server:
         async def ignore(event):
             pass
         try:
-            outcome = await self.calls.run(request, ignore, deadline=None, peer="self-test")
+            outcome = await self.calls.run(request, ignore, deadline=None, peer=SELF_TEST_PEER)
         except ZygoteUnavailable:
             raise SystemExit("isorund cannot build a sandbox on this host: the zygote died preparing it: "
                              + (self.zygote.last_fatal or "see its lines above")) from None
