@@ -148,6 +148,13 @@ function typeName(value) {
   return typeof value;
 }
 
+/** A value as an error message shows it: a string in quotes ("100" was shown as 100). */
+function shown(value) {
+  if (typeof value === "string") return JSON.stringify(value.length > 60 ? value.slice(0, 60) + "…" : value);
+  if (["number", "boolean", "bigint"].includes(typeof value)) return String(value);
+  return typeName(value);
+}
+
 function jsonValue(json) {
   if (json === null) return { nullValue: "NULL_VALUE" };
   if (Array.isArray(json)) return { listValue: { values: json.map(jsonValue) } };
@@ -296,11 +303,11 @@ class CodeRunner {
 
   _request(funcName, args, context, timeout, argsResolver, running) {
     if (typeof funcName !== "string" || !funcName) {
-      throw new errors.InvalidRequest(`funcName must be a non-empty string, got ${typeof funcName}`);
+      throw new errors.InvalidRequest(`funcName must be a non-empty string, got ${shown(funcName)}`);
     }
     wellFormed("funcName", funcName);
-    if (timeout !== undefined && timeout !== null && !(typeof timeout === "number" && timeout > 0)) {
-      throw new errors.InvalidRequest(`timeout must be a number of milliseconds > 0, got ${timeout}`);
+    if (timeout !== undefined && timeout !== null && !(Number.isFinite(timeout) && timeout > 0)) {
+      throw new errors.InvalidRequest(`timeout must be a finite number of milliseconds > 0, got ${shown(timeout)}`);
     }
     if (running !== undefined && running !== null && typeof running !== "function") {
       throw new errors.InvalidRequest("running must be a function");

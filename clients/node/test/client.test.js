@@ -117,9 +117,14 @@ describe("without a daemon", () => {
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", registry: {} }),
       { name: "InvalidRequest", message: /registry must be a TypeRegistry/ });
     const r = runner();
-    await assert.rejects(r.run({ funcName: "" }), errors.InvalidRequest);
+    await assert.rejects(r.run({ funcName: "" }), { name: "InvalidRequest", message: /non-empty string, got ""$/ });
+    await assert.rejects(r.run({ funcName: 5 }), { name: "InvalidRequest", message: /non-empty string, got 5$/ });
     await assert.rejects(r.run({ funcName: "f", args: { original: [1] } }), /args must be an array/);
-    await assert.rejects(r.run({ funcName: "f", timeout: "5s" }), /timeout must be a number of milliseconds/);
+    // a string in quotes ("100" read as the number 100), and no Infinity sent to the daemon
+    await assert.rejects(r.run({ funcName: "f", timeout: "100" }),
+      { name: "InvalidRequest", message: /^timeout must be a finite number of milliseconds > 0, got "100"$/ });
+    await assert.rejects(r.run({ funcName: "f", timeout: Infinity }), { name: "InvalidRequest", message: /finite .* got Infinity$/ });
+    await assert.rejects(r.run({ funcName: "f", timeout: NaN }), { name: "InvalidRequest", message: /got NaN$/ });
     await assert.rejects(r.run({ funcName: "f", argsResolver: (args) => args }), /argsResolver must be the name/);
     await assert.rejects(r.run({ funcName: "f", running: true }), { name: "InvalidRequest", message: /running must be a function/ });
     await assert.rejects(r.run({ funcName: "f", args: "1, 2" }), { name: "InvalidRequest", message: /args must be an array/ });
