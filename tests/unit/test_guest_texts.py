@@ -1,12 +1,12 @@
 """What the sandbox's runtime sends of texts the guest made: console lines over the cap and
-failures with huge or unencodable texts (pure functions of isorund.sandbox.guest)."""
+failures with huge or unencodable texts (isorund.sandbox.console and .failure)."""
 import socket
 import sys
 
 from isorun._proto import runner_pb2 as pb
 from isorund.sandbox import channel
-from isorund.sandbox.guest import (TRACEBACK_FRAMES, Console, _cut_in_middle, _failure, _within_bounds, capped_line,
-                                   guest_traceback)
+from isorund.sandbox.console import Console, capped_line
+from isorund.sandbox.failure import TRACEBACK_FRAMES, _cut_in_middle, _failure, guest_traceback, within_bounds
 
 CAP = 1 << 20
 
@@ -53,12 +53,12 @@ def test_a_failures_texts_get_a_sixteenth_of_the_result_cap_each_and_at_least_10
     def failure():
         return pb.Failure(kind=pb.Failure.GUEST_EXCEPTION, type_name="E" * 5000, message="m" * 10**6,
                           traceback="t" * 10**6)
-    small = _within_bounds(failure(), result_bytes=4096)
+    small = within_bounds(failure(), result_bytes=4096)
     assert len(small.message) < 1100 and small.message.startswith("m" * 512)
     assert len(small.traceback) < 1100 and len(small.type_name) < 1100
-    default = _within_bounds(failure(), result_bytes=16 << 20)
+    default = within_bounds(failure(), result_bytes=16 << 20)
     assert 256 << 10 <= len(default.message) < (256 << 10) + 100
-    ample = _within_bounds(pb.Failure(message="m" * 1000, traceback="t" * 1000), result_bytes=16 << 20)
+    ample = within_bounds(pb.Failure(message="m" * 1000, traceback="t" * 1000), result_bytes=16 << 20)
     assert ample.message == "m" * 1000 and ample.traceback == "t" * 1000
 
 

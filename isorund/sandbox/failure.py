@@ -1,0 +1,159 @@
+"""What the guest raised, as the Failure its client will raise.
+
+The report is in the guest's terms: its exception, its message and its own frames, with
+paths relative to its root, never the runtime's. It always fits in an outcome (texts cut in
+the middle, tracebacks to their innermost frames) and can always be built (``described``
+falls back to the exception without its traceback).
+"""
+from __future__ import annotations
+
+import traceback
+
+from isorun._proto import runner_pb2 as pb
+from isorun.errors import SerializationError
+
+from .console import encodable
+from .importer import GuestModuleNotFound, PluginFailure
+
+Failure = pb.Failure
+
+
+class CpuLimitExceeded(BaseException):
+    """Raised from SIGXCPU: the guest used up its CPU seconds."""
+
+
+def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
+    """Turns what the guest raised into the Failure the client will raise."""
+    if isinstance(e, GuestModuleNotFound):
+        return _failure(kind=Failure.MODULE_NOT_FOUND, module=e.name, message=str(e))
+    if isinstance(e, MemoryError) and not e.args:
+        # an allocation that failed (a guest's own `raise MemoryError("…")` has a message and
+        # is its exception like any other)
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
+                        message="the call went over its memory limit")
+    if isinstance(e, PluginFailure):
+        return _failure(kind=Failure.SANDBOX, type_name=type(e.__cause__).__name__, message=str(e))
+    if isinstance(e, CpuLimitExceeded):
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
+    if isinstance(e, SerializationError):
+        if getattr(e, "limit", None) == "size":
+            return _failure(kind=Failure.RESOURCE_LIMIT, limit="result",
+                            message=str(e).replace("(limit 'size';", "(limit 'result';"))
+        # a result nested past the depth limit (or containing itself) says so, as on the client
+        return _failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
+                        limit=getattr(e, "limit", None) or "")
+    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+                    traceback=guest_traceback(e, guest_files))
+
+
+def described(e: BaseException, guest_files: set[str]) -> pb.Failure:
+    """``describe(e)``, or if that fails too, ``e`` without its traceback; the sandbox used to
+    end without an outcome. Formatting can fail for want of memory (a guest that recursed until
+    it ran out still holds every frame), or by what the guest's ``__str__`` raises; the call's
+    CPU time can run out on the way, which is then the call's outcome."""
+    try:
+        return describe(e, guest_files)
+    except CpuLimitExceeded as spent:
+        return describe(spent, guest_files)
+    except BaseException as failed:  # noqa: B036 - anything, a MemoryError most likely
+        e.__traceback__ = None  # lets the frames go
+        reason = type(failed).__name__
+        del failed
+        return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+                        traceback=f"(the traceback could not be formatted: {reason})\n")
+
+
+def _failure(**fields) -> pb.Failure:
+    """A Failure whose texts may hold what the guest made: a lone surrogate (``"\\ud800"``),
+    which no protobuf string may hold, is written as its escape, as Python's stderr writes it
+    (the guest's ``raise ValueError("\\ud800")`` ended the sandbox without an outcome)."""
+    return Failure(**{name: encodable(value) if isinstance(value, str) else value
+                      for name, value in fields.items()})
+
+
+# The innermost frames a traceback is made of: Python would format them all, and a guest that
+# raised the recursion limit (after escaping to sys) to a million made its outcome take longer
+# than any timeout. The frames dropped are the outermost: the runtime's own, then the guest's first
+# (the traceback says how many of the guest's, see _Shortened).
+TRACEBACK_FRAMES = 2000
+# Characters of a failure's message, and of its traceback, sent at most (see _within_bounds).
+FAILURE_TEXT_CHARS = 256 << 10
+
+
+def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
+    """The traceback as Python prints it, keeping only frames of guest source."""
+    te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
+    for part in _parts(te):
+        part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
+    left_out = _guest_frames_left_out(e.__traceback__, guest_files)
+    if left_out:
+        te.stack = _Shortened(te.stack, left_out)
+    return "".join(te.format())
+
+
+class _Shortened(traceback.StackSummary):
+    """A stack whose outermost guest frames were left out, saying how many (without it a
+    traceback cut to its innermost frames read as if it began where it was cut)."""
+
+    def __init__(self, frames, left_out: int):
+        super().__init__(frames)
+        self.left_out = left_out
+
+    def format(self) -> list[str]:
+        return [f"  [… {self.left_out:,} earlier frames not shown …]\n", *super().format()]
+
+
+def _guest_frames_left_out(tb, guest_files: set[str]) -> int:
+    """How many of the guest's frames lie beyond the innermost ``TRACEBACK_FRAMES`` of ``tb``."""
+    depth, entry = 0, tb
+    while entry is not None:
+        depth, entry = depth + 1, entry.tb_next
+    left_out, entry = 0, tb
+    for _ in range(depth - TRACEBACK_FRAMES):
+        left_out += entry.tb_frame.f_code.co_filename in guest_files
+        entry = entry.tb_next
+    return left_out
+
+
+def within_bounds(failure: pb.Failure, result_bytes: int) -> pb.Failure:
+    """``failure`` with a long message, traceback or type name cut in the middle, so that
+    ``raise ValueError(huge)`` is reported as that ValueError, not as an outcome too large for
+    the daemon to read. Message and traceback get at most a sixteenth of the result's bytes
+    each (4 bytes a character at worst), and never less than 1,024 characters."""
+    chars = max(1024, min(FAILURE_TEXT_CHARS, result_bytes // 16))
+    failure.message = _cut_in_middle(failure.message, chars)
+    failure.traceback = _cut_in_middle(failure.traceback, chars)
+    failure.type_name = _cut_in_middle(failure.type_name, 1024)
+    return failure
+
+
+def _cut_in_middle(text: str, chars: int) -> str:
+    """``text`` if it has at most ``chars`` characters, else its start and end around a
+    note of what was cut (a traceback's end holds the innermost frame and the exception)."""
+    if len(text) <= chars:
+        return text
+    half = chars // 2
+    return f"{text[:half]}\n[… {len(text) - 2 * half} characters cut …]\n{text[-half:]}"
+
+
+def _parts(te):
+    """Every exception the report of ``te`` may show: its cause or context, theirs, and the
+    members of an exception group with theirs (whose frames, the standard library's with
+    their host paths, were shown in full)."""
+    seen, todo = set(), [te]
+    while todo:
+        part = todo.pop()
+        if part is None or id(part) in seen:
+            continue
+        seen.add(id(part))
+        yield part
+        todo += [part.__cause__, part.__context__, *(part.exceptions or ())]
+
+
+def _message(e: BaseException) -> str:
+    try:
+        return str(e)
+    except CpuLimitExceeded:
+        raise
+    except BaseException:  # a guest exception whose __str__ itself fails
+        return f"<unprintable {type(e).__name__}>"
