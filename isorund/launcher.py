@@ -129,9 +129,13 @@ class Zygote:
         # forks and execs in C, which is safe even once gRPC has started its threads. The
         # umask is the zygote's own: folders it makes in a sandbox's root must be readable
         # by the guest even when the daemon runs with UMask=0077 (as the systemd unit does).
+        # A process group of its own: a stop signalled to the daemon's group (`kill -- -PGID`,
+        # `timeout`, dumb-init, supervisord's killasgroup) reached the zygote too, which died
+        # and took every call in flight with it instead of letting them finish within the
+        # grace; the daemon stops the zygote itself, and it dies with the daemon (PDEATHSIG).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "isorund.zygote", str(theirs.fileno())], stdin=subprocess.PIPE,
-            env={}, pass_fds=[theirs.fileno()], cwd="/", umask=0o022)
+            env={}, pass_fds=[theirs.fileno()], cwd="/", umask=0o022, process_group=0)
         theirs.close()
         self.process.stdin.write(json.dumps(config).encode())
         self.process.stdin.close()

@@ -62,6 +62,21 @@ def test_a_call_that_ends_within_the_grace_completes_and_the_daemon_exits_0(star
     assert '"event": "stopped"' in d.log()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signalled_to_the_daemons_whole_process_group_still_lets_calls_finish(start_daemon, make_root, sig):
+    # `kill -- -PGID`, `timeout`, dumb-init and supervisord's killasgroup signal the group:
+    # the zygote was in it, died at once and took the call with it (a SandboxError)
+    d = start_daemon(config="shutdown_grace = 15\n", prefix=["setsid"])  # the daemon leads its group
+    assert os.getpgid(d.pid) == d.pid
+    thread, box, started = start_call(d, make_root({"index.py": GUEST}), "nap", [2])
+    assert started.wait(30)
+    os.killpg(d.pid, sig)
+    thread.join(30)
+    assert box == {"value": 2}
+    assert d.proc.wait(30) == 0, d.log()
+    assert "zygote_died" not in d.log()
+
+
 def test_a_call_past_the_grace_is_killed_with_a_clear_error(start_daemon, make_root):
     d = start_daemon(config="shutdown_grace = 1\nmax_concurrency = 1\nqueue_size = 4\n")
     root = make_root({"index.py": GUEST})
