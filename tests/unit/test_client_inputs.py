@@ -156,6 +156,17 @@ def test_a_socket_path_of_107_bytes_is_tried(tmp_path):
     r.close()
 
 
+@pytest.mark.parametrize("kind", ["a regular file", "a folder"])
+def test_a_socket_path_that_is_a_file_or_a_folder_is_named_as_such(tmp_path, kind):
+    # (a config file or the daemon's folder given as the socket: gRPC said "connection refused")
+    where = tmp_path / "isorund.toml"
+    where.mkdir() if kind == "a folder" else where.write_text("")
+    with CodeRunner(root=str(tmp_path), file="index.py", socket=str(where)) as r:
+        with pytest.raises(errors.DaemonUnavailable) as info:
+            r.run("f")
+    assert str(info.value) == f"no isorun daemon at {where}: it is {kind}, not a Unix socket"
+
+
 # ------------------------------------------------------------------------- request size
 
 def test_arguments_share_one_size_budget_and_an_oversized_request_is_not_sent(runner):

@@ -448,8 +448,11 @@ function transportError(error, socket) {
 /** Why this process cannot even reach the socket's path, or null if it can. */
 function unreachable(socket) {
   try {
-    fs.statSync(socket);
-    return null;
+    const found = fs.statSync(socket);
+    if (found.isSocket()) return null;
+    // (a config file or the daemon's folder given as the socket)
+    const kind = found.isDirectory() ? "a folder" : found.isFile() ? "a regular file" : "no socket";
+    return `no isorun daemon at ${socket}: it is ${kind}, not a Unix socket`;
   } catch (e) {
     if (e.code === "EACCES") {
       return `this process may not reach isorund at ${socket}: a folder on the socket's path is not ` +

@@ -89,6 +89,22 @@ describe("without a daemon", () => {
     await r.close();
   });
 
+  test("a socket path that is a file or a folder is named as such", async () => {
+    const folder = fs.mkdtempSync(path.join(os.tmpdir(), "isorun-not-a-socket-"));
+    const file = path.join(folder, "isorund.toml");
+    fs.writeFileSync(file, "");
+    try {
+      for (const [where, kind] of [[file, "a regular file"], [folder, "a folder"]]) {
+        const r = new CodeRunner({ root: "/nonexistent", file: "index.py", socket: where });
+        await assert.rejects(r.run({ funcName: "f" }),
+          { name: "DaemonUnavailable", message: `no isorun daemon at ${where}: it is ${kind}, not a Unix socket` });
+        await r.close();
+      }
+    } finally {
+      fs.rmSync(folder, { recursive: true });
+    }
+  });
+
   test("a value that cannot be sent fails before any connection is tried", async () => {
     await assert.rejects(runner().run({ funcName: "f", args: [1, new WeakMap()] }),
       { name: "SerializationError", message: /^argument 1: cannot encode a value of type 'WeakMap'/ });

@@ -3,6 +3,7 @@ mapping lives, for both runners."""
 from __future__ import annotations
 
 import os
+import stat
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -87,10 +88,13 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
 def _unreachable(socket: str) -> str | None:
     """Why this process cannot even reach the socket's path, or None if it can."""
     try:
-        os.stat(socket)
+        mode = os.stat(socket).st_mode
     except PermissionError:
         return (f"this process may not reach isorund at {socket}: a folder on the socket's path is not "
                 "searchable by it (permission denied); the daemon's socket belongs in a folder its callers can reach")
     except OSError:
         return f"no isorun daemon at {socket}: the socket does not exist"
+    if not stat.S_ISSOCK(mode):  # (a config file or the daemon's folder given as the socket)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "no socket"
+        return f"no isorun daemon at {socket}: it is {kind}, not a Unix socket"
     return None
