@@ -453,6 +453,16 @@ def test_a_sync_callback_that_returns_a_coroutine_fails_the_call_instead_of_losi
     assert lines == []
 
 
+def test_a_sync_running_callback_that_returns_an_awaitable_that_is_no_coroutine_fails_the_call_too(runner):
+    class Later:  # a Future, a Task or a library's own awaitable: nothing to close, only refused
+        def __await__(self):
+            yield
+    r = runner({"index.py": CHATTY})
+    with pytest.raises(errors.InvalidRequest, match="^a callback .* returned an awaitable: CodeRunner does not await"):
+        r.run("chatty", args=[3], running=lambda: Later())
+    assert r.run("chatty", args=[1], running=lambda: None) == 1  # and the runner goes on
+
+
 def test_a_forked_childs_lines_arrive_though_it_exits_at_once(runner):
     lines = []
     r = runner({"index.py": "import os\n"
