@@ -151,7 +151,8 @@ function typeName(value) {
 /** A value as an error message shows it: a string in quotes ("100" was shown as 100). */
 function shown(value) {
   if (typeof value === "string") return JSON.stringify(value.length > 60 ? value.slice(0, 60) + "…" : value);
-  if (["number", "boolean", "bigint"].includes(typeof value)) return String(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
   return typeName(value);
 }
 

@@ -141,6 +141,7 @@ describe("without a daemon", () => {
       { name: "InvalidRequest", message: /^timeout must be a finite number of milliseconds > 0, got "100"$/ });
     await assert.rejects(r.run({ funcName: "f", timeout: Infinity }), { name: "InvalidRequest", message: /finite .* got Infinity$/ });
     await assert.rejects(r.run({ funcName: "f", timeout: NaN }), { name: "InvalidRequest", message: /got NaN$/ });
+    await assert.rejects(r.run({ funcName: "f", timeout: 100n }), { name: "InvalidRequest", message: /got 100n$/ });
     await assert.rejects(r.run({ funcName: "f", argsResolver: (args) => args }), /argsResolver must be the name/);
     await assert.rejects(r.run({ funcName: "f", running: true }), { name: "InvalidRequest", message: /running must be a function/ });
     await assert.rejects(r.run({ funcName: "f", args: "1, 2" }), { name: "InvalidRequest", message: /args must be an array/ });
