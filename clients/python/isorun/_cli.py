@@ -39,16 +39,20 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                       help="allow importing MODULE (repeatable)")
     call.add_argument("--whitelisted-path", action="append", default=[], metavar="DIR",
                       help="folder guest modules may import from (repeatable; relative as --root)")
-    call.add_argument("--source-extension", action="append", default=None, metavar="EXT")
-    call.add_argument("--compiler")
-    call.add_argument("--resolver")
-    call.add_argument("--resolver-options", type=_json_option, default=None, metavar="JSON")
-    call.add_argument("--args-resolver")
+    call.add_argument("--source-extension", action="append", default=None, metavar="EXT",
+                      help="which files count as guest source (repeatable; default .py)")
+    call.add_argument("--compiler", metavar="PLUGIN", help="source-transform plugin of the daemon's config")
+    call.add_argument("--resolver", metavar="PLUGIN", help="module-resolver plugin of the daemon's config")
+    call.add_argument("--resolver-options", type=_json_option, default=None, metavar="JSON",
+                      help="a JSON object handed to the resolver plugin")
+    call.add_argument("--args-resolver", metavar="PLUGIN", help="args-resolver plugin of the daemon's config")
     call.add_argument("--context", type=_json_option, default=None, metavar="JSON",
                       help="a JSON object whose entries become global names")
-    call.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
-    call.add_argument("--socket", default=None, help="daemon socket (default: $ISORUN_SOCKET)")
-    call.add_argument("func", metavar="FUNC")
+    call.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="wall-clock timeout of the call (default: the daemon's)")
+    call.add_argument("--socket", default=None, help="daemon socket (default: $ISORUN_SOCKET, else the "
+                                                     "daemon's default, as for CodeRunner)")
+    call.add_argument("func", metavar="FUNC", help="the function of --file to call")
     call.add_argument("args", nargs="*", metavar="JSON_ARG", help="arguments, each one JSON value")
     return parser, call
 
