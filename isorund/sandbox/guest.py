@@ -199,7 +199,8 @@ def _on_sigxcpu(signum, frame):
 
 
 _SIGNALS = tuple(int(number) for number in signal.valid_signals())
-_RECURSION_LIMIT = sys.getrecursionlimit()  # (the zygote's, which every sandbox starts with)
+# (the zygote's, which every sandbox starts with)
+_RECURSION_LIMIT, _INT_MAX_STR_DIGITS = sys.getrecursionlimit(), sys.get_int_max_str_digits()
 
 
 def _silence_guest_handlers() -> None:
@@ -218,10 +219,12 @@ def _silence_guest_handlers() -> None:
 def _interpreter_settings_back() -> None:
     """The runtime's own work after the guest's (encoding its result, formatting its failure)
     runs with the interpreter's settings, not the guest's: a recursion limit it lowered made
-    a result 40 lists deep a SerializationError. A trace or profile function the guest set
-    ran on every frame of the runtime (and its error became the call's): they are unset
-    where this is called, inline, as calling this would be traced already."""
+    a result 40 lists deep a SerializationError, and a lower limit on int digits made a big
+    int result one. A trace or profile function the guest set ran on every frame of the
+    runtime (and its error became the call's): they are unset where this is called, inline,
+    as calling this would be traced already."""
     sys.setrecursionlimit(_RECURSION_LIMIT)
+    sys.set_int_max_str_digits(_INT_MAX_STR_DIGITS)
 
 
 def _padded(func, args: list) -> list:

@@ -301,11 +301,11 @@ def test_a_signal_handler_left_running_does_not_break_the_report_of_a_returned_c
     assert r.run("leaves_a_timer", args=[400_000], timeout=20) == list(range(400_000))
 
 
-def test_the_guests_recursion_limit_and_trace_function_do_not_reach_the_runtimes_work(runner):
+def test_the_guests_interpreter_settings_do_not_reach_the_runtimes_work(runner):
     """The runtime encodes the result and formats the failure after the guest's function is
     done, with the guest's interpreter settings: a recursion limit lowered to 60 made a
-    result 40 lists deep a SerializationError, and a trace function ran on the runtime's
-    frames (here it raised in them)."""
+    result 40 lists deep a SerializationError, a limit of 640 int digits made 10**1000 one, and
+    a trace function ran on the runtime's frames (here it raised in them)."""
     r = runner({"index.py": """
         import sys
         def _runtime_frames_fail():
@@ -324,11 +324,15 @@ def test_the_guests_recursion_limit_and_trace_function_do_not_reach_the_runtimes
             sys.setrecursionlimit(60)
             _runtime_frames_fail()
             raise ValueError("its own")
+        def big():
+            sys.set_int_max_str_digits(640)  # the encoder writes ints of up to 4,300 digits
+            return 10 ** 1000
     """}, external=["sys"])
     expected = []
     for _ in range(40):
         expected = [expected]
     assert r.run("nested", args=[40]) == expected
+    assert r.run("big") == 10 ** 1000
     with pytest.raises(errors.GuestError) as info:
         r.run("fails")
     assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
