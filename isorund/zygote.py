@@ -38,6 +38,10 @@ CAP_SYS_NICE = 23
 
 
 def main() -> int:
+    # The zygote has a process group of its own (see launcher.py), which is a background group
+    # when the daemon runs in a terminal: with `stty tostop` its first log line stopped it
+    # (SIGTTOU) and the daemon's start hung. Its lines are the daemon's log; they go through.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     config = json.loads(sys.stdin.read())
     control = socket.socket(fileno=int(sys.argv[1]))
     _die_with_the_daemon(control)
@@ -142,6 +146,7 @@ class Zygote:
                 self.control.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTTOU, signal.SIG_DFL)  # (the guest sees the defaults)
                 status = sandbox_main(self.plan, theirs, self.pidfd, host_id, self.filters, self.plugins,
                                       self.registry, group)
             finally:

@@ -4,7 +4,11 @@ the socket, exit 0."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
+import sys
+import termios
 import threading
 import time
 
@@ -75,6 +79,46 @@ def test_a_stop_signalled_to_the_daemons_whole_process_group_still_lets_calls_fi
     assert box == {"value": 2}
     assert d.proc.wait(30) == 0, d.log()
     assert "zygote_died" not in d.log()
+
+
+def test_a_daemon_run_in_a_terminal_with_tostop_starts_though_its_zygote_is_a_background_group(tmp_path):
+    # The zygote's own process group is a background group of the daemon's terminal: with
+    # `stty tostop` its first log line (a missing default_external) stopped it with SIGTTOU,
+    # and the daemon's start hung until it gave up.
+    config = tmp_path / "isorund.toml"
+    config.write_text('default_external = ["json", "no_such_module_for_isorun"]\n')
+    sock = str(tmp_path / "isorund.sock")
+    pid, terminal = pty.fork()  # the child leads a session whose controlling terminal is the pty
+    if pid == 0:
+        try:
+            attributes = termios.tcgetattr(0)
+            attributes[3] |= termios.TOSTOP
+            termios.tcsetattr(0, termios.TCSANOW, attributes)
+            os.execv(sys.executable, [sys.executable, "-m", "isorund", "--socket", sock, "--config", str(config)])
+        finally:
+            os._exit(127)
+    output, deadline = b"", time.monotonic() + 60
+    try:
+        while b'"event": "ready"' not in output and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                try:
+                    output += os.read(terminal, 65536)
+                except OSError:  # the daemon exited: the pty has no reader left
+                    break
+        assert b'"event": "ready"' in output, output.decode(errors="replace")
+        assert b"default_external_missing" in output
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        stop_by = time.monotonic() + 30
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):  # (the pty must be read for it to go on)
+            if time.monotonic() > stop_by:
+                os.kill(pid, signal.SIGKILL)
+            if select.select([terminal], [], [], 0.1)[0]:
+                try:
+                    os.read(terminal, 65536)
+                except OSError:
+                    pass
+        os.close(terminal)
 
 
 def test_a_call_past_the_grace_is_killed_with_a_clear_error(start_daemon, make_root):
