@@ -244,7 +244,10 @@ class CodeRunner {
       // The daemon's capabilities, once per runner: its type names for tagged values, and its
       // default timeout for a call that names none (a shorter deadline would cut such calls
       // short, and leave them no room to wait in the daemon's queue).
-      const daemon = names.size || !timeout ? await this._ensureCapabilities() : null;
+      let daemon = names.size || !timeout ? await this._ensureCapabilities() : null;
+      if (names.size && ![...names].every((name) => (daemon.typeNames || []).includes(name))) {
+        daemon = await this._ensureCapabilities(true); // (see _ensureCapabilities)
+      }
       if (names.size) this._checkNames(names, new Set(daemon.typeNames || []));
       const defaultMs = daemon && daemon.defaultTimeoutSeconds ? daemon.defaultTimeoutSeconds * 1000 : 0;
       const deadline = Date.now() + (timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
@@ -341,8 +344,13 @@ class CodeRunner {
     return { request, names };
   }
 
-  _ensureCapabilities() {
-    if (this._daemon === null) {
+  /**
+   * The daemon's capabilities, asked once; `again` when a value's type was missing from its
+   * answer: the channel may have reconnected to a daemon restarted with more types since,
+   * which the runner refused until it was made anew.
+   */
+  _ensureCapabilities(again = false) {
+    if (this._daemon === null || again) {
       this._daemon = this._unary("GetCapabilities", {}, Date.now() + CAPABILITIES_TIMEOUT_MS);
       this._daemon.catch(() => { this._daemon = null; }); // ask again on the next call
     }

@@ -224,3 +224,25 @@ describe("operator types against a daemon with [types]", () => {
       e.message.startsWith('result: cannot decode a value tagged "acme.Money" at [0]: no resolver'));
   });
 });
+
+describe("operator types after a daemon restart", () => {
+  let daemon;
+
+  before(async () => {
+    daemon = await startDaemon({ plugins: { "acme_types.py": ACME_TYPES } }); // no [types] yet
+  });
+  after(() => daemon?.stop());
+
+  test("a runner asks again for a type that the restarted daemon now has", async () => {
+    // It asked once per runner: it refused acme.Money for ever after the operator restarted the
+    // daemon with the type configured, until the runner was made anew.
+    const runner = daemon.runner({ "index.py": GUEST }, { registry: moneyRegistry() });
+    await assert.rejects(runner.run({ funcName: "double", args: [new Money("1.25", "USD")] }),
+      { name: "SerializationError", message: /has no resolver for type 'acme.Money'/ });
+    await daemon.restart(async () => {
+      fs.appendFileSync(daemon.configPath, '\n[types]\n"acme.Money" = "acme_types:money"\n');
+    });
+    assert.deepEqual(await runner.run({ funcName: "double", args: [new Money("1.25", "USD")] }),
+      new Money("2.50", "USD"));
+  });
+});

@@ -4,7 +4,7 @@ The two runners share everything but I/O (``_Base``): request building, the chec
 values against the daemon's type names, and the mapping of outcomes and gRPC status codes to
 ``isorun.errors`` (in ``_outcome``, the only place that mapping lives). A CodeRunner holds one
 channel for its life, an AsyncCodeRunner one per event loop it is used in; capabilities are
-asked once per channel. close() refuses new calls and lets the
+asked once per channel (and again when a value's type is missing from them). close() refuses new calls and lets the
 calls in flight finish, as the Node client's does; a callback that raises cancels its call.
 """
 from __future__ import annotations
@@ -130,6 +130,9 @@ class _Base:
     def _needs_capabilities(self, request: pb.RunRequest, names: set[str]) -> bool:
         return self._daemon is None and bool(names or not request.timeout_seconds)
 
+    def _offers(self, names: set[str]) -> bool:
+        return names <= frozenset(self._daemon.type_names)
+
     def _check_names(self, names: set[str]) -> None:
         offered_names = frozenset(self._daemon.type_names)
         missing = sorted(names - offered_names)
@@ -215,6 +218,8 @@ class CodeRunner(_Base):
                 if self._needs_capabilities(request, names):
                     self._ensure_capabilities()
                 if names:
+                    if not self._offers(names):
+                        self._ensure_capabilities(again=True)  # (see _ensure_capabilities)
                     self._check_names(names)
                 deadline = self._deadline(request)
                 if running is None and self.on_console is None:
@@ -239,9 +244,12 @@ class CodeRunner(_Base):
             raise
         return None
 
-    def _ensure_capabilities(self) -> None:
+    def _ensure_capabilities(self, again: bool = False) -> None:
+        """Asks the daemon once; ``again`` when a value's type was missing from its answer: the
+        channel may have reconnected to a daemon restarted with more types since, which the
+        runner refused until it was made anew."""
         with self._lock:
-            if self._daemon is None:
+            if self._daemon is None or again:
                 self._daemon = self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=_CAPABILITIES_TIMEOUT)
 
     def capabilities(self) -> pb.Capabilities:
@@ -348,6 +356,8 @@ class AsyncCodeRunner(_Base):
                 if self._needs_capabilities(request, names):
                     await self._ensure_capabilities(connection)
                 if names:
+                    if not self._offers(names):
+                        await self._ensure_capabilities(connection, again=True)  # (as CodeRunner's)
                     self._check_names(names)
                 deadline = self._deadline(request)
                 if running is None and self.on_console is None:
@@ -374,9 +384,9 @@ class AsyncCodeRunner(_Base):
             raise
         return None
 
-    async def _ensure_capabilities(self, connection: _Connection) -> None:
+    async def _ensure_capabilities(self, connection: _Connection, again: bool = False) -> None:
         async with connection.lock:
-            if self._daemon is None:
+            if self._daemon is None or again:
                 self._daemon = await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(),
                                                                      timeout=_CAPABILITIES_TIMEOUT)
 
