@@ -222,22 +222,37 @@ def test_an_operator_type_in_context_reaches_the_guest(typed):
         ["Money", decimal.Decimal("0.10"), Money(decimal.Decimal("0.20"), "EUR")]
 
 
-def test_a_runner_asks_again_for_a_type_a_restarted_daemon_now_has(start_daemon, make_root, tmp_path):
+@pytest.mark.parametrize("kind", ["CodeRunner", "AsyncCodeRunner"])
+def test_a_runner_asks_again_for_a_type_a_restarted_daemon_now_has(start_daemon, make_root, tmp_path, kind):
     # It asked once per channel: a long-lived runner refused acme.Money for ever after the
     # operator restarted the daemon with the type configured, until the runner was made anew.
     (tmp_path / "acme_types.py").write_text(ACME_TYPES)
     plain = start_daemon()
-    with CodeRunner(root=make_root({"index.py": MONEY_GUEST}), file="index.py", socket=plain.socket,
-                    registry=money_registry()) as r:
-        with pytest.raises(errors.SerializationError, match="has no resolver for type 'acme.Money'"):
-            r.run("double", args=[Money(decimal.Decimal("1.25"), "USD")])
+    price = Money(decimal.Decimal("1.25"), "USD")
+
+    def restart_with_the_type():
         assert plain.stop() == 0
         typed = start_daemon(config=TYPED_CONFIG % tmp_path, args=["--socket", plain.socket], wait=False)
         deadline = time.monotonic() + 60
         while '"event": "ready"' not in typed.log():
             assert typed.proc.poll() is None and time.monotonic() < deadline, typed.log()
             time.sleep(0.05)
-        assert r.run("double", args=[Money(decimal.Decimal("1.25"), "USD")]) == Money(decimal.Decimal("2.50"), "USD")
+    options = dict(root=make_root({"index.py": MONEY_GUEST}), file="index.py", socket=plain.socket,
+                   registry=money_registry())
+    if kind == "CodeRunner":
+        with CodeRunner(**options) as r:
+            with pytest.raises(errors.SerializationError, match="has no resolver for type 'acme.Money'"):
+                r.run("double", args=[price])
+            restart_with_the_type()
+            assert r.run("double", args=[price]) == Money(decimal.Decimal("2.50"), "USD")
+    else:
+        async def main():
+            async with AsyncCodeRunner(**options) as r:
+                with pytest.raises(errors.SerializationError, match="has no resolver for type 'acme.Money'"):
+                    await r.run("double", args=[price])
+                restart_with_the_type()  # (blocks the loop for the restart: nothing else runs on it)
+                return await r.run("double", args=[price])
+        assert asyncio.run(main()) == Money(decimal.Decimal("2.50"), "USD")
 
 
 def test_the_daemon_lists_its_operator_types(typed):
