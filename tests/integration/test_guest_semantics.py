@@ -336,3 +336,13 @@ def test_the_guests_interpreter_settings_do_not_reach_the_runtimes_work(runner):
     with pytest.raises(errors.GuestError) as info:
         r.run("fails")
     assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
+
+
+def test_the_guest_starts_with_the_default_action_for_sigttou_the_zygote_ignores(runner):
+    # the zygote ignores SIGTTOU (a background process group of the daemon's terminal); its
+    # sandboxes put the default back rather than hand the guest a disposition it did not set
+    r = runner({"index.py": "import signal\n"
+                            "def f():\n"
+                            "    return [signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTTOU, signal.SIGCHLD)]\n"},
+               external=["signal"])
+    assert r.run("f") == [True, True]

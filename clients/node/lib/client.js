@@ -148,6 +148,12 @@ function typeName(value) {
   return typeof value;
 }
 
+/** The type names the daemon's capabilities do not offer, sorted. */
+function missingNames(names, daemon) {
+  const offered = new Set(daemon.typeNames || []);
+  return [...names].filter((name) => !offered.has(name)).sort();
+}
+
 /** A value as an error message shows it: a string in quotes ("100" was shown as 100). */
 function shown(value) {
   if (typeof value === "string") return JSON.stringify(value.length > 60 ? value.slice(0, 60) + "…" : value);
@@ -245,10 +251,10 @@ class CodeRunner {
       // default timeout for a call that names none (a shorter deadline would cut such calls
       // short, and leave them no room to wait in the daemon's queue).
       let daemon = names.size || !timeout ? await this._ensureCapabilities() : null;
-      if (names.size && ![...names].every((name) => (daemon.typeNames || []).includes(name))) {
+      if (names.size && missingNames(names, daemon).length) {
         daemon = await this._ensureCapabilities(true); // (see _ensureCapabilities)
       }
-      if (names.size) this._checkNames(names, new Set(daemon.typeNames || []));
+      if (names.size) this._checkNames(names, daemon);
       const defaultMs = daemon && daemon.defaultTimeoutSeconds ? daemon.defaultTimeoutSeconds * 1000 : 0;
       const deadline = Date.now() + (timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
       if (!running && !this.onConsole) {
@@ -357,11 +363,11 @@ class CodeRunner {
     return this._daemon;
   }
 
-  _checkNames(names, offered) {
-    const missing = [...names].filter((name) => !offered.has(name)).sort();
+  _checkNames(names, daemon) {
+    const missing = missingNames(names, daemon);
     if (missing.length) {
       throw new errors.SerializationError(`the daemon at ${this.socket} has no resolver for type ` +
-        `'${missing[0]}'; it offers: ${[...offered].sort().join(", ") || "none"}`);
+        `'${missing[0]}'; it offers: ${[...(daemon.typeNames || [])].sort().join(", ") || "none"}`);
     }
   }
 

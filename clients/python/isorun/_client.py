@@ -130,14 +130,14 @@ class _Base:
     def _needs_capabilities(self, request: pb.RunRequest, names: set[str]) -> bool:
         return self._daemon is None and bool(names or not request.timeout_seconds)
 
-    def _offers(self, names: set[str]) -> bool:
-        return names <= frozenset(self._daemon.type_names)
+    def _missing(self, names: set[str]) -> list[str]:
+        """The type names the daemon's (cached) capabilities do not offer, sorted."""
+        return sorted(names.difference(self._daemon.type_names))
 
     def _check_names(self, names: set[str]) -> None:
-        offered_names = frozenset(self._daemon.type_names)
-        missing = sorted(names - offered_names)
+        missing = self._missing(names)
         if missing:
-            offered = ", ".join(sorted(offered_names)) or "none"
+            offered = ", ".join(sorted(self._daemon.type_names)) or "none"
             raise errors.SerializationError(
                 f"the daemon at {self.socket} has no resolver for type {missing[0]!r}; "
                 f"it offers: {offered}")
@@ -218,7 +218,7 @@ class CodeRunner(_Base):
                 if self._needs_capabilities(request, names):
                     self._ensure_capabilities()
                 if names:
-                    if not self._offers(names):
+                    if self._missing(names):
                         self._ensure_capabilities(again=True)  # (see _ensure_capabilities)
                     self._check_names(names)
                 deadline = self._deadline(request)
@@ -356,7 +356,7 @@ class AsyncCodeRunner(_Base):
                 if self._needs_capabilities(request, names):
                     await self._ensure_capabilities(connection)
                 if names:
-                    if not self._offers(names):
+                    if self._missing(names):
                         await self._ensure_capabilities(connection, again=True)  # (as CodeRunner's)
                     self._check_names(names)
                 deadline = self._deadline(request)
