@@ -424,12 +424,18 @@ class Zygote:
                 delay = min(delay * 2, RESTART_DELAYS[1])
 
     async def stop(self) -> None:
+        serving = self.alive
         self.stopping = True
         self.alive = False
         self._end_stall(recovered=False)
         self._fail_takers("isorund is shutting down")
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            # It ignores SIGTERM (zygote.IGNORED_SIGNALS): a serving zygote ends when its
+            # control socket closes; one still starting is not reading it.
+            if serving:
+                self.control.shutdown(socket.SHUT_WR)
+            else:
+                self.process.kill()
             for _ in range(100):
                 if self.process.poll() is not None:
                     break

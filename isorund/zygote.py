@@ -34,14 +34,20 @@ import sys
 import sysconfig
 
 POOL_NICE = 19
+# The daemon decides when its zygote ends (it closes the control socket, or kills it). A signal
+# meant for the daemon reached the zygote too when it was sent by name (`pkill -f isorund`, a
+# log rotation's `pkill -HUP -f`): it died and took every call in flight with it, instead of
+# letting them finish within the daemon's grace. SIGTTOU: the zygote has a process group of
+# its own (see launcher.py), a background group when the daemon runs in a terminal, and with
+# `stty tostop` its first log line stopped it and the daemon's start hung.
+IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGTTOU)
 CAP_SYS_NICE = 23
 
 
 def main() -> int:
-    # The zygote has a process group of its own (see launcher.py), which is a background group
-    # when the daemon runs in a terminal: with `stty tostop` its first log line stopped it
-    # (SIGTTOU) and the daemon's start hung. Its lines are the daemon's log; they go through.
-    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    for number in IGNORED_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     config = json.loads(sys.stdin.read())
     control = socket.socket(fileno=int(sys.argv[1]))
     _die_with_the_daemon(control)
@@ -109,8 +115,6 @@ class Zygote:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
         selector = selectors.DefaultSelector()
         selector.register(self.control, selectors.EVENT_READ, "control")
         selector.register(wake_r, selectors.EVENT_READ, "signal")
@@ -145,8 +149,8 @@ class Zygote:
                 ours.close()
                 self.control.close()
                 signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGTTOU, signal.SIG_DFL)  # (the guest sees the defaults)
+                for number in (signal.SIGCHLD, *IGNORED_SIGNALS):  # the guest gets the defaults
+                    signal.signal(number, signal.SIG_DFL)
                 status = sandbox_main(self.plan, theirs, self.pidfd, host_id, self.filters, self.plugins,
                                       self.registry, group)
             finally:

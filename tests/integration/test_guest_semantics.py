@@ -338,11 +338,14 @@ def test_the_guests_interpreter_settings_do_not_reach_the_runtimes_work(runner):
     assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
 
 
-def test_the_guest_starts_with_the_default_action_for_sigttou_the_zygote_ignores(runner):
-    # the zygote ignores SIGTTOU (a background process group of the daemon's terminal); its
-    # sandboxes put the default back rather than hand the guest a disposition it did not set
+def test_the_guest_starts_with_the_default_action_for_the_signals_the_zygote_ignores(runner):
+    # the zygote ignores SIGTTOU (a background process group of the daemon's terminal) and the
+    # signals meant for the daemon (`pkill -f isorund`); its sandboxes put the defaults back
+    # rather than hand the guest dispositions it did not set
     r = runner({"index.py": "import signal\n"
                             "def f():\n"
-                            "    return [signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTTOU, signal.SIGCHLD)]\n"},
+                            "    return {s.name: signal.getsignal(s) == signal.SIG_DFL for s in (\n"
+                            "        signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,\n"
+                            "        signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)}\n"},
                external=["signal"])
-    assert r.run("f") == [True, True]
+    assert r.run("f") == dict.fromkeys(["SIGTTOU", "SIGCHLD", "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"], True)

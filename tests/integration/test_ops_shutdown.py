@@ -3,6 +3,7 @@ shutdown_grace, kill what is left (each such call still gets an answer saying wh
 the socket, exit 0."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -18,6 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from isorun import CodeRunner, errors
+
+from processes import zygote_of
 
 GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
 
@@ -79,6 +82,45 @@ def test_a_stop_signalled_to_the_daemons_whole_process_group_still_lets_calls_fi
     assert box == {"value": 2}
     assert d.proc.wait(30) == 0, d.log()
     assert "zygote_died" not in d.log()
+
+
+def signal_every_process_of(daemon, sig) -> None:
+    """As `pkill -SIG -f isorund` does: the daemon, its zygote and the sandboxes (forks of the
+    zygote, with its command line) all get the signal at once."""
+    for process in [psutil.Process(daemon.pid), *descendants(daemon)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signalled_by_name_to_every_isorund_process_still_lets_calls_finish(start_daemon, make_root, sig):
+    # `pkill -f isorund` reached the zygote as well as the daemon: it died at once and took the
+    # call with it (a SandboxError saying a new zygote was being started, in a daemon stopping)
+    d = start_daemon(config="shutdown_grace = 15\n")
+    thread, box, started = start_call(d, make_root({"index.py": GUEST}), "nap", [2])
+    assert started.wait(30)
+    signal_every_process_of(d, sig)
+    thread.join(30)
+    assert box == {"value": 2}
+    assert d.proc.wait(30) == 0, d.log()
+    assert "zygote_died" not in d.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
+def test_a_signal_the_daemon_ignores_ends_none_of_its_processes(start_daemon, make_root, sig):
+    # a log rotation's `pkill -HUP -f isorund`: the daemon logged it and went on, its zygote
+    # died (the default action) and the call in flight with it
+    d = start_daemon()
+    zygote = zygote_of(d)
+    thread, box, started = start_call(d, make_root({"index.py": GUEST}), "nap", [1])
+    assert started.wait(30)
+    signal_every_process_of(d, sig)
+    thread.join(30)
+    assert box == {"value": 1}
+    assert zygote.is_running() and zygote_of(d).pid == zygote.pid
+    assert "zygote_died" not in d.log()
+    with CodeRunner(root=make_root({"index.py": GUEST}), file="index.py", socket=d.socket) as r:
+        assert r.run("echo", args=[7]) == 7
 
 
 def test_a_daemon_run_in_a_terminal_with_tostop_starts_though_its_zygote_is_a_background_group(tmp_path):
