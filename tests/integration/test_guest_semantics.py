@@ -338,6 +338,42 @@ def test_the_guests_interpreter_settings_do_not_reach_the_runtimes_work(runner):
     assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
 
 
+def test_a_guest_that_deletes_the_real_builtins_still_gets_its_outcome(runner):
+    """The runtime's own code after the guest's function runs on the interpreter's builtins: a
+    guest that reached them (past the importer) and deleted `isinstance` or `len` ended its
+    sandbox without an outcome, and without `callable` the failure path retried until the
+    call's timeout."""
+    r = runner({"index.py": """
+        def _real_builtins():
+            for klass in object.__subclasses__():
+                for member in vars(klass).values():
+                    found = getattr(member, "__globals__", None)
+                    if isinstance(found, dict) and found.get("__name__") == "os":
+                        return found["__builtins__"]
+        def deletes(names):
+            real = _real_builtins()
+            for name in names:
+                del real[name]
+            return names
+        def deletes_and_fails(names):
+            deletes(names)
+            raise ValueError("its own")
+        def clears():
+            _real_builtins().clear()
+            return [1, {"a": b"x"}]
+        def replaces_import():
+            _real_builtins()["__import__"] = None
+            return "replaced"
+    """})
+    for names in (["isinstance"], ["len"], ["callable"], ["isinstance", "len", "callable", "getattr"]):
+        assert r.run("deletes", args=[names], timeout=20) == names
+        with pytest.raises(errors.GuestError) as info:
+            r.run("deletes_and_fails", args=[names], timeout=20)
+        assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
+    assert r.run("clears", timeout=20) == [1, {"a": b"x"}]
+    assert r.run("replaces_import", timeout=20) == "replaced"
+
+
 def test_the_guest_starts_with_the_default_action_for_the_signals_the_zygote_ignores(runner):
     # the zygote ignores SIGTTOU (a background process group of the daemon's terminal) and the
     # signals meant for the daemon (`pkill -f isorund`); its sandboxes put the defaults back
