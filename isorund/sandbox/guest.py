@@ -7,7 +7,6 @@ guest's terms, its exception and its own frames, never the runtime's (``failure`
 """
 from __future__ import annotations
 
-import _signal  # signal's own functions wrap each handler in an enum: 30 times slower
 import asyncio
 import builtins
 import inspect
@@ -16,6 +15,13 @@ import signal
 import sys
 import time
 import types
+# What the runtime calls once the guest's code has run, bound here: a guest that replaced
+# them in their modules (`sys.settrace = None`, past the importer) made the failure path
+# below retry until the call's timeout. _signal's own functions: signal's wrap each handler
+# in an enum, 30 times slower.
+from _signal import SIG_BLOCK, SIG_IGN, SIG_UNBLOCK, getsignal, pthread_sigmask
+from _signal import signal as set_handler
+from sys import set_int_max_str_digits, setprofile, setrecursionlimit, settrace
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
@@ -103,8 +109,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             if isinstance(result, types.CoroutineType):  # (inspect's test, with no frame to trace)
                 result = asyncio.run(result)
                 _BUILTINS.update(_BUILTINS_AS_LEFT)
-            sys.settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back
-            sys.setprofile(None)
+            settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back
+            setprofile(None)
             _silence_guest_handlers()
             _interpreter_settings_back()
             importer.withdraw()
@@ -119,17 +125,17 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         # runs before it), after which only handlers already due can run, each once; the
         # guest's failure is what is reported. Not closed: with two or more due, one may run
         # at the loop's jump back, outside the try; a guest thread may still take a signal.
-        while True:
+        for _ in _TRIES:
             try:
-                _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGNALS)
+                pthread_sigmask(SIG_BLOCK, _SIGNALS)
                 _BUILTINS.update(_BUILTINS_AS_LEFT)
-                sys.settrace(None)
-                sys.setprofile(None)
+                settrace(None)
+                setprofile(None)
                 _silence_guest_handlers()
                 break
             except BaseException:  # noqa: B036 - a late handler's error: the call already ended
                 pass
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _SIGNALS)
+        pthread_sigmask(SIG_UNBLOCK, _SIGNALS)
         _interpreter_settings_back()
         if importer is not None:
             importer.withdraw()
@@ -202,6 +208,10 @@ def _on_sigxcpu(signum, frame):
 
 
 _SIGNALS = tuple(int(number) for number in signal.valid_signals())
+_SIGXCPU = int(signal.SIGXCPU)
+# The failure path's tries at holding signals: each due handler runs once, and the bound is a
+# backstop against a step the guest broke (a range made here: the guest may delete `range`).
+_TRIES = range(len(_SIGNALS) + 1)
 # The interpreter's builtins as the zygote left them, put back after the guest's code ran (~2
 # µs). A guest that reached the real module (past the importer, as the isolation tests assume)
 # and deleted `isinstance` or `len` broke the runtime's own code that follows: its sandbox
@@ -217,11 +227,11 @@ def _silence_guest_handlers() -> None:
     the sandbox ended without an outcome. They are ignored from here on, the CPU limit's own
     handler put back (~3 µs)."""
     for number in _SIGNALS:
-        handler = _signal.getsignal(number)
+        handler = getsignal(number)
         if callable(handler) and handler is not _on_sigxcpu:
-            _signal.signal(number, _signal.SIG_IGN)
-    if _signal.getsignal(signal.SIGXCPU) is not _on_sigxcpu:
-        _signal.signal(signal.SIGXCPU, _on_sigxcpu)
+            set_handler(number, SIG_IGN)
+    if getsignal(_SIGXCPU) is not _on_sigxcpu:
+        set_handler(_SIGXCPU, _on_sigxcpu)
 
 
 def _interpreter_settings_back() -> None:
@@ -231,8 +241,8 @@ def _interpreter_settings_back() -> None:
     int result one. A trace or profile function the guest set ran on every frame of the
     runtime (and its error became the call's): they are unset where this is called, inline,
     as calling this would be traced already."""
-    sys.setrecursionlimit(_RECURSION_LIMIT)
-    sys.set_int_max_str_digits(_INT_MAX_STR_DIGITS)
+    setrecursionlimit(_RECURSION_LIMIT)
+    set_int_max_str_digits(_INT_MAX_STR_DIGITS)
 
 
 def _padded(func, args: list) -> list:

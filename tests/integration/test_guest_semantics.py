@@ -374,6 +374,34 @@ def test_a_guest_that_deletes_the_real_builtins_still_gets_its_outcome(runner):
     assert r.run("replaces_import", timeout=20) == "replaced"
 
 
+def test_a_guest_that_replaces_the_interpreters_functions_the_runtime_calls_still_gets_its_outcome(runner):
+    """After the guest's function the runtime unsets trace functions, holds signals and puts
+    the interpreter's settings back: a guest that replaced those functions in their modules
+    (`sys.settrace = None`) got, when it raised, a failure path that retried until the call's
+    timeout, and when it returned, a sandbox ended without an outcome."""
+    r = runner({"index.py": """
+        def _sys():
+            for klass in object.__subclasses__():
+                for member in vars(klass).values():
+                    found = getattr(member, "__globals__", None)
+                    if isinstance(found, dict) and found.get("__name__") == "os":
+                        return found["sys"]
+        def replaces(module, names, fail):
+            target = _sys().modules[module]
+            for name in names:
+                setattr(target, name, None)
+            if fail:
+                raise ValueError("its own")
+            return names
+    """})
+    for module, names in (("sys", ["settrace", "setprofile", "setrecursionlimit", "set_int_max_str_digits"]),
+                          ("_signal", ["getsignal", "signal", "pthread_sigmask"])):
+        assert r.run("replaces", args=[module, names, False], timeout=20) == names
+        with pytest.raises(errors.GuestError) as info:
+            r.run("replaces", args=[module, names, True], timeout=20)
+        assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
+
+
 def test_the_guest_starts_with_the_default_action_for_the_signals_the_zygote_ignores(runner):
     # the zygote ignores SIGTTOU (a background process group of the daemon's terminal) and the
     # signals meant for the daemon (`pkill -f isorund`); its sandboxes put the defaults back
