@@ -166,7 +166,7 @@ def _timeout(value: float, config) -> float:
     if value == 0:
         return config.default_timeout
     if not (math.isfinite(value) and 0 < value <= config.max_timeout):
-        raise RequestError(f"timeout must be > 0 and <= max_timeout ({config.max_timeout:g} s), got {value:g}")
+        raise RequestError(f"timeout must be > 0 and <= max_timeout ({config.max_timeout:g} s), got {value:g} s")
     return value
 
 

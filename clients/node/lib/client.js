@@ -26,6 +26,12 @@ const QUEUE_ALLOWANCE_MS = 60000;
 // reports no default timeout of its own.
 const DEFAULT_TIMEOUT_GUESS_MS = 30000;
 const CAPABILITIES_TIMEOUT_MS = 10000;
+// grpc-js cannot write a deadline much past 1e14 ms from now: it threw from inside the call,
+// out of reach of run()'s promise, and ended the process. No daemon accepts a timeout near a
+// year (isorund's max_timeout is at most 1e6 s), so the cap only lets the daemon refuse it.
+const MAX_DEADLINE_MS = 365 * 24 * 3600 * 1000;
+// sun_path holds 108 bytes with its terminating NUL; a longer path is cut short by the kernel.
+const MAX_SOCKET_PATH_BYTES = 107;
 const MAX_MESSAGE = 64 * 1024 * 1024; // the daemon's default max_request_bytes
 // What the values of one request may take together: the message, less room for the rest of
 // the request (paths, names, framing), so that a request over the limit fails here, named.
@@ -39,6 +45,14 @@ function defaultSocket() {
   const runtime = process.env.XDG_RUNTIME_DIR;
   if (process.geteuid() === 0 || !runtime || fs.existsSync(SYSTEM_SOCKET)) return SYSTEM_SOCKET;
   return path.join(runtime, "isorund.sock");
+}
+
+/** Why no daemon can be reached at `socket` (an absolute path) whatever runs there, or null. */
+function socketProblem(socket) {
+  const size = Buffer.byteLength(socket);
+  if (size <= MAX_SOCKET_PATH_BYTES) return null;
+  return `no isorun daemon can be reached at ${socket}: a Unix socket path holds at most ` +
+    `${MAX_SOCKET_PATH_BYTES} bytes and this one has ${size}; use a shorter path (a symbolic link to the socket will do)`;
 }
 
 function isPlainObject(value) {
@@ -199,6 +213,9 @@ class CodeRunner {
     if (!(registry instanceof TypeRegistry)) {
       throw new errors.InvalidRequest("registry must be a TypeRegistry");
     }
+    if (socket !== undefined && socket !== null && typeof socket !== "string") {
+      throw new errors.InvalidRequest(`socket must be a string, the path of isorund's Unix socket, got ${typeof socket}`);
+    }
     this.root = root;
     this.file = file;
     this.registry = registry;
@@ -217,6 +234,7 @@ class CodeRunner {
     if (resolverOptions !== undefined && resolverOptions !== null) {
       this._template.resolverOptions = optionsStruct(resolverOptions);
     }
+    this._unreachable = socketProblem(path.resolve(this.socket));
     const { Runner } = proto.load();
     this._client = new Runner(`unix:${path.resolve(this.socket)}`, grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE,
@@ -256,7 +274,8 @@ class CodeRunner {
       }
       if (names.size) this._checkNames(names, daemon);
       const defaultMs = daemon && daemon.defaultTimeoutSeconds ? daemon.defaultTimeoutSeconds * 1000 : 0;
-      const deadline = Date.now() + (timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS;
+      const deadline = Date.now() + Math.min((timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS,
+        MAX_DEADLINE_MS);
       if (!running && !this.onConsole) {
         outcome = (await this._unary("Run", request, deadline)).outcome;
       } else {
@@ -295,6 +314,7 @@ class CodeRunner {
    * grpc-js fails a call not yet started on a closed channel. */
   async _inFlight(call) {
     if (this._closed) throw new errors.IsorunError("this runner is closed");
+    if (this._unreachable) throw new errors.DaemonUnavailable(this._unreachable);
     this._calls += 1;
     try {
       return await call();

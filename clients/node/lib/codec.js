@@ -118,10 +118,12 @@ class Encoder {
 
   charge(n) {
     this.budget.used += n;
-    if (this.budget.used > this.budget.limit) {
-      throw new Failure(this.budget.what, `more than ${this.budget.limit} bytes once encoded ` +
-        "(limit 'size'; bytes take 4/3 of their length, as base64)", "size");
-    }
+    if (this.budget.used > this.budget.limit) throw this.tooLarge();
+  }
+
+  tooLarge() {
+    return new Failure(this.budget.what, `more than ${this.budget.limit} bytes once encoded ` +
+      "(limit 'size'; bytes take 4/3 of their length, as base64)", "size");
   }
 
   value(target, value, depth) {
@@ -217,20 +219,23 @@ class Encoder {
       return 2;
     }
     if (depth + 2 > MAX_WIRE_DEPTH) throw tooDeep();
-    const values = new Array(items.length);
+    // Each item takes 4 bytes at least: an array of 2**32 - 1 holes (`a.length = ...`) is
+    // refused before one item is read, not after gigabytes of empty Values.
+    if (this.budget.used + items.length * 4 > this.budget.limit) throw this.tooLarge();
+    const values = [];
     let inner = 0;
     let children = 0;
     let i = 0;
     try {
       for (; i < items.length; i++) {
-        values[i] = {};
-        const n = this.value(values[i], items[i], depth + 2); // a hole reads as undefined: null
+        const item = {};
+        const n = this.value(item, items[i], depth + 2); // a hole reads as undefined: null
+        values.push(item);
         inner += field(n);
         children += n;
       }
     } catch (e) {
-      if (e instanceof Failure) e.path.push(i);
-      throw e;
+      throw located(e, i);
     }
     target.listValue = { values };
     const size = field(inner);
@@ -239,9 +244,19 @@ class Encoder {
   }
 
   struct(target, object, depth) {
-    // Properties holding undefined are left out, as JSON.stringify does.
-    const keys = Object.keys(object).filter((key) => object[key] !== undefined);
-    if (keys.length === 0) {
+    // Properties holding undefined are left out, as JSON.stringify does. Each is read once:
+    // a getter read again could give another value than the one checked.
+    const entries = [];
+    for (const key of Object.keys(object)) {
+      let item;
+      try {
+        item = object[key];
+      } catch (e) {
+        throw located(e, `[${short(key)}]`);
+      }
+      if (item !== undefined) entries.push([key, item]);
+    }
+    if (entries.length === 0) {
       if (depth + 1 > MAX_WIRE_DEPTH) throw tooDeep();
       target.structValue = { fields: {} };
       this.charge(2);
@@ -250,18 +265,17 @@ class Encoder {
     if (depth + 3 > MAX_WIRE_DEPTH) throw tooDeep();
     const fields = Object.create(null); // so that a "__proto__" key stays an ordinary key
     let inner = 0;
-    for (const key of keys) {
+    for (const [key, value] of entries) {
       let n;
       const item = {};
       try {
         const keyLength = utf8Length(key);
-        n = this.value(item, object[key], depth + 3);
+        n = this.value(item, value, depth + 3);
         const entrySize = field(field(keyLength) + field(n));
         this.charge(entrySize - n); // keys count as they come, not at the end
         inner += entrySize;
       } catch (e) {
-        if (e instanceof Failure) e.path.push(`[${short(key)}]`);
-        throw e;
+        throw located(e, `[${short(key)}]`);
       }
       fields[key] = item;
     }
@@ -328,6 +342,19 @@ function unsupported(value, registry) {
     hint = "only Buffer and Uint8Array travel as bytes: wrap it in a Uint8Array first";
   }
   return new Failure(`cannot encode a value of type '${name}'`, hint);
+}
+
+/** A failure inside a container, with where it happened (an index or a "[key]" segment). What
+ * else was thrown while reading the value (a getter, a Proxy's trap, a revoked Proxy) is such
+ * a failure too: it is the value that cannot be sent. */
+function located(error, segment) {
+  const failure = error instanceof Failure ? error : unreadable(error);
+  failure.path.push(segment);
+  return failure;
+}
+
+function unreadable(error) {
+  return new Failure("cannot read a value", `reading it threw ${thrown(error)}`);
 }
 
 /** "TypeError: bad amount" for an Error, a short rendering of anything else thrown. */
@@ -424,8 +451,7 @@ function encode(value, { names = null, budget = sizeBudget(), where = "", regist
   try {
     new Encoder(names, budget, registry).value(target, value, 1);
   } catch (e) {
-    if (e instanceof Failure) throw e.toError(where);
-    throw e;
+    throw (e instanceof Failure ? e : unreadable(e)).toError(where);
   }
   return target;
 }

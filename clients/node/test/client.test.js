@@ -105,6 +105,16 @@ describe("without a daemon", () => {
     }
   });
 
+  test("a socket path too long for a Unix socket address is named as such", async () => {
+    const long = path.join(os.tmpdir(), "y".repeat(120), "isorund.sock");
+    const r = new CodeRunner({ root: "/nonexistent", file: "index.py", socket: long });
+    const message = `no isorun daemon can be reached at ${long}: a Unix socket path holds at most 107 bytes ` +
+      `and this one has ${Buffer.byteLength(long)}; use a shorter path (a symbolic link to the socket will do)`;
+    await assert.rejects(r.run({ funcName: "f" }), { name: "DaemonUnavailable", message });
+    await assert.rejects(r.capabilities(), { name: "DaemonUnavailable", message });
+    await r.close();
+  });
+
   test("a value that cannot be sent fails before any connection is tried", async () => {
     await assert.rejects(runner().run({ funcName: "f", args: [1, new WeakMap()] }),
       { name: "SerializationError", message: /^argument 1: cannot encode a value of type 'WeakMap'/ });
@@ -132,6 +142,8 @@ describe("without a daemon", () => {
       { name: "InvalidRequest", message: /onConsole must be a function/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", registry: {} }),
       { name: "InvalidRequest", message: /registry must be a TypeRegistry/ });
+    assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", socket: 123 }),
+      { name: "InvalidRequest", message: "socket must be a string, the path of isorund's Unix socket, got number" });
     const r = runner();
     await assert.rejects(r.run({ funcName: "" }), { name: "InvalidRequest", message: /non-empty string, got ""$/ });
     await assert.rejects(r.run({ funcName: 5 }), { name: "InvalidRequest", message: /non-empty string, got 5$/ });
@@ -203,6 +215,17 @@ describe("with a daemon", () => {
     for (const name of ["int", "float", "dict", "bytes", "set", "datetime"]) {
       assert.ok(caps.typeNames.includes(name), name);
     }
+  });
+
+  test("a timeout far past any daemon's maximum is the daemon's InvalidRequest, unary or streamed", async () => {
+    // grpc-js could not write the deadline (timeout + the queue's allowance): it threw out of
+    // reach of run()'s promise and ended the process
+    const r = daemon.runner({ "index.py": "def f():\n    return 1\n" });
+    for (const running of [undefined, () => {}]) {
+      await assert.rejects(r.run({ funcName: "f", timeout: Number.MAX_SAFE_INTEGER, running }),
+        { name: "InvalidRequest", message: /^timeout must be > 0 and <= max_timeout \(\d+ s\), got 9\.0\d*e\+12 s$/ });
+    }
+    assert.equal(await r.run({ funcName: "f" }), 1);
   });
 
   test("an unknown plugin is an InvalidRequest", async () => {

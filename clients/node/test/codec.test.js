@@ -155,6 +155,37 @@ describe("limits", () => {
   });
 });
 
+describe("values that cannot be read as they are sent", () => {
+  test("an array of 2**32 - 1 holes is refused by its length, before any item is made", () => {
+    const holes = [];
+    holes.length = 2 ** 32 - 1;
+    const started = Date.now();
+    assert.throws(() => encode([1, holes]), { name: "SerializationError", limit: "size" });
+    // (it took 28 s and 2.2 GB, then Node's heap ran out; generous, not a timing test)
+    assert.ok(Date.now() - started < 5000);
+    const fits = [];
+    fits.length = 1000;
+    assert.deepEqual(toJson(encode(fits)), new Array(1000).fill(null));
+  });
+
+  test("a getter is read once, and what a getter or a Proxy throws is a SerializationError naming where", () => {
+    let reads = 0;
+    const changing = { get x() { reads += 1; return reads === 1 ? "first" : "second"; } };
+    assert.deepEqual(toJson(encode(changing)), { x: "first" });
+    assert.equal(reads, 1);
+    assert.throws(() => encode({ a: [0, { get y() { throw new Error("getter boom"); } }] }, { where: "argument 0: " }),
+      { name: "SerializationError", message: 'argument 0: cannot read a value at ["a"][1]["y"]: reading it threw Error: getter boom' });
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    assert.throws(() => encode({ nested: proxy }),
+      { name: "SerializationError", message: /^cannot read a value at \["nested"\]: reading it threw TypeError: .*revoked/ });
+    const keys = new Proxy({}, { ownKeys() { throw new RangeError("ownKeys boom"); } });
+    assert.throws(() => encode([keys]),
+      { name: "SerializationError", message: "cannot read a value at [0]: reading it threw RangeError: ownKeys boom" });
+    assert.throws(() => encode(proxy), { name: "SerializationError", message: /^cannot read a value: reading it threw/ });
+  });
+});
+
 describe("ints past Python's 4,300 digits", () => {
   test("a bigint of more than 4,300 digits is refused before it is sent, a sign not counted", () => {
     assert.equal(encode(10n ** 4300n - 1n).structValue.fields.$value.stringValue.length, 4300);
