@@ -1,4 +1,6 @@
 """The client's public surface is exactly what DESIGN.md promises, and nothing of the daemon."""
+import copy
+import pickle
 import subprocess
 import sys
 
@@ -29,6 +31,24 @@ def test_error_hierarchy_matches_the_design():
     g = errors.GuestError("ValueError", "Boom!", "tb")
     assert (g.type_name, g.message, g.traceback) == ("ValueError", "Boom!", "tb")
     assert errors.ResourceLimitError("too much", "memory").limit == "memory"
+
+
+def test_every_error_survives_pickle_and_copy_with_its_message_and_fields():
+    # an error raised in a process pool's worker reaches the parent pickled: GuestError and
+    # ResourceLimitError could not be rebuilt (the pool broke), ModuleNotFound's message doubled
+    limited = errors.SerializationError("too large")
+    limited.limit = "size"
+    cases = [errors.GuestError("ValueError", "Boom!", "Traceback …"), errors.ModuleNotFound("os"),
+             errors.ResourceLimitError("over its memory", "memory"), limited,
+             errors.FunctionNotFound("no f"), errors.RuntimeTimeoutError("too slow"),
+             errors.DaemonUnavailable("no daemon"), errors.InvalidRequest("bad"),
+             errors.AccessDenied("not you"), errors.SandboxError("died")]
+    for error in cases:
+        error.add_note("a note")
+        for rebuilt in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+            assert type(rebuilt) is type(error)
+            assert (str(rebuilt), rebuilt.args, vars(rebuilt)) == (str(error), error.args, vars(error))
+    assert pickle.loads(pickle.dumps(cases[1])).module == "os"
 
 
 def test_the_client_imports_without_the_daemon():

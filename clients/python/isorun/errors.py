@@ -35,6 +35,9 @@ class ModuleNotFound(IsorunError):
         super().__init__(f"Cannot find module '{module}'")
         self.module = module
 
+    def __reduce__(self):  # (see GuestError.__reduce__)
+        return type(self), (self.module,), self.__dict__
+
 
 class FunctionNotFound(IsorunError, TypeError):
     """The requested function does not exist in the file, or is not callable."""
@@ -48,6 +51,12 @@ class GuestError(IsorunError):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+
+    def __reduce__(self):
+        """What pickle and copy rebuild it from: the arguments of ``__init__``, not the message
+        it made of them (an error raised in a process pool's worker reaches the parent
+        pickled; one that could not be rebuilt broke the pool)."""
+        return type(self), (self.type_name, self.message, self.traceback), self.__dict__
 
 
 class RuntimeTimeoutError(IsorunError, TimeoutError):
@@ -66,6 +75,9 @@ class ResourceLimitError(IsorunError):
     def __init__(self, message: str, limit: str):
         super().__init__(message)
         self.limit = limit
+
+    def __reduce__(self):  # (see GuestError.__reduce__)
+        return type(self), (self.args[0], self.limit), self.__dict__
 
 
 class SerializationError(IsorunError, TypeError):
