@@ -42,14 +42,21 @@ async def _raise_stop_async(*_):
     raise Stop("enough")
 
 
-@pytest.mark.parametrize("callback", ["on_console", "running", "async on_console"])
+def _task_that_raises_stop(*_):
+    """A plain function that hands back its async work as a Task (or a Future)."""
+    return asyncio.ensure_future(_raise_stop_async())
+
+
+@pytest.mark.parametrize("callback", ["on_console", "running", "async on_console", "task on_console", "task running"])
 def test_an_async_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, make_root, callback):
     d = start_daemon(config=ONE_AT_A_TIME)
     root = make_root({"index.py": GUEST})
-    options = {"on_console": _raise_stop} if callback == "on_console" else {}
-    if callback == "async on_console":
-        options = {"on_console": _raise_stop_async}
-    running = _raise_stop if callback == "running" else None
+    # a Task was not awaited: its failure was lost ("Task exception was never retrieved")
+    # and the call ran to its end
+    on_console = {"on_console": _raise_stop, "async on_console": _raise_stop_async,
+                  "task on_console": _task_that_raises_stop}.get(callback)
+    options = {"on_console": on_console} if on_console else {}
+    running = {"running": _raise_stop, "task running": _task_that_raises_stop}.get(callback)
 
     async def main():
         async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"],

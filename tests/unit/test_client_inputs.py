@@ -116,6 +116,41 @@ def test_a_root_or_file_that_is_no_path_is_refused_naming_it(tmp_path, runner_cl
     assert str(info.value) == f"{option} must be a path (a str or os.PathLike), got {type_name}"
 
 
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+@pytest.mark.parametrize("option, value, message", [
+    ("compiler", 5, "compiler must be the name of a plugin in the daemon's config (a str), got int"),
+    ("resolver", len, "resolver must be the name of a plugin in the daemon's config (a str), got builtin_function_or_method"),
+    ("on_console", "print", "on_console must be callable or None, got str"),
+    ("socket", 5, "socket must be a path (a str or os.PathLike), got int"),
+    ("registry", {}, "registry must be an isorun.TypeRegistry, got dict"),
+])
+def test_an_option_of_the_wrong_type_is_refused_naming_it(tmp_path, runner_class, option, value, message):
+    # they were bare AttributeErrors or TypeErrors ('int' object has no attribute 'isascii'),
+    # or (on_console) accepted, to fail at the call's first printed line; registry={} was
+    # quietly replaced by the process-wide registry
+    options = {"socket": str(tmp_path / "s"), option: value}
+    with pytest.raises(errors.InvalidRequest) as info:
+        runner_class(root=str(tmp_path), file="index.py", **options)
+    assert str(info.value) == message
+
+
+def test_a_socket_given_as_bytes_is_decoded_as_a_path(tmp_path):
+    r = CodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s.sock").encode())
+    assert r.socket == str(tmp_path / "s.sock")
+    with pytest.raises(errors.DaemonUnavailable):  # (it was a TypeError concatenating str and bytes)
+        r.run("f")
+    r.close()
+
+
+@pytest.mark.parametrize("call", [{"args_resolver": 5}, {"running": 5}])
+def test_a_call_option_of_the_wrong_type_is_refused_before_anything_is_sent(runner, tmp_path, call):
+    with pytest.raises(errors.InvalidRequest, match="^(args_resolver must be the name of a plugin|running must be callable)"):
+        runner.run("f", **call)
+    r = AsyncCodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "none.sock"))
+    with pytest.raises(errors.InvalidRequest, match="^(args_resolver must be the name of a plugin|running must be callable)"):
+        asyncio.run(r.run("f", **call))
+
+
 def test_root_and_file_take_paths_and_bytes(tmp_path):
     r = CodeRunner(root=tmp_path, file=b"pkg/index.py", socket=str(tmp_path / "s"))
     assert (r.root, r.file) == (str(tmp_path), "pkg/index.py")

@@ -73,15 +73,17 @@ class _Base:
                  registry: _codec.TypeRegistry | None = None):
         self.root = _inputs.path("root", root)
         self.file = _inputs.path("file", file)
-        self.socket = os.fspath(socket) if socket else default_socket()
-        self.on_console = on_console
-        self._registry = registry or _codec.default_registry
+        self.socket = _inputs.path("socket", socket) if socket else default_socket()
+        self.on_console = _inputs.callback("on_console", on_console)
+        if registry is not None and not isinstance(registry, _codec.TypeRegistry):
+            raise errors.InvalidRequest(f"registry must be an isorun.TypeRegistry, got {type(registry).__name__}")
+        self._registry = _codec.default_registry if registry is None else registry
         self._template = pb.RunRequest(
             root=self.root, file=self.file, external=_inputs.strings("external", external),
             whitelisted_paths=_inputs.strings("whitelisted_paths", whitelisted_paths, paths=True),
             source_extensions=_inputs.strings("source_extensions", source_extensions),
-            compiler=_inputs.unicode_text("compiler", compiler or ""),
-            resolver=_inputs.unicode_text("resolver", resolver or ""))
+            compiler=_inputs.plugin_name("compiler", compiler),
+            resolver=_inputs.plugin_name("resolver", resolver))
         if resolver_options is not None:
             self._template.resolver_options.CopyFrom(_inputs.options_struct(resolver_options))
         self._unreachable = _inputs.socket_problem(self.socket)
@@ -114,7 +116,7 @@ class _Base:
         request.CopyFrom(self._template)
         request.func_name = func_name
         request.timeout_seconds = seconds
-        request.args_resolver = _inputs.unicode_text("args_resolver", args_resolver or "")
+        request.args_resolver = _inputs.plugin_name("args_resolver", args_resolver)
         names: set[str] = set()
         budget = _VALUES_BUDGET
         for i, arg in enumerate(args):
@@ -211,7 +213,7 @@ class CodeRunner(_Base):
             running: Callable[[], Any] | None = None, timeout: float | None = None,
             args_resolver: str | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises."""
-        _no_coroutine_function("running", running)
+        _no_coroutine_function("running", _inputs.callback("running", running))
         with self._in_flight():
             request, names = self._request(func_name, args, context, timeout, args_resolver)
             try:
@@ -350,6 +352,7 @@ class AsyncCodeRunner(_Base):
                   timeout: float | None = None, args_resolver: str | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises.
         ``running`` and ``on_console`` may be plain functions or coroutine functions."""
+        _inputs.callback("running", running)
         async with self._in_flight() as connection:
             request, names = self._request(func_name, args, context, timeout, args_resolver)
             try:
@@ -436,7 +439,9 @@ class AsyncCodeRunner(_Base):
 
 
 async def _maybe_await(result: Any) -> None:
-    if asyncio.iscoroutine(result):
+    """A callback's coroutine, or any awaitable it returned (a Task, a Future): its failure
+    cancels the call, as a failure raised by the callback itself does."""
+    if inspect.isawaitable(result):
         await result
 
 

@@ -61,6 +61,26 @@ def path(option: str, value: Any) -> str:
     return unicode_text(option, decoded)
 
 
+def plugin_name(option: str, value: Any) -> str:
+    """``compiler``, ``resolver``, ``args_resolver``: the name of a plugin in the daemon's
+    config, or nothing (None or ""). A function given instead failed deep in the client with
+    ``'function' object has no attribute 'isascii'``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise errors.InvalidRequest(f"{option} must be the name of a plugin in the daemon's config "
+                                    f"(a str), got {type(value).__name__}")
+    return unicode_text(option, value)
+
+
+def callback(option: str, value: Any) -> Any:
+    """``on_console``, ``running``: a callable or None. One that is not was called only when
+    the first line was printed, or once the sandbox had started, and raised there."""
+    if value is not None and not callable(value):
+        raise errors.InvalidRequest(f"{option} must be callable or None, got {type(value).__name__}")
+    return value
+
+
 def unicode_text(option: str, value: str) -> str:
     """``value`` when it is valid Unicode. A lone surrogate, which ``os.fsdecode`` makes of a
     name whose bytes are not UTF-8, cannot travel in a protobuf string: protobuf raised a bare
