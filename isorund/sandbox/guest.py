@@ -114,7 +114,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             _silence_guest_handlers()
             _interpreter_settings_back()
             importer.withdraw()
-            _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes)
+            _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes,
+                               wrap_read_errors=False)  # (the guest's own code raised: its error)
     except InvalidRequest as e:
         _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return

@@ -406,3 +406,20 @@ def test_the_guest_starts_with_the_default_action_for_the_signals_the_zygote_ign
                             "        signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)}\n"},
                external=["signal"])
     assert r.run("f") == dict.fromkeys(["SIGTTOU", "SIGCHLD", "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"], True)
+
+
+def test_a_result_whose_own_code_raises_while_it_is_encoded_is_the_guests_error(runner):
+    # the client's codec names such a value a SerializationError; in the sandbox it is the
+    # guest's code that raised, reported with its traceback
+    r = runner({"index.py": """
+        import datetime
+        class Boom(datetime.tzinfo):
+            def utcoffset(self, when):
+                raise RuntimeError("tz boom")
+        def f():
+            return {"when": datetime.datetime(2020, 1, 1, tzinfo=Boom())}
+    """}, external=["datetime"])
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert (info.value.type_name, info.value.message) == ("RuntimeError", "tz boom")
+    assert 'File "/index.py", line 5, in utcoffset' in info.value.traceback

@@ -450,3 +450,42 @@ def test_names_collects_every_tagged_type_used():
     plain: set[str] = set()
     _codec.encode({"a": [1, 0.5, None, True, "s", {}]}, names=plain)
     assert plain == set()
+
+
+# ------------------------------------------------------------------- values that raise when read
+
+class _RaisingOffset(dt.tzinfo):
+    def utcoffset(self, when):
+        raise RuntimeError("tz boom")
+
+
+def test_what_reading_a_value_raises_is_a_serialization_error_naming_where():
+    # a tzinfo whose utcoffset raises, a set changed while it is encoded (as another thread
+    # may): they were a bare RuntimeError naming neither the value nor its place
+    when = dt.datetime(2020, 1, 1, tzinfo=_RaisingOffset())
+    with pytest.raises(SerializationError) as info:
+        _codec.encode([0, {"when": when}])
+    assert str(info.value) == "cannot read a value at [1]['when']: reading it raised RuntimeError: tz boom"
+    assert isinstance(info.value.__cause__, RuntimeError) and info.value.limit is None
+    with pytest.raises(SerializationError, match=r"^cannot read a value: reading it raised RuntimeError: tz boom$"):
+        _codec.encode(when)
+
+    class Grows:
+        """Its encoder adds to the set it sits in."""
+    growing = {Grows(), 1, 2}
+    registry = _codec.TypeRegistry()
+    registry.register(Grows, "test.Grows", lambda value: growing.add(object()) or 0, lambda payload: Grows())
+    with pytest.raises(SerializationError) as info:
+        _codec.encode({"a": [growing]}, registry)
+    assert str(info.value) == ("cannot read a value at ['a'][0]: "
+                               "reading it raised RuntimeError: Set changed size during iteration")
+
+
+def test_the_sandbox_lets_what_reading_a_result_raises_through_as_it_is():
+    # a result whose own code raised is the guest's error, with its traceback (guest.py)
+    target = struct_pb2.Value()
+    when = dt.datetime(2020, 1, 1, tzinfo=_RaisingOffset())
+    for value in (when, [0, {"when": when}]):
+        with pytest.raises(RuntimeError, match="^tz boom$"):
+            _codec.encode_into(target, value, wrap_read_errors=False)
+        assert target == struct_pb2.Value()

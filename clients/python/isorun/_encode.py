@@ -23,10 +23,26 @@ from ._wire import (DEFAULT_MAX_BYTES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIR
 
 
 class _Encoder:
-    __slots__ = ("registry", "names", "limit", "used")
+    __slots__ = ("registry", "names", "limit", "used", "wrap_read_errors")
 
-    def __init__(self, registry: TypeRegistry, names: set[str] | None, limit: int):
+    def __init__(self, registry: TypeRegistry, names: set[str] | None, limit: int, wrap_read_errors: bool = True):
         self.registry, self.names, self.limit, self.used = registry, names, limit, 0
+        self.wrap_read_errors = wrap_read_errors
+
+    def located(self, error: Exception, segment: int | str) -> Exception:
+        """A failure inside a container, with where it happened. What else was raised while
+        reading the value (a set or dict changed by another thread, a tzinfo whose utcoffset
+        raises) is such a failure too: it was a bare RuntimeError naming neither the value nor
+        its place; unless the encoder is told to let it through as it is. Memory and stack
+        running out stay what they are."""
+        if isinstance(error, _Failure):
+            error.path.append(segment)
+        elif self.wrap_read_errors and not isinstance(error, (MemoryError, RecursionError)):
+            failure = _unreadable(error)
+            failure.__cause__ = error
+            failure.path.append(segment)
+            return failure
+        return error
 
     def value(self, target: struct_pb2.Value, value: Any, depth: int) -> int:
         handler = _ENCODERS.get(type(value))
@@ -114,18 +130,27 @@ def _enc_items(enc: _Encoder, target: struct_pb2.Value, items: Any, depth: int) 
         raise _too_deep()
     add = target.list_value.values.add
     encode = enc.value
-    inner = children = i = 0
-    try:
-        for i, item in enumerate(items):
+    inner = children = 0
+    # (what iterating raises, a set changed meanwhile, is the container's: its parent says where)
+    for i, item in enumerate(items):
+        try:
             n = encode(add(), item, depth + 2)
-            inner += n + 2 if n < 0x80 else _field(n)
-            children += n
-    except _Failure as f:
-        f.path.append(i)
-        raise
+        except Exception as e:
+            raise enc.located(e, i)
+        inner += n + 2 if n < 0x80 else _field(n)
+        children += n
     size = _field(inner)
     enc.charge(size - children)
     return size
+
+
+def _unreadable(error: Exception) -> _Failure:
+    try:
+        said = str(error)
+    except Exception:
+        said = ""
+    return _Failure("cannot read a value", f"reading it raised {type(error).__name__}"
+                                           + (f": {said[:200]}" if said else ""))
 
 
 def _enc_list(enc: _Encoder, target: struct_pb2.Value, value: list, depth: int) -> int:
@@ -144,25 +169,23 @@ def _enc_dict(enc: _Encoder, target: struct_pb2.Value, value: dict, depth: int) 
     start = enc.used
     inner = children = 0
     key = None
-    try:
-        for key, item in value.items():
-            if type(key) is not str:
-                break
+    for key, item in value.items():  # (as in _enc_items, what iterating raises is the dict's)
+        if type(key) is not str:
+            break
+        try:
             key_len = _utf8_len(key)
             n = encode(fields[key], item, depth + 3)
             entry = (key_len + 2 if key_len < 0x80 else _field(key_len)) + _field(n)
             entry_size = _field(entry)
             enc.charge(entry_size - n)  # keys count as they come, not at the end
-            inner += entry_size
-            children += n
-    except _Failure as f:
-        f.path.append(f"[{_short(key)}]")
-        raise
-    else:
-        if type(key) is not str:  # rare: undo, and send it as key/value pairs instead
-            target.Clear()
-            enc.used = start
-            return _enc_pairs(enc, target, value, depth)
+        except Exception as e:
+            raise enc.located(e, f"[{_short(key)}]")
+        inner += entry_size
+        children += n
+    if type(key) is not str:  # rare: undo, and send it as key/value pairs instead
+        target.Clear()
+        enc.used = start
+        return _enc_pairs(enc, target, value, depth)
     size = _field(inner)
     enc.charge(size - inner)
     return size
@@ -266,13 +289,16 @@ assert frozenset(_ENCODERS) == _BUILTIN_CLASSES, "the registry's list of built-i
 
 
 def encode_into(target: struct_pb2.Value, value: Any, registry: TypeRegistry | None = None, *,
-                names: set[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+                names: set[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                wrap_read_errors: bool = True) -> int:
     """Encode value into target (cleared first), in place; return its encoded size in bytes.
 
     Fills a message that already sits in a request (``request.args.add()``) without a copy.
-    On failure target is left empty and SerializationError is raised.
+    On failure target is left empty and SerializationError is raised; also for what reading
+    the value raised, unless ``wrap_read_errors`` is false: then that is raised as it is (the
+    sandbox reports a result whose own code raised as the guest's error, with its traceback).
     """
-    enc = _Encoder(default_registry if registry is None else registry, names, max_bytes)
+    enc = _Encoder(default_registry if registry is None else registry, names, max_bytes, wrap_read_errors)
     target.Clear()
     try:
         return enc.value(target, value, 1)
@@ -282,6 +308,11 @@ def encode_into(target: struct_pb2.Value, value: Any, registry: TypeRegistry | N
     except RecursionError:  # the caller was already deep in its stack
         target.Clear()
         raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None
+    except Exception as e:  # (see _Encoder.located)
+        target.Clear()
+        if not wrap_read_errors or isinstance(e, MemoryError):
+            raise
+        raise _unreadable(e).error() from e
 
 
 def encode(value: Any, registry: TypeRegistry | None = None, *, names: set[str] | None = None,
