@@ -441,6 +441,8 @@ class Zygote:
                     break
                 await asyncio.sleep(0.02)
             else:
+                log.warning(json.dumps({"event": "zygote_killed", "note": "it did not exit within 2 s "
+                                        "of the daemon closing its control socket"}))
                 self.process.kill()
         while self.ready:
             self.ready.popleft().close()

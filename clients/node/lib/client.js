@@ -234,9 +234,10 @@ class CodeRunner {
     if (resolverOptions !== undefined && resolverOptions !== null) {
       this._template.resolverOptions = optionsStruct(resolverOptions);
     }
-    this._unreachable = socketProblem(path.resolve(this.socket));
+    const address = path.resolve(this.socket);
+    this._unreachable = socketProblem(address);
     const { Runner } = proto.load();
-    this._client = new Runner(`unix:${path.resolve(this.socket)}`, grpc.credentials.createInsecure(), {
+    this._client = new Runner(`unix:${address}`, grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_MESSAGE,
       "grpc.max_send_message_length": MAX_MESSAGE,
       "grpc.enable_retries": 0,

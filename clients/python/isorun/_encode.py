@@ -29,19 +29,22 @@ class _Encoder:
         self.registry, self.names, self.limit, self.used = registry, names, limit, 0
         self.wrap_read_errors = wrap_read_errors
 
+    def read_error(self, error: Exception) -> Exception:
+        """What was raised while reading the value (a set or dict changed by another thread, a
+        tzinfo whose utcoffset raises), as a failure of the value: it was a bare RuntimeError
+        naming neither the value nor its place. Unchanged when the encoder is told to let such
+        errors through, for the codec's own failures, and for memory and stack running out."""
+        if isinstance(error, (_Failure, MemoryError, RecursionError)) or not self.wrap_read_errors:
+            return error
+        failure = _unreadable(error)
+        failure.__cause__ = error
+        return failure
+
     def located(self, error: Exception, segment: int | str) -> Exception:
-        """A failure inside a container, with where it happened. What else was raised while
-        reading the value (a set or dict changed by another thread, a tzinfo whose utcoffset
-        raises) is such a failure too: it was a bare RuntimeError naming neither the value nor
-        its place; unless the encoder is told to let it through as it is. Memory and stack
-        running out stay what they are."""
+        """A failure inside a container, with where it happened."""
+        error = self.read_error(error)
         if isinstance(error, _Failure):
             error.path.append(segment)
-        elif self.wrap_read_errors and not isinstance(error, (MemoryError, RecursionError)):
-            failure = _unreadable(error)
-            failure.__cause__ = error
-            failure.path.append(segment)
-            return failure
         return error
 
     def value(self, target: struct_pb2.Value, value: Any, depth: int) -> int:
@@ -308,11 +311,12 @@ def encode_into(target: struct_pb2.Value, value: Any, registry: TypeRegistry | N
     except RecursionError:  # the caller was already deep in its stack
         target.Clear()
         raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None
-    except Exception as e:  # (see _Encoder.located)
+    except Exception as e:  # (see _Encoder.read_error)
         target.Clear()
-        if not wrap_read_errors or isinstance(e, MemoryError):
+        failure = enc.read_error(e)
+        if failure is e:
             raise
-        raise _unreadable(e).error() from e
+        raise failure.error() from e
 
 
 def encode(value: Any, registry: TypeRegistry | None = None, *, names: set[str] | None = None,
