@@ -6,6 +6,7 @@ fails, the daemon's log is printed with the failure, which is usually where the 
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,12 @@ class Daemon:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def calls(self, function: str | None = None, self_test: bool = False) -> list[dict]:
+        """The log lines of its calls (of ``function`` when named), its self-test's only when asked."""
+        lines = [json.loads(t) for t in self.log().splitlines() if t.startswith('{"event": "call"')]
+        return [line for line in lines if (self_test or line["peer"] != "self-test")
+                and function in (None, line["function"])]
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:

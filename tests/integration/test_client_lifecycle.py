@@ -5,7 +5,6 @@ arithmetic) answers a timeout too large for it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
@@ -26,12 +25,6 @@ ONE_AT_A_TIME = "max_concurrency = 1\npool_size = 1\n"
 
 class Stop(Exception):
     """What a callback raises to abandon the call."""
-
-
-def _calls(daemon, function: str) -> list[dict]:
-    """The daemon's log lines for the calls of ``function``."""
-    lines = [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
-    return [line for line in lines if line["function"] == function]
 
 
 def _raise_stop(*_):
@@ -71,7 +64,7 @@ def test_an_async_callback_that_raises_ends_the_call_on_the_daemon(start_daemon,
             return raised, time.monotonic() - started
     raised, answered = asyncio.run(main())
     assert raised < 2 and answered < 2, (raised, answered)
-    assert [line["outcome"] for line in _calls(d, "chatty")] == ["cancelled"]
+    assert [line["outcome"] for line in d.calls("chatty")] == ["cancelled"]
 
 
 def test_a_sync_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, make_root):
@@ -84,7 +77,7 @@ def test_a_sync_callback_that_raises_ends_the_call_on_the_daemon(start_daemon, m
             r.run("chatty", args=[3])
         assert r.run("echo", args=[5]) == 5  # on_console is not called: echo prints nothing
     assert time.monotonic() - started < 2
-    [line] = _calls(d, "chatty")
+    [line] = d.calls("chatty")
     assert line["outcome"] == "cancelled"
     assert line["run_ms"] > 0 and line["run_ms"] <= line["total_ms"]  # how long its sandbox ran, not 0
 
@@ -106,7 +99,7 @@ def test_an_async_call_its_caller_cancels_ends_its_sandbox(start_daemon, make_ro
             assert await r.run("echo", args=[5]) == 5
             return time.monotonic() - started
     assert asyncio.run(main()) < 1.5
-    [line] = _calls(d, "chatty")
+    [line] = d.calls("chatty")
     assert line["outcome"] == "cancelled" and line["run_ms"] < 1500
 
 

@@ -25,11 +25,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SMALL = 'max_concurrency = 1\nqueue_size = 1\npool_size = 1\nmetrics_address = "127.0.0.1:0"\n'
 
 
-def call_lines(daemon) -> list[dict]:
-    lines = [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
-    return [line for line in lines if line["peer"] != "self-test"]
-
-
 def in_background(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
     """Runs fn in a thread; the dict gets 'value' or 'error' when it ends."""
     box: dict = {}
@@ -83,7 +78,7 @@ def test_a_call_past_the_queue_is_refused_with_the_queue_limit(start_daemon, mak
     assert e.value.limit == "queue" and "queue_size 1" in str(e.value)
     first.join(30), second.join(30)
     assert first_box == {"value": 2} and second_box == {"value": 2}
-    outcomes = sorted(line["outcome"] for line in call_lines(d))
+    outcomes = sorted(line["outcome"] for line in d.calls())
     assert outcomes == ["ok", "ok", "queue_full"]
 
 
@@ -104,7 +99,7 @@ def test_a_queued_call_leaves_the_queue_when_its_deadline_leaves_no_room_to_run(
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "queue" in e.value.details()
     assert 0.5 < waited < 1.5
     first.join(30)
-    assert [line["outcome"] for line in call_lines(d)].count("deadline_in_queue") == 1
+    assert [line["outcome"] for line in d.calls()].count("deadline_in_queue") == 1
 
 
 def test_a_queued_call_whose_client_leaves_gives_its_place_in_the_queue_back(start_daemon, make_root):
@@ -124,7 +119,7 @@ def test_a_queued_call_whose_client_leaves_gives_its_place_in_the_queue_back(sta
         assert stub.Run(request, timeout=30).outcome.WhichOneof("result") == "value"
     first.join(30)
     assert first_box == {"value": 3}
-    lines = call_lines(d)
+    lines = d.calls()
     assert sorted(line["outcome"] for line in lines) == ["cancelled", "ok", "ok"]
     (cancelled,) = [line for line in lines if line["outcome"] == "cancelled"]
     assert cancelled["queue_ms"] > 0 and cancelled["run_ms"] == 0  # it left from the queue, never ran
@@ -165,7 +160,7 @@ def test_a_call_waiting_for_a_sandbox_leaves_when_its_deadline_leaves_no_room_to
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "not started" in e.value.details()
     assert 1.4 < waited < 2.5
     assert answered(d, request)
-    assert [line["outcome"] for line in call_lines(d)] == ["ok", "deadline_in_queue", "ok"]
+    assert [line["outcome"] for line in d.calls()] == ["ok", "deadline_in_queue", "ok"]
 
 
 def test_calls_that_leave_a_stalled_zygote_leave_no_sandboxes_to_prepare_for_them(start_daemon, make_root):
@@ -201,7 +196,7 @@ def test_calls_whose_deadline_is_their_timeout_still_wait_for_the_next_sandbox(s
         calls = [stub.Run.future(request, timeout=5.0) for _ in range(6)]
         kinds = [call.result().outcome.WhichOneof("result") for call in calls]
     assert kinds == ["value"] * 6
-    assert [line["outcome"] for line in call_lines(d)] == ["ok"] * 6
+    assert [line["outcome"] for line in d.calls()] == ["ok"] * 6
     assert '"zygote_stalled"' not in d.log()  # waiting a few milliseconds is no stall
 
 
@@ -251,8 +246,8 @@ def test_a_call_never_runs_past_its_clients_deadline(start_daemon, make_root):
         with pytest.raises(grpc.RpcError) as e:
             runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=1.5)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: call_lines(d))
-    (line,) = call_lines(d)
+    wait_until(lambda: d.calls())
+    (line,) = d.calls()
     assert line["outcome"] in ("timeout", "cancelled") and line["total_ms"] < 4000
 
 
@@ -283,7 +278,7 @@ def test_a_storm_of_calls_gets_exactly_one_answer_each(start_daemon, make_root):
         assert (kind, detail) in (("value", n), ("ResourceLimitError", "queue")), (n, kind, detail)
     served = sum(kind == "value" for kind, _ in values.values())
     assert served >= 10, f"only {served} calls were served"
-    lines = call_lines(d)
+    lines = d.calls()
     assert len(lines) == clients * per_client
     assert sorted({line["outcome"] for line in lines}) <= ["ok", "queue_full"]
     assert sum(line["outcome"] == "ok" for line in lines) == served
@@ -318,7 +313,7 @@ def test_a_burst_of_calls_gets_one_clear_answer_each_also_past_grpcs_own_bounds(
     kinds = {(kind, detail) for kind, detail, _ in answers}
     assert kinds <= {("value", True), ("ResourceLimitError", "queue")}, [a for a in answers if a[0] != "value"][:3]
     if open_rpcs > calls:
-        assert len(call_lines(d)) == calls
+        assert len(d.calls()) == calls
     else:  # still a burst that gRPC itself cancels some of
         assert any("did not take the call: gRPC cancelled it" in message for _, _, message in answers)
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
@@ -376,5 +371,5 @@ def test_a_request_past_the_bytes_the_daemon_may_hold_is_refused_and_later_ones_
         first.join(30)
         assert first_box == {"value": 1 << 20}
         assert r.run("size", args=[large, 0]) == 1 << 20
-    refused = [line for line in call_lines(d) if line["outcome"] == "requests_too_large"]
+    refused = [line for line in d.calls() if line["outcome"] == "requests_too_large"]
     assert len(refused) == 1 and "max_held_request_bytes" in refused[0]["error"]

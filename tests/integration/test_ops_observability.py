@@ -41,10 +41,6 @@ LOG_KEYS = {"event", "id", "peer", "root", "file", "function", "outcome", "queue
             "cpu_ms", "peak_memory_bytes"}
 
 
-def call_lines(daemon) -> list[dict]:
-    return [json.loads(t) for t in daemon.log().splitlines() if t.startswith('{"event": "call"')]
-
-
 def metrics_address(daemon) -> str:
     (address,) = [json.loads(t)["address"] for t in daemon.log().splitlines() if '"event": "metrics"' in t]
     return address
@@ -76,7 +72,7 @@ def test_each_call_writes_one_json_line_with_its_facts(start_daemon, make_root):
     with CodeRunner(root=root, file="../x.py", socket=d.socket) as bad:
         with pytest.raises(errors.InvalidRequest):
             bad.run("echo", args=[1])
-    lines = [line for line in call_lines(d) if line["peer"] != "self-test"]
+    lines = d.calls()
     assert [line["outcome"] for line in lines] == ["ok", "guest_exception", "invalid_argument"]
     for line in lines:
         assert LOG_KEYS <= set(line), line
@@ -101,7 +97,7 @@ def test_every_outcome_carries_the_id_of_its_log_line(start_daemon, make_root):
         answered = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="boom"), timeout=30).outcome
     assert timed_out.failure.kind == pb.Failure.TIMEOUT, timed_out.failure
     assert answered.failure.kind == pb.Failure.GUEST_EXCEPTION
-    ids = [line["id"] for line in call_lines(d) if line["peer"] != "self-test"]
+    ids = [line["id"] for line in d.calls()]
     assert [timed_out.call_id, answered.call_id] == ids
 
 
@@ -136,7 +132,7 @@ def test_the_metrics_counters_move_with_the_calls(metered, make_root):
 
 def test_a_fresh_daemon_counts_no_call_its_self_test_is_only_logged(metered):
     samples = scrape(metered)
-    assert [line["peer"] for line in call_lines(metered)] == ["self-test"]
+    assert [line["peer"] for line in metered.calls(self_test=True)] == ["self-test"]
     counted = {name: value for name, value in samples.items()
                if name.startswith(("isorun_calls_total", "isorun_call_duration_seconds_count",
                                    "isorun_queue_wait_seconds_count"))}
@@ -154,7 +150,7 @@ def test_a_run_whose_bytes_are_no_request_still_leaves_a_line_and_a_count(metere
         with pytest.raises(grpc.RpcError):  # refused before the queue: no queue wait either
             runner_pb2_grpc.RunnerStub(channel).Run(pb.RunRequest(root=root, file="../x.py", func_name="f"),
                                                     timeout=10)
-    garbage, bad_path = [line for line in call_lines(d) if line["peer"] != "self-test"][-2:]
+    garbage, bad_path = d.calls()[-2:]
     assert garbage["outcome"] == "invalid_argument" and "not a valid isorun.v1.RunRequest" in garbage["error"]
     assert bad_path["outcome"] == "invalid_argument" and bad_path["queue_ms"] == 0.0
     assert "file" in bad_path["error"] and "../x.py" in bad_path["error"]  # why, for the operator

@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -292,6 +293,71 @@ def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     assert "keeps its quotes" in bad.stderr
     gone = cli("--root", root, "--file", "rules.py", "boom", socket=str(tmp_path / "none.sock"))
     assert gone.returncode == 3 and "none.sock" in gone.stderr
+
+
+def test_cli_refuses_a_result_whose_keys_are_equal_as_json_text(daemon, make_root):
+    # It printed {"1": "text"}: the entry of the key 1 was lost without a word.
+    root = make_root({"rules.py": "def both():\n    return {'k': {1: 'int', '1': 'text'}}\n"})
+    done = cli("--root", root, "--file", "rules.py", "both", socket=daemon.socket)
+    assert done.returncode == 1 and done.stdout == "", done
+    assert "cannot be printed as JSON: its keys 1 and '1' are both written \"1\"" in done.stderr, done.stderr
+
+
+def _cli_process(*args, socket, **popen):
+    return subprocess.Popen([sys.executable, "-m", "isorun._cli", "call", "--socket", socket, *args],
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_cli_whose_reader_went_away_exits_quietly_as_a_killed_pipe_writer(daemon, make_root):
+    # It showed a Python traceback (BrokenPipeError) when its reader had left (``| head -c1``).
+    root = make_root({"rules.py": "import time\ndef late():\n    time.sleep(0.5)\n    return 'x' * 100000\n"})
+    reader, writer = os.pipe()
+    os.close(reader)  # no one will read the result
+    try:
+        process = _cli_process("--root", root, "--file", "rules.py", "--external", "time", "late",
+                               socket=daemon.socket, stdout=writer)
+    finally:
+        os.close(writer)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 141 and stderr == "", stderr
+
+
+def test_cli_that_cannot_write_its_result_says_why(daemon, make_root):
+    # A full disk was a traceback: "OSError: [Errno 28] No space left on device".
+    root = make_root({"rules.py": "def f():\n    return 'x' * 100000\n"})
+    with open("/dev/full", "w") as full:
+        process = _cli_process("--root", root, "--file", "rules.py", "f", socket=daemon.socket, stdout=full)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert stderr.startswith("isorun: cannot write the result: [Errno 28] No space left on device"), stderr
+    assert "Traceback" not in stderr
+
+
+def test_cli_with_stdout_closed_refuses_before_making_the_call(daemon, make_root):
+    # It exited 0 and printed nothing: the result went nowhere, the call was made.
+    root = make_root({"rules.py": "def unseen_by_cli():\n    return 1\n"})
+    process = _cli_process("--root", root, "--file", "rules.py", "unseen_by_cli", socket=daemon.socket,
+                           preexec_fn=lambda: os.close(1))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and "standard output is closed" in stderr, stderr
+    assert daemon.calls("unseen_by_cli") == []
+
+
+def test_cli_interrupted_during_a_call_cancels_it_without_a_traceback(daemon, make_root):
+    # Ctrl-C showed a KeyboardInterrupt traceback.
+    root = make_root({"rules.py": "import time\ndef slow_for_ctrl_c():\n    print('started', flush=True)\n"
+                                  "    time.sleep(30)\n"})
+    process = _cli_process("--root", root, "--file", "rules.py", "--external", "time", "slow_for_ctrl_c",
+                           socket=daemon.socket, stdout=subprocess.PIPE)
+    assert process.stderr.readline() == "started\n"  # the guest is running
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130 and stdout == "", stderr
+    assert stderr == "isorun: interrupted\n"
+    deadline = time.monotonic() + 10
+    while not daemon.calls("slow_for_ctrl_c") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [line["outcome"] for line in daemon.calls("slow_for_ctrl_c")] == ["cancelled"]
 
 
 CHATTY = "def chatty(n):\n    for i in range(n):\n        print('line', i)\n    return n\n"

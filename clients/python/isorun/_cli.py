@@ -2,7 +2,8 @@
 
 Prints the result as strict JSON on stdout (``_as_json`` says how values JSON has no form for
 are written); console lines of the guest go to stderr. On failure prints the error on stderr
-and exits 1 (2 for a usage error, 3 when no daemon answers).
+and exits 1 (2 for a usage error, 3 when no daemon answers, 130 on Ctrl-C, 141 when the
+reader of stdout went away, as for a shell tool killed by SIGPIPE).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _print_console(stream: str, text: str) -> None:
-    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    if sys.stderr is not None:  # started with stderr closed: the lines have nowhere to go
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
 def _as_json(value: Any) -> Any:
@@ -84,7 +86,7 @@ def _as_json(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, dict):
-        return {_key_text(k): _as_json(v) for k, v in value.items()}
+        return _object(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_as_json(item) for item in value]
     if isinstance(value, (bytes, bytearray)):
@@ -92,13 +94,64 @@ def _as_json(value: Any) -> Any:
     return str(value)
 
 
+class Unprintable(Exception):
+    """The result has no JSON form that keeps all of it."""
+
+
+def _object(value: dict) -> dict:
+    """A JSON object of ``value``; two keys whose texts are equal (``1`` and ``"1"``) would
+    leave one entry standing for both, so they are refused rather than one silently lost."""
+    converted: dict[str, Any] = {}
+    keys: dict[str, Any] = {}
+    for key, item in value.items():
+        text = _key_text(key)
+        if text in keys:
+            raise Unprintable(f"its keys {keys[text]!r} and {key!r} are both written {json.dumps(text)} "
+                              f"in JSON, and one entry would be lost")
+        keys[text] = key
+        converted[text] = _as_json(item)
+    return converted
+
+
 def _key_text(key: Any) -> str:
     converted = _as_json(key)
     return converted if isinstance(converted, str) else json.dumps(converted, ensure_ascii=False)
 
 
+def _print_result(result: Any) -> int:
+    """Write the result on stdout; the status says whether it got there."""
+    try:
+        text = json.dumps(_as_json(result), ensure_ascii=False, allow_nan=False)
+    except Unprintable as e:
+        print(f"isorun: the call returned a result that cannot be printed as JSON: {e}", file=sys.stderr)
+        return 1
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``| head -c1``): quiet, as a shell tool killed by SIGPIPE, and
+        # stdout pointed at /dev/null so the interpreter's flush at exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # a full disk, a closed terminal
+        print(f"isorun: cannot write the result: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    options = _parse(argv)
+    try:
+        return _call(_parse(argv))
+    except KeyboardInterrupt:  # the call, if one was running, was cancelled by the runner's close
+        print("isorun: interrupted", file=sys.stderr)
+        return 130
+
+
+def _call(options: argparse.Namespace) -> int:
+    if sys.stdout is None:  # started with stdout closed (``>&-``): the result would go nowhere
+        print("isorun: standard output is closed, so the result could not be printed; "
+              "the call was not made", file=sys.stderr)
+        return 2
     args = []
     for number, text in enumerate(options.args, 1):
         try:
@@ -137,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         runner.close()
-    print(json.dumps(_as_json(result), ensure_ascii=False, allow_nan=False))
-    return 0
+    return _print_result(result)
 
 
 if __name__ == "__main__":
