@@ -16,6 +16,7 @@ import functools
 import inspect
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -199,15 +200,28 @@ class CodeRunner(_Base):
     def __init__(self, root: str, file: str, **options: Any):
         super().__init__(root, file, **options)
         _no_coroutine_function("on_console", self.on_console)
-        # A socket path too long for an address gets no channel (gRPC would only log that it
-        # cannot parse it); every call then fails in _check_usable, naming the path.
-        self._channel = None if self._unreachable else grpc.insecure_channel(
+        self._connect()
+        _SYNC_RUNNERS.add(self)
+
+    def _connect(self) -> None:
+        """A channel of this process's own, with fresh locks and no call counted. A socket path
+        too long for an address gets no channel (gRPC would only log that it cannot parse
+        it); every call then fails in _check_usable, naming the path. So does a closed runner."""
+        self._channel = None if self._unreachable or self._closed else grpc.insecure_channel(
             self._target(), options=_channel_options())
         self._stub = _runner_stub(self._channel) if self._channel else None
+        self._daemon = None  # asked once per channel
         self._lock = threading.Lock()
         self._idle = threading.Condition()  # guards _calls, _closed and the channel's closing
         self._calls = 0
         self._close_when_idle = False
+
+    def _connect_after_fork(self) -> None:
+        """In a child forked with this runner: gRPC's channels do not cross fork() (the first
+        calls failed "Closed on fork" or "Wrong file descriptor generation"), and the parent's
+        locks may be held by threads the child does not have. The parent's channel is left
+        alone (closing it here would act on the parent's connection)."""
+        self._connect()
 
     def run(self, func_name: str, args: Sequence[Any] | None = None, context: Mapping[str, Any] | None = None,
             running: Callable[[], Any] | None = None, timeout: float | None = None,
@@ -298,6 +312,21 @@ class CodeRunner(_Base):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Every CodeRunner, so that a child forked with it gets a channel of its own.
+_SYNC_RUNNERS: "weakref.WeakSet[CodeRunner]" = weakref.WeakSet()
+_forked = False  # this process is a fork of one that may have had channels
+
+
+def _connect_runners_after_fork() -> None:
+    global _forked
+    _forked = True
+    for runner in list(_SYNC_RUNNERS):
+        runner._connect_after_fork()
+
+
+os.register_at_fork(after_in_child=_connect_runners_after_fork)
 
 
 def _runner_stub(channel) -> runner_pb2_grpc.RunnerStub:
@@ -450,7 +479,11 @@ def _channel_options() -> list[tuple[str, Any]]:
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000)]
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            # gRPC shares connections between a process's channels; after fork() that pool holds
+            # the parent's, and a new channel drawing on it failed 1 to 6 first calls in 20
+            # children. A forked process's channels keep connections of their own.
+            ("grpc.use_local_subchannel_pool", int(_forked))]
 
 
 def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry, names: set[str],
