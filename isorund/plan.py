@@ -19,6 +19,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund.config import MIN_LIMITS
 from isorund.sandbox import filesystem
+from isorund.sandbox.importer import python_name
 
 MAX_NAME = 256
 CPU_GRACE_SECONDS = 1.0
@@ -45,8 +46,7 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
     root = _root(request.root)
     file = _file(root, request.file, _extensions(request.source_extensions))
     _name(request.func_name, "func_name")
-    for key in request.context:
-        _context_name(key)
+    _context_names(request.context)
     external = _modules(request.external)
     whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
     _plugin(request.compiler, config.plugins.compilers, "compiler")
@@ -65,17 +65,32 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
         limits=_limits(request.limits, config.limits, timeout), timeout_seconds=timeout)
 
 
-def _context_name(key: str) -> None:
-    """A context entry becomes a builtin name of every guest module, so it must be one a guest
-    can name, and must not replace what the runtime puts there: a key ``__import__`` would
-    replace the restricted importer and ``__build_class__`` break every ``class`` statement.
-    Python reserves every ``__*__`` name for itself (its reference, "Reserved classes of
-    identifiers"), so all of them are refused, not only those in use today."""
-    if not key.isidentifier() or keyword.iskeyword(key):
+def _context_names(keys) -> None:
+    """Each key becomes a builtin name of every guest module as its source spells it (see
+    ``python_name``): two keys of one such name would leave one entry standing for both."""
+    seen: dict[str, str] = {}
+    for key in keys:
+        name = _context_name(key)
+        if name in seen:
+            raise RequestError(f"context keys {seen[name]!r} and {key!r} are one name, {name!r}, in Python "
+                               f"source (it normalizes names, NFKC), so one entry would be lost")
+        seen[name] = key
+
+
+def _context_name(key: str) -> str:
+    """The guest's name for a context key. It must be one a guest can name, and must not
+    replace what the runtime puts there: a key ``__import__`` would replace the restricted
+    importer and ``__build_class__`` break every ``class`` statement. Python reserves every
+    ``__*__`` name for itself (its reference, "Reserved classes of identifiers"), so all of
+    them are refused, not only those in use today, and so is any key that reads as one
+    (``_＿import＿＿``, with full-width low lines)."""
+    name = python_name(key) if key.isidentifier() else key
+    if not key.isidentifier() or keyword.iskeyword(name):
         raise RequestError(f"context key {key!r} is not a valid Python name")
-    if len(key) > 4 and key.startswith("__") and key.endswith("__"):
+    if len(name) > 4 and name.startswith("__") and name.endswith("__"):
         raise RequestError(f"context key {key!r} is a name Python reserves (__*__); "
                            f"context entries become global names of the guest's modules")
+    return name
 
 
 def _root(path: str) -> str:

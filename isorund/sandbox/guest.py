@@ -33,7 +33,7 @@ from isorun._proto import sandbox_pb2 as sb
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
 from .failure import CpuLimitExceeded, Failure, described, within_bounds
-from .importer import GuestImporter, ImportPolicy, call_plugin
+from .importer import GuestImporter, ImportPolicy, call_plugin, python_name
 
 
 _console: Console | None = None  # the call's (one call per process), made by prepare()
@@ -82,7 +82,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         failure = None
         request = _request_of(request_bytes)
         args = [_codec.decode(v, registry) for v in request.args]
-        context = {k: _codec.decode(v, registry) for k, v in request.context.items()}
+        context = {python_name(k): _codec.decode(v, registry) for k, v in request.context.items()}
         policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
                               allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
         resolver = None
@@ -94,10 +94,11 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                                  plugin_names=(request.compiler, request.resolver))
         _preload(importer, plan)
         module = importer.load_main(plan.file)
-        func = module.__dict__.get(request.func_name)
+        name = python_name(request.func_name)
+        func = module.__dict__.get(name)
         if not callable(func):
             failure = Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
-                f"{request.func_name} is not a function in /{plan.file}" if request.func_name in module.__dict__
+                f"{request.func_name} is not a function in /{plan.file}" if name in module.__dict__
                 else f"function {request.func_name} was not found in /{plan.file}"))
         else:
             _console.send_after_lines(pb.RunEvent(running=pb.Running()))

@@ -43,6 +43,7 @@ import tokenize  # noqa: F401  (used by decode_source; loaded here, in the zygot
 import types
 from dataclasses import dataclass
 from typing import Callable
+from unicodedata import normalize
 
 from .compiled import MAX_PRELOAD, Compiled, cached_code, module_imports, open_regular_file
 
@@ -54,6 +55,13 @@ ALWAYS_ALLOWED = frozenset({"__future__"})
 # that the import comes to the guest's __import__: datetime's strftime, today() and strptime
 # need time and _strptime. Allowed with the module that needs them.
 IMPLIED = {"datetime": frozenset({"time", "_strptime"})}
+
+
+def python_name(name: str) -> str:
+    """The name a guest's source means by ``name``: Python's parser normalizes identifiers
+    (NFKC), so ``def ℌello`` defines ``Hello`` and ``ℌ`` in an expression reads ``H``; a
+    function or context entry looked up by its unnormalized name could never be reached."""
+    return name if name.isascii() else normalize("NFKC", name)
 
 
 def with_implied(allowed: frozenset[str]) -> frozenset[str]:

@@ -78,6 +78,19 @@ def test_a_non_callable_or_missing_name_is_function_not_found(runner):
         r.run("Thing")  # a class is callable; its instance has no codec
 
 
+def test_names_are_found_as_the_guests_source_spells_them(runner):
+    # Python reads "ℌ" in source as "H" (NFKC): the function and the context entry the caller
+    # named as the source spells them were never found ("function ℌello was not found", a
+    # NameError for ℌ).
+    r = runner({"index.py": "def \u210cello():\n    return \u210c\nNONE = None\n"})
+    assert r.run("\u210cello", context={"\u210c": "fraktur"}) == "fraktur"
+    assert r.run("Hello", context={"H": "plain"}) == "plain"
+    with pytest.raises(errors.FunctionNotFound, match="\uff2eONE is not a function"):
+        r.run("\uff2eONE")  # (full-width N): found, and not callable
+    with pytest.raises(errors.InvalidRequest, match="are one name, 'H'"):
+        r.run("Hello", context={"H": 1, "\u210c": 2})
+
+
 def test_private_and_dunder_names_are_found_like_any_other(runner):
     r = runner({"index.py": "def _helper():\n    return 'private'\n"})
     assert r.run("_helper") == "private"

@@ -137,6 +137,9 @@ def test_too_few_open_files_for_the_runtime_are_refused(config, root, asked):
     # statements, or take a name Python reserves for itself
     ("__import__", "reserves"), ("__build_class__", "reserves"), ("__builtins__", "reserves"),
     ("__name__", "reserves"), ("__tenant__", "reserves"),
+    # names the guest's source reads as the ones above (Python normalizes them, NFKC): full-width
+    # low lines and letters
+    ("_\uff3fimport\uff3f\uff3f", "reserves"), ("\uff49\uff46", "not a valid Python name"),
 ])
 def test_context_names_must_be_names_a_guest_can_use(config, root, key, match):
     req = request(root)
@@ -150,6 +153,14 @@ def test_context_names_python_does_not_reserve_are_kept(config, root, key):
     req = request(root)
     req.context[key].string_value = "x"
     assert plan.build(req, config).file == "index.py"
+
+
+def test_context_keys_that_are_one_name_in_python_source_are_refused(config, root):
+    # "ℌ" and "H" are both H in a guest's source: one entry would silently stand for both
+    req = request(root)
+    req.context["\u210c"].string_value = "fraktur"
+    req.context["H"].string_value = "plain"
+    refused(config, req, "context keys .* are one name, 'H', in Python source")
 
 
 @pytest.mark.parametrize("path, match", [
