@@ -188,13 +188,8 @@ def test_a_timeout_too_large_for_the_daemon_is_refused_by_the_daemon(runner, tim
         r.run("echo", args=[1], timeout=timeout)
 
 
-@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
-def test_a_call_without_a_timeout_gets_a_deadline_from_the_daemons_default(start_daemon, make_root, runner_class):
-    # With a 30 s guess for its deadline, a call that named no timeout on a daemon whose default
-    # is 1000 s had no room to wait in the queue: it was refused at once while another call
-    # held the only sandbox. The deadline now follows the default the daemon reports.
-    d = start_daemon(config=ONE_AT_A_TIME + "default_timeout = 1000.0\nmax_timeout = 1000.0\n")
-    root = make_root({"index.py": GUEST})
+def _while_the_only_sandbox_is_busy(d, root: str, call):
+    """``call()``'s result, made while another call holds the daemon's only sandbox for 1 s."""
     running = threading.Event()
     box: dict = {}
 
@@ -203,17 +198,62 @@ def test_a_call_without_a_timeout_gets_a_deadline_from_the_daemons_default(start
             box["held"] = r.run("chatty", args=[1], timeout=10, running=running.set)
     holder = threading.Thread(target=hold_the_sandbox)
     holder.start()
-    assert running.wait(30)
+    try:
+        assert running.wait(30)
+        return call()
+    finally:
+        holder.join(30)
+
+
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+def test_a_call_without_a_timeout_gets_a_deadline_from_the_daemons_default(start_daemon, make_root, runner_class):
+    # With a 30 s guess for its deadline, a call that named no timeout on a daemon whose default
+    # is 1000 s had no room to wait in the queue: it was refused at once while another call
+    # held the only sandbox. The deadline now follows the default the daemon reports.
+    d = start_daemon(config=ONE_AT_A_TIME + "default_timeout = 1000.0\nmax_timeout = 1000.0\n")
+    root = make_root({"index.py": GUEST})
     if runner_class is CodeRunner:
-        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
-            assert r.run("echo", args=[7]) == 7
+        def echo():
+            with CodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+                return r.run("echo", args=[7])
     else:
-        async def waiter():
-            async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
-                return await r.run("echo", args=[7])
-        assert asyncio.run(waiter()) == 7
-    holder.join(30)
-    assert box["held"] == "slept"
+        def echo():
+            async def waiter():
+                async with AsyncCodeRunner(root=root, file="index.py", socket=d.socket, external=["time"]) as r:
+                    return await r.run("echo", args=[7])
+            return asyncio.run(waiter())
+    assert _while_the_only_sandbox_is_busy(d, root, echo) == 7
+
+
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+def test_a_daemon_started_anew_is_asked_its_default_timeout_again(start_daemon, make_root, runner_class):
+    # It was asked once per channel: after a restart that raised the default from 1 s to 1000 s,
+    # a call naming none still got a deadline of 1 + 60 s, so behind another call it was refused
+    # at once ("waited 0 s in the queue"), and one running past 61 s would have been cut.
+    first = start_daemon(config=ONE_AT_A_TIME + "default_timeout = 1.0\nmax_timeout = 1000.0\n")
+    root = make_root({"index.py": GUEST})
+    loop = asyncio.new_event_loop()  # one loop: the async runner keeps its channel throughout
+    r = runner_class(root=root, file="index.py", socket=first.socket, external=["time"])
+
+    def echo(x):
+        return r.run("echo", args=[x]) if runner_class is CodeRunner else loop.run_until_complete(r.run("echo", args=[x]))
+    try:
+        assert echo(1) == 1
+        first.stop()
+        second = start_daemon(config=ONE_AT_A_TIME + "default_timeout = 1000.0\nmax_timeout = 1000.0\n",
+                              folder=first.folder)
+        deadline = time.monotonic() + 10
+        while True:  # until the channel has reconnected
+            try:
+                assert echo(2) == 2
+                break
+            except errors.DaemonUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert _while_the_only_sandbox_is_busy(second, root, lambda: echo(3)) == 3
+    finally:
+        r.close() if runner_class is CodeRunner else loop.run_until_complete(r.close())
+        loop.close()
 
 
 # Long enough for gRPC's default reconnect backoff (1 s, x1.6 a try, up to 120 s) to reach 5-10 s.

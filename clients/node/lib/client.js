@@ -4,8 +4,8 @@
  * daemon, which runs it in a fresh sandbox and answers with one outcome.
  *
  * A runner holds one channel for its life (grpc-js connects on the first call) and asks the
- * daemon's capabilities at most once per channel, the first time a value needs a tagged type
- * name. Outcomes and gRPC status codes become `errors` in this module only (failureError,
+ * daemon's capabilities the first time a call needs them (a tagged type name, or no timeout),
+ * again when a type is missing from them or the daemon was started anew. Outcomes and gRPC status codes become `errors` in this module only (failureError,
  * transportError), mirroring the Python client.
  */
 const { AsyncLocalStorage } = require("async_hooks");
@@ -162,6 +162,16 @@ function typeName(value) {
   return typeof value;
 }
 
+/** Tells a file from the one it replaced (an inode number alone may be reused at once). */
+function fileIdentity(file) {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.ctimeNs}`;
+  } catch {
+    return null;
+  }
+}
+
 /** The type names the daemon's capabilities do not offer, sorted. */
 function missingNames(names, daemon) {
   const offered = new Set(daemon.typeNames || []);
@@ -235,6 +245,7 @@ class CodeRunner {
       this._template.resolverOptions = optionsStruct(resolverOptions);
     }
     const address = path.resolve(this.socket);
+    this._address = address;
     this._unreachable = socketProblem(address);
     const { Runner } = proto.load();
     this._client = new Runner(`unix:${address}`, grpc.credentials.createInsecure(), {
@@ -247,6 +258,7 @@ class CodeRunner {
       "grpc.max_reconnect_backoff_ms": 1000,
     });
     this._daemon = null; // a Promise of the daemon's capabilities, once asked
+    this._daemonSocket = null; // the socket file they were asked through (fileIdentity)
     this._closed = false;
     this._calls = 0; // in flight: close() closes the channel when the last one ends
     this._channelClosed = new Promise((resolve) => { this._resolveChannelClosed = resolve; });
@@ -374,10 +386,14 @@ class CodeRunner {
   /**
    * The daemon's capabilities, asked once; `again` when a value's type was missing from its
    * answer: the channel may have reconnected to a daemon restarted with more types since,
-   * which the runner refused until it was made anew.
+   * which the runner refused until it was made anew. Asked again too when the socket file is
+   * not the one they came through: a daemon started since may have another default timeout
+   * (a call naming none got its deadline from the old one).
    */
   _ensureCapabilities(again = false) {
-    if (this._daemon === null || again) {
+    const socketFile = fileIdentity(this._address);
+    if (this._daemon === null || again || socketFile !== this._daemonSocket) {
+      this._daemonSocket = socketFile;
       this._daemon = this._unary("GetCapabilities", {}, Date.now() + CAPABILITIES_TIMEOUT_MS);
       this._daemon.catch(() => { this._daemon = null; }); // ask again on the next call
     }

@@ -362,6 +362,46 @@ describe("a daemon restarted under its runners", () => {
   });
 });
 
+describe("a daemon started anew with a larger default timeout", () => {
+  let d;
+  before(async () => {
+    d = await startDaemon({ config: "max_concurrency = 1\npool_size = 1\ndefault_timeout = 1.0\nmax_timeout = 1000.0\n" });
+  });
+  after(() => d?.stop());
+
+  test("is asked it again, so a call naming no timeout may wait in the queue", async () => {
+    // The default was asked once per runner: after the restart, a call naming no timeout still
+    // got a deadline of 1 + 60 s against the new 1000 s, so behind another call it was refused
+    // at once ("waited 0 s in the queue"), and one running past 61 s would have been cut.
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const files = {
+      "index.py": "import time\ndef echo(x):\n    return x\ndef hold():\n    time.sleep(1)\n    return 'held'\n",
+    };
+    const runner = d.runner(files, { external: ["time"] });
+    assert.equal(await runner.run({ funcName: "echo", args: [1] }), 1);
+    await d.restart(async () => {
+      const config = fs.readFileSync(d.configPath, "utf8");
+      fs.writeFileSync(d.configPath, config.replace("default_timeout = 1.0", "default_timeout = 1000.0"));
+    });
+    const until = Date.now() + 10_000;
+    for (;;) { // until the channel has reconnected
+      try {
+        assert.equal(await runner.run({ funcName: "echo", args: [2] }), 2);
+        break;
+      } catch (error) {
+        if (!(error instanceof errors.DaemonUnavailable) || Date.now() > until) throw error;
+        await sleep(50);
+      }
+    }
+    let started;
+    const running = new Promise((resolve) => { started = resolve; });
+    const held = d.runner(files, { external: ["time"] }).run({ funcName: "hold", timeout: 10_000, running: started });
+    await running; // the only sandbox is taken: the next call waits in the queue
+    assert.equal(await runner.run({ funcName: "echo", args: [3] }), 3);
+    assert.equal(await held, "held");
+  });
+});
+
 describe("each gRPC status a daemon may answer with", () => {
   // A small real gRPC server stands in for the daemon: some statuses a live daemon gives only
   // in rare states (a queue past the call's deadline, gRPC's own limits).

@@ -4,7 +4,8 @@ The two runners share everything but I/O (``_Base``): request building, the chec
 values against the daemon's type names, and the mapping of outcomes and gRPC status codes to
 ``isorun.errors`` (in ``_outcome``, the only place that mapping lives). A CodeRunner holds one
 channel for its life, an AsyncCodeRunner one per event loop it is used in; capabilities are
-asked once per channel (and again when a value's type is missing from them). close() refuses new calls and lets the
+asked once per channel, and again when a value's type is missing from them or the daemon was
+started anew (its socket file changed). close() refuses new calls and lets the
 calls in flight finish, as the Node client's does; a callback that raises cancels its call.
 """
 from __future__ import annotations
@@ -91,6 +92,7 @@ class _Base:
         # The daemon's capabilities, asked once per channel when a call needs them: its type
         # names (for tagged values) and its default timeout (for a call that names none).
         self._daemon: pb.Capabilities | None = None
+        self._daemon_socket: tuple[int, int, int] | None = None  # the socket file they came through
         self._closed = False
         # True while this thread or asyncio task is inside one of this runner's calls (in a
         # callback, say): close() from there must not wait for the call that is running it.
@@ -131,7 +133,17 @@ class _Base:
         return request, names
 
     def _needs_capabilities(self, request: pb.RunRequest, names: set[str]) -> bool:
-        return self._daemon is None and bool(names or not request.timeout_seconds)
+        return bool(names or not request.timeout_seconds) and self._stale()
+
+    def _stale(self) -> bool:
+        """Whether the daemon's capabilities must be asked (again). A daemon started since
+        they were asked binds a new socket file, and may have another default timeout: a call
+        naming none got a deadline from the old one (a default raised from 5 s to 80 s cut a
+        70 s call at 65 s, and a call queued behind another was refused at once)."""
+        return self._daemon is None or _file_identity(self.socket) != self._daemon_socket
+
+    def _remember(self, capabilities: pb.Capabilities, socket_file: tuple[int, int, int] | None) -> None:
+        self._daemon, self._daemon_socket = capabilities, socket_file
 
     def _missing(self, names: set[str]) -> list[str]:
         """The type names the daemon's (cached) capabilities do not offer, sorted."""
@@ -265,8 +277,10 @@ class CodeRunner(_Base):
         channel may have reconnected to a daemon restarted with more types since, which the
         runner refused until it was made anew."""
         with self._lock:
-            if self._daemon is None or again:
-                self._daemon = self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=_CAPABILITIES_TIMEOUT)
+            if again or self._stale():
+                socket_file = _file_identity(self.socket)  # before asking: a later restart is seen
+                self._remember(self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=_CAPABILITIES_TIMEOUT),
+                               socket_file)
 
     def capabilities(self) -> pb.Capabilities:
         """The daemon's version, isolation level, limits, plugins and value type names."""
@@ -418,9 +432,10 @@ class AsyncCodeRunner(_Base):
 
     async def _ensure_capabilities(self, connection: _Connection, again: bool = False) -> None:
         async with connection.lock:
-            if self._daemon is None or again:
-                self._daemon = await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(),
-                                                                     timeout=_CAPABILITIES_TIMEOUT)
+            if again or self._stale():
+                socket_file = _file_identity(self.socket)  # (as CodeRunner's)
+                self._remember(await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(),
+                                                                     timeout=_CAPABILITIES_TIMEOUT), socket_file)
 
     async def capabilities(self) -> pb.Capabilities:
         async with self._in_flight() as connection:
@@ -472,6 +487,15 @@ async def _maybe_await(result: Any) -> None:
     cancels the call, as a failure raised by the callback itself does."""
     if inspect.isawaitable(result):
         await result
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """Tells a file from the one it replaced; the inode number alone may be reused at once."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _channel_options() -> list[tuple[str, Any]]:
