@@ -228,13 +228,6 @@ class CodeRunner(_Base):
         self._calls = 0
         self._close_when_idle = False
 
-    def _connect_after_fork(self) -> None:
-        """In a child forked with this runner: gRPC's channels do not cross fork() (the first
-        calls failed "Closed on fork" or "Wrong file descriptor generation"), and the parent's
-        locks may be held by threads the child does not have. The parent's channel is left
-        alone (closing it here would act on the parent's connection)."""
-        self._connect()
-
     def run(self, func_name: str, args: Sequence[Any] | None = None, context: Mapping[str, Any] | None = None,
             running: Callable[[], Any] | None = None, timeout: float | None = None,
             args_resolver: str | None = None) -> Any:
@@ -334,10 +327,14 @@ _forked = False  # this process is a fork of one that may have had channels
 
 
 def _connect_runners_after_fork() -> None:
+    """In a child forked with runners: gRPC's channels do not cross fork() (the first calls
+    failed "Closed on fork" or "Wrong file descriptor generation"), and the parent's locks may
+    be held by threads the child does not have. The parent's channels are left alone (closing
+    one here would act on the parent's connection)."""
     global _forked
     _forked = True
     for runner in list(_SYNC_RUNNERS):
-        runner._connect_after_fork()
+        runner._connect()
 
 
 os.register_at_fork(after_in_child=_connect_runners_after_fork)
