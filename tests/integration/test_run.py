@@ -356,6 +356,19 @@ def test_cli_with_stdout_closed_refuses_before_making_the_call(daemon, make_root
     assert daemon.calls("unseen_by_cli") == []
 
 
+def test_cli_with_stderr_closed_keeps_its_messages_off_stdout(daemon, make_root, tmp_path):
+    # print(file=sys.stderr) with stderr closed (None) writes on stdout: a guest's console line
+    # or an error message would have been read as the result.
+    root = make_root({"rules.py": "def chatty():\n    print('a console line')\n    return 1\n"
+                                  "def boom():\n    raise ValueError('boom')\n"})
+    for func, status, stdout in [("chatty", 0, "1\n"), ("boom", 1, "")]:
+        process = subprocess.Popen([sys.executable, "-m", "isorun._cli", "call", "--socket", daemon.socket,
+                                    "--root", root, "--file", "rules.py", func],
+                                   stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+        out, _ = process.communicate(timeout=60)
+        assert (process.returncode, out) == (status, stdout), func
+
+
 def test_cli_interrupted_during_a_call_cancels_it_without_a_traceback(daemon, make_root):
     # Ctrl-C showed a KeyboardInterrupt traceback.
     root = make_root({"rules.py": "import time\ndef slow_for_ctrl_c():\n    print('started', flush=True)\n"

@@ -71,8 +71,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _print_console(stream: str, text: str) -> None:
-    if sys.stderr is not None:  # started with stderr closed: the lines have nowhere to go
-        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
 def _as_json(value: Any) -> Any:
@@ -140,6 +139,8 @@ def _print_result(result: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:  # started with stderr closed: print(file=None) would write on stdout
+        sys.stderr = open(os.devnull, "w")
     try:
         return _call(_parse(argv))
     except KeyboardInterrupt:  # the call, if one was running, was cancelled by the runner's close
