@@ -27,7 +27,11 @@ the call's file and the guest modules its import statements load (and theirs), a
 one's code from the daemon's code cache when the source's hash matches, or compiles it; the
 modules compiled then go back to the daemon, which hands them to the next calls. Only code made
 before the first line of guest code runs is ever handed on: after that the process is the
-guest's, and what it sends could be anything. (The records handed over, the reading of a
+guest's, and what it sends could be anything. Code loaded from a ``__pycache__`` entry is used
+by the call that found it and never handed on: a stamp can match a source the entry was not
+made from (a timestamp kept by an edit of the same size, or an entry made by hand), and the
+daemon would have kept that code for the source until the file changed, long after the entry
+was gone. (The records handed over, the reading of a
 module's imports from its bytecode and of ``__pycache__`` entries live in ``compiled``.)
 """
 from __future__ import annotations
@@ -224,8 +228,12 @@ class GuestImporter:
                     continue
                 if not report:
                     continue
-                code = (marshal.loads(entry.code) if entry is not None and entry.source_hash == source_hash
-                        else self._code_of(path, raw, st.st_mtime, display))
+                from_pycache = None
+                if entry is not None and entry.source_hash == source_hash:
+                    code = marshal.loads(entry.code)
+                else:
+                    from_pycache = cached_code(path, raw, st.st_mtime, display)
+                    code = from_pycache or self._compiled(raw, display)
                 imports = tuple(dict.fromkeys([*(parents if display == main else ()),
                                                *(p for name, level, fromlist in module_imports(code)
                                                  for p in self.guest_files_of(display, name, level, fromlist))]))
@@ -234,8 +242,9 @@ class GuestImporter:
                 continue
             self._preloaded[path] = _Loaded(raw, st.st_mtime, code)
             queue.extend(imports)
-            out.append(Compiled(display, source_hash, marshal.dumps(code), imports,
-                                (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+            if from_pycache is None:  # (see the module's docstring: what a __pycache__ entry holds)
+                out.append(Compiled(display, source_hash, marshal.dumps(code), imports,
+                                    (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
         return out
 
     def guest_files_of(self, importer: str, name: str, level: int, fromlist) -> list[str]:
@@ -408,14 +417,14 @@ class GuestImporter:
 
     @staticmethod
     def _code_of(path: str, raw: bytes, mtime: float, display: str, source: str | None = None) -> types.CodeType:
-        """Guest source's code: its ``__pycache__`` entry if it holds exactly this source, else
-        compiled."""
-        code = cached_code(path, raw, mtime, display)
-        if code is None:
-            if source is None:
-                source = importlib.util.decode_source(raw)
-            code = compile(source, display, "exec", dont_inherit=True)
-        return code
+        """Guest source's code: its ``__pycache__`` entry if its stamp matches this source (as
+        Python trusts it), else compiled."""
+        return cached_code(path, raw, mtime, display) or GuestImporter._compiled(raw, display, source)
+
+    @staticmethod
+    def _compiled(raw: bytes, display: str, source: str | None = None) -> types.CodeType:
+        return compile(importlib.util.decode_source(raw) if source is None else source, display, "exec",
+                       dont_inherit=True)
 
     def _namespace_package(self, name: str, folder: str):
         """A guest folder without ``__init__``: a package with no code of its own, as Python 3

@@ -96,3 +96,48 @@ def test_without_a_cache_every_call_compiles_and_runs_the_same(start_daemon, mak
     with CodeRunner(root=make_root(FILES), file="index.py", socket=daemon.socket) as runner:
         assert [runner.run("f", [x]) for x in range(3)] == [1, 3, 5]
     assert counts(daemon) == (0, 0)
+
+
+def _write_pycache(root: str, source_file: str, code_source: str, stamp_source: str | None = None) -> None:
+    """A ``__pycache__`` entry for ``source_file`` holding ``code_source``'s code: stamped with
+    the file's time and size, or (``stamp_source``) with that source's hash, as a hand could."""
+    from importlib import _bootstrap_external as bootstrap, util
+    path = os.path.join(root, source_file)
+    code = compile(code_source, path, "exec")
+    if stamp_source is None:
+        st = os.stat(path)
+        data = bootstrap._code_to_timestamp_pyc(code, st.st_mtime, st.st_size)
+    else:
+        data = bootstrap._code_to_hash_pyc(code, util.source_hash(stamp_source.encode()), checked=True)
+    cache = util.cache_from_source(path)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "wb") as f:
+        f.write(data)
+    os.chmod(os.path.dirname(cache), 0o755)
+    os.chmod(cache, 0o644)
+
+
+@pytest.mark.parametrize("stamp", ["timestamp", "hash"])
+def test_code_from_a_pycache_entry_is_never_kept_for_later_calls(cached, make_root, stamp):
+    # An entry whose stamp matches a source it was not made from (an edit that kept the size and
+    # the time, or an entry made by hand) ran as Python runs it, and the daemon then kept its
+    # code for that source: calls ran it after the entry was deleted, until the file changed.
+    old, new = "def f():\n    return 'AAA'\n", "def f():\n    return 'BBB'\n"
+    root = make_root({"index.py": old})
+    path = os.path.join(root, "index.py")
+    if stamp == "timestamp":
+        _write_pycache(root, "index.py", old)
+        st = os.stat(path)
+        with open(path, "w") as f:
+            f.write(new)  # the same size; the time put back as it was
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        with open(path, "w") as f:
+            f.write(new)
+        _write_pycache(root, "index.py", old, stamp_source=new)
+    with CodeRunner(root=root, file="index.py", socket=cached.socket) as runner:
+        assert runner.run("f") == "AAA"  # the entry is used, as Python's import would
+        assert runner.run("f") == "AAA"
+        for entry in os.listdir(os.path.join(root, "__pycache__")):
+            os.remove(os.path.join(root, "__pycache__", entry))
+        assert [runner.run("f") for _ in range(3)] == ["BBB"] * 3
