@@ -14,12 +14,9 @@ from isorun.errors import SerializationError
 
 from .console import encodable
 from .importer import GuestModuleNotFound, PluginFailure
+from .limits import CpuLimitExceeded
 
 Failure = pb.Failure
-
-
-class CpuLimitExceeded(BaseException):
-    """Raised from SIGXCPU: the guest used up its CPU seconds."""
 
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
@@ -32,7 +29,7 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
         return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
                         message="the call went over its memory limit")
     if isinstance(e, PluginFailure):
-        return _failure(kind=Failure.SANDBOX, type_name=type(e.__cause__).__name__, message=str(e))
+        return _failure(kind=Failure.SANDBOX, type_name=e.type_name, message=str(e))
     if isinstance(e, CpuLimitExceeded):
         return _failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
     if isinstance(e, SerializationError):

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import types
+from collections.abc import Callable
 # What the runtime calls once the guest's code has run, bound here: a guest that replaced
 # them in their modules (`sys.settrace = None`, past the importer) made the failure path
 # below retry until the call's timeout. _signal's own functions: signal's wrap each handler
@@ -32,8 +33,9 @@ from isorun._proto import sandbox_pb2 as sb
 
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
-from .failure import CpuLimitExceeded, Failure, described, within_bounds
+from .failure import Failure, described, within_bounds
 from .importer import GuestImporter, ImportPolicy, call_plugin, python_name
+from .limits import CpuLimitExceeded
 
 
 _console: Console | None = None  # the call's (one call per process), made by prepare()
@@ -88,7 +90,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         resolver = None
         if request.resolver:
             options = _codec.decode(struct_pb2.Value(struct_value=request.resolver_options), registry)
-            resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options)
+            resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options,
+                                   returns=(Callable,), expected="a function resolve(name) -> path | None")
         importer = GuestImporter(policy, context=context, resolver=resolver,
                                  compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
                                  plugin_names=(request.compiler, request.resolver))
@@ -104,7 +107,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             _console.send_after_lines(pb.RunEvent(running=pb.Running()))
             if request.args_resolver:
                 args = list(call_plugin("args_resolver", request.args_resolver,
-                                        plugins.args_resolvers[request.args_resolver], args))
+                                        plugins.args_resolvers[request.args_resolver], args,
+                                        returns=(list, tuple), expected="the arguments as a list"))
             result = func(*_padded(func, args))
             _BUILTINS.update(_BUILTINS_AS_LEFT)  # (a C call: see _BUILTINS_AS_LEFT)
             if isinstance(result, types.CoroutineType):  # (inspect's test, with no frame to trace)

@@ -50,6 +50,7 @@ from typing import Callable
 from unicodedata import normalize
 
 from .compiled import MAX_PRELOAD, Compiled, cached_code, module_imports, open_regular_file
+from .limits import CpuLimitExceeded
 
 REMOVED_BUILTINS = frozenset({"open", "input", "exit", "quit", "breakpoint", "help",
                               "copyright", "credits", "license"})
@@ -112,23 +113,34 @@ class GuestModuleNotFound(ModuleNotFoundError):
 
 
 class PluginFailure(Exception):
-    """An operator plugin (compiler, resolver, args resolver) raised: the operator's code
-    failed, not the guest's, and the call says so instead of blaming the guest."""
+    """An operator plugin (compiler, resolver, args resolver) raised or broke its contract:
+    the operator's code failed, not the guest's, and the call says so instead of blaming the
+    guest. ``type_name``: what the plugin raised, or TypeError for what it returned."""
+
+    def __init__(self, message: str, type_name: str = "TypeError"):
+        super().__init__(message)
+        self.type_name = type_name
 
 
 def module_not_found(name: str) -> ModuleNotFoundError:
     return GuestModuleNotFound(f"Cannot find module '{name}'", name=name)
 
 
-def call_plugin(kind: str, name: str, plugin, *args):
-    """``plugin(*args)``, with a failure reported as the named plugin's — except a
-    SyntaxError, which is a compiler's verdict on the guest's source and stays the guest's."""
+def call_plugin(kind: str, name: str, plugin, *args, returns: tuple[type, ...], expected: str):
+    """``plugin(*args)``, with a failure reported as the named plugin's: whatever it raises
+    (``SystemExit`` too: a plugin does not end the call as the guest's), and a result that is
+    not of a type in ``returns`` (its contract, ``expected`` in words). Except a SyntaxError,
+    which is a compiler's verdict on the guest's source and stays the guest's, and the call's
+    CPU limit, which is the call's."""
     try:
-        return plugin(*args)
-    except SyntaxError:
+        result = plugin(*args)
+    except (SyntaxError, CpuLimitExceeded):
         raise
-    except Exception as e:
-        raise PluginFailure(f"the {kind} plugin {name!r} raised {type(e).__name__}: {e}") from e
+    except BaseException as e:
+        raise PluginFailure(f"the {kind} plugin {name!r} raised {type(e).__name__}: {e}", type(e).__name__) from e
+    if not isinstance(result, returns):
+        raise PluginFailure(f"the {kind} plugin {name!r} returned {type(result).__name__}, not {expected}")
+    return result
 
 
 class GuestImporter:
@@ -319,18 +331,29 @@ class GuestImporter:
         if not self.policy.is_allowed(top):
             return _namespace(self.policy.guest_dir, top)
         if self.resolver is not None:
-            found = call_plugin("resolver", self.plugin_names[1], self.resolver, top)
-            if found:
-                candidates = (self.policy.source_candidates(os.path.dirname(found), top)
-                              if os.path.isdir(found) else [(found, False)])
-                for path, is_package in candidates:
-                    if os.path.isfile(path):
-                        return path, is_package
+            found = call_plugin("resolver", self.plugin_names[1], self.resolver, top,
+                                returns=(str, type(None)), expected="a path or None")
+            if found is not None:
+                return self._resolved(top, found)
         for folder in self.policy.search_paths:
             for path, is_package in self.policy.source_candidates(folder, top):
                 if os.path.isfile(path):
                     return path, is_package
         return None
+
+    def _resolved(self, top: str, found: str) -> tuple[str, bool]:
+        """The source the resolver named for ``top``: a module's file, or a package's folder.
+        A path with none is the plugin's mistake, said rather than passed over for the next
+        place to look (which would load another module of that name, or none)."""
+        candidates = (self.policy.source_candidates(os.path.dirname(found), top) if os.path.isdir(found)
+                      else [(found, False)])
+        for path, is_package in candidates:
+            if os.path.isabs(path) and os.path.isfile(path):
+                return path, is_package
+        raise PluginFailure(
+            f"the resolver plugin {self.plugin_names[1]!r} resolved {top!r} to {found!r}, where the sandbox "
+            f"finds no source of it: it sees the call's folder at {self.policy.guest_dir}, whitelisted folders "
+            f"at their own paths, and the Python installation", "FileNotFoundError")
 
     def _import_guest(self, name: str, missing_ok: bool = False):
         parts = name.split(".")
@@ -386,7 +409,8 @@ class GuestImporter:
         except (SyntaxError, UnicodeDecodeError) as e:
             raise SyntaxError(f"{display} is not valid source text: {e}") from None
         if self.compiler is not None:
-            source = call_plugin("compiler", self.plugin_names[0], self.compiler, source, display)
+            source = call_plugin("compiler", self.plugin_names[0], self.compiler, source, display,
+                                 returns=(str,), expected="the source as a str")
         linecache.cache[display] = (len(source), None, source.splitlines(True), display)
         self.guest_files.add(display)
         if loaded is not None:

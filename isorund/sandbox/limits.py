@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from ._libc import SandboxSetupError
 
 
+class CpuLimitExceeded(BaseException):
+    """Raised from SIGXCPU: the guest used up its CPU seconds."""
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_bytes: int

@@ -166,6 +166,112 @@ def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(r
 
 
 
+BROKEN_PLUGINS = """
+import sys
+
+def compiler_exits(source, filename):
+    sys.exit(3)
+
+def compiler_raises_base(source, filename):
+    raise BaseException("base")
+
+def compiler_none(source, filename):
+    return None
+
+def compiler_bytes(source, filename):
+    return source.encode()
+
+def args_exit(args):
+    sys.exit(0)
+
+def args_int(args):
+    return 5
+
+def args_dict(args):
+    return {"a": 1}
+
+def args_generator(args):
+    yield 1
+    raise ValueError("gen boom")
+
+def resolver_five(options):
+    return 5
+
+def resolver_of(options):
+    return lambda name: options["path"]
+"""
+BROKEN_CONFIG = """
+plugin_paths = ["{plugins}", "%s"]
+
+[plugins.compilers]
+exits = "broken_plugins:compiler_exits"
+base = "broken_plugins:compiler_raises_base"
+none = "broken_plugins:compiler_none"
+bytes = "broken_plugins:compiler_bytes"
+
+[plugins.args_resolvers]
+exits = "broken_plugins:args_exit"
+int = "broken_plugins:args_int"
+dict = "broken_plugins:args_dict"
+generator = "broken_plugins:args_generator"
+
+[plugins.resolvers]
+five = "broken_plugins:resolver_five"
+path = "broken_plugins:resolver_of"
+"""
+
+
+@pytest.fixture(scope="module")
+def broken_plugins(start_daemon_session, tmp_path_factory):
+    """A daemon configured with the plugins above."""
+    folder = tmp_path_factory.mktemp("broken_plugins")
+    (folder / "broken_plugins.py").write_text(BROKEN_PLUGINS)
+    return start_daemon_session(config=BROKEN_CONFIG % folder)
+
+
+@pytest.mark.parametrize("options, message", [
+    # SystemExit and BaseException were the guest's GuestError; None or bytes from a compiler a
+    # TypeError of the guest's with no frame, or a traceback that could not be formatted
+    ({"compiler": "exits"}, "the compiler plugin 'exits' raised SystemExit: 3"),
+    ({"compiler": "base"}, "the compiler plugin 'base' raised BaseException: base"),
+    ({"compiler": "none"}, "the compiler plugin 'none' returned NoneType, not the source as a str"),
+    ({"compiler": "bytes"}, "the compiler plugin 'bytes' returned bytes, not the source as a str"),
+    # a dict or a generator was taken apart into the guest's arguments, an int the guest's TypeError
+    ({"args_resolver": "exits"}, "the args_resolver plugin 'exits' raised SystemExit: 0"),
+    ({"args_resolver": "int"}, "the args_resolver plugin 'int' returned int, not the arguments as a list"),
+    ({"args_resolver": "dict"}, "the args_resolver plugin 'dict' returned dict, not the arguments as a list"),
+    ({"args_resolver": "generator"}, "the args_resolver plugin 'generator' returned generator, not the"),
+    # a list was the guest's TypeError at its import line; a path with no source was passed
+    # over for the whitelisted folders or Python's own modules
+    ({"resolver": "five"}, "the resolver plugin 'five' returned int, not a function resolve"),
+    ({"resolver": "path", "resolver_options": {"path": ["/a"]}}, "the resolver plugin 'path' returned list, not a path"),
+    ({"resolver": "path", "resolver_options": {"path": "/nonexistent/mylib.py"}},
+     "the resolver plugin 'path' resolved 'mylib' to '/nonexistent/mylib.py', where the sandbox finds no source"),
+    ({"resolver": "path", "resolver_options": {"path": "mylib.py"}}, "resolved 'mylib' to 'mylib.py', where"),
+])
+def test_a_plugin_that_breaks_its_contract_is_a_sandbox_error_naming_it(broken_plugins, make_root, options, message):
+    from isorun import CodeRunner
+    root = make_root({"index.py": "def f(a, b=None):\n    import mylib\n    return [a, b]\ndef g(a):\n    return a\n",
+                      "vendor/mylib.py": ""})
+    per_call = {"args_resolver": options["args_resolver"]} if "args_resolver" in options else {}
+    per_runner = {key: value for key, value in options.items() if key not in per_call}
+    with CodeRunner(root=root, file="index.py", socket=broken_plugins.socket, external=["mylib"], **per_runner) as r:
+        with pytest.raises(errors.SandboxError) as failure:
+            r.run("f", args=[1], **per_call)
+        assert message in str(failure.value)
+    with CodeRunner(root=root, file="index.py", socket=broken_plugins.socket) as plain:
+        assert plain.run("g", args=[1]) == 1  # the daemon and its zygote go on
+
+
+def test_a_resolver_names_a_guest_module_by_its_path_in_the_sandbox(broken_plugins, make_root):
+    from isorun import CodeRunner
+    with CodeRunner(root=make_root({"index.py": "import mylib\ndef f():\n    return [mylib.V, mylib.__file__]\n",
+                                    "vendor/mylib.py": "V = 'vendored'\n"}),
+                    file="index.py", socket=broken_plugins.socket, external=["mylib"], resolver="path",
+                    resolver_options={"path": "/guest/vendor/mylib.py"}) as r:
+        assert r.run("f") == ["vendored", "/vendor/mylib.py"]
+
+
 def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
     r = runner({"index.py": "import lib.util\ndef f():\n    return lib.util.V\n", "lib/util.py": "V = 'util'\n"})
     assert r.run("f") == "util"
