@@ -22,6 +22,8 @@ from isorund.sandbox import filesystem
 from isorund.sandbox.importer import python_name
 
 MAX_NAME = 256
+# Modules of the sandbox's own runtime: what a guest would get is isorun's internals.
+RUNTIME_MODULES = {"__main__": "entry module", "isorund": "package", "isorun": "value codec's package"}
 CPU_GRACE_SECONDS = 1.0
 MAX_LIST = 256
 MAX_PATH = 4096      # PATH_MAX: the kernel resolves no longer path
@@ -150,10 +152,11 @@ def _modules(names) -> list[str]:
                                f"cannot be allowed without all of {top!r}; name {top!r} to allow it")
         if len(name) > MAX_NAME or not name.isidentifier():
             raise RequestError(f"external module names must be Python names, got {name[:80]!r}")
-        if name == "__main__":
-            raise RequestError("external may not name '__main__': in a sandbox that is the runtime's own "
-                               "entry module, not a module a guest could mean")
-    return list(names)
+        if python_name(name) in RUNTIME_MODULES:
+            raise RequestError(f"external may not name {name!r}: in a sandbox that is the runtime's own "
+                               f"{RUNTIME_MODULES[python_name(name)]}, not a module a guest could mean")
+    # as the guest's import statement spells them (``import ｃｓｖ`` imports csv)
+    return [python_name(name) for name in names]
 
 
 def _folder(path: str, what: str) -> str:

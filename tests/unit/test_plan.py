@@ -195,6 +195,14 @@ def test_bad_external_names_are_refused(config, root):
     refused(config, request(root, external=["x"] * 300), "at most")
     # the zygote's own entry module, not a module a guest could mean
     refused(config, request(root, external=["__main__"]), "may not name '__main__'")
+    # the runtime's own packages: a guest got isorun's internals (and could forge a plugin's failure)
+    refused(config, request(root, external=["isorund"]), "may not name 'isorund'")
+    refused(config, request(root, external=["\uff49sorun"]), "may not name '\uff49sorun'")
+
+
+def test_external_names_are_allowed_as_the_guests_import_spells_them(config, root):
+    # "ｃｓｖ" was allowed as itself, and the guest's "import ｃｓｖ" (csv to Python) refused
+    assert "csv" in plan.build(request(root, external=["\uff43\uff53\uff56"]), config).allowed
 
 
 def test_only_site_packages_folders_are_bound_for_externals(config, root):
