@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
+import os
 import resource
 import signal
 import sys
@@ -95,6 +96,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         importer = GuestImporter(policy, context=context, resolver=resolver,
                                  compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
                                  plugin_names=(request.compiler, request.resolver))
+        _check_readable(guest_dir, plan.file)
         _preload(importer, plan)
         module = importer.load_main(plan.file)
         name = python_name(request.func_name)
@@ -180,6 +182,16 @@ def _within_budget(modules: list[Compiled]) -> list[sb.CompiledModule]:
 
 class InvalidRequest(Exception):
     """The client's request holds values that do not parse; the daemon answers INVALID_ARGUMENT."""
+
+
+def _check_readable(guest_dir: str, file: str) -> None:
+    """The daemon, as root, found the call's file; the guest's user may still be kept out of it
+    (a folder of mode 700, a file of 600), which the import would report as a module it cannot
+    find, under a name the caller may never have used."""
+    if not os.access(os.path.join(guest_dir, file), os.R_OK):
+        raise InvalidRequest(f"file {file!r} cannot be read by the sandbox's user: the folder, its subfolders "
+                             f"and files must be readable by every user (chmod -R a+rX), and the folders "
+                             f"above it searchable")
 
 
 def _request_of(data: bytes) -> pb.RunRequest:

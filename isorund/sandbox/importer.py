@@ -37,6 +37,7 @@ module's imports from its bytecode and of ``__pycache__`` entries live in ``comp
 from __future__ import annotations
 
 import builtins
+import errno
 import importlib.machinery
 import importlib.util
 import linecache
@@ -400,6 +401,9 @@ class GuestImporter:
             else:
                 with _read_only_file(path) as f:
                     mtime, raw = os.fstat(f.fileno()).st_mtime, f.read()
+        except PermissionError:  # (Python's own import says so too, not that the module is missing)
+            raise PermissionError(errno.EACCES, "the sandbox's user may not read it (guest code must be "
+                                  "readable by every user)", display) from None
         except OSError:
             raise module_not_found(name) from None
         try:

@@ -272,6 +272,26 @@ def test_a_resolver_names_a_guest_module_by_its_path_in_the_sandbox(broken_plugi
         assert r.run("f") == ["vendored", "/vendor/mylib.py"]
 
 
+@pytest.mark.parametrize("closed, mode", [("", 0o700), ("index.py", 0o600)])
+def test_a_call_file_the_sandbox_may_not_read_is_an_invalid_request_saying_so(runner, closed, mode):
+    # It was "Cannot find module 'index'": the daemon (root) found the file, the guest's user
+    # could not read it.
+    r = runner({"index.py": "def f():\n    return 1\n"})
+    os.chmod(os.path.join(r.root, closed), mode)
+    with pytest.raises(errors.InvalidRequest, match="file 'index.py' cannot be read by the sandbox's user"):
+        r.run("f")
+
+
+def test_a_module_the_sandbox_may_not_read_is_a_permission_error_not_a_missing_module(runner):
+    # "Cannot find module 'pkg.sub'": the file is there, its mode keeps the guest's user out
+    r = runner({"index.py": "def f():\n    import pkg.sub\n", "pkg/__init__.py": "", "pkg/sub.py": "X = 1\n"})
+    os.chmod(os.path.join(r.root, "pkg", "sub.py"), 0o600)
+    with pytest.raises(errors.GuestError) as failure:
+        r.run("f")
+    assert failure.value.type_name == "PermissionError"
+    assert "the sandbox's user may not read it" in failure.value.message and "/pkg/sub.py" in failure.value.message
+
+
 def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
     r = runner({"index.py": "import lib.util\ndef f():\n    return lib.util.V\n", "lib/util.py": "V = 'util'\n"})
     assert r.run("f") == "util"
