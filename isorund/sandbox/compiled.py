@@ -91,6 +91,9 @@ def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.
         return None
     with builtins.open(fd, "rb") as f:
         try:
+            if os.fstat(fd).st_size > _largest_entry(source):
+                return None  # read whole, it would spend the guest's memory before its first line
+
             if not _stamp_matches(f.read(16), source, mtime):
                 return None  # an entry for another source or interpreter: its code is not read
             body = f.read()
@@ -101,6 +104,12 @@ def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.
     except (EOFError, ValueError, TypeError):
         return None
     return _renamed(code, filename) if isinstance(code, types.CodeType) else None
+
+
+def _largest_entry(source: bytes) -> int:
+    """What a ``__pycache__`` entry of ``source`` may weigh: compiled code takes about as many
+    bytes as its source (0.5-2×); one far past that was not made by compiling it."""
+    return 64 * 1024 + 32 * len(source)
 
 
 def _stamp_matches(header: bytes, source: bytes, mtime: float) -> bool:

@@ -286,6 +286,21 @@ def test_no_cache_is_read_for_a_compiler_plugins_sources_or_other_extensions(tmp
     assert compiled.cached_code(str(tmp_path / "g.guest"), b"X = 'guest'\n", 0, "/g.guest") is None
 
 
+def test_a_cache_entry_far_larger_than_its_source_is_not_read(tmp_path):
+    # A sparse 700 MiB entry with a matching stamp was read whole: the call ran out of memory
+    # before its first line. Compiled code weighs about what its source does.
+    write(tmp_path, {"m.py": "X = 'cached'\n"})
+    precompile(tmp_path / "m.py")
+    entry = importlib.util.cache_from_source(str(tmp_path / "m.py"))
+    same_size_edit(tmp_path / "m.py", "X = 'source'\n")
+    assert load(tmp_path).X == "cached"
+    with open(entry, "r+b") as f:
+        f.truncate(700 << 20)  # (marshal ignores what follows the code; a hole takes no disk)
+    source = (tmp_path / "m.py").read_bytes()
+    assert compiled.cached_code(str(tmp_path / "m.py"), source, (tmp_path / "m.py").stat().st_mtime, "/m.py") is None
+    assert load(tmp_path).X == "source"
+
+
 def _no_compile(*args, **kwargs):
     raise AssertionError("compiled, though a valid cache entry was there")
 
