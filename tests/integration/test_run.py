@@ -373,8 +373,11 @@ def test_cli_interrupted_during_a_call_cancels_it_without_a_traceback(daemon, ma
     # Ctrl-C showed a KeyboardInterrupt traceback.
     root = make_root({"rules.py": "import time\ndef slow_for_ctrl_c():\n    print('started', flush=True)\n"
                                   "    time.sleep(30)\n"})
+    # As from a terminal: a shell without job control starts a background command (pytest
+    # itself, in CI) with SIGINT ignored, which Python then leaves ignored in the CLI.
     process = _cli_process("--root", root, "--file", "rules.py", "--external", "time", "slow_for_ctrl_c",
-                           socket=daemon.socket, stdout=subprocess.PIPE)
+                           socket=daemon.socket, stdout=subprocess.PIPE,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stderr.readline() == "started\n"  # the guest is running
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=20)
