@@ -47,6 +47,7 @@ class Exit:
     """How a sandbox ended, as its zygote saw it when reaping it."""
     status: int | None = None  # exit code, or 128 + the signal that ended it
     cpu_seconds: float = 0.0   # its CPU time (its own and its reaped children's)
+    peak_memory_bytes: int = 0  # its peak RSS (or its largest reaped child's)
     cause: str = ""            # ZYGOTE_LOST or OOM_KILLED, when known
 
 
@@ -366,6 +367,7 @@ class Zygote:
         future = self.exits.pop(exited["pid"], None)
         if future is not None and not future.done():
             future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
+                                   exited.get("peak_memory_bytes", 0),
                                    OOM_KILLED if exited.get("limit") == "memory" else ""))
         self._forget_if_pooled(exited["pid"], exited["status"])
 

@@ -27,6 +27,7 @@ Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
 CONSOLE_KINDS = ("console", "console_batch")
 RUNNING = pb.RunEvent(running=pb.Running())
+REAPED_WITHIN = 1.0  # seconds to wait for the zygote to say how a sandbox the call lost ended
 
 
 async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: bool,
@@ -63,8 +64,10 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
     except TimeoutError:
         cut = f"the client's deadline passed after {budget:.3g} s of the call's" if budget < plan.timeout_seconds \
             else "the call did not finish within its"
-        return _failure(Failure(kind=Failure.TIMEOUT, message=(
+        timed_out = _failure(Failure(kind=Failure.TIMEOUT, message=(
             f"{cut} {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
+        _kill(sandbox, isolated)
+        return _with_usage(timed_out, await _reaped(sandbox))
     except RequestError:
         raise
     except ConnectionError:
@@ -74,8 +77,29 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
         return _failure(_failure_of(e), started)
     finally:
-        sandbox.kill_group() if not isolated else sandbox.kill()
+        _kill(sandbox, isolated)
         sandbox.close()
+
+
+def _kill(sandbox: Sandbox, isolated: bool) -> None:
+    sandbox.kill_group() if not isolated else sandbox.kill()
+
+
+async def _reaped(sandbox: Sandbox) -> Exit:
+    """How the sandbox ended, as its zygote reaped it; an unknown ``Exit`` if it does not say
+    within ``REAPED_WITHIN`` (a stalled zygote)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(sandbox.exited), REAPED_WITHIN)
+    except TimeoutError:
+        return Exit()
+
+
+def _with_usage(outcome: sb.RelayedOutcome, end: Exit) -> sb.RelayedOutcome:
+    """A call the sandbox did not answer has no usage of its own report: the kernel's account,
+    as its zygote reaped it, says what it used (a guest spinning to its timeout had cpu 0)."""
+    outcome.usage.cpu_seconds = end.cpu_seconds
+    outcome.usage.peak_memory_bytes = end.peak_memory_bytes
+    return outcome
 
 
 async def _send_plan(sandbox: Sandbox, plan, request: bytes, isolated: bool) -> None:
@@ -244,10 +268,12 @@ async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.Relaye
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
     if sandbox.aborted:
         return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
-    try:
-        end = await asyncio.wait_for(asyncio.shield(sandbox.exited), 1.0)
-    except TimeoutError:
-        end = Exit()
+    end = await _reaped(sandbox)
+    return _with_usage(_how_it_died(end, started, cpu_limit), end)
+
+
+def _how_it_died(end: Exit, started: float, cpu_limit: float) -> sb.RelayedOutcome:
+    """The failure that a sandbox's end without an outcome stands for."""
     if end.cause == ZYGOTE_LOST:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "

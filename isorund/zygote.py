@@ -13,7 +13,8 @@ Control messages, one JSON object per packet:
                       {"hello": {...}} or {"fatal": msg}  once, after start
                       {"fatal": msg}                      before it dies of a failed spawn
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
-                      {"exited": {"pid": P, "status": S, "cpu_seconds": C}}  a sandbox exited
+                      {"exited": {"pid": P, "status": S, "cpu_seconds": C, "peak_memory_bytes": M}}
+                                                                      a sandbox exited
                       {"exited": {..., "limit": "memory"}}           … killed by the cgroup's OOM killer
 The zygote reaps its sandboxes (it is their parent) and recycles their host ids and cgroups.
 """
@@ -178,7 +179,8 @@ class Zygote:
             if host_id is not None:
                 self.host_ids.release(host_id)
             exited = {"pid": pid, "status": _exit_status(status),
-                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6)}
+                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
+                      "peak_memory_bytes": usage.ru_maxrss * 1024}
             if self.release_group(pid):
                 exited["limit"] = "memory"
             _send(self.control, {"exited": exited})

@@ -10,18 +10,8 @@ import sys
 
 import pytest
 
+from escaped import ESCAPED
 from isorun import errors
-
-# Guest code that has escaped to the os module's globals (its real sys, its real builtins), as
-# every isolation test assumes a guest can: what the runtime must withstand.
-ESCAPED = """
-        def _os_globals():
-            for klass in object.__subclasses__():
-                for member in vars(klass).values():
-                    found = getattr(member, "__globals__", None)
-                    if isinstance(found, dict) and found.get("__name__") == "os":
-                        return found
-"""  # (indented as the sources it is put in front of)
 
 
 def test_a_bound_method_a_classmethod_and_a_callable_object_are_called_like_functions(runner):

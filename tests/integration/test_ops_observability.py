@@ -15,6 +15,7 @@ import psutil
 import pytest
 from google.protobuf import struct_pb2
 
+from escaped import ESCAPED
 from isorun import CodeRunner, errors
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import runner_pb2_grpc
@@ -99,6 +100,38 @@ def test_every_outcome_carries_the_id_of_its_log_line(start_daemon, make_root):
     assert answered.failure.kind == pb.Failure.GUEST_EXCEPTION
     ids = [line["id"] for line in d.calls()]
     assert [timed_out.call_id, answered.call_id] == ids
+
+
+def test_a_call_its_sandbox_did_not_answer_reports_what_the_kernel_counted(start_daemon, make_root):
+    # A guest that spins to its timeout, or leaves without an outcome, reports no usage itself:
+    # the log line and the Outcome said 0 ms of CPU and 0 bytes for a guest that had spent its
+    # whole second. They are now the kernel's account of the sandbox, as its zygote reaped it.
+    d = start_daemon()
+    root = make_root({"index.py": ESCAPED + """
+        def spin():
+            while True:
+                pass
+
+        def spin_then_vanish():
+            os = _os_globals()["sys"].modules["os"]
+            while os.times().user < 0.3:
+                pass
+            os._exit(5)
+    """})
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        timed_out = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="spin", timeout_seconds=1.5),
+                             timeout=30).outcome
+        vanished = stub.Run(pb.RunRequest(root=root, file="index.py", func_name="spin_then_vanish"), timeout=30).outcome
+    assert timed_out.failure.kind == pb.Failure.TIMEOUT, timed_out.failure
+    assert vanished.failure.kind == pb.Failure.SANDBOX and "exit status 5" in vanished.failure.message, vanished
+    for outcome in (timed_out, vanished):
+        assert outcome.usage.cpu_seconds >= 0.3, outcome.usage
+        assert outcome.usage.peak_memory_bytes > 1 << 20, outcome.usage
+    lines = d.calls()
+    assert [line["outcome"] for line in lines] == ["timeout", "sandbox"]
+    assert [(line["cpu_ms"], line["peak_memory_bytes"]) for line in lines] == [
+        (round(o.usage.cpu_seconds * 1000, 3), o.usage.peak_memory_bytes) for o in (timed_out, vanished)]
 
 
 def test_the_metrics_endpoint_is_off_by_default(daemon):
