@@ -266,14 +266,14 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
 
 async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.RelayedOutcome:
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
-    if sandbox.aborted:
-        return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
     end = await _reaped(sandbox)
-    return _with_usage(_how_it_died(end, started, cpu_limit), end)
+    return _with_usage(_how_it_died(sandbox, end, started, cpu_limit), end)
 
 
-def _how_it_died(end: Exit, started: float, cpu_limit: float) -> sb.RelayedOutcome:
+def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) -> sb.RelayedOutcome:
     """The failure that a sandbox's end without an outcome stands for."""
+    if sandbox.aborted:  # the daemon killed it on purpose (the end of the shutdown grace)
+        return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
     if end.cause == ZYGOTE_LOST:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "

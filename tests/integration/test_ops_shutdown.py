@@ -188,6 +188,9 @@ def test_a_call_past_the_grace_is_killed_with_a_clear_error(start_daemon, make_r
         assert time.monotonic() < deadline, "a sandbox outlived the daemon"
         time.sleep(0.05)
     assert '"event": "grace_expired", "killed_calls": 1' in d.log()
+    # what the killed call's sandbox used is the kernel's account (it reported none itself)
+    [killed] = d.calls("nap")
+    assert killed["outcome"] == "sandbox" and killed["peak_memory_bytes"] > 1 << 20, killed
 
 
 def test_no_new_call_is_accepted_once_shutdown_begins(start_daemon, make_root):
