@@ -93,7 +93,6 @@ def cached_code(path: str, source: bytes, mtime: float, filename: str) -> types.
         try:
             if os.fstat(fd).st_size > _largest_entry(source):
                 return None  # read whole, it would spend the guest's memory before its first line
-
             if not _stamp_matches(f.read(16), source, mtime):
                 return None  # an entry for another source or interpreter: its code is not read
             body = f.read()
