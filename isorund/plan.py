@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
+from isorund import named_pipes
 from isorund.config import MIN_LIMITS
 from isorund.sandbox import filesystem
 from isorund.sandbox.importer import python_name
@@ -51,6 +52,8 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
     _context_names(request.context)
     external = _modules(request.external)
     whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
+    for folder, what in [(root, "root"), *((p, f"whitelisted_paths[{i}]") for i, p in enumerate(whitelisted))]:
+        _without_pipes(folder, what)
     _plugin(request.compiler, config.plugins.compilers, "compiler")
     _plugin(request.resolver, config.plugins.resolvers, "resolver")
     _plugin(request.args_resolver, config.plugins.args_resolvers, "args_resolver")
@@ -172,6 +175,17 @@ def _folder(path: str, what: str) -> str:
         raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
                            "sockets the guest could connect to")
     return real
+
+
+def _without_pipes(folder: str, what: str) -> None:
+    try:
+        pipe = named_pipes.find_pipe(folder)
+    except named_pipes.TooManyFolders:
+        raise RequestError(f"{what} {folder!r} holds more than {named_pipes.MAX_FOLDERS} folders, more than a "
+                           "call is given (each is checked for named pipes on every call)") from None
+    if pipe is not None:
+        raise RequestError(f"{what} {folder!r} holds a named pipe, {pipe!r}: a pipe stays writable through "
+                           "a read-only mount, so a folder holding one is not given to a guest")
 
 
 def _plugin(name: str, configured: dict, what: str) -> None:

@@ -2,12 +2,15 @@
 folder, and a private /tmp that vanishes with the call."""
 import os
 import secrets
+import shutil
 import sysconfig
 from pathlib import Path
 
 import pytest
 
 from isorun import CodeRunner, errors
+
+ATTACKS = Path(__file__).resolve().parent / "attacks"
 
 
 @pytest.fixture
@@ -110,6 +113,51 @@ def test_a_call_file_linking_outside_the_root_is_refused(secure_daemon, tmp_path
     with CodeRunner(root=str(root), file="index.py", socket=secure_daemon.socket) as runner:
         with pytest.raises(errors.InvalidRequest):
             runner.run("attack")
+
+
+@pytest.fixture
+def host_pipe_reader():
+    """host_pipe_reader(path) -> a named pipe at ``path`` (mode 0666) that a host service reads;
+    ``.received()`` is what was written into it."""
+    opened = []
+
+    def make(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkfifo(path, 0o666)
+        os.chmod(path, 0o666)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # as a service waiting on it would
+        opened.append(fd)
+
+        def received():
+            try:
+                return os.read(fd, 4096)
+            except BlockingIOError:
+                return b""
+        make.received = received
+        return path
+    yield make
+    for fd in opened:
+        os.close(fd)
+
+
+def test_a_folder_holding_a_host_services_named_pipe_is_not_given_to_a_call(
+        attack, secure_daemon, tmp_path, host_pipe_reader):
+    """A pipe opens for writing through a read-only mount: without the daemon's check the guest
+    wrote its 14 bytes into the service's pipe, through a whitelisted folder and through /guest."""
+    pipe = host_pipe_reader(str(tmp_path / "service" / "run" / "feed"))
+    with pytest.raises(errors.InvalidRequest, match="whitelisted_paths.* holds a named pipe, '.*/service/run/feed'"):
+        attack("named_pipes", args=[[pipe]], whitelisted_paths=[str(tmp_path / "service")])
+    assert host_pipe_reader.received() == b""
+
+    root = tmp_path / "tenant"
+    root.mkdir(mode=0o755)
+    for name in ("escape.py", "named_pipes.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    host_pipe_reader(str(root / "run" / "feed"))
+    with CodeRunner(root=str(root), file="named_pipes.py", socket=secure_daemon.socket) as runner:
+        with pytest.raises(errors.InvalidRequest, match="root .* holds a named pipe, '.*/tenant/run/feed'"):
+            runner.run("attack", args=[["/guest/run/feed"]])
+    assert host_pipe_reader.received() == b""
 
 
 def _top_folders_of_the_interpreter():
