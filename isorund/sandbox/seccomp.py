@@ -9,13 +9,15 @@ meets exactly the whole filter; loading the long part off the call's path saves 
 check and JIT of it there (about 0.3 ms).
 
 It is a deny list on top of the other layers, not the only wall: what it lets through still
-meets an unprivileged uid with no capabilities, in namespaces of its own. Two exceptions to
+meets an unprivileged uid with no capabilities, in namespaces of its own. Three exceptions to
 "EPERM, not a kill":
 - a system call made through another ABI than the native one (``int 0x80``, i386 numbers on
   x86_64) kills the whole process: the deny list is written for native numbers only, and no
   Python program makes such calls by accident;
 - ``clone3`` fails with ENOSYS, because its flags live in memory seccomp cannot read; libc
-  then falls back to ``clone``, whose flags are checked.
+  then falls back to ``clone``, whose flags are checked; so does ``futex_waitv``;
+- a futex wait on a shared futex fails with EAGAIN, which its callers retry (see
+  ``FUTEX_SHARED_WAITS``).
 """
 from __future__ import annotations
 
@@ -93,7 +95,9 @@ RLIMIT_CORE = resource.RLIMIT_CORE
 # waiters of a shared futex (see FUTEX_SHARED_DENIED); no libc uses it.
 DENIED_BY_NUMBER = {"x86_64": {"open_tree_attr": 467, "futex_requeue": 456},
                     "aarch64": {"open_tree_attr": 467, "futex_requeue": 456}}
-FUTEX_WAKE_NUMBER = 454  # futex_wake(uaddr, mask, nr, flags), the same on x86_64 and aarch64
+# the futex2 calls, the same on x86_64 and aarch64: futex_waitv(waiters, nr, flags, timeout,
+# clockid), futex_wake(uaddr, mask, nr, flags), futex_wait(uaddr, val, mask, flags, timeout, clockid)
+FUTEX_WAITV_NUMBER, FUTEX_WAKE_NUMBER, FUTEX_WAIT_NUMBER = 449, 454, 455
 NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                    CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME)
 # socket() and socketpair() may only make IPv4 and IPv6 sockets (all of them local: the
@@ -141,14 +145,20 @@ FCNTL_DENIED = {"F_GETLK": 5, "F_SETLK": 6, "F_SETLKW": 7, "F_OFD_GETLK": 36, "F
                 "F_OFD_SETLKW": 38, "F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_NOTIFY": 1026}
 # A futex in a shared mapping of a file is keyed by the file: two calls that map the same
 # library file could wake each other. Every futex operation that wakes, requeues or locks is
-# denied unless it carries FUTEX_PRIVATE_FLAG (which Python's and libc's own locks do); a shared
-# wait stays allowed, because libc's pthread_join waits on one the kernel wakes at thread exit.
+# denied unless it carries FUTEX_PRIVATE_FLAG (which Python's and libc's own locks do). That
+# does not stop every wake: when a thread ends, the kernel wakes its clear-child-tid address as
+# a shared futex, and set_tid_address names any address. So a shared wait does not sleep
+# either: it fails at once with EAGAIN, which says "the word changed, read it again", and its
+# callers (libc's pthread_join, process-shared locks) read it again and wait again: they spin
+# instead of sleeping, and a timed one ignores its timeout. futex_waitv, whose flags are in
+# memory, fails with ENOSYS, as if the kernel had none (its users fall back to futex).
 # The mask leaves out FUTEX_CLOCK_REALTIME and the upper 32 bits (`op` is an int).
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 FUTEX_SHARED_DENIED = {"FUTEX_WAKE": 1, "FUTEX_FD": 2, "FUTEX_REQUEUE": 3, "FUTEX_CMP_REQUEUE": 4,
                        "FUTEX_WAKE_OP": 5, "FUTEX_LOCK_PI": 6, "FUTEX_UNLOCK_PI": 7,
                        "FUTEX_TRYLOCK_PI": 8, "FUTEX_WAKE_BITSET": 10, "FUTEX_WAIT_REQUEUE_PI": 11,
                        "FUTEX_CMP_REQUEUE_PI": 12, "FUTEX_LOCK_PI2": 13}
+FUTEX_SHARED_WAITS = {"FUTEX_WAIT": 0, "FUTEX_WAIT_BITSET": 9}
 LOW_32_BITS = 0xFFFFFFFF
 # The page cache of the shared files is shared too. A guest that evicts a library file's pages
 # (fadvise DONTNEED needs only read access) and later reads it with RWF_NOWAIT (which fails
@@ -241,6 +251,12 @@ def _deny_shared_state(f, deny, seccomp) -> None:
     f.add_rule(deny, "setrlimit", low(0, RLIMIT_CORE))
     # futex_wake's flags name a shared futex unless they hold FUTEX2_PRIVATE (the same bit)
     f.add_rule(deny, FUTEX_WAKE_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
+    word_changed = seccomp.ERRNO(errno.EAGAIN)
+    for operation in FUTEX_SHARED_WAITS.values():
+        f.add_rule(word_changed, "futex",
+                   seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME, operation))
+    f.add_rule(word_changed, FUTEX_WAIT_NUMBER, seccomp.Arg(3, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), FUTEX_WAITV_NUMBER)
 
 
 def _low_32_bits(seccomp, index: int, value: int):

@@ -12,7 +12,9 @@ F_GETFL, F_GETLK, F_SETLK, F_OFD_GETLK, F_OFD_SETLK = 3, 5, 6, 36, 37
 F_SETLEASE, F_NOTIFY = 1024, 1026
 F_RDLCK, DN_ACCESS, DN_MULTISHOT = 0, 0x1, 0x80000000
 LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
-FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAKE_BITSET = 0, 1, 10
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
+FUTEX_WAITV, FUTEX_WAIT2, CLOCK_MONOTONIC = 449, 455, 1
+SET_TID_ADDRESS = 218
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 HIGH_BIT = 1 << 32
 _kept = []  # what the kernel is handed an address of, alive as long as the call
@@ -107,8 +109,17 @@ def attack():
         "private futex_wake": _try(FUTEX_WAKE2, word, 0xFFFFFFFF, 1, 2 | FUTEX_PRIVATE_FLAG),
         "fadvise SEQUENTIAL": _try(FADVISE, fd, 0, 0, POSIX_FADV_SEQUENTIAL),
         "preadv2": _try(PREADV2, fd, _iovec(), 1, 0, 0, 0).split(" ")[0],
-        "shared FUTEX_WAIT": _try(FUTEX, word, FUTEX_WAIT, _current(word), _timeout(0), 0, 0),
         "thread joined": _thread_joins(),
+        "libc's pthread_join": _libc_thread_joins(),
+        # a shared wait returns at once, as if the word had changed (a thread's end wakes one)
+        "shared FUTEX_WAIT": _try(FUTEX, word, FUTEX_WAIT, _current(word), _timeout(0), 0, 0),
+        "shared FUTEX_WAIT_BITSET": _try(FUTEX, word, FUTEX_WAIT_BITSET, _current(word), _timeout(0), 0, 0xFFFFFFFF),
+        "shared FUTEX_WAIT, high bits set": _try(FUTEX, word, HIGH_BIT | FUTEX_WAIT, _current(word), _timeout(0), 0, 0),
+        "shared futex_wait": _try(FUTEX_WAIT2, word, _current(word), 0xFFFFFFFF, 2, _timeout(0), CLOCK_MONOTONIC),
+        "futex_waitv": _try(FUTEX_WAITV, _buffer(24), 1, 0, _timeout(0), CLOCK_MONOTONIC),
+        "private FUTEX_WAIT": _try(FUTEX, word, FUTEX_WAIT | FUTEX_PRIVATE_FLAG, _current(word), _timeout(0), 0, 0),
+        "private futex_wait": _try(FUTEX_WAIT2, word, _current(word), 0xFFFFFFFF, 2 | FUTEX_PRIVATE_FLAG,
+                                   _timeout(0), CLOCK_MONOTONIC),
     }
 
 
@@ -119,6 +130,21 @@ def _thread_joins() -> str:
     thread.start()
     thread.join(10)
     return "yes" if seen and not thread.is_alive() else "no"
+
+
+def _libc_thread_joins() -> str:
+    """A thread started and joined by libc itself: pthread_join waits on a shared futex, the
+    thread's id, which the kernel clears and wakes when the thread ends."""
+    ctypes, time = real_import("ctypes"), real_import("time")
+    libc = ctypes.CDLL(None, use_errno=True)
+    body = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(lambda _: time.sleep(0.2))
+    _kept.append(body)
+    thread = ctypes.c_ulong()
+    if libc.pthread_create(ctypes.byref(thread), None, body, None) != 0:
+        return "not started"
+    started = time.monotonic()
+    result = libc.pthread_join(thread, None)
+    return f"joined ({result}) after the thread's sleep" if time.monotonic() - started >= 0.15 else "joined early"
 
 
 def waiter(seconds: int):
@@ -141,3 +167,15 @@ def sweep(fcntl_commands, futex_ops):
     results = {f"fcntl {command}": _try(FCNTL, fd, command, lock) for command in fcntl_commands}
     results.update({f"futex {op}": _try(FUTEX, word, op, 0, 0, 0, 0) for op in futex_ops})
     return results
+
+
+def thread_exit_waker():
+    """Wakes the same futex past the filter: a thread names os.py's first word as its
+    clear-child-tid address (set_tid_address) and ends; the kernel wakes that address, as a
+    shared futex, when a thread of a process of many ends."""
+    word = _mapped_word(_library_file())
+    threading = real_import("threading")
+    thread = threading.Thread(target=lambda: syscall(SET_TID_ADDRESS, word))
+    thread.start()
+    thread.join()
+    return "ended"
