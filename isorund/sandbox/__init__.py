@@ -29,6 +29,7 @@ kills still end it.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import resource
 import select
@@ -163,11 +164,15 @@ def _rearm_parent_death_signal(zygote_pidfd: int) -> None:
 
 
 def _call_limits(lim) -> limits.Limits:
-    """The call's limits; its CPU seconds count from now, not from when the pool made it."""
+    """The call's limits; its CPU seconds count from now, not from when the pool made it.
+
+    RLIMIT_CPU counts whole seconds of the process's life, so only the whole seconds the pool
+    used are added: adding its few milliseconds too rounded a limit of N seconds up to N + 1.
+    The guest gets N seconds less those milliseconds."""
     used = resource.getrusage(resource.RUSAGE_SELF)
     return limits.Limits(memory_bytes=lim.memory_bytes, max_processes=lim.max_processes,
                          max_open_files=lim.max_open_files, max_file_bytes=lim.max_file_bytes,
-                         cpu_seconds=lim.cpu_seconds + used.ru_utime + used.ru_stime)
+                         cpu_seconds=lim.cpu_seconds + math.floor(used.ru_utime + used.ru_stime))
 
 
 def _redirect_std_fds(path: str) -> None:

@@ -31,11 +31,14 @@ def test_memory_bomb_is_a_memory_limit_error(attack):
     assert raised.value.limit == "memory"
 
 
-def test_cpu_spin_ends_at_cpu_seconds(attack):
+def test_cpu_spin_ends_at_cpu_seconds(attack, secure_daemon):
     # A limit error, not RuntimeTimeoutError: the CPU limit (2 s) ended it, not the 20 s timeout.
     with pytest.raises(errors.ResourceLimitError) as raised:
         attack("cpu_spin", timeout=20)
     assert raised.value.limit == "cpu"
+    # ... at 2 s, not 3: the pool's milliseconds once rounded the limit up a whole second
+    spent = secure_daemon.calls("attack")[-1]["cpu_ms"] / 1000
+    assert secure_daemon.limits["cpu_seconds"] - 0.5 < spent < secure_daemon.limits["cpu_seconds"] + 0.3
 
 
 @pytest.mark.parametrize("func", ["attack_exiting_on_sigxcpu", "attack_in_its_exceptions_str"])
