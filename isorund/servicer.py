@@ -38,7 +38,11 @@ class Malformed:
         self.error = error
 
 
-def _lenient(message_class):
+def _lenient(message_class, public_class=None):
+    """Parses a request as ``message_class``; the error names ``public_class``, the message of
+    the .proto the client knows, when the daemon reads it as its wire twin."""
+    public_name = (public_class or message_class).DESCRIPTOR.full_name
+
     def parse(data: bytes):
         try:
             return message_class.FromString(data)
@@ -46,7 +50,7 @@ def _lenient(message_class):
             # its text only: the exception's traceback holds this frame, and so the request's
             # bytes, in a cycle only a full collection frees (32 malformed 50 MiB requests
             # kept 1.6 GiB, seen)
-            return Malformed(str(e))
+            return Malformed(str(e).replace(message_class.DESCRIPTOR.full_name, public_name))
     return parse
 
 
@@ -151,9 +155,9 @@ def runner_handler(servicer: RunnerServicer) -> grpc.GenericRpcHandler:
     methods = RUNNER.methods_by_name
     handlers = {
         "Run": grpc.unary_unary_rpc_method_handler(
-            servicer.Run, _lenient(sb.RelayedRunRequest), sb.RelayedRunResponse.SerializeToString),
+            servicer.Run, _lenient(sb.RelayedRunRequest, pb.RunRequest), sb.RelayedRunResponse.SerializeToString),
         "RunStream": grpc.unary_stream_rpc_method_handler(
-            servicer.RunStream, _lenient(sb.RelayedRunRequest), _encoded),
+            servicer.RunStream, _lenient(sb.RelayedRunRequest, pb.RunRequest), _encoded),
         "GetCapabilities": grpc.unary_unary_rpc_method_handler(
             servicer.GetCapabilities, _lenient(pb.GetCapabilitiesRequest), pb.Capabilities.SerializeToString),
     }

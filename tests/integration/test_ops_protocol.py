@@ -56,6 +56,7 @@ def assert_still_serving(daemon, make_root) -> None:
 def test_bytes_that_are_no_request_are_invalid_argument(raw, daemon, make_root, payload, words):
     code, details = raw(payload)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details
+    assert "Relayed" not in details  # the daemon's wire twin of the message (it read so before)
     assert_still_serving(daemon, make_root)
 
 
