@@ -25,8 +25,10 @@ MAX_POOL_SIZE = 256
 # The sandbox reads its plan (the whole request) in one frame of at most 256 MiB.
 MAX_MESSAGE_BYTES = 256 * MiB
 # Below these, a call fails for a reason its error would not name: the runtime holds four
-# descriptors (stdin, stdout, stderr and its channel) and opens each source file it imports.
-MIN_LIMITS = {"max_open_files": 8}
+# descriptors (stdin, stdout, stderr and its channel) and opens each source file it imports;
+# a sandbox maps about 36 MiB before its guest allocates anything, so a smaller address space
+# is no limit but a broken call (one that allocated nothing succeeded with 1 byte).
+MIN_LIMITS = {"max_open_files": 8, "memory_bytes": 48 * MiB}
 
 DEFAULT_EXTERNAL = (
     "abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections",
@@ -55,7 +57,7 @@ def default_socket() -> str:
 @dataclass(frozen=True)
 class LimitsConfig:
     """Per-call limits; a request may lower each of them, never raise it."""
-    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes about 35 MiB of it (more with large plugins); the daemon does not start when its self-test call cannot take 8 MiB more.")
+    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes about 36 MiB of it (more with large plugins), so it is at least 48 MiB, in the config and in a request; the daemon does not start when its self-test call cannot take 8 MiB more.")
     max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
     max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
     max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")

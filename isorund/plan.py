@@ -214,12 +214,18 @@ def _limits(asked: pb.Limits, defaults, timeout: float) -> pb.Limits:
             if not math.isfinite(value) or value < 0:
                 raise RequestError(f"limits.cpu_seconds must be >= 0, got {value}")
         if value and value > default:
-            raise RequestError(f"limits.{f.name} may only lower the daemon's limit ({default:g}), got {value:g}")
+            raise RequestError(f"limits.{f.name} may only lower the daemon's limit ({_number(default)}), "
+                               f"got {_number(value)}")
         if value and value < MIN_LIMITS.get(f.name, 0):
             raise RequestError(f"limits.{f.name} must be at least {MIN_LIMITS[f.name]} (what the runtime "
-                               f"itself needs), got {value:g}")
+                               f"itself needs), got {_number(value)}")
         setattr(out, f.name, value or default)
     return out
+
+
+def _number(value: float) -> str:
+    """A limit as its user wrote it: bytes whole (not 5.36871e+08), seconds as short as exact."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _bounded(values, what: str):

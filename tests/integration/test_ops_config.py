@@ -27,6 +27,8 @@ def isorund(*args: str) -> subprocess.CompletedProcess:
     ("[limits]\nmemory = 1\n", "unknown config key 'limits.memory'"),
     ('queue_size = "lots"\n', "config key 'queue_size' must be an int, got 'lots'"),
     ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0) and <= 1e+06, got 1.0"),
+    # less than the runtime maps: the self-test below said so only when it had to allocate
+    ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' must be >= 50331648, got 16777216"),
 ])
 def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemon, config, message):
     assert f"isorund: {message}" in refused_start(start_daemon, config, status=2)
@@ -40,10 +42,18 @@ def refused_start(start_daemon, config: str, status: int) -> str:
     return d.log()
 
 
+def test_an_address_space_the_plugins_leave_no_room_in_stops_the_start_naming_the_key(start_daemon, tmp_path):
+    """A sandbox maps what the zygote imported, plugins included, before its guest allocates
+    anything: with less room than the self-test's 8 MiB, the daemon started (its self-test had
+    needed no new memory) and calls that allocate failed."""
+    (tmp_path / "heavy.py").write_text("BALLAST = bytearray(64 << 20)\n\ndef compile(source, filename):\n"
+                                       "    return source\n")
+    log = refused_start(start_daemon, f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nts = "heavy:compile"\n'
+                                      "[limits]\nmemory_bytes = 67108864\n", status=1)
+    assert "config key 'limits.memory_bytes' (67108864) leaves a call no memory" in log
+
+
 @pytest.mark.parametrize("config, message", [
-    # a sandbox maps about 35 MiB before its guest allocates anything: with less, the daemon
-    # started (its self-test needed no new memory) and calls that allocate failed
-    ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' (16777216) leaves a call no memory"),
     # it said "cannot build a sandbox on this host"
     ("default_timeout = 0.001\n", "the self-test call did not finish within default_timeout (0.001 s)"),
     # it said "cannot build a sandbox on this host: value is too large …"

@@ -105,7 +105,16 @@ def test_limits_may_only_be_lowered(config, root):
     p = plan.build(request(root, limits=pb.Limits(memory_bytes=64 << 20)), config)
     assert p.limits.memory_bytes == 64 << 20
     refused(config, request(root, limits=pb.Limits(memory_bytes=config.limits.memory_bytes + 1)),
-            "limits.memory_bytes may only lower")
+            rf"limits.memory_bytes may only lower the daemon's limit \(536870912\), got 536870913$")
+
+
+@pytest.mark.parametrize("asked", [1, 16 << 20, (48 << 20) - 1])
+def test_an_address_space_smaller_than_the_runtime_is_refused(config, root, asked):
+    # a sandbox maps ~36 MiB before the guest allocates: 1 byte was accepted, and a call that
+    # allocated nothing new succeeded under it
+    refused(config, request(root, limits=pb.Limits(memory_bytes=asked)),
+            f"limits.memory_bytes must be at least 50331648 .*, got {asked}$")
+    assert plan.build(request(root, limits=pb.Limits(memory_bytes=48 << 20)), config).limits.memory_bytes == 48 << 20
 
 
 @pytest.mark.parametrize("asked", [-1.0, float("nan"), float("inf"), float("-inf")])
