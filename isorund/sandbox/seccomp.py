@@ -132,6 +132,10 @@ BUFFER_OPTIONS = {"SO_SNDBUF": socket.SO_SNDBUF, "SO_RCVBUF": socket.SO_RCVBUF,
 PROGRAM_OPTIONS = {"SO_ATTACH_FILTER": 26, "SO_ATTACH_BPF": 50, "SO_ATTACH_REUSEPORT_CBPF": 51,
                    "SO_ATTACH_REUSEPORT_EBPF": 52}
 PR_SET_SECCOMP = 22
+# The peer of the guest's channel is a process of the host: SO_PEERPIDFD handed the guest a
+# pidfd of it (the kernel then refused it a signal, EINVAL), and SO_PASSPIDFD would attach one
+# to each message it receives. No guest needs a handle on a process it cannot see.
+PEER_PIDFD_OPTIONS = {"getsockopt": ("SO_PEERPIDFD", 77), "setsockopt": ("SO_PASSPIDFD", 76)}
 # A TCP upper-layer protocol (kTLS, espintcp) is kernel code an unprivileged process reaches by
 # naming it (CVE-2023-0461, a use-after-free through it, needed no privilege); Python's ssl
 # module encrypts in user space and never sets one.
@@ -229,6 +233,8 @@ def _limit_sockets(f, deny, seccomp) -> None:
     for option in (*BUFFER_OPTIONS.values(), *PROGRAM_OPTIONS.values()):  # (fd, level, optname, …)
         f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))
     f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, TCP_ULP))
+    for call, (_, option) in PEER_PIDFD_OPTIONS.items():
+        f.add_rule(deny, call, low(1, SOL_SOCKET), low(2, option))
 
 
 def _deny_shared_state(f, deny, seccomp) -> None:

@@ -130,6 +130,13 @@ def test_daemon_and_zygote_cannot_be_signalled_or_traced(attack, secure_daemon):
     assert zygote_of(secure_daemon).pid == zygote.pid
 
 
+def test_the_channel_hands_the_guest_no_pidfd_of_its_peer(attack):
+    """Before the filter denied it, SO_PEERPIDFD gave the guest a pidfd of the host process
+    at the other end of its channel (the kernel then refused it a signal, EINVAL)."""
+    results = attack("signal_and_trace", "peer_pidfd")
+    assert results and set(results.values()) == {"EPERM"}, results
+
+
 def test_concurrent_calls_cannot_reach_each_other(attack, secure_daemon, every_sandbox_process):
     """Two tenants at once: the attacker knows the victim's host pid and still cannot touch it."""
     outcome, printed = {}, []

@@ -1,11 +1,13 @@
 # Attack: stop or steer the processes that run the sandbox — signal the daemon and the zygote by
 # their host pids, kill(-1, SIGKILL), kill pid 1 of the namespace, signal the session they
-# would share, ptrace-attach to them and read their memory with process_vm_readv.
-from escape import os, outcome, syscall
+# would share, ptrace-attach to them and read their memory with process_vm_readv; take a pidfd
+# of the process at the other end of the call's channel.
+from escape import os, outcome, real_import, syscall
 
 PTRACE_ATTACH = 16
 PROCESS_VM_READV = 310
 PTRACE = 101
+SO_PASSPIDFD, SO_PEERPIDFD = 76, 77
 
 
 def attack(pids):
@@ -22,4 +24,22 @@ def attack(pids):
     results["session and group"] = [os.getsid(0), os.getpgrp()]
     results["kill(-1, SIGKILL)"] = outcome(lambda: os.kill(-1, 9))
     results["still alive"] = True  # kill(-1) spares the caller; reaching this line shows it
+    return results
+
+
+def peer_pidfd():
+    """A handle on the host process at the other end of each of its sockets (the call's
+    channel): a pidfd of it (SO_PEERPIDFD), or one with every message (SO_PASSPIDFD)."""
+    socket = real_import("socket")
+    results = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+        except OSError:
+            continue
+        sock = socket.socket(fileno=os.dup(int(name)))
+        results[f"SO_PEERPIDFD {name}"] = outcome(lambda: sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))
+        results[f"SO_PASSPIDFD {name}"] = outcome(lambda: sock.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1))
+        sock.close()
     return results
