@@ -29,6 +29,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from isorun import _codec
+from isorun.errors import SerializationError
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 
@@ -84,13 +85,13 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     try:
         failure = None
         request = _request_of(request_bytes)
-        args = [_codec.decode(v, registry) for v in request.args]
-        context = {python_name(k): _codec.decode(v, registry) for k, v in request.context.items()}
+        args = [_decoded(v, registry, f"args[{i}]") for i, v in enumerate(request.args)]
+        context = {python_name(k): _decoded(v, registry, f"context[{k!r}]") for k, v in request.context.items()}
         policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
                               allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
         resolver = None
         if request.resolver:
-            options = _codec.decode(struct_pb2.Value(struct_value=request.resolver_options), registry)
+            options = _decoded(struct_pb2.Value(struct_value=request.resolver_options), registry, "resolver_options")
             resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options,
                                    returns=(Callable,), expected="a function resolve(name) -> path | None")
         importer = GuestImporter(policy, context=context, resolver=resolver,
@@ -192,6 +193,15 @@ def _check_readable(guest_dir: str, file: str) -> None:
         raise InvalidRequest(f"file {file!r} cannot be read by the sandbox's user: the folder, its subfolders "
                              f"and files must be readable by every user (chmod -R a+rX), and the folders "
                              f"above it searchable")
+
+
+def _decoded(value: struct_pb2.Value, registry, where: str):
+    """A value of the request, decoded; its error says where in the request the value was."""
+    try:
+        return _codec.decode(value, registry)
+    except SerializationError as e:
+        e.args = (f"{where}: {e}", *e.args[1:])
+        raise
 
 
 def _request_of(data: bytes) -> pb.RunRequest:

@@ -412,6 +412,28 @@ def test_a_raw_client_sending_values_past_the_limit_gets_an_error_and_the_daemon
     assert echo.run("echo", args=[b"still answering"]) == b"still answering"
 
 
+def _tagged(type_name: str, payload: str) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    value.struct_value.fields["$type"].string_value = type_name
+    value.struct_value.fields["$value"].string_value = payload
+    return value
+
+
+@pytest.mark.parametrize("fields, where", [
+    ({"args": [struct_pb2.Value(number_value=1), _tagged("bytes", "not base64!")]}, "args[1]: "),
+    ({"context": {"when": _tagged("date", "2020-13-45")}}, "context['when']: "),
+    ({"args": [_tagged("acme.Nothing", "x")]}, "args[0]: "),
+])
+def test_a_value_the_sandbox_cannot_decode_is_named_by_its_place_in_the_request(daemon, make_root, fields, where):
+    """A raw client's bad value said what was wrong with it but not which one it was."""
+    root = make_root({"index.py": GUEST})
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        request = pb.RunRequest(root=root, file="index.py", func_name="echo", **fields)
+        outcome = runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=30).outcome
+    assert outcome.failure.kind == pb.Failure.SERIALIZATION
+    assert outcome.failure.message.startswith(where + "cannot decode a value tagged"), outcome.failure.message
+
+
 # --------------------------------------------------------------------- daemon config
 
 @pytest.mark.parametrize(("entry", "words"), [
