@@ -430,6 +430,24 @@ def test_subclasses_of_built_in_types_are_refused_saying_what_they_subclass(valu
     assert info.value.limit is None
 
 
+def test_an_encoder_returning_what_cannot_be_encoded_is_named_with_the_value_it_was_given():
+    """It named the payload's type at the payload's place (['cents'] under [1]['a']), as if the
+    caller had passed that."""
+    class Money:
+        pass
+    registry = _codec.TypeRegistry()
+    registry.register(Money, "test.Money", lambda m: {"cents": object()}, lambda payload: Money())
+    with pytest.raises(SerializationError) as info:
+        _codec.encode([1, {"a": Money()}], registry)
+    message = str(info.value)
+    assert message.startswith("cannot encode a value of type '") and "<locals>.Money'" in message
+    assert message.split(") ", 1)[1].startswith(
+        "at [1]['a']: its encoder for 'test.Money' returned a value of type 'dict' that cannot be encoded: "
+        "cannot encode "
+        "a value of type 'object' (builtins.object) at ['cents']: no codec or resolver"), message
+    assert info.value.limit is None
+
+
 def test_a_registered_subclass_travels_by_its_name():
     registry = _codec.TypeRegistry()
     registry.register(Color, "test.Color", lambda c: c.name, lambda name: Color[name])

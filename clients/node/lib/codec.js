@@ -208,7 +208,16 @@ class Encoder {
       throw new Failure(`cannot encode a value of type '${typeName(value)}'`,
         `its encoder for '${entry.name}' threw ${thrown(e)}`);
     }
-    return this.tagged(target, entry.name, depth, (inner) => this.value(inner, payload, depth + 3));
+    try {
+      return this.tagged(target, entry.name, depth, (inner) => this.value(inner, payload, depth + 3));
+    } catch (e) {
+      if (!(e instanceof Failure) || e.limit !== null) throw e; // too large or too deep: said as they are
+      // The value the caller passed is this one, not what its encoder made of it: name it, and
+      // put the payload's own failure, with its place inside the payload, after it.
+      throw new Failure(`cannot encode a value of type '${typeName(value)}'`,
+        `its encoder for '${entry.name}' returned a value of type '${typeName(payload)}' that cannot be ` +
+        `encoded: ${e.toError("").message}`);
+    }
   }
 
   list(target, items, depth) {

@@ -91,6 +91,15 @@ describe("the registry and the codec, without a daemon", () => {
       e.message === 'result: cannot decode a value tagged "acme.Coupon": its resolver threw RangeError: bad coupon "X"');
   });
 
+  test("an encoder returning what cannot be encoded is named with the value it was given", () => {
+    // it named the payload's type at the payload's place ([1]["a"]["cents"]), as if the caller had passed that
+    const registry = new TypeRegistry();
+    registry.register(Coupon, "acme.Coupon", () => ({ cents: Symbol("no") }), (p) => new Coupon(p));
+    assert.throws(() => encode([1, { a: new Coupon("X") }], { registry }), (e) => e instanceof errors.SerializationError &&
+      e.message.startsWith("cannot encode a value of type 'Coupon' at [1][\"a\"]: its encoder for 'acme.Coupon' " +
+        "returned a value of type 'Object' that cannot be encoded: cannot encode a value of type 'symbol' at [\"cents\"]"));
+  });
+
   test("a tag nobody registered is refused, listing what this client decodes", () => {
     const wire = received({ structValue: { fields: { $type: { stringValue: "acme.Gift" }, $value: { nullValue: 0 } } } });
     assert.throws(() => decode(wire, "", moneyRegistry()), (e) => e instanceof errors.SerializationError &&

@@ -263,7 +263,16 @@ def _enc_registered(enc: _Encoder, target: struct_pb2.Value, value: Any, depth: 
     except Exception as e:
         raise _Failure(what, f"its encoder for {entry.name!r} raised "
                              f"{type(e).__name__}: {e}") from e
-    return _enc_tagged(enc, target, entry.name, _Encoder.value, payload, depth)
+    try:
+        return _enc_tagged(enc, target, entry.name, _Encoder.value, payload, depth)
+    except _Failure as f:
+        if f.limit is not None:  # too large or too deep: the whole value's limits, said as they are
+            raise
+        # The value the caller passed is this one, not what its encoder made of it: name it, and
+        # put the payload's own failure, with its place inside the payload, after it.
+        inner = f.error()
+        raise _Failure(what, f"its encoder for {entry.name!r} returned a value of type "
+                             f"{type(payload).__qualname__!r} that cannot be encoded: {inner}") from None
 
 
 _ENCODERS: dict[type, Callable[[_Encoder, struct_pb2.Value, Any, int], int]] = {
