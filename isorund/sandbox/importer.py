@@ -123,6 +123,18 @@ class PluginFailure(Exception):
         self.type_name = type_name
 
 
+def _undecodable(display: str, raw: bytes, e: UnicodeDecodeError) -> SyntaxError:
+    """The error of source bytes its encoding cannot decode, at their line and column, as
+    Python's own import reports them (the codec's message gives only an offset in the file)."""
+    line_start = raw.rfind(b"\n", 0, e.start) + 1
+    line_end = raw.find(b"\n", e.start)
+    text = raw[line_start:len(raw) if line_end < 0 else line_end].decode(e.encoding, "replace")
+    line = raw.count(b"\n", 0, e.start) + 1
+    column = len(raw[line_start:e.start].decode(e.encoding, "replace")) + 1
+    return SyntaxError(f"{display} is not valid source text: {e.encoding!r} cannot decode byte "
+                       f"{raw[e.start:e.end].hex(' ')} at column {column} ({e.reason})", (display, line, column, text))
+
+
 def module_not_found(name: str) -> ModuleNotFoundError:
     return GuestModuleNotFound(f"Cannot find module '{name}'", name=name)
 
@@ -410,7 +422,9 @@ class GuestImporter:
             # as Python reads source: UTF-8 unless a coding declaration says otherwise, a
             # byte-order mark dropped
             source = importlib.util.decode_source(raw)
-        except (SyntaxError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            raise _undecodable(display, raw, e) from None
+        except SyntaxError as e:  # a coding declaration naming no codec, or one the BOM contradicts
             raise SyntaxError(f"{display} is not valid source text: {e}") from None
         if self.compiler is not None:
             source = call_plugin("compiler", self.plugin_names[0], self.compiler, source, display,
