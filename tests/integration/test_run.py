@@ -247,7 +247,7 @@ def test_a_closed_runner_refuses_calls(daemon, make_root):
 
 
 def cli(*args, socket, cwd=None):
-    return subprocess.run([sys.executable, "-m", "isorun._cli", "call", "--socket", socket, *args],
+    return subprocess.run([sys.executable, "-m", "isorun", "call", "--socket", socket, *args],
                           capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
