@@ -114,7 +114,9 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                                         returns=(list, tuple), expected="the arguments as a list"))
             result = func(*_padded(func, args))
             _BUILTINS.update(_BUILTINS_AS_LEFT)  # (a C call: see _BUILTINS_AS_LEFT)
-            if isinstance(result, types.CoroutineType):  # (inspect's test, with no frame to trace)
+            # (inspect's test, with no frame to trace); a coroutine that returns another's is
+            # awaited through, as a JavaScript promise resolves to what a promise it returns does
+            while isinstance(result, types.CoroutineType):
                 result = asyncio.run(result)
                 _BUILTINS.update(_BUILTINS_AS_LEFT)
             settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back

@@ -110,6 +110,16 @@ def test_async_functions_may_await(runner):
     assert r.run("outer", args=[20]) == 41
 
 
+def test_a_coroutine_an_async_function_returns_is_awaited_too(runner):
+    """As a JavaScript promise resolves through a promise it returns; it was a SerializationError
+    ('coroutine') and a 'never awaited' warning."""
+    r = runner({"index.py": "async def inner(x):\n    return x * 2\n"
+                            "async def outer(x):\n    return inner(x)\n"
+                            "def plain(x):\n    return outer(x)\n"})
+    assert r.run("outer", args=[20]) == 40
+    assert r.run("plain", args=[21]) == 42
+
+
 def test_a_generator_result_is_a_serialization_error(runner):
     r = runner({"index.py": "def gen():\n    yield 1\n"})
     with pytest.raises(errors.SerializationError, match="generator"):
