@@ -254,12 +254,3 @@ def test_a_folder_holding_a_named_pipe_is_refused_naming_it(config, root, tmp_pa
     os.mkfifo(os.path.join(folder, "deep", "feed"))
     req = request(root) if where == "root" else request(root, whitelisted_paths=[folder])
     refused(config, req, f"{where}.* holds a named pipe, '{folder}/deep/feed'")
-
-
-@pytest.mark.parametrize("where", ["root", "whitelisted_paths"])
-def test_a_folder_holding_a_named_pipe_is_refused_naming_it(config, root, tmp_path, where):
-    folder = root if where == "root" else str(tmp_path / "libs")
-    os.makedirs(os.path.join(folder, "deep"), exist_ok=True)
-    os.mkfifo(os.path.join(folder, "deep", "feed"))
-    req = request(root) if where == "root" else request(root, whitelisted_paths=[folder])
-    refused(config, req, f"{where}.* holds a named pipe, '{folder}/deep/feed'")
