@@ -13,7 +13,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun.errors import SerializationError
 
 from .console import encodable
-from .importer import GuestModuleNotFound, PluginFailure
+from .importer import PluginFailure, refused_module
 from .limits import CpuLimitExceeded
 
 Failure = pb.Failure
@@ -21,8 +21,9 @@ Failure = pb.Failure
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     """Turns what the guest raised into the Failure the client will raise."""
-    if isinstance(e, GuestModuleNotFound):
-        return _failure(kind=Failure.MODULE_NOT_FOUND, module=e.name, message=str(e))
+    refused = refused_module(e)
+    if refused is not None:
+        return _failure(kind=Failure.MODULE_NOT_FOUND, module=refused, message=str(e))
     if isinstance(e, MemoryError) and not e.args:
         # an allocation that failed (a guest's own `raise MemoryError("…")` has a message and
         # is its exception like any other)

@@ -46,6 +46,7 @@ import os
 import sys
 import tokenize  # noqa: F401  (used by decode_source; loaded here, in the zygote)
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 from unicodedata import normalize
@@ -109,8 +110,15 @@ class _Loaded:
 
 
 class GuestModuleNotFound(ModuleNotFoundError):
-    """The importer's own refusal: only this becomes the client's ModuleNotFound. A
-    ModuleNotFoundError the guest raises itself is the guest's exception like any other."""
+    """The importer's own refusal. Only an instance the importer made, as it made it, becomes the
+    client's ModuleNotFound (``refused_module``): the guest can reach this class (``type(e)``
+    of a refusal it caught) and make its own, which are its exceptions like any other, as is a
+    ModuleNotFoundError it raises itself. Named as Python's, in the guest's tracebacks too."""
+
+
+GuestModuleNotFound.__name__ = GuestModuleNotFound.__qualname__ = "ModuleNotFoundError"
+GuestModuleNotFound.__module__ = "builtins"
+_refusals: weakref.WeakKeyDictionary[GuestModuleNotFound, str] = weakref.WeakKeyDictionary()
 
 
 class PluginFailure(Exception):
@@ -136,7 +144,22 @@ def _undecodable(display: str, raw: bytes, e: UnicodeDecodeError) -> SyntaxError
 
 
 def module_not_found(name: str) -> ModuleNotFoundError:
-    return GuestModuleNotFound(f"Cannot find module '{name}'", name=name)
+    refusal = GuestModuleNotFound(_refusal_text(name), name=name)
+    _refusals[refusal] = name
+    return refusal
+
+
+def refused_module(e: BaseException) -> str | None:
+    """The module the importer refused, if ``e`` is a refusal the importer made and the guest
+    did not change (a caught refusal raised again unchanged still is one)."""
+    name = _refusals.get(e) if isinstance(e, GuestModuleNotFound) else None
+    if name is None or e.name != name or e.args != (_refusal_text(name),):
+        return None
+    return name
+
+
+def _refusal_text(name: str) -> str:
+    return f"Cannot find module '{name}'"
 
 
 def call_plugin(kind: str, name: str, plugin, *args, returns: tuple[type, ...], expected: str):
@@ -312,6 +335,7 @@ class GuestImporter:
 
     def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
         """The guest's ``__import__``: same contract as the builtin one."""
+        _sane(name, level)
         if level:
             name = self._absolute(name, globals, level)
         top = name.partition(".")[0]
@@ -320,14 +344,26 @@ class GuestImporter:
             raise module_not_found(top)
         if is_guest:
             leaf = self._import_guest(name)
-            for item in fromlist or ():
-                if item != "*" and not hasattr(leaf, item) and hasattr(leaf, "__path__"):
-                    self._import_guest(f"{name}.{item}", missing_ok=True)
+            self._import_listed(leaf, name, fromlist or ())
             return leaf if fromlist else self.modules[top]
         try:
             return _real_import(name, globals, locals, fromlist, 0)
         except ModuleNotFoundError as e:
             raise module_not_found(e.name or name) from None
+
+    def _import_listed(self, package, name: str, fromlist, where: str = "``from list''") -> None:
+        """As Python's import: each name in ``fromlist`` that a package lacks is imported as its
+        submodule if there is one; ``*`` stands for the package's ``__all__``."""
+        if not hasattr(package, "__path__"):
+            return
+        for item in fromlist:
+            if not isinstance(item, str):
+                raise TypeError(f"Item in {where} must be str, not {type(item).__name__}")
+            if item == "*":
+                if where == "``from list''" and hasattr(package, "__all__"):
+                    self._import_listed(package, name, package.__all__, where=f"{name}.__all__")
+            elif not hasattr(package, item):
+                self._import_guest(f"{name}.{item}", missing_ok=True)
 
     # -- guest source ---------------------------------------------------------------------
     def _find_guest(self, top: str) -> tuple[str, bool] | None:
@@ -447,7 +483,8 @@ class GuestImporter:
         self.modules[name] = module
         # Visible in sys.modules while the guest runs, under a name no module holds yet (never
         # replacing one): dataclasses, typing and enum look a class's module up there.
-        sys.modules.setdefault(name, module)
+        listed = sys.modules.setdefault(name, module) is module
+        module.__spec__._initializing = True  # (so a circular import's error says so, as Python's)
         try:
             exec(code, module.__dict__)
         except BaseException:
@@ -455,6 +492,11 @@ class GuestImporter:
             if sys.modules.get(name) is module:
                 del sys.modules[name]
             raise
+        finally:
+            module.__spec__._initializing = False
+        if listed and sys.modules.get(name, module) is not module:
+            # the module put another object in its place, which its importers get, as in Python
+            self.modules[name] = module = sys.modules[name]
         return module
 
     @staticmethod
@@ -498,6 +540,16 @@ class GuestImporter:
 
 
 _real_import = builtins.__import__
+
+
+def _sane(name, level) -> None:
+    """The arguments Python's own ``__import__`` refuses, refused with its errors."""
+    if not isinstance(name, str):
+        raise TypeError(f"module name must be str, not {type(name).__name__}")
+    if level < 0:
+        raise ValueError("level must be >= 0")
+    if not name and level == 0:
+        raise ValueError("Empty module name")
 
 
 def _namespace(folder: str, name: str) -> tuple[str, bool] | None:

@@ -106,6 +106,77 @@ def test_a_file_that_is_not_text_in_its_encoding_is_a_syntax_error_at_its_line_a
     assert 'File "/helper.py", line 4' in info.value.traceback
 
 
+def test_a_refusal_the_guest_forges_or_alters_is_its_own_error(runner):
+    """The refusal's class is reachable (``type(e)``): a new instance of it made the caller's
+    ModuleNotFound name a module nobody imported, and the guest's tracebacks named the class
+    isorund.sandbox.importer.GuestModuleNotFound."""
+    r = runner({"index.py": """
+        def forged():
+            try:
+                import os
+            except ImportError as e:
+                raise type(e)("Cannot find module 'fake'", name="fake")
+        def altered():
+            try:
+                import os
+            except ImportError as e:
+                e.name = "fake"
+                raise
+        def again():
+            try:
+                import os
+            except ImportError as e:
+                caught = e
+            raise caught
+        def named():
+            try:
+                import os
+            except ImportError as e:
+                return [type(e).__name__, type(e).__module__]
+    """})
+    for func in ("forged", "altered"):
+        with pytest.raises(errors.GuestError) as info:
+            r.run(func)
+        assert info.value.type_name == "ModuleNotFoundError", func
+        assert "isorund" not in info.value.traceback and "GuestModuleNotFound" not in info.value.traceback
+    with pytest.raises(errors.ModuleNotFound) as refused:
+        r.run("again")  # the importer's own refusal, raised again unchanged, still is one
+    assert refused.value.module == "os"
+    assert r.run("named") == ["ModuleNotFoundError", "builtins"]
+
+
+def test_imports_python_itself_would_treat_so(runner):
+    """Each of these differed from Python's own import before."""
+    r = runner({
+        "index.py": """
+            def star():
+                import starred
+                return starred.NAMES
+            def replaced():
+                import repl
+                return repl.V
+            def empty():
+                __import__("")
+            def circular():
+                import cy1
+        """,
+        "pa/__init__.py": "__all__ = ['subm', 'Z']\nZ = 1\n",
+        "pa/subm.py": "S = 'sub'\n",
+        "starred.py": "from pa import *\nNAMES = [subm.S, Z]\n",
+        "repl.py": "import sys\nclass R:\n    V = 'replaced'\nsys.modules[__name__] = R()\n",
+        "cy1.py": "from cy2 import B\nA = 1\n",
+        "cy2.py": "from cy1 import A\nB = 2\n",
+    }, external=["sys"])
+    assert r.run("star") == ["sub", 1]  # was: AttributeError, module 'pa' has no attribute 'subm'
+    assert r.run("replaced") == "replaced"  # was: AttributeError, the module rather than its replacement
+    with pytest.raises(errors.GuestError) as info:
+        r.run("empty")  # was: ModuleNotFound "Cannot find module ''"
+    assert info.value.type_name == "ValueError" and "Empty module name" in str(info.value)
+    with pytest.raises(errors.GuestError) as info:
+        r.run("circular")  # the hint was missing
+    assert "from partially initialized module 'cy1' (most likely due to a circular import)" in str(info.value)
+
+
 def test_a_submodule_in_external_is_refused_rather_than_widened(runner):
     r = runner({"index.py": "def f():\n    return 1\n"}, external=["os.path"])
     with pytest.raises(errors.InvalidRequest, match="cannot be allowed without all of 'os'; name 'os'"):
