@@ -8,6 +8,7 @@ falls back to the exception without its traceback).
 from __future__ import annotations
 
 import traceback
+from opcode import opmap
 
 from isorun._proto import runner_pb2 as pb
 from isorun.errors import SerializationError
@@ -17,6 +18,7 @@ from .importer import PluginFailure, refused_module
 from .limits import CpuLimitExceeded
 
 Failure = pb.Failure
+RAISE_VARARGS = opmap["RAISE_VARARGS"]
 
 
 def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
@@ -24,9 +26,9 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     refused = refused_module(e)
     if refused is not None:
         return _failure(kind=Failure.MODULE_NOT_FOUND, module=refused, message=str(e))
-    if isinstance(e, MemoryError) and not e.args:
-        # an allocation that failed (a guest's own `raise MemoryError("…")` has a message and
-        # is its exception like any other)
+    if type(e) is MemoryError and not e.args and not _raised_by_a_raise_statement(e):
+        # an allocation that failed (a guest's own `raise MemoryError`, with a message or not,
+        # or of a class of its own, is its exception like any other)
         return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
                         message="the call went over its memory limit")
     if isinstance(e, PluginFailure):
@@ -42,6 +44,18 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
                         limit=getattr(e, "limit", None) or "")
     return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
                     traceback=guest_traceback(e, guest_files))
+
+
+def _raised_by_a_raise_statement(e: BaseException) -> bool:
+    """Whether the innermost frame raised ``e`` with ``raise X`` (an allocation the interpreter
+    refused fails at another instruction; a bare ``raise`` passes an earlier error on)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code.co_code
+    return code[tb.tb_lasti] == RAISE_VARARGS and code[tb.tb_lasti + 1] > 0
 
 
 def described(e: BaseException, guest_files: set[str]) -> pb.Failure:

@@ -221,6 +221,33 @@ def test_a_memory_error_the_guest_raises_is_its_own_and_a_large_result_says_resu
     assert "more than 16777216 bytes once encoded (limit 'result'; bytes take 4/3 of their length" in str(limit.value)
 
 
+def test_a_memory_error_the_guest_raises_without_a_message_is_its_own_too(runner):
+    """Both were ResourceLimitError('memory'), "the call went over its memory limit"."""
+    r = runner({"index.py": """
+        class Exhausted(MemoryError):
+            pass
+        def bare():
+            raise MemoryError
+        def own_class():
+            raise Exhausted()
+        def allocation():
+            return bytearray(1 << 40)
+        def passed_on():
+            try:
+                bytearray(1 << 40)
+            except MemoryError:
+                raise
+    """})
+    for func, type_name in (("bare", "MemoryError"), ("own_class", "Exhausted")):
+        with pytest.raises(errors.GuestError) as info:
+            r.run(func)
+        assert info.value.type_name == type_name and "index.py" in info.value.traceback
+    for func in ("allocation", "passed_on"):  # the interpreter's refusal, and it passed on
+        with pytest.raises(errors.ResourceLimitError) as limit:
+            r.run(func)
+        assert limit.value.limit == "memory"
+
+
 def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(runner):
     r = runner({"index.py": "def f(a):\n    return a\n"})
     with pytest.raises(errors.SandboxError, match="the args_resolver plugin 'add-one' raised TypeError"):
