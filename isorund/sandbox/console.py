@@ -30,7 +30,9 @@ class Console:
     so a line printed before a long computation or a sleep still arrives while it lasts — and
     the runtime flushes before it sends ``running`` and the outcome. ``sys.stdout.flush()``
     sends at once. What a burst printed in its last ``FLUSH_SECONDS`` is lost if the sandbox is
-    killed (timeout, memory) or exits without returning, where a line used to be on its way.
+    killed (timeout, memory) or exits without returning, where a line used to be on its way; so
+    is text written after the last newline and not flushed (``ConsoleStream`` holds it until the
+    line ends: sent earlier, one printed line would reach the caller as two).
     """
     FLUSH_BYTES = 16 << 10
     FLUSH_SECONDS = 0.005
