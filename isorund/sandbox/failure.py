@@ -26,7 +26,7 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     refused = refused_module(e)
     if refused is not None:
         return _failure(kind=Failure.MODULE_NOT_FOUND, module=refused, message=str(e))
-    if type(e) is MemoryError and not e.args and not _raised_by_a_raise_statement(e):
+    if type(e) is MemoryError and not e.args and not _raised_by_the_guests_raise(e, guest_files):
         # an allocation that failed (a guest's own `raise MemoryError`, with a message or not,
         # or of a class of its own, is its exception like any other)
         return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
@@ -46,16 +46,18 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
                     traceback=guest_traceback(e, guest_files))
 
 
-def _raised_by_a_raise_statement(e: BaseException) -> bool:
-    """Whether the innermost frame raised ``e`` with ``raise X`` (an allocation the interpreter
-    refused fails at another instruction; a bare ``raise`` passes an earlier error on)."""
+def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool:
+    """Whether the innermost frame is the guest's and raised ``e`` with ``raise X`` (an
+    allocation the interpreter refused fails at another instruction, a bare ``raise`` passes an
+    earlier error on, and the runtime raises its own when a request's values do not fit)."""
     tb = e.__traceback__
     if tb is None:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    code = tb.tb_frame.f_code.co_code
-    return code[tb.tb_lasti] == RAISE_VARARGS and code[tb.tb_lasti + 1] > 0
+    code = tb.tb_frame.f_code
+    return (code.co_filename in guest_files and code.co_code[tb.tb_lasti] == RAISE_VARARGS
+            and code.co_code[tb.tb_lasti + 1] > 0)
 
 
 def described(e: BaseException, guest_files: set[str]) -> pb.Failure:
