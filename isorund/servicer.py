@@ -7,6 +7,7 @@ whose values stay bytes: the daemon relays them, the sandbox and the client pars
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -76,6 +77,26 @@ async def _answered(context, handling):
         return None
 
 
+class _Stream:
+    """A RunStream's writes, one after another. A write waits while the client does not read;
+    the call's timeout, ending the call, interrupts the wait but not the write, which goes on
+    in gRPC's core. The next write (the outcome) must wait for it: started while it is pending,
+    gRPC refused it (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, a traceback in the log) and the
+    client, once it read, got the console lines and no outcome."""
+
+    def __init__(self, context):
+        self._context = context
+        self._pending: asyncio.Future | None = None
+
+    async def write(self, message) -> None:
+        if self._pending is not None and not self._pending.done():
+            await asyncio.shield(self._pending)
+        self._pending = asyncio.ensure_future(self._context.write(message))
+        # its error, if no later write awaits it, is the RPC's end, not an unretrieved one
+        self._pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(self._pending)
+
+
 class RunnerServicer:
     def __init__(self, server: "Server"):
         self.server = server
@@ -89,8 +110,9 @@ class RunnerServicer:
             await _answered(context, self._run_streaming(request, context))
 
     async def _run_streaming(self, request, context):
-        outcome = await self._run(request, context, context.write)
-        await context.write(sb.SandboxEvent(outcome=outcome))
+        stream = _Stream(context)
+        outcome = await self._run(request, context, stream.write)
+        await stream.write(sb.SandboxEvent(outcome=outcome))
 
     async def _run_collecting(self, request, context):
         """Run: the console lines are held and answered with the outcome."""

@@ -430,6 +430,27 @@ def test_bursts_travel_as_batches_not_one_message_per_line(daemon, make_root):
         assert [line.text for line in unary.console] == [f"line {i}\n" for i in range(3000)]
 
 
+def test_a_stream_its_client_leaves_unread_still_ends_with_the_outcome(start_daemon, make_root):
+    """The timeout interrupted the daemon's wait on a console write held back by the unread
+    stream; its write of the outcome then met that write still pending in gRPC's core
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, a traceback in the log), and the client, reading at
+    last, got the console lines and no outcome until its own deadline."""
+    import grpc
+    from isorun._proto import runner_pb2 as pb, runner_pb2_grpc
+    d = start_daemon(config=f"[limits]\noutput_bytes = {16 << 20}\n")
+    root = make_root({"index.py": "def flood():\n    while True:\n        print('y' * 500)\n"})
+    with grpc.insecure_channel("unix:" + d.socket) as channel:
+        request = pb.RunRequest(root=root, file="index.py", func_name="flood", timeout_seconds=2)
+        events = runner_pb2_grpc.RunnerStub(channel).RunStream(request, timeout=60)
+        time.sleep(4)  # not reading, past the call's timeout
+        last = None
+        for last in events:
+            pass
+    assert last is not None and last.WhichOneof("event") == "outcome", last
+    assert last.outcome.failure.kind == pb.Failure.TIMEOUT
+    assert "Traceback" not in d.log() and "TOO_MANY_OPERATIONS" not in d.log()
+
+
 BURST_THEN_WAIT = """
 import time
 def burst_then(how, lines):
