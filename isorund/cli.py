@@ -6,14 +6,10 @@ Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when the daemon cannot sta
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
+import signal
 import sys
 
 from . import __version__
-from .config import Config, ConfigError, reference
-from .memory import keep_freed_memory
 
 # Command-line flags that override a config key of the same name.
 OVERRIDES = (
@@ -41,6 +37,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    held, previous = _hold_stop_signals()
+    try:
+        return _main(argv, held)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv, held: list[int]) -> int:
+    # imported only now, with the stop signals held: the daemon's imports take ~0.1 s
+    import asyncio
+    import json
+    import logging
+
+    from .config import Config, ConfigError, reference
+    from .memory import keep_freed_memory
     args = parse_args(argv)
     if args.config_reference:
         sys.stdout.write(reference())
@@ -59,7 +71,7 @@ def main(argv=None) -> int:
     keep_freed_memory()
     from .server import Server
     try:
-        return asyncio.run(Server(config).serve())
+        return asyncio.run(Server(config).serve(stopped_before=held))
     except SystemExit as e:
         if isinstance(e.code, str):
             logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": e.code}))
@@ -68,3 +80,14 @@ def main(argv=None) -> int:
     except (RuntimeError, OSError) as e:
         logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": f"{type(e).__name__}: {e}"}))
         return 1
+
+
+def _hold_stop_signals() -> tuple[list[int], dict]:
+    """SIGTERM and SIGINT that arrive before the daemon's own handlers are in (it imports gRPC
+    and loads its config first), kept for them: the defaults ended it without a word, or with
+    a KeyboardInterrupt traceback, where a stop during the start is documented as a clean one.
+    Returns the list they land in and the handlers they replaced."""
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    return held, previous

@@ -75,11 +75,15 @@ class Server:
         self._serving = False  # the health status last decided; see _set_health
         self.metrics = Metrics()
 
-    async def serve(self) -> int:
+    async def serve(self, stopped_before: list[int] = ()) -> int:
+        """Runs the daemon until a stop signal; ``stopped_before`` holds those that came before
+        this was called (``cli``), each obeyed as if it came now."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if stopped_before:
+            stop.set()
         # Their default would end the daemon at once, without draining its calls (a log rotation
         # sending SIGHUP or SIGUSR1 did); there is nothing to reload and no log file to reopen.
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
