@@ -98,7 +98,7 @@ def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
     """The traceback as Python prints it, keeping only frames of guest source."""
     te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
     for part in _parts(te):
-        part.stack = traceback.StackSummary.from_list([f for f in part.stack if f.filename in guest_files])
+        part.stack = traceback.StackSummary.from_list([f for f in part.stack if _shown(f.filename, guest_files)])
     left_out = _guest_frames_left_out(e.__traceback__, guest_files)
     if left_out:
         te.stack = _Shortened(te.stack, left_out)
@@ -124,9 +124,16 @@ def _guest_frames_left_out(tb, guest_files: set[str]) -> int:
         depth, entry = depth + 1, entry.tb_next
     left_out, entry = 0, tb
     for _ in range(depth - TRACEBACK_FRAMES):
-        left_out += entry.tb_frame.f_code.co_filename in guest_files
+        left_out += _shown(entry.tb_frame.f_code.co_filename, guest_files)
         entry = entry.tb_next
     return left_out
+
+
+def _shown(filename: str, guest_files: set[str]) -> bool:
+    """A frame of the guest's source, or of code it compiled itself (``exec``, and what
+    dataclasses and namedtuple generate: ``<string>``), as Python shows it; never the
+    runtime's, the standard library's (host paths) or a frozen module's."""
+    return filename in guest_files or (filename.startswith("<") and not filename.startswith("<frozen "))
 
 
 def within_bounds(failure: pb.Failure, result_bytes: int) -> pb.Failure:

@@ -221,6 +221,19 @@ def test_a_memory_error_the_guest_raises_is_its_own_and_a_large_result_says_resu
     assert "more than 16777216 bytes once encoded (limit 'result'; bytes take 4/3 of their length" in str(limit.value)
 
 
+def test_frames_of_code_the_guest_compiled_itself_are_in_its_traceback(runner):
+    """They were dropped with the runtime's: the traceback of an error in exec'd code ended at
+    the exec line, without the line that failed."""
+    r = runner({"index.py": """
+        def f():
+            exec("def g():\\n    raise ValueError('in exec')\\ng()")
+    """})
+    with pytest.raises(errors.GuestError) as info:
+        r.run("f")
+    assert 'File "<string>", line 2, in g' in info.value.traceback, info.value.traceback
+    assert 'File "/index.py", line 3, in f' in info.value.traceback
+    assert "frozen" not in info.value.traceback and "isorund" not in info.value.traceback
+
 def test_a_memory_error_the_guest_raises_without_a_message_is_its_own_too(runner):
     """Both were ResourceLimitError('memory'), "the call went over its memory limit"."""
     r = runner({"index.py": """
