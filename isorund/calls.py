@@ -71,6 +71,7 @@ class Calls:
         ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
             plan = plans.build(request, self.config)
+            await asyncio.to_thread(plans.check_folders, plan)
             if not request.compiler:  # a compiler plugin's output is compiled in each call
                 self.code_cache.fill(plan)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)

@@ -7,11 +7,15 @@ service wrote there for someone else. Device nodes are inert there (``nodev``) a
 out of reach (the filter gives Unix sockets only as connected pairs); pipes have no such bar,
 so the daemon refuses a folder that holds one before it binds it.
 
-A folder's entries are read once: a folder whose inode, mtime and ctime are unchanged holds the
-same entries (adding, removing or renaming one changes its folder's times, and only the clock's
-owner can set ctime back), so a call on a tree already seen costs one ``lstat`` per folder. A
-folder changed in the last second is not remembered: its times come from a clock that ticks a
-few milliseconds apart, so a pipe made in the same tick as the read would leave them unchanged.
+The walk goes folder by folder through descriptors (``openat``), never by a full path: a path
+past PATH_MAX could not be looked up, and a pipe at the bottom of such a tree went unseen. A
+tenant controls the tree, so one check is bounded in folders, depth, entries read and time, and
+runs on a thread of its own, not in the daemon's event loop. A folder's entries are remembered
+by its inode, mtime and ctime (adding, removing or renaming an entry changes its folder's
+times, and only the clock's owner can set ctime back), so a tree already seen costs an open and
+an ``fstat`` per folder. A folder changed in the last second is not remembered: its times come
+from a clock that ticks a few milliseconds apart, so a pipe made in the same tick as the read
+would leave them unchanged.
 """
 from __future__ import annotations
 
@@ -19,75 +23,108 @@ import os
 import stat
 import time
 
-# Folders in one checked tree: each costs a system call a call, in the daemon's event loop.
 MAX_FOLDERS = 10_000
-_MAX_REMEMBERED = 65_536
+MAX_DEPTH = 64
+MAX_ENTRIES = 200_000   # entries read in one check: a folder of a million files is refused, not read
+MAX_SECONDS = 2.0
+_MAX_REMEMBERED_NAMES = 500_000
 _SETTLED_NS = 1_000_000_000
+_OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class TooManyFolders(Exception):
-    """The tree is larger than a call's folders may be."""
+class TooLarge(Exception):
+    """The tree is larger than a call's folders may be; the message says by which bound."""
 
 
-# folder path -> (its identity and times, a pipe in it or None, its subfolders' names)
-_seen: dict[str, tuple[tuple[int, int, int, int], str | None, tuple[str, ...]]] = {}
+# (device, inode) -> (mtime, ctime, a pipe in it or None, its subfolders' names)
+_seen: dict[tuple[int, int], tuple[int, int, str | None, tuple[str, ...]]] = {}
+_remembered_names = 0
 
 
 def find_pipe(top: str) -> str | None:
     """The path of a named pipe in the tree under the folder ``top`` (a real path), if any.
 
     Symbolic links are not followed: one resolves inside the sandbox, to what is bound there,
-    and each bound folder is checked itself. Raises TooManyFolders past MAX_FOLDERS."""
-    pending, walked = [top], 0
-    while pending:
-        folder = pending.pop()
-        walked += 1
-        if walked > MAX_FOLDERS:
-            raise TooManyFolders(f"more than {MAX_FOLDERS} folders")
-        entry = _entries(folder)
-        if entry is None:
-            continue
-        pipe, subfolders = entry
+    and each bound folder is checked itself. Raises TooLarge past a bound, OSError if ``top``
+    cannot be opened as a folder."""
+    fd = os.open(top, _OPEN_FOLDER)
+    try:
+        return _Walk().folder(fd, top, 0)
+    finally:
+        os.close(fd)
+
+
+class _Walk:
+    def __init__(self):
+        self.folders = self.entries = 0
+        self.deadline = time.monotonic() + MAX_SECONDS
+
+    def folder(self, fd: int, path: str, depth: int) -> str | None:
+        self.folders += 1
+        if self.folders > MAX_FOLDERS:
+            raise TooLarge(f"more than {MAX_FOLDERS} folders")
+        if depth > MAX_DEPTH:
+            raise TooLarge(f"folders nested more than {MAX_DEPTH} deep")
+        if time.monotonic() > self.deadline:
+            raise TooLarge(f"more than its {MAX_SECONDS:g} s of checking could read")
+        pipe, subfolders = self.entries_of(fd)
         if pipe is not None:
-            return os.path.join(folder, pipe)
-        pending.extend(os.path.join(folder, name) for name in subfolders)
-    return None
-
-
-def _entries(folder: str) -> tuple[str | None, tuple[str, ...]] | None:
-    """A folder's first pipe and its subfolders, read again only if the folder changed; None
-    for a folder that vanished or stopped being one since its parent was read."""
-    try:
-        st = os.lstat(folder)
-    except OSError:
+            return os.path.join(path, pipe)
+        for name in subfolders:
+            try:
+                child = os.open(name, _OPEN_FOLDER, dir_fd=fd)
+            except OSError:  # gone, or no longer a folder, since its parent was read
+                continue
+            try:
+                found = self.folder(child, os.path.join(path, name), depth + 1)
+            finally:
+                os.close(child)
+            if found is not None:
+                return found
         return None
-    if not stat.S_ISDIR(st.st_mode):
-        return None
-    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    known = _seen.get(folder)
-    if known is not None and known[0] == key:
-        return known[1], known[2]
-    try:
-        pipe, subfolders = _read(folder)
-    except OSError:
-        return None
-    if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
-        if len(_seen) >= _MAX_REMEMBERED:
-            _seen.clear()
-        _seen[folder] = (key, pipe, subfolders)
-    return pipe, subfolders
+
+    def entries_of(self, fd: int) -> tuple[str | None, tuple[str, ...]]:
+        """The folder's first pipe and its subfolders, read again only if the folder changed."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        known = _seen.get(key)
+        if known is not None and known[:2] == (st.st_mtime_ns, st.st_ctime_ns):
+            self.count(len(known[3]))
+            return known[2], known[3]
+        pipe, subfolders = self.read(fd)
+        if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
+            _remember(key, (st.st_mtime_ns, st.st_ctime_ns, pipe, subfolders))
+        return pipe, subfolders
+
+    def read(self, fd: int) -> tuple[str | None, tuple[str, ...]]:
+        subfolders = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                self.count(1)
+                # the entry's type from the folder listing (d_type); a stat only where it gives none
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(entry.name)
+                elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()) and _is_pipe(entry):
+                    return entry.name, ()
+        return None, tuple(subfolders)
+
+    def count(self, entries: int) -> None:
+        self.entries += entries
+        if self.entries > MAX_ENTRIES:
+            raise TooLarge(f"more than {MAX_ENTRIES} entries")
 
 
-def _read(folder: str) -> tuple[str | None, tuple[str, ...]]:
-    subfolders = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            # the entry's type from the folder listing (d_type); a stat only where it gives none
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append(entry.name)
-            elif not (entry.is_file(follow_symlinks=False) or entry.is_symlink()) and _is_pipe(entry):
-                return entry.name, ()
-    return None, tuple(subfolders)
+def _remember(key, entry) -> None:
+    """Bounded by the names held, not by folders: one folder may hold 100,000 subfolders."""
+    global _remembered_names
+    replaced = _seen.pop(key, None)
+    if replaced is not None:
+        _remembered_names -= len(replaced[3])
+    if _remembered_names + len(entry[3]) > _MAX_REMEMBERED_NAMES:
+        _seen.clear()
+        _remembered_names = 0
+    _seen[key] = entry
+    _remembered_names += len(entry[3])
 
 
 def _is_pipe(entry: os.DirEntry) -> bool:

@@ -52,8 +52,6 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
     _context_names(request.context)
     external = _modules(request.external)
     whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
-    for folder, what in [(root, "root"), *((p, f"whitelisted_paths[{i}]") for i, p in enumerate(whitelisted))]:
-        _without_pipes(folder, what)
     _plugin(request.compiler, config.plugins.compilers, "compiler")
     _plugin(request.resolver, config.plugins.resolvers, "resolver")
     _plugin(request.args_resolver, config.plugins.args_resolvers, "args_resolver")
@@ -106,6 +104,7 @@ def _root(path: str) -> str:
         raise RequestError(f"root {path!r} is not a folder")
     if real == "/":
         raise RequestError("root must not be the host's / folder")
+    _utf8(real, "root", path)
     return real
 
 
@@ -128,6 +127,7 @@ def _file(root: str, file: str, extensions: list[str]) -> str:
         raise RequestError(f"file {file!r} is not a regular file")
     if not any(normal.endswith(ext) for ext in extensions):
         raise RequestError(f"file {file!r} does not have a source extension ({', '.join(extensions)})")
+    _utf8(real, "file", file)
     return os.path.relpath(real, root)
 
 
@@ -174,18 +174,39 @@ def _folder(path: str, what: str) -> str:
     if any(filesystem.within(real, r) for r in HOST_RUNTIME):
         raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
                            "sockets the guest could connect to")
+    _utf8(real, what, path)
+    if os.stat(real).st_mode & 0o005 != 0o005:
+        raise RequestError(f"{what} {path!r} cannot be read by the sandbox's user: it and its subfolders "
+                           "must be readable and searchable by every user (chmod -R a+rX)")
     return real
 
 
-def _without_pipes(folder: str, what: str) -> None:
+def _utf8(real: str, what: str, path: str) -> None:
+    """The sandbox's plan carries paths as protobuf strings, which only UTF-8 text can be: a
+    real path through a link to a name that is not was an unexpected error, not a refusal."""
     try:
-        pipe = named_pipes.find_pipe(folder)
-    except named_pipes.TooManyFolders:
-        raise RequestError(f"{what} {folder!r} holds more than {named_pipes.MAX_FOLDERS} folders, more than a "
-                           "call is given (each is checked for named pipes on every call)") from None
-    if pipe is not None:
-        raise RequestError(f"{what} {folder!r} holds a named pipe, {pipe!r}: a pipe stays writable through "
-                           "a read-only mount, so a folder holding one is not given to a guest")
+        real.encode()
+    except UnicodeEncodeError:
+        raise RequestError(f"{what} {path!r} resolves to {real!r}, a path that is not UTF-8 text") from None
+
+
+def check_folders(plan: sandbox_pb2.CallPlan) -> None:
+    """Refuses a plan whose root or a whitelisted folder holds a named pipe (``named_pipes``),
+    or is too large to check. Run on a thread: the walk reads a tree the tenant controls."""
+    named = {plan.root: "root"}
+    for i, folder in enumerate(plan.search_paths):
+        named.setdefault(folder, f"whitelisted_paths[{i}]")
+    for folder, what in named.items():
+        try:
+            pipe = named_pipes.find_pipe(folder)
+        except named_pipes.TooLarge as e:
+            raise RequestError(f"{what} {folder!r} holds {e}, more than a call's folders may (each is checked "
+                               "for named pipes on every call)") from None
+        except OSError as e:
+            raise RequestError(f"{what} {folder!r} cannot be checked for named pipes: {e.strerror}") from None
+        if pipe is not None:
+            raise RequestError(f"{what} {folder!r} holds a named pipe, {pipe!r}: a pipe stays writable through "
+                               "a read-only mount, so a folder holding one is not given to a guest")
 
 
 def _plugin(name: str, configured: dict, what: str) -> None:

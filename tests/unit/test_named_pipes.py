@@ -47,7 +47,8 @@ def test_sockets_and_links_to_pipes_are_not_pipes(tree, tmp_path_factory):
 
 def test_a_pipe_made_after_the_tree_was_remembered_is_found(tree, remembered):
     assert named_pipes.find_pipe(str(tree)) is None
-    assert str(tree / "pkg" / "sub") in named_pipes._seen
+    sub = os.stat(tree / "pkg" / "sub")
+    assert (sub.st_dev, sub.st_ino) in named_pipes._seen
     time.sleep(0.05)  # past the tick of the folders' times
     os.mkfifo(tree / "pkg" / "sub" / "feed")
     assert named_pipes.find_pipe(str(tree)) == str(tree / "pkg" / "sub" / "feed")
@@ -65,8 +66,8 @@ def test_a_pipe_moved_in_from_elsewhere_is_found(tree, remembered, tmp_path_fact
 def test_a_remembered_tree_is_not_read_again(tree, remembered, monkeypatch):
     named_pipes.find_pipe(str(tree))
     reads = []
-    real = named_pipes._read
-    monkeypatch.setattr(named_pipes, "_read", lambda folder: reads.append(folder) or real(folder))
+    real = named_pipes._Walk.read
+    monkeypatch.setattr(named_pipes._Walk, "read", lambda walk, fd: reads.append(fd) or real(walk, fd))
     assert named_pipes.find_pipe(str(tree)) is None
     assert reads == []
 
@@ -74,14 +75,49 @@ def test_a_remembered_tree_is_not_read_again(tree, remembered, monkeypatch):
 def test_a_folder_changed_within_the_second_is_read_on_every_call(tree, monkeypatch):
     monkeypatch.setattr(named_pipes, "_seen", {})
     named_pipes.find_pipe(str(tree))
-    assert str(tree) not in named_pipes._seen
+    top = os.stat(tree)
+    assert (top.st_dev, top.st_ino) not in named_pipes._seen
 
 
-def test_a_tree_past_the_folder_bound_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(named_pipes, "MAX_FOLDERS", 5)
-    for i in range(5):
-        (tmp_path / str(i)).mkdir()
-    with pytest.raises(named_pipes.TooManyFolders):
+def test_a_pipe_deeper_than_a_path_can_name_is_found(tmp_path):
+    """Looked up by its full path, a folder past PATH_MAX (4,096) was skipped, and a pipe at the
+    bottom of 20 folders of 250-character names reached the guest (a probe wrote into it)."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            fd, parent = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+        os.mkfifo("feed", dir_fd=fd)
+    finally:
+        os.close(fd)
+    found = named_pipes.find_pipe(str(tmp_path))
+    assert found is not None and found.endswith("/feed") and len(found) > 5000
+
+
+@pytest.mark.parametrize("bound, make, words", [
+    ("MAX_FOLDERS", lambda top: [(top / str(i)).mkdir() for i in range(6)], "more than 5 folders"),
+    ("MAX_DEPTH", lambda top: (top / "a/b/c/d/e/f").mkdir(parents=True), "nested more than 5 deep"),
+    ("MAX_ENTRIES", lambda top: [(top / f"f{i}").touch() for i in range(6)], "more than 5 entries"),
+])
+def test_a_tree_past_a_bound_is_refused_naming_it(tmp_path, monkeypatch, bound, make, words):
+    monkeypatch.setattr(named_pipes, bound, 5)
+    make(tmp_path)
+    with pytest.raises(named_pipes.TooLarge, match=words):
         named_pipes.find_pipe(str(tmp_path))
-    os.rmdir(tmp_path / "4")
+
+
+def test_a_check_that_takes_too_long_is_refused(tree, monkeypatch):
+    monkeypatch.setattr(named_pipes, "MAX_SECONDS", -1)
+    with pytest.raises(named_pipes.TooLarge, match="s of checking"):
+        named_pipes.find_pipe(str(tree))
+
+
+def test_what_is_remembered_is_bounded_by_names(tmp_path, remembered, monkeypatch):
+    monkeypatch.setattr(named_pipes, "_MAX_REMEMBERED_NAMES", 10)
+    monkeypatch.setattr(named_pipes, "_remembered_names", 0)
+    for i in range(8):
+        (tmp_path / "a" / str(i)).mkdir(parents=True)
+        (tmp_path / "b" / str(i)).mkdir(parents=True)
     assert named_pipes.find_pipe(str(tmp_path)) is None
+    assert named_pipes._remembered_names <= 10

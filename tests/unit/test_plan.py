@@ -253,4 +253,35 @@ def test_a_folder_holding_a_named_pipe_is_refused_naming_it(config, root, tmp_pa
     os.makedirs(os.path.join(folder, "deep"), exist_ok=True)
     os.mkfifo(os.path.join(folder, "deep", "feed"))
     req = request(root) if where == "root" else request(root, whitelisted_paths=[folder])
-    refused(config, req, f"{where}.* holds a named pipe, '{folder}/deep/feed'")
+    with pytest.raises(plan.RequestError, match=f"{where}.* holds a named pipe, '{folder}/deep/feed'"):
+        plan.check_folders(plan.build(req, config))
+
+
+def test_a_whitelisted_folder_given_many_times_is_checked_once(config, root, tmp_path, monkeypatch):
+    """256 copies of one large folder were walked 256 times, in the event loop (a probe stalled
+    other clients for 8 s with a 10,000-folder tree)."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    walked = []
+    monkeypatch.setattr(plan.named_pipes, "find_pipe", lambda folder: walked.append(folder))
+    plan.check_folders(plan.build(request(root, whitelisted_paths=[str(libs)] * 256), config))
+    assert walked == [os.path.realpath(root), str(libs)]
+
+
+def test_a_path_that_resolves_to_a_name_that_is_not_utf8_is_refused(config, root, tmp_path):
+    """It was an unexpected UnicodeEncodeError building the sandbox's plan, with a traceback."""
+    odd = os.path.join(os.fsencode(str(tmp_path)), b"odd\xff")
+    os.mkdir(odd)
+    os.symlink(odd, tmp_path / "link")
+    refused(config, request(str(tmp_path / "link")), "root .* is not UTF-8 text")
+    refused(config, request(root, whitelisted_paths=[str(tmp_path / "link")]), "whitelisted_paths.* is not UTF-8 text")
+    os.symlink(os.path.join(odd, b"x.py"), os.path.join(os.fsencode(root), b"linked.py"))
+    with open(os.path.join(odd, b"x.py"), "w") as f:
+        f.write("x = 1\n")
+    refused(config, request(os.path.dirname(root), file=os.path.basename(root) + "/linked.py"), "file .* is not UTF-8")
+
+
+def test_a_whitelisted_folder_the_guest_cannot_read_is_refused(config, root, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    refused(config, request(root, whitelisted_paths=[str(private)]), "cannot be read by the sandbox's user")
