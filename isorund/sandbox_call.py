@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -264,6 +265,12 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
         raise BlockingIOError("the call's folders could not be sent")
 
 
+# RLIMIT_CPU counts whole seconds (a limit's fraction rounded up, see sandbox._call_limits), and
+# the CPU time the zygote reaps (rusage, scaled from ticks) can fall a little short of what the
+# kernel compared with the limit: a guest ended by its 2 s limit was reaped at 1.99x s.
+CPU_SAMPLING_SLACK = 0.05
+
+
 async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.RelayedOutcome:
     """The guest closed its channel without an outcome: say how it ended, if it can be known."""
     end = await _reaped(sandbox)
@@ -287,7 +294,7 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     # sandbox that used its CPU time was ended by that limit. One that used it and ended
     # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
     # the runtime was sending): the spent CPU is what ended the call all the same.
-    if end.cpu_seconds >= cpu_limit:
+    if end.cpu_seconds >= math.ceil(cpu_limit) - CPU_SAMPLING_SLACK:
         ended = "was killed by the kernel for using up its CPU time" if killed else \
             "used up its CPU time and ended without an outcome"
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)
