@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 
 MAX_FOLDERS = 10_000
@@ -39,6 +40,7 @@ class TooLarge(Exception):
 # (device, inode) -> (mtime, ctime, a pipe in it or None, its subfolders' names)
 _seen: dict[tuple[int, int], tuple[int, int, str | None, tuple[str, ...]]] = {}
 _remembered_names = 0
+_remembering = threading.Lock()
 
 
 def find_pipe(top: str) -> str | None:
@@ -115,16 +117,18 @@ class _Walk:
 
 
 def _remember(key, entry) -> None:
-    """Bounded by the names held, not by folders: one folder may hold 100,000 subfolders."""
+    """Bounded by the names held, not by folders: one folder may hold 100,000 subfolders.
+    Under a lock: checks of concurrent calls run on threads of their own."""
     global _remembered_names
-    replaced = _seen.pop(key, None)
-    if replaced is not None:
-        _remembered_names -= len(replaced[3])
-    if _remembered_names + len(entry[3]) > _MAX_REMEMBERED_NAMES:
-        _seen.clear()
-        _remembered_names = 0
-    _seen[key] = entry
-    _remembered_names += len(entry[3])
+    with _remembering:
+        replaced = _seen.pop(key, None)
+        if replaced is not None:
+            _remembered_names -= len(replaced[3])
+        if _remembered_names + len(entry[3]) > _MAX_REMEMBERED_NAMES:
+            _seen.clear()
+            _remembered_names = 0
+        _seen[key] = entry
+        _remembered_names += len(entry[3])
 
 
 def _is_pipe(entry: os.DirEntry) -> bool:
