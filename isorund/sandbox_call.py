@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import math
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
+from isorund.sandbox.limits import cpu_rlimit
 
 from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
 from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
@@ -265,9 +265,9 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
         raise BlockingIOError("the call's folders could not be sent")
 
 
-# RLIMIT_CPU counts whole seconds (a limit's fraction rounded up, see sandbox._call_limits), and
-# the CPU time the zygote reaps (rusage, scaled from ticks) can fall a little short of what the
-# kernel compared with the limit: a guest ended by its 2 s limit was reaped at 1.99x s.
+# RLIMIT_CPU counts whole seconds (limits.cpu_rlimit), and the CPU time the zygote reaps (rusage,
+# scaled from ticks) can fall a little short of what the kernel compared with the limit: a guest
+# ended by its 2 s limit was reaped at 1.99x s.
 CPU_SAMPLING_SLACK = 0.05
 
 
@@ -294,7 +294,7 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     # sandbox that used its CPU time was ended by that limit. One that used it and ended
     # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
     # the runtime was sending): the spent CPU is what ended the call all the same.
-    if end.cpu_seconds >= math.ceil(cpu_limit) - CPU_SAMPLING_SLACK:
+    if end.cpu_seconds >= cpu_rlimit(cpu_limit) - CPU_SAMPLING_SLACK:
         ended = "was killed by the kernel for using up its CPU time" if killed else \
             "used up its CPU time and ended without an outcome"
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)

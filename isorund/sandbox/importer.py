@@ -351,17 +351,18 @@ class GuestImporter:
         except ModuleNotFoundError as e:
             raise module_not_found(e.name or name) from None
 
-    def _import_listed(self, package, name: str, fromlist, where: str = "``from list''") -> None:
+    def _import_listed(self, package, name: str, fromlist, from_all: bool = False) -> None:
         """As Python's import: each name in ``fromlist`` that a package lacks is imported as its
-        submodule if there is one; ``*`` stands for the package's ``__all__``."""
+        submodule if there is one; ``*`` stands for the package's ``__all__`` (once: not in it)."""
         if not hasattr(package, "__path__"):
             return
         for item in fromlist:
             if not isinstance(item, str):
+                where = f"{name}.__all__" if from_all else "``from list''"
                 raise TypeError(f"Item in {where} must be str, not {type(item).__name__}")
             if item == "*":
-                if where == "``from list''" and hasattr(package, "__all__"):
-                    self._import_listed(package, name, package.__all__, where=f"{name}.__all__")
+                if not from_all and hasattr(package, "__all__"):
+                    self._import_listed(package, name, package.__all__, from_all=True)
             elif not hasattr(package, item):
                 self._import_guest(f"{name}.{item}", missing_ok=True)
 

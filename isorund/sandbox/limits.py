@@ -33,10 +33,15 @@ class Limits:
 SIGNALS_PENDING = 64
 
 
+def cpu_rlimit(seconds: float) -> int:
+    """RLIMIT_CPU for ``seconds``: whole seconds, a fraction rounded up, never 0 (no limit)."""
+    return max(1, math.ceil(seconds))
+
+
 def rlimits(limits: Limits) -> list[tuple[str, int, int]]:
     """Every rlimit the call sets, as (name, soft, hard); fixed ones included (RLIMIT_CORE is
     set earlier, in the pool: ``keep_crashes_to_the_sandbox``)."""
-    cpu = max(1, math.ceil(limits.cpu_seconds))
+    cpu = cpu_rlimit(limits.cpu_seconds)
     return [
         ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
         ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),

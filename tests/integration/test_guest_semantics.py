@@ -159,7 +159,11 @@ def test_imports_python_itself_would_treat_so(runner):
                 __import__("")
             def circular():
                 import cy1
+            def bad_all():
+                import badstar
         """,
+        "pb/__init__.py": "__all__ = [1]\n",
+        "badstar.py": "from pb import *\n",
         "pa/__init__.py": "__all__ = ['subm', 'Z']\nZ = 1\n",
         "pa/subm.py": "S = 'sub'\n",
         "starred.py": "from pa import *\nNAMES = [subm.S, Z]\n",
@@ -175,6 +179,9 @@ def test_imports_python_itself_would_treat_so(runner):
     with pytest.raises(errors.GuestError) as info:
         r.run("circular")  # the hint was missing
     assert "from partially initialized module 'cy1' (most likely due to a circular import)" in str(info.value)
+    with pytest.raises(errors.GuestError) as info:
+        r.run("bad_all")  # Python's own words for an __all__ that is not all names
+    assert info.value.type_name == "TypeError" and "Item in pb.__all__ must be str, not int" in str(info.value)
 
 
 def test_a_submodule_in_external_is_refused_rather_than_widened(runner):
