@@ -42,8 +42,9 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
         # a result nested past the depth limit (or containing itself) says so, as on the client
         return _failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
                         limit=getattr(e, "limit", None) or "")
-    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
-                    traceback=guest_traceback(e, guest_files))
+    message, traceback_text = guest_report(e, guest_files)
+    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=message,
+                    traceback=traceback_text)
 
 
 def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool:
@@ -94,15 +95,22 @@ TRACEBACK_FRAMES = 2000
 FAILURE_TEXT_CHARS = 256 << 10
 
 
-def guest_traceback(e: BaseException, guest_files: set[str]) -> str:
-    """The traceback as Python prints it, keeping only frames of guest source."""
+def guest_report(e: BaseException, guest_files: set[str]) -> tuple[str, str]:
+    """The exception's message and its traceback as Python prints it, keeping only frames of
+    guest source. The guest's ``__str__`` runs once, as when Python prints a traceback (it ran
+    a second time for the message: a print in it showed twice, and one that failed gave two
+    different texts); one that fails reads ``<exception str() failed>``, Python's words."""
     te = traceback.TracebackException.from_exception(e, limit=-TRACEBACK_FRAMES)
+    if CpuLimitExceeded.raised:
+        # the standard library's formatting swallows whatever a __str__ raises (a bare
+        # except), the CPU limit's exception too: the call's outcome is still that limit
+        raise CpuLimitExceeded()
     for part in _parts(te):
         part.stack = traceback.StackSummary.from_list([f for f in part.stack if _shown(f.filename, guest_files)])
     left_out = _guest_frames_left_out(e.__traceback__, guest_files)
     if left_out:
         te.stack = _Shortened(te.stack, left_out)
-    return "".join(te.format())
+    return te._str, "".join(te.format())  # _str: the text the traceback ends with
 
 
 class _Shortened(traceback.StackSummary):
@@ -172,9 +180,10 @@ def _parts(te):
 
 
 def _message(e: BaseException) -> str:
+    """The message when the traceback could not be formatted."""
     try:
         return str(e)
     except CpuLimitExceeded:
         raise
     except BaseException:  # a guest exception whose __str__ itself fails
-        return f"<unprintable {type(e).__name__}>"
+        return "<exception str() failed>"

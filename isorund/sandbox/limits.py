@@ -17,7 +17,15 @@ from ._libc import SandboxSetupError
 
 
 class CpuLimitExceeded(BaseException):
-    """Raised from SIGXCPU: the guest used up its CPU seconds."""
+    """Raised from SIGXCPU: the guest used up its CPU seconds. ``raised`` stays true once it
+    was, for code that may have swallowed it (the standard library's traceback formatting
+    catches anything a guest's ``__str__`` raises)."""
+
+    raised = False
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        CpuLimitExceeded.raised = True
 
 
 @dataclass(frozen=True)

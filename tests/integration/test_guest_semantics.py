@@ -661,3 +661,28 @@ def test_a_result_whose_own_code_raises_while_it_is_encoded_is_the_guests_error(
         r.run("f")
     assert (info.value.type_name, info.value.message) == ("RuntimeError", "tz boom")
     assert 'File "/index.py", line 5, in utcoffset' in info.value.traceback
+
+
+def test_an_exceptions_str_runs_once_and_one_that_fails_reads_as_python_prints_it(runner):
+    lines = []
+    r = runner({"index.py": """
+        class Loud(Exception):
+            def __str__(self):
+                print("formatting")
+                return "loud"
+        class Broken(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+        def loud():
+            raise Loud()
+        def broken():
+            raise Broken()
+    """}, on_console=lambda stream, text: lines.append(text))
+    with pytest.raises(errors.GuestError) as info:
+        r.run("loud")
+    assert info.value.message == "loud" and info.value.traceback.endswith("Loud: loud\n")
+    assert lines == ["formatting\n"]  # the message and the traceback come from one str()
+    with pytest.raises(errors.GuestError) as info:
+        r.run("broken")
+    assert info.value.message == "<exception str() failed>"
+    assert info.value.traceback.endswith("Broken: <exception str() failed>\n")

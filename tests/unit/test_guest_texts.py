@@ -3,10 +3,13 @@ failures with huge or unencodable texts (isorund.sandbox.console and .failure)."
 import socket
 import sys
 
+import pytest
+
 from isorun._proto import runner_pb2 as pb
 from isorund.sandbox import channel
 from isorund.sandbox.console import Console, capped_line
-from isorund.sandbox.failure import TRACEBACK_FRAMES, _cut_in_middle, _failure, guest_traceback, within_bounds
+from isorund.sandbox.failure import TRACEBACK_FRAMES, _cut_in_middle, _failure, describe, guest_report, within_bounds
+from isorund.sandbox.limits import CpuLimitExceeded
 
 CAP = 1 << 20
 
@@ -87,9 +90,54 @@ def _raised_at_depth(depth: int) -> BaseException:
 
 def test_a_traceback_cut_to_its_innermost_frames_says_how_many_guest_frames_came_before():
     here = {__file__}
-    short = guest_traceback(_raised_at_depth(10), here)
+    _, short = guest_report(_raised_at_depth(10), here)
     assert "not shown" not in short and short.count("in down") == 4  # (3, then "repeated 7 more times")
-    deep = guest_traceback(_raised_at_depth(TRACEBACK_FRAMES + 500), here)
+    _, deep = guest_report(_raised_at_depth(TRACEBACK_FRAMES + 500), here)
     # (the frame that caught it counts: it is in a "guest" file here, as every down() is)
     assert deep.startswith("Traceback (most recent call last):\n  [… 502 earlier frames not shown …]\n")
     assert deep.endswith("ValueError: bottom\n")
+
+
+class _Counted(Exception):
+    calls = 0
+
+    def __str__(self):
+        _Counted.calls += 1
+        return f"said {_Counted.calls} time(s)"
+
+
+def _raised(e: BaseException) -> BaseException:
+    try:
+        raise e
+    except BaseException as caught:  # noqa: B036 - the point is what was raised
+        return caught
+
+
+def test_the_guests_str_runs_once_for_the_message_and_the_traceback():
+    failure = describe(_raised(_Counted()), {__file__})
+    assert _Counted.calls == 1
+    assert failure.message == "said 1 time(s)"
+    assert failure.traceback.endswith("_Counted: said 1 time(s)\n")
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no")
+
+
+def test_a_str_that_fails_reads_as_python_prints_it_in_message_and_traceback():
+    failure = describe(_raised(_Unprintable()), {__file__})
+    assert failure.type_name == "_Unprintable"
+    assert failure.message == "<exception str() failed>"
+    assert failure.traceback.endswith("_Unprintable: <exception str() failed>\n")
+
+
+class _OutOfCpu(Exception):
+    def __str__(self):
+        raise CpuLimitExceeded()  # as SIGXCPU's handler would, inside the guest's __str__
+
+
+def test_the_cpu_limit_met_inside_a_str_is_the_outcome_though_traceback_swallows_it(monkeypatch):
+    monkeypatch.setattr(CpuLimitExceeded, "raised", False)
+    with pytest.raises(CpuLimitExceeded):
+        guest_report(_raised(_OutOfCpu()), {__file__})
