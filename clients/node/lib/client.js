@@ -74,6 +74,18 @@ function pluginName(option, value) {
 const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceExtensions", "compiler",
   "resolver", "resolverOptions", "onConsole", "socket", "registry"];
 const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver"];
+// The daemon's refusals name the request's fields as the proto spells them (`func_name`,
+// `whitelisted_paths[1]`); a Node user wrote the options in camelCase.
+const OPTION_OF_FIELD = new Map([...RUNNER_OPTIONS, ...RUN_OPTIONS]
+  .filter((option) => /[A-Z]/.test(option))
+  .map((option) => [option.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), option]));
+const FIELD_NAMES = new RegExp(`\\b(${[...OPTION_OF_FIELD.keys()].join("|")})\\b`, "g");
+
+/** A daemon's refusal in this API's terms. */
+function inOptionNames(details) {
+  return details.replace(FIELD_NAMES, (field) => OPTION_OF_FIELD.get(field));
+}
+
 // isolated-runtime's options that isorun names otherwise: code moved over would have them
 // ignored, and its guest would then fail far from the cause.
 const RENAMED = {
@@ -466,7 +478,7 @@ function transportError(error, socket) {
   }
   const { details } = error;
   switch (error.code) {
-    case grpc.status.INVALID_ARGUMENT: return new errors.InvalidRequest(details);
+    case grpc.status.INVALID_ARGUMENT: return new errors.InvalidRequest(inOptionNames(details));
     case grpc.status.RESOURCE_EXHAUSTED:
       // grpc's own size check (either side) says so; otherwise the daemon's queue is full
       if (/message larger than max/i.test(details)) {

@@ -62,6 +62,16 @@ describe("With faulty code", () => {
   });
 });
 
+describe("A request the daemon refuses", () => {
+  test("names the options as this API spells them, not as the proto does", async () => {
+    const runner = daemon.runner({ "index.py": "def f():\n    return 1\n" }, { whitelistedPaths: ["relative/folder"] });
+    await assert.rejects(runner.run({ funcName: "f" }),
+      { name: "InvalidRequest", message: /^whitelistedPaths\[0\] must be an absolute folder path/ });
+    await assert.rejects(daemon.runner({ "index.py": "" }).run({ funcName: "not-a-name" }),
+      { name: "InvalidRequest", message: /^funcName must be a Python identifier/ });
+  });
+});
+
 describe("Timeouts", () => {
   test("throws an error if the code execution times-out", async () => {
     const runner = daemon.runner({ "index.py": SLEEP }, { external: ["time"] });
