@@ -109,7 +109,11 @@ AF_UNIX, AF_INET, AF_INET6 = socket.AF_UNIX, socket.AF_INET, socket.AF_INET6
 # of its own, or a datagram pair (sendto takes any address), could reach a socket file of a
 # host service in a folder the call was given, through the read-only bind (connect() needs no
 # write access to the mount, only to the socket file, and a 0666 socket gives that).
-SOCK_TYPE_MASK, SOCK_DGRAM = 0xF, socket.SOCK_DGRAM
+# Every other type is denied, not only SOCK_DGRAM: the kernel makes a Unix SOCK_RAW pair a
+# datagram pair (a guest sent datagrams and a descriptor to a host service's 0666 socket in its
+# root that way).
+SOCK_TYPE_MASK = 0xF
+UNIX_PAIR_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 # An IP socket is a TCP socket: SOCK_STREAM, protocol 0 or IPPROTO_TCP. A UDP socket's queue
 # draws on the host-wide udp_mem every UDP socket of the host shares (60 sockets of one guest
 # held 11 MiB of it: a few calls of many processes could starve the host's DNS), and other
@@ -227,8 +231,9 @@ def _limit_sockets(f, deny, seccomp) -> None:
         for protocol in range(1, IPPROTO_TCP):
             f.add_rule(deny, "socket", is_ip, seccomp.Arg(2, seccomp.EQ, protocol))
         f.add_rule(deny, "socket", is_ip, seccomp.Arg(2, seccomp.GE, IPPROTO_TCP + 1))
-    f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
-               seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+    for kind in set(range(SOCK_TYPE_MASK + 1)) - set(UNIX_PAIR_TYPES):
+        f.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.EQ, AF_UNIX),
+                   seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, kind))
     low = functools.partial(_low_32_bits, seccomp)
     for option in (*BUFFER_OPTIONS.values(), *PROGRAM_OPTIONS.values()):  # (fd, level, optname, …)
         f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))

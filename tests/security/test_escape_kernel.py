@@ -63,6 +63,8 @@ DENIED = {
     "socket(AF_UNIX)": [41, 1, 1, 0],
     "socketpair(AF_UNIX, SOCK_DGRAM)": [53, 1, 2, 0, 0],
     "socketpair(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, high bits set)": [53, 1, (1 << 32) | 0o2000000 | 2, 0, 0],
+    "socketpair(AF_UNIX, SOCK_RAW)": [53, 1, 3, 0, 0],  # a datagram pair by another name
+    "socketpair(AF_UNIX, SOCK_PACKET|SOCK_NONBLOCK)": [53, 1, 10 | 0o4000, 0, 0],
     # memory outside RLIMIT_AS (a guest touching 3 GiB of detached SysV segments was seen)
     "shmget": [29, 0, 1 << 20, 0o1000 | 0o600],
     "shmat": [30, 0, 0, 0],

@@ -89,7 +89,8 @@ def test_a_socket_file_in_a_folder_the_call_was_given_is_out_of_reach(attack, so
     folder, stream, datagram = socket_files
     results = attack("network", "socket_file", args=[str(folder / "service.sock"), str(folder / "log.sock")],
                      whitelisted_paths=[str(folder)], timeout=20)
-    assert results == {"stream connect": "EPERM", "datagram sendto": "EPERM", "own pair": "ok: 'ping'"}
+    assert results == {"stream connect": "EPERM", "datagram sendto": "EPERM", "raw sendto": "EPERM",
+                       "own pair": "ok: 'ping'", "own seqpacket pair": "ok: 'ping'"}
     assert stream.connected == 0
     with pytest.raises(TimeoutError):
         datagram.recv(64)

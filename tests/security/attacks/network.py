@@ -50,15 +50,18 @@ def socket_file(stream_path, datagram_path):
     the stream one, send to the datagram one. A connected pair of its own still works."""
     socket = real_import("socket")
 
-    def send():
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    def send(kind):
+        # (the kernel makes a Unix SOCK_RAW pair a datagram pair)
+        a, b = socket.socketpair(socket.AF_UNIX, kind)
         with a, b:
             return a.sendto(b"from the guest", datagram_path)
 
-    def own_pair():
-        a, b = socket.socketpair()
+    def own_pair(kind=socket.SOCK_STREAM):
+        a, b = socket.socketpair(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
         with a, b:
             a.sendall(b"ping")
             return b.recv(4).decode()
     return {"stream connect": outcome(lambda: _greeting(socket.AF_UNIX, stream_path)),
-            "datagram sendto": outcome(send), "own pair": outcome(own_pair)}
+            "datagram sendto": outcome(lambda: send(socket.SOCK_DGRAM)),
+            "raw sendto": outcome(lambda: send(socket.SOCK_RAW)), "own pair": outcome(own_pair),
+            "own seqpacket pair": outcome(lambda: own_pair(socket.SOCK_SEQPACKET))}
