@@ -108,8 +108,10 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
     os.environ.clear()
     # 5. the runtime's first-touch work (copy-on-write faults) done now, off the call's path;
     guest.prepare(chan, registry)
-    # 6. no core dump, and no host core helper, for a crash (the filter then keeps it so);
+    # 6. no core dump, and no host core helper, for a crash (the filter then keeps it so),
+    #    and the first to go when the host runs out of memory;
     limits.keep_crashes_to_the_sandbox()
+    limits.first_for_the_oom_killer()
     # 7. the pool's part of the seccomp filter: all of it but what the call's steps need.
     if plan.isolated:
         seccomp.apply(syscall_filters[0])

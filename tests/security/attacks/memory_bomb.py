@@ -25,3 +25,27 @@ def attack_in_children(children, each_bytes):
                 os._exit(0)
     while True:
         os.wait()
+
+
+def oom_score():
+    """The guest's standing with the host's OOM killer, in this process and a child, and
+    whether it can lower it (then a guest holding memory no process's score counts, pipe
+    buffers, would not be the first to go)."""
+    def read():
+        with real_import("builtins").open("/proc/self/oom_score_adj") as f:
+            return int(f.read())
+
+    def lower(to):
+        try:
+            with real_import("builtins").open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(to))
+            return f"lowered to {read()}"
+        except OSError as e:
+            return real_import("errno").errorcode[e.errno]
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(w, str(read()).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    return {"own": read(), "child": int(os.read(r, 16)), "to -1": lower(-1), "to 0": lower(0)}
