@@ -141,6 +141,21 @@ def test_flooding_the_console_is_an_output_limit(runner):
     assert info.value.limit == "output"
 
 
+def test_the_lines_within_the_output_cap_arrive_before_the_output_limit(start_daemon, make_root):
+    """A batch of lines that went over the cap took all of its lines with it: of 100 lines of
+    9 bytes against a 1,000-byte cap, 1 arrived. Each line costs its bytes and ~10 of framing."""
+    d = start_daemon(config="[limits]\noutput_bytes = 1000\n")
+    lines = []
+    source = "def chatty():\n    for i in range(100):\n        print(f'line {i:03}')\n"
+    with CodeRunner(root=make_root({"index.py": source}), file="index.py", socket=d.socket,
+                    on_console=lambda stream, text: lines.append(text)) as r:
+        with pytest.raises(errors.ResourceLimitError) as info:
+            r.run("chatty", timeout=20)
+    assert info.value.limit == "output"
+    assert lines == [f"line {i:03}\n" for i in range(len(lines))]  # in order, none skipped
+    assert 40 <= len(lines) < 100, len(lines)
+
+
 def test_a_line_printed_in_many_parts_costs_what_its_parts_do(runner):
     """print(x, end="") in a loop grew one str by copying it: 100,000 parts of 6 characters
     took 14 s, 900,000 of one character longer than the call's timeout."""
