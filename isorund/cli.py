@@ -51,7 +51,7 @@ def _main(argv, held: list[int]) -> int:
     import json
     import logging
 
-    from .config import Config, ConfigError, reference
+    from .config import Config, ConfigError, StartError, reference
     from .memory import keep_freed_memory
     args = parse_args(argv)
     if args.config_reference:
@@ -78,7 +78,8 @@ def _main(argv, held: list[int]) -> int:
             return 1
         raise
     except (RuntimeError, OSError) as e:
-        logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": f"{type(e).__name__}: {e}"}))
+        said = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
+        logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": said}))
         return 1
 
 

@@ -43,6 +43,11 @@ class ConfigError(ValueError):
     """A configuration key is unknown or its value is out of range; the message names it."""
 
 
+class StartError(RuntimeError):
+    """The daemon cannot start with this configuration on this host (a cgroup_root it cannot
+    use, a zygote that failed); the message says why, whole."""
+
+
 def _key(default, doc: str, **extra):
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(metadata={"doc": doc, **extra}, **factory)

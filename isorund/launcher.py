@@ -21,6 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from isorund.config import StartError
 from isorund.sandbox import seccomp
 
 log = logging.getLogger("isorund")
@@ -153,10 +154,10 @@ class Zygote:
         except TimeoutError:
             self.process.kill()  # its control socket closes: _on_zygote_exit cleans up
             await self._hello
-            raise RuntimeError(f"the zygote did not start within {timeout:g} s (start_timeout)"
+            raise StartError(f"the zygote did not start within {timeout:g} s (start_timeout)"
                                + (f"; it was still importing {self._loading}" if self._loading else "")) from None
         if "fatal" in hello:
-            raise RuntimeError(hello["fatal"])
+            raise StartError(hello["fatal"])
         self.alive = True
         self._started_at = loop.time()
         self._owed = self._asked = 0  # a new zygote starts with a full pool, owing no one

@@ -55,9 +55,13 @@ def main() -> int:
     try:
         zygote = Zygote(config, control)
     except Exception as e:  # a plugin that fails to load, a sandbox the kernel refuses, …
+        from .config import StartError
+        from .plugins import PluginError
         from .sandbox import SandboxSetupError
-        what = "cannot build a sandbox on this host" if isinstance(e, SandboxSetupError) else type(e).__name__
-        _send(control, {"fatal": f"{what}: {e}"})
+        # the project's own errors say what went wrong; anything else is named by its class
+        what = ("cannot build a sandbox on this host: " if isinstance(e, SandboxSetupError)
+                else "" if isinstance(e, (PluginError, StartError)) else f"{type(e).__name__}: ")
+        _send(control, {"fatal": f"{what}{e}"})
         return 1
     _send(control, {"hello": {"pid": os.getpid()}})
     zygote.serve()
@@ -257,6 +261,7 @@ def _python_folders() -> tuple[list[str], list[str]]:
 
 def _cgroup_root(config) -> str | None:
     """The delegated cgroup v2 folder for per-call limits, or None; says which, once, in the log."""
+    from .config import StartError
     from .sandbox import cgroup
 
     try:
@@ -266,7 +271,7 @@ def _cgroup_root(config) -> str | None:
     except (cgroup.Unavailable, OSError) as e:
         if config.cgroup_root not in ("", "off"):
             # The operator asked for these limits: running without them would be a surprise.
-            raise RuntimeError(f"cgroup_root {config.cgroup_root!r} cannot be used: {e}") from e
+            raise StartError(f"cgroup_root {config.cgroup_root!r} cannot be used: {e}") from e
         _log(config, "warning", {"event": "cgroup", "enabled": False, "reason": str(e),
                                  "note": "per-call memory/pids/cpu limits are off; rlimits still apply per process"})
         return None

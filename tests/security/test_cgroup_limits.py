@@ -33,8 +33,10 @@ def test_the_cgroup_decision_is_logged_once_at_start(secure_daemon):
 def test_a_configured_cgroup_root_that_cannot_be_used_stops_the_start(start_daemon, tmp_path):
     daemon = start_daemon(config=f'cgroup_root = "{tmp_path}"\n', wait=False)
     assert daemon.proc.wait(60) != 0
-    log = daemon.log()
-    assert "cgroup_root" in log and "not a cgroup v2 folder" in log, log
+    fatal = [json.loads(line) for line in daemon.log().splitlines() if line.startswith('{"event": "fatal"')]
+    # one line, the reason whole, not wrapped in class names ("RuntimeError: RuntimeError: …")
+    assert len(fatal) == 1 and fatal[0]["error"].startswith(f"cgroup_root '{tmp_path}' cannot be used: "), fatal
+    assert "not a cgroup v2 folder" in fatal[0]["error"]
 
 
 def _v2_root_with_controllers() -> str | None:
