@@ -360,6 +360,17 @@ def test_cli_whose_reader_went_away_exits_quietly_as_a_killed_pipe_writer(daemon
     assert process.returncode == 141 and stderr == "", stderr
 
 
+def test_cli_whose_reader_leaves_in_the_middle_of_a_large_result_says_so_by_its_status(daemon, make_root):
+    # The reader read 10 bytes of 10 MB and left: the pipe's partial write was taken for the
+    # whole, and the status said 0 for a result cut at 64 KiB.
+    root = make_root({"rules.py": "def big():\n    return 'x' * 10_000_000\n"})
+    process = _cli_process("--root", root, "--file", "rules.py", "big", socket=daemon.socket, stdout=subprocess.PIPE)
+    assert process.stdout.read(10) == '"xxxxxxxxx'
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 141 and stderr == "", stderr
+
+
 def test_cli_that_cannot_write_its_result_says_why(daemon, make_root):
     # A full disk was a traceback: "OSError: [Errno 28] No space left on device".
     root = make_root({"rules.py": "def f():\n    return 'x' * 100000\n"})

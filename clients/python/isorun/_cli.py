@@ -125,8 +125,7 @@ def _print_result(result: Any) -> int:
         print(f"isorun: the call returned a result that cannot be printed as JSON: {e}", file=sys.stderr)
         return 1
     try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        _write_whole(text + "\n")
     except BrokenPipeError:
         # The reader left (``| head -c1``): quiet, as a shell tool killed by SIGPIPE, and
         # stdout pointed at /dev/null so the interpreter's flush at exit does not complain.
@@ -136,6 +135,16 @@ def _print_result(result: Any) -> int:
         print(f"isorun: cannot write the result: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_whole(text: str) -> None:
+    """Writes ``text`` to stdout's descriptor until all of it is written. Python's own stdout
+    took a pipe's partial write, made when its reader left mid-result (``| head -c 10`` of a
+    10 MB result), for the whole: the result was cut at 64 KiB and the status said 0."""
+    sys.stdout.flush()
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(sys.stdout.fileno(), data):]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
