@@ -286,7 +286,28 @@ class CodeRunner {
     return this._inFlight(() => this._run(knownOptions("run()", options, RUN_OPTIONS)));
   }
 
-  async _run({ funcName, args, context, running, timeout, argsResolver }) {
+  async _run(options) {
+    const socketFile = fileIdentity(this._address);
+    try {
+      return await this._runOnce(options);
+    } catch (error) {
+      if (!this._lostWithAnOldDaemon(error, socketFile)) throw error;
+      return this._runOnce(options); // once: the daemon now at the socket never saw the call
+    }
+  }
+
+  /** Whether `error` is the end of a connection to a daemon that has been replaced since this
+   * runner last heard from it, before anything of the call came back: grpc-js learns that a
+   * connection ended only when it next uses it if this process was busy meanwhile (a
+   * synchronous task across a daemon's restart), and the call then failed ("Session closed",
+   * a SandboxError, or CANCELLED, a ResourceLimitError) though no daemon had seen it. */
+  _lostWithAnOldDaemon(error, socketFile) {
+    const cause = error && error.grpcCause;
+    return cause !== undefined && !cause.heard && socketFile !== null && this._heardThrough !== undefined &&
+      socketFile !== this._heardThrough && [grpc.status.INTERNAL, grpc.status.CANCELLED, grpc.status.UNAVAILABLE].includes(cause.code);
+  }
+
+  async _runOnce({ funcName, args, context, running, timeout, argsResolver }) {
     const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
     let outcome;
     try {
@@ -307,7 +328,9 @@ class CodeRunner {
         outcome = await this._stream(request, deadline, running);
       }
     } catch (e) {
-      throw transportError(e, this.socket);
+      const error = transportError(e, this.socket);
+      if (error !== e && error) Object.defineProperty(error, "grpcCause", { value: e, enumerable: false });
+      throw error;
     }
     if (!outcome) throw new errors.SandboxError("the daemon ended the call without an outcome");
     if (outcome.result !== "value") throw failureError(outcome.failure || {});
@@ -421,17 +444,26 @@ class CodeRunner {
   }
 
   _unary(method, request, deadline) {
+    const socketFile = fileIdentity(this._address);
     return new Promise((resolve, reject) => {
-      this._client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+      this._client[method](request, { deadline }, (error, response) => {
+        if (error) return reject(error);
+        this._heardThrough = socketFile;
+        return resolve(response);
+      });
     });
   }
 
   /** Runs the call over RunStream, feeding `running` and `onConsole` live, in order. A callback
    * that returns a promise is awaited before the next event; one that throws cancels the call. */
   async _stream(request, deadline, running) {
+    const socketFile = fileIdentity(this._address);
     const call = this._client.RunStream(request, { deadline });
+    let heard = false;
     try {
       for await (const event of call) {
+        if (!heard) this._heardThrough = socketFile;
+        heard = true;
         if ((event.event === "console" || event.event === "consoleBatch") && this.onConsole) {
           // a burst of lines may come as one consoleBatch: the same as that many console events
           const lines = event.event === "console" ? [event.console] : (event.consoleBatch.lines || []);
@@ -446,6 +478,9 @@ class CodeRunner {
         }
       }
       return null;
+    } catch (error) {
+      if (error && typeof error === "object") error.heard = heard;
+      throw error;
     } finally {
       // Leaving the loop early only destroys the Node stream: the gRPC call, and with it the
       // daemon's sandbox and concurrency slot, lives on until cancelled. After the outcome

@@ -163,4 +163,4 @@ async function startDaemon(options = {}) {
   return daemon;
 }
 
-module.exports = { startDaemon };
+module.exports = { startDaemon, PYTHON };

@@ -8,7 +8,7 @@ const os = require("node:os");
 const path = require("node:path");
 const { after, before, describe, test } = require("node:test");
 const isorun = require("..");
-const { startDaemon } = require("../test-support/daemon");
+const { PYTHON, startDaemon } = require("../test-support/daemon");
 
 const { CodeRunner, errors } = isorun;
 
@@ -358,6 +358,33 @@ describe("a daemon restarted under its runners", () => {
         assert.ok(Date.now() - ready < 2500, "the runner stayed unavailable after the restart");
         await sleep(50);
       }
+    }
+  });
+});
+
+describe("a daemon restarted while this process was busy", () => {
+  test("the first call after it is made on a new connection, not failed on the old one", async () => {
+    // With the event loop blocked from the old daemon's stop to the new one's start, grpc-js
+    // learnt that the connection had ended only as the next call went out on it: that call
+    // failed with "Received RST_STREAM with code 2 triggered by internal client error:
+    // Session closed", a SandboxError, though neither daemon had seen it.
+    const d = await startDaemon();
+    const runner = d.runner({ "index.py": "def echo(x):\n    return x\n" });
+    assert.deepEqual(await runner.run({ funcName: "echo", args: [new Set([1])] }), new Set([1]));
+    const pidFile = path.join(d.folder, "new.pid");
+    const restart = 'kill -TERM "$1"; while [ -S "$2" ]; do sleep 0.05; done; ' +
+      '(setsid "$3" -m isorund --socket "$2" --config "$4" >> "$5" 2>&1 < /dev/null & echo $! > "$6"); ' +
+      'while ! [ -S "$2" ]; do sleep 0.05; done';
+    execFileSync("bash", ["-c", restart, "restart", String(d.proc.pid), d.socket, PYTHON, d.configPath, d.logPath,
+      pidFile], { timeout: 60_000 }); // synchronous: the event loop sees nothing of it
+    const started = Number(fs.readFileSync(pidFile, "utf8"));
+    try {
+      assert.deepEqual(await runner.run({ funcName: "echo", args: [new Set([2])] }), new Set([2]));
+      assert.equal(await runner.run({ funcName: "echo", args: [3] }), 3);
+    } finally {
+      process.kill(started, "SIGTERM");
+      for (let i = 0; i < 600 && fs.existsSync(d.socket); i++) await new Promise((r) => setTimeout(r, 50));
+      await d.stop();
     }
   });
 });
