@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 
@@ -344,3 +345,25 @@ def test_a_runner_closed_before_fork_stays_closed_in_the_child(daemon, make_root
         with pytest.raises(errors.IsorunError, match="closed"):
             r.run("echo", args=[1])
     assert _in_children(1, work) == []
+
+
+def test_a_daemon_holding_all_the_connections_it_allows_is_named_as_the_cause(start_daemon, make_root):
+    """gRPC closes a connection over max_connections as it comes, before the daemon sees it:
+    the caller was told no daemon answered, the operator's log said nothing."""
+    d = start_daemon(config="max_connections = 1\n")
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(d.socket)  # the one connection the daemon keeps
+    time.sleep(0.3)
+    root = make_root({"index.py": "def f():\n    return 1\n"})
+    with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
+        with pytest.raises(errors.DaemonUnavailable, match=r"as many client connections as it allows \(max_connections"):
+            r.run("f")
+        holder.close()
+        deadline = time.monotonic() + 10
+        while True:  # the slot is free again: the same runner is served
+            try:
+                assert r.run("f") == 1
+                break
+            except errors.DaemonUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)

@@ -10,6 +10,7 @@ import asyncio
 import math
 import pathlib
 import re
+import socket
 import types
 
 import pytest
@@ -189,6 +190,15 @@ def test_a_socket_path_of_107_bytes_is_tried(tmp_path):
     with pytest.raises(errors.DaemonUnavailable, match="the socket does not exist"):
         r.run("f")
     r.close()
+
+
+def test_a_socket_file_nothing_listens_on_is_named_as_such(tmp_path):
+    # (a daemon killed outright leaves its socket file: gRPC said "Connection refused")
+    path = str(tmp_path / "isorund.sock")
+    socket.socket(socket.AF_UNIX).bind(path)
+    with CodeRunner(root=str(tmp_path), file="index.py", socket=path) as r:
+        with pytest.raises(errors.DaemonUnavailable, match="nothing listens on the socket file"):
+            r.run("f")
 
 
 @pytest.mark.parametrize("kind", ["a regular file", "a folder"])

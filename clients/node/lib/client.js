@@ -536,6 +536,12 @@ function transportError(error, socket) {
           `(permission denied): the socket's mode and group (socket_mode, socket_group) decide who may; ` +
           `details: ${details}`);
       }
+      if (/Failed to connect|No connection established/i.test(details)) {
+        // grpc-js does not say why; gRPC closes a connection over the daemon's bound unseen
+        return new errors.DaemonUnavailable(`isorund at ${socket} did not keep the connection: the daemon ` +
+          "holds as many client connections as it allows (max_connections; each runner keeps one open), " +
+          `or it is stopping, or nothing listens on the socket file; details: ${details}`);
+      }
       return new errors.DaemonUnavailable(`isorund at ${socket} is unavailable: ${details}`);
     }
     default:

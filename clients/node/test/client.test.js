@@ -362,6 +362,24 @@ describe("a daemon restarted under its runners", () => {
   });
 });
 
+describe("a daemon holding all the client connections it allows", () => {
+  test("is named as the cause of the refusal", async () => {
+    // gRPC closes a connection over max_connections as it comes, before the daemon sees it:
+    // the caller was told only "No connection established".
+    const d = await startDaemon({ config: "max_connections = 1\n" });
+    const holder = require("node:net").createConnection(d.socket); // the one connection it keeps
+    try {
+      await new Promise((resolve) => holder.once("connect", resolve));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await assert.rejects(d.runner({ "index.py": "def f():\n    return 1\n" }).run({ funcName: "f" }),
+        { name: "DaemonUnavailable", message: /as many client connections as it allows \(max_connections/ });
+    } finally {
+      holder.destroy();
+      await d.stop();
+    }
+  });
+});
+
 describe("a daemon restarted while this process was busy", () => {
   test("the first call after it is made on a new connection, not failed on the old one", async () => {
     // With the event loop blocked from the old daemon's stop to the new one's start, grpc-js

@@ -81,8 +81,23 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
             return errors.DaemonUnavailable(
                 f"this process may not connect to isorund at {socket} (permission denied): the socket's "
                 f"mode and group (socket_mode, socket_group) decide who may; details: {details}")
-        return errors.DaemonUnavailable(f"no isorun daemon answers at {socket}: {details}")
+        return errors.DaemonUnavailable(_not_kept(socket, details))
     return errors.SandboxError(f"isorund at {socket} failed the call ({code.name if code else 'unknown'}): {details}")
+
+
+def _not_kept(socket: str, details: str) -> str:
+    """Why a socket this process can reach did not keep the connection, as far as gRPC's words
+    tell: a connection closed as it came is the daemon's bound (gRPC closes it unseen, so the
+    daemon's log cannot say so); a refused one, a socket file nothing listens on."""
+    lowered = details.lower()
+    if "broken pipe" in lowered or "connection reset" in lowered:
+        return (f"isorund at {socket} closed the connection as it was made: it holds as many client "
+                f"connections as it allows (max_connections; each runner keeps one open), or it is "
+                f"stopping; details: {details}")
+    if "connection refused" in lowered:
+        return (f"no isorun daemon answers at {socket}: nothing listens on the socket file (a daemon "
+                f"that ended without removing it?); details: {details}")
+    return f"no isorun daemon answers at {socket}: {details}"
 
 
 def _unreachable(socket: str) -> str | None:
