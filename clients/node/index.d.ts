@@ -54,6 +54,20 @@ export interface RunOptions {
   timeout?: number;
   /** Name of an args-resolver plugin registered in the daemon's config. */
   argsResolver?: string;
+  /** The daemon's limits lowered for this call (0 or left out: the daemon's). */
+  limits?: Limits;
+}
+
+/** The daemon's `[limits]`, in camelCase; a call may only lower them. */
+export interface Limits {
+  memoryBytes?: number;
+  maxProcesses?: number;
+  maxOpenFiles?: number;
+  maxFileBytes?: number;
+  outputBytes?: number;
+  resultBytes?: number;
+  cpuSeconds?: number;
+  tmpBytes?: number;
 }
 
 /** The daemon's answer to GetCapabilities (proto field names in camelCase). */

@@ -198,6 +198,44 @@ def test_hogging_memory_is_a_memory_limit(runner):
     assert info.value.limit == "memory"
 
 
+def test_a_call_may_lower_the_daemons_limits_for_itself(runner):
+    """The request's limits were reachable only through a plain gRPC stub."""
+    r = runner({"index.py": "def hold(mib):\n    return len(bytearray(mib << 20))\n"})
+    assert r.run("hold", args=[200]) == 200 << 20  # within the daemon's 512 MiB
+    with pytest.raises(errors.ResourceLimitError) as info:
+        r.run("hold", args=[200], limits={"memory_bytes": 96 << 20})
+    assert info.value.limit == "memory"
+    assert r.run("hold", args=[1], limits={"memory_bytes": 96 << 20, "cpu_seconds": 2.5}) == 1 << 20
+    with pytest.raises(errors.InvalidRequest, match="memory_bytes"):  # not above the daemon's
+        r.run("hold", args=[1], limits={"memory_bytes": 1 << 40})
+
+
+def test_an_async_call_may_lower_the_daemons_limits_too(daemon, make_root):
+    root = make_root({"index.py": "def hold(mib):\n    return len(bytearray(mib << 20))\n"})
+
+    async def main():
+        async with AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket) as r:
+            with pytest.raises(errors.ResourceLimitError) as info:
+                await r.run("hold", args=[200], limits={"memory_bytes": 96 << 20})
+            return info.value.limit
+    assert asyncio.run(main()) == "memory"
+
+
+@pytest.mark.parametrize("limits, match", [
+    ({"memory": 1 << 20}, "unknown limit 'memory'; known are cpu_seconds, max_file_bytes, max_open_files"),
+    ({"memory_bytes": -1}, r"limits\['memory_bytes'\] must be a whole number >= 0, got -1"),
+    ({"memory_bytes": 1.5}, "a whole number"),
+    ({"max_processes": True}, "a whole number"),
+    ({"cpu_seconds": float("nan")}, "a number of seconds"),
+    ({"max_processes": 1 << 40}, "out of range"),
+    ([("memory_bytes", 1)], "limits must be"),
+])
+def test_a_calls_limits_are_checked_before_anything_is_sent(runner, limits, match):
+    r = runner({"index.py": "def f():\n    return 1\n"})
+    with pytest.raises(errors.InvalidRequest, match=match):
+        r.run("f", limits=limits)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"func_name": "not a name"}, "func_name"),
     ({"func_name": "f", "timeout": 10_000}, "timeout"),

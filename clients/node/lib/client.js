@@ -73,10 +73,13 @@ function pluginName(option, value) {
 
 const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceExtensions", "compiler",
   "resolver", "resolverOptions", "onConsole", "socket", "registry"];
-const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver"];
+const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver", "limits"];
+// The daemon's limits a call may lower for itself, as the proto's Limits names them (camelCase).
+const LIMITS = ["memoryBytes", "maxProcesses", "maxOpenFiles", "maxFileBytes", "outputBytes", "resultBytes",
+  "cpuSeconds", "tmpBytes"];
 // The daemon's refusals name the request's fields as the proto spells them (`func_name`,
 // `whitelisted_paths[1]`); a Node user wrote the options in camelCase.
-const OPTION_OF_FIELD = new Map([...RUNNER_OPTIONS, ...RUN_OPTIONS]
+const OPTION_OF_FIELD = new Map([...RUNNER_OPTIONS, ...RUN_OPTIONS, ...LIMITS]
   .filter((option) => /[A-Z]/.test(option))
   .map((option) => [option.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), option]));
 const FIELD_NAMES = new RegExp(`\\b(${[...OPTION_OF_FIELD.keys()].join("|")})\\b`, "g");
@@ -172,6 +175,28 @@ function typeName(value) {
   if (value === null || value === undefined) return String(value);
   if (typeof value === "object" || typeof value === "function") return value.constructor?.name || typeof value;
   return typeof value;
+}
+
+/** A call's `limits`: names of the daemon's limits to numbers, each at most the daemon's own
+ * (the daemon refuses more); 0 or a name left out keeps the daemon's. */
+function callLimits(limits) {
+  if (limits === undefined || limits === null) return null;
+  if (!isPlainObject(limits)) {
+    throw new errors.InvalidRequest(`limits must be a plain object of limit names to numbers, got ${typeName(limits)}`);
+  }
+  const checked = {};
+  for (const [name, value] of Object.entries(limits)) {
+    if (!LIMITS.includes(name)) {
+      throw new errors.InvalidRequest(`unknown limit '${name}'; known are ${[...LIMITS].sort().join(", ")}`);
+    }
+    const whole = name !== "cpuSeconds";
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || (whole && !Number.isSafeInteger(value))) {
+      throw new errors.InvalidRequest(`limits.${name} must be ${whole ? "a whole number" : "a number of seconds"} ` +
+        `>= 0, got ${shown(value)}`);
+    }
+    checked[name] = value;
+  }
+  return checked;
 }
 
 /** Tells a file from the one it replaced (an inode number alone may be reused at once). */
@@ -307,8 +332,9 @@ class CodeRunner {
       socketFile !== this._heardThrough && [grpc.status.INTERNAL, grpc.status.CANCELLED, grpc.status.UNAVAILABLE].includes(cause.code);
   }
 
-  async _runOnce({ funcName, args, context, running, timeout, argsResolver }) {
+  async _runOnce({ funcName, args, context, running, timeout, argsResolver, limits }) {
     const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
+    request.limits = callLimits(limits);
     let outcome;
     try {
       // The daemon's capabilities, once per runner: its type names for tagged values, and its

@@ -62,6 +62,28 @@ describe("With faulty code", () => {
   });
 });
 
+describe("A call's own limits", () => {
+  test("lower the daemon's for that call only, and are checked before anything is sent", async () => {
+    const runner = daemon.runner({ "index.py": "def hold(mib):\n    return len(bytearray(mib << 20))\n" });
+    assert.equal(await runner.run({ funcName: "hold", args: [200] }), 200 * 2 ** 20);
+    await assert.rejects(runner.run({ funcName: "hold", args: [200], limits: { memoryBytes: 96 * 2 ** 20 } }),
+      { name: "ResourceLimitError", limit: "memory" });
+    assert.equal(await runner.run({ funcName: "hold", args: [1], limits: { memoryBytes: 96 * 2 ** 20, cpuSeconds: 2.5 } }),
+      2 ** 20);
+    await assert.rejects(runner.run({ funcName: "hold", args: [1], limits: { memoryBytes: 2 ** 40 } }),
+      { name: "InvalidRequest", message: /^limits\.memoryBytes may only lower the daemon's limit/ });
+    for (const [limits, message] of [
+      [{ memory: 1 }, /^unknown limit 'memory'; known are cpuSeconds, maxFileBytes/],
+      [{ memoryBytes: -1 }, /^limits\.memoryBytes must be a whole number >= 0, got -1/],
+      [{ maxProcesses: 1.5 }, /a whole number/],
+      [{ cpuSeconds: "1" }, /a number of seconds/],
+      [[1], /^limits must be a plain object/],
+    ]) {
+      await assert.rejects(runner.run({ funcName: "hold", args: [1], limits }), { name: "InvalidRequest", message });
+    }
+  });
+});
+
 describe("A request the daemon refuses", () => {
   test("names the options as this API spells them, not as the proto does", async () => {
     const runner = daemon.runner({ "index.py": "def f():\n    return 1\n" }, { whitelistedPaths: ["relative/folder"] });

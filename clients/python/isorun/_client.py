@@ -106,7 +106,8 @@ class _Base:
             raise errors.DaemonUnavailable(self._unreachable)
 
     def _request(self, func_name: str, args: Sequence[Any] | None, context: Mapping[str, Any] | None,
-                 timeout: float | None, args_resolver: str | None) -> tuple[pb.RunRequest, set[str]]:
+                 timeout: float | None, args_resolver: str | None,
+                 limits: Mapping[str, float] | None = None) -> tuple[pb.RunRequest, set[str]]:
         """Builds the request; returns it with every tagged type name its values use. Its
         values share one size budget, so an oversized request is refused before it is sent."""
         if not isinstance(func_name, str) or not func_name:
@@ -120,6 +121,7 @@ class _Base:
         request.func_name = func_name
         request.timeout_seconds = seconds
         request.args_resolver = _inputs.plugin_name("args_resolver", args_resolver)
+        _inputs.call_limits(limits, request.limits)
         names: set[str] = set()
         budget = _VALUES_BUDGET
         for i, arg in enumerate(args):
@@ -230,11 +232,12 @@ class CodeRunner(_Base):
 
     def run(self, func_name: str, args: Sequence[Any] | None = None, context: Mapping[str, Any] | None = None,
             running: Callable[[], Any] | None = None, timeout: float | None = None,
-            args_resolver: str | None = None) -> Any:
-        """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises."""
+            args_resolver: str | None = None, limits: Mapping[str, float] | None = None) -> Any:
+        """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises.
+        ``limits`` lowers the daemon's limits for this call (``{"memory_bytes": 64 << 20}``)."""
         _no_coroutine_function("running", _inputs.callback("running", running))
         with self._in_flight():
-            request, names = self._request(func_name, args, context, timeout, args_resolver)
+            request, names = self._request(func_name, args, context, timeout, args_resolver, limits)
             try:
                 if self._needs_capabilities(request, names):
                     self._ensure_capabilities()
@@ -389,12 +392,14 @@ class AsyncCodeRunner(_Base):
 
     async def run(self, func_name: str, args: Sequence[Any] | None = None,
                   context: Mapping[str, Any] | None = None, running: Callable[[], Any] | None = None,
-                  timeout: float | None = None, args_resolver: str | None = None) -> Any:
+                  timeout: float | None = None, args_resolver: str | None = None,
+                  limits: Mapping[str, float] | None = None) -> Any:
         """Calls ``func_name(*args)`` in a fresh sandbox and returns its value, or raises.
-        ``running`` and ``on_console`` may be plain functions or coroutine functions."""
+        ``running`` and ``on_console`` may be plain functions or coroutine functions;
+        ``limits`` lowers the daemon's limits for this call."""
         _inputs.callback("running", running)
         async with self._in_flight() as connection:
-            request, names = self._request(func_name, args, context, timeout, args_resolver)
+            request, names = self._request(func_name, args, context, timeout, args_resolver, limits)
             try:
                 if self._needs_capabilities(request, names):
                     await self._ensure_capabilities(connection)

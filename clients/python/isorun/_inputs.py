@@ -118,6 +118,27 @@ def timeout_seconds(timeout: Any) -> float:
     raise errors.InvalidRequest(f"timeout must be a finite number of seconds > 0, got {_short(timeout)}")
 
 
+def call_limits(limits: Any, request_limits) -> None:
+    """Sets a call's ``limits`` on ``request_limits`` (a ``Limits`` message): names of the
+    daemon's limits to numbers, each at most the daemon's own (the daemon refuses more); 0 or
+    an absent name leaves the daemon's."""
+    if limits is None:
+        return
+    known = [field.name for field in request_limits.DESCRIPTOR.fields]
+    for name, value in mapping("limits", limits, "names of limits to numbers").items():
+        if name not in known:
+            raise errors.InvalidRequest(f"unknown limit {_short(name)}; known are {', '.join(sorted(known))}")
+        whole = name != "cpu_seconds"
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                or value < 0 or (whole and value != int(value))):
+            kind = "a whole number" if whole else "a number of seconds"
+            raise errors.InvalidRequest(f"limits[{name!r}] must be {kind} >= 0, got {_short(value)}")
+        try:
+            setattr(request_limits, name, int(value) if whole else float(value))
+        except ValueError:  # past the field's 32 or 64 bits
+            raise errors.InvalidRequest(f"limits[{name!r}] is out of range, got {_short(value)}") from None
+
+
 def socket_problem(socket: str) -> str | None:
     """Why no daemon can be reached at ``socket`` whatever runs there, or None."""
     path = os.path.abspath(socket)
