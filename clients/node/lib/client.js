@@ -263,10 +263,12 @@ class CodeRunner {
     if (socket !== undefined && socket !== null && typeof socket !== "string") {
       throw new errors.InvalidRequest(`socket must be a string, the path of isorund's Unix socket, got ${typeof socket}`);
     }
-    this.root = root;
-    this.file = file;
-    this.registry = registry;
-    this.socket = socket || defaultSocket();
+    // Read-only, as index.d.ts declares them: calls are built from what the runner was made
+    // with, so a value assigned later was shown and never used (`runner.file = "b.py"`).
+    for (const [name, value] of [["root", root], ["file", file], ["registry", registry],
+      ["socket", socket || defaultSocket()]]) {
+      Object.defineProperty(this, name, { value, enumerable: true, writable: false, configurable: false });
+    }
     this.onConsole = onConsole || null;
     this._template = {
       root, file,

@@ -362,6 +362,17 @@ describe("a daemon restarted under its runners", () => {
   });
 });
 
+describe("a runner's root, file, socket and registry", () => {
+  test("are read-only, as declared: an assignment throws in strict code instead of being shown and unused", () => {
+    const runner = new isorun.CodeRunner({ root: "/r", file: "a.py", socket: "/tmp/nowhere.sock" });
+    for (const name of ["root", "file", "socket", "registry"]) {
+      const before = runner[name];
+      assert.throws(() => { runner[name] = "changed"; }, TypeError);
+      assert.equal(runner[name], before);
+    }
+  });
+});
+
 describe("a daemon holding all the client connections it allows", () => {
   test("is named as the cause of the refusal", async () => {
     // gRPC closes a connection over max_connections as it comes, before the daemon sees it:
