@@ -353,3 +353,17 @@ def test_a_lone_surrogate_in_a_name_or_path_is_refused_naming_the_option(tmp_pat
 def test_a_lone_surrogate_in_resolver_options_is_refused_naming_its_place(tmp_path, options, message):
     with pytest.raises(errors.SerializationError, match="^" + re.escape(message)):
         CodeRunner(root=str(tmp_path), file="index.py", resolver_options=options)
+
+
+@pytest.mark.parametrize("runner", [CodeRunner, AsyncCodeRunner])
+@pytest.mark.parametrize("option, hint", [
+    ("resolve", "unexpected keyword argument 'resolve': isolated-runtime's resolve function is resolver= here"),
+    ("resolveArguments", "is run(args_resolver=...) here"),
+    ("onConsole", "unexpected keyword argument 'onConsole': did you mean 'on_console'?"),
+    ("timout", "known are external, whitelisted_paths, source_extensions, compiler, resolver"),
+])
+def test_an_unknown_option_names_the_runner_and_what_isorun_calls_it(tmp_path, runner, option, hint):
+    # It said "_Base.__init__() got an unexpected keyword argument 'resolve'".
+    with pytest.raises(TypeError, match=f"^{runner.__name__}\\(\\) got an unexpected keyword argument") as info:
+        runner(root=str(tmp_path), file="index.py", **{option: None})
+    assert hint in str(info.value)

@@ -205,6 +205,28 @@ def _not_awaitable(returned: Any) -> None:
         raise errors.InvalidRequest(f"a callback (on_console or running) returned an awaitable: {_NOT_AWAITED}")
 
 
+# isolated-runtime's options, and their JavaScript spellings, that isorun names otherwise: code
+# moved over would otherwise meet only "unexpected keyword argument".
+_RENAMED = {
+    "resolve": "isolated-runtime's resolve function is resolver= here: the name of a resolver plugin "
+               "in the daemon's config",
+    "resolve_arguments": "isolated-runtime's resolveArguments function is run(args_resolver=...) here: "
+                         "the name of an args-resolver plugin in the daemon's config",
+}
+
+
+def _known_options(runner: str, options: Mapping[str, Any]) -> None:
+    """A runner's options by name, refused as Python refuses a keyword, but naming the runner
+    (it said ``_Base.__init__()``) and what isorun calls an option it spells otherwise."""
+    known = list(inspect.signature(_Base.__init__).parameters)[3:]
+    for name in options:
+        if name not in known:
+            snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+            hint = _RENAMED.get(snake) or (f"did you mean {snake!r}?" if snake in known
+                                           else f"known are {', '.join(known)}")
+            raise TypeError(f"{runner}() got an unexpected keyword argument {name!r}: {hint}")
+
+
 class CodeRunner(_Base):
     """Calls functions of ``file`` under ``root`` in fresh sandboxes of the isorun daemon.
 
@@ -212,6 +234,7 @@ class CodeRunner(_Base):
     """
 
     def __init__(self, root: str, file: str, **options: Any):
+        _known_options("CodeRunner", options)
         super().__init__(root, file, **options)
         _no_coroutine_function("on_console", self.on_console)
         self._connect()
@@ -377,6 +400,7 @@ class AsyncCodeRunner(_Base):
     """
 
     def __init__(self, root: str, file: str, **options: Any):
+        _known_options("AsyncCodeRunner", options)
         super().__init__(root, file, **options)
         self._connection: _Connection | None = None
 
