@@ -21,7 +21,7 @@ import threading
 import time
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -37,6 +37,9 @@ SCRAPE_TIMEOUT = 5.0   # seconds a connection may take, its request and its answ
 
 class Metrics:
     def __init__(self):
+        # only the series the documentation lists: no `*_created` timestamp beside each counter
+        # and histogram (a process-wide setting of the library; the daemon is its only user)
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter("isorun_calls", "Calls answered, by outcome (ok, a failure kind, or why "
                              "the call was refused)", ["outcome"], registry=self.registry)
@@ -61,7 +64,7 @@ class Metrics:
         """Starts the endpoint; returns the address it listens on (port 0 picks one)."""
         host, port = metrics_endpoint(address)
         try:
-            self._http = _bounded_server(host, port, make_wsgi_app(self.registry))
+            self._http = _bounded_server(host, port, _at_its_path(make_wsgi_app(self.registry)))
         except OSError as e:
             raise SystemExit(f"cannot serve metrics on {address} (config key 'metrics_address'): "
                              f"{e.strerror or e}")
@@ -130,6 +133,17 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format, *args):
         pass  # a line per scrape on the daemon's log would drown its call lines
+
+
+def _at_its_path(app):
+    """The metrics at ``/metrics`` only; any other path is 404 (the library's app answers every
+    path alike, so a mistyped scrape path looked right)."""
+    def serve(environ, start_response):
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"isorund serves its metrics at /metrics\n"]
+        return app(environ, start_response)
+    return serve
 
 
 def _bounded_server(host: str, port: int, app) -> _BoundedServer:

@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -161,6 +162,17 @@ def test_the_metrics_counters_move_with_the_calls(metered, make_root):
     assert moved("isorun_queue_wait_seconds_count") == 5
     assert after["isorun_zygote_up"] == 1 and after["isorun_zygote_restarts_total"] == 0
     assert after["isorun_max_concurrency"] == 2 and after["isorun_sandboxes_ready"] >= 0
+
+
+def test_the_endpoint_serves_only_the_documented_series_and_only_at_metrics(metered):
+    # Any path answered the metrics, and each counter and histogram had a *_created series
+    # beside it, which the documentation does not list.
+    samples = scrape(metered)
+    assert "isorun_zygote_up" in samples and not [name for name in samples if "_created" in name]
+    for path in ("/", "/metric", "/metrics/x"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://{metrics_address(metered)}{path}", timeout=10)
+        assert info.value.code == 404
 
 
 def test_a_fresh_daemon_counts_no_call_its_self_test_is_only_logged(metered):
