@@ -201,10 +201,12 @@ class _Relay:
         lines a 1,000-byte cap holds arrived)."""
         relayed, carried = pb.ConsoleBatch(), None  # (lines kept in one message: no object each)
         while True:
-            if len(frame) <= self.console_left:
+            fits = len(frame) <= self.console_left  # (a frame over it is not parsed whole)
+            if fits:
                 batch = _batch_of(event)
                 cost = len(frame) + channel.HEADER.size * len(batch.lines)
-            if len(frame) > self.console_left or cost > self.console_left:
+                fits = cost <= self.console_left
+            if not fits:
                 relayed.MergeFrom(_batch_within(event, self.console_left))
                 self.console_left = -1
                 break

@@ -78,7 +78,7 @@ export interface Capabilities {
   compilers: string[];
   resolvers: string[];
   argsResolvers: string[];
-  limits?: Record<string, string | number>;
+  limits?: Record<string, number>;
   defaultTimeoutSeconds?: number;
   maxTimeoutSeconds?: number;
   defaultExternal: string[];

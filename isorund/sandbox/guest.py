@@ -124,8 +124,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             _silence_guest_handlers()
             _interpreter_settings_back()
             importer.withdraw()
-            _codec.encode_into(outcome.value, result, registry, max_bytes=plan.limits.result_bytes,
-                               wrap_read_errors=False)  # (the guest's own code raised: its error)
+            _encoded_result(outcome.value, result, registry, plan.limits.result_bytes)
     except InvalidRequest as e:
         _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return
@@ -203,6 +202,16 @@ def _decoded(value: struct_pb2.Value, registry, where: str):
         return _codec.decode(value, registry)
     except SerializationError as e:
         e.args = (f"{where}: {e}", *e.args[1:])
+        raise
+
+
+def _encoded_result(into, result, registry, max_bytes: int) -> None:
+    """Encodes the function's result; its SerializationError says it was the result, as the
+    clients' say which argument (the guest's own code raising while it is read is its error)."""
+    try:
+        _codec.encode_into(into, result, registry, max_bytes=max_bytes, wrap_read_errors=False)
+    except SerializationError as e:
+        e.args = (f"the result: {e}", *e.args[1:])
         raise
 
 

@@ -82,8 +82,9 @@ def keep_crashes_to_the_sandbox() -> None:
 # The OOM killer's score of a sandbox's processes: the highest, so that when the host runs out
 # of memory a guest goes before any host process. Not every page a guest holds is counted in
 # its score (pipe and socket buffers are in no process's), and without it a guest holding
-# gigabytes in pipes scored 666 while the daemon scored 667. Children inherit it; lowering it
-# needs CAP_SYS_RESOURCE on the host, which no guest has.
+# gigabytes in pipes scored 666 while the daemon scored 667. Children inherit it. Set by a
+# process holding CAP_SYS_RESOURCE it is also the floor, and lowering it needs that capability,
+# which no guest has; where the daemon lacks it (a container), a guest may lower it to 0.
 OOM_SCORE_ADJ = 1000
 
 

@@ -120,9 +120,10 @@ def test_a_coroutine_an_async_function_returns_is_awaited_too(runner):
     assert r.run("plain", args=[21]) == 42
 
 
-def test_a_generator_result_is_a_serialization_error(runner):
+def test_a_generator_result_is_a_serialization_error_saying_it_was_the_result(runner):
+    # (it did not say: arguments are named "argument 0: …")
     r = runner({"index.py": "def gen():\n    yield 1\n"})
-    with pytest.raises(errors.SerializationError, match="generator"):
+    with pytest.raises(errors.SerializationError, match="^the result: cannot encode a value of type 'generator'"):
         r.run("gen")
 
 

@@ -177,6 +177,14 @@ function typeName(value) {
   return typeof value;
 }
 
+/** Capabilities with their limits as numbers: the proto's 64-bit ones arrive as strings
+ * (`memoryBytes: "536870912"`), which compare and add as text. None comes near 2 ** 53. */
+function numericLimits(capabilities) {
+  const limits = capabilities.limits || {};
+  for (const [name, value] of Object.entries(limits)) limits[name] = Number(value);
+  return capabilities;
+}
+
 /** A call's `limits`: names of the daemon's limits to numbers, each at most the daemon's own
  * (the daemon refuses more); 0 or a name left out keeps the daemon's. */
 function callLimits(limits) {
@@ -369,7 +377,7 @@ class CodeRunner {
   async capabilities() {
     return this._inFlight(async () => {
       try {
-        return await this._unary("GetCapabilities", {}, Date.now() + 10000);
+        return numericLimits(await this._unary("GetCapabilities", {}, Date.now() + 10000));
       } catch (e) {
         throw transportError(e, this.socket);
       }

@@ -212,6 +212,9 @@ describe("with a daemon", () => {
   test("capabilities list the plugins and every type name this client sends", async () => {
     const caps = await daemon.runner({ "index.py": "" }).capabilities();
     assert.deepEqual(caps.compilers, ["plus-to-times"]);
+    // numbers, not the strings the proto's 64-bit fields arrive as
+    assert.equal(caps.limits.memoryBytes, 512 * 2 ** 20);
+    assert.ok(Object.values(caps.limits).every((value) => typeof value === "number"), JSON.stringify(caps.limits));
     for (const name of ["int", "float", "dict", "bytes", "set", "datetime"]) {
       assert.ok(caps.typeNames.includes(name), name);
     }
