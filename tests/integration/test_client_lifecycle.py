@@ -367,3 +367,42 @@ def test_a_daemon_holding_all_the_connections_it_allows_is_named_as_the_cause(st
             except errors.DaemonUnavailable:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", ["CodeRunner", "AsyncCodeRunner"])
+def test_a_call_made_as_soon_as_a_restarted_daemon_is_ready_is_answered(start_daemon, make_root, kind):
+    """While the daemon was down, the runner's failed calls grew gRPC's reconnect backoff (to
+    its 1 s cap): a call made as soon as the new daemon was ready failed with DaemonUnavailable,
+    one made half a second later worked."""
+    first = start_daemon()
+    root = make_root({"index.py": "def f():\n    return 1\n"})
+
+    def start_second():
+        second = start_daemon(args=["--socket", first.socket], wait=False)
+        deadline = time.monotonic() + 60
+        while '"event": "ready"' not in second.log():
+            assert second.proc.poll() is None and time.monotonic() < deadline, second.log()
+            time.sleep(0.01)
+
+    if kind == "CodeRunner":
+        with CodeRunner(root=root, file="index.py", socket=first.socket) as r:
+            assert r.run("f") == 1
+            assert first.stop() == 0
+            for _ in range(6):  # the host goes on calling meanwhile
+                with pytest.raises(errors.DaemonUnavailable):
+                    r.run("f")
+                time.sleep(0.2)
+            start_second()
+            assert r.run("f") == 1
+    else:
+        async def main():
+            async with AsyncCodeRunner(root=root, file="index.py", socket=first.socket) as r:
+                assert await r.run("f") == 1
+                assert first.stop() == 0
+                for _ in range(6):
+                    with pytest.raises(errors.DaemonUnavailable):
+                        await r.run("f")
+                    await asyncio.sleep(0.2)
+                start_second()  # (blocks the loop while the daemon starts: nothing else runs on it)
+                return await r.run("f")
+        assert asyncio.run(main()) == 1

@@ -73,6 +73,9 @@ function pluginName(option, value) {
 
 const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceExtensions", "compiler",
   "resolver", "resolverOptions", "onConsole", "socket", "registry"];
+// How long a call that met a daemon started since the runner last heard one waits for the
+// channel to reach it: the longest reconnect backoff (below) and a connection.
+const RECONNECT_WAIT_MS = 2000;
 const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver", "limits"];
 // The daemon's limits a call may lower for itself, as the proto's Limits names them (camelCase).
 const LIMITS = ["memoryBytes", "maxProcesses", "maxOpenFiles", "maxFileBytes", "outputBytes", "resultBytes",
@@ -326,9 +329,18 @@ class CodeRunner {
     try {
       return await this._runOnce(options);
     } catch (error) {
-      if (!this._lostWithAnOldDaemon(error, socketFile)) throw error;
+      if (!this._lostWithAnOldDaemon(error, socketFile) || !(await this._readySoon())) throw error;
       return this._runOnce(options); // once: the daemon now at the socket never saw the call
     }
+  }
+
+  /** Whether the channel connects within its longest reconnect backoff (1 s) and a little:
+   * while the daemon was down, the backoff grew, and a call made as soon as a new daemon was
+   * ready failed with DaemonUnavailable. */
+  _readySoon() {
+    return new Promise((resolve) => {
+      this._client.waitForReady(Date.now() + RECONNECT_WAIT_MS, (error) => resolve(!error));
+    });
   }
 
   /** Whether `error` is the end of a connection to a daemon that has been replaced since this

@@ -421,6 +421,27 @@ describe("a daemon restarted while this process was busy", () => {
   });
 });
 
+describe("a call made as soon as a restarted daemon is ready", () => {
+  test("is answered: it waits for the channel's reconnect rather than failing", async () => {
+    // The failed calls while the daemon was down grew the reconnect backoff (to its 1 s cap):
+    // a call made as soon as the new daemon was ready failed with DaemonUnavailable.
+    const d = await startDaemon();
+    try {
+      const runner = d.runner({ "index.py": "def f():\n    return 1\n" });
+      assert.equal(await runner.run({ funcName: "f" }), 1);
+      await d.restart(async () => {
+        for (let i = 0; i < 6; i++) {
+          await assert.rejects(runner.run({ funcName: "f" }), errors.DaemonUnavailable);
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      });
+      assert.equal(await runner.run({ funcName: "f" }), 1);
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
 describe("a daemon started anew with a larger default timeout", () => {
   let d;
   before(async () => {

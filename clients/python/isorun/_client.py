@@ -41,6 +41,9 @@ QUEUE_ALLOWANCE_SECONDS = 60.0
 # timeout (from its capabilities); this only if a daemon reports none.
 _DEFAULT_TIMEOUT_GUESS = 30.0
 _CAPABILITIES_TIMEOUT = 10.0
+# How long a call that met a daemon started since the runner last heard one waits for the
+# channel to reach it: the longest reconnect backoff (_channel_options) and a connection.
+_RECONNECT_WAIT = 2.0
 _MAX_MESSAGE = 64 * 1024 * 1024
 # What the values of one request (args and context together) may take: the message, less room
 # for the rest of the request (paths, names, framing), so that a request over the limit fails
@@ -93,6 +96,7 @@ class _Base:
         # names (for tagged values) and its default timeout (for a call that names none).
         self._daemon: pb.Capabilities | None = None
         self._daemon_socket: tuple[int, int, int] | None = None  # the socket file they came through
+        self._heard_through: tuple[int, int, int] | None = None  # that of the last answer heard
         self._closed = False
         # True while this thread or asyncio task is inside one of this runner's calls (in a
         # callback, say): close() from there must not wait for the call that is running it.
@@ -165,6 +169,16 @@ class _Base:
         and leave them no room to wait in the queue at all."""
         timeout = request.timeout_seconds or (self._daemon.default_timeout_seconds if self._daemon else 0)
         return min((timeout or _DEFAULT_TIMEOUT_GUESS) + QUEUE_ALLOWANCE_SECONDS, _MAX_DEADLINE_SECONDS)
+
+    def _replaced_before_any_answer(self, error: grpc.RpcError, socket_file, heard: list) -> bool:
+        """Whether ``error`` is a connection to the daemon that failed before anything of the
+        call came back, while the socket file is not the one through which the runner last
+        heard a daemon: one started since, which the channel has not reached yet (its reconnect
+        backoff, up to 1 s, grew while the daemon was down: a call made as soon as the new one
+        was ready failed with DaemonUnavailable). The call is then made once more, when the
+        channel is ready; the new daemon never saw it."""
+        return (not heard and error.code() == grpc.StatusCode.UNAVAILABLE and socket_file is not None
+                and self._heard_through is not None and socket_file != self._heard_through)
 
     def _result(self, outcome: pb.Outcome | None) -> Any:
         if outcome is None:
@@ -261,27 +275,49 @@ class CodeRunner(_Base):
         _no_coroutine_function("running", _inputs.callback("running", running))
         with self._in_flight():
             request, names = self._request(func_name, args, context, timeout, args_resolver, limits)
+            socket_file, heard = _file_identity(self.socket), []
             try:
-                if self._needs_capabilities(request, names):
-                    self._ensure_capabilities()
-                if names:
-                    if self._missing(names):
-                        self._ensure_capabilities(again=True)  # (see _ensure_capabilities)
-                    self._check_names(names)
-                deadline = self._deadline(request)
-                if running is None and self.on_console is None:
-                    outcome = self._stub.Run(request, timeout=deadline).outcome
-                else:
-                    outcome = self._stream(request, deadline, running)
+                try:
+                    outcome = self._call(request, names, running, socket_file, heard)
+                except grpc.RpcError as e:
+                    if not (self._replaced_before_any_answer(e, socket_file, heard) and self._ready_soon()):
+                        raise
+                    outcome = self._call(request, names, running, socket_file, heard)
             except grpc.RpcError as e:
                 raise transport_error(e, self.socket) from None
             return self._result(outcome)
 
-    def _stream(self, request: pb.RunRequest, deadline: float,
-                running: Callable[[], Any] | None) -> pb.Outcome | None:
+    def _call(self, request: pb.RunRequest, names: set[str], running: Callable[[], Any] | None,
+              socket_file, heard: list) -> pb.Outcome | None:
+        if self._needs_capabilities(request, names):
+            self._ensure_capabilities()
+        if names:
+            if self._missing(names):
+                self._ensure_capabilities(again=True)  # (see _ensure_capabilities)
+            self._check_names(names)
+        deadline = self._deadline(request)
+        if running is None and self.on_console is None:
+            outcome = self._stub.Run(request, timeout=deadline).outcome
+            self._heard_through = socket_file
+            return outcome
+        return self._stream(request, deadline, running, socket_file, heard)
+
+    def _ready_soon(self) -> bool:
+        """Whether the channel connects within its longest reconnect backoff and a little."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=_RECONNECT_WAIT)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    def _stream(self, request: pb.RunRequest, deadline: float, running: Callable[[], Any] | None,
+                socket_file, heard: list) -> pb.Outcome | None:
         call = self._stub.RunStream(request, timeout=deadline)
         try:
             for event in call:
+                if not heard:  # (the first event: the daemon took the call)
+                    heard.append(True)
+                    self._heard_through = socket_file
                 if event.WhichOneof("event") == "outcome":
                     return event.outcome
                 for callback in self._callbacks(event, running):
@@ -300,6 +336,7 @@ class CodeRunner(_Base):
                 socket_file = _file_identity(self.socket)  # before asking: a later restart is seen
                 self._remember(self._stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=_CAPABILITIES_TIMEOUT),
                                socket_file)
+                self._heard_through = socket_file
 
     def capabilities(self) -> pb.Capabilities:
         """The daemon's version, isolation level, limits, plugins and value type names."""
@@ -424,27 +461,51 @@ class AsyncCodeRunner(_Base):
         _inputs.callback("running", running)
         async with self._in_flight() as connection:
             request, names = self._request(func_name, args, context, timeout, args_resolver, limits)
+            socket_file, heard = _file_identity(self.socket), []
             try:
-                if self._needs_capabilities(request, names):
-                    await self._ensure_capabilities(connection)
-                if names:
-                    if self._missing(names):
-                        await self._ensure_capabilities(connection, again=True)  # (as CodeRunner's)
-                    self._check_names(names)
-                deadline = self._deadline(request)
-                if running is None and self.on_console is None:
-                    outcome = (await connection.stub.Run(request, timeout=deadline)).outcome
-                else:
-                    outcome = await self._stream(connection.stub, request, deadline, running)
+                try:
+                    outcome = await self._call(connection, request, names, running, socket_file, heard)
+                except grpc.RpcError as e:
+                    if not (self._replaced_before_any_answer(e, socket_file, heard)
+                            and await self._ready_soon(connection)):
+                        raise
+                    outcome = await self._call(connection, request, names, running, socket_file, heard)
             except grpc.RpcError as e:
                 raise transport_error(e, self.socket) from None
             return self._result(outcome)
 
+    async def _call(self, connection: _Connection, request: pb.RunRequest, names: set[str],
+                    running: Callable[[], Any] | None, socket_file, heard: list) -> pb.Outcome | None:
+        if self._needs_capabilities(request, names):
+            await self._ensure_capabilities(connection)
+        if names:
+            if self._missing(names):
+                await self._ensure_capabilities(connection, again=True)  # (as CodeRunner's)
+            self._check_names(names)
+        deadline = self._deadline(request)
+        if running is None and self.on_console is None:
+            outcome = (await connection.stub.Run(request, timeout=deadline)).outcome
+            self._heard_through = socket_file
+            return outcome
+        return await self._stream(connection.stub, request, deadline, running, socket_file, heard)
+
+    @staticmethod
+    async def _ready_soon(connection: _Connection) -> bool:
+        """Whether the channel connects within its longest reconnect backoff and a little."""
+        try:
+            await asyncio.wait_for(connection.channel.channel_ready(), _RECONNECT_WAIT)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def _stream(self, stub: runner_pb2_grpc.RunnerStub, request: pb.RunRequest, deadline: float,
-                      running: Callable[[], Any] | None) -> pb.Outcome | None:
+                      running: Callable[[], Any] | None, socket_file, heard: list) -> pb.Outcome | None:
         call = stub.RunStream(request, timeout=deadline)
         try:
             async for event in call:
+                if not heard:  # (the first event: the daemon took the call)
+                    heard.append(True)
+                    self._heard_through = socket_file
                 if event.WhichOneof("event") == "outcome":
                     return event.outcome
                 for callback in self._callbacks(event, running):
@@ -462,6 +523,7 @@ class AsyncCodeRunner(_Base):
                 socket_file = _file_identity(self.socket)  # (as CodeRunner's)
                 self._remember(await connection.stub.GetCapabilities(pb.GetCapabilitiesRequest(),
                                                                      timeout=_CAPABILITIES_TIMEOUT), socket_file)
+                self._heard_through = socket_file
 
     async def capabilities(self) -> pb.Capabilities:
         async with self._in_flight() as connection:

@@ -90,7 +90,7 @@ def _not_kept(socket: str, details: str) -> str:
     tell: a connection closed as it came is the daemon's bound (gRPC closes it unseen, so the
     daemon's log cannot say so); a refused one, a socket file nothing listens on."""
     lowered = details.lower()
-    if "broken pipe" in lowered or "connection reset" in lowered:
+    if any(words in lowered for words in ("broken pipe", "connection reset", "socket closed")):
         return (f"isorund at {socket} closed the connection as it was made: it holds as many client "
                 f"connections as it allows (max_connections; each runner keeps one open), or it is "
                 f"stopping; details: {details}")
