@@ -406,3 +406,22 @@ def test_a_call_made_as_soon_as_a_restarted_daemon_is_ready_is_answered(start_da
                 start_second()  # (blocks the loop while the daemon starts: nothing else runs on it)
                 return await r.run("f")
         assert asyncio.run(main()) == 1
+
+
+def test_a_call_that_finds_a_new_socket_file_but_no_daemon_still_fails_as_unavailable(start_daemon, make_root):
+    """The wait for a restarted daemon's connection is bounded: a socket file nothing listens on
+    (a daemon that failed to start after binding, say) ends it with DaemonUnavailable."""
+    first = start_daemon()
+    root = make_root({"index.py": "def f():\n    return 1\n"})
+    with CodeRunner(root=root, file="index.py", socket=first.socket) as r:
+        assert r.run("f") == 1
+        assert first.stop() == 0
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(first.socket)  # a new socket file, never listened on
+        try:
+            started = time.monotonic()
+            with pytest.raises(errors.DaemonUnavailable):
+                r.run("f")
+            assert time.monotonic() - started < 15
+        finally:
+            stale.close()

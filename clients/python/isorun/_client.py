@@ -304,10 +304,12 @@ class CodeRunner(_Base):
 
     def _ready_soon(self) -> bool:
         """Whether the channel connects within its longest reconnect backoff and a little."""
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=_RECONNECT_WAIT)
+            ready.result(timeout=_RECONNECT_WAIT)
             return True
         except grpc.FutureTimeoutError:
+            ready.cancel()  # (it would go on watching the channel)
             return False
 
     def _stream(self, request: pb.RunRequest, deadline: float, running: Callable[[], Any] | None,
