@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 import os
 import resource
@@ -198,20 +199,24 @@ def _check_readable(guest_dir: str, file: str) -> None:
 
 def _decoded(value: struct_pb2.Value, registry, where: str):
     """A value of the request, decoded; its error says where in the request the value was."""
-    try:
+    with _said_of(where):
         return _codec.decode(value, registry)
-    except SerializationError as e:
-        e.args = (f"{where}: {e}", *e.args[1:])
-        raise
 
 
 def _encoded_result(into, result, registry, max_bytes: int) -> None:
     """Encodes the function's result; its SerializationError says it was the result, as the
     clients' say which argument (the guest's own code raising while it is read is its error)."""
-    try:
+    with _said_of("the result"):
         _codec.encode_into(into, result, registry, max_bytes=max_bytes, wrap_read_errors=False)
+
+
+@contextlib.contextmanager
+def _said_of(where: str):
+    """A SerializationError raised inside begins with ``where`` (``args[1]: …``)."""
+    try:
+        yield
     except SerializationError as e:
-        e.args = (f"the result: {e}", *e.args[1:])
+        e.args = (f"{where}: {e}", *e.args[1:])
         raise
 
 

@@ -365,6 +365,22 @@ describe("a daemon restarted under its runners", () => {
   });
 });
 
+describe("a call's limits", () => {
+  test("are known by the names of the contract's Limits message, in camelCase", async () => {
+    // (the client lists them itself, before any daemon is asked: the list must follow the proto)
+    const protobuf = require("protobufjs");
+    const root = new protobuf.Root();
+    root.loadSync(path.resolve(__dirname, "..", "..", "..", "proto", "isorun", "v1", "runner.proto"));
+    const contract = root.lookupType("isorun.v1.Limits").fieldsArray.map((field) => field.name).sort();
+    const runner = new isorun.CodeRunner({ root: "/r", file: "a.py", socket: "/tmp/nowhere.sock" });
+    await assert.rejects(runner.run({ funcName: "f", limits: { nonsense: 1 } }), (error) => {
+      assert.equal(error.name, "InvalidRequest");
+      assert.deepEqual(error.message.split("known are ")[1].split(", "), contract);
+      return true;
+    });
+  });
+});
+
 describe("a runner's root, file, socket and registry", () => {
   test("are read-only, as declared: an assignment throws in strict code instead of being shown and unused", () => {
     const runner = new isorun.CodeRunner({ root: "/r", file: "a.py", socket: "/tmp/nowhere.sock" });
