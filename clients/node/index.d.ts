@@ -56,6 +56,8 @@ export interface RunOptions {
   argsResolver?: string;
   /** The daemon's limits lowered for this call (0 or left out: the daemon's). */
   limits?: Limits;
+  /** Aborting it ends the call (its sandbox is killed); run() rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** The daemon's `[limits]`, in camelCase; a call may only lower them. */

@@ -61,6 +61,26 @@ function isPlainObject(value) {
   return proto === Object.prototype || proto === null;
 }
 
+/** A run()'s `signal` must be an AbortSignal: anything else would be ignored, and the call
+ * could then not be aborted as its caller meant. */
+function abortable(signal) {
+  if (signal !== undefined && signal !== null && !(signal instanceof AbortSignal)) {
+    throw new errors.InvalidRequest(`signal must be an AbortSignal, got ${typeName(signal)}`);
+  }
+}
+
+/** `promise`, or `signal`'s reason as soon as it aborts (a wait for the daemon's capabilities
+ * or for a restarted daemon would otherwise hold an aborted call for seconds). */
+function orAborted(promise, signal) {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    signal.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
+  });
+}
+
 /** Plugins run on the daemon, in Python: a JavaScript function cannot be one. */
 function pluginName(option, value) {
   if (value === undefined || value === null || value === "") return "";
@@ -76,7 +96,7 @@ const RUNNER_OPTIONS = ["root", "file", "external", "whitelistedPaths", "sourceE
 // How long a call that met a daemon started since the runner last heard one waits for the
 // channel to reach it: the longest reconnect backoff (below) and a connection.
 const RECONNECT_WAIT_MS = 2000;
-const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver", "limits"];
+const RUN_OPTIONS = ["funcName", "args", "context", "running", "timeout", "argsResolver", "limits", "signal"];
 // The daemon's limits a call may lower for itself, as the proto's Limits names them (camelCase).
 const LIMITS = ["memoryBytes", "maxProcesses", "maxOpenFiles", "maxFileBytes", "outputBytes", "resultBytes",
   "cpuSeconds", "tmpBytes"];
@@ -318,18 +338,25 @@ class CodeRunner {
 
   /**
    * Calls `funcName(...args)` of the file in a fresh sandbox; resolves to its value or rejects
-   * with one of `errors`. `timeout` is in milliseconds, as in isolated-runtime.
+   * with one of `errors`. `timeout` is in milliseconds, as in isolated-runtime. `signal` (an
+   * AbortSignal) aborting ends the call: its sandbox is killed and run() rejects with the
+   * signal's reason, as Node's own APIs do.
    */
   async run(options = {}) {
     return this._inFlight(() => this._run(knownOptions("run()", options, RUN_OPTIONS)));
   }
 
   async _run(options) {
+    abortable(options.signal);
+    options.signal?.throwIfAborted();
     const socketFile = fileIdentity(this._address);
     try {
       return await this._runOnce(options);
     } catch (error) {
-      if (!this._lostWithAnOldDaemon(error, socketFile) || !(await this._readySoon())) throw error;
+      if (options.signal?.aborted) throw options.signal.reason;
+      if (!this._lostWithAnOldDaemon(error, socketFile) || !(await orAborted(this._readySoon(), options.signal))) {
+        throw error;
+      }
       return this._runOnce(options); // once: the daemon now at the socket never saw the call
     }
   }
@@ -354,7 +381,7 @@ class CodeRunner {
       socketFile !== this._heardThrough && [grpc.status.INTERNAL, grpc.status.CANCELLED, grpc.status.UNAVAILABLE].includes(cause.code);
   }
 
-  async _runOnce({ funcName, args, context, running, timeout, argsResolver, limits }) {
+  async _runOnce({ funcName, args, context, running, timeout, argsResolver, limits, signal }) {
     const { request, names } = this._request(funcName, args, context, timeout, argsResolver, running);
     request.limits = callLimits(limits);
     let outcome;
@@ -362,20 +389,21 @@ class CodeRunner {
       // The daemon's capabilities, once per runner: its type names for tagged values, and its
       // default timeout for a call that names none (a shorter deadline would cut such calls
       // short, and leave them no room to wait in the daemon's queue).
-      let daemon = names.size || !timeout ? await this._ensureCapabilities() : null;
+      let daemon = names.size || !timeout ? await orAborted(this._ensureCapabilities(), signal) : null;
       if (names.size && missingNames(names, daemon).length) {
-        daemon = await this._ensureCapabilities(true); // (see _ensureCapabilities)
+        daemon = await orAborted(this._ensureCapabilities(true), signal); // (see _ensureCapabilities)
       }
       if (names.size) this._checkNames(names, daemon);
       const defaultMs = daemon && daemon.defaultTimeoutSeconds ? daemon.defaultTimeoutSeconds * 1000 : 0;
       const deadline = Date.now() + Math.min((timeout || defaultMs || DEFAULT_TIMEOUT_GUESS_MS) + QUEUE_ALLOWANCE_MS,
         MAX_DEADLINE_MS);
       if (!running && !this.onConsole) {
-        outcome = (await this._unary("Run", request, deadline)).outcome;
+        outcome = (await this._unary("Run", request, deadline, signal)).outcome;
       } else {
-        outcome = await this._stream(request, deadline, running);
+        outcome = await this._stream(request, deadline, running, signal);
       }
     } catch (e) {
+      if (signal?.aborted) throw signal.reason;
       const error = transportError(e, this.socket);
       if (error !== e && error) Object.defineProperty(error, "grpcCause", { value: e, enumerable: false });
       throw error;
@@ -491,22 +519,29 @@ class CodeRunner {
     }
   }
 
-  _unary(method, request, deadline) {
+  /** One unary RPC; `signal` aborting cancels it (the daemon then kills its sandbox). */
+  _unary(method, request, deadline, signal) {
     const socketFile = fileIdentity(this._address);
     return new Promise((resolve, reject) => {
-      this._client[method](request, { deadline }, (error, response) => {
+      const call = this._client[method](request, { deadline }, (error, response) => {
+        signal?.removeEventListener("abort", cancel);
         if (error) return reject(error);
         this._heardThrough = socketFile;
         return resolve(response);
       });
+      const cancel = () => call.cancel();
+      signal?.addEventListener("abort", cancel, { once: true });
     });
   }
 
   /** Runs the call over RunStream, feeding `running` and `onConsole` live, in order. A callback
-   * that returns a promise is awaited before the next event; one that throws cancels the call. */
-  async _stream(request, deadline, running) {
+   * that returns a promise is awaited before the next event; one that throws cancels the call,
+   * as `signal` aborting does. */
+  async _stream(request, deadline, running, signal) {
     const socketFile = fileIdentity(this._address);
     const call = this._client.RunStream(request, { deadline });
+    const cancel = () => call.cancel();
+    signal?.addEventListener("abort", cancel, { once: true });
     let heard = false;
     try {
       for await (const event of call) {

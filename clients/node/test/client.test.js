@@ -198,7 +198,7 @@ describe("without a daemon", () => {
     assert.equal(new CodeRunner(new Options()).file, "f.py");
     const r = runner();
     await assert.rejects(r.run({ funcName: "f", timout: 100 }),
-      { name: "InvalidRequest", message: /^unknown run\(\) option 'timout': known are funcName, args, context, running, timeout, argsResolver, limits$/ });
+      { name: "InvalidRequest", message: /^unknown run\(\) option 'timout': known are funcName, args, context, running, timeout, argsResolver, limits, signal$/ });
     await assert.rejects(r.run(null), { name: "InvalidRequest", message: /^run\(\) options must be an object, got null/ });
     await assert.rejects(r.run("f"), { name: "InvalidRequest", message: /got string/ });
   });

@@ -113,7 +113,7 @@ describe("console", () => {
   });
 });
 
-describe("a callback that throws or rejects, on a daemon with a single sandbox", () => {
+describe("a callback that throws or rejects, or a signal that aborts, on a daemon with a single sandbox", () => {
   const SLEEPY = "import time\n\ndef sleepy(seconds):\n    print('first', flush=True)\n" +
     "    time.sleep(seconds)\n    return 'slept'\n";
   let single;
@@ -146,6 +146,41 @@ describe("a callback that throws or rejects, on a daemon with a single sandbox",
       assert.equal(outcomes.at(-1), "cancelled", single.log());
     });
   }
+  // An AbortSignal ends a call as a throwing callback does: the sandbox goes at once.
+  test("an aborted signal ends a running call (unary and streaming): run() rejects with its reason, the sandbox is freed", async () => {
+    for (const streaming of [false, true]) {
+      const before = callLines("sleepy").length;
+      const controller = new AbortController();
+      const reason = new Error(`stop (${streaming ? "stream" : "unary"})`);
+      const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
+      const started = Date.now();
+      const running = streaming ? () => { setTimeout(() => controller.abort(reason), 200); } : undefined;
+      if (!streaming) setTimeout(() => controller.abort(reason), 500);
+      await assert.rejects(runner.run({ funcName: "sleepy", args: [5], running, signal: controller.signal }),
+        (error) => error === reason);
+      const quick = single.runner({ "index.py": "def quick():\n    return 'quick'\n" });
+      assert.equal(await quick.run({ funcName: "quick" }), "quick");
+      assert.ok(Date.now() - started < 3000, `the next call ended ${Date.now() - started} ms after the first began`);
+      const lines = callLines("sleepy");
+      assert.equal(lines.length, before + 1, single.log());
+      assert.equal(lines.at(-1).outcome, "cancelled", single.log());
+    }
+  });
+
+  test("a signal aborted before run() sends nothing; its default reason is an AbortError", async () => {
+    const before = callLines("sleepy").length;
+    const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
+    await assert.rejects(runner.run({ funcName: "sleepy", args: [5], signal: AbortSignal.abort() }),
+      { name: "AbortError" });
+    assert.equal(await single.runner({ "index.py": "def quick():\n    return 'quick'\n" }).run({ funcName: "quick" }), "quick");
+    assert.equal(callLines("sleepy").length, before, "an aborted call reached the daemon");
+  });
+
+  test("a signal that is not an AbortSignal is refused", async () => {
+    const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
+    await assert.rejects(runner.run({ funcName: "sleepy", args: [0], signal: { aborted: false } }),
+      { name: "InvalidRequest", message: /signal must be an AbortSignal, got Object/ });
+  });
 });
 
 describe("a call that names no timeout, on a daemon whose default timeout is long", () => {
