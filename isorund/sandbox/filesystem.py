@@ -247,11 +247,13 @@ def _open_without_symlinks(step: str, path: str) -> int:
 
 def enter_call(plan: RootPlan, folder_fds: list[int], host_paths: list[str], tmp_bytes: int) -> None:
     """In the sandbox, when its call arrives: attaches the call's folders (from
-    ``detach_folders``) at ``/guest`` and at their host paths; /tmp gets the call's size."""
+    ``detach_folders``) at ``/guest``, the working folder, and at their host paths; /tmp gets
+    the call's size."""
     step = "filesystem"
     if len(folder_fds) != 1 + len(host_paths):
         raise _libc.SandboxSetupError(step, f"{len(folder_fds)} folders for {1 + len(host_paths)} mounts", errno.EINVAL)
     _libc.move_mount(step, folder_fds[0], GUEST_DIR)
+    os.chdir(GUEST_DIR)  # (relative paths name the guest's files, as beside a script)
     if tmp_bytes != plan.tmp_bytes:
         _libc.mount(step, None, "/tmp", None, MS_REMOUNT | _TMP_FLAGS, tmp_options(tmp_bytes, mode=False))
     missing = [(path, fd) for path, fd in zip(host_paths, folder_fds[1:]) if not os.path.lexists(path)]

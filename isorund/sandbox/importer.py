@@ -475,9 +475,12 @@ class GuestImporter:
         else:
             code = self._code_of(path, raw, mtime, display, source)
         module = types.ModuleType(name)
-        module.__file__ = display
+        # Where the file is in the sandbox (``/guest/rules.py``), so that the guest reaches the
+        # files beside it as Python code does (``Path(__file__).with_name("rates.json")``);
+        # its code and tracebacks name it as the user knows it (``/rules.py``).
+        module.__file__ = path
         module.__package__ = package
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=display, is_package=is_package)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=path, is_package=is_package)
         module.__builtins__ = self.builtins
         if is_package:
             module.__path__ = [os.path.dirname(path)]

@@ -381,7 +381,7 @@ def test_a_resolver_names_a_guest_module_by_its_path_in_the_sandbox(broken_plugi
                                     "vendor/mylib.py": "V = 'vendored'\n"}),
                     file="index.py", socket=broken_plugins.socket, external=["mylib"], resolver="path",
                     resolver_options={"path": "/guest/vendor/mylib.py"}) as r:
-        assert r.run("f") == ["vendored", "/vendor/mylib.py"]
+        assert r.run("f") == ["vendored", "/guest/vendor/mylib.py"]
 
 
 @pytest.mark.parametrize("closed, mode", [("", 0o700), ("index.py", 0o600)])
@@ -407,6 +407,23 @@ def test_a_module_the_sandbox_may_not_read_is_a_permission_error_not_a_missing_m
 def test_a_subfolder_without_init_is_importable_as_in_python_3(runner):
     r = runner({"index.py": "import lib.util\ndef f():\n    return lib.util.V\n", "lib/util.py": "V = 'util'\n"})
     assert r.run("f") == "util"
+
+
+def test_a_guest_reads_the_files_beside_its_code_as_python_code_does_and_its_traceback_stays_root_relative(runner):
+    """``Path(__file__).with_name(...)`` and a relative path both reach the guest's folder (the
+    working folder); ``__file__`` was ``/rules.py``, where nothing is, and the working folder
+    ``/``. Tracebacks still name the file as the user knows it."""
+    files = {"index.py": "from pathlib import Path\n"
+                         "def beside():\n    return Path(__file__).with_name('rates.txt').read_text()\n"
+                         "def relative():\n    return [Path('data/rates.txt').read_text(), str(Path.cwd())]\n"
+                         "def fail():\n    raise ValueError('no')\n",
+             "rates.txt": "beside", "data/rates.txt": "below"}
+    r = runner(files, external=["pathlib"])
+    assert r.run("beside") == "beside"
+    assert r.run("relative") == ["below", "/guest"]
+    with pytest.raises(errors.GuestError) as raised:
+        r.run("fail")
+    assert 'File "/index.py", line 7, in fail' in raised.value.traceback
 
 
 def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):

@@ -50,7 +50,7 @@ def test_the_view_holds_only_what_python_needs(attack):
     assert view["dev"] == ["null", "random", "urandom", "zero"]
     for folder in ("etc", "home", "var", "sys"):
         assert view[folder] == "ENOENT"
-    assert view["cwd"] == "/"
+    assert view["cwd"] == "/guest"  # the guest's folder: relative paths name its files
 
 
 def test_root_home_shows_no_more_than_the_interpreter_path(attack):

@@ -9,7 +9,7 @@ OPEN, FCNTL, OPENAT2, F_SETFL = 2, 72, 437, 4
 def attack(times):
     """``times`` fsyncs and fdatasyncs of the guest's own read-only source, then every way to
     an uncached read; and a file of its /tmp, which it may sync as ever."""
-    here = "/guest" + __file__  # (__file__ is shown relative to the guest folder)
+    here = __file__
     mine = os.open(here, os.O_RDONLY)
     synced = [os.fsync(mine) or os.fdatasync(mine) for _ in range(times)]
     scratch = os.open("/tmp/scratch", os.O_CREAT | os.O_RDWR, 0o600)
