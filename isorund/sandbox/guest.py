@@ -41,6 +41,7 @@ from .importer import GuestImporter, ImportPolicy, call_plugin, python_name
 from .limits import CpuLimitExceeded
 
 
+_MISSING = object()  # (a function name the module does not have)
 _console: Console | None = None  # the call's (one call per process), made by prepare()
 # Its stdout and stderr streams: a line begun on them is sent at the end of the call even if
 # the guest has put something else in sys.stdout since (the line was lost).
@@ -102,10 +103,12 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _preload(importer, plan)
         module = importer.load_main(plan.file)
         name = python_name(request.func_name)
-        func = module.__dict__.get(name)
+        # an attribute, as `module.exports[funcName]` is in isolated-runtime: a module's
+        # __getattr__ and an object the module put in its own place in sys.modules answer too
+        func = getattr(module, name, _MISSING)
         if not callable(func):
             failure = Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
-                f"{request.func_name} is not a function in /{plan.file}" if name in module.__dict__
+                f"{request.func_name} is not a function in /{plan.file}" if func is not _MISSING
                 else f"function {request.func_name} was not found in /{plan.file}"))
         else:
             _console.send_after_lines(pb.RunEvent(running=pb.Running()))

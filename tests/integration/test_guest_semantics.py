@@ -426,6 +426,29 @@ def test_a_guest_reads_the_files_beside_its_code_as_python_code_does_and_its_tra
     assert 'File "/index.py", line 7, in fail' in raised.value.traceback
 
 
+def test_the_function_is_an_attribute_of_the_module_or_of_what_it_put_in_its_place(runner):
+    """It was looked up in the module's ``__dict__`` only: a module's ``__getattr__`` (PEP 562)
+    and an object that replaced the module in sys.modules (which README promises) gave
+    FunctionNotFound, and a replacement without a ``__dict__`` the runtime's own AttributeError."""
+    lazy = runner({"index.py": "def __getattr__(name):\n    if name == 'lazy':\n        return lambda x: ['lazy', x]\n"
+                               "    raise AttributeError(name)\n"})
+    assert lazy.run("lazy", args=[1]) == ["lazy", 1]
+    with pytest.raises(errors.FunctionNotFound, match="function other was not found in /index.py"):
+        lazy.run("other")
+    replaced = runner({"index.py": "import sys\nclass Rules:\n    def f(self, x):\n        return ['rules', x]\n"
+                                   "    rate = 3\nsys.modules[__name__] = Rules()\n"}, external=["sys"])
+    assert replaced.run("f", args=[2]) == ["rules", 2]
+    with pytest.raises(errors.FunctionNotFound, match="rate is not a function in /index.py"):
+        replaced.run("rate")
+    number = runner({"index.py": "import sys\nsys.modules[__name__] = 42\n"}, external=["sys"])
+    with pytest.raises(errors.FunctionNotFound, match="function f was not found in /index.py"):
+        number.run("f")
+    failing = runner({"index.py": "def __getattr__(name):\n    raise KeyError(name)\n"})
+    with pytest.raises(errors.GuestError, match="KeyError") as raised:  # its own code's error
+        failing.run("f")
+    assert 'File "/index.py", line 2, in __getattr__' in raised.value.traceback
+
+
 def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):
     """``file="rules/pricing.py"`` is the module ``rules.pricing``, loaded after ``rules`` (as
     ``import rules.pricing`` would): ``from . import`` works, as a require('./x') does in
