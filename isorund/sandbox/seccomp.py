@@ -60,6 +60,18 @@ DENIED = (
     # is part of a 2 MiB transparent huge page (one process held 6 GiB of host memory in 12
     # pipes with 36 MiB mapped); write() copies into pages the quota counts
     "vmsplice",
+    # nor a page of the page cache: splice and tee move references to a file's cached pages
+    # into a pipe, and sendfile into a socket's queue, each counted by its quota as the bytes
+    # moved, while the whole page (a large folio of a library file: up to 2 MiB) stays
+    # pinned; 1,594 pipe slots (6 MiB of pipe quota) held 1 GiB of the host's page cache that
+    # drop_caches could not free (seen). Python's users of sendfile (shutil, socket.sendfile,
+    # asyncio) fall back to read and write when it fails before sending anything
+    "splice", "tee", "sendfile",
+    # a session of its own is an autogroup of its own where the kernel groups CPU time by
+    # session (the root cpu cgroup): each process of a call in a new session would take as
+    # much CPU as the whole daemon (seen: 30 such processes held trivial calls 2 s); a call
+    # keeps the one session its sandbox made, and with execve denied there is no job control
+    "setsid",
     # watching the shared read-only folders would show, live, which files other calls and the
     # host's processes open (the stdlib, the libraries, whitelisted folders)
     "inotify_init", "inotify_init1",

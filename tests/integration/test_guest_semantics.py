@@ -449,6 +449,23 @@ def test_the_function_is_an_attribute_of_the_module_or_of_what_it_put_in_its_pla
     assert 'File "/index.py", line 2, in __getattr__' in raised.value.traceback
 
 
+def test_copying_a_file_and_sending_one_work_without_sendfile(runner):
+    """sendfile is denied (it pins page-cache pages in a socket's queue): shutil's copies and
+    socket.sendfile fall back to read and write, as Python's own code does when it fails."""
+    r = runner({"index.py": """
+        import shutil, socket
+        from pathlib import Path
+        def copy():
+            Path("/tmp/a").write_bytes(b"x" * 100_000)
+            shutil.copyfile("/tmp/a", "/tmp/b")
+            left, right = socket.socketpair()
+            with Path("/tmp/b").open("rb") as f:
+                sent = left.sendfile(f, count=1000)
+            return [Path("/tmp/b").stat().st_size, sent, len(right.recv(2000))]
+    """}, external=["shutil", "socket", "pathlib"])
+    assert r.run("copy") == [100_000, 1000, 1000]
+
+
 def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):
     """``file="rules/pricing.py"`` is the module ``rules.pricing``, loaded after ``rules`` (as
     ``import rules.pricing`` would): ``from . import`` works, as a require('./x') does in

@@ -73,6 +73,10 @@ DENIED = {
     "memfd_create": [319, 0, 0],
     # a pipe slot holding the guest's own page, a whole huge page when that page is part of one
     "vmsplice": [278, 0, 0, 0, 0],
+    # a pipe slot or a socket's queue holding a page of the page cache (a whole large folio)
+    "splice": [275, 0, 0, 0, 0, 0, 0],
+    "tee": [276, 0, 0, 0, 0],
+    "sendfile": [40, 0, 0, 0, 0],
     # would show which files other calls and host processes open in the shared folders
     "inotify_init1": [294, 0],
     # the host's load, free memory and thread count, which moves with other calls' threads

@@ -84,6 +84,12 @@ def test_identity_cannot_be_changed(attack, secure_daemon):
     assert all(result in ("EPERM", "EINVAL") for result in results.values()), results
 
 
+def test_a_guests_processes_stay_in_the_session_its_sandbox_made(attack):
+    """Where the kernel shares CPU by session (autogroups, in the root cpu cgroup), 30 guest
+    processes in sessions of their own held trivial calls of other tenants 2 s (seen)."""
+    assert attack("signal_and_trace", "new_session") == {"setsid": "EPERM", "same session": True}
+
+
 def test_guest_runs_as_an_unprivileged_host_uid(attack, secure_daemon, every_sandbox_process):
     """Seen from the host: the guest's real, effective and saved uids are one sandbox id."""
     seen, done = {}, threading.Event()

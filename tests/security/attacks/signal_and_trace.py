@@ -43,3 +43,20 @@ def peer_pidfd():
         results[f"SO_PASSPIDFD {name}"] = outcome(lambda: sock.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1))
         sock.close()
     return results
+
+
+def new_session():
+    """A child of the guest makes a session of its own: an autogroup of its own where the
+    kernel shares CPU by session, as much CPU as the whole daemon gets. Returns the child's
+    outcome and whether its session is still the guest's."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, outcome(os.setsid).encode() + b" " + str(os.getsid(0)).encode())
+        os._exit(0)
+    os.close(write)
+    said = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    result, _, session = said.rpartition(" ")
+    return {"setsid": result, "same session": int(session) == os.getsid(0)}

@@ -30,6 +30,25 @@ def hoard(pairs):
     return {"pairs": len(ends) // 2, "queued": queued}
 
 
+def backlog(attempts):
+    """Connects ``attempts`` times to a listener that asks for a backlog of 4096 and never
+    accepts; returns how many connections the kernel completed (each holds its buffers in the
+    backlog, with no descriptor of the guest's)."""
+    socket, select, time = real_import("socket"), real_import("select"), real_import("time")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4096)
+    clients = []
+    for _ in range(attempts):
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(server.getsockname())
+        clients.append(client)
+    time.sleep(0.3)  # the handshakes on loopback take microseconds; refused SYNs are retried after 1 s
+    _, writable, _ = select.select([], clients, [], 0)
+    return sum(1 for c in writable if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+
+
 def enlarge():
     """SO_SNDBUF and SO_RCVBUF on a TCP socket and a Unix pair; options that do not grow a
     buffer, which must still work; and a UDP socket, whose queue draws on udp_mem."""
