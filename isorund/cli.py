@@ -51,6 +51,7 @@ def _main(argv, held: list[int]) -> int:
     import json
     import logging
 
+    from . import logs
     from .config import Config, ConfigError, StartError, reference
     from .memory import keep_freed_memory
     args = parse_args(argv)
@@ -67,7 +68,7 @@ def _main(argv, held: list[int]) -> int:
     if args.print_config:
         sys.stdout.write(config.to_toml())
         return 0
-    logging.basicConfig(level=config.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    logs.configure(config.log_level)
     keep_freed_memory()
     from .server import Server
     try:

@@ -3,12 +3,15 @@ daemon's handlers (and its queue) see it, so the daemon bounds how many may be o
 over all connections (``max_open_rpcs``)."""
 from __future__ import annotations
 
+import json
 import socket
+import struct
 import time
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 
 from isorun import CodeRunner, errors
@@ -30,6 +33,20 @@ class Http2:
                                                                         header_encoding="utf-8"))
         self.h2.initiate_connection()
         self.events: list = []
+
+    def refuse_answers(self) -> None:
+        """Grants the daemon no flow-control window: no answer's bytes can reach this client."""
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        self.sock.sendall(self.h2.data_to_send())
+
+    def call(self, request: bytes) -> None:
+        """One Run call, its request whole."""
+        stream = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                      (":path", "/isorun.v1.Runner/Run"), (":authority", "isorund"),
+                                      ("content-type", "application/grpc"), ("te", "trailers")])
+        self.h2.send_data(stream, b"\0" + struct.pack(">I", len(request)) + request, end_stream=True)
+        self.sock.sendall(self.h2.data_to_send())
 
     def open(self, count: int) -> None:
         """Sends the headers of ``count`` Run calls and nothing else."""
@@ -104,3 +121,26 @@ def test_streams_past_max_open_rpcs_are_refused_until_some_close(start_daemon, m
     time.sleep(0.5)
     assert call_echo(d, make_root) == 41
     assert d.proc.poll() is None
+
+
+def test_a_client_gone_before_its_answer_leaves_json_lines_in_the_log(start_daemon, make_root, connections):
+    """gRPC logged its failure to send the answer as an error with a multi-line traceback,
+    in a log documented as one JSON object per line; it is one info line now."""
+    from isorun._proto import runner_pb2 as pb
+    d = start_daemon()
+    root = make_root({"index.py": "def big():\n    return 'x' * 2_000_000\n"})
+    client = connections(d.socket)
+    client.refuse_answers()
+    client.call(pb.RunRequest(root=root, file="index.py", func_name="big", timeout_seconds=5).SerializeToString())
+    deadline = time.monotonic() + 20
+    while not d.calls("big") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.close()
+    deadline = time.monotonic() + 10
+    while "not delivered" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    assert all(line.startswith("{") and json.loads(line) for line in lines), d.log()
+    (undelivered,) = [json.loads(line) for line in lines if "not delivered" in line]
+    assert undelivered["level"] == "info" and "/isorun.v1.Runner/Run" in undelivered["message"]
+    assert call_echo(d, make_root) == 41  # and the daemon goes on
