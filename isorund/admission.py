@@ -20,6 +20,11 @@ class QueueFull(Exception):
     """Every sandbox is busy and the queue is full."""
 
 
+class OutOfDescriptors(QueueFull):
+    """The daemon has no file descriptor left for this call's checks: its own limit, not the
+    caller's fault (see isorund/descriptors.py); answered as a full queue, retry later."""
+
+
 class RequestsTooLarge(QueueFull):
     """The requests held already, with this one, would pass ``max_held_request_bytes``."""
 

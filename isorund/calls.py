@@ -18,7 +18,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from . import memory
 from . import plan as plans
-from .admission import Admission, QueueFull, QueueTimeout, RequestsTooLarge
+from .admission import Admission, OutOfDescriptors, QueueFull, QueueTimeout, RequestsTooLarge
 from .code_cache import CodeCache
 from .launcher import Sandbox, Zygote, ZygoteUnavailable
 from .plan import RequestError
@@ -33,7 +33,8 @@ TRIM_AFTER_SECONDS = 0.5
 # the metrics, which are the clients' calls (a fresh daemon showed one "ok" call).
 SELF_TEST_PEER = "self-test"
 SANDBOX_WAIT_FLOOR = 1.0  # seconds a call may always wait for a prepared sandbox (see _sandbox)
-REFUSALS = ((RequestError, "invalid_argument"), (RequestsTooLarge, "requests_too_large"), (QueueFull, "queue_full"),
+REFUSALS = ((RequestError, "invalid_argument"), (RequestsTooLarge, "requests_too_large"),
+            (OutOfDescriptors, "out_of_descriptors"), (QueueFull, "queue_full"),
             (QueueTimeout, "deadline_in_queue"), (ZygoteUnavailable, "unavailable"),
             (asyncio.CancelledError, "cancelled"))
 
@@ -98,7 +99,7 @@ class Calls:
             entry["outcome"] = next((name for kind, name in REFUSALS if isinstance(e, kind)), "error")
             if entry["outcome"] == "error":
                 entry["error"] = f"{type(e).__name__}: {e}"
-            elif isinstance(e, (RequestError, RequestsTooLarge)):
+            elif isinstance(e, (RequestError, RequestsTooLarge, OutOfDescriptors)):
                 entry["error"] = str(e)[:500]  # the operator's only trace of what was wrong
             raise
         finally:

@@ -7,6 +7,7 @@ that can be checked up front is left to fail inside a child.
 """
 from __future__ import annotations
 
+import errno
 import importlib.machinery
 import keyword
 import math
@@ -18,6 +19,7 @@ from functools import lru_cache
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund import named_pipes
+from isorund.admission import OutOfDescriptors
 from isorund.config import MIN_LIMITS
 from isorund.sandbox import filesystem
 from isorund.sandbox.importer import python_name
@@ -203,6 +205,9 @@ def check_folders(plan: sandbox_pb2.CallPlan) -> None:
             raise RequestError(f"{what} {folder!r} holds {e}, more than a call's folders may (each is checked "
                                "for named pipes on every call)") from None
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(f"isorund has no file descriptor left to check {what} for named pipes "
+                                       f"({e.strerror}); retry later") from None
             raise RequestError(f"{what} {folder!r} cannot be checked for named pipes: {e.strerror}") from None
         if pipe is not None:
             raise RequestError(f"{what} {folder!r} holds a named pipe, {pipe!r}: a pipe stays writable through "

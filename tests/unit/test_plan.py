@@ -285,3 +285,22 @@ def test_a_whitelisted_folder_the_guest_cannot_read_is_refused(config, root, tmp
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     refused(config, request(root, whitelisted_paths=[str(private)]), "cannot be read by the sandbox's user")
+
+
+def test_a_daemon_out_of_descriptors_answers_retry_later_not_the_callers_invalid_argument(config, root):
+    """Run out of descriptors (a shell's 1024 under many connections), the daemon refused calls
+    as INVALID_ARGUMENT, "cannot be checked for named pipes: Too many open files"."""
+    import resource
+
+    from isorund.admission import OutOfDescriptors, QueueFull
+    deep = os.path.join(root, *[f"d{i}" for i in range(20)])
+    os.makedirs(deep)
+    p = plan.build(request(root), config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
+    try:
+        with pytest.raises(OutOfDescriptors, match="no file descriptor left .* retry later") as raised:
+            plan.check_folders(p)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(raised.value, QueueFull)  # RESOURCE_EXHAUSTED, as a full queue

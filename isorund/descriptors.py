@@ -1,0 +1,45 @@
+"""The daemon's own open-file budget (RLIMIT_NOFILE), checked against what its config admits.
+
+A shell or a service manager starts processes with a soft limit of 1024, below the default
+``max_connections`` alone. A daemon that ran out answered calls on open connections as the
+caller's INVALID_ARGUMENT ("cannot be checked for named pipes: Too many open files"), left new
+clients waiting 20 s for a connection, and gRPC logged every second (seen). So the soft limit
+is raised to the hard one at start, and a hard limit that cannot cover the config refuses the
+start, naming both.
+"""
+from __future__ import annotations
+
+import resource
+
+# Held by a relayed client connection when the allowlist's front is on (the client's, the
+# relay's two ends), or by gRPC's own connection without it.
+PER_CONNECTION = {True: 3, False: 1}
+# Held by the daemon per sandbox (its channel, a pidfd, the call's detached folders while they
+# are sent, a cgroup folder), and by the folder checks running on threads (one per folder
+# level, up to 64) — a generous round figure.
+PER_SANDBOX = 16
+# The daemon itself: gRPC's polling and wake-up descriptors, the zygote's control socket, the
+# state folder, the metrics server and its scrapes, the log, the threads' folder walks.
+BASE = 512
+
+
+def needed(max_connections: int, sandboxes: int, allowlist: bool) -> int:
+    """Descriptors the daemon may hold at once under this config."""
+    return PER_CONNECTION[allowlist] * max_connections + PER_SANDBOX * sandboxes + BASE
+
+
+def raise_limit(max_connections: int, sandboxes: int, allowlist: bool) -> int:
+    """Raises the soft RLIMIT_NOFILE to the hard one; returns it. Raises SystemExit (the
+    daemon's refusal to start) when the hard limit is below what the config needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed(max_connections, sandboxes, allowlist)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise SystemExit(
+            f"isorund may hold up to {want} open files with max_connections = {max_connections}"
+            f"{' (3 each, with allowed_uids or allowed_gids)' if allowlist else ''} and "
+            f"{sandboxes} sandboxes (max_concurrency + pool_size), but this process may open "
+            f"{hard} (its hard RLIMIT_NOFILE); raise it (systemd: LimitNOFILE=, a shell: ulimit -Hn) "
+            "or lower max_connections")
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
