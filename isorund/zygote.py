@@ -245,7 +245,8 @@ def _exit_status(status: int) -> int:
 
 def _python_folders() -> tuple[list[str], list[str]]:
     """The base interpreter's stdlib folders (never a virtualenv's, which holds only packages)
-    and every folder of installed packages, which the sandbox root hides."""
+    and its time-zone database, and every folder of installed packages, which the sandbox
+    root hides."""
     base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix,
                                      "installed_base": sys.base_prefix,
                                      "installed_platbase": sys.base_exec_prefix})
@@ -256,7 +257,17 @@ def _python_folders() -> tuple[list[str], list[str]]:
     for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages",
                     os.path.join(base["stdlib"], "*-packages")):
         packages.update(glob.glob(pattern))
-    return python_dirs, sorted(packages)
+    return python_dirs + _time_zone_folders(), sorted(packages)
+
+
+def _time_zone_folders() -> list[str]:
+    """The host's time-zone database, where ``zoneinfo`` looks for it (the interpreter's
+    TZPATH): public data, and without it ``ZoneInfo("Europe/Paris")`` fails in every guest.
+    The first that exists, as zoneinfo would use it."""
+    for folder in (sysconfig.get_config_var("TZPATH") or "").split(os.pathsep):
+        if folder and os.path.isdir(folder):
+            return [folder]
+    return []
 
 
 def _cgroup_root(config) -> str | None:

@@ -48,6 +48,21 @@ def test_datetime_formats_parses_and_reads_the_clock_with_the_default_modules(ru
     assert r.run("f") == ["02/01/2020", "2020", "2020-01-02T00:00:00", True, 2]
 
 
+@pytest.mark.skipif(not os.path.isdir("/usr/share/zoneinfo"), reason="this host has no time-zone database")
+def test_time_zones_are_known_to_a_guest_that_imports_zoneinfo(runner):
+    """The host's time-zone database is bound read-only; without it every ZoneInfo(...) failed
+    with ZoneInfoNotFoundError."""
+    r = runner({"index.py": """
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+        def offsets():
+            paris = ZoneInfo("Europe/Paris")
+            return [datetime(2026, 1, 15, 12, tzinfo=paris).utcoffset().seconds,
+                    datetime(2026, 7, 15, 12, tzinfo=paris).utcoffset().seconds]
+    """}, external=["zoneinfo"])
+    assert r.run("offsets") == [3600, 7200]
+
+
 def test_time_comes_with_datetime_and_not_without_it(daemon, start_daemon, make_root):
     from isorun import CodeRunner
     root = make_root({"index.py": "import time\ndef f():\n    return 1\n"})
