@@ -29,6 +29,12 @@ MAX_DEPTH = 64
 MAX_ENTRIES = 200_000   # entries read in one check: a folder of a million files is refused, not read
 MAX_SECONDS = 2.0
 _MAX_REMEMBERED_NAMES = 500_000
+# A tree refused as too large is refused again, without a walk, for this long: a walk to a
+# bound costs tens of milliseconds even remembered, and a refused request costs its client
+# nothing, so 16 callers naming /usr again and again held every other call ~0.9 s (seen).
+# A tenant who trims its tree waits at most this long for it to be taken.
+REFUSAL_REMEMBERED_SECONDS = 10.0
+_MAX_REFUSALS = 1024
 _SETTLED_NS = 1_000_000_000
 _OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -39,6 +45,8 @@ class TooLarge(Exception):
 
 # (device, inode) -> (mtime, ctime, a pipe in it or None, its subfolders' names)
 _seen: dict[tuple[int, int], tuple[int, int, str | None, tuple[str, ...]]] = {}
+# (device, inode) of a top folder -> (when it was refused, why)
+_refused: dict[tuple[int, int], tuple[float, str]] = {}
 _remembered_names = 0
 _remembering = threading.Lock()
 
@@ -51,7 +59,19 @@ def find_pipe(top: str) -> str | None:
     cannot be opened as a folder."""
     fd = os.open(top, _OPEN_FOLDER)
     try:
-        return _Walk().folder(fd, top, 0)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        refused = _refused.get(key)
+        if refused is not None and time.monotonic() - refused[0] < REFUSAL_REMEMBERED_SECONDS:
+            raise TooLarge(refused[1])
+        try:
+            return _Walk().folder(fd, top, 0)
+        except TooLarge as e:
+            with _remembering:
+                if len(_refused) >= _MAX_REFUSALS:
+                    _refused.clear()
+                _refused[key] = (time.monotonic(), str(e))
+            raise
     finally:
         os.close(fd)
 

@@ -19,6 +19,12 @@ def tree(tmp_path):
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def no_refusals_remembered(monkeypatch):
+    """Each test starts with no tree remembered as too large."""
+    monkeypatch.setattr(named_pipes, "_refused", {})
+
+
 @pytest.fixture
 def remembered(monkeypatch):
     """Folders are remembered at once, not a second after their last change."""
@@ -121,3 +127,20 @@ def test_what_is_remembered_is_bounded_by_names(tmp_path, remembered, monkeypatc
         (tmp_path / "b" / str(i)).mkdir(parents=True)
     assert named_pipes.find_pipe(str(tmp_path)) is None
     assert named_pipes._remembered_names <= 10
+
+
+def test_a_tree_refused_as_too_large_is_refused_again_without_a_walk_for_a_while(tmp_path, monkeypatch):
+    """16 callers naming /usr (over MAX_FOLDERS) again and again held every other call ~0.9 s:
+    each refusal walked 10,000 folders again, in tens of milliseconds."""
+    monkeypatch.setattr(named_pipes, "MAX_FOLDERS", 5)
+    for i in range(6):
+        (tmp_path / str(i)).mkdir()
+    with pytest.raises(named_pipes.TooLarge, match="more than 5 folders"):
+        named_pipes.find_pipe(str(tmp_path))
+    walks = []
+    monkeypatch.setattr(named_pipes._Walk, "folder", lambda *args: walks.append(args))
+    with pytest.raises(named_pipes.TooLarge, match="more than 5 folders"):
+        named_pipes.find_pipe(str(tmp_path))
+    assert walks == []
+    monkeypatch.setattr(named_pipes, "REFUSAL_REMEMBERED_SECONDS", 0)  # once it is forgotten
+    assert named_pipes.find_pipe(str(tmp_path)) is None and len(walks) == 1
