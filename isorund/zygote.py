@@ -34,7 +34,6 @@ import socket
 import sys
 import sysconfig
 
-POOL_NICE = 19
 # The daemon decides when its zygote ends (it closes the control socket, or kills it). A signal
 # meant for the daemon reached the zygote too when it was sent by name (`pkill -f isorund`, a
 # log rotation's `pkill -HUP -f`): it died and took every call in flight with it, instead of
@@ -43,7 +42,6 @@ POOL_NICE = 19
 # `stty tostop` its first log line stopped it and the daemon's start hung.
 IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGTTOU)
-CAP_SYS_NICE = 23
 
 
 def main() -> int:
@@ -86,8 +84,7 @@ class Zygote:
             isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs,
                                                          tmp_bytes=lim.tmp_bytes),
             cgroup_values=cgroup.call_values(lim.memory_bytes, lim.tmp_bytes, lim.max_processes)
-            if self.cgroup_root else None,
-            pool_nice=POOL_NICE if _has_capability(CAP_SYS_NICE) else 0)
+            if self.cgroup_root else None)
         if isolated:
             # the binds every sandbox's root holds, made once (see sandbox/filesystem.py)
             self.plan = dataclasses.replace(self.plan, template_ns=filesystem.build_template(self.plan.root))
@@ -111,12 +108,11 @@ class Zygote:
 
     def serve(self) -> None:
         """Spawns on request and reaps on SIGCHLD until the daemon closes the control socket."""
-        # Preparing sandboxes ahead of calls is background work: at the lowest priority it
-        # takes only CPU that running calls, the daemon and its clients leave idle. A
-        # sandbox puts itself back to normal when its call arrives.
-        # Only with CAP_SYS_NICE: without it, nothing could restore a call's priority.
-        if self.plan.pool_nice:
-            os.setpriority(os.PRIO_PROCESS, 0, self.plan.pool_nice)
+        # Preparing sandboxes runs at the guests' own priority, not below it: at nice 19, under
+        # a cpu cgroup (systemd's cpu controller, a container) where the kernel weighs
+        # processes by their nice, one call's spinning processes starved the pool, and other
+        # tenants' calls waited seconds or timed out (seen). Measured against nice 19, it cost
+        # nothing at concurrency 1 (bench/PROFILE.md).
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -321,15 +317,6 @@ def _warm_up(config, registry) -> None:
               datetime.timedelta(1), decimal.Decimal("1.5"), uuid.uuid4(), 1j, bytearray(b"y")]
     _codec.decode(_codec.encode(sample, registry), registry).__class__
     _codec.encode(sample, registry).SerializeToString()
-
-
-def _has_capability(number: int) -> bool:
-    """Whether this process holds capability ``number`` in its effective set."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> number & 1)
-    return False
 
 
 def _flatten(config: dict) -> dict:

@@ -56,7 +56,6 @@ class SandboxPlan:
     isolated: bool            # False only with --insecure-no-isolation
     root: filesystem.RootPlan
     cgroup_values: dict | None = None  # the daemon's limits for a new call group; None: no cgroup
-    pool_nice: int = 0                 # priority sandboxes are prepared at; 0 when it can't be undone
     template_ns: int = -1              # the zygote's template mount namespace (a descriptor); -1: none
 
 
@@ -129,10 +128,6 @@ def _receive_folders(chan: socket.socket) -> list[int]:
 def _confine(plan: SandboxPlan, call, folder_fds: list[int], host_id: int, syscall_filters,
              cgroup_fd: int | None) -> None:
     """The call's steps, in order; no guest code runs before all of them are done."""
-    # The pool prepared this sandbox at the lowest priority; its call runs at the normal one
-    # (raising it needs CAP_SYS_NICE on the host, which only this root process has).
-    if plan.pool_nice:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
     lim = call.limits
     if plan.isolated:
         if cgroup_fd is not None:

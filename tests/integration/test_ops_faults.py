@@ -225,7 +225,7 @@ def test_a_zygote_that_dies_soon_after_each_restart_is_restarted_with_a_growing_
     root = make_root({"index.py": GUEST})
     with CodeRunner(root=root, file="index.py", socket=d.socket) as r:
         assert r.run("echo", args=[1]) == 1
-        wait_for_pool(d.pid, 4)  # its replacement made before spawns fail (at nice 19 it may lag)
+        wait_for_pool(d.pid, 4)  # its replacement made before spawns fail
         flag.write_text("")
         assert r.run("echo", args=[2]) == 2  # a pooled one was ready; its replacement's spawn fails
         time.sleep(6)

@@ -24,8 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "isorund.service"
 MAX_EXPOSURE = 4.0  # docs/operations.md explains the remaining exposure; a rise must be a choice
 # CAP_CHOWN(0) CAP_KILL(5) CAP_SETGID(6) CAP_SETUID(7) CAP_NET_ADMIN(12) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21)
-# CAP_SYS_NICE(23)
-BOUNDING_SET = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 18) | (1 << 21) | (1 << 23)
+BOUNDING_SET = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 12) | (1 << 18) | (1 << 21)
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="systemd-analyze is not installed")
