@@ -99,7 +99,7 @@ def test_guest_modules_are_in_sys_modules_only_under_free_names_and_only_while_t
     main = importer.load_main("index.py")
     assert main.json.SHADOW and sys.modules["json"] is json  # the guest's json is its own
     assert sys.modules["json_helpers"] is main.json_helpers and sys.modules["index"] is main
-    assert main.__spec__.name == "index" and main.__spec__.origin == "/index.py"
+    assert main.__spec__.name == "index" and main.__spec__.origin == str(tmp_path / "index.py")
     importer.withdraw()
     assert "json_helpers" not in sys.modules and "index" not in sys.modules and sys.modules["json"] is json
 
