@@ -13,6 +13,8 @@ import json
 import os
 import pwd
 import re
+import resource
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -29,6 +31,18 @@ MAX_MESSAGE_BYTES = 256 * MiB
 # a sandbox maps about 36 MiB before its guest allocates anything, so a smaller address space
 # is no limit but a broken call (one that allocated nothing succeeded with 1 byte).
 MIN_LIMITS = {"max_open_files": 8, "memory_bytes": 48 * MiB}
+# The largest finite rlimit a sandbox can set: Python's resource.setrlimit takes a signed C long
+# long, so RLIM_INFINITY - 1 (2**64 - 2) is out of its reach ("Python int too large to convert to
+# C long", a sandbox that failed at start).
+RLIM_MAX = 2**63 - 1
+# The kernel's most tasks on a 64-bit host (PID_MAX_LIMIT); a cgroup's pids.max refuses more.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+# The rlimit each of these [limits] keys becomes in the sandbox (isorund/sandbox/limits.py).
+RLIMIT_OF = {"memory_bytes": "RLIMIT_AS", "max_processes": "RLIMIT_NPROC", "max_open_files": "RLIMIT_NOFILE",
+             "max_file_bytes": "RLIMIT_FSIZE"}
+# A config file is a few KiB of TOML; reading more is a mistake (a device, a log file) that would
+# hold the start for as long as the read went on.
+MAX_CONFIG_FILE_BYTES = 1 * MiB
 
 DEFAULT_EXTERNAL = (
     "abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections",
@@ -37,6 +51,18 @@ DEFAULT_EXTERNAL = (
     "numbers", "operator", "pprint", "random", "re", "reprlib", "statistics", "string",
     "struct", "textwrap", "typing", "unicodedata", "uuid",
 )
+
+# Modules of the sandbox's own runtime: what a guest would get is isorun's internals.
+RUNTIME_MODULES = {"__main__": "entry module", "isorund": "package", "isorun": "value codec's package"}
+
+
+def runtime_module(name: str) -> str | None:
+    """What top-level module ``name`` is to the sandbox's runtime (its "package", …), or None
+    when it is none of its own. A guest allowed to import one would get isorun's internals, so
+    neither a request's ``external`` (plan.py) nor ``default_external`` may name one; compared
+    as the guest's import statement spells the name (``ｉｓｏｒｕｎｄ`` is ``isorund``)."""
+    from isorund.sandbox.importer import python_name  # here: isorund.sandbox imports this module
+    return RUNTIME_MODULES.get(python_name(name))
 
 
 class ConfigError(ValueError):
@@ -62,14 +88,14 @@ def default_socket() -> str:
 @dataclass(frozen=True)
 class LimitsConfig:
     """Per-call limits; a request may lower each of them, never raise it."""
-    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes about 36 MiB of it (more with large plugins), so it is at least 48 MiB, in the config and in a request; the daemon does not start when its self-test call cannot take 8 MiB more.")
-    max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid).")
-    max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself.")
-    max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE).")
-    output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, or on a line longer than it (sent at once, however it was written), `ResourceLimitError(limit='output')`.")
-    result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`. At most `max_request_bytes` − `output_bytes` − 64 KiB (result and console travel in one answer).")
-    cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU, which counts whole seconds: a fraction is rounded up); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout.")
-    tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp.")
+    memory_bytes: int = _key(512 * MiB, "Address space of the guest process (RLIMIT_AS); over it, `ResourceLimitError(limit='memory')`. The runtime itself takes about 36 MiB of it (more with large plugins), so it is at least 48 MiB, in the config and in a request; the daemon does not start when its self-test call cannot take 8 MiB more. At most 2^63 − 1 (the largest rlimit a sandbox can set) and the daemon's own hard RLIMIT_AS (`ulimit -Hv`, systemd's `LimitAS=`), which its sandboxes inherit and cannot raise.")
+    max_processes: int = _key(32, "Processes and threads one call may have at once (RLIMIT_NPROC of its own uid). From 1 to 4194304 (the kernel's most tasks, and the most a cgroup's `pids.max` takes) and at most the daemon's own hard RLIMIT_NPROC (`ulimit -Hu`, systemd's `LimitNPROC=`), which its sandboxes inherit and cannot raise.")
+    max_open_files: int = _key(64, "Open file descriptors of the guest (RLIMIT_NOFILE); at least 8, which the runtime needs for itself, and at most the host's `/proc/sys/fs/nr_open` and the daemon's own hard RLIMIT_NOFILE (`ulimit -Hn`, systemd's `LimitNOFILE=`), which its sandboxes inherit and cannot raise.")
+    max_file_bytes: int = _key(16 * MiB, "Largest file a guest may write in its private /tmp (RLIMIT_FSIZE). From 1 to 2^63 − 1 (the largest rlimit a sandbox can set) and at most the daemon's own hard RLIMIT_FSIZE (`ulimit -Hf`, systemd's `LimitFSIZE=`).")
+    output_bytes: int = _key(1 * MiB, "Console bytes one call may print, each line counted with its few bytes of framing; over it, or on a line longer than it (sent at once, however it was written), `ResourceLimitError(limit='output')`. At least 1 and less than `max_request_bytes` − 64 KiB (`result_bytes` must fit beside it).")
+    result_bytes: int = _key(16 * MiB, "Encoded size of a result; over it, `ResourceLimitError(limit='result')`. At least 1 and at most `max_request_bytes` − `output_bytes` − 64 KiB (result and console travel in one answer).")
+    cpu_seconds: float = _key(0.0, "CPU seconds of the guest (RLIMIT_CPU, which counts whole seconds: a fraction is rounded up); 0 means the call's timeout plus one second, so a guest spinning to its deadline is reported as a timeout. At most 1e6.")
+    tmp_bytes: int = _key(16 * MiB, "Size of the call's private tmpfs /tmp. From 1 to 2^63 − 1 (with a cgroup, `memory_bytes` + `tmp_bytes` is the call's `memory.max`, which the kernel reads as 64 bits).")
 
 
 @dataclass(frozen=True)
@@ -81,7 +107,7 @@ class PluginsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`); at most 107 bytes.")
+    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`); at most 107 bytes. Folders of the path that do not exist are made with mode 0755, whatever the umask (under the unit's `UMask=0077` they were 0700, and `socket_group` could not reach the socket); existing ones are left as they are.")
     socket_mode: int = _key(0o660, "Permission bits of the socket (TOML octal, e.g. `0o660`): owner and `socket_group` may connect.")
     socket_group: str = _key("", "Group owning the socket (name or number); empty keeps the daemon's group.")
     allowed_uids: list = _key(list, "Users (numbers or names) allowed to call; with `allowed_gids` empty too, every peer that can open the socket may. Checked with SO_PEERCRED; others get `PERMISSION_DENIED`.")
@@ -115,10 +141,7 @@ class Config:
         data = {}
         if path:
             try:
-                with open(path, "rb") as f:
-                    data = tomllib.load(f)
-            except OSError as e:
-                raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+                data = tomllib.loads(_read_config_file(path).decode())
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
             except UnicodeDecodeError as e:
@@ -170,6 +193,8 @@ class Config:
                 need(0 <= value <= MAX_SECONDS, "limits.cpu_seconds", f">= 0 and <= {MAX_SECONDS:g}", value)
             else:
                 need(value >= MIN_LIMITS.get(f.name, 1), f"limits.{f.name}", f">= {MIN_LIMITS.get(f.name, 1)}", value)
+                ceiling, why = limit_ceiling(f.name)
+                need(value <= ceiling, f"limits.{f.name}", f"<= {ceiling} ({why})", value)
         # A unary Run answers the result and the console lines in one message, which grpc
         # refuses past max_request_bytes: the client got RESOURCE_EXHAUSTED for a call the
         # daemon had logged as ok.
@@ -179,10 +204,13 @@ class Config:
              "lines travel in one answer", self.limits.result_bytes)
         for group in ("compilers", "resolvers", "args_resolvers"):
             for name, target in getattr(self.plugins, group).items():
+                # a request's empty plugin name means "none", so no call could name this one
+                need(name != "", f"plugins.{group}", "a table of plugins with non-empty names", name)
                 need(isinstance(target, str) and ":" in target, f"plugins.{group}.{name}", '"module:attribute"', target)
         for name in self.default_external:
-            need(isinstance(name, str) and name.isidentifier() and name != "__main__", "default_external",
-                 "a list of top-level module names (each allows its submodules), not '__main__'", name)
+            need(isinstance(name, str) and name.isidentifier() and not runtime_module(name), "default_external",
+                 "a list of top-level module names (each allows its submodules), none of the runtime's own "
+                 f"({', '.join(RUNTIME_MODULES)})", name)
         for path in self.plugin_paths:
             need(isinstance(path, str) and path.startswith("/"), "plugin_paths", "a list of absolute folder paths", path)
         for name, target in self.types.items():
@@ -209,6 +237,65 @@ class Config:
     def to_toml(self) -> str:
         """The effective configuration as TOML that ``Config.load`` reads back unchanged."""
         return _toml_table(self.to_dict(), "")
+
+
+def limit_ceiling(name: str) -> tuple[int, str]:
+    """The largest value ``[limits]`` key ``name`` may take on this host, and why it is there.
+
+    A value past it passed this check and then failed the start: in the request's protobuf
+    field (``Limits`` in runner.proto: "Value out of range"), in Python's setrlimit, or in the
+    sandbox's setrlimit, which the daemon then reported as the host's fault."""
+    if name == "max_processes":
+        ceiling, why = PID_MAX_LIMIT, "the kernel's most tasks, and the most a cgroup's pids.max takes"
+    elif name == "max_open_files":
+        ceiling, why = _nr_open(), "the kernel's most open files of a process, /proc/sys/fs/nr_open"
+    elif name in ("output_bytes", "result_bytes"):
+        ceiling, why = MAX_MESSAGE_BYTES, "the largest message; it travels in the call's answer"
+    elif name == "tmp_bytes":
+        ceiling, why = RLIM_MAX, "2^63 - 1: memory_bytes + tmp_bytes is the call's cgroup memory.max, 64 bits"
+    else:
+        ceiling, why = RLIM_MAX, "2^63 - 1, the largest rlimit a sandbox can set"
+    if name in RLIMIT_OF:
+        # Raising a hard rlimit takes CAP_SYS_RESOURCE of the host's user namespace, which no
+        # sandbox has: each inherits the daemon's (systemd's Limit*=, the shell's ulimit -H).
+        hard = resource.getrlimit(getattr(resource, RLIMIT_OF[name]))[1]
+        if hard != resource.RLIM_INFINITY and hard < ceiling:
+            ceiling, why = hard, f"the daemon's own hard {RLIMIT_OF[name]}, which its sandboxes inherit and cannot raise"
+    return ceiling, why
+
+
+def _nr_open() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default
+
+
+def _read_config_file(path: str) -> bytes:
+    """The bytes of config file ``path``, which must be a regular file of at most
+    ``MAX_CONFIG_FILE_BYTES``. A named pipe with no writer held the start in open() and read(),
+    where SIGTERM could not end it, and /dev/zero grew the daemon by gigabytes: the file is
+    opened without blocking, refused unless it is a regular file, and read no further than the
+    cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file (a named pipe, a device or a folder "
+                              "cannot be a config file)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_FILE_BYTES // MiB} MiB, "
+                          "the most a config file may be")
+    return data
 
 
 def resolve_id(value, lookup) -> int | None:

@@ -20,13 +20,11 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund import named_pipes
 from isorund.admission import OutOfDescriptors
-from isorund.config import MIN_LIMITS
+from isorund.config import MIN_LIMITS, runtime_module
 from isorund.sandbox import filesystem
 from isorund.sandbox.importer import python_name
 
 MAX_NAME = 256
-# Modules of the sandbox's own runtime: what a guest would get is isorun's internals.
-RUNTIME_MODULES = {"__main__": "entry module", "isorund": "package", "isorun": "value codec's package"}
 CPU_GRACE_SECONDS = 1.0
 MAX_LIST = 256
 MAX_PATH = 4096      # PATH_MAX: the kernel resolves no longer path
@@ -157,9 +155,9 @@ def _modules(names) -> list[str]:
                                f"cannot be allowed without all of {top!r}; name {top!r} to allow it")
         if len(name) > MAX_NAME or not name.isidentifier():
             raise RequestError(f"external module names must be Python names, got {name[:80]!r}")
-        if python_name(name) in RUNTIME_MODULES:
+        if role := runtime_module(name):
             raise RequestError(f"external may not name {name!r}: in a sandbox that is the runtime's own "
-                               f"{RUNTIME_MODULES[python_name(name)]}, not a module a guest could mean")
+                               f"{role}, not a module a guest could mean")
     # as the guest's import statement spells them (``import ｃｓｖ`` imports csv)
     return [python_name(name) for name in names]
 

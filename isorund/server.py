@@ -371,9 +371,23 @@ def _restrict_socket(config) -> None:
                              "'socket_group'): the daemon needs CAP_CHOWN for that") from None
 
 
+def _make_folders(folder: str) -> None:
+    """Makes the socket's missing folders 0755, whatever the umask: under the unit's UMask=0077
+    they were 0700, and the members of ``socket_group`` could not reach the socket. Folders
+    that exist are left as they are."""
+    if os.path.isdir(folder):
+        return
+    _make_folders(os.path.dirname(folder))
+    try:
+        os.mkdir(folder)
+    except FileExistsError:  # made meanwhile, or not a folder: the bind will say so
+        return
+    os.chmod(folder, 0o755)  # mkdir's mode is masked by the umask
+
+
 def _claim_socket(path: str) -> None:
     """Removes a stale socket left by a crashed daemon; refuses to steal a live one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _make_folders(os.path.dirname(path))
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

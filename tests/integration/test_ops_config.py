@@ -34,6 +34,24 @@ def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemo
     assert f"isorund: {message}" in refused_start(start_daemon, config, status=2)
 
 
+@pytest.mark.parametrize("config, key", [
+    # --print-config said 0 for each, then the start died with a raw "ValueError: Value out of
+    # range" (the request's protobuf field), "Python int too large to convert to C long" or a
+    # setrlimit EINVAL blamed on the host
+    (f"[limits]\nmemory_bytes = {2**64}\n", "limits.memory_bytes"),
+    (f"[limits]\nmemory_bytes = {2**63}\n", "limits.memory_bytes"),
+    (f"[limits]\nmax_processes = {2**32}\n", "limits.max_processes"),
+    (f"[limits]\ntmp_bytes = {2**64}\n", "limits.tmp_bytes"),
+    ("[limits]\nmax_open_files = 100000000\n", "limits.max_open_files"),
+])
+def test_a_limit_too_large_for_the_sandbox_stops_the_start_naming_the_key(start_daemon, config, key):
+    d = start_daemon(config=config, wait=False)
+    assert d.proc.wait(60) == 2, d.log()
+    assert f"isorund: config key '{key}' must be <= " in d.log() and "Traceback" not in d.log()
+    printed = isorund("--config", str(d.config), "--print-config")
+    assert printed.returncode == 2 and f"config key '{key}'" in printed.stderr
+
+
 def refused_start(start_daemon, config: str, status: int) -> str:
     """The log of a daemon that must exit with ``status`` at start, leaving no socket."""
     d = start_daemon(config=config, wait=False)
@@ -194,6 +212,42 @@ def test_a_bad_flag_value_is_refused_like_a_bad_key(tmp_path):
 def test_a_missing_config_file_is_refused_with_its_path(tmp_path):
     out = isorund("--config", str(tmp_path / "nope.toml"))
     assert out.returncode == 2 and "cannot read config file" in out.stderr and "nope.toml" in out.stderr
+
+
+@pytest.mark.parametrize("make", ["fifo", "/dev/zero"])
+def test_a_config_that_is_no_regular_file_stops_the_start_at_once_naming_it(tmp_path, make):
+    """A named pipe with no writer held the start for ever, SIGTERM or not; /dev/zero was read
+    until the daemon held gigabytes."""
+    path = make
+    if make == "fifo":
+        path = str(tmp_path / "isorund.toml")
+        os.mkfifo(path)
+    started = time.monotonic()
+    out = isorund("--config", path, "--socket", str(tmp_path / "s.sock"))
+    assert out.returncode == 2 and f"isorund: config file {path} is not a regular file" in out.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "s.sock").exists()
+
+
+def test_a_config_file_over_a_mebibyte_stops_the_start_naming_the_cap(tmp_path):
+    path = tmp_path / "isorund.toml"
+    path.write_text("queue_size = 5\n" + "#\n" * (1 << 20))
+    out = isorund("--config", str(path), "--socket", str(tmp_path / "s.sock"))
+    assert out.returncode == 2 and f"config file {path} is larger than 1 MiB" in out.stderr
+
+
+def test_the_sockets_missing_folders_are_made_0755_whatever_the_umask(start_daemon, tmp_path):
+    """Under the unit's UMask=0077 they were 0700: members of socket_group got EACCES from a
+    socket whose mode let them in. A folder that exists is left as it is."""
+    kept = tmp_path / "kept"
+    kept.mkdir(mode=0o711)
+    os.chmod(kept, 0o711)
+    socket = kept / "a" / "b" / "s.sock"
+    d = start_daemon(args=["--socket", str(socket)], wait=False,
+                     prefix=["sh", "-c", 'umask 077 && exec "$0" "$@"'])
+    d.socket = str(socket)
+    d.wait_ready()
+    assert [oct(p.stat().st_mode & 0o7777) for p in (kept, kept / "a", kept / "a" / "b")] == ["0o711", "0o755", "0o755"]
+    assert oct(socket.stat().st_mode & 0o777) == "0o660"
 
 
 def test_print_config_shows_file_flags_and_defaults_as_toml(tmp_path):

@@ -3,13 +3,17 @@ daemon prints, and the README table that must equal the generated reference."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import re
+import signal
 import sys
 import tomllib
 
 import pytest
 
 from isorund import cli
+from isorund import config as config_module
 from isorund.config import Config, ConfigError, LimitsConfig, PluginsConfig, reference
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -197,3 +201,105 @@ def test_the_pool_may_be_as_large_as_max_concurrency_past_256(tmp_path):
     assert load_text(tmp_path, "max_concurrency = 300\npool_size = 300\n").pool_size == 300
     assert load_text(tmp_path, "pool_size = 256\n").pool_size == 256
     assert "from 1 to 256 (256, or max_concurrency if larger" in refusal(tmp_path, "pool_size = 40000\n")
+
+
+@pytest.mark.parametrize("text, key", [
+    # each passed this check and then failed the start: in the request's protobuf field (a raw
+    # "Value out of range" traceback), in Python's setrlimit, or in the sandbox's, blaming the host
+    (f"[limits]\nmemory_bytes = {2**64}\n", "limits.memory_bytes"),
+    (f"[limits]\nmemory_bytes = {2**63}\n", "limits.memory_bytes"),
+    (f"[limits]\nmax_file_bytes = {2**64}\n", "limits.max_file_bytes"),
+    (f"[limits]\ntmp_bytes = {2**64}\n", "limits.tmp_bytes"),
+    (f"[limits]\nmax_processes = {2**32}\n", "limits.max_processes"),
+    ("[limits]\nmax_open_files = 100000000\n", "limits.max_open_files"),
+    (f"[limits]\noutput_bytes = {2**64}\n", "limits.output_bytes"),
+    (f"[limits]\nresult_bytes = {2**64}\n", "limits.result_bytes"),
+])
+def test_a_limit_past_what_it_must_fit_is_refused_naming_the_key_and_its_range(tmp_path, text, key):
+    message = refusal(tmp_path, text)
+    name = key.split(".")[1]
+    assert f"config key '{key}' must be <= {config_module.limit_ceiling(name)[0]} (" in message, message
+
+
+def test_the_largest_limits_are_a_valid_config():
+    ceilings = {name: config_module.limit_ceiling(name)[0]
+                for name in ("memory_bytes", "max_processes", "max_open_files", "max_file_bytes", "tmp_bytes")}
+    assert Config.load(None, {"limits": ceilings}).limits.max_open_files == ceilings["max_open_files"]
+    assert ceilings["max_open_files"] <= int(open("/proc/sys/fs/nr_open").read())
+    assert ceilings["memory_bytes"] <= 2**63 - 1 and ceilings["max_processes"] <= 2**32 - 1  # Limits' fields
+
+
+def test_a_limit_over_the_daemons_own_hard_rlimit_is_refused_as_one_its_sandboxes_cannot_raise(tmp_path, monkeypatch):
+    """A sandbox inherits the daemon's hard rlimits and cannot raise them (that needs
+    CAP_SYS_RESOURCE of the host): max_open_files = 30000 under a hard limit of 20000 failed the
+    start in setrlimit, "cannot build a sandbox on this host"."""
+    real = config_module.resource.getrlimit
+    monkeypatch.setattr(config_module.resource, "getrlimit", lambda which: (
+        (1024, 20000) if which == config_module.resource.RLIMIT_NOFILE else real(which)))
+    message = refusal(tmp_path, "[limits]\nmax_open_files = 30000\n")
+    assert ("config key 'limits.max_open_files' must be <= 20000 (the daemon's own hard RLIMIT_NOFILE, "
+            "which its sandboxes inherit and cannot raise), got 30000") in message
+    assert load_text(tmp_path, "[limits]\nmax_open_files = 20000\n").limits.max_open_files == 20000
+
+
+@pytest.mark.parametrize("text", [
+    'default_external = ["json", "isorund"]\n',  # the daemon's own package, in every guest
+    'default_external = ["isorun"]\n',
+    'default_external = ["ｉｓｏｒｕｎｄ"]\n',  # as a guest's import statement spells it: isorund
+])
+def test_default_external_may_not_name_the_runtimes_own_modules_as_a_requests_external_may_not(tmp_path, text):
+    assert "config key 'default_external' must be a list of top-level module names (each allows its " \
+           "submodules), none of the runtime's own (__main__, isorund, isorun), got" in refusal(tmp_path, text)
+
+
+@pytest.mark.parametrize("group", ["compilers", "resolvers", "args_resolvers"])
+def test_a_plugin_without_a_name_is_refused_as_no_request_could_name_it(tmp_path, group):
+    message = refusal(tmp_path, f'[plugins.{group}]\n"" = "p:q"\n')
+    assert f"config key 'plugins.{group}' must be a table of plugins with non-empty names, got ''" in message
+
+
+def test_a_config_file_that_is_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    """open() of a pipe with no writer blocked the start, and SIGTERM could not end it."""
+    fifo = tmp_path / "isorund.toml"
+    os.mkfifo(fifo)
+
+    def hung(*_):
+        raise TimeoutError("Config.load waited for the pipe's writer")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        with pytest.raises(ConfigError, match=f"config file {fifo} is not a regular file"):
+            Config.load(str(fifo))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/null", "/"])
+def test_a_config_file_that_is_a_device_or_a_folder_is_refused_naming_it(path):
+    # /dev/zero was read until the daemon held 3.6 GB
+    with pytest.raises(ConfigError, match=f"config file {path} is not a regular file"):
+        Config.load(path)
+
+
+def test_a_config_file_over_a_mebibyte_is_refused_unread(tmp_path):
+    path = tmp_path / "isorund.toml"
+    path.write_text("# " + "x" * (1 << 20) + "\nqueue_size = 5\n")
+    with pytest.raises(ConfigError, match=f"config file {path} is larger than 1 MiB"):
+        Config.load(str(path))
+    path.write_text("# " + "x" * ((1 << 20) - 20) + "\nqueue_size = 5\n")  # just under: read whole
+    assert Config.load(str(path)).queue_size == 5
+
+
+def test_the_units_stop_timeout_outlasts_the_longest_stop_of_the_shipped_config():
+    """After shutdown_grace a stop takes up to KILL_SLACK for killed calls to answer,
+    FLUSH_SECONDS for gRPC to write the answers out and end what is left (a RunStream whose
+    client never reads), and 2 s for the zygote to exit (launcher's stop); systemd kills a daemon
+    still stopping at TimeoutStopSec, its last answers unsent. (The docs said grace + 2 s.)"""
+    from isorund import server
+    zygote_exit = 2.0
+    unit = (REPO / "systemd" / "isorund.service").read_text()
+    timeout = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)
+    grace = Config.load(str(REPO / "systemd" / "isorund.toml")).shutdown_grace
+    assert timeout and float(timeout.group(1)) >= grace + server.KILL_SLACK + server.FLUSH_SECONDS + zygote_exit
+    assert server.KILL_SLACK + server.FLUSH_SECONDS + zygote_exit <= 5  # the docs' "shutdown_grace + 5 s"

@@ -19,12 +19,27 @@ from . import __version__, _inputs, errors
 from ._client import CodeRunner
 
 
+class TooDeep(ValueError):
+    """A JSON text nested deeper than Python's recursion limit lets ``json`` parse."""
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, whose RecursionError on a text nested ~1,000 deep was a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TooDeep(f"nested too deeply for Python's json to parse (about {sys.getrecursionlimit()} levels; "
+                      "a call's values may nest far less deeply)") from None
+
+
 def _json_option(text: str) -> Any:
     """An option's JSON value; argparse said only "invalid loads value" of a bad one."""
     try:
-        return json.loads(text)
+        return _loads(text)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text[:80]!r}") from None
+    except TooDeep as e:
+        raise argparse.ArgumentTypeError(f"{e}: {text[:80]!r}") from None
 
 
 def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -165,11 +180,14 @@ def _call(options: argparse.Namespace) -> int:
     args = []
     for number, text in enumerate(options.args, 1):
         try:
-            args.append(json.loads(text))
+            args.append(_loads(text))
         except json.JSONDecodeError as e:
             # the usual slip: a string without the quotes JSON needs, which the shell removed
             print(f"isorun: argument {number} ({text[:80]!r}) is not valid JSON: {e}; a JSON string keeps its "
                   f"quotes, which the shell takes: '\"text\"'", file=sys.stderr)
+            return 2
+        except TooDeep as e:
+            print(f"isorun: argument {number} ({text[:80]!r}) is {e}", file=sys.stderr)
             return 2
     try:
         runner = CodeRunner(
