@@ -50,6 +50,7 @@ class Exit:
     cpu_seconds: float = 0.0   # its CPU time (its own and its reaped children's)
     peak_memory_bytes: int = 0  # its peak RSS (or its largest reaped child's)
     cause: str = ""            # ZYGOTE_LOST or OOM_KILLED, when known
+    signal: int = 0            # the signal that ended it, or 0 (an exit code of 139 is not SIGSEGV)
 
 
 class ZygoteUnavailable(Exception):
@@ -369,7 +370,8 @@ class Zygote:
         if future is not None and not future.done():
             future.set_result(Exit(exited["status"], exited.get("cpu_seconds", 0.0),
                                    exited.get("peak_memory_bytes", 0),
-                                   OOM_KILLED if exited.get("limit") == "memory" else ""))
+                                   OOM_KILLED if exited.get("limit") == "memory" else "",
+                                   exited.get("signal", 0)))
         self._forget_if_pooled(exited["pid"], exited["status"])
 
     def _on_zygote_exit(self) -> None:

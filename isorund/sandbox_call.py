@@ -331,7 +331,7 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     if end.cause == OOM_KILLED:
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=(
             "the call went over its memory limit and was killed by the kernel")), started)
-    how = "" if end.status is None else f" (exit status {end.status})"
+    how = _how_it_ended(end)
     killed = end.status in (128 + signal.SIGKILL, 128 + signal.SIGXCPU)
     # The CPU rlimit's signals can also come from elsewhere (an operator's kill -9): only a
     # sandbox that used its CPU time was ended by that limit. One that used it and ended
@@ -346,6 +346,19 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
             f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
             f"its {cpu_limit:g} s of CPU")), started)
     return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
+
+
+def _how_it_ended(end: Exit) -> str:
+    """" (SIGSEGV, exit status 139)": the signal by name, which the shell's number hid."""
+    if end.status is None:
+        return ""
+    if end.signal:
+        try:
+            name = signal.Signals(end.signal).name
+        except ValueError:
+            name = f"signal {end.signal}"
+        return f" ({name}, exit status {end.status})"
+    return f" (exit status {end.status})"
 
 
 def _failure(failure: pb.Failure, started: float) -> sb.RelayedOutcome:

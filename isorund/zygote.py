@@ -179,6 +179,7 @@ class Zygote:
             if host_id is not None:
                 self.host_ids.release(host_id)
             exited = {"pid": pid, "status": _exit_status(status),
+                      "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
                       "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
                       "peak_memory_bytes": usage.ru_maxrss * 1024}
             if self.release_group(pid):

@@ -481,6 +481,22 @@ def test_copying_a_file_and_sending_one_work_without_sendfile(runner):
     assert r.run("copy") == [100_000, 1000, 1000]
 
 
+def test_a_crash_names_its_signal_and_an_exit_code_does_not_pass_for_one(runner):
+    """Both read "exit status 139": a segfault and a guest's os._exit(139) could not be told apart."""
+    r = runner({"index.py": ESCAPED + """
+        import ctypes
+        def crash():
+            ctypes.string_at(0)
+        def leave():
+            _os_globals()["_exit"](139)
+    """}, external=["ctypes"])
+    with pytest.raises(errors.SandboxError, match=r"\(SIGSEGV, exit status 139\)"):
+        r.run("crash")
+    with pytest.raises(errors.SandboxError) as left:
+        r.run("leave")
+    assert "(exit status 139)" in str(left.value) and "SIGSEGV" not in str(left.value)
+
+
 def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):
     """``file="rules/pricing.py"`` is the module ``rules.pricing``, loaded after ``rules`` (as
     ``import rules.pricing`` would): ``from . import`` works, as a require('./x') does in

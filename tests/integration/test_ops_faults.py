@@ -98,7 +98,7 @@ def test_a_sandbox_killed_from_outside_is_not_reported_as_a_cpu_limit(start_daem
     sandbox.send_signal(signal.SIGKILL)
     error = ended()
     assert type(error) is errors.SandboxError, error
-    assert "killed from outside the call (exit status 137)" in str(error)
+    assert "killed from outside the call (SIGKILL, exit status 137)" in str(error)
 
 
 def test_prepared_sandboxes_that_die_in_the_pool_are_replaced_not_handed_to_calls(start_daemon, make_root):
