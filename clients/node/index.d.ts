@@ -25,13 +25,13 @@ export interface CodeRunnerOptions {
   external?: string[];
   /** Extra absolute host folders guest modules may import from (mounted read-only). */
   whitelistedPaths?: string[];
-  /** Extensions of importable guest source; default [".py"]. "jx" is read as ".jx". */
+  /** Extensions of importable guest source; default [".py"]. "jx" is read as ".jx"; "" and "." are refused. */
   sourceExtensions?: string[];
   /** Name of a source-transform plugin registered in the daemon's config. */
   compiler?: string;
   /** Name of a module-resolver plugin registered in the daemon's config. */
   resolver?: string;
-  /** Plain JSON handed to the resolver plugin. */
+  /** Plain JSON handed to the resolver plugin as it is (a "$type" key is a key). */
   resolverOptions?: Record<string, unknown>;
   /** Called live with each line the guest prints, trailing newline included. */
   onConsole?: (stream: ConsoleStream, text: string) => unknown;

@@ -93,7 +93,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                               allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
         resolver = None
         if request.resolver:
-            options = _decoded(struct_pb2.Value(struct_value=request.resolver_options), registry, "resolver_options")
+            options = _codec.decode_plain(struct_pb2.Value(struct_value=request.resolver_options))
             resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options,
                                    returns=(Callable,), expected="a function resolve(name) -> path | None")
         importer = GuestImporter(policy, context=context, resolver=resolver,

@@ -326,6 +326,10 @@ def resolver_five(options):
 
 def resolver_of(options):
     return lambda name: options["path"]
+
+def resolver_if_plain(options):
+    plain = options == {"path": options["path"], "n": 3, "tag": {"$type": "bytes", "$value": "AP8="}}
+    return lambda name: options["path"] if plain and type(options["n"]) is int else None
 """
 BROKEN_CONFIG = """
 plugin_paths = ["{plugins}", "%s"]
@@ -345,6 +349,7 @@ generator = "broken_plugins:args_generator"
 [plugins.resolvers]
 five = "broken_plugins:resolver_five"
 path = "broken_plugins:resolver_of"
+plain = "broken_plugins:resolver_if_plain"
 """
 
 
@@ -397,6 +402,26 @@ def test_a_resolver_names_a_guest_module_by_its_path_in_the_sandbox(broken_plugi
                     file="index.py", socket=broken_plugins.socket, external=["mylib"], resolver="path",
                     resolver_options={"path": "/guest/vendor/mylib.py"}) as r:
         assert r.run("f") == ["vendored", "/guest/vendor/mylib.py"]
+
+
+def test_resolver_options_reach_the_plugin_as_plain_json(broken_plugins, make_root):
+    """docs/values.md: resolver_options are plain JSON, read with the number rules of values.
+    The sandbox read them as values: a "$type" key made them a tagged value (bytes, a tuple,
+    or a SerializationError for an unknown name) before the plugin saw them. Sent by a raw stub:
+    both clients refuse a "$type" key in the options."""
+    import grpc
+    from google.protobuf import struct_pb2
+    from isorun._proto import runner_pb2 as pb
+    from isorun._proto import runner_pb2_grpc
+    root = make_root({"index.py": "import mylib\ndef f():\n    return mylib.V\n", "vendor/mylib.py": "V = 'plain'\n"})
+    options = struct_pb2.Struct()
+    options.update({"path": "/guest/vendor/mylib.py", "n": 3, "tag": {"$type": "bytes", "$value": "AP8="}})
+    request = pb.RunRequest(root=root, file="index.py", func_name="f", external=["mylib"], resolver="plain",
+                            resolver_options=options, timeout_seconds=5)
+    with grpc.insecure_channel(f"unix:{broken_plugins.socket}") as channel:
+        answer = runner_pb2_grpc.RunnerStub(channel).Run(request, timeout=30)
+    assert answer.outcome.WhichOneof("result") == "value", answer.outcome
+    assert answer.outcome.value.string_value == "plain"
 
 
 @pytest.mark.parametrize("closed, mode", [("", 0o700), ("index.py", 0o600)])

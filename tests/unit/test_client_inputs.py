@@ -18,6 +18,7 @@ import pytest
 from isorun import AsyncCodeRunner, CodeRunner, errors
 from isorun._outcome import raise_failure
 from isorun._proto import runner_pb2 as pb
+from google.protobuf import struct_pb2
 
 MiB = 1024 * 1024
 
@@ -81,6 +82,13 @@ def test_a_context_that_is_not_a_mapping_is_refused(runner, context):
         runner.run("f", context=context)
 
 
+@pytest.mark.parametrize("key", [1, None, ("a",), b"a"])
+def test_a_context_name_that_is_no_str_is_an_invalid_request(runner, key):
+    # it was a SerializationError, which is for values no codec carries, not a request's shape
+    with pytest.raises(errors.InvalidRequest, match=f"^context names must be str, got {type(key).__name__} "):
+        runner.run("f", context={key: 2})
+
+
 @pytest.mark.parametrize("option", ["external", "whitelisted_paths", "source_extensions"])
 @pytest.mark.parametrize("value, type_name", [("statistics", "str"), (b"os", "bytes"),
                                               ({"json": 1}, "dict"), ({"json"}, "set")])
@@ -88,6 +96,17 @@ def test_list_options_given_as_a_bare_string_or_a_set_are_refused(tmp_path, opti
     with pytest.raises(errors.InvalidRequest) as info:
         CodeRunner(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s"), **{option: value})
     assert str(info.value) == f"{option} must be a list or tuple of strings, got {type_name}"
+
+
+@pytest.mark.parametrize("runner_class", [CodeRunner, AsyncCodeRunner])
+@pytest.mark.parametrize("extension", ["", ".", "py"])
+def test_a_source_extension_that_is_not_a_dot_and_more_is_refused(tmp_path, runner_class, extension):
+    # "" and "." were sent; the daemon took "." as an extension, and Node's "" became "."
+    with pytest.raises(errors.InvalidRequest) as info:
+        runner_class(root=str(tmp_path), file="index.py", socket=str(tmp_path / "s"),
+                     source_extensions=[".py", extension])
+    assert str(info.value) == (f"source_extensions[1] must look like '.py' (a dot and at least one character), "
+                               f"got {extension!r}")
 
 
 @pytest.mark.parametrize("option", ["external", "whitelisted_paths", "source_extensions"])
@@ -244,6 +263,29 @@ def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expecte
     assert info.value.limit == expected
 
 
+def test_a_result_tagged_with_a_type_this_client_lacks_says_so_and_how_to_register_one(runner):
+    # it read "cannot decode a value tagged 'acme.Money': no resolver for it; available type
+    # names: …", which did not say it was the result, nor that the names were this client's
+    value = struct_pb2.Value()
+    value.list_value.values.add().struct_value.update({"$type": "acme.Money", "$value": ["1.25", "EUR"]})
+    with pytest.raises(errors.SerializationError) as info:
+        runner._result(pb.Outcome(value=value))
+    assert str(info.value).startswith(
+        "the result: cannot decode a value tagged 'acme.Money' at [0]: no resolver is registered for it here "
+        "(isorun.register_type, or the runner's registry); this client decodes Decimal, UUID, bytearray, ")
+    assert info.value.limit is None
+
+
+def test_a_result_too_deep_says_it_is_the_result_and_keeps_its_limit(runner):
+    value = struct_pb2.Value()
+    inner = value
+    for _ in range(50):
+        inner = inner.list_value.values.add()
+    with pytest.raises(errors.SerializationError, match="^the result: value is nested too deeply") as info:
+        runner._result(pb.Outcome(value=value))
+    assert info.value.limit == "depth"
+
+
 @pytest.mark.parametrize("options, message", [
     (5, "resolver_options must be a dict of JSON values, got int"),
     ([1, 2], "resolver_options must be a dict of JSON values, got list"),
@@ -252,6 +294,9 @@ def test_a_serialization_failure_keeps_the_limit_the_daemon_names(limit, expecte
     ({"a": float("nan")}, "resolver_options['a'] is nan, which JSON has no form for"),
     # a mapping that is no dict inside: protobuf said "Unexpected type" (a ValueError, no IsorunError)
     ({"a": types.MappingProxyType({"b": 1})}, "resolver_options['a'] is of type mappingproxy"),
+    # an int past 2**53 arrived as the nearest float: 2**53 + 1 as 9007199254740992
+    ({"big": 2**53 + 1}, "resolver_options['big'] is 9007199254740993, an int beyond ±2**53"),
+    ({"a": [-(2**70)]}, "resolver_options['a'][0] is -1180591620717411303424, an int beyond ±2**53"),
 ])
 def test_resolver_options_that_are_not_json_are_refused_naming_the_place(options, message):
     # protobuf's own words were "'int' object is not iterable", "Unexpected type", "bad
@@ -265,6 +310,14 @@ def test_json_resolver_options_are_kept():
     runner = CodeRunner(root="/r", file="f.py", resolver="r", resolver_options={"base": "/lib", "n": [1, 2.5, None, True]})
     request, _ = runner._request("f", [], None, None, None)
     assert dict(request.resolver_options) == {"base": "/lib", "n": [1, 2.5, None, True]}
+
+
+def test_resolver_options_ints_up_to_2_53_and_dollar_keys_are_kept():
+    # the daemon reads them as plain JSON: a "$type" key is a key, not a tagged value
+    options = {"n": [2**53, -(2**53), True], "$value": 1, "type": "x", "$type": "tuple", "a": [{"$type": "x"}]}
+    runner = CodeRunner(root="/r", file="f.py", resolver="r", resolver_options=options)
+    request, _ = runner._request("f", [], None, None, None)
+    assert dict(request.resolver_options) == options
 
 
 def test_the_cli_reports_an_option_the_runner_refuses_as_a_usage_error(capsys):

@@ -327,6 +327,14 @@ def test_an_unknown_tag_is_an_error_naming_it_and_the_known_names():
         _codec.decode(message, registry)
 
 
+def test_a_decimal_payload_that_is_no_number_is_refused_in_words():
+    # it read "bad payload 'abc': [<class 'decimal.ConversionSyntax'>]"
+    with pytest.raises(SerializationError) as info:
+        _codec.decode(json_format.Parse('{"$type": "Decimal", "$value": "abc"}', struct_pb2.Value()))
+    assert str(info.value) == ("cannot decode a value tagged 'Decimal': bad payload: expected a decimal number "
+                               "such as '3.14', '-1.5E+7', 'NaN' or '-Infinity', got 'abc'")
+
+
 # ------------------------------------------------------------------------ bad payloads
 
 BAD_PAYLOADS = [

@@ -143,6 +143,19 @@ function stringList(option, value) {
   return value;
 }
 
+/** isolated-runtime took extensions without the dot ("jx"); isorun's daemon wants ".jx". An
+ * empty one became "." (which the daemon took as an extension, and named in errors where the
+ * user wrote ""), so each must be a dot and at least one character once the dot is added. */
+function sourceExtensionList(value) {
+  return stringList("sourceExtensions", value).map((ext, i) => {
+    if (ext === "" || ext === ".") {
+      throw new errors.InvalidRequest(`sourceExtensions[${i}] must look like '.py' (a dot and at least one ` +
+        `character), got ${JSON.stringify(ext)}`);
+    }
+    return ext.startsWith(".") ? ext : `.${ext}`;
+  });
+}
+
 /** A lone surrogate cannot travel in a protobuf string: grpc-js sent it as bad UTF-8, and the
  * daemon's refusal ("String field had bad UTF-8") named no option. */
 function wellFormed(option, text) {
@@ -305,9 +318,7 @@ class CodeRunner {
       root, file,
       external: stringList("external", external),
       whitelistedPaths: stringList("whitelistedPaths", whitelistedPaths),
-      // isolated-runtime took extensions without the dot ("jx"); isorun's daemon wants ".jx".
-      sourceExtensions: stringList("sourceExtensions", sourceExtensions)
-        .map((ext) => (ext.startsWith(".") ? ext : `.${ext}`)),
+      sourceExtensions: sourceExtensionList(sourceExtensions),
       compiler: pluginName("compiler", compiler),
       resolver: pluginName("resolver", resolver),
     };

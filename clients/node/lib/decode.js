@@ -31,6 +31,14 @@ const DATETIME = new RegExp(
   "^(\\d{4})-(\\d{2})-(\\d{2}).(\\d{2}):(\\d{2}):(\\d{2})(?:\\.(\\d{1,6}))?" +
   "(?:(Z)|([+-])(\\d{2}):(\\d{2})(?::(\\d{2})(?:\\.(\\d{1,6}))?)?)?$");
 
+// The other tagged texts, in the forms docs/values.md section 3 gives (which encoders MUST
+// write); anything else is refused, never passed on as a string (the Python client also reads
+// the other forms Python's own parsers take, which no encoder writes).
+const DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
+const TIME = /^(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})?(?:Z|[+-](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?)?$/;
+const DECIMAL = /^[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|s?nan\d*)$/i;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 const describe = (payload) => `${Array.isArray(payload) ? "array" : typeof payload} ${short(payload)}`;
 
 function text(payload) {
@@ -157,6 +165,27 @@ function decodeDatetime(payload) {
   return result;
 }
 
+/** A payload's text if `pattern` matches it and `valid(match)` holds, else BadPayload. */
+function matching(payload, pattern, expected, valid = () => true) {
+  const t = text(payload);
+  const m = pattern.exec(t);
+  if (!m || !valid(m)) throw new BadPayload(`expected ${expected}, got ${short(t)}`);
+  return t;
+}
+
+/** Whether year, month and day (as text) name a day of the calendar, as Python's date does. */
+function isDay(year, month, day) {
+  const date = new Date(0);
+  date.setUTCFullYear(Number(year), Number(month) - 1, Number(day)); // a Date rolls February 30 over
+  return Number(year) >= 1 && date.getUTCMonth() === Number(month) - 1 && date.getUTCDate() === Number(day);
+}
+
+/** Whether a TIME match's hours, minutes, seconds and offset are in range. */
+function isTime(m) {
+  const [hour, minute, second, offsetHour, offsetMinute, offsetSecond] = m.slice(1).map((n) => Number(n || 0));
+  return hour < 24 && minute < 60 && second < 60 && offsetHour < 24 && offsetMinute < 60 && offsetSecond < 60;
+}
+
 const DECODERS = new Map(Object.entries({
   int: (p) => {
     const digits = text(p).length - (p.startsWith("-") ? 1 : 0);
@@ -172,14 +201,16 @@ const DECODERS = new Map(Object.entries({
   set: decodeSet,
   frozenset: decodeSet,
   datetime: decodeDatetime,
-  date: text, // "2020-02-29": a Date would invent a time of day and a time zone
-  time: text, // "23:59:59"
+  // "2020-02-29": a Date would invent a time of day and a time zone
+  date: (p) => matching(p, DATE, "a date such as '2020-02-29'", (m) => isDay(m[1], m[2], m[3])),
+  time: (p) => matching(p, TIME, "a time such as '23:59:59' or '08:00:00.250000-03:00'", isTime),
   timedelta: (p) => { // milliseconds, the unit of every duration in JavaScript
     const [days, seconds, microseconds] = numbers(p, 3, true);
     return days * 86400000 + seconds * 1000 + microseconds / 1000;
   },
-  Decimal: text, // the exact digits: a number would round them
-  UUID: text,
+  // the exact digits: a number would round them
+  Decimal: (p) => matching(p, DECIMAL, "a decimal number such as '3.14', '-1.5E+7', 'NaN' or '-Infinity'"),
+  UUID: (p) => matching(p, UUID, "a UUID such as '12345678-1234-5678-1234-567812345678'").toLowerCase(),
   complex: (p) => {
     const [real, imag] = numbers(p, 2);
     return { real, imag };

@@ -138,6 +138,15 @@ describe("without a daemon", () => {
       { name: "SerializationError", message: /^resolverOptions\["a"\]\["b"\]\[1\] is of type Date/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { a: 1n } }),
       { name: "SerializationError", message: /^resolverOptions\["a"\] is of type bigint/ });
+    // plain JSON, as the daemon reads it: a "$type" key is a key, not a tagged value
+    assert.ok(new CodeRunner({ root: "/r", file: "f.py", resolverOptions: { $type: "tuple", $value: [1], a: [{ $type: "x" }] } }));
+    // "" became "." and the daemon's error named an extension nobody wrote; "." was taken as one
+    for (const [sourceExtensions, message] of [[[""], `sourceExtensions[0] must look like '.py' (a dot and at least one character), got ""`],
+      [[".py", "."], `sourceExtensions[1] must look like '.py' (a dot and at least one character), got "."`]]) {
+      assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", sourceExtensions }), { name: "InvalidRequest", message });
+    }
+    assert.deepEqual(new CodeRunner({ root: "/r", file: "f.py", sourceExtensions: ["jx", ".py"] })._template.sourceExtensions,
+      [".jx", ".py"]);
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", onConsole: "log" }),
       { name: "InvalidRequest", message: /onConsole must be a function/ });
     assert.throws(() => new CodeRunner({ root: "/r", file: "f.py", registry: {} }),

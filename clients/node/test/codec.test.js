@@ -244,3 +244,40 @@ test("a datetime with fields out of range, or a timedelta that is not finite, is
     $value: { kind: "listValue", listValue: { values: [0, Infinity, 0].map((n) => ({ kind: "numberValue", numberValue: n })) } },
   } } }), /finite numbers/);
 });
+
+describe("date, time, Decimal and UUID payloads must have their type's form", () => {
+  // They were returned as strings unread: "not-a-uuid" arrived as a UUID, where the Python
+  // client refuses it (docs/values.md section 2: a payload that does not fit its type fails).
+  const read = (name, payload) => decode(fromJson(tagged(name, payload)));
+  const refused = {
+    date: ["2020-13-45", "2020-02-30", "2021-02-29", "0000-12-31", "2020-1-01", "2020-01-01T00:00", "2020/01/01",
+      " 2020-01-01", "20200229", "２０２０-01-01", ""],
+    time: ["99:99", "24:00:00", "12:60:00", "12:30:61", "12:30", "12:30:45.", "12:30:45.1234567", "12:30:45+24:00",
+      "12:30:45+01", "12:30:45Z1", "12:30:45 ", "1２:30:45", ""],
+    Decimal: ["abc", "1,5", "1e", "1e+", ".", "", " ", "1 0", "1.2.3", "1e5.0", "nan.1", "Infinit", "infinity1",
+      "1_000", "0x10", "1\u0000"],
+    UUID: ["not-a-uuid", "xyz", "12345678-1234-5678-1234-56781234567", "12345678123456781234567812345678",
+      "{12345678-1234-5678-1234-567812345678}", "g2345678-1234-5678-1234-567812345678", ""],
+  };
+  for (const [name, payloads] of Object.entries(refused)) {
+    test(`a malformed ${name} is a SerializationError naming the type and the payload`, () => {
+      for (const payload of payloads) {
+        assert.throws(() => read(name, payload), (error) => error instanceof errors.SerializationError &&
+          error.message.startsWith(`cannot decode a value tagged "${name}": bad payload: expected `) &&
+          error.message.endsWith(`got ${JSON.stringify(payload)}`), JSON.stringify(payload));
+      }
+    });
+  }
+
+  test("the forms the codec writes arrive as they were written (a UUID in lower case)", () => {
+    const accepted = [
+      ["date", "2020-02-29"], ["date", "0001-01-01"], ["date", "9999-12-31"],
+      ["time", "23:59:59"], ["time", "08:00:00.250000-03:00"], ["time", "12:00:00+00:00:00.500000"],
+      ["time", "00:00:00Z"], ["Decimal", "3.14159265358979323846"], ["Decimal", "-1.5E+7"], ["Decimal", "1.000"],
+      ["Decimal", "-0"], ["Decimal", "Infinity"], ["Decimal", "-Infinity"], ["Decimal", "NaN123"], ["Decimal", "-sNaN"],
+      ["Decimal", ".5"], ["UUID", "12345678-1234-5678-1234-567812345678"],
+    ];
+    for (const [name, payload] of accepted) assert.equal(read(name, payload), payload, `${name} ${payload}`);
+    assert.equal(read("UUID", "12345678-1234-5678-1234-56781234567A"), "12345678-1234-5678-1234-56781234567a");
+  });
+});

@@ -30,6 +30,7 @@ from . import errors
 from ._outcome import readable_answer, raise_failure, transport_error
 from ._proto import runner_pb2 as pb
 from ._proto import runner_pb2_grpc
+from ._wire import _short
 
 ConsoleCallback = Callable[[str, str], Any]
 
@@ -86,7 +87,7 @@ class _Base:
         self._template = pb.RunRequest(
             root=self.root, file=self.file, external=_inputs.strings("external", external),
             whitelisted_paths=_inputs.strings("whitelisted_paths", whitelisted_paths, paths=True),
-            source_extensions=_inputs.strings("source_extensions", source_extensions),
+            source_extensions=_inputs.source_extensions(source_extensions),
             compiler=_inputs.plugin_name("compiler", compiler),
             resolver=_inputs.plugin_name("resolver", resolver))
         if resolver_options is not None:
@@ -132,7 +133,7 @@ class _Base:
             budget -= _encode(request.args.add(), arg, self._registry, names, f"argument {i}", budget)
         for key, value in context.items():
             if not isinstance(key, str):
-                raise errors.SerializationError(f"context names must be str, got {key!r}")
+                raise errors.InvalidRequest(f"context names must be str, got {type(key).__name__} {_short(key)}")
             _inputs.unicode_text("a context name", key)
             budget -= _encode(request.context[key], value, self._registry, names,
                               f"context {key!r}", budget)
@@ -184,7 +185,7 @@ class _Base:
         if outcome is None:
             raise errors.SandboxError("the daemon ended the call without an outcome")
         if outcome.WhichOneof("result") == "value":
-            return _codec.decode(outcome.value, self._registry)
+            return _decoded_result(outcome.value, self._registry)
         raise_failure(outcome.failure)
 
     def _callbacks(self, event: pb.RunEvent, running: Callable[[], Any] | None) -> list[Callable[[], Any]]:
@@ -610,3 +611,20 @@ def _encode(target: struct_pb2.Value, value: Any, registry: _codec.TypeRegistry,
         error = type(e)(f"{where}: {_REQUEST_TOO_LARGE if e.limit == 'size' else e}")
         error.limit = e.limit
         raise error from None
+
+
+# A result tagged with a type name this client's registry lacks: the names listed are this
+# client's, not the daemon's (which has the type, or the guest could not have sent it).
+_NOT_REGISTERED_HERE = ("no resolver is registered for it here (isorun.register_type, or the runner's "
+                        "registry); this client decodes {names}")
+
+
+def _decoded_result(value: struct_pb2.Value, registry: _codec.TypeRegistry) -> Any:
+    """The call's result; its SerializationError says it was the result, as the sandbox's say
+    which argument."""
+    try:
+        return _codec.decode(value, registry, no_resolver=_NOT_REGISTERED_HERE)
+    except errors.SerializationError as e:
+        error = type(e)(f"the result: {e}")
+        error.limit = e.limit
+        raise error from e.__cause__

@@ -17,12 +17,12 @@ returns it; it equals ``ByteSize()``).
 """
 from __future__ import annotations
 
-from ._decode import decode
+from ._decode import decode, decode_plain
 from ._encode import encode, encode_into
 from ._wire import (BUILTIN_NAMES, DEFAULT_MAX_BYTES, MAX_WIRE_DEPTH, TypeRegistry,
                     default_registry)
 
 __all__ = [
     "BUILTIN_NAMES", "DEFAULT_MAX_BYTES", "MAX_WIRE_DEPTH", "TypeRegistry", "decode",
-    "default_registry", "encode", "encode_into",
+    "decode_plain", "default_registry", "encode", "encode_into",
 ]

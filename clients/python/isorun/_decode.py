@@ -21,6 +21,20 @@ class _BadPayload(Exception):
     """Internal: a tagged value's payload has the wrong shape."""
 
 
+# What a decoder says of a type name it has no resolver for; {names} are the names it knows.
+NO_RESOLVER = "no resolver for it; available type names: {names}"
+
+
+class _UnknownName(_Failure):
+    """Internal: no resolver for a type name. What to say about the names known instead is the
+    caller's (``decode``'s ``no_resolver``): the sandbox decodes with the daemon's ``[types]``,
+    a client with its own registry, where the user registers the missing one."""
+
+    def __init__(self, what: str, names: list[str]):
+        super().__init__(what, NO_RESOLVER.format(names=", ".join(names)))
+        self.names = names
+
+
 def _text(payload: Any) -> str:
     if type(payload) is not str:
         raise _BadPayload(f"expected a string, got {_describe(payload)}")
@@ -141,6 +155,15 @@ def _from_isoformat(cls: type, text: str) -> Any:
     return value
 
 
+def _dec_decimal(payload: Any) -> decimal.Decimal:
+    text = _text(payload)
+    try:
+        return decimal.Decimal(text, _DECIMAL_CONTEXT)
+    except decimal.InvalidOperation:  # its message is "[<class 'decimal.ConversionSyntax'>]"
+        raise _BadPayload(f"expected a decimal number such as '3.14', '-1.5E+7', 'NaN' or '-Infinity', "
+                          f"got {_short(text)}") from None
+
+
 def _dec_timedelta(payload: Any) -> _dt.timedelta:
     days, seconds, microseconds = _numbers(payload, 3, (int,))
     return _dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
@@ -164,20 +187,24 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "date": lambda p: _dt.date.fromisoformat(_text(p)),
     "time": lambda p: _from_isoformat(_dt.time, _text(p)),
     "timedelta": _dec_timedelta,
-    "Decimal": lambda p: decimal.Decimal(_text(p), _DECIMAL_CONTEXT),
+    "Decimal": _dec_decimal,
     "UUID": lambda p: uuid.UUID(_text(p)),
     "complex": _dec_complex,
 }
 assert set(_DECODERS) == BUILTIN_NAMES
 
 
+def _number(number: float) -> int | float:
+    """A number_value, read by docs/values.md's rule: integral within ±2**53 is an int."""
+    if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        return int(number)
+    return number
+
+
 def _decode(message: struct_pb2.Value, depth: int, registry: TypeRegistry) -> Any:
     kind = message.WhichOneof("kind")
     if kind == "number_value":
-        number = message.number_value
-        if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-            return int(number)
-        return number
+        return _number(message.number_value)
     if kind == "string_value":
         return message.string_value
     if kind == "struct_value":
@@ -238,8 +265,7 @@ def _dec_tagged(fields: Any, depth: int, registry: TypeRegistry) -> Any:
     if rebuild is None:
         entry = registry._find_name(name)
         if entry is None:
-            raise _Failure(what, "no resolver for it; available type names: "
-                                 f"{', '.join(registry.names())}")
+            raise _UnknownName(what, registry.names())
         payload = _decode(fields[VALUE_KEY], depth + 3, registry)
         try:
             return entry.decode(payload)
@@ -254,11 +280,34 @@ def _dec_tagged(fields: Any, depth: int, registry: TypeRegistry) -> Any:
         raise _Failure(what, f"bad payload {_short(payload)}: {e}") from None
 
 
-def decode(message: struct_pb2.Value, registry: TypeRegistry | None = None) -> Any:
-    """Rebuild the Python value that ``encode`` (or another client, per docs/values.md) sent."""
+def decode_plain(message: struct_pb2.Value) -> Any:
+    """Plain JSON, as resolver_options are written: numbers read as values are, but a
+    ``"$type"`` key is only a key (the options are a plugin's, not values of the call). The
+    nesting is bounded by protobuf's own parse (100 levels)."""
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: decode_plain(item) for key, item in message.struct_value.fields.items()}
+    if kind == "list_value":
+        return [decode_plain(item) for item in message.list_value.values]
+    if kind == "number_value":
+        return _number(message.number_value)
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
+def decode(message: struct_pb2.Value, registry: TypeRegistry | None = None, *,
+           no_resolver: str = NO_RESOLVER) -> Any:
+    """Rebuild the Python value that ``encode`` (or another client, per docs/values.md) sent.
+    ``no_resolver`` is what a type name the registry lacks is told with ({names}: the names it
+    has), so that a client can say they are its own and how to register one."""
     try:
         return _decode(message, 1, default_registry if registry is None else registry)
     except _Failure as f:
+        if isinstance(f, _UnknownName):
+            f.why = no_resolver.format(names=", ".join(f.names))
         raise f.error() from f.__cause__
     except RecursionError:  # the caller was already deep in its stack
         raise _Failure("value is nested too deeply", _NO_STACK_WHY, "depth").error() from None

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from . import errors
-from ._wire import _short
+from ._wire import MAX_SAFE_INTEGER, _short
 
 # sun_path holds 108 bytes, one of them the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
@@ -47,6 +47,18 @@ def strings(option: str, value: Any, *, paths: bool = False) -> list[str]:
             raise errors.InvalidRequest(f"{option} must be a list or tuple of strings, "
                                         f"got an item of type {type(item).__name__}")
         unicode_text(f"{option}[{i}]", item)
+    return items
+
+
+def source_extensions(value: Any) -> list[str]:
+    """``source_extensions``: each a dot and at least one character, as the daemon requires. An
+    empty one or a bare dot would end with every file of a folder counted as source, or with
+    the daemon refusing a name nobody wrote."""
+    items = strings("source_extensions", value)
+    for i, ext in enumerate(items):
+        if len(ext) < 2 or not ext.startswith("."):
+            raise errors.InvalidRequest(f"source_extensions[{i}] must look like '.py' (a dot and at least one "
+                                        f"character), got {_short(ext)}")
     return items
 
 
@@ -163,6 +175,8 @@ def options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
 
 
 def _json_only(value: Any, where: str, depth: int = 0) -> None:
+    """Refuses what is not plain JSON as the daemon reads it (docs/values.md), an int past
+    ±2**53 included, which would arrive as the nearest float (2**53 + 1 as 9007199254740992)."""
     if depth > 100:
         raise errors.SerializationError(f"{where} is nested more than 100 levels deep")
     if isinstance(value, dict) or (depth == 0 and isinstance(value, Mapping)):  # protobuf takes dicts inside
@@ -178,6 +192,9 @@ def _json_only(value: Any, where: str, depth: int = 0) -> None:
             _json_only(item, f"{where}[{i}]", depth + 1)
     elif isinstance(value, str) and (at := _lone_surrogate_at(value)) >= 0:
         raise errors.SerializationError(f"{where} holds a lone surrogate at {at}, which is not valid Unicode")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        raise errors.SerializationError(f"{where} is {_short(value)}, an int beyond ±2**53, which a JSON number "
+                                        "cannot hold exactly (it would arrive as a float); send it as a str")
     elif isinstance(value, float) and not math.isfinite(value):
         raise errors.SerializationError(f"{where} is {value}, which JSON has no form for")
     elif not (value is None or isinstance(value, (bool, int, float, str))):
