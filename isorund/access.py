@@ -34,6 +34,8 @@ MAX_GROUPS = 256
 # few to use up the daemon's descriptors (each relayed connection holds three).
 REFUSED_CONNECTIONS_PER_UID = 8
 BACKLOG = 1024
+# How long a closed relay's peer is still known (see AccessFront.forget_later).
+CLOSED_RELAY_SECONDS = 5.0
 # When accept() fails (out of descriptors), how long the front stops accepting: Linux keeps
 # reporting the listening socket readable, so retrying at once would spin.
 ACCEPT_RETRY_SECONDS = 1.0
@@ -124,6 +126,15 @@ class AccessFront:
 
     def lookup(self, grpc_peer: str) -> Peer | None:
         return self.peers.get(grpc_peer)
+
+    def forget_later(self, name: str) -> None:
+        """Forgets a closed relay's peer a while after: gRPC may still hand the servicer a
+        request the client sent whole before it closed, whose peer must then be judged as
+        it was (looked up at once, it was unknown, and an allowed client was logged as
+        denied). Unless the kernel gave the name to a new relay meanwhile."""
+        peer = self.peers.get(name)
+        asyncio.get_running_loop().call_later(
+            CLOSED_RELAY_SECONDS, lambda: self.peers.get(name) is peer and self.peers.pop(name))
 
     def stop_accepting(self) -> None:
         """New connections are refused from now on; relays in progress go on."""
@@ -227,7 +238,7 @@ class _Side(asyncio.Protocol):
             self.holds_refused_slot = False
             self.front.release_refused(self.peer)
         if self.name:
-            self.front.peers.pop(self.name, None)
+            self.front.forget_later(self.name)
         if self.partner is not None and self.partner.transport is not None:
             self.partner.transport.close()
 

@@ -9,23 +9,28 @@ start, naming both.
 """
 from __future__ import annotations
 
+import os
 import resource
+
+from . import named_pipes
 
 # Held by a relayed client connection when the allowlist's front is on (the client's, the
 # relay's two ends), or by gRPC's own connection without it.
 PER_CONNECTION = {True: 3, False: 1}
 # Held by the daemon per sandbox (its channel, a pidfd, the call's detached folders while they
-# are sent, a cgroup folder), and by the folder checks running on threads (one per folder
-# level, up to 64) — a generous round figure.
+# are sent, a cgroup folder): a generous round figure.
 PER_SANDBOX = 16
+# The calls' folder checks (named_pipes) run on asyncio's default threads, as many at once as
+# it has (min(32, CPUs + 4)), each holding a descriptor per level it is down, and one more.
+FOLDER_CHECKS = min(32, (os.cpu_count() or 1) + 4) * (named_pipes.MAX_DEPTH + 2)
 # The daemon itself: gRPC's polling and wake-up descriptors, the zygote's control socket, the
-# state folder, the metrics server and its scrapes, the log, the threads' folder walks.
+# state folder, the metrics server and its scrapes, the log.
 BASE = 512
 
 
 def needed(max_connections: int, sandboxes: int, allowlist: bool) -> int:
     """Descriptors the daemon may hold at once under this config."""
-    return PER_CONNECTION[allowlist] * max_connections + PER_SANDBOX * sandboxes + BASE
+    return PER_CONNECTION[allowlist] * max_connections + PER_SANDBOX * sandboxes + FOLDER_CHECKS + BASE
 
 
 def raise_limit(max_connections: int, sandboxes: int, allowlist: bool) -> int:

@@ -19,6 +19,7 @@ would leave them unchanged.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -37,6 +38,10 @@ REFUSAL_REMEMBERED_SECONDS = 10.0
 _MAX_REFUSALS = 1024
 _SETTLED_NS = 1_000_000_000
 _OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A subfolder that is gone, or no folder any more, since its parent was read, or that the
+# daemon may not enter (no guest, with fewer rights, could either): nothing of it is bound.
+# Any other failure fails the check.
+_UNSEEN_FOLDER = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
 
 
 class TooLarge(Exception):
@@ -62,8 +67,9 @@ def find_pipe(top: str) -> str | None:
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         refused = _refused.get(key)
-        if refused is not None and time.monotonic() - refused[0] < REFUSAL_REMEMBERED_SECONDS:
-            raise TooLarge(refused[1])
+        if refused is not None and (age := time.monotonic() - refused[0]) < REFUSAL_REMEMBERED_SECONDS:
+            raise TooLarge(f"{refused[1]} (as found {age:.0f} s ago; looked at again "
+                           f"{REFUSAL_REMEMBERED_SECONDS:g} s after)")
         try:
             return _Walk().folder(fd, top, 0)
         except TooLarge as e:
@@ -95,8 +101,12 @@ class _Walk:
         for name in subfolders:
             try:
                 child = os.open(name, _OPEN_FOLDER, dir_fd=fd)
-            except OSError:  # gone, or no longer a folder, since its parent was read
-                continue
+            except OSError as e:
+                if e.errno in _UNSEEN_FOLDER:
+                    continue
+                # out of descriptors above all: a subfolder skipped for that was a pipe unseen,
+                # and the call then bound the folder with the pipe in it (seen)
+                raise
             try:
                 found = self.folder(child, os.path.join(path, name), depth + 1)
             finally:

@@ -48,7 +48,7 @@ def build(request: sandbox_pb2.RelayedRunRequest, config) -> sandbox_pb2.CallPla
     unparsed (see ``RelayedRunRequest``): the sandbox parses them."""
     root = _root(request.root)
     file = _file(root, request.file, _extensions(request.source_extensions))
-    _name(request.func_name, "func_name")
+    _function_name(request.func_name)
     _context_names(request.context)
     external = _modules(request.external)
     whitelisted = [_folder(p, f"whitelisted_paths[{i}]") for i, p in enumerate(_bounded(request.whitelisted_paths, "whitelisted_paths"))]
@@ -137,6 +137,17 @@ def _extensions(extensions) -> list[str]:
         if not ext.startswith(".") or len(ext) > MAX_EXTENSION or "/" in ext or "\0" in ext:
             raise RequestError(f"source extension must look like '.py', got {ext[:40]!r}")
     return extensions
+
+
+def _function_name(name: str) -> None:
+    """The call's function is an attribute of the module (``getattr``): a ``__*__`` name, which
+    Python reserves, would be one of every module's own (``__init__``, ``__setattr__``,
+    ``__dir__``), never a function of the guest's."""
+    _name(name, "func_name")
+    spelled = python_name(name)
+    if len(spelled) > 4 and spelled.startswith("__") and spelled.endswith("__"):
+        raise RequestError(f"func_name {name!r} is a name Python reserves (__*__): every module has such "
+                           "attributes of its own, none of them the guest's function")
 
 
 def _name(name: str, what: str) -> None:

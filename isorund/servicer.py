@@ -140,18 +140,10 @@ class RunnerServicer:
         front = self.server.front
         if front is not None:
             creds = front.lookup(peer)
-            if creds is None:
-                # Only the front can reach gRPC's socket, and it forgets a relay when its client
-                # closes: gRPC may still hand over a request that client sent whole before. Not
-                # run (who sent it can no longer be told), and not a denial: it was logged as
-                # one, for peers on the allowlist (seen).
-                message = "the client's connection closed before its request was read"
-                if message_class is pb.RunRequest:
-                    self.server.calls.refused(peer, "cancelled", message)
-                raise Refused(grpc.StatusCode.CANCELLED, message)
-            if not front.allowlist.allows(creds):
-                log.info(json.dumps({"event": "denied", "peer": str(creds)}))
-                raise Refused(grpc.StatusCode.PERMISSION_DENIED, front.allowlist.refusal(creds))
+            if creds is None or not front.allowlist.allows(creds):
+                log.info(json.dumps({"event": "denied", "peer": str(creds) if creds else peer}))
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED, front.allowlist.refusal(creds) if creds
+                              else "isorund cannot tell who this peer is; refused")
             peer = str(creds)
         if isinstance(request, Malformed):
             message = f"the request is not a valid {message_class.DESCRIPTOR.full_name} message: {request.error}"

@@ -47,6 +47,11 @@ IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
 def main() -> int:
     for number in IGNORED_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    # ``python -m`` put the folder the zygote was started in ("/") first on the import path:
+    # in a sandbox that is its root, through which Python's own import system (a guest's, with
+    # importlib allowed) found every guest module as "guest.<name>" (seen).
+    if sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]
     config = json.loads(sys.stdin.read())
     control = socket.socket(fileno=int(sys.argv[1]))
     _die_with_the_daemon(control)

@@ -49,3 +49,30 @@ def wait_for_pool(daemon_pid: int, size: int, seconds: float = 30) -> None:
     while pidfds() < size:
         assert time.monotonic() < deadline, f"the daemon holds {pidfds()} sandboxes after {seconds:g} s"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def descriptors_left(count: int):
+    """This process may open ``count`` more descriptors, then EMFILE, while inside. The
+    kernel's limit is on descriptor numbers (each new one takes the lowest free number below
+    it), not on how many are open, so it is set just past the ``count``-th free number."""
+    import fcntl
+    import resource
+
+    def is_open(number: int) -> bool:
+        try:
+            fcntl.fcntl(number, fcntl.F_GETFD)
+            return True
+        except OSError:
+            return False
+    free, number = [], 0
+    while len(free) < max(count, 1):
+        if not is_open(number):
+            free.append(number)
+        number += 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (free[count - 1] + 1 if count else free[0], hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -12,8 +12,8 @@ nothing of a call outlives it. Its steps, in order:
                                         warmed up, RLIMIT_CORE at 1, the pool's part of the
                                         seccomp filter;
                                         then it waits for its plan
-    when the call arrives               its priority back to normal, the call's folders (the
-                                        daemon's detached copies) attached (``enter_call``),
+    when the call arrives               the call's folders (the daemon's detached copies)
+                                        attached (``enter_call``),
                                         an unprivileged host uid in a user namespace of its
                                         own with no capabilities, no_new_privs, the call's
                                         rlimits, the call's part of the seccomp filter; then

@@ -240,6 +240,9 @@ def _open_without_symlinks(step: str, path: str) -> int:
     except OSError as e:
         if fd >= 0:
             os.close(fd)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise _libc.SandboxSetupError(step, f"isorund has no file descriptor left to bind {path!r}; "
+                                          "retry later", e.errno) from None
         raise _libc.SandboxSetupError(step, f"{path!r} changed after the request was checked (a symbolic "
                                       "link, a file or nothing stands in its path now); not bound", e.errno) from None
     return fd

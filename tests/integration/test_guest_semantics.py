@@ -522,6 +522,23 @@ def test_a_crash_names_its_signal_and_an_exit_code_does_not_pass_for_one(runner)
     assert "(exit status 139)" in str(left.value) and "SIGSEGV" not in str(left.value)
 
 
+def test_pythons_own_import_system_does_not_find_the_guests_folder(runner):
+    """README: with importlib allowed, importlib.import_module is Python's own import system,
+    which finds a guest module only once the guest imported it. The zygote's start folder,
+    "/", was first on sys.path: "guest.helper" found /guest/helper.py."""
+    r = runner({"index.py": """
+        import importlib
+        def find(name):
+            try:
+                return importlib.import_module(name).__name__
+            except ModuleNotFoundError as e:
+                return f"not found: {e.name}"
+    """, "helper.py": "X = 1\n"}, external=["importlib"])
+    assert r.run("find", args=["guest.helper"]) == "not found: guest"
+    assert r.run("find", args=["helper"]) == "not found: helper"
+    assert r.run("find", args=["json"]) == "json"
+
+
 def test_a_file_in_a_package_is_imported_as_python_would_so_its_relative_imports_work(runner):
     """``file="rules/pricing.py"`` is the module ``rules.pricing``, loaded after ``rules`` (as
     ``import rules.pricing`` would): ``from . import`` works, as a require('./x') does in

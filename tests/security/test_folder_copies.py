@@ -73,3 +73,15 @@ def test_a_folder_swapped_for_a_symlink_after_its_check_is_not_bound(start_daemo
     assert "value" not in box, "the swapped folder was bound"
     assert isinstance(box["error"], errors.SandboxError)
     assert "changed after the request was checked" in str(box["error"])
+
+
+def test_a_daemon_out_of_descriptors_says_so_rather_than_that_the_folder_changed(tmp_path):
+    """It read "… changed after the request was checked (a symbolic link, a file or nothing
+    stands in its path now)", for a folder nobody had touched."""
+    import pytest
+    from isorund.sandbox import SandboxSetupError, filesystem
+    from processes import descriptors_left
+    deep = tmp_path.joinpath(*"abcd")
+    deep.mkdir(parents=True)
+    with descriptors_left(1), pytest.raises(SandboxSetupError, match="no file descriptor left to bind"):
+        filesystem.detach_folders(str(deep), [])

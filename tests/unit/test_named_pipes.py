@@ -139,8 +139,24 @@ def test_a_tree_refused_as_too_large_is_refused_again_without_a_walk_for_a_while
         named_pipes.find_pipe(str(tmp_path))
     walks = []
     monkeypatch.setattr(named_pipes._Walk, "folder", lambda *args: walks.append(args))
-    with pytest.raises(named_pipes.TooLarge, match="more than 5 folders"):
+    with pytest.raises(named_pipes.TooLarge, match=r"more than 5 folders \(as found 0 s ago; looked at again 10 s after\)"):
         named_pipes.find_pipe(str(tmp_path))
     assert walks == []
     monkeypatch.setattr(named_pipes, "REFUSAL_REMEMBERED_SECONDS", 0)  # once it is forgotten
     assert named_pipes.find_pipe(str(tmp_path)) is None and len(walks) == 1
+
+
+def test_a_subfolder_it_has_no_descriptor_for_fails_the_check_rather_than_hiding_a_pipe(tmp_path, remembered):
+    """Out of descriptors, a subfolder that could not be opened was skipped as if gone: with
+    its parents' entries remembered (no listing needs a descriptor then), a pipe six levels
+    down went unseen and the call bound the folder with it (seen)."""
+    import errno
+
+    from processes import descriptors_left
+    deep = tmp_path.joinpath(*"abcdef")
+    deep.mkdir(parents=True)
+    os.mkfifo(deep / "p")
+    assert named_pipes.find_pipe(str(tmp_path)).endswith("/a/b/c/d/e/f/p")  # and the listings remembered
+    with descriptors_left(3), pytest.raises(OSError) as raised:
+        named_pipes.find_pipe(str(tmp_path))
+    assert raised.value.errno == errno.EMFILE

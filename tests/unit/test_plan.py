@@ -81,6 +81,18 @@ def test_bad_function_names_are_refused(config, root, name):
     refused(config, request(root, func_name=name), "func_name")
 
 
+@pytest.mark.parametrize("name", ["__init__", "__dir__", "__setattr__", "__ｉｎｉｔ__"])
+def test_a_function_name_python_reserves_is_refused(config, root, name):
+    """The function is looked up as an attribute of the module, and every module has these:
+    __dir__ answered the module's names, __init__ and __setattr__ ran."""
+    refused(config, request(root, func_name=name), "a name Python reserves")
+
+
+@pytest.mark.parametrize("name", ["_private", "__mangled", "trailing__", "____"])
+def test_other_underscored_function_names_are_the_guests_to_define(config, root, name):
+    plan.build(request(root, func_name=name), config)
+
+
 def test_other_extensions_when_asked(config, root):
     assert plan.build(request(root, file="rules.guest", source_extensions=[".guest"]), config).file == "rules.guest"
     refused(config, request(root, source_extensions=["py"]), "source extension")
@@ -290,17 +302,11 @@ def test_a_whitelisted_folder_the_guest_cannot_read_is_refused(config, root, tmp
 def test_a_daemon_out_of_descriptors_answers_retry_later_not_the_callers_invalid_argument(config, root):
     """Run out of descriptors (a shell's 1024 under many connections), the daemon refused calls
     as INVALID_ARGUMENT, "cannot be checked for named pipes: Too many open files"."""
-    import resource
-
     from isorund.admission import OutOfDescriptors, QueueFull
+    from processes import descriptors_left
     deep = os.path.join(root, *[f"d{i}" for i in range(20)])
     os.makedirs(deep)
     p = plan.build(request(root), config)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, hard))
-    try:
-        with pytest.raises(OutOfDescriptors, match="no file descriptor left .* retry later") as raised:
-            plan.check_folders(p)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with descriptors_left(4), pytest.raises(OutOfDescriptors, match="no file descriptor left .* retry later") as raised:
+        plan.check_folders(p)
     assert isinstance(raised.value, QueueFull)  # RESOURCE_EXHAUSTED, as a full queue

@@ -534,6 +534,7 @@ class CodeRunner {
   _unary(method, request, deadline, signal) {
     const socketFile = fileIdentity(this._address);
     return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason); // (a listener added now would never hear it)
       const call = this._client[method](request, { deadline }, (error, response) => {
         signal?.removeEventListener("abort", cancel);
         if (error) return reject(error);
@@ -550,6 +551,7 @@ class CodeRunner {
    * as `signal` aborting does. */
   async _stream(request, deadline, running, signal) {
     const socketFile = fileIdentity(this._address);
+    signal?.throwIfAborted(); // (aborted in a microtask since the last check: no listener would hear it)
     const call = this._client.RunStream(request, { deadline });
     const cancel = () => call.cancel();
     signal?.addEventListener("abort", cancel, { once: true });
@@ -579,6 +581,7 @@ class CodeRunner {
       // Leaving the loop early only destroys the Node stream: the gRPC call, and with it the
       // daemon's sandbox and concurrency slot, lives on until cancelled. After the outcome
       // the daemon has finished the call (and logged it); this only stops waiting for its status.
+      signal?.removeEventListener("abort", cancel);
       call.cancel();
     }
   }

@@ -176,6 +176,28 @@ describe("a callback that throws or rejects, or a signal that aborts, on a daemo
     assert.equal(callLines("sleepy").length, before, "an aborted call reached the daemon");
   });
 
+  test("an abort microtasks after run() still ends the call, and finished calls leave no listener on the signal", async () => {
+    const { getEventListeners } = require("node:events");
+    const quickFiles = { "index.py": "def quick(i):\n    return i\n" };
+    const streamed = single.runner(quickFiles, { onConsole: () => {} });
+    const shared = new AbortController();
+    for (let i = 0; i < 12; i++) assert.equal(await streamed.run({ funcName: "quick", args: [i], signal: shared.signal }), i);
+    assert.equal(getEventListeners(shared.signal, "abort").length, 0);
+    // An abort that lands between the last check and the RPC's start was heard by nobody: the
+    // call ran to its end (no timeout given, so the daemon's capabilities were asked first).
+    for (const runner of [single.runner(quickFiles), streamed]) {
+      for (let depth = 0; depth < 6; depth++) {
+        const controller = new AbortController();
+        const reason = new Error(`late abort ${depth}`);
+        const running = runner.run({ funcName: "quick", args: [depth], signal: controller.signal });
+        let settle = Promise.resolve();
+        for (let i = 0; i < depth; i++) settle = settle.then(() => {});
+        await settle.then(() => controller.abort(reason));
+        await assert.rejects(running, (error) => error === reason);
+      }
+    }
+  });
+
   test("a signal that is not an AbortSignal is refused", async () => {
     const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
     await assert.rejects(runner.run({ funcName: "sleepy", args: [0], signal: { aborted: false } }),

@@ -1,5 +1,6 @@
-# Attack: outlive the call — a child that setsid()s into its own session, forks again (double
-# fork, the classic daemon escape) and leaves a grandchild that ignores SIGTERM and SIGHUP.
+# Attack: outlive the call — a child that tries to setsid() into its own session (the filter
+# refuses it now), forks again (double fork, the classic daemon escape) and leaves a grandchild
+# that ignores SIGTERM and SIGHUP.
 from escape import os, real_import
 
 
@@ -8,7 +9,10 @@ def _leave_orphan():
     signal = real_import("signal")
     ready_r, ready_w = os.pipe()
     if os.fork() == 0:
-        os.setsid()
+        try:
+            os.setsid()
+        except PermissionError:  # denied by the filter: the grandchild stays in the call's session
+            pass
         if os.fork() == 0:
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_IGN)
