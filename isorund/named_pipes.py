@@ -38,10 +38,10 @@ REFUSAL_REMEMBERED_SECONDS = 10.0
 _MAX_REFUSALS = 1024
 _SETTLED_NS = 1_000_000_000
 _OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# A subfolder that is gone, or no folder any more, since its parent was read, or that the
-# daemon may not enter (no guest, with fewer rights, could either): nothing of it is bound.
-# Any other failure fails the check.
-_UNSEEN_FOLDER = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
+# A subfolder that is gone, or no folder any more, since its parent was read: nothing of it is
+# bound. One the daemon may not read is skipped only if no other user may pass through it
+# either (see _unreachable); any other failure fails the check.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 class TooLarge(Exception):
@@ -102,7 +102,7 @@ class _Walk:
             try:
                 child = os.open(name, _OPEN_FOLDER, dir_fd=fd)
             except OSError as e:
-                if e.errno in _UNSEEN_FOLDER:
+                if e.errno in _GONE or (e.errno == errno.EACCES and _unreachable(fd, name)):
                     continue
                 # out of descriptors above all: a subfolder skipped for that was a pipe unseen,
                 # and the call then bound the folder with the pipe in it (seen)
@@ -159,6 +159,18 @@ def _remember(key, entry) -> None:
             _remembered_names = 0
         _seen[key] = entry
         _remembered_names += len(entry[3])
+
+
+def _unreachable(parent: int, name: str) -> bool:
+    """Whether a subfolder the daemon may not read is closed to the guest too. Without
+    CAP_DAC_OVERRIDE (the systemd unit has none) the daemon cannot list another user's folder
+    of mode 0711, through which a guest can still reach a pipe by its name: such a folder
+    fails the check; one that others may not pass through (0700, 0750) hides nothing."""
+    try:
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    except OSError:
+        return False
+    return not mode & stat.S_IXOTH
 
 
 def _is_pipe(entry: os.DirEntry) -> bool:

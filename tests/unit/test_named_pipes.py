@@ -160,3 +160,27 @@ def test_a_subfolder_it_has_no_descriptor_for_fails_the_check_rather_than_hiding
     with descriptors_left(3), pytest.raises(OSError) as raised:
         named_pipes.find_pipe(str(tmp_path))
     assert raised.value.errno == errno.EMFILE
+
+
+@pytest.mark.parametrize("mode, found", [(0o711, "refused"), (0o700, "skipped")])
+def test_a_folder_the_daemon_may_not_read_fails_the_check_if_a_guest_may_pass_through_it(tmp_path, mode, found):
+    """Without CAP_DAC_OVERRIDE (the systemd unit's daemon), another user's folder of mode
+    0711 could not be listed and was skipped, though a guest reaches a pipe in it by its name."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("capsh") is None:
+        pytest.skip("needs capsh to run without CAP_DAC_OVERRIDE")
+    tmp_path.chmod(0o755)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    os.mkfifo(closed / "feed")
+    os.chown(closed, 4321, 4321)
+    closed.chmod(mode)
+    script = ("import sys; from isorund import named_pipes\n"
+              "try:\n    print('found' if named_pipes.find_pipe(sys.argv[1]) else 'skipped')\n"
+              "except OSError as e:\n    print('refused', e.errno)\n")
+    done = subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--",
+                           "-c", f'exec "{sys.executable}" -c "$0" "$1"', script, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split()[:1] == [found], (done.stdout, done.stderr)
