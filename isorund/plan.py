@@ -90,7 +90,7 @@ def _context_name(key: str) -> str:
     name = python_name(key) if key.isidentifier() else key
     if not key.isidentifier() or keyword.iskeyword(name):
         raise RequestError(f"context key {key!r} is not a valid Python name")
-    if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+    if _reserved(name):
         raise RequestError(f"context key {key!r} is a name Python reserves (__*__); "
                            f"context entries become global names of the guest's modules")
     return name
@@ -139,13 +139,18 @@ def _extensions(extensions) -> list[str]:
     return extensions
 
 
+def _reserved(name: str) -> bool:
+    """A ``__*__`` name, which Python reserves for itself (its reference, "Reserved classes of
+    identifiers"), as the guest's source spells it."""
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
 def _function_name(name: str) -> None:
     """The call's function is an attribute of the module (``getattr``): a ``__*__`` name, which
     Python reserves, would be one of every module's own (``__init__``, ``__setattr__``,
     ``__dir__``), never a function of the guest's."""
     _name(name, "func_name")
-    spelled = python_name(name)
-    if len(spelled) > 4 and spelled.startswith("__") and spelled.endswith("__"):
+    if _reserved(python_name(name)):
         raise RequestError(f"func_name {name!r} is a name Python reserves (__*__): every module has such "
                            "attributes of its own, none of them the guest's function")
 

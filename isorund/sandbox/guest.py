@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import inspect
 import os
 import resource
@@ -30,7 +29,6 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from isorun import _codec
-from isorun.errors import SerializationError
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 
@@ -202,25 +200,15 @@ def _check_readable(guest_dir: str, file: str) -> None:
 
 def _decoded(value: struct_pb2.Value, registry, where: str):
     """A value of the request, decoded; its error says where in the request the value was."""
-    with _said_of(where):
+    with _codec.said_of(where):
         return _codec.decode(value, registry)
 
 
 def _encoded_result(into, result, registry, max_bytes: int) -> None:
     """Encodes the function's result; its SerializationError says it was the result, as the
     clients' say which argument (the guest's own code raising while it is read is its error)."""
-    with _said_of("the result"):
+    with _codec.said_of("the result"):
         _codec.encode_into(into, result, registry, max_bytes=max_bytes, wrap_read_errors=False)
-
-
-@contextlib.contextmanager
-def _said_of(where: str):
-    """A SerializationError raised inside begins with ``where`` (``args[1]: …``)."""
-    try:
-        yield
-    except SerializationError as e:
-        e.args = (f"{where}: {e}", *e.args[1:])
-        raise
 
 
 def _request_of(data: bytes) -> pb.RunRequest:

@@ -622,9 +622,5 @@ _NOT_REGISTERED_HERE = ("no resolver is registered for it here (isorun.register_
 def _decoded_result(value: struct_pb2.Value, registry: _codec.TypeRegistry) -> Any:
     """The call's result; its SerializationError says it was the result, as the sandbox's say
     which argument."""
-    try:
+    with _codec.said_of("the result"):
         return _codec.decode(value, registry, no_resolver=_NOT_REGISTERED_HERE)
-    except errors.SerializationError as e:
-        error = type(e)(f"the result: {e}")
-        error.limit = e.limit
-        raise error from e.__cause__

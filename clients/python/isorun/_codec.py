@@ -17,6 +17,9 @@ returns it; it equals ``ByteSize()``).
 """
 from __future__ import annotations
 
+import contextlib
+
+from .errors import SerializationError
 from ._decode import decode, decode_plain
 from ._encode import encode, encode_into
 from ._wire import (BUILTIN_NAMES, DEFAULT_MAX_BYTES, MAX_WIRE_DEPTH, TypeRegistry,
@@ -24,5 +27,16 @@ from ._wire import (BUILTIN_NAMES, DEFAULT_MAX_BYTES, MAX_WIRE_DEPTH, TypeRegist
 
 __all__ = [
     "BUILTIN_NAMES", "DEFAULT_MAX_BYTES", "MAX_WIRE_DEPTH", "TypeRegistry", "decode",
-    "decode_plain", "default_registry", "encode", "encode_into",
+    "decode_plain", "default_registry", "encode", "encode_into", "said_of",
 ]
+
+
+@contextlib.contextmanager
+def said_of(where: str):
+    """A SerializationError raised inside begins with ``where`` (``args[1]: …``, ``the result:
+    …``): the codec says what in a value failed, its caller which value it was."""
+    try:
+        yield
+    except SerializationError as e:
+        e.args = (f"{where}: {e}", *e.args[1:])
+        raise
