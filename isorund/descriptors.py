@@ -38,7 +38,7 @@ def raise_limit(max_connections: int, sandboxes: int, allowlist: bool) -> int:
     daemon's refusal to start) when the hard limit is below what the config needs."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = needed(max_connections, sandboxes, allowlist)
-    if hard != resource.RLIM_INFINITY and hard < want:
+    if hard < want:  # never RLIM_INFINITY: the kernel caps RLIMIT_NOFILE at fs.nr_open
         raise SystemExit(
             f"isorund may hold up to {want} open files with max_connections = {max_connections}"
             f"{' (3 each, with allowed_uids or allowed_gids)' if allowlist else ''} and "
