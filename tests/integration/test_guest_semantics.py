@@ -407,8 +407,8 @@ def test_a_resolver_names_a_guest_module_by_its_path_in_the_sandbox(broken_plugi
 def test_resolver_options_reach_the_plugin_as_plain_json(broken_plugins, make_root):
     """docs/values.md: resolver_options are plain JSON, read with the number rules of values.
     The sandbox read them as values: a "$type" key made them a tagged value (bytes, a tuple,
-    or a SerializationError for an unknown name) before the plugin saw them. Sent by a raw stub:
-    both clients refuse a "$type" key in the options."""
+    or a SerializationError for an unknown name) before the plugin saw them. Sent by a raw stub,
+    as a client of any language may; a "$type" key is just a key."""
     import grpc
     from google.protobuf import struct_pb2
     from isorun._proto import runner_pb2 as pb
