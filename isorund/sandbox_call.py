@@ -173,10 +173,18 @@ class _Relay:
 
     async def _first(self) -> tuple[sb.SandboxEvent, bytes] | None:
         """The first event, the ``compiled`` one the plan asked for handed to ``on_compiled``;
-        it is read under the modules' bound, any other first event under the result's."""
+        it is read under the modules' bound, any other first event under the result's.
+
+        Console lines may come before it: the operator's code runs before the modules are
+        compiled (an operator type's decode of the arguments, a resolver, a compiler plugin),
+        and what it prints is sent first. No guest code has run yet, so the ``compiled`` event
+        after them is still the runtime's."""
         if not self.compiled_expected:
             return await self._next()
-        received = await self._next(max(self.max_frame, MAX_COMPILED_EVENT))
+        bound = max(self.max_frame, MAX_COMPILED_EVENT)
+        received = await self._next(bound)
+        while received is not None and received[0].WhichOneof("event") in CONSOLE_KINDS:
+            received = await self._relay_console(*received, max_bytes=bound) or await self._next(bound)
         if received is None:
             return None
         event, frame = received
@@ -189,7 +197,8 @@ class _Relay:
                                  f"{self.max_frame}-byte limit")
         return received
 
-    async def _relay_console(self, event: sb.SandboxEvent, frame: bytes) -> tuple[sb.SandboxEvent, bytes] | None:
+    async def _relay_console(self, event: sb.SandboxEvent, frame: bytes,
+                             max_bytes: int = 0) -> tuple[sb.SandboxEvent, bytes] | None:
         """Relays ``event``'s lines with every console event already received behind it, as
         one message; returns a non-console event read on the way, which comes next.
 
@@ -212,7 +221,7 @@ class _Relay:
                 break
             self.console_left -= cost
             relayed.MergeFrom(batch)
-            if (frame := self.reader.buffered(self.max_frame)) is None:
+            if (frame := self.reader.buffered(max_bytes or self.max_frame)) is None:
                 break
             event = _parse_event(frame)
             if event.WhichOneof("event") not in CONSOLE_KINDS:

@@ -327,6 +327,17 @@ def resolver_five(options):
 def resolver_of(options):
     return lambda name: options["path"]
 
+def resolver_chatty(options):
+    print("resolver made with", options["path"])
+    def resolve(name):
+        print("resolving", name)
+        return options["path"]
+    return resolve
+
+def compiler_chatty(source, filename):
+    print("compiling", filename)
+    return source
+
 def resolver_if_plain(options):
     plain = options == {"path": options["path"], "n": 3, "tag": {"$type": "bytes", "$value": "AP8="}}
     return lambda name: options["path"] if plain and type(options["n"]) is int else None
@@ -339,6 +350,7 @@ exits = "broken_plugins:compiler_exits"
 base = "broken_plugins:compiler_raises_base"
 none = "broken_plugins:compiler_none"
 bytes = "broken_plugins:compiler_bytes"
+chatty = "broken_plugins:compiler_chatty"
 
 [plugins.args_resolvers]
 exits = "broken_plugins:args_exit"
@@ -350,6 +362,7 @@ generator = "broken_plugins:args_generator"
 five = "broken_plugins:resolver_five"
 path = "broken_plugins:resolver_of"
 plain = "broken_plugins:resolver_if_plain"
+chatty = "broken_plugins:resolver_chatty"
 """
 
 
@@ -359,6 +372,30 @@ def broken_plugins(start_daemon_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("broken_plugins")
     (folder / "broken_plugins.py").write_text(BROKEN_PLUGINS)
     return start_daemon_session(config=BROKEN_CONFIG % folder)
+
+
+def test_plugins_that_print_are_heard_and_their_calls_go_on(broken_plugins, make_root):
+    """The operator's plugins run before the guest's modules are compiled; lines they printed
+    came before the sandbox's 'compiled' event, which the daemon then took for something the
+    guest wrote to its channel: every such call was a SandboxError, and as the modules were
+    never stored, so was the next."""
+    from isorun import CodeRunner
+    root = make_root({"index.py": "import mylib\ndef f():\n    return mylib.V\n", "vendor/mylib.py": "V = 7\n"})
+    heard = []
+    with CodeRunner(root=root, file="index.py", socket=broken_plugins.socket, external=["mylib"],
+                    resolver="chatty", resolver_options={"path": "/guest/vendor/mylib.py"},
+                    on_console=lambda stream, line: heard.append(line)) as r:
+        for _ in range(2):
+            heard.clear()
+            assert r.run("f") == 7
+            assert heard == ["resolver made with /guest/vendor/mylib.py\n", "resolving mylib\n"], heard
+    # a compiler's output is compiled in each call (never cached), its lines heard as well
+    with CodeRunner(root=make_root({"index.py": "def f():\n    return 8\n"}), file="index.py",
+                    socket=broken_plugins.socket, compiler="chatty",
+                    on_console=lambda stream, line: heard.append(line)) as r:
+        heard.clear()
+        assert r.run("f") == 8
+        assert heard == ["compiling /index.py\n"], heard
 
 
 @pytest.mark.parametrize("options, message", [
