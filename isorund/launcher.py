@@ -121,6 +121,9 @@ class Zygote:
         self._hello: asyncio.Future | None = None
         self._loading = ""  # the plugin the starting zygote said it was importing
         self.last_fatal = ""  # why the zygote last said it was dying, if it said so
+        # Before the daemon's self-test has passed, a sandbox the kernel refuses fails the start
+        # at once (see _on_spawn_failed); after, calls wait for the sandbox asked for again.
+        self.wait_through_refusals = False
 
     async def start(self) -> None:
         """Starts the zygote and waits for it to say it can build sandboxes."""
@@ -205,9 +208,9 @@ class Zygote:
         if self._lost_retry is not None:
             self._lost_retry.cancel()
             self._lost_retry = None
-        if self._owed and self.alive:
-            self._request(self._owed)
-        self._owed = 0
+        owed, self._owed = self._owed, 0
+        if owed and self.alive and not self._request(owed):
+            self._owe_later(owed)  # the zygote is not reading its requests (stalled): later
 
     def _waiting(self) -> int:
         return sum(not taker.done() for taker in self._takers)
@@ -223,7 +226,6 @@ class Zygote:
     def _arrived(self) -> None:
         """A sandbox came from the zygote (or was lost on the way): one fewer on its way, and
         the zygote is not stalled."""
-        self.prepared += 1
         self._asked = max(0, self._asked - 1)
         self._end_stall()
 
@@ -325,6 +327,8 @@ class Zygote:
             self._on_lost_on_the_way(message["ready"]["pid"], fds)
         elif "exited" in message:
             self._on_exited(message["exited"])
+        elif "spawn_failed" in message:
+            self._on_spawn_failed(int(message["spawn_failed"]["missing"]), str(message["spawn_failed"]["error"]))
         elif "loading" in message:
             self._loading = str(message["loading"])
         elif self._hello is not None and not self._hello.done():
@@ -338,6 +342,7 @@ class Zygote:
         future = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
         sock = socket.socket(fileno=fds[0])
         sock.setblocking(False)
+        self.prepared += 1
         self._arrived()
         self._hand_over(Sandbox(pid, fds[1], sock, future))
         if self._waiting():
@@ -357,9 +362,23 @@ class Zygote:
         else:
             self._owe_later()
 
-    def _owe_later(self) -> None:
-        """The pool is owed one more sandbox, asked for after the delay (see LOST_RETRY_SECONDS)."""
-        self._owed += 1
+    def _on_spawn_failed(self, missing: int, error: str) -> None:
+        """The kernel refused the zygote ``missing`` of the sandboxes asked for, for now (a
+        task limit that calls' processes use up as well, memory, descriptors): they are owed,
+        and asked for again after the delay, as lost ones are. Calls waiting for a sandbox get
+        one of those, or their wait runs out; before the daemon's self-test has passed, the
+        call waiting (the self-test's) fails at once, and with it the start."""
+        log.warning(json.dumps({"event": "sandbox_spawn_failed", "missing": missing, "error": error,
+                                "retry_in_seconds": self._lost_delay,
+                                "note": "the kernel refused a new sandbox; is a tasks or memory limit reached?"}))
+        self._asked = max(0, self._asked - missing)
+        self._owe_later(missing)
+        if not self.wait_through_refusals:
+            self._fail_takers(f"the kernel refused the zygote a sandbox: {error}")
+
+    def _owe_later(self, count: int = 1) -> None:
+        """The pool is owed ``count`` more sandboxes, asked for after the delay (see LOST_RETRY_SECONDS)."""
+        self._owed += count
         if self._lost_retry is None:
             self._lost_retry = asyncio.get_running_loop().call_later(self._lost_delay, self.replace)
             self._lost_delay = min(self._lost_delay * 2, LOST_RETRY_SECONDS[1])
@@ -390,18 +409,29 @@ class Zygote:
             if not future.done():
                 future.set_result(Exit(cause=ZYGOTE_LOST))  # in-flight calls: their sandboxes died with it
         self.exits.clear()
-        status = None
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()  # it closed its control socket: it can serve no one any more
-            status = self.process.wait()
         if was_alive and not self.stopping:
-            wait = self._restart_delay()
-            log.error(json.dumps({"event": "zygote_died", "exit_status": status, "restarts": self.restarts,
-                                  "restart_in_seconds": wait}))
             if self.on_down:
                 self.on_down()
-            loop.create_task(self._restart(wait))
+            loop.create_task(self._after_death(self.process))
+
+    async def _after_death(self, process: subprocess.Popen | None) -> None:
+        """Logs how the zygote ended and starts another. Its control socket closes a moment
+        before it has exited: it is given that moment (waiting on the event loop would hold
+        every call), then killed, as one that closed it can serve no one any more."""
+        status = None
+        if process is not None:
+            for _ in range(50):
+                if (status := process.poll()) is not None:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                process.kill()
+                while (status := process.poll()) is None:
+                    await asyncio.sleep(0.01)
+        wait = self._restart_delay()
+        log.error(json.dumps({"event": "zygote_died", "exit_status": status, "restarts": self.restarts,
+                              "restart_in_seconds": wait}))
+        await self._restart(wait)
 
     def _restart_delay(self) -> float:
         """No delay after a zygote that lived ``STABLE_SECONDS``; else doubling from the first of

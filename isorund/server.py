@@ -158,6 +158,7 @@ class Server:
         self.calls = Calls(self.config, self.zygote, self.metrics)
         self.metrics.watch(self.calls, self.zygote)
         await self._probe()
+        self.zygote.wait_through_refusals = True  # (see Zygote._on_spawn_failed)
         await self._listen()
         await self._set_health(True)
 
@@ -213,9 +214,10 @@ class Server:
             pass
         try:
             outcome = await self.calls.run(request, ignore, deadline=None, peer=SELF_TEST_PEER)
-        except ZygoteUnavailable:
-            raise SystemExit("isorund cannot build a sandbox on this host: the zygote died preparing it: "
-                             + (self.zygote.last_fatal or "see its lines above")) from None
+        except ZygoteUnavailable as e:
+            why = str(e) if self.zygote.alive else \
+                f"the zygote died preparing it: {self.zygote.last_fatal or 'see its lines above'}"
+            raise SystemExit(f"isorund cannot build a sandbox on this host: {why}") from None
         if outcome.WhichOneof("result") != "value" or _codec.decode(struct_pb2.Value.FromString(outcome.value)) != PROBE_MIB:
             raise SystemExit(self._probe_failed(outcome.failure))
 

@@ -11,7 +11,10 @@ Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
     zygote → daemon   {"loading": "plugins.… = '…'"}    before each plugin's import, at start
                       {"hello": {...}} or {"fatal": msg}  once, after start
-                      {"fatal": msg}                      before it dies of a failed spawn
+                      {"spawn_failed": {"missing": N, "error": msg}}  the kernel refused a
+                                                        sandbox for now (see TRANSIENT): N of the
+                                                        request's were not prepared
+                      {"fatal": msg}                      before it dies of any other failed spawn
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
                       {"exited": {"pid": P, "status": S, "cpu_seconds": C, "peak_memory_bytes": M}}
                                                                       a sandbox exited
@@ -23,6 +26,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import errno
 import gc
 import glob
 import json
@@ -42,6 +46,11 @@ import sysconfig
 # `stty tostop` its first log line stopped it and the daemon's start hung.
 IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGTTOU)
+# The kernel's refusals of a sandbox that pass: a task limit the calls' processes use up too
+# (a pids cgroup such as systemd's TasksMax, RLIMIT_NPROC, threads-max: EAGAIN), memory,
+# descriptors, the count of pid namespaces (ENOSPC). One guest's fork bomb made the zygote's
+# fork fail with EAGAIN, and the zygote died, taking every call in flight with it (seen).
+TRANSIENT = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOSPC})
 
 
 def main() -> int:
@@ -134,21 +143,43 @@ class Zygote:
                 packet = self.control.recv(65536)
                 if not packet:
                     return
-                try:
-                    for _ in range(int(json.loads(packet).get("spawn", 0))):
-                        self.spawn()
-                except Exception as e:  # the kernel refused a step the zygote itself takes
-                    _send(self.control, {"fatal": f"{type(e).__name__}: {e}"})
-                    sys.exit(1)  # the daemon logs the reason; its sandboxes die with it
+                self.spawn_many(int(json.loads(packet).get("spawn", 0)))
+
+    def spawn_many(self, count: int) -> None:
+        """Prepares ``count`` sandboxes. When the kernel refuses one for now (``TRANSIENT``),
+        the daemon is told how many are missing and asks again later; any other refusal of a
+        step the zygote itself takes ends it (the daemon logs why and starts another)."""
+        for done in range(count):
+            try:
+                self.spawn()
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+                if getattr(e, "errno", None) in TRANSIENT:
+                    _send(self.control, {"spawn_failed": {"missing": count - done, "error": reason}})
+                    return
+                _send(self.control, {"fatal": reason})
+                os._exit(1)  # its sandboxes die with it (their parent-death signal)
 
     def spawn(self) -> None:
+        """Forks one prepared sandbox and sends it to the daemon; what it took is given back
+        when the kernel refuses a step."""
         from .sandbox import namespaces, sandbox_main
 
         host_id = self.host_ids.take()
         self.spawned += 1
         group = os.path.join(self.cgroup_root, f"call-{os.getpid()}-{self.spawned}") if self.cgroup_root else None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = namespaces.fork_into_new_pid_ns(self.own_pid_ns) if self.plan.isolated else os.fork()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            self.host_ids.release(host_id)
+            raise
+        try:
+            pid = namespaces.fork_into_new_pid_ns(self.own_pid_ns) if self.plan.isolated else os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            self.host_ids.release(host_id)
+            raise
         if pid == 0:
             status = 1
             try:
@@ -165,7 +196,11 @@ class Zygote:
         self.ids_in_use[pid] = host_id
         if group:
             self.groups[pid] = group
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            ours.close()  # the sandbox sees its channel close and exits; reaped as any other
+            raise
         try:
             socket.send_fds(self.control, [json.dumps({"ready": {"pid": pid}}).encode()], [ours.fileno(), pidfd])
         finally:

@@ -76,3 +76,37 @@ def descriptors_left(count: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def cgroup_around(controller: str):
+    """A cgroup of ``controller`` of the test's own (v1's hierarchy of it, or v2's with the
+    controller enabled): yields its folder and a prefix that starts a program inside it
+    (``sh`` execs the program, so its pid is the one started). Removed after, once its tasks
+    have left. Skips the test where none can be made."""
+    import pytest
+    import secrets
+    name = f"isorun-test-{secrets.token_hex(4)}"
+    for parent, controllers in ((f"/sys/fs/cgroup/{controller}", None),
+                                ("/sys/fs/cgroup", "/sys/fs/cgroup/cgroup.subtree_control")):
+        if not os.path.isdir(parent) or (controllers and controller not in open(controllers).read().split()):
+            continue
+        folder = os.path.join(parent, name)
+        try:
+            os.mkdir(folder)
+        except OSError:
+            continue
+        try:
+            yield folder, ["sh", "-c", f'echo $$ > {folder}/cgroup.procs && exec "$@"', "sh"]
+        finally:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    os.rmdir(folder)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        return
+    pytest.skip(f"no {controller} cgroup can be made here")

@@ -47,7 +47,11 @@ def fork_into_new_pid_ns(own_pid_ns_fd: int) -> int:
     the fork lets one zygote create a fresh namespace for every sandbox.
     """
     _libc.unshare("pid namespace", _libc.CLONE_NEWPID)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no child: the next fork's namespace is still a new one; put it back
+        _libc.setns("pid namespace", own_pid_ns_fd, _libc.CLONE_NEWPID)
+        raise
     if pid != 0:
         _libc.setns("pid namespace", own_pid_ns_fd, _libc.CLONE_NEWPID)
     return pid

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from isorun import CodeRunner, errors
-from processes import wait_for_pool, zygote_of
+from processes import cgroup_around, wait_for_pool, zygote_of
 
 GUEST = "def nap(s):\n    import time\n    time.sleep(s)\n    return s\n\n\ndef echo(x):\n    return x\n"
 
@@ -123,6 +123,70 @@ def test_prepared_sandboxes_that_die_in_the_pool_are_replaced_not_handed_to_call
     assert d.log().count('"event": "sandbox_lost"') == 2
 
 
+BOMB = """
+import os, time
+
+def bomb():
+    n = 0
+    try:
+        while True:
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            n += 1
+    except OSError as e:
+        time.sleep(3)
+        return [n, e.strerror]
+
+def nap(s):
+    time.sleep(s)
+    return s
+"""
+
+
+@pytest.fixture
+def pids_cgroup():
+    """A pids cgroup of the test's own: its folder, and a prefix that starts the daemon in it
+    (asked for before ``start_daemon``, it is removed after the daemon has stopped)."""
+    with cgroup_around("pids") as made:
+        yield made
+
+
+def test_a_guest_that_uses_up_the_daemons_tasks_limit_takes_no_other_call_down(pids_cgroup, start_daemon, make_root):
+    """Under a tasks limit the daemon's calls share (a pids cgroup: systemd's TasksMax, a
+    container's), one guest's fork bomb made the zygote's next fork fail with EAGAIN; the
+    zygote died of it and took every call in flight with it (seen). It is told to ask again."""
+    folder, prefix = pids_cgroup
+    d = start_daemon(config="pool_size = 2\nmax_concurrency = 4\n[limits]\nmax_processes = 1000\n", prefix=prefix)
+    wait_for_pool(d.pid, 2)
+    with open(os.path.join(folder, "pids.current")) as f:
+        tasks = int(f.read())
+    with open(os.path.join(folder, "pids.max"), "w") as f:
+        f.write(str(tasks + 30))
+    root = make_root({"index.py": BOMB})
+    answers = {}
+
+    def call(name, function, args, delay):
+        time.sleep(delay)
+        with CodeRunner(root=root, file="index.py", socket=d.socket, external=["os", "time"]) as r:
+            try:
+                answers[name] = r.run(function, args=args, timeout=30)
+            except errors.IsorunError as e:
+                answers[name] = e
+    threads = [threading.Thread(target=call, args=a) for a in
+               (("innocent", "nap", [4], 0), ("bomb", "bomb", [], 0.3), ("later", "nap", [0], 1.5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers["innocent"] == 4, answers
+    assert answers["bomb"][0] > 0 and answers["bomb"][1] == "Resource temporarily unavailable", answers
+    assert answers["later"] == 0, answers  # its sandbox came once the bomb's call had ended
+    assert events(d, "sandbox_spawn_failed") and not events(d, "zygote_died"), d.log()
+    with CodeRunner(root=root, file="index.py", socket=d.socket, external=["os", "time"]) as r:
+        assert r.run("nap", args=[0]) == 0
+
+
 def test_calls_during_a_zygote_restart_fail_fast_not_hang(start_daemon, make_root):
     d = start_daemon(config="pool_size = 1\n")
     root = make_root({"index.py": GUEST})
@@ -200,15 +264,16 @@ def test_a_zygote_that_fails_to_restart_is_retried_until_it_starts(start_daemon,
     assert d.proc.poll() is None
 
 
-def spawns_failing_while(flag) -> str:
+def spawns_failing_while(flag, error: tuple[int, str] = (1, "Operation not permitted (test)")) -> str:
     """A plugin module that makes the zygote's every spawn fail (its socketpair) while ``flag``
-    exists; the daemon imports it too, untouched."""
+    exists, by default with an error that does not pass (not one of zygote.TRANSIENT, which
+    the daemon asks again after); the daemon imports it too, untouched."""
     return (f"import os, socket, sys\n"
             f"if 'isorund.zygote' in sys.orig_argv:\n"
             f"    real = socket.socketpair\n"
             f"    def socketpair(*args, **kwargs):\n"
             f"        if os.path.exists({str(flag)!r}):\n"
-            f"            raise OSError(24, 'Too many open files (test)')\n"
+            f"            raise OSError{error!r}\n"
             f"        return real(*args, **kwargs)\n"
             f"    socket.socketpair = socketpair\n"
             f"def compile(source, filename):\n"
@@ -230,7 +295,7 @@ def test_a_zygote_that_dies_soon_after_each_restart_is_restarted_with_a_growing_
         assert r.run("echo", args=[2]) == 2  # a pooled one was ready; its replacement's spawn fails
         time.sleep(6)
         failed = events(d, "zygote_failed")
-        assert failed and failed[0]["error"] == "OSError: [Errno 24] Too many open files (test)"
+        assert failed and failed[0]["error"] == "PermissionError: [Errno 1] Operation not permitted (test)"
         delays = [e["restart_in_seconds"] for e in events(d, "zygote_died")]
         assert 3 <= len(delays) <= 9, delays  # 0.05, 0.1, 0.2, … s, each restart ~0.3 s: at once, ~20
         waited = [delay for delay in delays if delay]  # (the first zygote may have lived 10 s)
@@ -283,6 +348,19 @@ def test_a_zygote_dying_during_the_self_test_stops_the_start_saying_why(start_da
     assert d.proc.wait(60) == 1
     assert not (d.folder / "isorund.sock").exists()
     assert ("isorund cannot build a sandbox on this host: the zygote died preparing it: "
+            "PermissionError: [Errno 1] Operation not permitted (test)") in d.log()
+
+
+def test_a_sandbox_the_kernel_refuses_during_the_self_test_stops_the_start_at_once(start_daemon, tmp_path):
+    # a refusal that passes (here EMFILE) is asked again after once the daemon serves; its
+    # start does not wait for that: the host cannot give it a sandbox now
+    flag = tmp_path / "failing"
+    flag.write_text("")
+    (tmp_path / "spawnfail.py").write_text(spawns_failing_while(flag, (24, "Too many open files (test)")))
+    d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nsf = "spawnfail:compile"\n',
+                     wait=False)
+    assert d.proc.wait(60) == 1
+    assert ("isorund cannot build a sandbox on this host: the kernel refused the zygote a sandbox: "
             "OSError: [Errno 24] Too many open files (test)") in d.log()
 
 

@@ -5,15 +5,13 @@ trivial calls took seconds, and some timed out with no CPU used (seen). They are
 the guests' own priority now."""
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 import time
 
 import psutil
 import pytest
 
-from processes import zygote_of
+from processes import cgroup_around, zygote_of
 from escaped import ESCAPED
 
 HOG = ESCAPED + """
@@ -34,28 +32,9 @@ HOG = ESCAPED + """
 
 @pytest.fixture
 def cpu_cgroup():
-    """A cpu cgroup of the test's own (v1's cpu hierarchy, or v2's with the cpu controller),
-    as a prefix that starts a program inside it; removed after."""
-    name = f"isorun-test-{secrets.token_hex(4)}"
-    for parent, controllers in (("/sys/fs/cgroup/cpu", None), ("/sys/fs/cgroup", "/sys/fs/cgroup/cgroup.subtree_control")):
-        if not os.path.isdir(parent) or (controllers and "cpu" not in open(controllers).read().split()):
-            continue
-        folder = os.path.join(parent, name)
-        try:
-            os.mkdir(folder)
-        except OSError:
-            continue
-        yield ["sh", "-c", f'echo $$ > {folder}/cgroup.procs && exec "$@"', "sh"]
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.rmdir(folder)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    pytest.skip("no cpu cgroup can be made here")
+    """A cpu cgroup of the test's own, as a prefix that starts the daemon inside it."""
+    with cgroup_around("cpu") as (_folder, prefix):
+        yield prefix
 
 
 def test_a_call_spinning_on_every_cpu_does_not_keep_other_calls_from_starting(cpu_cgroup, start_daemon, make_root):
