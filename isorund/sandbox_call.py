@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -149,7 +150,7 @@ class _Relay:
                 if len(frame) > self.max_outcome:
                     raise _FrameTooLarge(f"the call sent an outcome of {len(frame)} bytes, over its "
                                          f"{self.max_outcome}-byte limit")
-                return event.outcome
+                return _as_the_runtime_sends(event.outcome)
             if kind == "invalid_request" and not running_seen:
                 # The sandbox parses the request's values first (the daemon relays them
                 # unparsed): the client's error, answered as any other bad request.
@@ -238,6 +239,26 @@ class _Relay:
         return carried
 
 
+# The limits a runtime's failure names (runner.proto's Failure.limit): memory, cpu, output and
+# result for RESOURCE_LIMIT, depth and size for SERIALIZATION.
+RUNTIME_LIMITS = frozenset({"", "memory", "cpu", "output", "result", "depth", "size"})
+
+
+def _as_the_runtime_sends(outcome: sb.RelayedOutcome) -> sb.RelayedOutcome:
+    """The outcome, if the sandbox's runtime could have made it. The guest can write to its
+    channel itself: an outcome of a kind no daemon knows made the call's log line raise (the
+    call was missing from the log and the metrics), a limit name of 8 MB went into the log
+    whole, and a NaN CPU time made the line invalid JSON (all seen). A forged outcome that the
+    runtime could have made is the guest's own to give (docs/security.md)."""
+    failure = outcome.failure if outcome.WhichOneof("result") == "failure" else None
+    usage = outcome.usage
+    if (failure is not None and (failure.kind not in Failure.Kind.values() or failure.kind == Failure.KIND_UNSPECIFIED
+                                 or failure.limit not in RUNTIME_LIMITS)) \
+            or not (math.isfinite(usage.cpu_seconds) and usage.cpu_seconds >= 0):
+        raise _UnexpectedEvent("outcome", "an outcome its runtime never makes (of an unknown kind, limit or usage)")
+    return outcome
+
+
 def _failure_of(error: Exception) -> pb.Failure:
     """What the client is told when the sandbox's events broke the runtime's rules."""
     if isinstance(error, _OutputLimit):
@@ -247,7 +268,8 @@ def _failure_of(error: Exception) -> pb.Failure:
         return Failure(kind=Failure.RESOURCE_LIMIT, limit="result", message=str(error))
     if isinstance(error, _UnexpectedEvent):
         kind = error.args[0]
-        what = "a second 'running' event" if kind == "running" else f"a {kind!r} event" if kind else "an empty event"
+        what = error.args[1] if len(error.args) > 1 else "a second 'running' event" if kind == "running" \
+            else f"a {kind!r} event" if kind else "an empty event"
         return Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox sent {what}, which its runtime never sends (one 'running', console "
             "lines, one outcome): something in the call wrote to its channel; the call was ended"))
@@ -383,7 +405,8 @@ class _OutputLimit(Exception):
 
 
 class _UnexpectedEvent(Exception):
-    """An event kind the sandbox's runtime never sends at that point (args[0]: the kind, or None)."""
+    """An event the sandbox's runtime never sends at that point (args[0]: its kind, or None;
+    args[1], if given: what it was, in words)."""
 
 
 class _FrameReader:

@@ -1,6 +1,7 @@
 """Resource attacks: each ends at its limit, as a clear error or an OSError in the guest, and
 takes nothing from the host or the next call (checked after every test by ``daemon_survives``)."""
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -200,6 +201,24 @@ def test_the_async_runner_too_makes_a_result_that_is_not_a_value_a_sandbox_error
             return await runner.run("result_not_a_value", args=["wire_type"], timeout=20)
     with pytest.raises(errors.SandboxError, match="not a valid google.protobuf.Value"):
         asyncio.run(call())
+
+
+@pytest.mark.parametrize("which", ["kind", "limit", "nan", "-1"])
+def test_an_outcome_no_runtime_makes_ends_the_call_and_is_logged_as_one_json_line(attack, secure_daemon, which):
+    """An unknown kind made the call's log line raise: the call was missing from the log and
+    the metrics. A limit name of 8 MB went into the log whole, and a NaN CPU time made the
+    line invalid JSON (seen)."""
+    before = len(secure_daemon.calls("outcome_never_made"))
+    with pytest.raises(errors.SandboxError, match="an outcome its runtime never makes"):
+        attack("forged_events", "outcome_never_made", args=[which], timeout=20)
+    lines = secure_daemon.calls("outcome_never_made")
+    assert len(lines) == before + 1 and lines[-1]["outcome"] == "sandbox" and "limit" not in lines[-1]
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+    for line in secure_daemon.log().splitlines():
+        if line.startswith("{"):
+            json.loads(line, parse_constant=strict)
 
 
 def test_a_forged_invalid_request_event_after_running_ends_the_call_as_the_sandboxs_fault(attack):

@@ -139,3 +139,18 @@ def outcome_of(size):
     failure = pb.Failure(kind=pb.Failure.GUEST_EXCEPTION, type_name="E", message="m" * size)
     _send(channel_fd(), pb.RunEvent(outcome=pb.Outcome(failure=failure)))
     real_import("time").sleep(10)
+
+
+def outcome_never_made(which):
+    """An outcome no runtime makes: of a kind no daemon knows, naming a limit of 100,000
+    characters, or with a CPU time that is not a number — to hide the call from the daemon's
+    log and metrics, flood the log, or break its lines' JSON."""
+    if which == "kind":
+        outcome = pb.Outcome(failure=pb.Failure(kind=999, message="forged"))
+    elif which == "limit":
+        outcome = pb.Outcome(failure=pb.Failure(kind=pb.Failure.RESOURCE_LIMIT, message="m", limit="L" * 100_000))
+    else:
+        outcome = pb.Outcome(usage=pb.Usage(cpu_seconds=float(which)))
+        outcome.value.number_value = 1
+    _send(channel_fd(), pb.RunEvent(outcome=outcome))
+    real_import("time").sleep(10)
