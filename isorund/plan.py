@@ -12,6 +12,7 @@ import importlib.machinery
 import keyword
 import math
 import os
+import stat
 import secrets
 import site
 from functools import lru_cache
@@ -97,15 +98,7 @@ def _context_name(key: str) -> str:
 
 
 def _root(path: str) -> str:
-    if not path or not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
-        raise RequestError(f"root must be an absolute folder path, got {path[:200]!r}")
-    real = os.path.realpath(path)
-    if len(real) > MAX_PATH or not os.path.isdir(real):
-        raise RequestError(f"root {path!r} is not a folder")
-    if real == "/":
-        raise RequestError("root must not be the host's / folder")
-    _utf8(real, "root", path)
-    return real
+    return _host_folder(path, "root")
 
 
 def _file(root: str, file: str, extensions: list[str]) -> str:
@@ -179,10 +172,29 @@ def _modules(names) -> list[str]:
 
 
 def _folder(path: str, what: str) -> str:
-    if not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
+    real = _host_folder(path, what)
+    if os.stat(real).st_mode & 0o005 != 0o005:
+        raise RequestError(f"{what} {path!r} cannot be read by the sandbox's user: it and its subfolders "
+                           "must be readable and searchable by every user (chmod -R a+rX)")
+    return real
+
+
+def _host_folder(path: str, what: str) -> str:
+    """The real path of a host folder a call may have bound into its sandbox: the root and the
+    whitelisted folders alike (the root was held to less, and ``/etc`` could be a call's root:
+    found by review)."""
+    if not path or not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
         raise RequestError(f"{what} must be an absolute folder path, got {path[:200]!r}")
     real = os.path.realpath(path)
-    if len(real) > MAX_PATH or not os.path.isdir(real):
+    try:
+        is_folder = len(real) <= MAX_PATH and stat.S_ISDIR(os.stat(real).st_mode)
+    except PermissionError:
+        raise RequestError(f"{what} {path!r} cannot be reached: a folder above it lets no other user "
+                           "through, neither the sandbox's user nor the daemon (which keeps no capability "
+                           "to pass it); every folder above it must be searchable by every user") from None
+    except OSError:
+        is_folder = False
+    if not is_folder:
         raise RequestError(f"{what} {path!r} is not a folder")
     if real in UNBINDABLE or any(filesystem.within(real, r) for r in RESERVED):
         raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "
@@ -191,9 +203,6 @@ def _folder(path: str, what: str) -> str:
         raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
                            "sockets the guest could connect to")
     _utf8(real, what, path)
-    if os.stat(real).st_mode & 0o005 != 0o005:
-        raise RequestError(f"{what} {path!r} cannot be read by the sandbox's user: it and its subfolders "
-                           "must be readable and searchable by every user (chmod -R a+rX)")
     return real
 
 

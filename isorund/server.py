@@ -29,7 +29,7 @@ from isorun import _codec
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 
-from . import __version__, descriptors, state, systemd
+from . import __version__, descriptors, privileges, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
 from .calls import SELF_TEST_PEER, Calls
 from .config import resolve_id
@@ -140,6 +140,8 @@ class Server:
         elif os.geteuid() != 0:
             raise SystemExit("isorund needs root to build sandboxes (namespaces, mounts, per-call uids); "
                              "run it as root (systemd does) or, for development only, with --insecure-no-isolation")
+        else:
+            privileges.keep_only_needed()  # before any thread or the zygote starts
         descriptors.raise_limit(self.config.max_connections, self.config.max_concurrency + self.config.pool_size,
                                 allowlist=bool(self.config.allowed_uids or self.config.allowed_gids))
         # Before anything is started: a second daemon on a live socket (or a typo naming a file)

@@ -177,8 +177,13 @@ class _CapData(ctypes.Structure):
 _CapDataV3 = _CapData * 2  # version 3 takes two (64 capabilities)
 
 
-def clear_capabilities(step: str) -> None:
-    """Empties the effective, permitted and inheritable capability sets of this thread."""
+def set_capabilities(step: str, effective: int, permitted: int) -> None:
+    """Sets this thread's effective and permitted capability sets (bit masks) and empties its
+    inheritable set."""
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = _CapDataV3()
-    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), step, "capset(v3, all sets empty)")
+    for half in (0, 1):
+        data[half].effective = effective >> 32 * half & 0xFFFFFFFF
+        data[half].permitted = permitted >> 32 * half & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), step,
+           f"capset(v3, effective={effective:#x}, permitted={permitted:#x}, inheritable=0)")

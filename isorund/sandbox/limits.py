@@ -82,9 +82,9 @@ def keep_crashes_to_the_sandbox() -> None:
 # The OOM killer's score of a sandbox's processes: the highest, so that when the host runs out
 # of memory a guest goes before any host process. Not every page a guest holds is counted in
 # its score (pipe and socket buffers are in no process's), and without it a guest holding
-# gigabytes in pipes scored 666 while the daemon scored 667. Children inherit it. Set by a
-# process holding CAP_SYS_RESOURCE it is also the floor, and lowering it needs that capability,
-# which no guest has; where the daemon lacks it (a container), a guest may lower it to 0.
+# gigabytes in pipes scored 666 while the daemon scored 667. Children inherit it. A guest may
+# lower it to 0, not below: a floor would need CAP_SYS_RESOURCE, which the daemon does not keep
+# (isorund/privileges.py).
 OOM_SCORE_ADJ = 1000
 
 

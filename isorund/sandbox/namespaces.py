@@ -125,7 +125,7 @@ def drop_capabilities(step: str) -> None:
     for cap in range(_CAP_LAST + 1):
         _libc.prctl(step, _libc.PR_CAPBSET_DROP, cap)
     _libc.prctl(step, _libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    _libc.clear_capabilities(step)
+    _libc.set_capabilities(step, 0, 0)
 
 
 def _write(step: str, path: str, text: str) -> None:

@@ -106,6 +106,46 @@ def test_planted_symlinks_resolve_inside_the_view(attack, host_secret):
         attack("follow_symlinks", "import_linked", files=links)
 
 
+def test_a_folder_below_another_users_private_folder_is_not_given_to_a_call(secure_daemon, tmp_path):
+    """Started outside systemd (``make run``, a shell, a container), the daemon held
+    CAP_DAC_OVERRIDE, bound a folder below another user's private (0700) folder, and a caller
+    read through its guest a file it could not reach itself (seen). The daemon now keeps only
+    the capabilities sandbox set-up needs, however it is started."""
+    private = tmp_path / "private"
+    inner = private / "inner"
+    inner.mkdir(parents=True)
+    (inner / "secret.txt").write_text("behind a private folder")
+    (inner / "index.py").write_text("def f():\n    return 1\n")
+    for path in (inner, inner / "secret.txt", inner / "index.py"):
+        path.chmod(0o755)
+    os.chown(private, 4242, 4242)
+    private.chmod(0o700)
+    guest = tmp_path / "guest"
+    guest.mkdir(mode=0o755)
+    (guest / "index.py").write_text("def read(p):\n    return open(p).read()\n")
+    guest.chmod(0o755)
+    with CodeRunner(root=str(guest), file="index.py", socket=secure_daemon.socket,
+                    whitelisted_paths=[str(inner)]) as r:
+        with pytest.raises(errors.InvalidRequest, match="cannot be reached: a folder above it lets no other user"):
+            r.run("read", args=[str(inner / "secret.txt")], timeout=20)
+    with CodeRunner(root=str(inner), file="index.py", socket=secure_daemon.socket) as r:
+        with pytest.raises(errors.InvalidRequest, match="root .* cannot be reached"):
+            r.run("f", timeout=20)
+
+
+def test_the_daemon_and_its_zygote_keep_only_the_capabilities_sandboxes_need(secure_daemon):
+    from isorund.privileges import NEEDED_MASK
+    from processes import zygote_of
+
+    def sets(status_file):
+        with open(status_file) as f:
+            return {line.split(":")[0]: int(line.split()[1], 16) for line in f if line.startswith("Cap")}
+    tasks = [f"/proc/{secure_daemon.pid}/task/{t}/status" for t in os.listdir(f"/proc/{secure_daemon.pid}/task")]
+    for status_file in [*tasks, f"/proc/{zygote_of(secure_daemon).pid}/status"]:
+        assert sets(status_file) == {"CapInh": 0, "CapPrm": NEEDED_MASK, "CapEff": NEEDED_MASK,
+                                     "CapBnd": NEEDED_MASK, "CapAmb": 0}, status_file
+
+
 def test_a_call_file_linking_outside_the_root_is_refused(secure_daemon, tmp_path, host_secret):
     root = tmp_path / "linked-root"
     root.mkdir(mode=0o755)

@@ -184,14 +184,23 @@ def test_context_keys_that_are_one_name_in_python_source_are_refused(config, roo
     refused(config, req, "context keys .* are one name, 'H', in Python source")
 
 
-@pytest.mark.parametrize("path, match", [
+BAD_FOLDERS = [
     ("relative", "absolute folder"), ("/proc/self", "may not be"), ("/", "may not be"),
     ("/tmp", "may not be"), ("/no/such/dir", "not a folder"),
     # sockets of host services live there; a read-only bind does not stop connect()
     ("/run", "runtime folder /run"), ("/var/run", "runtime folder /run"),
-])
+]
+
+
+@pytest.mark.parametrize("path, match", BAD_FOLDERS)
 def test_bad_whitelisted_paths_are_refused(config, root, path, match):
     refused(config, request(root, whitelisted_paths=[path]), match)
+
+
+@pytest.mark.parametrize("path, match", BAD_FOLDERS)
+def test_a_root_is_held_to_the_rules_of_whitelisted_folders(config, path, match):
+    # only "/" was refused: /proc, /dev, /tmp and /run could be a call's root (found by review)
+    refused(config, request(path), match)
 
 
 def test_whitelisted_folders_under_tmp_are_accepted(config, root, tmp_path):
