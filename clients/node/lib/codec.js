@@ -58,28 +58,47 @@ const tooDeep = () => new Failure("value is nested too deeply",
   "and always the case for a value that contains itself",
   "depth");
 
-/** A short, safe rendering of a key or value for messages. */
+/**
+ * A short, safe rendering of any value or key for messages (the client's and the codec's
+ * alike): a string in quotes (a "100" read as 100), a BigInt with its n, an array or plain
+ * object as JSON, any other object as its String() unless that says only "[object Object]",
+ * then by its type name. Nothing a value does (a throwing toString, a Proxy) escapes from here.
+ */
 function short(value) {
   let text;
   try {
-    text = typeof value === "string" ? JSON.stringify(value) : String(value);
+    if (typeof value === "string") text = JSON.stringify(value);
+    else if (typeof value === "bigint") text = `${value}n`;
+    else if (typeof value === "function") text = typeName(value);
+    else if (typeof value !== "object" || value === null) text = String(value);
+    else if (Array.isArray(value) || isPlainObject(value)) text = JSON.stringify(value);
+    else text = String(value);
+    if (typeof text !== "string" || text.startsWith("[object ")) text = typeName(value);
   } catch {
-    text = Object.prototype.toString.call(value);
+    text = typeName(value);
   }
   return text.length <= 40 ? text : text.slice(0, 37) + "...";
 }
 
+/** A value's type for messages: its class's name ("Map", "Money"), else its typeof. Safe on
+ * any object, even a Proxy whose traps throw or a prototype whose `constructor` getter does. */
 function typeName(value) {
   if (value === null) return "null";
   if (typeof value !== "object") return typeof value;
-  let proto;
   try {
-    proto = Object.getPrototypeOf(value);
+    const proto = Object.getPrototypeOf(value);
+    const ctor = proto && Object.prototype.hasOwnProperty.call(proto, "constructor") && proto.constructor;
+    return (typeof ctor === "function" && ctor.name) || "object";
   } catch {
     return "object";
   }
-  const ctor = proto && Object.prototype.hasOwnProperty.call(proto, "constructor") && proto.constructor;
-  return (typeof ctor === "function" && ctor.name) || "object";
+}
+
+/** An object made by `{...}` or Object.create(null): what JSON's objects become. */
+function isPlainObject(value) {
+  if (typeof value !== "object" || value === null) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 /** Bytes a length-delimited field of n bytes takes: 1-byte tag, varint length, the data. */
@@ -466,5 +485,6 @@ function encode(value, { names = null, budget = sizeBudget(), where = "", regist
 }
 
 module.exports = {
-  encode, sizeBudget, Failure, tooDeep, short, thrown, MAX_INT_DIGITS, MAX_WIRE_DEPTH, TYPE_KEY, VALUE_KEY,
+  encode, sizeBudget, Failure, tooDeep, short, typeName, isPlainObject, thrown, MAX_INT_DIGITS, MAX_WIRE_DEPTH,
+  TYPE_KEY, VALUE_KEY,
 };

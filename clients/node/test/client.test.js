@@ -171,6 +171,23 @@ describe("without a daemon", () => {
     await assert.rejects(r.run({ funcName: "f", context: [1] }), { name: "InvalidRequest", message: /context must be a plain object/ });
   });
 
+  test("a refused value is shown as it was written, or by its type; one whose every read throws still is", async () => {
+    const r = runner();
+    class Millis { constructor() { this.n = 100; } }
+    for (const [timeout, shown] of [[[100], "[100]"], [{ ms: 100 }, '{"ms":100}'], [new Millis(), "Millis"],
+      ["x".repeat(100), `"${"x".repeat(36)}...`]]) {
+      await assert.rejects(r.run({ funcName: "f", timeout }),
+        { name: "InvalidRequest", message: `timeout must be a finite number of milliseconds > 0, got ${shown}` });
+    }
+    // A Proxy whose property reads throw: the message-making threw the trap's error instead.
+    const hostile = new Proxy({}, { get() { throw new Error("no reading me"); } });
+    await assert.rejects(r.run({ funcName: hostile }), { name: "InvalidRequest", message: /non-empty string, got Object$/ });
+    await assert.rejects(r.run({ funcName: "f", signal: hostile }),
+      { name: "InvalidRequest", message: /^signal must be an AbortSignal, got Object$/ });
+    await assert.rejects(r.run({ funcName: "f", limits: { memoryBytes: hostile } }),
+      { name: "InvalidRequest", message: /^limits\.memoryBytes must be a whole number >= 0, got Object$/ });
+  });
+
   test("a lone surrogate in a name or path is refused naming the option", async () => {
     // grpc-js sent it as bad UTF-8 and the daemon's refusal ("String field had bad UTF-8") named nothing
     for (const [options, pattern] of [[{ root: "/r\ud800" }, /^root holds a lone surrogate \(at code point 2\)/],

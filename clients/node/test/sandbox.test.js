@@ -111,6 +111,17 @@ describe("console", () => {
       { onConsole: async () => { await new Promise((resolve) => setTimeout(resolve, 10)); throw new Error("from callback"); } });
     await assert.rejects(runner.run({ funcName: "log" }), { message: "from callback" });
   });
+
+  test("what a callback throws reaches the caller as it was thrown: a frozen error, or a plain one with no key added", async () => {
+    const frozen = Object.freeze(new Error("frozen, from onConsole"));
+    const plain = new Error("plain, from running");
+    const files = { "index.py": "def log():\n    print('x')\n    return 1\n" };
+    await assert.rejects(daemon.runner(files, { onConsole: () => { throw frozen; } }).run({ funcName: "log" }),
+      (error) => error === frozen);
+    await assert.rejects(daemon.runner(files).run({ funcName: "log", running: () => { throw plain; } }),
+      (error) => error === plain);
+    assert.deepEqual(Object.getOwnPropertyNames(plain).sort(), ["message", "stack"]);
+  });
 });
 
 describe("a callback that throws or rejects, or a signal that aborts, on a daemon with a single sandbox", () => {

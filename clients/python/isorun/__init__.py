@@ -9,6 +9,7 @@ described in docs/values.md, and ``register_type`` adds your own types to it.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from . import errors
@@ -37,14 +38,15 @@ def register_type(cls: type, name: str, encode: Callable[[Any], Any],
     default_registry.register(cls, name, encode, decode)
 
 
-_CLIENT_NAMES = ("AsyncCodeRunner", "CodeRunner", "default_socket")
+# Each name the runners' modules give, and the module that holds it.
+_CLIENT_NAMES = {"AsyncCodeRunner": "_async", "CodeRunner": "_sync", "default_socket": "_base"}
 
 
 def __getattr__(name: str) -> Any:
     """The runners load gRPC on first use: the daemon's sandboxes use this package's codec,
     and every byte gRPC would add to them is copied on every fork."""
     if name in _CLIENT_NAMES:
-        from . import _client
-        return getattr(_client, name)
+        module = importlib.import_module(f".{_CLIENT_NAMES[name]}", __name__)
+        return getattr(module, name)
     raise AttributeError(f"module 'isorun' has no attribute {name!r}")
 

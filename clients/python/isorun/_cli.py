@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__, _inputs, errors
-from ._client import CodeRunner
+from ._sync import CodeRunner
 
 
 class TooDeep(ValueError):

@@ -72,7 +72,7 @@ def transport_error(error: grpc.RpcError, socket: str) -> errors.IsorunError:
     if code == grpc.StatusCode.UNAVAILABLE:
         # A daemon that answered (shutting down, zygote restarting) says why; only a failed
         # connection is explained by the socket itself.
-        if "failed to connect" not in details.lower() and "connect" not in details.lower():
+        if "connect" not in details.lower():
             return errors.DaemonUnavailable(f"isorund at {socket} is unavailable: {details}")
         unreachable = _unreachable(socket)
         if unreachable:
