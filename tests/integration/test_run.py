@@ -372,6 +372,24 @@ def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     assert gone.returncode == 3 and "none.sock" in gone.stderr
 
 
+def test_cli_writes_what_a_terminal_would_act_on_as_escapes(daemon, make_root):
+    """A guest's console lines, its exception's message and traceback, and its result were
+    written raw: escape sequences cleared the screen, set the window title (seen). The result
+    stays JSON that reads back as the same value."""
+    active = "A\x1b]0;TITLE\x07B\x1b[2J\r\x9b31m\u202eZ\x7f"
+    root = make_root({"rules.py": f"def f():\n    print({active!r})\n    return {active!r}\n"
+                                  f"def g():\n    raise ValueError({active!r})\n"})
+    done = cli("--root", root, "--file", "rules.py", "f", socket=daemon.socket)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == active
+    shown = "A\\x1b]0;TITLE\\x07B\\x1b[2J\\x0d\\x9b31m\\u202eZ\\x7f"
+    assert shown in done.stderr
+    failed = cli("--root", root, "--file", "rules.py", "g", socket=daemon.socket)
+    assert failed.returncode == 1 and f"ValueError: {shown}" in failed.stderr, failed.stderr
+    for output in (done.stdout, done.stderr, failed.stderr):
+        assert not set(output) & {"\x1b", "\x07", "\r", "\x9b", "\u202e", "\x7f"}, output
+
+
 def test_cli_refuses_a_result_whose_keys_are_equal_as_json_text(daemon, make_root):
     # It printed {"1": "text"}: the entry of the key 1 was lost without a word.
     root = make_root({"rules.py": "def both():\n    return {'k': {1: 'int', '1': 'text'}}\n"})

@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -85,7 +86,26 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# What a terminal acts on rather than shows: C0 controls but tab and newline, DEL, C1 controls
+# (0x9b alone is a CSI) and the bidirectional overrides, which reorder what is shown. A guest
+# chooses its console lines, its exceptions' messages and its result: written raw, they cleared
+# or rewrote the screen and set the window's title (seen), and on terminals that honour it the
+# clipboard (OSC 52). The JSON encoder already escapes C0 controls.
+_ACTIVE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_ACTIVE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _inert(text: str) -> str:
+    """``text`` with what a terminal would act on written as escapes (``\\x1b``)."""
+    return _ACTIVE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def _say(message: str) -> None:
+    print(f"isorun: {_inert(message)}", file=sys.stderr)
+
+
 def _print_console(stream: str, text: str) -> None:
+    text = _inert(text)
     sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
@@ -137,8 +157,10 @@ def _print_result(result: Any) -> int:
     try:
         text = json.dumps(_as_json(result), ensure_ascii=False, allow_nan=False)
     except Unprintable as e:
-        print(f"isorun: the call returned a result that cannot be printed as JSON: {e}", file=sys.stderr)
+        _say(f"the call returned a result that cannot be printed as JSON: {e}")
         return 1
+    # (only inside strings, where the escape means the same character)
+    text = _ACTIVE_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
     try:
         _write_whole(text + "\n")
     except BrokenPipeError:
@@ -203,18 +225,18 @@ def _call(options: argparse.Namespace) -> int:
         if options.context is not None:
             _inputs.mapping("context", options.context, "global names to values")
     except errors.IsorunError as e:  # an option the runner refuses: a usage error
-        print(f"isorun: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"{type(e).__name__}: {e}")
         return 2
     try:
         result = runner.run(options.func, args=args, context=options.context,
                             timeout=options.timeout, args_resolver=options.args_resolver)
     except errors.DaemonUnavailable as e:
-        print(f"isorun: {e}", file=sys.stderr)
+        _say(str(e))
         return 3
     except errors.IsorunError as e:
-        print(f"isorun: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"{type(e).__name__}: {e}")
         if isinstance(e, errors.GuestError) and e.traceback:
-            print(e.traceback.rstrip(), file=sys.stderr)
+            print(_inert(e.traceback.rstrip()), file=sys.stderr)
         return 1
     finally:
         runner.close()
