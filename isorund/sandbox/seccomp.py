@@ -99,6 +99,10 @@ DENIED = (
     # a filter of the guest's own: the kernel's BPF checker and JIT, reached with no privilege
     # (see PROGRAM_OPTIONS); the sandbox loads its own with prctl, denied by the call's part
     "seccomp",
+    # Landlock: a ruleset and its rules are kernel memory no limit counts (8 processes of one
+    # call held ~197 MB of slab the host could not reclaim); the sandbox confines the guest
+    # already, and no Python program restricts itself with it
+    "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 )
 # Denied to the guest, but made by the sandbox itself once its call is known (attaching the
 # call's folders, resizing /tmp, its user namespace): denied by the call's part of the filter,
@@ -162,6 +166,19 @@ PEER_PIDFD_OPTIONS = {"getsockopt": ("SO_PEERPIDFD", 77), "setsockopt": ("SO_PAS
 # naming it (CVE-2023-0461, a use-after-free through it, needed no privilege); Python's ssl
 # module encrypts in user space and never sets one.
 TCP_ULP = 31
+# Out-of-band data on a Unix stream socket is kernel code with a history (CVE-2025-38236, a
+# use-after-free any process reached with MSG_OOB and MSG_PEEK; Chrome's renderers may not use
+# the flag); on TCP it is urgent data, which Python programs practically never use (the stdlib's
+# one sender, ftplib's abort, talks to FTP servers no sandbox reaches). MSG_OOB is denied to
+# every call that takes flags, whatever the socket: (fd, buf, len, flags, …) for sendto and
+# recvfrom, (fd, msg, flags) for sendmsg and recvmsg, (fd, vec, vlen, flags, …) for the mmsg forms.
+MSG_OOB = socket.MSG_OOB
+MSG_FLAGS_ARGUMENT = {"sendto": 3, "recvfrom": 3, "sendmsg": 2, "recvmsg": 2, "sendmmsg": 3, "recvmmsg": 3}
+# An IPv6 flow label comes from one count the kernel keeps for the whole host (4,096, and
+# processes without CAP_NET_ADMIN are refused past 3,072): 22 processes of one call took 3,071,
+# and the next request, another call's or a host process's, got ENOBUFS (seen). Creating one
+# (IPV6_FLOWLABEL_MGR) is denied; reading the options stays allowed.
+IPPROTO_IPV6, IPV6_FLOWLABEL_MGR = socket.IPPROTO_IPV6, 32
 # A lock or a watch on a file belongs to the file, not to the process: on the folders every
 # sandbox shares read-only (the stdlib, the libraries, whitelisted folders) one call could
 # signal another through a lock, see and hold off the host's processes' locks, or (dnotify,
@@ -202,6 +219,12 @@ MADV_MERGEABLE, PR_SET_MEMORY_MERGE = 12, 67
 # them. A guest took all 32 reserved pages while a host process's MAP_HUGETLB failed with
 # ENOMEM (seen). Transparent huge pages come from ordinary memory and stay allowed.
 MAP_HUGETLB = 0x40000
+# Where a host filesystem keeps its blocks: FS_IOC_GETFSMAP on any file of a bound folder
+# (/usr/lib) returns the filesystem's whole map of used and free space, live (a diff over 3 s
+# showed the host's writes), and FS_IOC_FIEMAP a file's physical extents on the host's disk.
+# Both ioctl requests are denied, compared on the low 32 bits the kernel reads (`cmd` is an
+# unsigned int): _IOWR('X', 59, struct fsmap_head) and _IOWR('f', 11, struct fiemap).
+BLOCK_MAP_IOCTLS = {"FS_IOC_GETFSMAP": 0xC0C0583B, "FS_IOC_FIEMAP": 0xC020660B}
 # The host's disks, on demand: a guest writes only to its /tmp (a tmpfs, where syncing does
 # nothing), but fsync of a file it only reads on a host filesystem made ext4 flush the
 # device's cache, 69,068 times in 3 s (seen). The syncing calls are answered 0 without being
@@ -243,7 +266,8 @@ def build(pool_part: bool = False) -> seccomp.SyscallFilter:
 
 def _limit_sockets(f, deny, seccomp) -> None:
     """TCP sockets over IPv4 and IPv6, and Unix sockets as a connected stream or seqpacket
-    pair, with the buffers they come with and no upper-layer protocol."""
+    pair, with the buffers they come with, no upper-layer protocol, no out-of-band data and
+    no IPv6 flow label of their own."""
     # Compared as 64-bit values: anything >= 11, upper bits set included, is denied.
     for call in ("socket", "socketpair"):
         for family in (0, *range(AF_INET + 1, AF_INET6)):
@@ -266,17 +290,22 @@ def _limit_sockets(f, deny, seccomp) -> None:
     for option in (*BUFFER_OPTIONS.values(), *PROGRAM_OPTIONS.values()):  # (fd, level, optname, …)
         f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))
     f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, TCP_ULP))
+    f.add_rule(deny, "setsockopt", low(1, IPPROTO_IPV6), low(2, IPV6_FLOWLABEL_MGR))
+    for call, flags in MSG_FLAGS_ARGUMENT.items():
+        f.add_rule(deny, call, seccomp.Arg(flags, seccomp.MASKED_EQ, MSG_OOB, MSG_OOB))
     for call, (_, option) in PEER_PIDFD_OPTIONS.items():
         f.add_rule(deny, call, low(1, SOL_SOCKET), low(2, option))
 
 
 def _deny_shared_state(f, deny, seccomp) -> None:
     """The operations on state that other processes share: a file's locks and watches, a futex
-    keyed by a file, a file's cached pages, merged memory, the host's huge pages and its core
-    dump helper (see the tables above)."""
+    keyed by a file, a file's cached pages, merged memory, the host's huge pages, its
+    filesystems' block maps and its core dump helper (see the tables above)."""
     low = functools.partial(_low_32_bits, seccomp)
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", low(1, command))
+    for request in BLOCK_MAP_IOCTLS.values():
+        f.add_rule(deny, "ioctl", low(1, request))
     for operation in FUTEX_SHARED_DENIED.values():
         f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME, operation))
     f.add_rule(deny, "fadvise64", low(3, POSIX_FADV_DONTNEED))

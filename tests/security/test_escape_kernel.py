@@ -130,6 +130,24 @@ DENIED = {
     "seccomp(SECCOMP_SET_MODE_FILTER)": [317, 1, 0, 0],
     "prctl(PR_SET_SECCOMP)": [157, 22, 2, 0, 0, 0],
     "prctl(PR_SET_SECCOMP, high bits set)": [157, (1 << 32) | 22, 2, 0, 0, 0],
+    # Landlock rulesets: kernel memory no limit counts (asking for the ABI version would succeed)
+    "landlock_create_ruleset": [444, 0, 0, 1],
+    "landlock_add_rule": [445, -1, 1, 0, 0],
+    "landlock_restrict_self": [446, -1, 0],
+    # the host filesystem's block map and a file's physical extents (test_guest_cannot_map_...)
+    "ioctl(FS_IOC_GETFSMAP)": [16, 0, 0xC0C0583B, 0],
+    "ioctl(FS_IOC_GETFSMAP, sign-extended)": [16, 0, (0xFFFFFFFF << 32) | 0xC0C0583B, 0],
+    "ioctl(FS_IOC_FIEMAP)": [16, 0, 0xC020660B, 0],
+    # out-of-band data, CVE-2025-38236's way in (no socket: ENOTSOCK if the filter let it through)
+    "sendto(MSG_OOB)": [44, 0, 0, 0, 1, 0, 0],
+    "recvfrom(MSG_OOB|MSG_PEEK)": [45, 0, 0, 0, 1 | 2, 0, 0],
+    "sendmsg(MSG_OOB)": [46, 0, 0, 1],
+    "recvmsg(MSG_OOB, high bits set)": [47, 0, 0, (1 << 32) | 1],
+    "sendmmsg(MSG_OOB)": [307, 0, 0, 0, 1],
+    "recvmmsg(MSG_OOB)": [299, 0, 0, 0, 1, 0],
+    # the host-wide count of IPv6 flow labels (test_guest_cannot_take_the_hosts_flow_labels)
+    "setsockopt(IPV6_FLOWLABEL_MGR)": [54, 0, 41, 32, 0, 32],
+    "setsockopt(IPV6_FLOWLABEL_MGR, high bits set)": [54, 0, (1 << 32) | 41, (1 << 32) | 32, 0, 32],
 }
 
 
@@ -188,3 +206,23 @@ def test_programs_cannot_be_run(attack):
     assert results["posix_spawn"] == "EPERM"
     assert results["memfd_create"] == "EPERM"
     assert results["execveat fd"] == "EPERM"
+
+
+def test_guest_cannot_map_the_host_filesystems_blocks(attack):
+    # /usr/lib is a bind of a host filesystem: its free-space map moves with the host's writes
+    # (seen over 3 s), and a file's extents are physical offsets on the host's disk
+    results = attack("block_maps")
+    assert results["getfsmap"] == results["fiemap"] == "EPERM", results
+    assert results["fionread"] == f"ok: {results['size']}"  # other ioctls of the same file work
+
+
+def test_guest_cannot_send_or_receive_out_of_band_data(attack):
+    results = attack("out_of_band")
+    refused = {name: result for name, result in results.items() if "MSG_OOB" in name}
+    assert len(refused) == 14 and set(refused.values()) == {"EPERM"}, results
+    assert results["unix plain"] == results["tcp plain"] == "ok: (None, b'ping', b'ping', 1, b'x', 1, b'y')"
+
+
+def test_guest_cannot_take_the_hosts_flow_labels(attack):
+    results = attack("flow_labels")
+    assert results == {"create": "EPERM", "put back": "EPERM", "IPV6_V6ONLY": "ok: None"}, results

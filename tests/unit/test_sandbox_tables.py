@@ -12,6 +12,7 @@ REQUIRED_DENIED = [
     "userfaultfd", "init_module", "finit_module", "kexec_load", "kexec_file_load", "reboot",
     "swapon", "swapoff", "acct", "quotactl", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "shmget", "shmat", "msgget", "msgsnd", "semget", "memfd_create",
+    "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 ]
 
 
@@ -28,6 +29,22 @@ def test_filter_denies_with_eperm(filter_text, name):
     rule = filter_text.split(f'filter for syscall "{name}"', 1)
     assert len(rule) == 2, f"{name} is not in the filter"
     assert rule[1].split("# filter for", 1)[0].strip().endswith("action ERRNO(1);")
+
+
+def _rule(filter_text, name):
+    return filter_text.split(f'filter for syscall "{name}"', 1)[1].split("# filter for", 1)[0]
+
+
+def test_filter_denies_the_block_map_ioctls_on_their_low_32_bits(filter_text):
+    rule = _rule(filter_text, "ioctl")
+    for request in (0xC0C0583B, 0xC020660B):  # FS_IOC_GETFSMAP, FS_IOC_FIEMAP
+        assert f"if ($a1.lo32 & 0xffffffff == {request})\n        action ERRNO(1);" in rule
+
+
+@pytest.mark.parametrize("name, flags", [("sendto", 3), ("recvfrom", 3), ("sendmsg", 2), ("recvmsg", 2),
+                                         ("sendmmsg", 3), ("recvmmsg", 3)])
+def test_filter_denies_msg_oob_to_every_call_that_takes_flags(filter_text, name, flags):
+    assert f"if ($a{flags}.lo32 & 0x00000001 == 1)\n        action ERRNO(1);" in _rule(filter_text, name)
 
 
 def test_filter_kills_calls_made_through_other_abis(filter_text):
