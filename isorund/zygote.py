@@ -143,6 +143,7 @@ class Zygote:
                 packet = self.control.recv(65536)
                 if not packet:
                     return
+                self.reap()  # sandboxes that have exited give their host ids back first
                 self.spawn_many(int(json.loads(packet).get("spawn", 0)))
 
     def spawn_many(self, count: int) -> None:
@@ -260,15 +261,20 @@ class HostIds:
     2.4 MB of it (and a 512 KB move per call to put an id back at its front)."""
 
     def __init__(self, base: int, count: int):
-        self._next, self._end = base, base + count
+        self._next, self._end, self._count = base, base + count, count
         self._released: collections.deque[int] = collections.deque()
 
     def take(self) -> int:
-        """An id no live sandbox has; IndexError when all are in use (the config's
-        ``sandbox_uid_count`` check makes that impossible)."""
+        """An id no live sandbox has. When all are in use, an OSError EAGAIN (see TRANSIENT):
+        a sandbox's id comes back once it is reaped, and with a range near the config's
+        minimum the replacements of calls that just ended were asked for while those calls'
+        sandboxes were still exiting (an IndexError here ended the zygote and every call in
+        flight, again and again under 8 callers: seen)."""
         if self._next < self._end:
             self._next += 1
             return self._next - 1
+        if not self._released:
+            raise OSError(errno.EAGAIN, f"all {self._count} host ids (sandbox_uid_count) are in use")
         return self._released.popleft()
 
     def release(self, host_id: int) -> None:
