@@ -82,6 +82,8 @@ def _main(argv, held: list[int]) -> int:
         said = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
         logging.getLogger("isorund").error(json.dumps({"event": "fatal", "error": said}))
         return 1
+    finally:
+        logs.flush()
 
 
 def _hold_stop_signals() -> tuple[list[int], dict]:

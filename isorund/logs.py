@@ -5,12 +5,24 @@ with multi-line tracebacks, which a journal or a log shipper then reads as many 
 lines: they are wrapped, the traceback a field of the one line. (gRPC's C core writes a few
 lines of its own straight to stderr, such as "File descriptor limit reached"; those are not
 Python records and stay as they are.)
+
+Lines are written by a thread of their own, from a bounded queue. Written from the event loop,
+a reader of stderr that stopped reading (a stalled log shipper, a pipe nobody drains) froze
+the whole daemon once the pipe's 64 KiB were full: every call hung, health did not answer
+(seen). Now calls go on; past ``MAX_QUEUED`` lines waiting, lines are dropped and counted, and
+a ``log_lines_dropped`` line says how many once there is room again.
 """
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
+import threading
+import time
+
+MAX_QUEUED = 10_000  # lines waiting for stderr (a call's line is ~400 bytes: ~4 MB)
 
 
 class JsonLines(logging.Formatter):
@@ -37,10 +49,68 @@ def _answer_undelivered(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.getLogger().getEffectiveLevel()
 
 
+class _Queued(logging.handlers.QueueHandler):
+    """Formats a record where it is logged and queues the line without ever waiting."""
+
+    def __init__(self, lines: queue.Queue):
+        super().__init__(lines)
+        self.dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                self.queue.put_nowait(_dropped_line(self.dropped))
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def _dropped_line(count: int) -> logging.LogRecord:
+    return logging.makeLogRecord({"name": "isorund", "levelno": logging.WARNING, "levelname": "WARNING",
+                                  "msg": json.dumps({"event": "log_lines_dropped", "count": count,
+                                                     "note": "stderr was not read for a while; these lines were lost"})})
+
+
+_lines: queue.Queue | None = None
+_stderr: logging.Handler | None = None
+_writer: threading.Thread | None = None
+
+
 def configure(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Every record of this process as one JSON line on stderr, queued until ``start_writing``."""
+    global _lines, _stderr, _writer
+    _lines, _writer = queue.Queue(MAX_QUEUED), None
+    _stderr = logging.StreamHandler(sys.stderr)
+    _stderr.setFormatter(logging.Formatter("%(message)s"))  # (formatted when queued)
+    handler = _Queued(_lines)
     handler.setFormatter(JsonLines())
     handler.addFilter(_answer_undelivered)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def start_writing() -> None:
+    """Starts the thread that writes the lines. Called once the daemon has dropped the
+    capabilities it does not need: they belong to each thread, and one started before would
+    have kept them all (isorund/privileges.py)."""
+    global _writer
+    if _writer is None and _lines is not None:
+        _writer = threading.Thread(target=_write, args=(_lines, _stderr), name="isorund-log", daemon=True)
+        _writer.start()
+
+
+def _write(lines: queue.Queue, writer: logging.Handler) -> None:
+    while True:
+        writer.handle(lines.get())
+        lines.task_done()
+
+
+def flush(seconds: float = 2.0) -> None:
+    """Writes what is queued, waiting up to ``seconds`` (at the daemon's exit: lines still
+    queued when stderr is not read are given up, not waited for)."""
+    start_writing()
+    deadline = time.monotonic() + seconds
+    while _lines is not None and _lines.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -29,7 +29,7 @@ from isorun import _codec
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 
-from . import __version__, descriptors, id_range, privileges, state, systemd
+from . import __version__, descriptors, id_range, logs, privileges, state, systemd
 from .access import AccessFront, Allowlist, prepare_private_folder
 from .calls import SELF_TEST_PEER, Calls
 from .config import resolve_id
@@ -144,6 +144,7 @@ class Server:
             privileges.keep_only_needed()  # before any thread or the zygote starts
             if why := id_range.refusal(self.config.sandbox_uid_base, self.config.sandbox_uid_count):
                 raise SystemExit(why)
+        logs.start_writing()  # (a thread: only now that the capabilities are dropped)
         descriptors.raise_limit(self.config.max_connections, self.config.max_concurrency + self.config.pool_size,
                                 allowlist=bool(self.config.allowed_uids or self.config.allowed_gids))
         # Before anything is started: a second daemon on a live socket (or a typo naming a file)

@@ -79,9 +79,16 @@ class Daemon:
             time.sleep(0.02)
 
     def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        """Its log so far, once the lines being written have landed: the daemon writes them
+        from a thread of its own (isorund/logs.py), a moment after the answers they are about."""
+        text = self.log_path.read_text(errors="replace")
+        for _ in range(100):
+            time.sleep(0.025)
+            again = self.log_path.read_text(errors="replace")
+            if again == text:
+                break
+            text = again
+        return text
 
     def calls(self, function: str | None = None, self_test: bool = False) -> list[dict]:
         """The log lines of its calls (of ``function`` when named), its self-test's only when asked."""

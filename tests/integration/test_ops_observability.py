@@ -311,3 +311,29 @@ def test_a_taken_metrics_port_stops_the_start_naming_the_key(start_daemon):
         d = start_daemon(config=f'metrics_address = "127.0.0.1:{port}"\n', wait=False)
         assert d.proc.wait(60) == 1
     assert "metrics_address" in d.log() and "cannot serve metrics" in d.log()
+
+
+def test_a_log_reader_that_stops_reading_holds_no_call(tmp_path, make_root):
+    """The daemon wrote its lines from its event loop: once a pipe its stderr went to was full
+    (a stalled log shipper), every call hung and health did not answer (seen). Lines wait in a
+    queue of their own now, and all of them arrive once the reader reads again."""
+    import subprocess
+    import sys
+    socket_path = str(tmp_path / "isorund.sock")
+    daemon = subprocess.Popen([sys.executable, "-m", "isorund", "--socket", socket_path],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while b'"event": "ready"' not in daemon.stderr.readline():
+            assert daemon.poll() is None, "the daemon did not start"
+        # from here on nobody reads: the pipe (64 KiB) holds ~160 call lines
+        root = make_root({"index.py": GUEST})
+        with CodeRunner(root=root, file="index.py", socket=socket_path) as r:
+            assert [r.run("echo", args=[i], timeout=10) for i in range(400)] == list(range(400))
+        daemon.terminate()
+        _, written = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    calls = [json.loads(line) for line in written.splitlines() if line.startswith(b'{"event": "call"')]
+    assert len(calls) == 400 and all(c["outcome"] == "ok" for c in calls)

@@ -22,6 +22,7 @@ def captured(monkeypatch):
 
 
 def lines(stream):
+    logs.flush()
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -57,3 +58,19 @@ def test_records_below_the_configured_level_are_dropped(captured):
     logging.getLogger("grpc").debug("noise")
     logging.getLogger("grpc").warning("kept")
     assert [e["message"] for e in lines(captured)] == ["kept"]
+
+
+def test_lines_stderr_has_no_room_for_are_dropped_counted_and_said_once_there_is_room(captured, monkeypatch):
+    """A reader of stderr that stopped reading froze the whole daemon once the pipe was full
+    (seen): lines wait in a bounded queue instead, past it they are counted and dropped."""
+    monkeypatch.setattr(logs, "MAX_QUEUED", 3)
+    monkeypatch.setattr(logs.sys, "stderr", captured)
+    logs.configure("info")  # a queue of 3, its writer not started (as before the daemon drops its privileges)
+    log = logging.getLogger("isorund")
+    for i in range(5):
+        log.info(json.dumps({"event": "call", "n": i}))
+    logs.flush()
+    log.info(json.dumps({"event": "call", "n": 5}))
+    written = lines(captured)
+    assert [e.get("n") for e in written] == [0, 1, 2, None, 5]
+    assert written[3]["event"] == "log_lines_dropped" and written[3]["count"] == 2
