@@ -107,14 +107,14 @@ class PluginsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`); at most 107 bytes. Folders of the path that do not exist are made with mode 0755, whatever the umask (under the unit's `UMask=0077` they were 0700, and `socket_group` could not reach the socket); existing ones are left as they are.")
+    socket: str = _key(default_socket, "Unix socket the daemon listens on (`/run/isorund/isorund.sock` as root, else `$XDG_RUNTIME_DIR/isorund.sock`); at most 107 bytes. Folders of the path that do not exist are made with mode 0755, whatever the umask (under the unit's `UMask=0077` they were 0700, and `socket_group` could not reach the socket); existing ones are left as they are, and a file in the way is refused (exit status 2).")
     socket_mode: int = _key(0o660, "Permission bits of the socket (TOML octal, e.g. `0o660`): owner and `socket_group` may connect.")
     socket_group: str = _key("", "Group owning the socket (name or number); empty keeps the daemon's group.")
     allowed_uids: list = _key(list, "Users (numbers or names) allowed to call; with `allowed_gids` empty too, every peer that can open the socket may. Checked with SO_PEERCRED; others get `PERMISSION_DENIED`.")
     allowed_gids: list = _key(list, "Groups (numbers or names) whose members may call: the peer's primary or a supplementary group (SO_PEERGROUPS).")
     max_concurrency: int = _key(8, "Sandboxes running at once; further calls queue.")
     queue_size: int = _key(64, "Calls that may wait for a sandbox; past it, `RESOURCE_EXHAUSTED`.")
-    max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come, by gRPC before the daemon sees them (so not logged), and their callers get `DaemonUnavailable` naming this key. The daemon raises its soft open-file limit to its hard one at start and does not start (exit status 1, a `fatal` line naming both) when that is below what these connections (3 descriptors each through the allowlist's front), its sandboxes and its folder checks may hold: about 2,100 with the defaults on 2 CPUs (systemd's unit sets `LimitNOFILE=65536`). Out of descriptors all the same, a call is refused `RESOURCE_EXHAUSTED` (`ResourceLimitError(limit=\"queue\")`, logged `out_of_descriptors`), retry later.")
+    max_connections: int = _key(1024, "Client connections the socket holds open at once (each runner keeps one); further ones are closed as they come, by gRPC before the daemon sees them (so not logged), and their callers get `DaemonUnavailable` naming this key. The daemon raises its soft open-file limit to its hard one at start and does not start (exit status 1, a `fatal` line naming both) when that is below what these connections (3 descriptors each through the allowlist's front), its sandboxes and its folder checks may hold: about 2,100 with the defaults on 2 CPUs, of which about 1,100 (the daemon's own 512, 16 per sandbox of `max_concurrency` + `pool_size`, and the folder checks' share, which grows with the CPUs) is needed whatever `max_connections` is, so a hard limit of 1024 fits no value of it (systemd's unit sets `LimitNOFILE=65536`). Out of descriptors all the same, a call is refused `RESOURCE_EXHAUSTED` (`ResourceLimitError(limit=\"queue\")`, logged `out_of_descriptors`), retry later.")
     max_open_rpcs: int = _key(4096, "RPCs open at once over all connections, counted from their first bytes: gRPC refuses more with `RESOURCE_EXHAUSTED` at once, or cancels those it has not handed to the daemon yet (`CANCELLED`; both `ResourceLimitError(limit=\"queue\")` in the clients, neither logged, unlike the queue's refusals). Bounds what streams that never send their request cost the daemon (~20 KiB each). More than `max_concurrency + queue_size`, at most 1000000.")
     pool_size: int = _key(4, "Sandboxes prepared ahead of calls (each serves exactly one call). At most 256, or `max_concurrency` if that is larger: each prepared sandbox holds ~3 MiB and a process, and a typo such as 40000 would take the host's memory.")
     code_cache_bytes: int = _key(32 * MiB, "Compiled guest modules the daemon keeps, least recently used dropped past this size: a call's file and the guest modules its import statements load are compiled once per file version, by the first call's sandbox before any guest code runs, then handed to later calls. 0 turns it off (every call compiles).")
@@ -123,7 +123,7 @@ class Config:
     default_external: list = _key(lambda: list(DEFAULT_EXTERNAL), "Top-level modules every guest may import (pure computation). Each is imported once by the zygote, so every sandbox starts with it loaded; one that is not installed is named in a `default_external_missing` warning at start.")
     plugin_paths: list = _key(list, "Folders added to the import path to load plugins and operator types from.")
     plugins: PluginsConfig = _key(PluginsConfig, "Named plugins, in `[plugins.compilers]`, `[plugins.resolvers]`, `[plugins.args_resolvers]`.")
-    types: dict = _key(dict, "Operator value types: `\"acme.Money\" = \"module:attr\"`, an object with `type`, `encode(obj)` and `decode(payload)`.")
+    types: dict = _key(dict, "Operator value types: `\"acme.Money\" = \"module:attr\"`, an object with `type`, `encode(obj)` and `decode(payload)`. A name is 1–200 letters, digits, `_`, `.` or `-`, starting with a letter or `_`, and none of the 15 built-in ones (docs/values.md §5).")
     limits: LimitsConfig = _key(LimitsConfig, "Per-call limits, in `[limits]` (see below).")
     sandbox_uid_base: int = _key(1_500_000, "First host uid/gid given to sandboxes; each live sandbox gets its own. Two daemons on one host need ranges that do not overlap (operations.md, \"Two daemons on one host\").")
     sandbox_uid_count: int = _key(65536, "How many host ids, from `sandbox_uid_base`, sandboxes may use.")
@@ -133,7 +133,7 @@ class Config:
     shutdown_grace: float = _key(10.0, "Seconds in-flight calls get to finish on SIGTERM before they are killed.")
     start_timeout: float = _key(60.0, "Seconds the sandbox zygote may take to start (it imports the plugins and operator types) before the daemon gives up, naming the one it was importing.")
     metrics_address: str = _key("", "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; `[::1]:9464` for IPv6, port 0 picks a free one); empty turns it off.")
-    log_level: str = _key("info", "debug, info, warning or error.")
+    log_level: str = _key("info", "debug, info, warning or error. `call` lines (failed and refused calls' too), `denied`, `ready`, `stopping` and `stopped` are info records: at `warning` and `error` the log holds none of them, only the daemon's own troubles (`zygote_died`, `sandbox_lost`, `fatal`, …).")
     insecure_no_isolation: bool = _key(False, "Development only: run guests without kernel isolation (logged loudly, reported in GetCapabilities).")
 
     @classmethod
@@ -160,6 +160,9 @@ class Config:
         # sun_path holds 108 bytes with its NUL; gRPC's own refusal came late and named no key
         need(len(os.fsencode(self.socket)) <= 107, "socket", "a path of at most 107 bytes (a Unix socket's limit)",
              self.socket)
+        blocker = _non_folder_above(self.socket)
+        need(blocker is None, "socket", f"a path under folders (missing ones are made at start), but {blocker} "
+             "is not a folder", self.socket)
         need(0 <= self.socket_mode <= 0o777, "socket_mode", "permission bits (0 to 0o777)", self.socket_mode)
         need(self.max_concurrency >= 1, "max_concurrency", ">= 1", self.max_concurrency)
         need(self.queue_size >= 0, "queue_size", ">= 0", self.queue_size)
@@ -198,6 +201,10 @@ class Config:
         # A unary Run answers the result and the console lines in one message, which grpc
         # refuses past max_request_bytes: the client got RESOURCE_EXHAUSTED for a call the
         # daemon had logged as ok.
+        # output_bytes first: when it alone leaves no room, result_bytes is not what to lower.
+        need(self.limits.output_bytes < self.max_request_bytes - ANSWER_FRAMING, "limits.output_bytes",
+             f"< max_request_bytes - 64 KiB ({self.max_request_bytes - ANSWER_FRAMING}): result_bytes (at "
+             "least 1) must fit beside it in one answer", self.limits.output_bytes)
         room = self.max_request_bytes - self.limits.output_bytes - ANSWER_FRAMING
         need(self.limits.result_bytes <= room, "limits.result_bytes",
              f"<= max_request_bytes - limits.output_bytes - 64 KiB ({room}): the result and the console "
@@ -213,7 +220,14 @@ class Config:
                  f"({', '.join(RUNTIME_MODULES)})", name)
         for path in self.plugin_paths:
             need(isinstance(path, str) and path.startswith("/"), "plugin_paths", "a list of absolute folder paths", path)
+        # The codec's own rule (docs/values.md §5): the zygote's registry refused these only
+        # at start, after --print-config had passed them.
+        from isorun._wire import _NAME as TYPE_NAME, BUILTIN_NAMES  # here: only validation needs the codec
         for name, target in self.types.items():
+            need(TYPE_NAME.fullmatch(name) is not None, "types", "a table whose names are 1-200 letters, "
+                 "digits, '_', '.' or '-', starting with a letter or '_'", name)
+            need(name not in BUILTIN_NAMES, "types", f"a table of names other than the {len(BUILTIN_NAMES)} built-in ones ({name!r} "
+                 f"is built in: use a qualified name, such as 'acme.{name}')", name)
             need(isinstance(target, str) and ":" in target, f"types.{name}", '"module:attribute"', target)
         if self.metrics_address:
             need(metrics_endpoint(self.metrics_address) is not None, "metrics_address",
@@ -262,6 +276,21 @@ def limit_ceiling(name: str) -> tuple[int, str]:
         if hard != resource.RLIM_INFINITY and hard < ceiling:
             ceiling, why = hard, f"the daemon's own hard {RLIMIT_OF[name]}, which its sandboxes inherit and cannot raise"
     return ceiling, why
+
+
+def _non_folder_above(path: str) -> str | None:
+    """The first existing component above socket ``path`` that is not a folder, or None. The
+    daemon makes the missing folders at start, where a file in the way failed with a bare
+    NotADirectoryError that named no key."""
+    parts = os.path.dirname(path).split("/")
+    for i in range(2, len(parts) + 1):
+        above = "/".join(parts[:i])
+        try:
+            if not stat.S_ISDIR(os.stat(above).st_mode):
+                return above
+        except OSError:  # missing (made at start) or not for us to look into: the start will say
+            return None
+    return None
 
 
 def _nr_open() -> int:

@@ -43,8 +43,25 @@ def raise_limit(max_connections: int, sandboxes: int, allowlist: bool) -> int:
             f"isorund may hold up to {want} open files with max_connections = {max_connections}"
             f"{' (3 each, with allowed_uids or allowed_gids)' if allowlist else ''} and "
             f"{sandboxes} sandboxes (max_concurrency + pool_size), but this process may open "
-            f"{hard} (its hard RLIMIT_NOFILE); raise it (systemd: LimitNOFILE=, a shell: ulimit -Hn) "
-            "or lower max_connections")
+            f"{hard} (its hard RLIMIT_NOFILE); raise it (systemd: LimitNOFILE=, a shell: ulimit -Hn)"
+            + _what_fits(hard, sandboxes, allowlist))
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def _what_fits(hard: int, sandboxes: int, allowlist: bool) -> str:
+    """The other way out of a hard limit that is too low, when there is one. Only the
+    connections' share shrinks with max_connections: advising to lower it when the rest alone
+    is over the limit sent operators to a setting that could not help."""
+    fixed = needed(0, sandboxes, allowlist)
+    fits = (hard - fixed) // PER_CONNECTION[allowlist]
+    if fits >= 1:
+        return f" or lower max_connections to at most {fits}"
+    advice = (f": even max_connections = 1 does not fit, since {fixed} are needed whatever it is ({BASE} for the "
+              f"daemon itself, {FOLDER_CHECKS} for its folder checks, {PER_SANDBOX} for each of its "
+              f"{sandboxes} sandboxes)")
+    most_sandboxes = (hard - needed(1, 0, allowlist)) // PER_SANDBOX
+    if most_sandboxes >= 2:  # max_concurrency and pool_size are at least 1 each
+        advice += f"; or lower max_concurrency + pool_size to at most {most_sandboxes}"
+    return advice

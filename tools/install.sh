@@ -3,7 +3,7 @@
 # under PREFIX, the unit, and a default config — the config only when there is none, so an
 # upgrade never overwrites an operator's settings. DESTDIR-aware (for packages and tests);
 # it starts nothing. Usage: `make install` or
-#   [DESTDIR=/tmp/stage] [PREFIX=/opt/isorun] [PYTHON=python3] tools/install.sh
+#   [DESTDIR=/tmp/stage] [PREFIX=/opt/isorun] [CONFDIR=/etc/isorund] [PYTHON=python3] tools/install.sh
 set -eu
 
 PREFIX=${PREFIX:-/opt/isorun}
@@ -32,7 +32,9 @@ if [ -n "$DESTDIR" ]; then
 fi
 
 install -d "$DESTDIR$UNITDIR"
-sed "s|/opt/isorun|$PREFIX|g" "$SRC/systemd/isorund.service" > "$DESTDIR$UNITDIR/isorund.service"
+# The unit names /opt/isorun and /etc/isorund/isorund.toml: make them PREFIX's and CONFDIR's.
+sed -e "s|/opt/isorun|$PREFIX|g" -e "s|--config /etc/isorund/isorund.toml|--config $CONFDIR/isorund.toml|" \
+    "$SRC/systemd/isorund.service" > "$DESTDIR$UNITDIR/isorund.service"
 chmod 0644 "$DESTDIR$UNITDIR/isorund.service"
 
 install -d -m 0755 "$DESTDIR$CONFDIR"

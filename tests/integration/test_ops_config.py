@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import psutil
 import pytest
 
 from isorun import CodeRunner, errors
 from processes import zygote_of
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def isorund(*args: str) -> subprocess.CompletedProcess:
@@ -29,6 +32,10 @@ def isorund(*args: str) -> subprocess.CompletedProcess:
     ("max_timeout = 1.0\n", "config key 'max_timeout' must be >= default_timeout (5.0) and <= 1e+06, got 1.0"),
     # less than the runtime maps: the self-test below said so only when it had to allocate
     ("[limits]\nmemory_bytes = 16777216\n", "config key 'limits.memory_bytes' must be >= 50331648, got 16777216"),
+    # --print-config passed these; the zygote's type registry refused them at start (status 1)
+    ('[types]\n"int" = "a:b"\n', "config key 'types' must be a table of names other than the 15 built-in ones"),
+    ('[types]\n"1bad" = "a:b"\n', "config key 'types' must be a table whose names are"),
+    ("[limits]\noutput_bytes = 67108864\n", "config key 'limits.output_bytes' must be < max_request_bytes - 64 KiB"),
 ])
 def test_a_daemon_with_a_bad_config_does_not_start_and_names_the_key(start_daemon, config, message):
     assert f"isorund: {message}" in refused_start(start_daemon, config, status=2)
@@ -112,6 +119,38 @@ def test_a_socket_path_that_is_a_file_is_refused_not_replaced(tmp_path):
     out = isorund("--socket", str(precious))
     assert out.returncode == 1 and "exists and is not a socket; isorund will not replace it" in out.stderr
     assert precious.read_text() == "precious data\n"
+
+
+def test_a_socket_path_through_a_file_stops_the_start_naming_the_key(tmp_path):
+    """It was {"event": "fatal", "error": "NotADirectoryError: …"}, naming no key."""
+    (tmp_path / "notes.txt").write_text("")
+    out = isorund("--socket", str(tmp_path / "notes.txt" / "s.sock"))
+    assert out.returncode == 2 and "config key 'socket' must be a path under folders" \
+        in out.stderr and "NotADirectoryError" not in out.stderr
+
+
+FAKE_PYTHON = """#!/bin/sh
+# stands in for `python3 -m venv --clear VENV`: a venv whose python installs nothing
+mkdir -p "$4/bin" && printf '#!/bin/sh\\n' > "$4/bin/python" && chmod +x "$4/bin/python" && : > "$4/bin/activate"
+"""
+
+
+def test_install_names_the_config_where_it_put_it_in_the_units_execstart(tmp_path):
+    """`make install CONFDIR=/srv/x` put the config there, and the unit still read
+    /etc/isorund/isorund.toml."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    stage = tmp_path / "stage"
+    out = subprocess.run(["sh", "tools/install.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, DESTDIR=str(stage), PYTHON=str(python), PREFIX="/srv/isorun",
+                                  CONFDIR="/srv/x"))
+    assert out.returncode == 0, out.stderr
+    assert (stage / "srv/x/isorund.toml").exists()
+    (execstart,) = [line for line in (stage / "etc/systemd/system/isorund.service").read_text().splitlines()
+                    if line.startswith("ExecStart=")]
+    assert execstart == "ExecStart=/srv/isorun/bin/isorund --config /srv/x/isorund.toml"
+    assert "--config /srv/x/isorund.toml" in out.stdout
 
 
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux) to drop CAP_SYS_ADMIN")

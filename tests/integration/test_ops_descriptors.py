@@ -37,6 +37,7 @@ def test_a_hard_limit_below_what_the_config_needs_refuses_the_start_naming_both(
     (fatal,) = [json.loads(line) for line in d.log().splitlines() if '"fatal"' in line]
     assert f"up to {want} open files with max_connections = 1024" in fatal["error"]
     assert f"may open {want - 1}" in fatal["error"] and "LimitNOFILE=" in fatal["error"]
+    assert "or lower max_connections to at most 1023" in fatal["error"]  # the most that fits
 
 
 def test_connections_through_the_allowlist_count_three_descriptors(start_daemon):
@@ -46,3 +47,17 @@ def test_connections_through_the_allowlist_count_three_descriptors(start_daemon)
     d = start_daemon(config=config, prefix=["prlimit", f"--nofile=1024:{want - 1}", "--"], wait=False)
     assert d.proc.wait(60) == 1
     assert "(3 each, with allowed_uids or allowed_gids)" in d.log()
+
+
+def test_a_hard_limit_the_fixed_part_alone_is_over_says_lowering_max_connections_cannot_help(start_daemon):
+    """With the defaults, about 1,100 descriptors are needed whatever max_connections is: under
+    a hard limit of 1024 the refusal advised "or lower max_connections" even at 1 (seen)."""
+    d = start_daemon(config="max_connections = 1\n", prefix=["prlimit", "--nofile=1024:1024", "--"], wait=False)
+    assert d.proc.wait(60) == 1
+    (fatal,) = [json.loads(line) for line in d.log().splitlines() if '"fatal"' in line]
+    fixed = descriptors.needed(0, 12, allowlist=False)
+    assert fixed > 1024
+    assert f"even max_connections = 1 does not fit, since {fixed} are needed whatever it is" in fatal["error"]
+    most = (1024 - descriptors.needed(1, 0, allowlist=False)) // descriptors.PER_SANDBOX
+    assert f"or lower max_concurrency + pool_size to at most {most}" in fatal["error"]
+    assert "lower max_connections" not in fatal["error"] and "LimitNOFILE=" in fatal["error"]

@@ -85,7 +85,8 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ("start_timeout = 0\n", "start_timeout"),
     ("shutdown_grace = inf\n", "shutdown_grace"),
     # the answer to a unary Run holds the result and the console: it must fit in a message
-    ("max_request_bytes = 1048576\n", "limits.result_bytes"),
+    ("max_request_bytes = 1048576\n", "limits.output_bytes"),  # its default 1 MiB alone fills it
+    ("max_request_bytes = 2097152\n", "limits.result_bytes"),
     ('default_external = ["os.path"]\n', "default_external"),
     ("start_timeout = inf\n", "start_timeout"),
     ("insecure_no_isolation = 1\n", "insecure_no_isolation"),
@@ -95,6 +96,12 @@ def test_an_unknown_key_is_refused_by_name(tmp_path, text, key):
     ("[limits]\nmemory_bytes = 0\n", "limits.memory_bytes"),
     ('[plugins.compilers]\nbad = "no-colon"\n', "plugins.compilers.bad"),
     ('[types]\n"acme.Money" = 5\n', "types.acme.Money"),
+    # the zygote's type registry refused these only at start, after --print-config passed them
+    ('[types]\n"int" = "a:b"\n', "types"),
+    ('[types]\n"1bad" = "a:b"\n', "types"),
+    ('[types]\n"acme Money" = "a:b"\n', "types"),
+    # it named limits.result_bytes, with a negative bound
+    ("[limits]\noutput_bytes = 67108864\n", "limits.output_bytes"),
     ("limits = 5\n", "limits"),
     # values the daemon would accept and then fail on later: at gRPC's start, on the fifth
     # sandbox's uid map, when turning a timeout into an rlimit, on the guest's first import
@@ -303,3 +310,37 @@ def test_the_units_stop_timeout_outlasts_the_longest_stop_of_the_shipped_config(
     grace = Config.load(str(REPO / "systemd" / "isorund.toml")).shutdown_grace
     assert timeout and float(timeout.group(1)) >= grace + server.KILL_SLACK + server.FLUSH_SECONDS + zygote_exit
     assert server.KILL_SLACK + server.FLUSH_SECONDS + zygote_exit <= 5  # the docs' "shutdown_grace + 5 s"
+
+
+def test_type_names_follow_the_codecs_rule_and_built_in_ones_are_refused(tmp_path):
+    from isorun._wire import BUILTIN_NAMES
+    config = load_text(tmp_path, '[types]\n"acme.Money" = "a:b"\n"_x-1.y" = "a:b"\n' + f'"{"n" * 200}" = "a:b"\n')
+    assert len(config.types) == 3
+    assert "got '" + "n" * 201 + "'" in refusal(tmp_path, f'[types]\n"{"n" * 201}" = "a:b"\n')
+    for name in BUILTIN_NAMES:
+        assert (f"config key 'types' must be a table of names other than the 15 built-in ones ({name!r} is built "
+                f"in: use a qualified name, such as 'acme.{name}'), got {name!r}") in \
+            refusal(tmp_path, f'[types]\n"{name}" = "a:b"\n')
+
+
+def test_console_bytes_that_leave_no_room_for_a_result_are_refused_as_output_bytes_with_its_bound(tmp_path):
+    message = refusal(tmp_path, "[limits]\noutput_bytes = 67108864\n")
+    assert ("config key 'limits.output_bytes' must be < max_request_bytes - 64 KiB (67043328): result_bytes "
+            "(at least 1) must fit beside it in one answer, got 67108864") in message
+    # room for output but not for this result: result_bytes is the one to lower
+    message = refusal(tmp_path, "[limits]\noutput_bytes = 62914560\n")
+    assert "config key 'limits.result_bytes' must be <= max_request_bytes - limits.output_bytes - 64 KiB (4128768)" \
+        in message
+    assert load_text(tmp_path, "[limits]\noutput_bytes = 67043327\nresult_bytes = 1\n").limits.output_bytes == 67043327
+
+
+def test_a_socket_path_through_a_file_is_refused_naming_the_key(tmp_path):
+    """The daemon makes the socket's missing folders at start, where a file in the way was a
+    bare NotADirectoryError naming no key."""
+    (tmp_path / "notes.txt").write_text("")
+    for socket in (tmp_path / "notes.txt" / "s.sock", tmp_path / "notes.txt" / "a" / "s.sock"):
+        with pytest.raises(ConfigError) as e:
+            Config.load(None, {"socket": str(socket)})
+        assert (f"config key 'socket' must be a path under folders (missing ones are made at start), but "
+                f"{tmp_path}/notes.txt is not a folder, got '{socket}'") in str(e.value)
+    assert Config.load(None, {"socket": str(tmp_path / "new" / "folders" / "s.sock")}).socket.endswith("s.sock")
