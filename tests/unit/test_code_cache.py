@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from isorun._proto import sandbox_pb2 as sb
-from isorund.code_cache import RECHECK_SECONDS, CodeCache
+from isorund.code_cache import ENTRY_OVERHEAD, RECHECK_SECONDS, CodeCache
 from isorund.sandbox.guest import _within_budget
 from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES
 from isorund.sandbox.importer import GuestImporter, ImportPolicy
@@ -105,7 +105,7 @@ def test_the_least_recently_used_modules_go_past_the_size_bound(tmp_path):
         root.mkdir()
         (root / "index.py").write_text(f"X = {i}\n")
         roots.append(root)
-    sizes = [compiled(r).modules[0].ByteSize() for r in roots]
+    sizes = [compiled(r).modules[0].ByteSize() + ENTRY_OVERHEAD for r in roots]
     cache = CodeCache(sizes[0] + sizes[1])
     cache.store(str(roots[0]), compiled(roots[0]))
     cache.store(str(roots[1]), compiled(roots[1]))
@@ -116,6 +116,14 @@ def test_the_least_recently_used_modules_go_past_the_size_bound(tmp_path):
         p = plan(root)
         cache.fill(p)
         assert bool(p.modules) == kept, root
+
+
+def test_each_module_counts_what_it_holds_of_the_daemons_memory_not_only_its_bytes(tmp_path):
+    # counted by the module's bytes alone, a full 32 MiB cache of small modules held ~200 MiB
+    (tmp_path / "index.py").write_text("X = 1\n")
+    cache = CodeCache(1 << 20)
+    cache.store(str(tmp_path), compiled(tmp_path))
+    assert cache.bytes == compiled(tmp_path).modules[0].ByteSize() + ENTRY_OVERHEAD
 
 
 def test_a_plan_carries_at_most_the_bound_of_code(tmp_path):
