@@ -54,7 +54,8 @@ class Failure extends Error {
 
 const tooDeep = () => new Failure("value is nested too deeply",
   `more than ${MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is more than ` +
-  `${MAX_WIRE_DEPTH >> 1} arrays or ${Math.floor((MAX_WIRE_DEPTH + 1) / 3)} objects inside one another, ` +
+  `${(MAX_WIRE_DEPTH - 1) >> 1} arrays or ${Math.floor((MAX_WIRE_DEPTH - 1) / 3)} objects around a value ` +
+  `(${MAX_WIRE_DEPTH >> 1} or ${Math.floor(MAX_WIRE_DEPTH / 3)} when the innermost is empty), ` +
   "and always the case for a value that contains itself",
   "depth");
 

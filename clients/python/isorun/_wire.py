@@ -42,7 +42,8 @@ _DECIMAL_CONTEXT = decimal.Context(traps=[decimal.InvalidOperation])
 
 _TOO_DEEP_WHY = (
     f"more than {MAX_WIRE_DEPTH} protobuf levels (limit 'depth'); that is more than "
-    f"{MAX_WIRE_DEPTH // 2} lists or {(MAX_WIRE_DEPTH + 1) // 3} dicts inside one another, "
+    f"{(MAX_WIRE_DEPTH - 1) // 2} lists or {(MAX_WIRE_DEPTH - 1) // 3} dicts around a value "
+    f"({MAX_WIRE_DEPTH // 2} or {MAX_WIRE_DEPTH // 3} when the innermost is empty), "
     "and always the case for a value that contains itself"
 )
 _NO_STACK_WHY = "the Python stack ran out before the depth limit was reached (limit 'depth')"
