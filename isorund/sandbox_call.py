@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import array
 import asyncio
+import json
+import logging
 import math
 import os
 import signal
 import socket
 import time
+import traceback
+
+from google.protobuf.message import DecodeError
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
@@ -25,6 +30,7 @@ from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
 from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
 from .plan import RequestError
 
+log = logging.getLogger("isorund")
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
 CONSOLE_KINDS = ("console", "console_batch")
@@ -77,6 +83,11 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
         # the shutdown grace): the same as a channel closed without an outcome.
         return await _died(sandbox, started, plan.limits.cpu_seconds)
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
+        if not isinstance(e, (DecodeError, _FrameTooLarge, _OutputLimit, _UnexpectedEvent)):
+            # not what garbage on the channel raises: the daemon's own fault, which the call's
+            # answer would otherwise lay at the sandbox's door without a trace (found by review)
+            log.error(json.dumps({"event": "relay_failed", "error": f"{type(e).__name__}: {e}",
+                                  "traceback": traceback.format_exc()}))
         return _failure(_failure_of(e), started)
     finally:
         _kill(sandbox, isolated)

@@ -1,0 +1,58 @@
+"""Whose fault a broken relay is (isorund.sandbox_call.run_call), on a real socket pair and a
+real child process standing in for a prepared sandbox (insecure mode: no folders to send)."""
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+
+from isorun._proto import runner_pb2 as pb
+from isorun._proto import sandbox_pb2 as sb
+from isorund.launcher import Sandbox
+from isorund.sandbox import channel
+from isorund.sandbox_call import run_call
+
+
+def _run(first_event: bytes, on_event) -> tuple[pb.Failure, list[str]]:
+    """One call whose sandbox sends ``first_event`` (a frame's payload) and then waits."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    child = subprocess.Popen(["sleep", "30"])
+    plan = sb.CallPlan(call_id="c", root="/", file="f.py", timeout_seconds=5,
+                       limits=pb.Limits(result_bytes=1 << 20, output_bytes=1 << 20, cpu_seconds=5))
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("isorund").addHandler(handler)
+
+    async def call():
+        sandbox = Sandbox(child.pid, os.pidfd_open(child.pid), ours, asyncio.get_running_loop().create_future())
+        theirs.sendall(channel.HEADER.pack(len(first_event)) + first_event)
+        return await run_call(sandbox, plan, b"", on_event, isolated=False)
+    try:
+        outcome = asyncio.run(call())
+    finally:
+        logging.getLogger("isorund").removeHandler(handler)
+        theirs.close()
+        child.kill()
+        child.wait()
+    return outcome.failure, logged
+
+
+def test_garbage_from_the_sandbox_is_its_fault_and_logs_nothing_of_the_daemons():
+    async def relayed(event):
+        pass
+    failure, logged = _run(b"\xff\xff\xff", relayed)
+    assert failure.kind == pb.Failure.SANDBOX and "invalid event" in failure.message
+    assert not [line for line in logged if "relay_failed" in line]
+
+
+def test_a_fault_of_the_daemons_own_while_relaying_is_logged_with_its_traceback():
+    # (found by review: any exception became "the sandbox sent an invalid event", untraced)
+    async def broken(event):
+        raise RuntimeError("a bug of the daemon's")
+    failure, logged = _run(sb.SandboxEvent(running=pb.Running()).SerializeToString(), broken)
+    assert failure.kind == pb.Failure.SANDBOX
+    [line] = [json.loads(line) for line in logged if "relay_failed" in line]
+    assert line["error"] == "RuntimeError: a bug of the daemon's" and "Traceback" in line["traceback"]
