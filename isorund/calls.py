@@ -28,11 +28,11 @@ log = logging.getLogger("isorund")
 
 # How long the daemon must have been idle after a large call before its heap is trimmed.
 TRIM_AFTER_SECONDS = 0.5
-# What the log line and the metrics call a call that ended without an outcome, by exception.
 # The peer of the daemon's own call at start (server.py): logged like any call, not counted in
 # the metrics, which are the clients' calls (a fresh daemon showed one "ok" call).
 SELF_TEST_PEER = "self-test"
 SANDBOX_WAIT_FLOOR = 1.0  # seconds a call may always wait for a prepared sandbox (see _sandbox)
+# What the log line and the metrics call a call that ended without an outcome, by exception.
 REFUSALS = ((RequestError, "invalid_argument"), (RequestsTooLarge, "requests_too_large"),
             (OutOfDescriptors, "out_of_descriptors"), (QueueFull, "queue_full"),
             (QueueTimeout, "deadline_in_queue"), (ZygoteUnavailable, "unavailable"),

@@ -22,12 +22,14 @@ OVERRIDES = (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .config import LOG_LEVELS
+
     p = argparse.ArgumentParser(prog="isorund", description="Runs untrusted Python functions in per-call sandboxes.")
     p.add_argument("--version", action="version", version=f"isorund {__version__}")
     p.add_argument("--config", help="TOML config file (reference: docs/operations.md, or --config-reference)")
     for flag, kind, text in OVERRIDES:
         p.add_argument(flag, type=kind, help=f"{text} (overrides the config)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--insecure-no-isolation", action="store_true", default=None,
                    help="DEVELOPMENT ONLY: run guests without kernel isolation")
     p.add_argument("--print-config", action="store_true",

@@ -79,6 +79,8 @@ def _key(default, doc: str, **extra):
     return field(metadata={"doc": doc, **extra}, **factory)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")  # from the most said to the least
+
 def default_socket() -> str:
     if os.geteuid() == 0:
         return "/run/isorund/isorund.sock"
@@ -189,7 +191,7 @@ class Config:
              f">= max_request_bytes ({self.max_request_bytes})", self.max_held_request_bytes)
         need(0 <= self.shutdown_grace <= MAX_SECONDS, "shutdown_grace", f">= 0 and <= {MAX_SECONDS:g}", self.shutdown_grace)
         need(0 < self.start_timeout <= MAX_SECONDS, "start_timeout", f"> 0 and <= {MAX_SECONDS:g}", self.start_timeout)
-        need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error", self.log_level)
+        need(self.log_level in LOG_LEVELS, "log_level", ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], self.log_level)
         for f in fields(LimitsConfig):
             value = getattr(self.limits, f.name)
             if f.name == "cpu_seconds":

@@ -25,8 +25,8 @@ def keep_freed_memory() -> None:
 
     By default a block over 128 KiB is its own mmap, and free memory at the top of a heap
     goes back to the kernel past 128 KiB; each call with a large value then faults its pages
-    in afresh, several times over (the request, its copy into the plan, the plan's bytes).
-    On this VM that was ~2 ms of a 1 MiB argument's plan.build alone. Blocks up to 16 MiB
+    in afresh, several times over (the request as received, its bytes relayed to the sandbox).
+    On one VM that was ~2 ms of a 1 MiB argument's call alone. Blocks up to 16 MiB
     now come from the heaps, which keep up to 32 MiB free at their top."""
     mallopt = getattr(_libc, "mallopt", None)
     if mallopt is not None:

@@ -333,11 +333,10 @@ def _cgroup_root(config) -> str | None:
     return root
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
 def _log(config, level: str, line: dict) -> None:
     """One JSON line on stderr, which is the daemon's log, at the daemon's log level."""
+    from .config import LOG_LEVELS
+
     if LOG_LEVELS.index(level) >= LOG_LEVELS.index(config.log_level):
         print(json.dumps(line), file=sys.stderr, flush=True)
 

@@ -18,7 +18,7 @@ Who does what, in order:
 - the zygote, after reaping the sandbox: ``release`` (read ``memory.events``, remove the group).
 
 ``memory.oom.group`` makes an out-of-memory kill take the whole call, which ends the pid
-namespace; the zygote then reports ``oom_kill`` and the daemon answers
+namespace; the zygote then reports ``"limit": "memory"`` and the daemon answers
 ``ResourceLimitError(limit="memory")``. No new kill path: the call still ends the way every
 call ends, by its pid 1 dying.
 

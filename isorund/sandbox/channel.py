@@ -1,8 +1,10 @@
 """The call channel between the daemon and one guest: length-prefixed protobuf frames.
 
-A frame is a 4-byte big-endian length and that many bytes. The daemon sends one CallPlan and
-then the client's RunRequest; the guest answers with RunEvents, the last of which carries the
-outcome. The guest is untrusted, so the daemon side (``isorund.sandbox_call``) caps every frame
+A frame is a 4-byte big-endian length and that many bytes. The daemon first sends the call's
+folders as descriptors (one byte, ``F``, carrying them with SCM_RIGHTS), then one CallPlan and
+the client's RunRequest as its bytes; the sandbox answers with SandboxEvents (the wire twins of
+RunEvent, with the daemon-only ``compiled`` and ``invalid_request``), the last of which carries
+the outcome. The guest is untrusted, so the daemon side (``isorund.sandbox_call``) caps every frame
 it reads.
 """
 from __future__ import annotations

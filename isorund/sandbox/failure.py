@@ -91,7 +91,7 @@ def _failure(**fields) -> pb.Failure:
 # than any timeout. The frames dropped are the outermost: the runtime's own, then the guest's first
 # (the traceback says how many of the guest's, see _Shortened).
 TRACEBACK_FRAMES = 2000
-# Characters of a failure's message, and of its traceback, sent at most (see _within_bounds).
+# Characters of a failure's message, and of its traceback, sent at most (see within_bounds).
 FAILURE_TEXT_CHARS = 256 << 10
 
 

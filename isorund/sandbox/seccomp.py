@@ -157,7 +157,7 @@ BUFFER_OPTIONS = {"SO_SNDBUF": socket.SO_SNDBUF, "SO_RCVBUF": socket.SO_RCVBUF,
 # SO_ATTACH_REUSEPORT_CBPF and loaded its own seccomp filters (seen). Python never does either.
 PROGRAM_OPTIONS = {"SO_ATTACH_FILTER": 26, "SO_ATTACH_BPF": 50, "SO_ATTACH_REUSEPORT_CBPF": 51,
                    "SO_ATTACH_REUSEPORT_EBPF": 52}
-PR_SET_SECCOMP = 22
+PR_SET_SECCOMP = _libc.PR_SET_SECCOMP
 # The peer of the guest's channel is a process of the host: SO_PEERPIDFD handed the guest a
 # pidfd of it (the kernel then refused it a signal, EINVAL), and SO_PASSPIDFD would attach one
 # to each message it receives. No guest needs a handle on a process it cannot see.
