@@ -28,9 +28,12 @@ LOCK = "lock"
 
 
 def create(parent: str | None) -> tuple[str, int]:
-    """Removes stale state folders under ``parent`` (default: the temporary folder), then makes
-    this daemon's; returns its path and the lock's descriptor, to keep open until the end."""
-    parent = parent or tempfile.gettempdir()
+    """Removes stale state folders under ``parent`` (default: ``$TMPDIR``, else ``/tmp``), then
+    makes this daemon's; returns its path and the lock's descriptor, to keep open until the end.
+    Not ``tempfile.gettempdir()``: it passes over a ``$TMPDIR`` it cannot write to (full, say)
+    for ``/tmp`` without a word, and the daemon then kept its state, and removed stale folders,
+    where no one had said (seen); a folder that cannot be made stops the start, naming it."""
+    parent = parent or os.environ.get("TMPDIR") or "/tmp"
     remove_stale(parent)
     folder = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
     # Locked under another name first: a folder's "lock" exists only once it is held, so a

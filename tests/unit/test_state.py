@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from isorund import state
 
 
@@ -61,3 +63,15 @@ def test_a_folder_being_made_is_never_taken_for_a_dead_daemons(tmp_path, monkeyp
     assert seen == [(os.path.basename(folder), [], False)]
     assert os.path.isdir(folder) and os.path.exists(os.path.join(folder, state.LOCK))
     os.close(lock)
+
+
+def test_the_folder_goes_where_tmpdir_says_or_the_start_fails(tmp_path, monkeypatch):
+    # tempfile.gettempdir() passed over a $TMPDIR it could not write to (a full one) for /tmp
+    # without a word (seen)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    folder, fd = state.create(None)
+    os.close(fd)
+    assert os.path.dirname(folder) == str(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        state.create(None)
