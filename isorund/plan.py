@@ -121,7 +121,36 @@ def _file(root: str, file: str, extensions: list[str]) -> str:
     if not any(normal.endswith(ext) for ext in extensions):
         raise RequestError(f"file {file!r} does not have a source extension ({', '.join(extensions)})")
     _utf8(real, "file", file)
-    return os.path.relpath(real, root)
+    # The file keeps the name it was asked by when the sandbox reaches it by that name: named
+    # after a link's target, it was a module of another name than the one its guest modules
+    # import, which then ran it a second time, with state of its own (found by review). A
+    # link the sandbox cannot follow (one naming a host path) is read by its target's name.
+    return normal if _same_in_the_sandbox(root, normal) else os.path.relpath(real, root)
+
+
+def _same_in_the_sandbox(root: str, normal: str) -> bool:
+    """Whether ``normal`` reaches, under ``/guest`` in the sandbox, the file it reaches under
+    ``root`` on the host: no symbolic link along it names an absolute path or leads above root."""
+    parts, current, hops = normal.split("/"), root, 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            if current != root and not current.startswith(root + "/"):
+                return False
+            continue
+        candidate = os.path.join(current, part)
+        if not os.path.islink(candidate):
+            current = candidate
+            continue
+        hops += 1
+        target = os.readlink(candidate)
+        if hops > 40 or target.startswith("/"):
+            return False
+        parts = target.split("/") + parts  # relative to the link's folder, ``current``
+    return True
 
 
 def _extensions(extensions) -> list[str]:

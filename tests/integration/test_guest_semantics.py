@@ -853,3 +853,16 @@ def test_an_exceptions_str_runs_once_and_one_that_fails_reads_as_python_prints_i
         r.run("broken")
     assert info.value.message == "<exception str() failed>"
     assert info.value.traceback.endswith("Broken: <exception str() failed>\n")
+
+
+def test_a_call_file_reached_through_a_link_is_the_module_its_guest_modules_import(daemon, make_root):
+    """rules.py -> releases/v3.py: the call's module was named v3, so a guest module that
+    imported rules ran the file a second time, with state of its own (found by review)."""
+    from isorun import CodeRunner
+    root = make_root({"releases/v3.py": "import helper\nSTATE = []\ndef f():\n    STATE.append(1)\n"
+                                        "    return [__name__, helper.seen()]\n",
+                      "helper.py": "def seen():\n    import rules\n    return [rules.__name__, len(rules.STATE)]\n"})
+    os.symlink("releases/v3.py", os.path.join(root, "rules.py"))
+    with CodeRunner(root=root, file="rules.py", socket=daemon.socket) as r:
+        assert r.run("f") == ["rules", ["rules", 1]]
+    assert daemon.calls("f")[-1]["file"] == "rules.py"

@@ -65,6 +65,23 @@ def test_files_that_are_not_source_files_are_named_so(config, root, file, match)
     refused(config, request(root, file=file), match)
 
 
+def test_a_file_reached_through_a_link_keeps_the_name_it_was_asked_by(config, root):
+    # named after the link's target, it was another module than the one its guest modules import
+    os.mkdir(os.path.join(root, "releases"))
+    os.rename(os.path.join(root, "index.py"), os.path.join(root, "releases", "v3.py"))
+    os.symlink("releases/v3.py", os.path.join(root, "rules.py"))
+    os.symlink("sub/../rules.py", os.path.join(root, "again.py"))
+    os.mkdir(os.path.join(root, "sub"))
+    assert plan.build(request(root, file="rules.py"), config).file == "rules.py"
+    assert plan.build(request(root, file="again.py"), config).file == "again.py"
+
+
+def test_a_link_naming_a_host_path_is_read_by_its_targets_name(config, root):
+    # the sandbox sees the folder at /guest, where a host path inside root means nothing
+    os.symlink(os.path.join(root, "index.py"), os.path.join(root, "absolute.py"))
+    assert plan.build(request(root, file="absolute.py"), config).file == "index.py"
+
+
 def test_a_symlink_out_of_the_root_is_refused(config, root, tmp_path):
     (tmp_path / "outside.py").write_text("x = 1\n")
     os.symlink(tmp_path / "outside.py", os.path.join(root, "link.py"))
