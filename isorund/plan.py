@@ -202,6 +202,12 @@ def _modules(names) -> list[str]:
 
 def _folder(path: str, what: str) -> str:
     real = _host_folder(path, what)
+    # (not asked of the root: the daemon's own self-test call has its folder in the daemon's
+    # state folder, /run/isorund under systemd; a socket file in any folder a call is given
+    # stays out of reach anyway, since the filter gives a guest Unix sockets only as pairs)
+    if any(filesystem.within(real, r) for r in HOST_RUNTIME):
+        raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
+                           "sockets the guest could connect to")
     if os.stat(real).st_mode & 0o005 != 0o005:
         raise RequestError(f"{what} {path!r} cannot be read by the sandbox's user: it and its subfolders "
                            "must be readable and searchable by every user (chmod -R a+rX)")
@@ -210,8 +216,8 @@ def _folder(path: str, what: str) -> str:
 
 def _host_folder(path: str, what: str) -> str:
     """The real path of a host folder a call may have bound into its sandbox: the root and the
-    whitelisted folders alike (the root was held to less, and ``/etc`` could be a call's root:
-    found by review)."""
+    whitelisted folders alike (the root was held to less: ``/proc`` or ``/tmp`` could be a
+    call's root, found by review)."""
     if not path or not path.startswith("/") or "\0" in path or len(path) > MAX_PATH:
         raise RequestError(f"{what} must be an absolute folder path, got {path[:200]!r}")
     real = os.path.realpath(path)
@@ -228,9 +234,6 @@ def _host_folder(path: str, what: str) -> str:
     if real in UNBINDABLE or any(filesystem.within(real, r) for r in RESERVED):
         raise RequestError(f"{what} {path!r} may not be {' or '.join(UNBINDABLE)} "
                            f"or lie in {', '.join(RESERVED)}")
-    if any(filesystem.within(real, r) for r in HOST_RUNTIME):
-        raise RequestError(f"{what} {path!r} lies in the host's runtime folder {HOST_RUNTIME[0]}, whose "
-                           "sockets the guest could connect to")
     _utf8(real, what, path)
     return real
 
