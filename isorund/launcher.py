@@ -26,6 +26,7 @@ from isorund.sandbox import seccomp
 
 log = logging.getLogger("isorund")
 ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died before reporting it
+ZYGOTE_LOST_STOPPING = "zygote lost while stopping"  # … while the daemon was shutting down
 OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
 # A sandbox lost from the pool (dead before its call, or its descriptors dropped) is asked for
 # again after this long, doubled at each loss until one lives to be taken, up to the longest;
@@ -124,6 +125,10 @@ class Zygote:
         # Before the daemon's self-test has passed, a sandbox the kernel refuses fails the start
         # at once (see _on_spawn_failed); after, calls wait for the sandbox asked for again.
         self.wait_through_refusals = False
+        # The daemon is shutting down (its grace period): a zygote that dies now is not started
+        # again, and the calls it takes with it are told so, not to retry (seen: "a new zygote
+        # is being started", then a restart the stopping daemon never used).
+        self.draining = False
 
     async def start(self) -> None:
         """Starts the zygote and waits for it to say it can build sandboxes."""
@@ -403,13 +408,16 @@ class Zygote:
             self._hello.set_result({"fatal": "the zygote exited during start-up"})
         while self.ready:
             self.ready.popleft().close()  # they died with the zygote (PDEATHSIG)
-        self._fail_takers("the sandbox zygote died before this call got a sandbox; it is being "
-                          "restarted, retry the call")
+        self._fail_takers("isorund is shutting down; the call was not started" if self.draining else
+                          "the sandbox zygote died before this call got a sandbox; it is being restarted, retry the call")
         for future in self.exits.values():
-            if not future.done():
-                future.set_result(Exit(cause=ZYGOTE_LOST))  # in-flight calls: their sandboxes died with it
+            if not future.done():  # in-flight calls: their sandboxes died with it
+                future.set_result(Exit(cause=ZYGOTE_LOST_STOPPING if self.draining else ZYGOTE_LOST))
         self.exits.clear()
-        if was_alive and not self.stopping:
+        if was_alive and self.draining and not self.stopping:
+            log.error(json.dumps({"event": "zygote_died", "restarts": self.restarts, "restart_in_seconds": None,
+                                  "note": "while isorund was shutting down: not started again"}))
+        if was_alive and not self.stopping and not self.draining:
             if self.on_down:
                 self.on_down()
             loop.create_task(self._after_death(self.process))

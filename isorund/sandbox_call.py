@@ -27,7 +27,7 @@ from isorund.sandbox._libc import SandboxSetupError
 from isorund.sandbox.limits import cpu_rlimit
 
 from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
-from .launcher import OOM_KILLED, ZYGOTE_LOST, Exit, Sandbox
+from .launcher import OOM_KILLED, ZYGOTE_LOST, ZYGOTE_LOST_STOPPING, Exit, Sandbox
 from .plan import RequestError
 
 log = logging.getLogger("isorund")
@@ -366,6 +366,10 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     """The failure that a sandbox's end without an outcome stands for."""
     if sandbox.aborted:  # the daemon killed it on purpose (the end of the shutdown grace)
         return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
+    if end.cause == ZYGOTE_LOST_STOPPING:
+        return _failure(Failure(kind=Failure.SANDBOX, message=(
+            "the sandbox zygote died while isorund was shutting down and took the call's sandbox with it")),
+            started)
     if end.cause == ZYGOTE_LOST:
         return _failure(Failure(kind=Failure.SANDBOX, message=(
             "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "

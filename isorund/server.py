@@ -247,6 +247,7 @@ class Server:
         """Stops accepting, gives in-flight and queued calls ``shutdown_grace`` seconds, then
         kills their sandboxes so that each still gets an answer saying why."""
         self.stopping = True
+        self.zygote.draining = True
         grace = self.config.shutdown_grace
         await self._set_health(False)
         systemd.notify("STOPPING=1", f"STATUS=stopping: {self.status()}")

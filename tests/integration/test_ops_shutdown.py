@@ -193,6 +193,24 @@ def test_a_call_past_the_grace_is_killed_with_a_clear_error(start_daemon, make_r
     assert killed["outcome"] == "sandbox" and killed["peak_memory_bytes"] > 1 << 20, killed
 
 
+def test_a_zygote_that_dies_during_the_grace_is_not_started_again_and_its_calls_say_why(start_daemon, make_root):
+    # they were told "a new zygote is being started, retry the call", and the stopping daemon
+    # started one it never used (found by a probe)
+    d = start_daemon(config="shutdown_grace = 5\n")
+    root = make_root({"index.py": GUEST})
+    thread, box, started = start_call(d, root, "nap", [25])
+    assert started.wait(30)
+    zygote = zygote_of(d)
+    os.kill(d.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    zygote.kill()
+    thread.join(30)
+    assert isinstance(box.get("error"), errors.SandboxError), box
+    assert "died while isorund was shutting down" in str(box["error"]) and "retry" not in str(box["error"])
+    assert d.proc.wait(30) == 0, d.log()
+    assert "zygote_restarted" not in d.log() and "not started again" in d.log()
+
+
 def test_no_new_call_is_accepted_once_shutdown_begins(start_daemon, make_root):
     d = start_daemon(config="shutdown_grace = 5\n")
     root = make_root({"index.py": GUEST})
