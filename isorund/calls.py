@@ -20,7 +20,7 @@ from . import memory
 from . import plan as plans
 from .admission import Admission, OutOfDescriptors, QueueFull, QueueTimeout, RequestsTooLarge
 from .code_cache import CodeCache
-from .launcher import Sandbox, Zygote, ZygoteUnavailable
+from .launcher import Launcher, Sandbox, ZygoteUnavailable
 from .plan import RequestError
 from .sandbox_call import run_call
 
@@ -44,7 +44,7 @@ class ShuttingDown(ZygoteUnavailable):
 
 
 class Calls:
-    def __init__(self, config, zygote: Zygote, metrics):
+    def __init__(self, config, zygote: Launcher, metrics):
         self.config = config
         self.zygote = zygote
         self.admission = Admission(config.max_concurrency, config.queue_size, config.max_held_request_bytes)

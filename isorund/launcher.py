@@ -91,8 +91,9 @@ class Sandbox:
         os.close(self.pidfd)
 
 
-class Zygote:
-    """Starts, feeds and restarts the zygote process; hands out prepared sandboxes."""
+class Launcher:
+    """Starts, feeds and restarts the zygote process; hands out prepared sandboxes. The daemon's
+    side (named apart from ``isorund.zygote.Zygote``, which runs in the zygote process)."""
 
     def __init__(self, config, new_root: str, on_restart=None, on_down=None, on_stall=None):
         self.config = config

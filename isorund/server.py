@@ -33,7 +33,7 @@ from . import __version__, descriptors, id_range, logs, privileges, state, syste
 from .access import AccessFront, Allowlist, prepare_private_folder
 from .calls import SELF_TEST_PEER, Calls
 from .config import resolve_id
-from .launcher import Zygote, ZygoteUnavailable
+from .launcher import Launcher, ZygoteUnavailable
 from .metrics import Metrics
 from .servicer import SERVICE, RunnerServicer, runner_handler
 
@@ -63,7 +63,7 @@ class Server:
         self.stopping = False
         self.state_dir = ""
         self._state_lock = -1  # held while the daemon lives: see isorund/state.py
-        self.zygote: Zygote | None = None
+        self.zygote: Launcher | None = None
         self.calls: Calls | None = None
         self.grpc: grpc.aio.Server | None = None
         self.front: AccessFront | None = None
@@ -156,14 +156,14 @@ class Server:
         # Under systemd the state lives in RuntimeDirectory (/run/isorund), else under $TMPDIR.
         self.state_dir, self._state_lock = state.create(os.environ.get("RUNTIME_DIRECTORY") or None)
         os.mkdir(os.path.join(self.state_dir, "root"))
-        self.zygote = Zygote(self.config, os.path.join(self.state_dir, "root"),
+        self.zygote = Launcher(self.config, os.path.join(self.state_dir, "root"),
                              on_restart=self._on_zygote_restart, on_down=self._on_zygote_down,
                              on_stall=self._on_zygote_stall)
         await self.zygote.start()
         self.calls = Calls(self.config, self.zygote, self.metrics)
         self.metrics.watch(self.calls, self.zygote)
         await self._probe()
-        self.zygote.wait_through_refusals = True  # (see Zygote._on_spawn_failed)
+        self.zygote.wait_through_refusals = True  # (see Launcher._on_spawn_failed)
         await self._listen()
         await self._set_health(True)
 

@@ -97,7 +97,7 @@ def trace_frames() -> None:
 def install() -> None:
     trace_rpc(servicer.RunnerServicer, "Run")
     around(plan, "build", "plan_start", "plan_end")
-    around(launcher.Zygote, "take", "take_start", "take_end")
+    around(launcher.Launcher, "take", "take_start", "take_end")
     around(calls, "run_call", "run_start", "run_end")
     # The daemon's only sock_sendall is the plan going to the sandbox.
     around(asyncio.selector_events.BaseSelectorEventLoop, "sock_sendall", "send_start", "plan_sent")

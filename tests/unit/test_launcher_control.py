@@ -13,7 +13,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund.config import Config
 from isorund import launcher
-from isorund.launcher import Sandbox, Zygote
+from isorund.launcher import Launcher, Sandbox
 from isorund.sandbox_call import run_call
 
 
@@ -21,7 +21,7 @@ def test_a_sandbox_without_its_descriptors_is_skipped_and_another_asked_for():
     async def scenario():
         ours, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        z = Zygote(Config.load(None, {"socket": "/tmp/unused.sock"}), "/unused")
+        z = Launcher(Config.load(None, {"socket": "/tmp/unused.sock"}), "/unused")
         z.control, z.alive = ours, True
         taker = asyncio.ensure_future(z.take())
         await asyncio.sleep(0)
@@ -105,7 +105,7 @@ def lost_sandbox():
     ours, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     zygote_end.setblocking(False)
-    z = Zygote(Config.load(None, {"socket": "/tmp/unused.sock"}), "/unused")
+    z = Launcher(Config.load(None, {"socket": "/tmp/unused.sock"}), "/unused")
     z.control, z.alive = ours, True
     zygote_end.send(json.dumps({"ready": {"pid": 41}}).encode())  # no fds
     z._on_control()
