@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import threading
 import time
@@ -335,6 +336,35 @@ def test_a_runner_inherited_across_fork_works_in_the_child_and_the_parent(daemon
             r.close()
         assert _in_children(20, work) == []
         assert r.run("echo", args=[5]) == 5  # the parent's is untouched by the children
+
+
+def test_an_async_runner_in_a_child_forked_with_one_open_is_refused_at_once(daemon, make_root):
+    """grpc.aio does not survive fork(): in a child of a process with an aio channel open, every
+    AsyncCodeRunner call, a new runner's too, waited forever, past its deadline (found by a
+    probe). It is refused at once; CodeRunner works in that child."""
+    root = make_root({"index.py": GUEST})
+    loop = asyncio.new_event_loop()
+    r = AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket)
+    assert loop.run_until_complete(r.run("echo", args=[1])) == 1  # its channel open at the fork
+
+    def work():
+        signal.alarm(20)  # a hang fails the test rather than holding it
+
+        async def inherited():
+            return await r.run("echo", args=[2], timeout=1)
+
+        async def fresh():
+            async with AsyncCodeRunner(root=root, file="index.py", socket=daemon.socket) as made_in_child:
+                return await made_in_child.run("echo", args=[3], timeout=1)
+        for attempt in (inherited, fresh):
+            with pytest.raises(errors.IsorunError, match="forked while an AsyncCodeRunner of its parent"):
+                asyncio.run(attempt())
+        with CodeRunner(root=root, file="index.py", socket=daemon.socket) as blocking:
+            assert blocking.run("echo", args=[4]) == 4
+    assert _in_children(1, work) == []
+    assert loop.run_until_complete(r.run("echo", args=[5])) == 5  # the parent's is untouched
+    loop.run_until_complete(r.close())
+    loop.close()
 
 
 def test_a_runner_closed_before_fork_stays_closed_in_the_child(daemon, make_root):

@@ -10,17 +10,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, AsyncIterator, Callable
 
 import grpc
 
-from . import _inputs
+from . import _inputs, errors
 from ._base import (_CAPABILITIES_TIMEOUT, _RECONNECT_WAIT, _Base, _channel_options, _file_identity,
                     _known_options, _runner_stub)
 from ._outcome import transport_error
 from ._proto import runner_pb2 as pb
 from ._proto import runner_pb2_grpc
+
+
+# grpc.aio does not survive fork(): in a child of a process with an aio channel open, every
+# call of every AsyncCodeRunner, new ones too, waited forever (seen: past its deadline, with no
+# error). Such a child refuses them at once instead; CodeRunner works there.
+_open: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
+_FORKED_WITH_AIO = ("AsyncCodeRunner cannot be used in this process: it was forked while an AsyncCodeRunner "
+                    "of its parent had a channel open, and gRPC's asyncio layer does not survive fork(); use "
+                    "CodeRunner here, or close the parent's AsyncCodeRunners before forking")
+_usable = True
+
+
+def _note_fork() -> None:
+    global _usable
+    _usable = _usable and not any(not c.closed for c in _open)
+
+
+os.register_at_fork(after_in_child=_note_fork)
 
 
 class _Connection:
@@ -29,12 +49,18 @@ class _Connection:
     def __init__(self, target: str):
         self.loop = asyncio.get_running_loop()
         self.channel = grpc.aio.insecure_channel(target, options=_channel_options())
+        self.closed = False
+        _open.add(self)
         self.stub = _runner_stub(self.channel)
         self.lock = asyncio.Lock()  # asks the capabilities once
         self.calls = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.close_when_idle = False
+
+    async def close(self) -> None:
+        await self.channel.close()
+        self.closed = True
 
 
 class AsyncCodeRunner(_Base):
@@ -53,6 +79,8 @@ class AsyncCodeRunner(_Base):
         # A grpc.aio channel (and an asyncio lock) works only in the loop that was running when
         # it was made. An earlier loop's channel cannot be closed from this one (closing awaits
         # in its own loop, usually closed by now); grpc.aio releases it when it is collected.
+        if not _usable:
+            raise errors.IsorunError(_FORKED_WITH_AIO)
         loop = asyncio.get_running_loop()
         if self._connection is None or self._connection.loop is not loop:
             self._connection = _Connection(self._target())
@@ -155,7 +183,7 @@ class AsyncCodeRunner(_Base):
             if not connection.calls:
                 connection.idle.set()
                 if connection.close_when_idle:
-                    await connection.channel.close()
+                    await connection.close()
 
     async def close(self) -> None:
         """Refuses new calls at once; calls already in flight finish, then the channel closes
@@ -168,7 +196,7 @@ class AsyncCodeRunner(_Base):
             connection.close_when_idle = True
             return
         await connection.idle.wait()
-        await connection.channel.close()
+        await connection.close()
 
     async def __aenter__(self) -> "AsyncCodeRunner":
         return self
