@@ -83,8 +83,10 @@ class AsyncCodeRunner(_Base):
             raise errors.IsorunError(_FORKED_WITH_AIO)
         loop = asyncio.get_running_loop()
         if self._connection is None or self._connection.loop is not loop:
+            # (the daemon's capabilities are kept: asked again when its socket file changed,
+            # see _stale; forgotten here, a call in another loop between asking for them and
+            # reading them found none: an AttributeError, 1 call in ~200 from four loops)
             self._connection = _Connection(self._target())
-            self._daemon = None  # asked once per channel: the daemon may have changed
         return self._connection
 
     async def run(self, func_name: str, args: Sequence[Any] | None = None,
