@@ -390,6 +390,27 @@ def test_cli_writes_what_a_terminal_would_act_on_as_escapes(daemon, make_root):
         assert not set(output) & {"\x1b", "\x07", "\r", "\x9b", "\u202e", "\x7f"}, output
 
 
+def test_cli_whose_stderr_cannot_be_written_still_prints_the_result(daemon, make_root):
+    # a console line to a stderr whose reader left (or a full disk) escaped as a traceback, and
+    # the call was cancelled (found by a probe)
+    root = make_root({"rules.py": "def chatty(n):\n    for i in range(n):\n        print('line', i)\n    return n\n"})
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "isorun", "call", "--socket", daemon.socket, "--root", root,
+                               "--file", "rules.py", "chatty", "3"], stdout=subprocess.PIPE, stderr=full,
+                              text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout) == 3
+
+
+def test_cli_with_a_stdout_that_cannot_carry_the_text_prints_the_same_json_escaped(daemon, make_root):
+    # PYTHONIOENCODING=ascii: a UnicodeEncodeError traceback (found by a probe)
+    root = make_root({"rules.py": "def echo(x):\n    return x\n"})
+    done = subprocess.run([sys.executable, "-m", "isorun", "call", "--socket", daemon.socket, "--root", root,
+                           "--file", "rules.py", "echo", '"é 🎉"'], capture_output=True, timeout=60,
+                          env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b'"\\u00e9 \\ud83c\\udf89"\n' and json.loads(done.stdout) == "é 🎉"
+
+
 def test_cli_refuses_a_result_whose_keys_are_equal_as_json_text(daemon, make_root):
     # It printed {"1": "text"}: the entry of the key 1 was lost without a word.
     root = make_root({"rules.py": "def both():\n    return {'k': {1: 'int', '1': 'text'}}\n"})

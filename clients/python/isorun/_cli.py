@@ -101,12 +101,23 @@ def _inert(text: str) -> str:
 
 
 def _say(message: str) -> None:
-    print(f"isorun: {_inert(message)}", file=sys.stderr)
+    _to_stderr(f"isorun: {_inert(message)}\n")
 
 
 def _print_console(stream: str, text: str) -> None:
     text = _inert(text)
-    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    _to_stderr(text if text.endswith("\n") else text + "\n")
+
+
+def _to_stderr(text: str) -> None:
+    """Writes on stderr; one that cannot be written (its reader left, a full disk) is given up
+    for the rest of the call, which goes on: its result still goes to stdout. (The error
+    escaped as a traceback, and the call was cancelled: found by a probe.)"""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:
+        sys.stderr = open(os.devnull, "w")  # (also quiets the interpreter's flush at exit)
 
 
 def _as_json(value: Any) -> Any:
@@ -155,10 +166,15 @@ def _key_text(key: Any) -> str:
 def _print_result(result: Any) -> int:
     """Write the result on stdout; the status says whether it got there."""
     try:
-        text = json.dumps(_as_json(result), ensure_ascii=False, allow_nan=False)
+        value = _as_json(result)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except Unprintable as e:
         _say(f"the call returned a result that cannot be printed as JSON: {e}")
         return 1
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except UnicodeEncodeError:  # a stdout that cannot carry it (PYTHONIOENCODING=ascii): the same
+        text = json.dumps(value, allow_nan=False)  # JSON, its other characters as \u escapes
     # (only inside strings, where the escape means the same character)
     text = _ACTIVE_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
     try:
@@ -169,7 +185,7 @@ def _print_result(result: Any) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:  # a full disk, a closed terminal
-        print(f"isorun: cannot write the result: {e}", file=sys.stderr)
+        _say(f"cannot write the result: {e}")
         return 1
     return 0
 
@@ -190,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _call(_parse(argv))
     except KeyboardInterrupt:  # the call, if one was running, was cancelled by the runner's close
-        print("isorun: interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
 
 
@@ -205,11 +221,11 @@ def _call(options: argparse.Namespace) -> int:
             args.append(_loads(text))
         except json.JSONDecodeError as e:
             # the usual slip: a string without the quotes JSON needs, which the shell removed
-            print(f"isorun: argument {number} ({text[:80]!r}) is not valid JSON: {e}; a JSON string keeps its "
-                  f"quotes, which the shell takes: '\"text\"'", file=sys.stderr)
+            _say(f"argument {number} ({text[:80]!r}) is not valid JSON: {e}; a JSON string keeps its "
+                 f"quotes, which the shell takes: '\"text\"'")
             return 2
         except TooDeep as e:
-            print(f"isorun: argument {number} ({text[:80]!r}) is {e}", file=sys.stderr)
+            _say(f"argument {number} ({text[:80]!r}) is {e}")
             return 2
     try:
         runner = CodeRunner(
@@ -236,7 +252,7 @@ def _call(options: argparse.Namespace) -> int:
     except errors.IsorunError as e:
         _say(f"{type(e).__name__}: {e}")
         if isinstance(e, errors.GuestError) and e.traceback:
-            print(_inert(e.traceback.rstrip()), file=sys.stderr)
+            _to_stderr(_inert(e.traceback.rstrip()) + "\n")
         return 1
     finally:
         runner.close()
