@@ -368,6 +368,9 @@ def test_cli_reports_errors_with_a_non_zero_status(daemon, make_root, tmp_path):
     bad = cli("--root", root, "--file", "rules.py", "boom", "1", "hello", socket=daemon.socket)
     assert bad.returncode == 2 and "argument 2 ('hello') is not valid JSON" in bad.stderr, bad.stderr
     assert "keeps its quotes" in bad.stderr
+    # what the daemon refuses of the command line is a usage error too (it was 1)
+    missing = cli("--root", root, "--file", "nowhere.py", "boom", socket=daemon.socket)
+    assert missing.returncode == 2 and "InvalidRequest: file 'nowhere.py' does not exist" in missing.stderr
     gone = cli("--root", root, "--file", "rules.py", "boom", socket=str(tmp_path / "none.sock"))
     assert gone.returncode == 3 and "none.sock" in gone.stderr
 

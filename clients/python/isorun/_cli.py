@@ -2,8 +2,9 @@
 
 Prints the result as strict JSON on stdout (``_as_json`` says how values JSON has no form for
 are written); console lines of the guest go to stderr. On failure prints the error on stderr
-and exits 1 (2 for a usage error, 3 when no daemon answers, 130 on Ctrl-C, 141 when the
-reader of stdout went away, as for a shell tool killed by SIGPIPE).
+and exits 1 (2 for a usage error, the daemon's InvalidRequest included, 3 when no daemon
+answers, 130 on Ctrl-C, 141 when the reader of stdout went away, as for a shell tool killed by
+SIGPIPE).
 """
 from __future__ import annotations
 
@@ -249,6 +250,9 @@ def _call(options: argparse.Namespace) -> int:
     except errors.DaemonUnavailable as e:
         _say(str(e))
         return 3
+    except errors.InvalidRequest as e:  # what the daemon refuses of the command line: a usage error
+        _say(f"{type(e).__name__}: {e}")
+        return 2
     except errors.IsorunError as e:
         _say(f"{type(e).__name__}: {e}")
         if isinstance(e, errors.GuestError) and e.traceback:
