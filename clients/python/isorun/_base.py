@@ -4,10 +4,12 @@ One call = one request to isorund, one outcome back. The two runners share every
 (``_Base``): request building, the check of tagged values against the daemon's type names, and
 the mapping of outcomes and gRPC status codes to ``isorun.errors`` (in ``_outcome``, the only
 place that mapping lives). A CodeRunner holds one channel for its life, an AsyncCodeRunner one
-per event loop it is used in; capabilities are asked once per channel, and again when a value's
-type is missing from them or the daemon was started anew (its socket file changed). close()
-refuses new calls and lets the calls in flight finish, as the Node client's does; a callback
-that raises cancels its call.
+per event loop it is used in; capabilities are asked once (again when a value's type is
+missing from them or the daemon was started anew: its socket file changed). close() refuses new
+calls and lets the calls in flight finish. (Unlike the Node client's, where a run() called
+before close() is in flight at once, an AsyncCodeRunner's call is in flight once its coroutine
+runs: a task made before close() that had not started yet is refused.) A callback that raises
+cancels its call.
 
 This module holds that shared half: ``_Base``, socket discovery, the settings both runners read
 (deadlines, message sizes, the capabilities timeout), the check of a runner's options, the
