@@ -337,6 +337,9 @@ class Launcher:
             self._on_spawn_failed(int(message["spawn_failed"]["missing"]), str(message["spawn_failed"]["error"]))
         elif "loading" in message:
             self._loading = str(message["loading"])
+        elif "log" in message:  # the zygote's own lines (zygote._log)
+            level = {"warning": logging.WARNING, "error": logging.ERROR}.get(message.get("level"), logging.INFO)
+            log.log(level, json.dumps(message["log"]))
         elif self._hello is not None and not self._hello.done():
             self._hello.set_result(message)
         elif "fatal" in message:
@@ -374,9 +377,19 @@ class Launcher:
         and asked for again after the delay, as lost ones are. Calls waiting for a sandbox get
         one of those, or their wait runs out; before the daemon's self-test has passed, the
         call waiting (the self-test's) fails at once, and with it the start."""
+        if self._waiting():
+            # calls wait for it: asked again each second, not after the growing delay (once the
+            # limit cleared, waiting calls waited up to 30 s more: found by a probe)
+            self._lost_delay = LOST_RETRY_SECONDS[0]
+            if self._lost_retry is not None:
+                self._lost_retry.cancel()
+                self._lost_retry = None
+        ids = "host ids" in error
         log.warning(json.dumps({"event": "sandbox_spawn_failed", "missing": missing, "error": error,
                                 "retry_in_seconds": self._lost_delay,
-                                "note": "the kernel refused a new sandbox; is a tasks or memory limit reached?"}))
+                                "note": "every host id of sandbox_uid_count is held by sandboxes still exiting; "
+                                        "a larger range avoids the wait" if ids else
+                                        "the kernel refused a new sandbox; is a tasks or memory limit reached?"}))
         self._asked = max(0, self._asked - missing)
         self._owe_later(missing)
         if not self.wait_through_refusals:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import threading
@@ -73,16 +74,15 @@ def _dropped_line(count: int) -> logging.LogRecord:
 
 
 _lines: queue.Queue | None = None
-_stderr: logging.Handler | None = None
+_out = None  # where the writer writes: a descriptor of stderr's, or (in tests) a text stream
 _writer: threading.Thread | None = None
 
 
 def configure(level: str) -> None:
     """Every record of this process as one JSON line on stderr, queued until ``start_writing``."""
-    global _lines, _stderr, _writer
+    global _lines, _out, _writer
     _lines, _writer = queue.Queue(MAX_QUEUED), None
-    _stderr = logging.StreamHandler(sys.stderr)
-    _stderr.setFormatter(logging.Formatter("%(message)s"))  # (formatted when queued)
+    _out = _descriptor_of(sys.stderr)
     handler = _Queued(_lines)
     handler.setFormatter(JsonLines())
     handler.addFilter(_answer_undelivered)
@@ -91,20 +91,42 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
 
 
+def _descriptor_of(stream):
+    """A descriptor of its own on ``stream``'s file, written with ``os.write``: a thread blocked
+    writing through Python's stream (or a logging handler) holds their locks, and the daemon's
+    exit then waited on them for as long as stderr was not read (found by a probe: a stop
+    took ten minutes). A stream without a file (a test's) is written as it is."""
+    try:
+        return os.dup(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream
+
+
 def start_writing() -> None:
     """Starts the thread that writes the lines. Called once the daemon has dropped the
     capabilities it does not need: they belong to each thread, and one started before would
     have kept them all (isorund/privileges.py)."""
     global _writer
     if _writer is None and _lines is not None:
-        _writer = threading.Thread(target=_write, args=(_lines, _stderr), name="isorund-log", daemon=True)
+        _writer = threading.Thread(target=_write, args=(_lines, _out), name="isorund-log", daemon=True)
         _writer.start()
 
 
-def _write(lines: queue.Queue, writer: logging.Handler) -> None:
+def _write(lines: queue.Queue, out) -> None:
     while True:
-        writer.handle(lines.get())
-        lines.task_done()
+        text = lines.get().getMessage() + "\n"  # (formatted when queued)
+        try:
+            if isinstance(out, int):
+                data = text.encode("utf-8", "backslashreplace")
+                while data:
+                    data = data[os.write(out, data):]
+            else:
+                out.write(text)
+                out.flush()
+        except OSError:
+            pass  # a stderr that cannot be written: the line is lost, the daemon goes on
+        finally:
+            lines.task_done()
 
 
 def flush(seconds: float = 2.0) -> None:

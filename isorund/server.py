@@ -395,7 +395,15 @@ def _make_folders(folder: str) -> None:
 
 def _claim_socket(path: str) -> None:
     """Removes a stale socket left by a crashed daemon; refuses to steal a live one."""
-    _make_folders(os.path.dirname(path))
+    folder = os.path.dirname(path)
+    _make_folders(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        # gRPC's own refusal said only "Failed to bind to address" (found by a probe)
+        owner = os.stat(folder)
+        raise SystemExit(f"isorund may not make its socket in {folder} (config key 'socket'): the folder "
+                         f"belongs to uid {owner.st_uid} with mode {stat.S_IMODE(owner.st_mode):04o}, and the "
+                         "daemon keeps no capability to write in others' folders (docs/security.md, "
+                         "Requirements); use a folder root may write in, such as /run/isorund")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

@@ -33,7 +33,7 @@ def create(parent: str | None) -> tuple[str, int]:
     Not ``tempfile.gettempdir()``: it passes over a ``$TMPDIR`` it cannot write to (full, say)
     for ``/tmp`` without a word, and the daemon then kept its state, and removed stale folders,
     where no one had said (seen); a folder that cannot be made stops the start, naming it."""
-    parent = parent or os.environ.get("TMPDIR") or "/tmp"
+    parent = os.path.abspath(parent or os.environ.get("TMPDIR") or "/tmp")  # (a relative one: the start failed)
     remove_stale(parent)
     folder = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
     # Locked under another name first: a folder's "lock" exists only once it is held, so a

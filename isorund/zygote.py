@@ -15,6 +15,7 @@ Control messages, one JSON object per packet:
                                                         sandbox for now (see TRANSIENT): N of the
                                                         request's were not prepared
                       {"fatal": msg}                      before it dies of any other failed spawn
+                      {"log": {...}, "level": L}          a line for the daemon's log
                       {"ready": {"pid": P}} + fds [channel, pidfd]   a prepared sandbox
                       {"exited": {"pid": P, "status": S, "cpu_seconds": C, "peak_memory_bytes": M}}
                                                                       a sandbox exited
@@ -92,7 +93,7 @@ class Zygote:
             self.config, on_load=lambda what: _send(control, {"loading": what}))
         isolated = not self.config.insecure_no_isolation
         python_dirs, package_dirs = _python_folders()
-        self.cgroup_root = _cgroup_root(self.config) if isolated else None
+        self.cgroup_root = _cgroup_root(self.config, control) if isolated else None
         lim = self.config.limits
         self.plan = SandboxPlan(
             isolated=isolated, root=filesystem.plan_root(config["_new_root"], python_dirs, package_dirs,
@@ -114,7 +115,7 @@ class Zygote:
         self.spawned = 0
         self.groups: dict[int, str] = {}   # sandbox pid -> its call's cgroup
         self.stale_groups: list[str] = []  # groups not yet removable (their tasks still leaving)
-        _warm_up(self.config, self.registry)
+        _warm_up(self.config, self.registry, control)
         # Everything loaded so far is shared with every sandbox, copy-on-write. A collection in
         # a sandbox would write to each of those objects' headers and copy their pages; frozen,
         # the collector leaves them alone (the advice of the gc module for forking servers).
@@ -313,7 +314,7 @@ def _time_zone_folders() -> list[str]:
     return []
 
 
-def _cgroup_root(config) -> str | None:
+def _cgroup_root(config, control: socket.socket) -> str | None:
     """The delegated cgroup v2 folder for per-call limits, or None; says which, once, in the log."""
     from .config import StartError
     from .sandbox import cgroup
@@ -326,22 +327,22 @@ def _cgroup_root(config) -> str | None:
         if config.cgroup_root not in ("", "off"):
             # The operator asked for these limits: running without them would be a surprise.
             raise StartError(f"cgroup_root {config.cgroup_root!r} cannot be used: {e}") from e
-        _log(config, "warning", {"event": "cgroup", "enabled": False, "reason": str(e),
+        _log(control, "warning", {"event": "cgroup", "enabled": False, "reason": str(e),
                                  "note": "per-call memory/pids/cpu limits are off; rlimits still apply per process"})
         return None
-    _log(config, "info", {"event": "cgroup", "enabled": True, "root": root})
+    _log(control, "info", {"event": "cgroup", "enabled": True, "root": root})
     return root
 
 
-def _log(config, level: str, line: dict) -> None:
-    """One JSON line on stderr, which is the daemon's log, at the daemon's log level."""
-    from .config import LOG_LEVELS
+def _log(control: socket.socket, level: str, line: dict) -> None:
+    """One line of the daemon's log, sent to the daemon, which writes it with its own (from a
+    thread of its own, at its log level). Printed on the stderr the zygote shares with it, a
+    zygote started while stderr was not read blocked there for good, and the daemon served no
+    call until the reader came back (found by a probe)."""
+    _send(control, {"log": line, "level": level})
 
-    if LOG_LEVELS.index(level) >= LOG_LEVELS.index(config.log_level):
-        print(json.dumps(line), file=sys.stderr, flush=True)
 
-
-def _warm_up(config, registry) -> None:
+def _warm_up(config, registry, control: socket.socket) -> None:
     """Imports what every call uses, so each sandbox inherits it instead of loading it."""
     import asyncio  # noqa: F401  (async guest functions)
     import importlib
@@ -353,7 +354,7 @@ def _warm_up(config, registry) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:  # a typo, or not installed: said once, not found by guests one by one
-            _log(config, "warning", {"event": "default_external_missing", "module": name, "error": str(e),
+            _log(control, "warning", {"event": "default_external_missing", "module": name, "error": str(e),
                                      "note": "config key 'default_external' names it; guests importing it "
                                              "get ModuleNotFound"})
     # Lazy imports inside protobuf and the codec happen now, not after pivot_root.

@@ -466,6 +466,17 @@ def test_a_live_daemons_state_folder_removed_from_under_it_takes_no_call_down(st
     assert "Traceback" not in d.log()
 
 
+def test_a_socket_in_a_folder_the_daemon_may_not_write_in_is_refused_naming_the_key(start_daemon, tmp_path):
+    # without CAP_DAC_OVERRIDE (it keeps only what sandboxes need) another user's folder is not
+    # writable to the daemon: gRPC's refusal said only "Failed to bind to address"
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, 65534, 65534)
+    d = start_daemon(args=["--socket", str(folder / "s.sock")], wait=False)
+    assert d.proc.wait(60) == 1
+    assert f"isorund may not make its socket in {folder} (config key 'socket')" in d.log()
+
+
 def test_a_second_daemon_refuses_to_steal_a_live_socket(daemon, start_daemon):
     thief = start_daemon(args=["--socket", daemon.socket], wait=False)
     assert thief.proc.wait(60) == 1

@@ -337,3 +337,40 @@ def test_a_log_reader_that_stops_reading_holds_no_call(tmp_path, make_root):
             daemon.wait()
     calls = [json.loads(line) for line in written.splitlines() if line.startswith(b'{"event": "call"')]
     assert len(calls) == 400 and all(c["outcome"] == "ok" for c in calls)
+
+
+def test_a_log_reader_that_stops_reading_holds_no_zygote_restart_and_no_stop(tmp_path, make_root):
+    """With stderr unread: a restarted zygote printed its first line there and blocked for
+    good, so no call was served; and a stop waited, at exit, on the lock of the thread blocked
+    writing (ten minutes in a probe). The zygote's lines go through the daemon's queue now, and
+    the writer holds no lock of Python's."""
+    import subprocess
+    import sys
+    from processes import zygote_of
+    socket_path = str(tmp_path / "isorund.sock")
+    daemon = subprocess.Popen([sys.executable, "-m", "isorund", "--socket", socket_path],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon.socket, daemon.log = socket_path, lambda: ""
+    try:
+        while b'"event": "ready"' not in daemon.stderr.readline():
+            assert daemon.poll() is None, "the daemon did not start"
+        root = make_root({"index.py": GUEST})
+        with CodeRunner(root=root, file="index.py", socket=socket_path) as r:
+            for i in range(400):  # the pipe's 64 KiB are full long before
+                r.run("echo", args=[i], timeout=10)
+            zygote_of(daemon).kill()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert r.run("echo", args=["back"], timeout=10) == "back"
+                    break
+                except errors.DaemonUnavailable:
+                    assert time.monotonic() < deadline, "no call served after the zygote's restart"
+                    time.sleep(0.2)
+        daemon.terminate()
+        assert daemon.wait(20) == 0  # still unread
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        daemon.stderr.close()

@@ -75,3 +75,14 @@ def test_the_folder_goes_where_tmpdir_says_or_the_start_fails(tmp_path, monkeypa
     monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError):
         state.create(None)
+
+
+def test_a_relative_tmpdir_is_taken_from_the_current_folder(tmp_path, monkeypatch):
+    # the folder's path stayed relative, and the self-test call's root was refused as not
+    # absolute: a traceback instead of a start (found by a probe)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    monkeypatch.setenv("TMPDIR", "rel")
+    folder, fd = state.create(None)
+    os.close(fd)
+    assert os.path.dirname(folder) == str(tmp_path / "rel")
