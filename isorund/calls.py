@@ -56,7 +56,7 @@ class Calls:
         self._trim_timer: asyncio.TimerHandle | None = None
 
     async def run(self, request: sb.RelayedRunRequest, on_event, *, deadline: float | None,
-                  peer: str = "") -> sb.RelayedOutcome:
+                  peer: str = "", caller=None) -> sb.RelayedOutcome:
         """Runs one call; raises RequestError, QueueFull, QueueTimeout or ZygoteUnavailable, and
         otherwise returns its outcome (a guest failure included).
 
@@ -72,6 +72,8 @@ class Calls:
         ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
             plan = plans.build(request, self.config)
+            if caller is not None:  # (known through the allowlist's front)
+                plans.check_reachable(plan, caller)
             await asyncio.to_thread(plans.check_folders, plan)
             if not request.compiler:  # a compiler plugin's output is compiled in each call
                 self.code_cache.fill(plan)

@@ -247,6 +247,40 @@ def _utf8(real: str, what: str, path: str) -> None:
         raise RequestError(f"{what} {path!r} resolves to {real!r}, a path that is not UTF-8 text") from None
 
 
+def check_reachable(plan: sandbox_pb2.CallPlan, caller) -> None:
+    """Refuses a plan whose root or a whitelisted folder its caller (``access.Peer``) could not
+    reach itself. The daemon passes through root's own private folders, being root, their
+    owner: a caller on the allowlist had its guest read files below one (a probe read a token
+    below a 0700 folder of root's). Known only through the allowlist's front, which has the
+    caller's credentials; without it, whoever may open the socket may name any folder root can
+    reach (docs/security.md)."""
+    if caller.uid == 0:
+        return
+    named = {plan.root: "root"}
+    for i, folder in enumerate(plan.search_paths):
+        named.setdefault(folder, f"whitelisted_paths[{i}]")
+    for folder, what in named.items():
+        if (closed := _closed_to(folder, caller)) is not None:
+            path, st = closed
+            raise RequestError(f"{what} {folder!r} is not reachable by the caller (uid {caller.uid}): {path} "
+                               f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}) does not let it "
+                               "through; a call may name only folders its caller can reach")
+
+
+def _closed_to(folder: str, caller) -> tuple[str, os.stat_result] | None:
+    """The first folder on the way to ``folder`` (itself included, which must be readable too)
+    that ``caller`` may not pass, by its mode bits as the kernel reads them for that user."""
+    parts = folder.strip("/").split("/")
+    for depth in range(len(parts) + 1):
+        path = "/" + "/".join(parts[:depth])
+        st = os.stat(path)
+        shift = 6 if st.st_uid == caller.uid else 3 if st.st_gid in (caller.gid, *caller.groups) else 0
+        wanted = (0o5 if depth == len(parts) else 0o1) << shift
+        if st.st_mode & wanted != wanted:
+            return path, st
+    return None
+
+
 def check_folders(plan: sandbox_pb2.CallPlan) -> None:
     """Refuses a plan whose root or a whitelisted folder holds a named pipe (``named_pipes``),
     or is too large to check. Run on a thread: the walk reads a tree the tenant controls."""

@@ -136,7 +136,11 @@ class RunnerServicer:
 
     def _admit(self, request, context, message_class) -> str:
         """Refuses malformed requests and peers not on the allowlist; returns the peer's name."""
-        peer = context.peer()
+        return self._admitted(request, context, message_class)[0]
+
+    def _admitted(self, request, context, message_class):
+        """``_admit``, with the peer's credentials when the allowlist's front knows them."""
+        peer, creds = context.peer(), None
         front = self.server.front
         if front is not None:
             creds = front.lookup(peer)
@@ -150,17 +154,17 @@ class RunnerServicer:
             if message_class is pb.RunRequest:
                 self.server.calls.refused(peer, "invalid_argument", message)
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, message)
-        return peer
+        return peer, creds
 
     async def _run(self, request, context, on_event):
-        peer = self._admit(request, context, pb.RunRequest)
+        peer, caller = self._admitted(request, context, pb.RunRequest)
         if self.server.stopping:
             self.server.calls.refused(peer, "unavailable", "isorund is shutting down")
             raise Refused(grpc.StatusCode.UNAVAILABLE, "isorund is shutting down")
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            return await self.server.calls.run(request, on_event, deadline=deadline, peer=peer)
+            return await self.server.calls.run(request, on_event, deadline=deadline, peer=peer, caller=caller)
         except RequestError as e:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         except QueueFull as e:

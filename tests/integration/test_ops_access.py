@@ -119,7 +119,21 @@ def test_an_allowed_uid_may_call(guarded, make_root):
 
 
 def test_a_member_of_an_allowed_group_may_call(guarded, make_root):
-    assert call_as(NOBODY, [4242], guarded, make_root({"index.py": GUEST})) == "value 7"
+    root = make_root({"index.py": GUEST})
+    reachable_by_others(os.path.join(root, "index.py"))  # (a caller names only folders it can reach)
+    assert call_as(NOBODY, [4242], guarded, root) == "value 7"
+
+
+def test_an_allowed_caller_may_not_name_a_folder_it_cannot_reach_itself(guarded, make_root):
+    """The daemon, root, passes through root's own private folders (it owns them, and needs no
+    CAP_DAC_OVERRIDE for that): an allowed caller had its guest read files below one (found by
+    a probe). With the allowlist the daemon knows its caller, and checks the way for it."""
+    root = make_root({"index.py": GUEST})  # below pytest's 0700 folders, which root owns
+    answer = call_as(NOBODY, [4242], guarded, root)
+    assert answer.startswith("InvalidRequest") and "is not reachable by the caller (uid 65534)" in answer, answer
+    assert "owner uid 0, mode 0700" in answer
+    with CodeRunner(root=root, file="index.py", socket=guarded.socket) as r:  # root may
+        assert r.run("echo", args=[5]) == 5
 
 
 def test_large_values_cross_the_front_whole_both_ways(guarded, make_root):
