@@ -41,7 +41,7 @@ def subordinate_ranges(path: str) -> list[tuple[str, int, int]]:
         return []
     ranges = []
     for line in lines:
-        owner, *numbers = line.strip().split(":")
+        owner, *numbers = (field.strip() for field in line.strip().split(":"))
         if len(numbers) == 2 and all(n.isdigit() for n in numbers):
             ranges.append((owner, int(numbers[0]), int(numbers[1])))
     return ranges

@@ -32,7 +32,7 @@ MAX_PATH = 4096      # PATH_MAX: the kernel resolves no longer path
 MAX_EXTENSION = 32
 # Sandbox paths a whitelisted folder may not cover or sit in. Folders under the host's /tmp are
 # fine: they are bound on top of the call's private /tmp, which only /tmp itself would hide.
-RESERVED = ("/proc", "/dev", "/guest")
+RESERVED = ("/proc", "/dev", "/guest", "/sys")  # /sys: the host's devices, network, kernel (a probe)
 UNBINDABLE = ("/", "/tmp")
 # The host's runtime folder holds the sockets of its services (D-Bus, container engines, …): a
 # read-only bind does not stop connect() on a socket file, so binding it would let the guest

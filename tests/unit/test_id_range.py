@@ -10,7 +10,7 @@ def test_a_range_holding_a_hosts_user_names_it(monkeypatch, tmp_path):
 
 def test_a_range_overlapping_a_subordinate_range_names_its_owner_and_file(monkeypatch, tmp_path):
     subuid = tmp_path / "subuid"
-    subuid.write_text("alice:100000:65536\n# a comment\nbroken line\nbob:1476256:65536\n")
+    subuid.write_text("alice:100000:65536\n# a comment\nbroken line\nbob: 1476256 :65536\n")
     monkeypatch.setattr(id_range, "SUBORDINATE", (str(subuid),))
     assert id_range.others_in(1_500_000, 65536) == [f"the subordinate ids of 'bob' in {subuid} (1476256-1541791)"]
     assert id_range.others_in(165536, 1000) == []  # just past alice's

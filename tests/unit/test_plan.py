@@ -202,7 +202,7 @@ def test_context_keys_that_are_one_name_in_python_source_are_refused(config, roo
 
 
 BAD_FOLDERS = [
-    ("relative", "absolute folder"), ("/proc/self", "may not be"), ("/", "may not be"),
+    ("relative", "absolute folder"), ("/proc/self", "may not be"), ("/", "may not be"), ("/sys/class", "may not be"),
     ("/tmp", "may not be"), ("/no/such/dir", "not a folder"),
     # sockets of host services live there; a read-only bind does not stop connect()
     ("/run", "runtime folder /run"), ("/var/run", "runtime folder /run"),
