@@ -334,7 +334,8 @@ class Launcher:
         elif "exited" in message:
             self._on_exited(message["exited"])
         elif "spawn_failed" in message:
-            self._on_spawn_failed(int(message["spawn_failed"]["missing"]), str(message["spawn_failed"]["error"]))
+            failed = message["spawn_failed"]
+            self._on_spawn_failed(int(failed["missing"]), str(failed["error"]), bool(failed.get("ids_in_use")))
         elif "loading" in message:
             self._loading = str(message["loading"])
         elif "log" in message:  # the zygote's own lines (zygote._log)
@@ -371,7 +372,7 @@ class Launcher:
         else:
             self._owe_later()
 
-    def _on_spawn_failed(self, missing: int, error: str) -> None:
+    def _on_spawn_failed(self, missing: int, error: str, ids_in_use: bool) -> None:
         """The kernel refused the zygote ``missing`` of the sandboxes asked for, for now (a
         task limit that calls' processes use up as well, memory, descriptors): they are owed,
         and asked for again after the delay, as lost ones are. Calls waiting for a sandbox get
@@ -384,11 +385,10 @@ class Launcher:
             if self._lost_retry is not None:
                 self._lost_retry.cancel()
                 self._lost_retry = None
-        ids = "host ids" in error
         log.warning(json.dumps({"event": "sandbox_spawn_failed", "missing": missing, "error": error,
                                 "retry_in_seconds": self._lost_delay,
                                 "note": "every host id of sandbox_uid_count is held by sandboxes still exiting; "
-                                        "a larger range avoids the wait" if ids else
+                                        "a larger range avoids the wait" if ids_in_use else
                                         "the kernel refused a new sandbox; is a tasks or memory limit reached?"}))
         self._asked = max(0, self._asked - missing)
         self._owe_later(missing)

@@ -247,6 +247,14 @@ def _utf8(real: str, what: str, path: str) -> None:
         raise RequestError(f"{what} {path!r} resolves to {real!r}, a path that is not UTF-8 text") from None
 
 
+def _call_folders(plan: sandbox_pb2.CallPlan) -> dict[str, str]:
+    """The call's root and whitelisted folders, each once, with the name a refusal gives it."""
+    named = {plan.root: "root"}
+    for i, folder in enumerate(plan.search_paths):
+        named.setdefault(folder, f"whitelisted_paths[{i}]")
+    return named
+
+
 def check_reachable(plan: sandbox_pb2.CallPlan, caller) -> None:
     """Refuses a plan whose root or a whitelisted folder its caller (``access.Peer``) could not
     reach itself. The daemon passes through root's own private folders, being root, their
@@ -256,10 +264,7 @@ def check_reachable(plan: sandbox_pb2.CallPlan, caller) -> None:
     reach (docs/security.md)."""
     if caller.uid == 0:
         return
-    named = {plan.root: "root"}
-    for i, folder in enumerate(plan.search_paths):
-        named.setdefault(folder, f"whitelisted_paths[{i}]")
-    for folder, what in named.items():
+    for folder, what in _call_folders(plan).items():
         if (closed := _closed_to(folder, caller)) is not None:
             path, st = closed
             raise RequestError(f"{what} {folder!r} is not reachable by the caller (uid {caller.uid}): {path} "
@@ -284,10 +289,7 @@ def _closed_to(folder: str, caller) -> tuple[str, os.stat_result] | None:
 def check_folders(plan: sandbox_pb2.CallPlan) -> None:
     """Refuses a plan whose root or a whitelisted folder holds a named pipe (``named_pipes``),
     or is too large to check. Run on a thread: the walk reads a tree the tenant controls."""
-    named = {plan.root: "root"}
-    for i, folder in enumerate(plan.search_paths):
-        named.setdefault(folder, f"whitelisted_paths[{i}]")
-    for folder, what in named.items():
+    for folder, what in _call_folders(plan).items():
         try:
             pipe = named_pipes.find_pipe(folder)
         except named_pipes.TooLarge as e:

@@ -11,8 +11,9 @@ Control messages, one JSON object per packet:
     daemon → zygote   {"spawn": N}                      prepare N more sandboxes
     zygote → daemon   {"loading": "plugins.… = '…'"}    before each plugin's import, at start
                       {"hello": {...}} or {"fatal": msg}  once, after start
-                      {"spawn_failed": {"missing": N, "error": msg}}  the kernel refused a
-                                                        sandbox for now (see TRANSIENT): N of the
+                      {"spawn_failed": {"missing": N, "error": msg, "ids_in_use": B}}  a sandbox
+                                                        refused for now (see TRANSIENT), by the kernel
+                                                        or for want of a free host id: N of the
                                                         request's were not prepared
                       {"fatal": msg}                      before it dies of any other failed spawn
                       {"log": {...}, "level": L}          a line for the daemon's log
@@ -157,7 +158,8 @@ class Zygote:
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}"
                 if getattr(e, "errno", None) in TRANSIENT:
-                    _send(self.control, {"spawn_failed": {"missing": count - done, "error": reason}})
+                    _send(self.control, {"spawn_failed": {"missing": count - done, "error": reason,
+                                                          "ids_in_use": isinstance(e, IdsInUse)}})
                     return
                 _send(self.control, {"fatal": reason})
                 os._exit(1)  # its sandboxes die with it (their parent-death signal)
@@ -170,16 +172,13 @@ class Zygote:
         host_id = self.host_ids.take()
         self.spawned += 1
         group = os.path.join(self.cgroup_root, f"call-{os.getpid()}-{self.spawned}") if self.cgroup_root else None
+        pair: tuple[socket.socket, ...] = ()
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:
-            self.host_ids.release(host_id)
-            raise
-        try:
+            pair = ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             pid = namespaces.fork_into_new_pid_ns(self.own_pid_ns) if self.plan.isolated else os.fork()
         except BaseException:
-            ours.close()
-            theirs.close()
+            for end in pair:
+                end.close()
             self.host_ids.release(host_id)
             raise
         if pid == 0:
@@ -254,6 +253,10 @@ def _die_with_the_daemon(control: socket.socket) -> None:
         sys.exit(1)
 
 
+class IdsInUse(OSError):
+    """Every host id of the range is held (``HostIds.take``): a refusal that passes, as EAGAIN."""
+
+
 class HostIds:
     """The host uids/gids given to sandboxes: each of the ``count`` ids from ``base`` once
     before any is used again, then released ids in the order they were released, so that a
@@ -275,7 +278,7 @@ class HostIds:
             self._next += 1
             return self._next - 1
         if not self._released:
-            raise OSError(errno.EAGAIN, f"all {self._count} host ids (sandbox_uid_count) are in use")
+            raise IdsInUse(errno.EAGAIN, f"all {self._count} host ids (sandbox_uid_count) are in use")
         return self._released.popleft()
 
     def release(self, host_id: int) -> None:

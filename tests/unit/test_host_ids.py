@@ -1,7 +1,7 @@
 """The zygote's host-id allocation: every id once, then the longest-released first."""
 import pytest
 
-from isorund.zygote import TRANSIENT, HostIds
+from isorund.zygote import TRANSIENT, HostIds, IdsInUse
 
 
 def test_every_id_is_used_once_before_any_comes_back():
@@ -23,7 +23,7 @@ def test_released_ids_come_back_in_the_order_they_were_released():
 def test_running_out_is_an_error_that_passes_not_a_shared_id():
     ids = HostIds(1000, 2)
     ids.take(), ids.take()
-    with pytest.raises(OSError) as refused:
+    with pytest.raises(IdsInUse) as refused:
         ids.take()
     assert refused.value.errno in TRANSIENT  # asked again later, as a fork the kernel refused
     ids.release(1001)
