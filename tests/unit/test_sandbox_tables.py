@@ -106,3 +106,14 @@ def test_the_roots_folders_come_parents_first_and_cover_every_mountpoint():
     assert set(folders) == {"/proc", "/tmp", "/dev", "/guest", "/usr", "/usr/lib", "/opt", "/opt/py", "/opt/py/lib",
                             "/opt/py/lib/python3.11", "/tmp/venv", "/tmp/venv/lib"}
     assert len(folders) == len(set(folders))
+
+
+def test_the_capabilities_the_daemon_keeps_are_the_units_bounding_set():
+    """isorund/privileges.py drops every capability but NEEDED, however the daemon is started;
+    systemd/isorund.service bounds it to its own list: the two must name the same seven."""
+    from pathlib import Path
+
+    from isorund.privileges import NEEDED
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "isorund.service").read_text()
+    [line] = [line for line in unit.splitlines() if line.startswith("CapabilityBoundingSet=")]
+    assert set(line.split("=", 1)[1].split()) == set(NEEDED)
