@@ -183,11 +183,22 @@ SPANS = [
 ]
 
 
+def settled_traces(daemon: Daemon) -> list[dict]:
+    """The daemon's traces once no more arrive: its log thread writes a call's line a moment
+    after the answer, so the warm-up's last lines can still be on their way."""
+    traces = daemon.traces()
+    while True:
+        time.sleep(0.3)
+        again = daemon.traces()
+        if len(again) == len(traces):
+            return again
+        traces = again
+
+
 def timeline(runner, daemon: Daemon, calls: int, workload: str = "echo") -> list[dict]:
-    before = len(daemon.traces())
+    before = len(settled_traces(daemon))
     client = [timed_call(runner, i, workload) for i in range(calls)]
-    time.sleep(0.3)  # the last trace line is written after the response
-    server = daemon.traces()[before:]
+    server = settled_traces(daemon)[before:]
     if len(server) != len(client):
         raise RuntimeError(f"{len(client)} calls but {len(server)} daemon traces")
     merged = [{**c, **s} for c, s in zip(client, server)]

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 import traceback
 from pathlib import Path
 
@@ -103,8 +104,8 @@ def instrument() -> None:
     importer.GuestImporter.load_main = load_main
     importer.GuestImporter.preload = preload
     channel.send = send
-    guest._codec = type("CodecShim", (), {"decode": staticmethod(decode), "encode": staticmethod(_codec.encode),
-                                           "encode_into": staticmethod(encode_into)})
+    # the codec with two functions marked; everything else (said_of, …) is the codec's own
+    guest._codec = types.SimpleNamespace(**{**vars(_codec), "decode": decode, "encode_into": encode_into})
 
 
 # ---- child side: the sandbox, as isorund.sandbox.sandbox_main runs it --------------------------
@@ -328,8 +329,10 @@ def main() -> int:
     os.mkdir(os.path.join(state, "root"))
     config = Config.load(None, {})
     programs = [base64.b64encode(p).decode() for p in seccomp.programs()]
+    # the zygote's own log lines go to the daemon through this pair; a few, never read here
+    control, _daemon_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     zyg = zygote_module.Zygote(dict(dataclasses.asdict(config), _new_root=os.path.join(state, "root"),
-                                    _seccomp=programs), control=None)
+                                    _seccomp=programs), control=control)
     instrument()
     if args.gc_freeze:
         import gc
