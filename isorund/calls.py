@@ -16,7 +16,7 @@ import time
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 
-from . import memory
+from . import memory, named_pipes
 from . import plan as plans
 from .admission import Admission, OutOfDescriptors, QueueFull, QueueTimeout, RequestsTooLarge
 from .code_cache import CodeCache
@@ -74,7 +74,10 @@ class Calls:
             plan = plans.build(request, self.config)
             if caller is not None:  # (known through the allowlist's front)
                 plans.check_reachable(plan, caller)
-            await asyncio.to_thread(plans.check_folders, plan)
+            try:
+                plans.check_folders(plan, quick=True)  # folders seen before: no hop to a thread
+            except named_pipes.NotRemembered:
+                await asyncio.to_thread(plans.check_folders, plan)
             if not request.compiler:  # a compiler plugin's output is compiled in each call
                 self.code_cache.fill(plan)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)

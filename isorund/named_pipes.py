@@ -16,6 +16,11 @@ times, and only the clock's owner can set ctime back), so a tree already seen co
 an ``fstat`` per folder. A folder changed in the last second is not remembered: its times come
 from a clock that ticks a few milliseconds apart, so a pipe made in the same tick as the read
 would leave them unchanged.
+
+A tree the daemon already remembers, unchanged and small, is checked on the event loop instead
+(``quick``): a few opens and ``fstat``s cost less than the hop to a thread and back, which took
+~0.2 ms of every call (measured: bench/PROFILE.md). A quick check that would have to read a
+folder, or open more than ``QUICK_FOLDERS``, gives up at once, and the caller checks on a thread.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ MAX_DEPTH = 64
 MAX_ENTRIES = 200_000   # entries read in one check: a folder of a million files is refused, not read
 MAX_SECONDS = 2.0
 _MAX_REMEMBERED_NAMES = 500_000
+QUICK_FOLDERS = 32      # the most folders a quick check opens before it gives up
 # A tree refused as too large is refused again, without a walk, for this long: a walk to a
 # bound costs tens of milliseconds even remembered, and a refused request costs its client
 # nothing, so 16 callers naming /usr again and again held every other call ~0.9 s (seen).
@@ -48,6 +54,10 @@ class TooLarge(Exception):
     """The tree is larger than a call's folders may be; the message says by which bound."""
 
 
+class NotRemembered(Exception):
+    """A quick check met a folder it would have to read, or too many folders: check on a thread."""
+
+
 # (device, inode) -> (mtime, ctime, a pipe in it or None, its subfolders' names)
 _seen: dict[tuple[int, int], tuple[int, int, str | None, tuple[str, ...]]] = {}
 # (device, inode) of a top folder -> (when it was refused, why)
@@ -56,12 +66,13 @@ _remembered_names = 0
 _remembering = threading.Lock()
 
 
-def find_pipe(top: str) -> str | None:
+def find_pipe(top: str, quick: bool = False) -> str | None:
     """The path of a named pipe in the tree under the folder ``top`` (a real path), if any.
 
     Symbolic links are not followed: one resolves inside the sandbox, to what is bound there,
     and each bound folder is checked itself. Raises TooLarge past a bound, OSError if ``top``
-    cannot be opened as a folder."""
+    cannot be opened as a folder, and, when ``quick``, NotRemembered where the tree is not
+    remembered as it is now or holds more than ``QUICK_FOLDERS`` folders."""
     fd = os.open(top, _OPEN_FOLDER)
     try:
         st = os.fstat(fd)
@@ -71,7 +82,7 @@ def find_pipe(top: str) -> str | None:
             raise TooLarge(f"{refused[1]} (as found {age:.0f} s ago; looked at again "
                            f"{REFUSAL_REMEMBERED_SECONDS:g} s after)")
         try:
-            return _Walk().folder(fd, top, 0)
+            return _Walk(quick).folder(fd, top, 0)
         except TooLarge as e:
             with _remembering:
                 if len(_refused) >= _MAX_REFUSALS:
@@ -83,12 +94,15 @@ def find_pipe(top: str) -> str | None:
 
 
 class _Walk:
-    def __init__(self):
+    def __init__(self, quick: bool = False):
+        self.quick = quick
         self.folders = self.entries = 0
         self.deadline = time.monotonic() + MAX_SECONDS
 
     def folder(self, fd: int, path: str, depth: int) -> str | None:
         self.folders += 1
+        if self.quick and self.folders > QUICK_FOLDERS:
+            raise NotRemembered(f"more than {QUICK_FOLDERS} folders")
         if self.folders > MAX_FOLDERS:
             raise TooLarge(f"more than {MAX_FOLDERS} folders")
         if depth > MAX_DEPTH:
@@ -123,6 +137,8 @@ class _Walk:
         if known is not None and known[:2] == (st.st_mtime_ns, st.st_ctime_ns):
             self.count(len(known[3]))
             return known[2], known[3]
+        if self.quick:
+            raise NotRemembered("a folder not remembered as it is now")
         pipe, subfolders = self.read(fd)
         if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
             _remember(key, (st.st_mtime_ns, st.st_ctime_ns, pipe, subfolders))

@@ -286,12 +286,14 @@ def _closed_to(folder: str, caller) -> tuple[str, os.stat_result] | None:
     return None
 
 
-def check_folders(plan: sandbox_pb2.CallPlan) -> None:
+def check_folders(plan: sandbox_pb2.CallPlan, quick: bool = False) -> None:
     """Refuses a plan whose root or a whitelisted folder holds a named pipe (``named_pipes``),
-    or is too large to check. Run on a thread: the walk reads a tree the tenant controls."""
+    or is too large to check. Run on a thread: the walk reads a tree the tenant controls;
+    only a ``quick`` check, which raises named_pipes.NotRemembered rather than read a folder,
+    may run on the event loop."""
     for folder, what in _call_folders(plan).items():
         try:
-            pipe = named_pipes.find_pipe(folder)
+            pipe = named_pipes.find_pipe(folder, quick)
         except named_pipes.TooLarge as e:
             raise RequestError(f"{what} {folder!r} holds {e}, more than a call's folders may (each is checked "
                                "for named pipes on every call)") from None

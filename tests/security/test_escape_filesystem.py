@@ -4,6 +4,7 @@ import os
 import secrets
 import shutil
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,20 @@ def test_a_folder_holding_a_host_services_named_pipe_is_not_given_to_a_call(
 def _top_folders_of_the_interpreter():
     stdlib = sysconfig.get_paths()["stdlib"]
     return {Path(stdlib).parts[1]}
+
+
+def test_a_pipe_made_in_a_root_that_calls_already_use_is_found(secure_daemon, tmp_path, host_pipe_reader):
+    """The daemon checks a root it remembers on its event loop, a folder it must read again on
+    a thread: the second call below takes the first way, the third the second."""
+    root = tmp_path / "settled"
+    (root / "run").mkdir(parents=True, mode=0o755)
+    for name in ("escape.py", "named_pipes.py"):
+        shutil.copy(ATTACKS / name, root / name)
+    time.sleep(1.1)  # older than a second: remembered (isorund/named_pipes.py)
+    with CodeRunner(root=str(root), file="named_pipes.py", socket=secure_daemon.socket) as runner:
+        for _ in range(2):
+            assert runner.run("attack", args=[["/guest/run/nothing"]]) is not None
+        host_pipe_reader(str(root / "run" / "feed"))
+        with pytest.raises(errors.InvalidRequest, match="root .* holds a named pipe, '.*/settled/run/feed'"):
+            runner.run("attack", args=[["/guest/run/feed"]])
+    assert host_pipe_reader.received() == b""

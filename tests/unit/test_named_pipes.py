@@ -78,6 +78,39 @@ def test_a_remembered_tree_is_not_read_again(tree, remembered, monkeypatch):
     assert reads == []
 
 
+def test_a_quick_check_reads_no_folder_and_gives_up_where_it_would_have_to(tree, remembered, monkeypatch):
+    """The quick check runs on the daemon's event loop: it may only confirm what is remembered."""
+    with pytest.raises(named_pipes.NotRemembered):
+        named_pipes.find_pipe(str(tree), quick=True)  # never seen
+    assert named_pipes.find_pipe(str(tree)) is None
+    monkeypatch.setattr(named_pipes._Walk, "read", lambda walk, fd: pytest.fail("a quick check read a folder"))
+    assert named_pipes.find_pipe(str(tree), quick=True) is None
+    time.sleep(0.05)
+    os.mkfifo(tree / "pkg" / "sub" / "feed")
+    with pytest.raises(named_pipes.NotRemembered):
+        named_pipes.find_pipe(str(tree), quick=True)
+
+
+def test_a_quick_check_gives_up_past_its_folders(tmp_path, remembered, monkeypatch):
+    for i in range(named_pipes.QUICK_FOLDERS):
+        (tmp_path / f"d{i}").mkdir()
+    assert named_pipes.find_pipe(str(tmp_path)) is None  # remembered: the top and 32 below it
+    with pytest.raises(named_pipes.NotRemembered, match=f"more than {named_pipes.QUICK_FOLDERS} folders"):
+        named_pipes.find_pipe(str(tmp_path), quick=True)
+    (tmp_path / "d0").rmdir()
+    time.sleep(0.05)
+    assert named_pipes.find_pipe(str(tmp_path)) is None
+    assert named_pipes.find_pipe(str(tmp_path), quick=True) is None
+
+
+def test_a_tree_refused_as_too_large_is_refused_by_a_quick_check_too(tree, monkeypatch):
+    monkeypatch.setattr(named_pipes, "MAX_FOLDERS", 1)
+    with pytest.raises(named_pipes.TooLarge):
+        named_pipes.find_pipe(str(tree))
+    with pytest.raises(named_pipes.TooLarge, match="as found"):
+        named_pipes.find_pipe(str(tree), quick=True)
+
+
 def test_a_folder_changed_within_the_second_is_read_on_every_call(tree, monkeypatch):
     monkeypatch.setattr(named_pipes, "_seen", {})
     named_pipes.find_pipe(str(tree))

@@ -310,13 +310,20 @@ def test_a_folder_holding_a_named_pipe_is_refused_naming_it(config, root, tmp_pa
         plan.check_folders(plan.build(req, config))
 
 
+def test_a_quick_check_leaves_a_folder_it_would_have_to_read_to_the_thread(config, root, monkeypatch):
+    """What the event loop may not do is not a refusal: the caller checks again on a thread."""
+    monkeypatch.setattr(plan.named_pipes, "_seen", {})
+    with pytest.raises(plan.named_pipes.NotRemembered):
+        plan.check_folders(plan.build(request(root), config), quick=True)
+
+
 def test_a_whitelisted_folder_given_many_times_is_checked_once(config, root, tmp_path, monkeypatch):
     """256 copies of one large folder were walked 256 times, in the event loop (a probe stalled
     other clients for 8 s with a 10,000-folder tree)."""
     libs = tmp_path / "libs"
     libs.mkdir()
     walked = []
-    monkeypatch.setattr(plan.named_pipes, "find_pipe", lambda folder: walked.append(folder))
+    monkeypatch.setattr(plan.named_pipes, "find_pipe", lambda folder, quick=False: walked.append(folder))
     plan.check_folders(plan.build(request(root, whitelisted_paths=[str(libs)] * 256), config))
     assert walked == [os.path.realpath(root), str(libs)]
 
