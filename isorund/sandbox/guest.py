@@ -23,7 +23,7 @@ from collections.abc import Callable
 # in an enum, 30 times slower.
 from _signal import SIG_BLOCK, SIG_IGN, SIG_UNBLOCK, getsignal, pthread_sigmask
 from _signal import signal as set_handler
-from sys import set_int_max_str_digits, setprofile, setrecursionlimit, settrace
+from sys import getprofile, gettrace, set_int_max_str_digits, setprofile, setrecursionlimit, settrace
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
@@ -82,8 +82,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     # built once, not copied into an Outcome and again into a RunEvent.
     event = pb.RunEvent()
     outcome = event.outcome
+    failure = None
     try:
-        failure = None
         request = _request_of(request_bytes)
         args = [_decoded(v, registry, f"args[{i}]") for i, v in enumerate(request.args)]
         context = {python_name(k): _decoded(v, registry, f"context[{k!r}]") for k, v in request.context.items()}
@@ -100,33 +100,44 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _check_readable(guest_dir, plan.file)
         _preload(importer, plan)
         module = importer.load_main(plan.file)
+        # A trace or profile function the module's code set is the guest's, for the guest's
+        # frames: held off the runtime's own until the function is called (it raised in them,
+        # and the call failed with an error of the runtime's names). C calls: nothing traced.
+        trace, profile = gettrace(), getprofile()
+        settrace(None)
+        setprofile(None)
         name = python_name(request.func_name)
         # an attribute, as `module.exports[funcName]` is in isolated-runtime: a module's
         # __getattr__ and an object the module put in its own place in sys.modules answer too
         func = getattr(module, name, _MISSING)
         if not callable(func):
-            failure = Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
+            # through the failure path below: the module's code has run, and what it left (a
+            # trace function, signal handlers) is undone there as after any guest failure; left
+            # in place, a trace function raised inside the report and no outcome was sent
+            raise _NotAFunction(Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
                 f"{request.func_name} is not a function in /{plan.file}" if func is not _MISSING
-                else f"function {request.func_name} was not found in /{plan.file}"))
-        else:
-            _console.send_after_lines(pb.RunEvent(running=pb.Running()))
-            if request.args_resolver:
-                args = list(call_plugin("args_resolver", request.args_resolver,
-                                        plugins.args_resolvers[request.args_resolver], args,
-                                        returns=(list, tuple), expected="the arguments as a list"))
-            result = func(*_padded(func, args))
-            _BUILTINS.update(_BUILTINS_AS_LEFT)  # (a C call: see _BUILTINS_AS_LEFT)
-            # (inspect's test, with no frame to trace); a coroutine that returns another's is
-            # awaited through, as a JavaScript promise resolves to what a promise it returns does
-            while isinstance(result, types.CoroutineType):
-                result = asyncio.run(result)
-                _BUILTINS.update(_BUILTINS_AS_LEFT)
-            settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back
-            setprofile(None)
-            _silence_guest_handlers()
-            _interpreter_settings_back()
-            importer.withdraw()
-            _encoded_result(outcome.value, result, registry, plan.limits.result_bytes)
+                else f"function {request.func_name} was not found in /{plan.file}")))
+        _console.send_after_lines(pb.RunEvent(running=pb.Running()))
+        if request.args_resolver:
+            args = list(call_plugin("args_resolver", request.args_resolver,
+                                    plugins.args_resolvers[request.args_resolver], args,
+                                    returns=(list, tuple), expected="the arguments as a list"))
+        args = _padded(func, args)
+        settrace(trace)
+        setprofile(profile)
+        result = func(*args)
+        _BUILTINS.update(_BUILTINS_AS_LEFT)  # (a C call: see _BUILTINS_AS_LEFT)
+        # (inspect's test, with no frame to trace); a coroutine that returns another's is
+        # awaited through, as a JavaScript promise resolves to what a promise it returns does
+        while isinstance(result, types.CoroutineType):
+            result = asyncio.run(result)
+            _BUILTINS.update(_BUILTINS_AS_LEFT)
+        settrace(None)  # before any frame of the runtime's: see _interpreter_settings_back
+        setprofile(None)
+        _silence_guest_handlers()
+        _interpreter_settings_back()
+        importer.withdraw()
+        _encoded_result(outcome.value, result, registry, plan.limits.result_bytes)
     except InvalidRequest as e:
         _console.send_after_lines(sb.SandboxEvent(invalid_request=str(e)))
         return
@@ -151,7 +162,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _interpreter_settings_back()
         if importer is not None:
             importer.withdraw()
-        failure = described(e, importer.guest_files if importer else set())
+        failure = e.failure if type(e) is _NotAFunction else described(e, importer.guest_files if importer else set())
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     outcome.call_id = plan.call_id
@@ -182,6 +193,14 @@ def _within_budget(modules: list[Compiled]) -> list[sb.CompiledModule]:
         if budget.take(message.ByteSize()):
             out.append(message)
     return out
+
+
+class _NotAFunction(Exception):
+    """The call's function is not in its module, or not callable: ``failure`` says which."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 class InvalidRequest(Exception):

@@ -748,6 +748,37 @@ def test_the_guests_interpreter_settings_do_not_reach_the_runtimes_work(runner):
     assert (info.value.type_name, info.value.message) == ("ValueError", "its own")
 
 
+def test_a_trace_function_set_by_the_modules_code_traces_the_guests_frames_not_the_runtimes(runner):
+    """The import ran the module's code, which set a trace function that raises in the
+    runtime's frames and a timer whose handler raises: asked for a function it does not have,
+    the call ended without an outcome (a SandboxError) instead of a FunctionNotFound, and a
+    function it has failed with "traced python_name". The function itself is traced."""
+    r = runner({"index.py": """
+        import signal, sys
+        calls = []
+        def trace(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename != "/index.py":
+                raise RuntimeError("traced " + frame.f_code.co_name)
+            calls.append(frame.f_code.co_name)
+        def handler(*_):
+            raise ValueError("from the handler")
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+        sys.settrace(trace)
+        not_callable = 3
+        def traced():
+            def inner():
+                pass
+            inner()
+            return calls
+    """}, external=["sys", "signal"])
+    assert r.run("traced") == ["traced", "inner"]
+    with pytest.raises(errors.FunctionNotFound, match="function missing was not found in /index.py"):
+        r.run("missing")
+    with pytest.raises(errors.FunctionNotFound, match="not_callable is not a function in /index.py"):
+        r.run("not_callable")
+
+
 def test_a_guest_that_deletes_the_real_builtins_still_gets_its_outcome(runner):
     """The runtime's own code after the guest's function runs on the interpreter's builtins: a
     guest that reached them (past the importer) and deleted `isinstance` or `len` ended its
