@@ -23,7 +23,8 @@ ONE_WRITE_BYTES = 256 << 10
 
 
 def send(sock: socket.socket, message) -> None:
-    payload = message.SerializeToString()
+    """Sends ``message``, or its bytes (a message serialized beforehand)."""
+    payload = message if isinstance(message, bytes) else message.SerializeToString()
     if len(payload) <= ONE_WRITE_BYTES:
         sock.sendall(HEADER.pack(len(payload)) + payload)
     else:

@@ -23,10 +23,12 @@ from collections.abc import Callable
 # in an enum, 30 times slower.
 from _signal import SIG_BLOCK, SIG_IGN, SIG_UNBLOCK, getsignal, pthread_sigmask
 from _signal import signal as set_handler
+from os import _exit, getpid
+from resource import RLIMIT_AS, getrlimit, setrlimit
 from sys import getprofile, gettrace, set_int_max_str_digits, setprofile, setrecursionlimit, settrace
 
 from google.protobuf import struct_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from isorun import _codec
 from isorun._proto import runner_pb2 as pb
@@ -46,6 +48,9 @@ _console: Console | None = None  # the call's (one call per process), made by pr
 _streams: tuple[ConsoleStream, ...] = ()
 
 
+_CALL_PID = 0  # the call's own process (see _end_a_forked_child), set by prepare()
+
+
 def prepare(sock, registry) -> None:
     """Everything of a call that does not depend on it, done while the sandbox waits in the pool.
 
@@ -54,7 +59,8 @@ def prepare(sock, registry) -> None:
     each page inherited from the zygote is a copy-on-write fault, and taking those here keeps
     them off the call's path. Nothing of it is visible to the guest.
     """
-    global _console, _streams
+    global _console, _streams, _CALL_PID
+    _CALL_PID = getpid()
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     _console = Console(sock)
     sys.stdout = ConsoleStream(_console, pb.ConsoleLine.STDOUT)
@@ -77,6 +83,9 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     the channel ``prepare`` gave the console (after the lines printed before each of them)."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     _console.cap = plan.limits.output_bytes
+    last_resort = pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=Failure(
+        kind=Failure.RESOURCE_LIMIT, limit="memory",
+        message="the call went over its memory limit: its outcome could not be encoded"))).SerializeToString()
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
     # built once, not copied into an Outcome and again into a RunEvent.
@@ -117,6 +126,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
             raise _NotAFunction(Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
                 f"{request.func_name} is not a function in /{plan.file}" if func is not _MISSING
                 else f"function {request.func_name} was not found in /{plan.file}")))
+        _end_a_forked_child(0)  # (one the module's code forked, back from the import)
         _console.send_after_lines(pb.RunEvent(running=pb.Running()))
         if request.args_resolver:
             args = list(call_plugin("args_resolver", request.args_resolver,
@@ -136,6 +146,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         setprofile(None)
         _silence_guest_handlers()
         _interpreter_settings_back()
+        _end_a_forked_child(0)
         importer.withdraw()
         _encoded_result(outcome.value, result, registry, plan.limits.result_bytes)
     except InvalidRequest as e:
@@ -160,17 +171,24 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                 pass
         pthread_sigmask(SIG_UNBLOCK, _SIGNALS)
         _interpreter_settings_back()
+        _end_a_forked_child(1)
         if importer is not None:
             importer.withdraw()
         failure = e.failure if type(e) is _NotAFunction else described(e, importer.guest_files if importer else set())
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
-    outcome.call_id = plan.call_id
-    outcome.usage.CopyFrom(_usage(started, cpu_before))
-    if failure is not None:
-        # the result oneof: whatever value was begun is dropped
-        outcome.failure.CopyFrom(within_bounds(failure, plan.limits.result_bytes))
-    _console.send_after_lines(event)
+    try:
+        outcome.call_id = plan.call_id
+        outcome.usage.CopyFrom(_usage(started, cpu_before))
+        if failure is not None:
+            # the result oneof: whatever value was begun is dropped
+            outcome.failure.CopyFrom(within_bounds(failure, plan.limits.result_bytes))
+        data = event.SerializeToString()
+    except (MemoryError, EncodeError):  # (protobuf's words for an allocation it could not make)
+        # out of memory with the reserve given back (a result of hundreds of MiB): a
+        # message made before the guest ran, which needs nothing more to be sent
+        data = last_resort
+    _console.send_after_lines(data)
 
 
 def _preload(importer: GuestImporter, plan) -> None:
@@ -294,9 +312,26 @@ def _interpreter_settings_back() -> None:
     a result 40 lists deep a SerializationError, and a lower limit on int digits made a big
     int result one. A trace or profile function the guest set ran on every frame of the
     runtime (and its error became the call's): they are unset where this is called, inline,
-    as calling this would be traced already."""
+    as calling this would be traced already. The address space the guest ran without
+    (``limits.memory_reserve``) is the runtime's from here."""
     setrecursionlimit(_RECURSION_LIMIT)
     set_int_max_str_digits(_INT_MAX_STR_DIGITS)
+    try:
+        hard = getrlimit(RLIMIT_AS)[1]
+        setrlimit(RLIMIT_AS, (hard, hard))
+    except (OSError, ValueError):
+        pass  # (insecure mode's daemon may hold no such limit to give)
+
+
+def _end_a_forked_child(status: int) -> None:
+    """A process the guest forked that comes back into the runtime (its function returned in
+    both processes) exits here, its lines sent: only the call's own process reports. The
+    child's outcome was taken for the call's, whichever process sent first (a probe saw the
+    child's value returned, or its exception raised while the parent returned)."""
+    if getpid() != _CALL_PID:
+        for stream in _streams:
+            ConsoleStream.finish(stream)
+        _exit(status)
 
 
 def _padded(func, args: list) -> list:

@@ -3,7 +3,8 @@
 RLIMIT_NPROC counts processes per host uid; each concurrent sandbox has its own uid, so the
 limit is per call and a fork bomb in one call cannot starve another. The address-space limit
 is the memory limit of one process; Python turns it into a MemoryError, which the guest
-runner reports as ``ResourceLimitError(limit="memory")``. Without a delegated cgroup (see
+runner reports as ``ResourceLimitError(limit="memory")``. Its soft limit keeps a reserve for
+the runtime's report (``memory_reserve``). Without a delegated cgroup (see
 ``cgroup``), a call of N processes may use up to N times that.
 """
 from __future__ import annotations
@@ -39,6 +40,17 @@ class Limits:
 
 # Queued signals per uid: enough for any program that does not flood itself with sigqueue().
 SIGNALS_PENDING = 64
+# The end of the address space the guest's code runs without (a soft RLIMIT_AS below the hard
+# one), given back to the runtime once the function has returned or raised, to encode and send
+# the outcome: a guest that held all but a few MiB of its limit and returned a 2 MiB string
+# ended its call without an outcome (protobuf's encoder failed, or crashed, for want of
+# memory), a SandboxError where the memory limit or its result was due.
+RESERVE_MAX = 16 << 20
+
+
+def memory_reserve(memory_bytes: int) -> int:
+    """A sixteenth of the limit, at most ``RESERVE_MAX`` (3 MiB of the least, 48 MiB)."""
+    return min(RESERVE_MAX, memory_bytes // 16)
 
 
 def cpu_rlimit(seconds: float) -> int:
@@ -51,7 +63,7 @@ def rlimits(limits: Limits) -> list[tuple[str, int, int]]:
     set earlier, in the pool: ``keep_crashes_to_the_sandbox``)."""
     cpu = cpu_rlimit(limits.cpu_seconds)
     return [
-        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_AS", limits.memory_bytes - memory_reserve(limits.memory_bytes), limits.memory_bytes),
         ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
         ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
         ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
@@ -99,7 +111,8 @@ def first_for_the_oom_killer() -> None:
 
 
 def apply(limits: Limits) -> None:
-    """Sets every rlimit, soft and hard, so the guest can only lower them further."""
+    """Sets every rlimit, soft and hard; the guest can lower them, and raise a soft limit only
+    as far as its hard one (RLIMIT_AS's reserve, RLIMIT_CPU's second of grace)."""
     for name, soft, hard in rlimits(limits):
         _set(name, soft, hard)
 

@@ -897,3 +897,64 @@ def test_a_call_file_reached_through_a_link_is_the_module_its_guest_modules_impo
     with CodeRunner(root=root, file="rules.py", socket=daemon.socket) as r:
         assert r.run("f") == ["rules", ["rules", 1]]
     assert daemon.calls("f")[-1]["file"] == "rules.py"
+
+
+def test_a_guest_that_holds_nearly_all_its_memory_still_gets_its_result_or_its_error(runner):
+    """The runtime encodes and sends the outcome with the memory the guest left: a guest that
+    held all but a few MiB of its limit and returned a 2 MiB string (or raised) ended its call
+    without an outcome, a SandboxError. The last sixteenth of the limit is kept for the report."""
+    r = runner({"index.py": """
+        KEEP = []
+        def fill():
+            try:
+                while True:
+                    KEEP.append(bytearray(1 << 18))
+            except MemoryError:
+                pass
+        def fill_then_return(leave_mib):
+            result = "x" * (2 << 20)
+            fill()
+            del KEEP[:4 * leave_mib]
+            return result
+        def fill_then_raise():
+            error = ValueError("after filling " + "y" * 100_000)
+            fill()
+            raise error
+    """})
+    for leave_mib in (0, 1, 2, 4, 8):
+        assert len(r.run("fill_then_return", args=[leave_mib], limits={"memory_bytes": 128 << 20})) == 2 << 20
+    with pytest.raises(errors.GuestError, match="after filling y+"):
+        r.run("fill_then_raise", limits={"memory_bytes": 128 << 20})
+
+
+def test_only_the_calls_own_process_reports_an_outcome_not_one_the_guest_forked(runner):
+    """A child the guest forked comes back into the runtime when the function returns in both
+    processes: its outcome was taken for the call's, whichever came first (the child's value,
+    or its exception while the parent returned). Its console lines still reach the caller."""
+    lines = []
+    files = {"index.py": """
+        import os, time
+        def child_returns_first():
+            pid = os.fork()
+            if pid:
+                time.sleep(0.3)
+            print("returning from", "the child" if pid == 0 else "the parent")
+            return "from the " + ("child" if pid == 0 else "parent")
+        def child_raises():
+            if os.fork() == 0:
+                raise ValueError("the child failed")
+            time.sleep(0.3)
+            return "parent ok"
+    """, "at_import.py": """
+        import os, time
+        WHO = "child" if os.fork() == 0 else "parent"
+        if WHO == "parent":
+            time.sleep(0.3)
+        def f():
+            return WHO
+    """}
+    r = runner(files, external=["os", "time"], on_console=lambda stream, text: lines.append(text))
+    assert r.run("child_returns_first") == "from the parent"
+    assert sorted(lines) == ["returning from the child\n", "returning from the parent\n"]
+    assert r.run("child_raises") == "parent ok"
+    assert runner(files, file="at_import.py", external=["os", "time"]).run("f") == "parent"
