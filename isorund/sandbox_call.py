@@ -122,6 +122,8 @@ async def _send_plan(sandbox: Sandbox, plan, request: bytes, isolated: bool) -> 
     payload = plan.SerializeToString()
     loop = asyncio.get_running_loop()
     try:
+        if isolated:
+            await _take_the_sandboxs_channel(sandbox)
         _send_folders(sandbox.sock, folders)
         await loop.sock_sendall(sandbox.sock, channel.HEADER.pack(len(payload)) + payload
                                 + channel.HEADER.pack(len(request)))
@@ -341,6 +343,34 @@ def _parse_event(frame: bytes) -> sb.SandboxEvent:
     event = sb.SandboxEvent.FromString(frame)
     event.DiscardUnknownFields()
     return event
+
+
+async def _take_the_sandboxs_channel(sandbox: Sandbox) -> None:
+    """Swaps the channel the zygote made for the one the sandbox made in its own network
+    namespace (``channel.move_into_own_namespace``), once the sandbox has sent it (a pooled
+    one has, long before). A sandbox that failed before that sends its report on the old
+    channel, or closes it: the byte is looked at before it is read, and then left there."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            first = sandbox.sock.recv(1, socket.MSG_PEEK)
+            break
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(sandbox.sock.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sandbox.sock.fileno())
+    if first != channel.NEW_CHANNEL:
+        return
+    _data, fds, _flags, _address = socket.recv_fds(sandbox.sock, 1, 1)
+    if not fds:
+        raise ConnectionError("the sandbox's new channel did not arrive")
+    new = socket.socket(fileno=fds[0])
+    new.setblocking(False)
+    sandbox.sock.close()
+    sandbox.sock = new
 
 
 def _send_folders(sock: socket.socket, fds: list[int]) -> None:

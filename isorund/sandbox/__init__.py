@@ -95,6 +95,8 @@ def _prepare(plan: SandboxPlan, cgroup_path: str | None, chan: socket.socket, re
         # 2. leave the host's mounts (for a copy of the template namespace), network, ipc,
         #    hostname and cgroup view, so every mount below is private to this call;
         namespaces.unshare_host_views(plan.template_ns, scratch=filesystem.NEW_ROOT)
+        #    and the call's channel, made anew inside the network namespace;
+        channel.move_into_own_namespace(chan)
         # 3. the new root, and pivot_root into it: from here no host path can be named;
         filesystem.prepare_root(plan.root)
         # 0-2 pointed at the host's /dev/null; now at the sandbox's.

@@ -9,6 +9,7 @@ it reads.
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -20,6 +21,28 @@ HEADER = struct.Struct(">I")
 # fits the socket's buffer (~200 KiB) is one send() the kernel does not split, so guest threads
 # printing at once cannot interleave it; larger frames were never whole sends anyway.
 ONE_WRITE_BYTES = 256 << 10
+
+
+# The first byte a sandbox sends, carrying the daemon's end of a channel made anew in the
+# sandbox's own network namespace (see move_into_own_namespace); never the first byte of a
+# frame, whose length would then be over a gigabyte.
+NEW_CHANNEL = b"C"
+
+
+def move_into_own_namespace(sock: socket.socket) -> None:
+    """Replaces the channel, which the zygote made in the host's network namespace, with one
+    made in the sandbox's own, handing the daemon its end over the old one. A Unix socket
+    belongs to the namespace it was made in: on the old channel the guest's interface ioctls
+    listed the host's devices, their addresses and MACs, and asked the host's NIC driver, and a
+    bind() took a name in the host's abstract socket namespace, seen by the host and by other
+    calls (found by a probe). Done in the pool, after the namespace is made."""
+    ours, daemons = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        socket.send_fds(sock, [NEW_CHANNEL], [daemons.fileno()])
+    finally:
+        daemons.close()
+    os.dup2(ours.fileno(), sock.fileno(), inheritable=False)  # the old channel closes with it
+    ours.close()
 
 
 def send(sock: socket.socket, message) -> None:

@@ -221,10 +221,25 @@ MADV_MERGEABLE, PR_SET_MEMORY_MERGE = 12, 67
 MAP_HUGETLB = 0x40000
 # Where a host filesystem keeps its blocks: FS_IOC_GETFSMAP on any file of a bound folder
 # (/usr/lib) returns the filesystem's whole map of used and free space, live (a diff over 3 s
-# showed the host's writes), and FS_IOC_FIEMAP a file's physical extents on the host's disk.
-# Both ioctl requests are denied, compared on the low 32 bits the kernel reads (`cmd` is an
-# unsigned int): _IOWR('X', 59, struct fsmap_head) and _IOWR('f', 11, struct fiemap).
-BLOCK_MAP_IOCTLS = {"FS_IOC_GETFSMAP": 0xC0C0583B, "FS_IOC_FIEMAP": 0xC020660B}
+# showed the host's writes), and FS_IOC_FIEMAP a file's physical extents on the host's disk;
+# ext4's extent-status cache and XFS's block maps give the same extents (a probe read them
+# through EXT4_IOC_GET_ES_CACHE once FIEMAP was denied); the filesystem's UUID and its sysfs
+# name ("ext4/vda") name the host's disk. These ioctl requests are denied whatever the size
+# their number encodes (bits 16-29, masked out: a request's size differs between versions of a
+# structure), compared on the low 32 bits the kernel reads (`cmd` is an unsigned int).
+FS_IOCTLS = {"FS_IOC_GETFSMAP": 0xC0C0583B, "FS_IOC_FIEMAP": 0xC020660B,
+             "EXT4_IOC_GET_ES_CACHE": 0xC020662A, "XFS_IOC_GETBMAP": 0xC0205826,
+             "XFS_IOC_GETBMAPA": 0xC020582C, "XFS_IOC_GETBMAPX": 0xC0205838,
+             "FS_IOC_GETFSUUID": 0x80111500, "FS_IOC_GETFSSYSFSPATH": 0x80811501}
+IOCTL_WITHOUT_SIZE = 0xC000FFFF
+# Kernel memory no limit counts: a private futex hash of up to 2**24 slots (prctl
+# PR_FUTEX_HASH, Linux 6.16: 1 GiB of vmalloc per process, in no one's RSS; 4 processes of one
+# call took 4 GB of the host's), and TCP's MD5 and AO keys (each socket holds keys up to the
+# host's optmem_max: 8 processes took 82 MB of unreclaimable slab). No Python program sets
+# either; the kernel's own per-process futex hash is not affected.
+PR_FUTEX_HASH = 78
+TCP_KEY_OPTIONS = {"TCP_MD5SIG": 14, "TCP_MD5SIG_EXT": 32, "TCP_AO_ADD_KEY": 38, "TCP_AO_DEL_KEY": 39,
+                   "TCP_AO_INFO": 40, "TCP_AO_REPAIR": 42}
 # The host's disks, on demand: a guest writes only to its /tmp (a tmpfs, where syncing does
 # nothing), but fsync of a file it only reads on a host filesystem made ext4 flush the
 # device's cache, 69,068 times in 3 s (seen). The syncing calls are answered 0 without being
@@ -289,7 +304,8 @@ def _limit_sockets(f, deny, seccomp) -> None:
     low = functools.partial(_low_32_bits, seccomp)
     for option in (*BUFFER_OPTIONS.values(), *PROGRAM_OPTIONS.values()):  # (fd, level, optname, …)
         f.add_rule(deny, "setsockopt", low(1, SOL_SOCKET), low(2, option))
-    f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, TCP_ULP))
+    for option in (TCP_ULP, *TCP_KEY_OPTIONS.values()):
+        f.add_rule(deny, "setsockopt", low(1, IPPROTO_TCP), low(2, option))
     f.add_rule(deny, "setsockopt", low(1, IPPROTO_IPV6), low(2, IPV6_FLOWLABEL_MGR))
     for call, flags in MSG_FLAGS_ARGUMENT.items():
         f.add_rule(deny, call, seccomp.Arg(flags, seccomp.MASKED_EQ, MSG_OOB, MSG_OOB))
@@ -300,12 +316,13 @@ def _limit_sockets(f, deny, seccomp) -> None:
 def _deny_shared_state(f, deny, seccomp) -> None:
     """The operations on state that other processes share: a file's locks and watches, a futex
     keyed by a file, a file's cached pages, merged memory, the host's huge pages, its
-    filesystems' block maps and its core dump helper (see the tables above)."""
+    filesystems' block maps and names, its core dump helper, and kernel memory no limit
+    counts (see the tables above)."""
     low = functools.partial(_low_32_bits, seccomp)
     for command in FCNTL_DENIED.values():
         f.add_rule(deny, "fcntl", low(1, command))
-    for request in BLOCK_MAP_IOCTLS.values():
-        f.add_rule(deny, "ioctl", low(1, request))
+    for request in FS_IOCTLS.values():
+        f.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, IOCTL_WITHOUT_SIZE, request & IOCTL_WITHOUT_SIZE))
     for operation in FUTEX_SHARED_DENIED.values():
         f.add_rule(deny, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32_BITS & ~FUTEX_CLOCK_REALTIME, operation))
     f.add_rule(deny, "fadvise64", low(3, POSIX_FADV_DONTNEED))
@@ -313,6 +330,7 @@ def _deny_shared_state(f, deny, seccomp) -> None:
         f.add_rule(deny, call, seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
     f.add_rule(deny, "madvise", low(2, MADV_MERGEABLE))
     f.add_rule(deny, "prctl", low(0, PR_SET_MEMORY_MERGE))
+    f.add_rule(deny, "prctl", low(0, PR_FUTEX_HASH))
     f.add_rule(deny, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, MAP_HUGETLB, MAP_HUGETLB))
     # prlimit64(pid, resource, new, old): only with a new limit
     f.add_rule(deny, "prlimit64", low(1, RLIMIT_CORE), seccomp.Arg(2, seccomp.NE, 0))
