@@ -204,13 +204,22 @@ class GuestImporter:
         """Imports the call's file. One in a package of the guest folder is imported as Python
         would import it from there, by its dotted name after its packages (``pkg/mod.py`` is
         ``pkg.mod``), so that its relative imports work and a module importing it gets this
-        same module; any other file is a top-level module named by its stem."""
+        same module; any other file is a top-level module named by its stem.
+
+        One in a subfolder (``my-rules/helpers.py``) is not what ``import helpers`` finds there:
+        when that name is a guest module of the guest folder or an allowed one, the import still
+        finds that module (as a script run by Python is ``__main__``, its stem left to the
+        import), and the call's file is recorded under no name. Under a name nothing else
+        holds it is recorded, so that ``import`` and dataclasses or pickle find it by its name."""
         dotted = self._dotted_name(relative_file)
         if dotted is not None:
             return self._import_guest(dotted)
         path = os.path.join(self.policy.guest_dir, relative_file)
         name = os.path.splitext(os.path.basename(relative_file))[0]
-        return self._execute(name, path, package="")
+        # (is_allowed first: an allowed name is never asked of the resolver here)
+        taken = "/" in os.path.normpath(relative_file) and (
+            self.policy.is_allowed(name) or self._find_guest(name.partition(".")[0]) is not None)
+        return self._execute(name, path, package="", record=not taken)
 
     def _dotted_name(self, relative_file: str) -> str | None:
         """``pkg.mod`` for ``pkg/mod.py`` (``pkg`` for ``pkg/__init__.py``) when importing that
@@ -284,6 +293,8 @@ class GuestImporter:
                     code = from_pycache or self._compiled(raw, display)
                 imports = tuple(dict.fromkeys([*(parents if display == main else ()),
                                                *(p for name, level, fromlist in module_imports(code)
+                                                 # (a call's file named by its stem has no package)
+                                                 if not (level and display == main and dotted is None)
                                                  for p in self.guest_files_of(display, name, level, fromlist))]))
             except (OSError, SyntaxError, ValueError, UnicodeDecodeError, RecursionError, EOFError, TypeError,
                     IndexError):  # (IndexError: bytecode of a __pycache__ entry made by hand)
@@ -300,12 +311,15 @@ class GuestImporter:
         <fromlist>`` in guest file ``importer`` would load, found as the import would find them
         in the guest folder: each package's ``__init__`` on the way, the module, and the
         submodules named in ``fromlist``. Names found elsewhere (allowed modules, whitelisted
-        folders) load no guest file of the call's folder."""
-        folder = "/" if not level else os.path.dirname(importer)
-        for _ in range(max(0, level - 1)):
-            if folder == "/":
+        folders) load no guest file of the call's folder. ``importer`` was loaded by the name its
+        path makes (its package is its folder's path): a relative import going past that
+        package's top (from a module at the top: any) loads nothing, as in ``_absolute``."""
+        folder = "/"
+        if level:
+            packages = os.path.dirname(importer).strip("/").split("/")
+            if len(packages) < level or packages == [""]:
                 return []
-            folder = os.path.dirname(folder)
+            folder = "/" + "/".join(packages[:len(packages) - level + 1])
         files: list[str] = []
         for part in name.split(".") if name else ():
             found = self._guest_source(folder, part)
@@ -323,15 +337,20 @@ class GuestImporter:
 
     def _guest_source(self, folder: str, name: str) -> tuple[str | None, str | None] | None:
         """Guest module ``name`` in guest folder ``folder``: (its file or None for a namespace
-        package, its package folder or None for a plain module), or None."""
+        package, its package folder or None for a plain module), or None. Found by the import's
+        own lookups (``_in_guest_folder`` at the top, ``_find_in`` below), so that read-ahead
+        never compiles a file the import would not load."""
         if not name.isidentifier():
             return None
         host_folder = os.path.join(self.policy.guest_dir, folder.lstrip("/"))
-        for path, is_package in self.policy.source_candidates(host_folder, name):
-            if os.path.isfile(path):
-                display = self.policy.display_name(path)
-                return display, os.path.dirname(display) if is_package else None
-        return (None, os.path.join(folder, name)) if _namespace(host_folder, name) else None
+        found = self._in_guest_folder(name) if folder == "/" else self._find_in([host_folder], name)
+        if found is None:
+            return None
+        path, is_package = found
+        display = self.policy.display_name(path)
+        if os.path.isdir(path):
+            return None, display
+        return display, os.path.dirname(display) if is_package else None
 
     def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
         """The guest's ``__import__``: same contract as the builtin one."""
@@ -375,11 +394,9 @@ class GuestImporter:
         return self._found[top]
 
     def _search_guest(self, top: str) -> tuple[str, bool] | None:
-        for path, is_package in self.policy.source_candidates(self.policy.guest_dir, top):
-            if os.path.isfile(path):
-                return path, is_package
-        if not self.policy.is_allowed(top):
-            return _namespace(self.policy.guest_dir, top)
+        found = self._in_guest_folder(top)
+        if found is not None or not self.policy.is_allowed(top):
+            return found
         if self.resolver is not None:
             found = call_plugin("resolver", self.plugin_names[1], self.resolver, top,
                                 returns=(str, type(None)), expected="a path or None")
@@ -390,6 +407,15 @@ class GuestImporter:
                 if os.path.isfile(path):
                     return path, is_package
         return None
+
+    def _in_guest_folder(self, top: str) -> tuple[str, bool] | None:
+        """What the guest folder holds for ``top``, where the import looks first: its source
+        file, else a folder without one as a namespace package, except for an allowed name (a
+        folder does not hide the module of that name, which is looked up next)."""
+        for path, is_package in self.policy.source_candidates(self.policy.guest_dir, top):
+            if os.path.isfile(path):
+                return path, is_package
+        return None if self.policy.is_allowed(top) else _namespace(self.policy.guest_dir, top)
 
     def _resolved(self, top: str, found: str) -> tuple[str, bool]:
         """The source the resolver named for ``top``: a module's file, or a package's folder.
@@ -439,7 +465,9 @@ class GuestImporter:
                 return found
         return None
 
-    def _execute(self, name: str, path: str, package: str, is_package: bool = False):
+    def _execute(self, name: str, path: str, package: str, is_package: bool = False, record: bool = True):
+        """Runs guest source as module ``name``; ``record``: kept under that name (in the module
+        table, and in sys.modules when the name is free there) for later imports to get."""
         if os.path.isdir(path):
             return self._namespace_package(name, path)
         display = self.policy.display_name(path)
@@ -471,7 +499,7 @@ class GuestImporter:
         if loaded is not None:
             code = marshal.loads(loaded.code) if isinstance(loaded.code, bytes) else loaded.code
         elif self.compiler is not None:
-            code = compile(source, display, "exec", dont_inherit=True)
+            code = _compile(source, display)
         else:
             code = self._code_of(path, raw, mtime, display, source)
         module = types.ModuleType(name)
@@ -484,15 +512,17 @@ class GuestImporter:
         module.__builtins__ = self.builtins
         if is_package:
             module.__path__ = [os.path.dirname(path)]
-        self.modules[name] = module
+        if record:
+            self.modules[name] = module
         # Visible in sys.modules while the guest runs, under a name no module holds yet (never
         # replacing one): dataclasses, typing and enum look a class's module up there.
-        listed = sys.modules.setdefault(name, module) is module
+        listed = record and sys.modules.setdefault(name, module) is module
         module.__spec__._initializing = True  # (so a circular import's error says so, as Python's)
         try:
             exec(code, module.__dict__)
         except BaseException:
-            del self.modules[name]
+            if record:
+                del self.modules[name]
             if sys.modules.get(name) is module:
                 del sys.modules[name]
             raise
@@ -511,8 +541,7 @@ class GuestImporter:
 
     @staticmethod
     def _compiled(raw: bytes, display: str, source: str | None = None) -> types.CodeType:
-        return compile(importlib.util.decode_source(raw) if source is None else source, display, "exec",
-                       dont_inherit=True)
+        return _compile(importlib.util.decode_source(raw) if source is None else source, display)
 
     def _namespace_package(self, name: str, folder: str):
         """A guest folder without ``__init__``: a package with no code of its own, as Python 3
@@ -536,14 +565,31 @@ class GuestImporter:
 
     def _absolute(self, name: str, globals, level: int) -> str:
         package = (globals or {}).get("__package__") or ""
+        if not package:  # (a top-level module: Python's words for it)
+            raise ImportError("attempted relative import with no known parent package")
         bits = package.rsplit(".", level - 1)
-        if len(bits) < level or not package:
+        if len(bits) < level:
             raise ImportError("attempted relative import beyond top-level package")
         base = bits[0]
         return f"{base}.{name}" if name else base
 
 
 _real_import = builtins.__import__
+
+
+def _compile(source: str, display: str) -> types.CodeType:
+    """Guest source's code. Python's compiler refuses a null byte naming no file ("source code
+    string cannot contain null bytes"): said here of the file, at its line and column, as
+    undecodable source is (``_undecodable``)."""
+    at = source.find("\0")
+    if at >= 0:
+        line_start = source.rfind("\n", 0, at) + 1
+        line_end = source.find("\n", at)
+        text = source[line_start:len(source) if line_end < 0 else line_end]
+        line, column = source.count("\n", 0, at) + 1, at - line_start + 1
+        raise SyntaxError(f"{display} is not valid source text: a null byte at column {column}",
+                          (display, line, column, text))
+    return compile(source, display, "exec", dont_inherit=True)
 
 
 def _sane(name, level) -> None:

@@ -186,9 +186,18 @@ def test_a_failed_module_is_not_left_half_imported(tmp_path):
 
 
 def test_relative_import_beyond_the_top_is_an_import_error(tmp_path):
-    write(tmp_path, {"index.py": "from .. import x\n"})
-    with pytest.raises(ImportError, match="beyond top-level"):
-        GuestImporter(policy(tmp_path)).load_main("index.py")
+    write(tmp_path, {"pkg/__init__.py": "", "pkg/mod.py": "from ... import x\n"})
+    with pytest.raises(ImportError, match="^attempted relative import beyond top-level package$"):
+        GuestImporter(policy(tmp_path)).load_main("pkg/mod.py")
+
+
+@pytest.mark.parametrize("file", ["index.py", "my-rules/index.py"])
+@pytest.mark.parametrize("statement", ["from . import x", "from .. import x", "from .x import y"])
+def test_a_relative_import_in_a_top_level_module_has_no_parent_package_as_in_python(tmp_path, file, statement):
+    """Python's words when ``__package__`` is empty; the importer said "beyond top-level package"."""
+    write(tmp_path, {file: statement + "\n", "x.py": "y = 1\n"})
+    with pytest.raises(ImportError, match="^attempted relative import with no known parent package$"):
+        GuestImporter(policy(tmp_path)).load_main(file)
 
 
 def test_a_folder_without_init_is_a_namespace_package_as_in_python(tmp_path):
@@ -360,3 +369,52 @@ def test_a_file_its_dotted_name_would_not_reach_is_a_top_level_module(tmp_path, 
     module = importer.load_main(file)
     assert module.__name__ == os.path.splitext(os.path.basename(file))[0] and module.__package__ == ""
     assert module.__file__ == str(tmp_path / file)
+
+
+@pytest.mark.parametrize("file", ["my-rules/helpers.py", "jobs-2024/json.py", "2024/helpers.py"])
+def test_a_call_file_named_by_its_stem_takes_no_name_the_import_finds_elsewhere(tmp_path, file):
+    """``my-rules/helpers.py`` is the module ``helpers``: recorded under that name, it was what
+    every ``import helpers`` of the call got, so root's helpers.py (or the standard library's
+    json, allowed) could no longer be reached."""
+    stem = os.path.splitext(os.path.basename(file))[0]
+    write(tmp_path, {file: f"import fmt, {stem}\nCALL_FILE = True\ndef f():\n    return fmt.show([1]), {stem}\n",
+                     "fmt.py": "import json\ndef show(x):\n    return json.dumps(x)\n",
+                     "helpers.py": "ROOT = True\n"})
+    importer = GuestImporter(policy(tmp_path, allowed={"json"}))
+    try:
+        main = importer.load_main(file)
+        shown, other = main.f()
+        assert shown == "[1]" and other is not main and not hasattr(other, "CALL_FILE")
+        assert main.__name__ == stem and main.__package__ == ""  # still named by its stem
+        assert importer.modules.get(stem) is (other if stem == "helpers" else None)  # json: Python's own
+    finally:
+        importer.withdraw()
+
+
+def test_a_call_file_named_by_its_stem_keeps_a_name_nothing_else_holds(tmp_path):
+    """As before: ``import rules`` gets the call's file, and dataclasses and pickle find its
+    classes by their module's name."""
+    import pickle
+    write(tmp_path, {"my-rules/rules.py": "import dataclasses, pickle\n@dataclasses.dataclass\nclass P:\n"
+                                          "    x: 'int'\ndef f():\n    import rules\n"
+                                          "    return rules, pickle.loads(pickle.dumps(P(1)))\n"})
+    importer = GuestImporter(policy(tmp_path, allowed={"dataclasses", "pickle"}))
+    try:
+        main = importer.load_main("my-rules/rules.py")
+        same, copy = main.f()
+        assert same is main and importer.modules["rules"] is main and copy == main.P(1)
+        assert pickle.loads(pickle.dumps(main.P(2))) == main.P(2)
+    finally:
+        importer.withdraw()
+
+
+@pytest.mark.parametrize("null_at", ["index.py", "helper.py"])
+def test_a_null_byte_in_guest_source_is_a_syntax_error_naming_the_file(tmp_path, null_at):
+    """Python's compiler says "source code string cannot contain null bytes", naming no file."""
+    write(tmp_path, {"index.py": "import helper\n", "helper.py": "X = 1\n"})
+    (tmp_path / null_at).write_bytes((tmp_path / null_at).read_bytes() + b"Y = 'a\0b'\n")
+    with pytest.raises(SyntaxError) as info:
+        GuestImporter(policy(tmp_path)).load_main("index.py")
+    assert type(info.value) is SyntaxError
+    assert info.value.msg == f"/{null_at} is not valid source text: a null byte at column 7"
+    assert (info.value.filename, info.value.lineno, info.value.offset) == (f"/{null_at}", 2, 7)

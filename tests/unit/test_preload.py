@@ -250,3 +250,27 @@ def test_a_file_in_a_package_reads_its_packages_ahead_as_its_imports(tmp_path):
     assert {os.path.relpath(p, tmp_path) for p in imp._preloaded} == {p.lstrip("/") for p in known}
     imp.load_main("pkg/sub/mod.py")
     assert not imp._preloaded  # each one used by the import
+
+
+def test_read_ahead_compiles_only_files_the_import_loads(tmp_path):
+    """Read-ahead's view of the guest folder is the import's own lookup: an allowed name's folder
+    (``json/``, no ``__init__``) is no package the import loads, and a relative import past the
+    importer's package (any, from a module named at the top) loads nothing; read-ahead compiled
+    each of these files, which the call never ran."""
+    guarded = "try:\n    {}\nexcept ImportError:\n    pass\n"
+    write(tmp_path, {"index.py": "import json.decoder\nfrom json import tool\n"
+                                 + guarded.format("from . import helper"),
+                     "json/decoder.py": "", "json/tool.py": "", "helper.py": "",
+                     "pkg/__init__.py": "", "pkg/mod.py": guarded.format("from .. import helper"),
+                     "my-rules/index.py": guarded.format("from . import sibling"), "my-rules/sibling.py": ""})
+    for file in ("index.py", "pkg/mod.py", "my-rules/index.py"):
+        imp = importer(tmp_path)
+        found = imp.preload(file, {}, report=True)
+        imp.load_main(file)  # each import there fails or loads no guest file: none was read ahead for it
+        loaded = {f"/{file}", *imp.guest_files}
+        assert {m.path for m in found} <= loaded and set(imp._preloaded) == set(), file
+    imp = importer(tmp_path)
+    assert imp.guest_files_of("/index.py", "json.decoder", 0, None) == []
+    assert imp.guest_files_of("/index.py", "", 1, ("helper",)) == []
+    assert imp.guest_files_of("/pkg/mod.py", "", 2, ("helper",)) == []
+    assert imp.guest_files_of("/pkg/mod.py", "", 1, ("mod",)) == ["/pkg/mod.py"]
