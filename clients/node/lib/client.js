@@ -88,6 +88,16 @@ function fileIdentity(file) {
   }
 }
 
+/** The daemon's refusal of a timeout speaks in seconds, its unit ("<= max_timeout (30 s), got
+ * 100 s"): it is told what the caller passed, in milliseconds, this API's unit, so that a
+ * `timeout: 100000` is recognised in it. Other errors pass as they are. */
+function timeoutAsGiven(error, timeout) {
+  if (timeout && error instanceof errors.InvalidRequest && /^timeout must be\b/.test(error.message)) {
+    error.message += ` (timeout: ${timeout} ms)`;
+  }
+  return error;
+}
+
 /** The type names the daemon's capabilities do not offer, sorted. */
 function missingNames(names, daemon) {
   const offered = new Set(daemon.typeNames || []);
@@ -229,7 +239,7 @@ class CodeRunner {
       if (signal?.aborted) throw signal.reason;
       const error = transportError(e, this.socket);
       if (error !== e && error) Object.defineProperty(error, "grpcCause", { value: e, enumerable: false });
-      throw error;
+      throw timeoutAsGiven(error, timeout);
     }
     if (!outcome) throw new errors.SandboxError("the daemon ended the call without an outcome");
     if (outcome.result !== "value") throw failureError(outcome.failure || {});

@@ -386,9 +386,18 @@ function unreadable(error) {
   return new Failure("cannot read a value", `reading it threw ${thrown(error)}`);
 }
 
-/** "TypeError: bad amount" for an Error, a short rendering of anything else thrown. */
+/** "TypeError: bad amount" for an Error, a short rendering of anything else thrown. Never
+ * throws itself: an Error whose `message` getter throws, a Symbol `name`, a Proxy whose traps
+ * throw (a resolver's such error escaped decode() as itself, an encoder's was told as "cannot
+ * read a value") reads as its type and "<its message could not be read>", as Python's
+ * "<exception str() failed>" for an exception whose __str__ fails. */
 function thrown(error) {
-  return error instanceof Error ? `${error.name}: ${error.message}` : short(error);
+  try {
+    if (error instanceof Error) return `${String(error.name)}: ${String(error.message)}`;
+  } catch {
+    return `${typeName(error)}: <its message could not be read>`;
+  }
+  return short(error);
 }
 
 /** Python dict keys and set items must be hashable: no lists, dicts or sets among them. */

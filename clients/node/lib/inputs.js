@@ -115,9 +115,29 @@ function optionsStruct(options) {
   return jsonValue(jsonOnly(options, "resolverOptions", 0)).structValue;
 }
 
-/** ``value`` as plain JSON, or a SerializationError naming the first part that is not. */
-function jsonOnly(value, where, depth) {
-  if (depth > 100) throw new errors.SerializationError(`${where} is nested more than 100 levels deep`);
+// The deepest protobuf level resolverOptions may reach: protobuf's parser in the sandbox (upb)
+// takes the request plus 100 levels, and the options' Struct is a field of the request itself.
+// Levels count as the codec counts a value's (docs/values.md section 7), the options being at
+// level 0: an object's values are 3 levels down (Struct, map entry, Value), an array's items 2
+// (ListValue, Value), an empty object or array adds 1. Counted in JSON levels (up to 100),
+// deeper options were sent, and the sandbox refused the request: InvalidRequest, "Exceeded
+// upb_DecodeOptions_MaxDepth", naming no place. As the Python client's _inputs.py.
+const MAX_OPTIONS_DEPTH = 100;
+const OPTIONS_TOO_DEEP_WHY = `more than ${MAX_OPTIONS_DEPTH} protobuf levels (limit 'depth'), the most ` +
+  `protobuf's parser takes; that is more than ${Math.floor(MAX_OPTIONS_DEPTH / 3)} objects around a value, the ` +
+  `options' own included, or ${Math.floor((MAX_OPTIONS_DEPTH - 3) / 2)} arrays in one of their entries (one more ` +
+  "when the innermost is empty)";
+
+function withinDepth(where, level) {
+  if (level > MAX_OPTIONS_DEPTH) {
+    throw new errors.SerializationError(`${where} is nested too deeply: ${OPTIONS_TOO_DEEP_WHY}`, "depth");
+  }
+}
+
+/** ``value`` as plain JSON, or a SerializationError naming the first part that is not; `level`
+ * is its protobuf level (see MAX_OPTIONS_DEPTH), checked before its items are looked at, so
+ * that an object that contains itself ends too. */
+function jsonOnly(value, where, level) {
   if (typeof value === "string" && !value.isWellFormed()) {
     throw new errors.SerializationError(`${where} holds a lone surrogate, which is not valid Unicode`);
   }
@@ -126,14 +146,20 @@ function jsonOnly(value, where, depth) {
     if (Number.isFinite(value)) return value;
     throw new errors.SerializationError(`${where} is ${value}, which JSON has no form for`);
   }
-  if (Array.isArray(value)) return value.map((item, i) => jsonOnly(item, `${where}[${i}]`, depth + 1));
+  if (Array.isArray(value)) {
+    withinDepth(where, level + (value.length ? 2 : 1));
+    return value.map((item, i) => jsonOnly(item, `${where}[${i}]`, level + 2));
+  }
   if (isPlainObject(value)) {
     const out = {};
-    for (const [key, item] of Object.entries(value)) {
+    const entries = Object.entries(value);
+    // (an entry holding undefined is left out, as JSON leaves it out: it adds no level)
+    withinDepth(where, level + (entries.some(([, item]) => item !== undefined) ? 3 : 1));
+    for (const [key, item] of entries) {
       if (!key.isWellFormed()) {
         throw new errors.SerializationError(`${where} has a key holding a lone surrogate, which is not valid Unicode`);
       }
-      if (item !== undefined) out[key] = jsonOnly(item, `${where}[${JSON.stringify(key)}]`, depth + 1);
+      if (item !== undefined) out[key] = jsonOnly(item, `${where}[${JSON.stringify(key)}]`, level + 3);
     }
     return out;
   }
@@ -179,6 +205,6 @@ function jsonValue(json) {
 }
 
 module.exports = {
-  abortable, callLimits, knownOptions, LIMITS, optionsStruct, pluginName, RUN_OPTIONS, RUNNER_OPTIONS, socketProblem,
+  abortable, callLimits, knownOptions, LIMITS, MAX_OPTIONS_DEPTH, optionsStruct, pluginName, RUN_OPTIONS, RUNNER_OPTIONS, socketProblem,
   sourceExtensionList, stringList, wellFormed,
 };

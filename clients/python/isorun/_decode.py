@@ -10,6 +10,7 @@ from typing import Any, Callable
 import pybase64
 from google.protobuf import struct_pb2
 
+from ._encode import _TYPE_CODE_FAULTS, _raised
 from ._wire import (BUILTIN_NAMES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
                     VALUE_KEY, _DECIMAL_CONTEXT, _FLOAT_TEXT, _Failure, _INT_TEXT, _NO_STACK_WHY,
                     _describe, _short, _too_deep, default_registry)
@@ -269,8 +270,8 @@ def _dec_tagged(fields: Any, depth: int, registry: TypeRegistry) -> Any:
         payload = _decode(fields[VALUE_KEY], depth + 3, registry)
         try:
             return entry.decode(payload)
-        except Exception as e:
-            raise _Failure(what, f"its resolver raised {type(e).__name__}: {e}") from e
+        except _TYPE_CODE_FAULTS as e:  # SystemExit too; not the process's interruptions
+            raise _Failure(what, f"its resolver raised {_raised(e)}") from e
     payload = _decode(fields[VALUE_KEY], depth + 3, registry)
     try:
         return rebuild(payload)

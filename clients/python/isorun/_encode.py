@@ -147,6 +147,28 @@ def _enc_items(enc: _Encoder, target: struct_pb2.Value, items: Any, depth: int) 
     return size
 
 
+# What an operator type's own code (its encoder, its resolver, the __str__ of what they raise)
+# may raise and still fail only its value, as a SerializationError naming the type: any
+# Exception, and SystemExit and GeneratorExit, which such code raises as it would anything else
+# (a sys.exit() in it was reported as the guest's SystemExit, before any guest code ran when
+# it was a resolver of an argument). Not every BaseException: what interrupts the process
+# passes through untouched, KeyboardInterrupt in a client and, in the sandbox, the CPU limit's
+# exception (isorund.sandbox.limits.CpuLimitExceeded, a BaseException of the daemon's that this
+# codec, also the client's, cannot import): a tuple of what is caught, rather than one of what
+# is not, lets both through without naming either.
+_TYPE_CODE_FAULTS = (Exception, SystemExit, GeneratorExit)
+
+
+def _raised(error: BaseException) -> str:
+    """``Name: message`` of what a type's code raised, for its SerializationError; Python's own
+    words when the exception's __str__ fails too (it escaped as that failure, a RuntimeError)."""
+    try:
+        said = str(error)
+    except _TYPE_CODE_FAULTS:
+        said = "<exception str() failed>"
+    return f"{type(error).__name__}: {said}"
+
+
 def _unreadable(error: Exception) -> _Failure:
     try:
         said = str(error)
@@ -260,9 +282,8 @@ def _enc_registered(enc: _Encoder, target: struct_pb2.Value, value: Any, depth: 
                              f"{', '.join(enc.registry.names())}")
     try:
         payload = entry.encode(value)
-    except Exception as e:
-        raise _Failure(what, f"its encoder for {entry.name!r} raised "
-                             f"{type(e).__name__}: {e}") from e
+    except _TYPE_CODE_FAULTS as e:  # (see _TYPE_CODE_FAULTS)
+        raise _Failure(what, f"its encoder for {entry.name!r} raised {_raised(e)}") from e
     try:
         return _enc_tagged(enc, target, entry.name, _Encoder.value, payload, depth)
     except _Failure as f:

@@ -174,22 +174,46 @@ def options_struct(options: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def _json_only(value: Any, where: str, depth: int = 0) -> None:
+# The deepest protobuf level resolver_options may reach: protobuf's parser in the sandbox (upb)
+# takes the request plus 100 levels, and the options' Struct is a field of the request itself.
+# Levels count as the codec counts a value's (docs/values.md section 7), the options being at
+# level 0: a dict's values are 3 levels down (Struct, map entry, Value), a list's items 2
+# (ListValue, Value), an empty dict or list adds 1. Counted in JSON levels (up to 100), options
+# deeper than this were sent, and the sandbox refused the request: InvalidRequest, "Exceeded
+# upb_DecodeOptions_MaxDepth", naming no place.
+MAX_OPTIONS_DEPTH = 100
+_OPTIONS_TOO_DEEP_WHY = (
+    f"more than {MAX_OPTIONS_DEPTH} protobuf levels (limit 'depth'), the most protobuf's parser takes; "
+    f"that is more than {MAX_OPTIONS_DEPTH // 3} dicts around a value, the options' own included, "
+    f"or {(MAX_OPTIONS_DEPTH - 3) // 2} lists in one of their entries (one more when the innermost is empty)"
+)
+
+
+def _within_depth(where: str, level: int) -> None:
+    if level > MAX_OPTIONS_DEPTH:
+        error = errors.SerializationError(f"{where} is nested too deeply: {_OPTIONS_TOO_DEEP_WHY}")
+        error.limit = "depth"
+        raise error
+
+
+def _json_only(value: Any, where: str, level: int = 0) -> None:
     """Refuses what is not plain JSON as the daemon reads it (docs/values.md), an int past
-    ±2**53 included, which would arrive as the nearest float (2**53 + 1 as 9007199254740992)."""
-    if depth > 100:
-        raise errors.SerializationError(f"{where} is nested more than 100 levels deep")
-    if isinstance(value, dict) or (depth == 0 and isinstance(value, Mapping)):  # protobuf takes dicts inside
+    ±2**53 included, which would arrive as the nearest float (2**53 + 1 as 9007199254740992),
+    and what is nested past ``MAX_OPTIONS_DEPTH`` (``level``: this value's, counted as there;
+    refused before its items are looked at, so a dict that contains itself ends too)."""
+    if isinstance(value, dict) or (level == 0 and isinstance(value, Mapping)):  # protobuf takes dicts inside
+        _within_depth(where, level + (3 if value else 1))
         for key, item in value.items():
             if not isinstance(key, str):
                 raise errors.SerializationError(f"{where} has a key that is no str: {_short(key)}")
             if _lone_surrogate_at(key) >= 0:
                 raise errors.SerializationError(f"{where} has a key holding a lone surrogate, which is not "
                                                 f"valid Unicode: {key!r}")
-            _json_only(item, f"{where}[{key!r}]", depth + 1)
+            _json_only(item, f"{where}[{key!r}]", level + 3)
     elif isinstance(value, (list, tuple)):
+        _within_depth(where, level + (2 if value else 1))
         for i, item in enumerate(value):
-            _json_only(item, f"{where}[{i}]", depth + 1)
+            _json_only(item, f"{where}[{i}]", level + 2)
     elif isinstance(value, str) and (at := _lone_surrogate_at(value)) >= 0:
         raise errors.SerializationError(f"{where} holds a lone surrogate at {at}, which is not valid Unicode")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
