@@ -56,3 +56,18 @@ def test_a_fault_of_the_daemons_own_while_relaying_is_logged_with_its_traceback(
     assert failure.kind == pb.Failure.SANDBOX
     [line] = [json.loads(line) for line in logged if "relay_failed" in line]
     assert line["error"] == "RuntimeError: a bug of the daemon's" and "Traceback" in line["traceback"]
+
+
+def test_a_sandbox_that_ended_without_an_outcome_near_its_cpu_limit_met_that_limit():
+    """The kernel's CPU limit counts the scheduler's ticks, the reaped time what the process
+    really ran: on a busy host a guest ended at its 2 s limit was reaped at 1.74 s, and its exit
+    on SIGXCPU read as a sandbox that ended without an outcome."""
+    from isorund.launcher import Exit
+    from isorund.sandbox_call import _how_it_died
+
+    def failure(cpu_seconds: float) -> pb.Failure:
+        sandbox = Sandbox(0, -1, None, None)
+        return _how_it_died(sandbox, Exit(status=1, cpu_seconds=cpu_seconds), 0.0, 2.0).failure
+
+    assert (failure(1.74).kind, failure(1.74).limit) == (pb.Failure.RESOURCE_LIMIT, "cpu")
+    assert (failure(1.2).kind, failure(1.2).limit) == (pb.Failure.SANDBOX, "")
