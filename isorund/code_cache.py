@@ -2,15 +2,15 @@
 
 Compiling a guest module costs a call 10-25 µs a line, every call (a 300-line module doubled an
 echo call's time). A sandbox whose plan asks for it (``report_compiled``) sends the code of the
-call's file and of the guest modules its import statements load, as its first event, before
-any guest code runs (``isorund.sandbox.importer.preload``); this cache keeps them and puts them in
+call's file and of the guest modules its import statements load, as its first event but
+console lines (which operator code may print), before any guest code runs (``isorund.sandbox.importer.preload``); this cache keeps them and puts them in
 the plans of the next calls of that file, whose sandboxes use each one only if the source they
 read has its hash.
 
-Why that can be trusted: the first event of a sandbox is written by the runtime before the
-guest's first line runs (the plan asked for it, so the runtime sends it whatever it found), and
-the daemon accepts a ``compiled`` event only as the first event of a call that asked for one.
-What a guest could send later is never kept, so no call can leave code for the next ones. The
+Why that can be trusted: the first event of a sandbox (console lines apart) is written by the
+runtime before the guest's first line runs (the plan asked for it, so the runtime sends it
+whatever it found), and the daemon accepts a ``compiled`` event only ahead of every other event
+but console lines, from a call that asked for one. What a guest could send later is never kept, so no call can leave code for the next ones. The
 daemon never unmarshals the code; it only relays bytes between sandboxes.
 
 Staleness is told from the files' versions (inode, size, modification and change times,
@@ -66,8 +66,9 @@ class CodeCache:
         """Puts the code known for the call's file and the modules it imports in ``plan``
         (within ``MAX_COMPILED_BYTES``), and asks the sandbox for them when the file is not
         known, a known module changed, or its file was last checked ``RECHECK_SECONDS`` ago. A
-        module not known at all does not make it ask: it may be one that did not fit, or
-        does not compile; the next check finds it."""
+        module not known at all does not make it ask: it may be one that does not compile; the
+        next check finds it. One known without its code (too large for the event) is not put in
+        the plan; what it imports is."""
         if not self.max_bytes:
             return
         main = "/" + plan.file
@@ -87,7 +88,7 @@ class CodeCache:
                 report = True
                 continue
             self._entries.move_to_end(key)
-            if budget.take(entry.size):
+            if entry.module.code and budget.take(entry.size):  # (one sent without code: too large)
                 plan.modules.append(entry.module)
                 self.hits += 1
             queue.extend(entry.module.imports)
@@ -132,7 +133,7 @@ def _version(root: str, path: str) -> tuple[int, int, int, int] | None:
 
 
 def _well_formed(module: sb.CompiledModule) -> bool:
-    return (_guest_path(module.path) and len(module.source_hash) == SOURCE_HASH_BYTES and bool(module.code)
+    return (_guest_path(module.path) and len(module.source_hash) == SOURCE_HASH_BYTES
             and len(module.imports) <= MAX_PRELOAD and all(_guest_path(p) for p in module.imports))
 
 

@@ -202,14 +202,19 @@ def _preload(importer: GuestImporter, plan) -> None:
 
 def _within_budget(modules: list[Compiled]) -> list[sb.CompiledModule]:
     """The modules that fit in ``MAX_COMPILED_BYTES``, in the order found (the call's file
-    first), one too large for what is left skipped: the daemon reads the event under that bound."""
+    first): the daemon reads the event under that bound. One too large for what is left goes
+    without its code: the daemon still learns what it imports, and hands those on (a call file
+    of over a megabyte, left out, turned the cache off for every module it imports)."""
     out, budget = [], CompiledBudget()
     for m in modules:
         message = sb.CompiledModule(path=m.path, source_hash=m.source_hash, code=m.code, imports=m.imports,
                                     inode=m.version[0], size=m.version[1], mtime_ns=m.version[2],
                                     ctime_ns=m.version[3])
-        if budget.take(message.ByteSize()):
-            out.append(message)
+        if not budget.take(message.ByteSize()):
+            message.code = b""
+            if not budget.take(message.ByteSize()):
+                continue
+        out.append(message)
     return out
 
 

@@ -131,7 +131,8 @@ def test_a_plan_carries_at_most_the_bound_of_code(tmp_path):
     (tmp_path / "a.py").write_text(f"S = '{'a' * 600_000}'\n")  # code of ~600 kB each
     (tmp_path / "b.py").write_text(f"S = '{'b' * 600_000}'\n")
     modules = compiled(tmp_path)
-    assert [m.path for m in modules.modules] == ["/index.py", "/a.py"]  # b did not fit the event
+    # b did not fit the event: sent without its code, for what it imports
+    assert [(m.path, bool(m.code)) for m in modules.modules] == [("/index.py", True), ("/a.py", True), ("/b.py", False)]
     cache = CodeCache(8 << 20)
     cache.store(str(tmp_path), modules)
     p = plan(tmp_path)
@@ -142,7 +143,7 @@ def test_a_plan_carries_at_most_the_bound_of_code(tmp_path):
 
 @pytest.mark.parametrize("change", [
     {"path": "../etc/passwd"}, {"path": "helper.py"}, {"path": "/a/../helper.py"}, {"path": "/"},
-    {"path": "/x\0"}, {"source_hash": b"short"}, {"code": b""}, {"imports": ["relative.py"]},
+    {"path": "/x\0"}, {"source_hash": b"short"}, {"imports": ["relative.py"]},
 ])
 def test_a_module_unlike_those_the_runtime_makes_is_not_kept(root, change):
     modules = compiled(root)
@@ -198,3 +199,17 @@ def test_a_plan_carries_at_most_the_bound_of_modules(tmp_path):
     p = plan(tmp_path)
     cache.fill(p)
     assert len(p.modules) == MAX_PRELOAD and not p.report_compiled
+
+
+def test_a_call_file_too_large_for_the_event_still_has_its_imports_handed_on(tmp_path):
+    """Left out of the event, a call file of over a megabyte left the cache nothing to start
+    its walk from: every call was asked to report, compiled its imports and sent them again."""
+    (tmp_path / "index.py").write_text(f"import small\nS = '{'x' * 1_100_000}'\n")
+    (tmp_path / "small.py").write_text("ONE = 1\n")
+    modules = compiled(tmp_path)
+    assert [(m.path, bool(m.code)) for m in modules.modules] == [("/index.py", False), ("/small.py", True)]
+    cache = CodeCache(8 << 20)
+    cache.store(str(tmp_path), modules)
+    p = plan(tmp_path)
+    cache.fill(p)
+    assert [m.path for m in p.modules] == ["/small.py"] and not p.report_compiled
