@@ -417,8 +417,8 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
     # the runtime was sending): the spent CPU is what ended the call all the same.
     if end.cpu_seconds >= cpu_rlimit(cpu_limit) * (1 - CPU_SAMPLING_SHARE):
-        ended = "was killed by the kernel for using up its CPU time" if killed else \
-            "used up its CPU time and ended without an outcome"
+        ended = f"was killed by the kernel for using up its CPU time ({cpu_limit:g} s, cpu_seconds)" if killed \
+            else f"used up its CPU time ({cpu_limit:g} s, cpu_seconds) and ended without an outcome"
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)
     if killed:
         return _failure(Failure(kind=Failure.SANDBOX, message=(

@@ -43,8 +43,29 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
         return _failure(kind=Failure.SERIALIZATION, message=str(e), type_name="SerializationError",
                         limit=getattr(e, "limit", None) or "")
     message, traceback_text = guest_report(e, guest_files)
-    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=message,
+    return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type_name(e), message=message,
                     traceback=traceback_text)
+
+
+_CLASS_NAME = type.__dict__["__name__"]  # (the name the class was made with, under any metaclass)
+
+
+def type_name(e: BaseException) -> str:
+    """The name of ``e``'s class as the interpreter holds it: a metaclass may make ``__name__``
+    anything, a property that raises or returns an int, and the report then failed too and
+    the sandbox ended without an outcome (found by a probe)."""
+    return _CLASS_NAME.__get__(type(e))
+
+
+def with_its_limit(failure: pb.Failure, limits) -> pb.Failure:
+    """A memory or CPU limit's failure says the limit and its key, as a timeout's and the
+    result limit's say theirs ("the call went over its memory limit" left the caller to guess
+    which limit, the daemon's or the call's own)."""
+    if failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "memory":
+        failure.message += f" of {limits.memory_bytes / (1 << 20):g} MiB (memory_bytes)"
+    elif failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "cpu":
+        failure.message += f" of {limits.cpu_seconds:g} s (cpu_seconds)"
+    return failure
 
 
 def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool:
@@ -57,7 +78,7 @@ def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool
     while tb.tb_next is not None:
         tb = tb.tb_next
     code = tb.tb_frame.f_code
-    return (code.co_filename in guest_files and code.co_code[tb.tb_lasti] == RAISE_VARARGS
+    return (_shown(code.co_filename, guest_files) and code.co_code[tb.tb_lasti] == RAISE_VARARGS
             and code.co_code[tb.tb_lasti + 1] > 0)
 
 
@@ -72,9 +93,9 @@ def described(e: BaseException, guest_files: set[str]) -> pb.Failure:
         return describe(spent, guest_files)
     except BaseException as failed:  # noqa: B036 - anything, a MemoryError most likely
         e.__traceback__ = None  # lets the frames go
-        reason = type(failed).__name__
+        reason = type_name(failed)
         del failed
-        return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type(e).__name__, message=_message(e),
+        return _failure(kind=Failure.GUEST_EXCEPTION, type_name=type_name(e), message=_message(e),
                         traceback=f"(the traceback could not be formatted: {reason})\n")
 
 
@@ -146,13 +167,14 @@ def _shown(filename: str, guest_files: set[str]) -> bool:
 
 def within_bounds(failure: pb.Failure, result_bytes: int) -> pb.Failure:
     """``failure`` with a long message, traceback or type name cut in the middle, so that
-    ``raise ValueError(huge)`` is reported as that ValueError, not as an outcome too large for
-    the daemon to read. Message and traceback get at most a sixteenth of the result's bytes
+    ``raise ValueError(huge)`` (or ``import`` of a huge name) is reported as such, not as an
+    outcome too large for the daemon to read. Message and traceback get at most a sixteenth of the result's bytes
     each (4 bytes a character at worst), and never less than 1,024 characters."""
     chars = max(1024, min(FAILURE_TEXT_CHARS, result_bytes // 16))
     failure.message = _cut_in_middle(failure.message, chars)
     failure.traceback = _cut_in_middle(failure.traceback, chars)
     failure.type_name = _cut_in_middle(failure.type_name, 1024)
+    failure.module = _cut_in_middle(failure.module, 1024)  # (a 2 MB name was the result limit)
     return failure
 
 

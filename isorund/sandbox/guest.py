@@ -36,7 +36,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
-from .failure import Failure, described, within_bounds
+from .failure import Failure, described, with_its_limit, within_bounds
 from .importer import GuestImporter, ImportPolicy, call_plugin, python_name
 from .limits import CpuLimitExceeded
 
@@ -182,7 +182,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         outcome.usage.CopyFrom(_usage(started, cpu_before))
         if failure is not None:
             # the result oneof: whatever value was begun is dropped
-            outcome.failure.CopyFrom(within_bounds(failure, plan.limits.result_bytes))
+            outcome.failure.CopyFrom(within_bounds(with_its_limit(failure, plan.limits), plan.limits.result_bytes))
         data = event.SerializeToString()
     except (MemoryError, EncodeError):  # (protobuf's words for an allocation it could not make)
         # out of memory with the reserve given back (a result of hundreds of MiB): a

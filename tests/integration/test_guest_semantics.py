@@ -272,15 +272,45 @@ def test_a_memory_error_the_guest_raises_without_a_message_is_its_own_too(runner
                 bytearray(1 << 40)
             except MemoryError:
                 raise
+        def in_code_it_compiled():
+            exec("raise MemoryError")
     """})
-    for func, type_name in (("bare", "MemoryError"), ("own_class", "Exhausted")):
+    for func, type_name in (("bare", "MemoryError"), ("own_class", "Exhausted"), ("in_code_it_compiled", "MemoryError")):
         with pytest.raises(errors.GuestError) as info:
             r.run(func)
         assert info.value.type_name == type_name and "index.py" in info.value.traceback
     for func in ("allocation", "passed_on"):  # the interpreter's refusal, and it passed on
         with pytest.raises(errors.ResourceLimitError) as limit:
-            r.run(func)
+            r.run(func, limits={"memory_bytes": 256 << 20})
         assert limit.value.limit == "memory"
+        assert str(limit.value) == "the call went over its memory limit of 256 MiB (memory_bytes)"
+
+
+def test_an_exception_whose_class_hides_its_name_is_still_the_guests(runner):
+    """A metaclass made the class's __name__ a property that raises, or an int: the report
+    failed on it and the sandbox ended without an outcome (a SandboxError)."""
+    r = runner({"index.py": """
+        class RaisingName(type):
+            @property
+            def __name__(cls):
+                raise RuntimeError("no name")
+        class IntName(type):
+            @property
+            def __name__(cls):
+                return 42
+        class Hidden(Exception, metaclass=RaisingName):
+            pass
+        class Numbered(Exception, metaclass=IntName):
+            pass
+        def hidden():
+            raise Hidden("boom")
+        def numbered():
+            raise Numbered("bang")
+    """})
+    for func, type_name, message in (("hidden", "Hidden", "boom"), ("numbered", "Numbered", "bang")):
+        with pytest.raises(errors.GuestError) as info:
+            r.run(func)
+        assert (info.value.type_name, info.value.message) == (type_name, message)
 
 
 def test_a_failing_operator_plugin_is_a_sandbox_error_naming_it_not_the_guests(runner):

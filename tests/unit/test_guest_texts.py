@@ -141,3 +141,11 @@ def test_the_cpu_limit_met_inside_a_str_is_the_outcome_though_traceback_swallows
     monkeypatch.setattr(CpuLimitExceeded, "raised", False)
     with pytest.raises(CpuLimitExceeded):
         guest_report(_raised(_OutOfCpu()), {__file__})
+
+
+def test_a_huge_module_name_is_cut_like_the_other_texts():
+    """__import__("m" * 2_000_000) was a result-limit failure (an outcome of 2 MB), not the
+    ModuleNotFound it is."""
+    failure = within_bounds(pb.Failure(kind=pb.Failure.MODULE_NOT_FOUND, module="m" * 2_000_000), 1 << 20)
+    assert failure.kind == pb.Failure.MODULE_NOT_FOUND and len(failure.module) < 1100
+    assert failure.module.startswith("m" * 512) and "characters cut" in failure.module
