@@ -34,7 +34,7 @@ class Console:
     is text written after the last newline and not flushed (``ConsoleStream`` holds it until the
     line ends: sent earlier, one printed line would reach the caller as two).
     """
-    FLUSH_BYTES = 16 << 10
+    FLUSH_BYTES = 16 << 10  # counted in characters (``_bytes``): bytes for ASCII, near enough else
     FLUSH_SECONDS = 0.005
 
     def __init__(self, sock):

@@ -988,3 +988,17 @@ def test_only_the_calls_own_process_reports_an_outcome_not_one_the_guest_forked(
     assert sorted(lines) == ["returning from the child\n", "returning from the parent\n"]
     assert r.run("child_raises") == "parent ok"
     assert runner(files, file="at_import.py", external=["os", "time"]).run("f") == "parent"
+
+
+def test_sigint_raises_keyboard_interrupt_in_the_guest_as_in_python(runner):
+    """The guest's SIGINT had the default action, which the kernel ignores for a pid 1 signalling
+    itself: raise_signal(SIGINT) did nothing, where Python raises KeyboardInterrupt."""
+    r = runner({"index.py": """
+        import signal
+        def interrupted():
+            signal.raise_signal(signal.SIGINT)
+            return "not interrupted"
+    """}, external=["signal"])
+    with pytest.raises(errors.GuestError) as info:
+        r.run("interrupted")
+    assert info.value.type_name == "KeyboardInterrupt"
