@@ -7,6 +7,7 @@ falls back to the exception without its traceback).
 """
 from __future__ import annotations
 
+import mmap
 import traceback
 from opcode import opmap
 
@@ -29,8 +30,8 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     if type(e) is MemoryError and not e.args and not _raised_by_the_guests_raise(e, guest_files):
         # an allocation that failed (a guest's own `raise MemoryError`, with a message or not,
         # or of a class of its own, is its exception like any other)
-        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory",
-                        message="the call went over its memory limit")
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message="the call went over its memory limit"
+                        + ("" if _writable_code_allowed() else _NO_WRITABLE_CODE))
     if isinstance(e, PluginFailure):
         return _failure(kind=Failure.SANDBOX, type_name=e.type_name, message=str(e))
     if isinstance(e, CpuLimitExceeded):
@@ -57,14 +58,36 @@ def type_name(e: BaseException) -> str:
     return _CLASS_NAME.__get__(type(e))
 
 
+# ctypes raises the same bare MemoryError when it cannot make a callback's code, which needs
+# memory both writable and executable: where the host denies that (systemd's
+# MemoryDenyWriteExecute=, which sandboxes inherit), every ctypes or cffi callback read as the
+# memory limit, with advice (raise it) that could not help. Said beside the limit there.
+_NO_WRITABLE_CODE = (" (or it made a ctypes callback: this host denies memory both writable and executable, "
+                     "as systemd's MemoryDenyWriteExecute= does)")
+
+
+def _writable_code_allowed() -> bool:
+    """Whether this process may map a page writable and executable (asked once, after a bare
+    MemoryError: a refusal is PermissionError, where running out of memory is ENOMEM)."""
+    try:
+        mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+    except PermissionError:
+        return False
+    except (OSError, ValueError):
+        pass
+    return True
+
+
 def with_its_limit(failure: pb.Failure, limits) -> pb.Failure:
     """A memory or CPU limit's failure says the limit and its key, as a timeout's and the
     result limit's say theirs ("the call went over its memory limit" left the caller to guess
     which limit, the daemon's or the call's own)."""
     if failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "memory":
-        failure.message += f" of {limits.memory_bytes / (1 << 20):g} MiB (memory_bytes)"
+        failure.message = failure.message.replace(
+            "its memory limit", f"its memory limit of {limits.memory_bytes / (1 << 20):g} MiB (memory_bytes)", 1)
     elif failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "cpu":
-        failure.message += f" of {limits.cpu_seconds:g} s (cpu_seconds)"
+        failure.message = failure.message.replace("its CPU time", f"its CPU time of {limits.cpu_seconds:g} s "
+                                                  "(cpu_seconds)", 1)
     return failure
 
 

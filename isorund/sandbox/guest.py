@@ -83,9 +83,10 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     the channel ``prepare`` gave the console (after the lines printed before each of them)."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     _console.cap = plan.limits.output_bytes
-    last_resort = pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=Failure(
+    last_resort = pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=with_its_limit(Failure(
         kind=Failure.RESOURCE_LIMIT, limit="memory",
-        message="the call went over its memory limit: its outcome could not be encoded"))).SerializeToString()
+        message="the call went over its memory limit: its outcome could not be encoded"), plan.limits))
+    ).SerializeToString()
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
     # built once, not copied into an Outcome and again into a RunEvent.

@@ -1005,3 +1005,26 @@ def test_sigint_raises_keyboard_interrupt_in_the_guest_as_in_python(runner):
     with pytest.raises(errors.GuestError) as info:
         r.run("interrupted")
     assert info.value.type_name == "KeyboardInterrupt"
+
+
+def test_a_ctypes_callback_where_writable_code_is_denied_says_so_beside_the_memory_limit(runner):
+    """ctypes raises a bare MemoryError when it cannot make a callback's code (memory writable
+    and executable): under systemd's MemoryDenyWriteExecute=, which guests inherit, every
+    callback read as the memory limit alone. PR_SET_MDWE, set by the guest, is what systemd
+    sets where the kernel has it."""
+    r = runner({"index.py": """
+        import ctypes
+        def callback():
+            if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+                return "no MDWE on this kernel"
+            ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1)
+            return "made"
+    """}, external=["ctypes"])
+    with pytest.raises(errors.ResourceLimitError) as info:
+        made = r.run("callback", limits={"memory_bytes": 256 << 20})
+        if made == "no MDWE on this kernel":  # (before 6.3): systemd uses a filter there instead
+            pytest.skip(made)
+    assert info.value.limit == "memory"
+    assert str(info.value) == (
+        "the call went over its memory limit of 256 MiB (memory_bytes) (or it made a ctypes callback: this host "
+        "denies memory both writable and executable, as systemd's MemoryDenyWriteExecute= does)")
