@@ -960,6 +960,22 @@ def test_a_guest_that_holds_nearly_all_its_memory_still_gets_its_result_or_its_e
         r.run("fill_then_raise", limits={"memory_bytes": 128 << 20})
 
 
+@pytest.mark.parametrize("func, size", [("as_bytes", 8), ("as_bytes", 10), ("as_list", 400_000), ("as_list", 600_000)])
+def test_a_result_too_large_for_the_memory_left_is_the_memory_limit_not_a_crash(runner, func, size):
+    """protobuf's message code ends the process with a fault where an allocation fails: an 8 MiB
+    bytes result, or a list of 400,000 ints, under a 64 MiB limit ended the sandbox with SIGSEGV
+    (a SandboxError) where the memory limit was due."""
+    r = runner({"index.py": """
+        def as_bytes(mib):
+            return bytes(mib << 20)
+        def as_list(n):
+            return list(range(n))
+    """})
+    with pytest.raises(errors.ResourceLimitError) as info:
+        r.run(func, args=[size], limits={"memory_bytes": 64 << 20})
+    assert info.value.limit == "memory"
+
+
 def test_only_the_calls_own_process_reports_an_outcome_not_one_the_guest_forked(runner):
     """A child the guest forked comes back into the runtime when the function returns in both
     processes: its outcome was taken for the call's, whichever came first (the child's value,

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import errno
 import math
+import mmap
 import sys
 import uuid
 from typing import Any, Callable
@@ -73,9 +75,32 @@ def _enc_bool(enc: _Encoder, target: struct_pb2.Value, value: bool, depth: int) 
     return 2
 
 
+# protobuf's message code (upb) ends the process with a fault where an allocation fails
+# (assigning a 2 MiB str to a Value with less than that left under RLIMIT_AS: SIGSEGV), where
+# Python raises MemoryError: a sandbox near its memory limit died without an outcome. Before a
+# large string is copied into a message, or a long list's or dict's items are added (upb takes
+# ~30-50 bytes an item), the address space is asked for room: a private mapping of that much
+# and a little more, never touched (two system calls), whose refusal is a MemoryError, reported
+# as the memory limit. What upb asks for beyond the estimate can still fail as before.
+ROOM_CHECKED_FROM = 256 << 10
+ITEM_ROOM = 64
+ITEMS_CHECKED_FROM = ROOM_CHECKED_FROM // ITEM_ROOM
+
+
+def _room_for(size: int) -> None:
+    if size >= ROOM_CHECKED_FROM:
+        try:
+            mmap.mmap(-1, size + ROOM_CHECKED_FROM, flags=mmap.MAP_PRIVATE).close()
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            raise MemoryError() from None
+
+
 def _enc_str(enc: _Encoder, target: struct_pb2.Value, value: str, depth: int) -> int:
     size = _field(_utf8_len(value))
     enc.charge(size)  # before building: a huge string is refused without copying it
+    _room_for(size)
     target.string_value = value
     return size
 
@@ -131,6 +156,8 @@ def _enc_items(enc: _Encoder, target: struct_pb2.Value, items: Any, depth: int) 
         return _enc_empty(enc, target.list_value, depth)
     if depth + 2 > MAX_WIRE_DEPTH:
         raise _too_deep()
+    if len(items) >= ITEMS_CHECKED_FROM:
+        _room_for(len(items) * ITEM_ROOM)
     add = target.list_value.values.add
     encode = enc.value
     inner = children = 0
@@ -189,6 +216,8 @@ def _enc_dict(enc: _Encoder, target: struct_pb2.Value, value: dict, depth: int) 
         return _enc_empty(enc, target.struct_value, depth)
     if depth + 3 > MAX_WIRE_DEPTH:
         raise _too_deep()
+    if len(value) >= ITEMS_CHECKED_FROM:
+        _room_for(len(value) * 2 * ITEM_ROOM)  # (a map entry and its Value)
     fields = target.struct_value.fields
     encode = enc.value
     start = enc.used
@@ -248,6 +277,7 @@ def _enc_tagged(enc: _Encoder, target: struct_pb2.Value, name: str, fill: Callab
 def _enc_base64(enc: _Encoder, target: struct_pb2.Value, value: bytes, depth: int) -> int:
     size = _field((len(value) + 2) // 3 * 4)
     enc.charge(size)
+    _room_for(2 * size)  # (the base64 text, then its copy in the message)
     # pybase64 (SIMD): 1 MiB in ~0.1 ms here, against ~3 ms for binascii.
     target.string_value = pybase64.b64encode_as_string(value)
     return size
