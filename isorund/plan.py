@@ -168,10 +168,13 @@ def _reserved(name: str) -> bool:
 
 
 def _function_name(name: str) -> None:
-    """The call's function is an attribute of the module (``getattr``): a ``__*__`` name, which
-    Python reserves, would be one of every module's own (``__init__``, ``__setattr__``,
-    ``__dir__``), never a function of the guest's."""
-    _name(name, "func_name")
+    """The call's function is an attribute of the module (``getattr``), as isolated-runtime's
+    was a key of ``module.exports``: any name, one that is no identifier too (a module may set
+    ``globals()["my-rule"]``; one it does not have is a FunctionNotFound, as the contract has
+    it, not a refused request). A ``__*__`` name, which Python reserves, would be one of every
+    module's own (``__init__``, ``__setattr__``, ``__dir__``), never a function of the guest's."""
+    if not name or len(name) > MAX_NAME:
+        raise RequestError(f"func_name must be a name of 1 to {MAX_NAME} characters, got {name[:80]!r}")
     if _reserved(python_name(name)):
         raise RequestError(f"func_name {name!r} is a name Python reserves (__*__): every module has such "
                            "attributes of its own, none of them the guest's function")

@@ -67,8 +67,9 @@ IMPLIED = {"datetime": frozenset({"time", "_strptime"})}
 def python_name(name: str) -> str:
     """The name a guest's source means by ``name``: Python's parser normalizes identifiers
     (NFKC), so ``def ℌello`` defines ``Hello`` and ``ℌ`` in an expression reads ``H``; a
-    function or context entry looked up by its unnormalized name could never be reached."""
-    return name if name.isascii() else normalize("NFKC", name)
+    function or context entry looked up by its unnormalized name could never be reached. A
+    name that is no identifier (``globals()["my-rule"]``) is no source's: left as it is."""
+    return name if name.isascii() or not name.isidentifier() else normalize("NFKC", name)
 
 
 def with_implied(allowed: frozenset[str]) -> frozenset[str]:

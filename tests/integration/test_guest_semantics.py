@@ -1044,3 +1044,16 @@ def test_a_ctypes_callback_where_writable_code_is_denied_says_so_beside_the_memo
     assert str(info.value) == (
         "the call went over its memory limit of 256 MiB (memory_bytes) (or it made a ctypes callback: this host "
         "denies memory both writable and executable, as systemd's MemoryDenyWriteExecute= does)")
+
+
+def test_a_function_name_that_is_no_identifier_is_looked_up_as_any_other(runner):
+    """isolated-runtime's funcName was any key of module.exports: a name that is no Python
+    identifier was an InvalidRequest, where the contract says a missing function is a
+    FunctionNotFound; a module may hold such a name (globals()["my-rule"])."""
+    r = runner({"index.py": """
+        globals()["my-rule"] = lambda x: x * 2
+    """})
+    assert r.run("my-rule", args=[21]) == 42
+    for name in ("math.sqrt", "not an identifier"):
+        with pytest.raises(errors.FunctionNotFound, match=f"function {name} was not found in /index.py"):
+            r.run(name)

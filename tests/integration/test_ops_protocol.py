@@ -95,9 +95,8 @@ def test_values_that_do_not_parse_are_invalid_argument(raw, daemon, make_root, w
 
 
 @pytest.mark.parametrize("fields, words", [
-    ({"func_name": "f" * 100_000}, "func_name must be a Python identifier"),
-    ({"func_name": ""}, "func_name must be a Python identifier"),
-    ({"func_name": "not an identifier"}, "func_name must be a Python identifier"),
+    ({"func_name": "f" * 100_000}, "func_name must be a name of 1 to 256 characters"),
+    ({"func_name": ""}, "func_name must be a name of 1 to 256 characters"),
     ({"file": "../escape.py"}, "outside root"),
     ({"file": "/etc/passwd"}, "relative to root"),
     ({"file": "x" * 1_000_000}, "file must be a path relative to root"),
