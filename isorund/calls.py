@@ -3,7 +3,8 @@
 The servicer (``isorund.servicer``) only translates; this class validates the request, admits
 the call, takes a prepared sandbox, runs it, and writes the call's one structured log line —
 also for calls that were refused or abandoned, so every call leaves exactly one line and one
-count in the metrics. Tests can drive it without a gRPC server.
+count in the metrics (a call the allowlist refuses never reaches this class: it leaves a
+``denied`` line and no count, see docs/operations.md). Tests can drive it without gRPC.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Calls:
         entry = {"id": secrets.token_hex(8), "peer": peer, "root": request.root[:200], "file": request.file[:200],
                  "function": request.func_name[:200]}
         outcome, queued = None, 0.0  # seconds to a sandbox; none for a call refused before the queue
+        reached_queue = False
         ran_from = None  # when its sandbox was taken: a call cut short still shows how long it ran
         try:
             plan = plans.build(request, self.config)
@@ -82,7 +84,7 @@ class Calls:
                 self.code_cache.fill(plan)
             entry.update(id=plan.call_id, root=plan.root, file=plan.file)
             wait = None if deadline is None else max(0.0, deadline - received - plan.timeout_seconds)
-            queued = None  # in the queue from here until a sandbox is taken
+            queued, reached_queue = None, True  # in the queue from here until a sandbox is taken
             async with self.admission.slot(wait, len(payload)):
                 sandbox = await self._sandbox(None if wait is None else wait - (time.monotonic() - received))
                 entry["sandbox_pid"] = sandbox.pid  # the call's sandbox on the host, killed after it
@@ -110,7 +112,7 @@ class Calls:
         finally:
             if queued is None:  # it left while waiting for a sandbox
                 queued = time.monotonic() - received
-            self._log(entry, outcome, received, queued, ran_from)
+            self._log(entry, outcome, received, queued, ran_from, reached_queue)
             self._after(len(payload), outcome)
 
     async def _sandbox(self, wait: float | None):
@@ -157,7 +159,9 @@ class Calls:
         memory.give_back_freed_memory()
 
     def _log(self, entry: dict, outcome: sb.RelayedOutcome | None, received: float, queued: float,
-             ran_from: float | None = None) -> None:
+             ran_from: float | None = None, reached_queue: bool = False) -> None:
+        """The call's one log line, and its counts: the queue's wait only of a call that was
+        queued (refused ones were counted as waits of 0 s, pulling the histogram down)."""
         total = time.monotonic() - received
         if outcome is not None:
             usage = outcome.usage
@@ -177,7 +181,7 @@ class Calls:
             entry["warning"] = "insecure: no kernel isolation"
         log.info(json.dumps({"event": "call", **entry}))
         if entry["peer"] != SELF_TEST_PEER:
-            self.metrics.observe_call(entry["outcome"], total, entry["queue_ms"] / 1000)
+            self.metrics.observe_call(entry["outcome"], total, entry["queue_ms"] / 1000 if reached_queue else None)
 
 
 def _ms(seconds: float) -> float:

@@ -55,10 +55,12 @@ class Metrics:
         """Lets scrapes read the queue, the running sandboxes and the zygote's state."""
         self._state.calls, self._state.zygote = calls, zygote
 
-    def observe_call(self, outcome: str, seconds: float, queue_seconds: float) -> None:
+    def observe_call(self, outcome: str, seconds: float, queue_seconds: float | None) -> None:
+        """One call's end; ``queue_seconds`` None for a call refused before the queue."""
         self.calls.labels(outcome).inc()
         self.latency.observe(seconds)
-        self.queue_wait.observe(queue_seconds)
+        if queue_seconds is not None:
+            self.queue_wait.observe(queue_seconds)
 
     def serve(self, address: str) -> str:
         """Starts the endpoint; returns the address it listens on (port 0 picks one)."""
