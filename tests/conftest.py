@@ -2,7 +2,9 @@
 
 ``start_daemon(config="...toml text...", args=[...])`` starts one daemon, waits until its
 socket answers, and stops it at the end of the test (or session, for ``daemon``). When a test
-fails, the daemon's log is printed with the failure, which is usually where the reason is.
+fails, the daemon's log is printed with the failure, which is usually where the reason is: the
+whole log of a daemon of its own, and of a daemon shared by the session (``daemon``,
+``secure_daemon``, …) the lines written while the test ran.
 """
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ add-one = "test_plugins:add_one"
 
 
 class Daemon:
-    """One running isorund; ``socket``, ``proc``, ``folder`` and ``log()`` for the test."""
+    """One running isorund; ``socket``, ``proc``, ``folder`` and ``log()`` for the test.
+    ``shared``: started for the whole session (see ``pytest_runtest_makereport``)."""
+
+    shared = False
 
     def __init__(self, folder: Path, config_text: str, args: list[str], env: dict | None,
                  prefix: list[str] = ()):
@@ -129,8 +134,14 @@ def _daemons(tmp_path_factory, show_logs_if=lambda: False):
 
 @pytest.fixture(scope="session")
 def start_daemon_session(tmp_path_factory):
-    """Daemons shared by the whole session; stopped when it ends."""
-    yield from _daemons(tmp_path_factory)
+    """Daemons shared by the whole session; stopped when it ends. A failing test that used one
+    shows the lines it logged meanwhile (``pytest_runtest_makereport``)."""
+    for start in _daemons(tmp_path_factory):
+        def start_shared(*args, **kwargs) -> Daemon:
+            d = start(*args, **kwargs)
+            d.shared = True
+            return d
+        yield start_shared
 
 
 @pytest.fixture
@@ -176,9 +187,30 @@ def runner(daemon, make_root):
         r.close()
 
 
+# At most this many of a shared daemon's lines are shown with a failure (the last ones).
+SHARED_LOG_LINES = 100
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Keeps the call's report for ``start_daemon``; for every daemon shared by the session that
+    the test used (its own fixtures' or theirs: ``item.funcargs``), notes where its log stood
+    once the test was set up and, if the test failed, adds the lines written since to the
+    report (if any), a section pytest prints with the failure only."""
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report
+    shared = [d for d in getattr(item, "funcargs", {}).values() if isinstance(d, Daemon) and d.shared]
+    starts = item.__dict__.setdefault("shared_log_starts", {})
+    if report.when == "setup":
+        for d in shared:
+            starts[d.socket] = d.log_path.stat().st_size
+    if report.failed:
+        for d in shared:
+            d.log()  # until the lines being written have landed
+            lines = d.log_path.read_bytes()[starts.get(d.socket, 0):].decode(errors="replace").splitlines()
+            if lines:
+                cut = f", the last {SHARED_LOG_LINES} of {len(lines)}" if len(lines) > SHARED_LOG_LINES else ""
+                report.sections.append((f"isorund log at {d.socket} during the test ({report.when}{cut})",
+                                        "\n".join(lines[-SHARED_LOG_LINES:])))

@@ -15,7 +15,8 @@ def attack():
         maps[name] = os.read(fd, 4096).decode()
         os.close(fd)
     names = ["RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE",
-             "RLIMIT_CPU", "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_SIGPENDING"]
+             "RLIMIT_CPU", "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_SIGPENDING",
+             "RLIMIT_RTPRIO", "RLIMIT_NICE"]
     limits = {name: resource.getrlimit(getattr(resource, name)) for name in names}
     raised = {}
     for name in ("RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_CPU"):
