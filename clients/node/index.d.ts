@@ -130,10 +130,12 @@ export namespace errors {
   class IsorunError extends Error {}
   /** The guest imported a module that is not allowed or does not exist. */
   class ModuleNotFound extends IsorunError {
-    constructor(module: string);
+    constructor(module: string, traceback?: string);
     /** "Cannot find module 'NAME'" */
     readonly message: string;
     readonly module: string;
+    /** Where the import was: the guest's frames, root-relative paths ("" when not known). */
+    readonly traceback: string;
   }
   /** funcName is missing from the file or not callable. Also an IsorunError. */
   class FunctionNotFound extends TypeError {}

@@ -26,7 +26,10 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     """Turns what the guest raised into the Failure the client will raise."""
     refused = refused_module(e)
     if refused is not None:
-        return _failure(kind=Failure.MODULE_NOT_FOUND, module=refused, message=str(e))
+        # where the import was: the guest's frames (a module's `import os` three imports down
+        # said only "Cannot find module 'os'")
+        _message, traceback_text = guest_report(e, guest_files)
+        return _failure(kind=Failure.MODULE_NOT_FOUND, module=refused, message=str(e), traceback=traceback_text)
     if type(e) is MemoryError and not e.args and not _raised_by_the_guests_raise(e, guest_files):
         # an allocation that failed (a guest's own `raise MemoryError`, with a message or not,
         # or of a class of its own, is its exception like any other)

@@ -726,3 +726,15 @@ def test_a_whitelisted_folder_outside_tmp_is_mounted_at_its_own_path(runner):
         assert r.run("area", args=[4])[0] == 16  # the next sandbox makes its own mountpoint
     finally:
         shutil.rmtree(folder)
+
+
+def test_module_not_found_says_where_the_import_was(runner):
+    """A module's `import os` three imports down said only "Cannot find module 'os'"."""
+    r = runner({"index.py": "import a\ndef f():\n    return 1\n", "a.py": "import b\n",
+                "b.py": "X = 1\nimport os\n"})
+    with pytest.raises(errors.ModuleNotFound) as info:
+        r.run("f")
+    assert str(info.value) == "Cannot find module 'os'" and info.value.module == "os"
+    assert 'File "/index.py", line 1' in info.value.traceback
+    assert 'File "/b.py", line 2, in <module>' in info.value.traceback
+    assert "isorund" not in info.value.traceback

@@ -37,10 +37,12 @@ function brand(cls) {
   return cls;
 }
 
+/** The guest imported a module not allowed or not present; `traceback` says where (its frames). */
 class ModuleNotFound extends IsorunError {
-  constructor(module) {
+  constructor(module, traceback = "") {
     super(`Cannot find module '${module}'`);
     this.module = module;
+    this.traceback = traceback;
   }
 }
 

@@ -27,7 +27,7 @@ function inOptionNames(details) {
 function failureError(failure) {
   const message = failure.message || "";
   switch (failure.kind) {
-    case "MODULE_NOT_FOUND": return new errors.ModuleNotFound(failure.module || "");
+    case "MODULE_NOT_FOUND": return new errors.ModuleNotFound(failure.module || "", failure.traceback || "");
     case "FUNCTION_NOT_FOUND": return new errors.FunctionNotFound(message);
     case "GUEST_EXCEPTION": return new errors.GuestError(failure.typeName || "", message, failure.traceback || "");
     case "TIMEOUT": return new errors.RuntimeTimeoutError(message);

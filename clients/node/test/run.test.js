@@ -60,6 +60,7 @@ describe("With requiring a node module", () => {
       assert.ok(error instanceof errors.ModuleNotFound);
       assert.equal(error.message, "Cannot find module 'mathlib'");
       assert.equal(error.module, "mathlib");
+      assert.match(error.traceback, /File "\/index\.py", line 1, in <module>/); // where the import was
       return true;
     });
   });

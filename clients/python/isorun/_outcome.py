@@ -15,7 +15,7 @@ from ._proto import runner_pb2 as pb
 def raise_failure(failure: pb.Failure) -> None:
     kind, message = failure.kind, failure.message
     if kind == pb.Failure.MODULE_NOT_FOUND:
-        raise errors.ModuleNotFound(failure.module)
+        raise errors.ModuleNotFound(failure.module, failure.traceback)
     if kind == pb.Failure.FUNCTION_NOT_FOUND:
         raise errors.FunctionNotFound(message)
     if kind == pb.Failure.GUEST_EXCEPTION:

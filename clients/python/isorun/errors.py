@@ -29,11 +29,13 @@ class IsorunError(Exception):
 
 
 class ModuleNotFound(IsorunError):
-    """The guest imported a module that is not allowed or does not exist."""
+    """The guest imported a module that is not allowed or does not exist; ``traceback`` says
+    where (the guest's frames, as GuestError's)."""
 
-    def __init__(self, module: str):
+    def __init__(self, module: str, traceback: str = ""):
         super().__init__(f"Cannot find module '{module}'")
         self.module = module
+        self.traceback = traceback
 
     def __reduce__(self):  # (see GuestError.__reduce__)
         return type(self), (self.module,), self.__dict__
