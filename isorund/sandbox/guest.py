@@ -83,10 +83,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     the channel ``prepare`` gave the console (after the lines printed before each of them)."""
     started, cpu_before = time.monotonic(), _cpu_seconds()
     _console.cap = plan.limits.output_bytes
-    last_resort = pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=with_its_limit(Failure(
-        kind=Failure.RESOURCE_LIMIT, limit="memory",
-        message="the call went over its memory limit: its outcome could not be encoded"), plan.limits))
-    ).SerializeToString()
+    last_resort = _out_of_memory_outcome(plan)
     importer = None
     # The result is encoded straight into the event that carries it: a large result is then
     # built once, not copied into an Outcome and again into a RunEvent.
@@ -97,16 +94,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         request = _request_of(request_bytes)
         args = [_decoded(v, registry, f"args[{i}]") for i, v in enumerate(request.args)]
         context = {python_name(k): _decoded(v, registry, f"context[{k!r}]") for k, v in request.context.items()}
-        policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
-                              allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
-        resolver = None
-        if request.resolver:
-            options = _codec.decode_plain(struct_pb2.Value(struct_value=request.resolver_options))
-            resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options,
-                                   returns=(Callable,), expected="a function resolve(name) -> path | None")
-        importer = GuestImporter(policy, context=context, resolver=resolver,
-                                 compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
-                                 plugin_names=(request.compiler, request.resolver))
+        importer = _importer_for(plan, request, context, plugins, guest_dir)
         _check_readable(guest_dir, plan.file)
         _preload(importer, plan)
         module = importer.load_main(plan.file)
@@ -116,17 +104,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         trace, profile = gettrace(), getprofile()
         settrace(None)
         setprofile(None)
-        name = python_name(request.func_name)
-        # an attribute, as `module.exports[funcName]` is in isolated-runtime: a module's
-        # __getattr__ and an object the module put in its own place in sys.modules answer too
-        func = getattr(module, name, _MISSING)
-        if not callable(func):
-            # through the failure path below: the module's code has run, and what it left (a
-            # trace function, signal handlers) is undone there as after any guest failure; left
-            # in place, a trace function raised inside the report and no outcome was sent
-            raise _NotAFunction(Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
-                f"{request.func_name} is not a function in /{plan.file}" if func is not _MISSING
-                else f"function {request.func_name} was not found in /{plan.file}")))
+        func = _function_of(module, request.func_name, plan.file)
         _end_a_forked_child(0)  # (one the module's code forked, back from the import)
         _console.send_after_lines(pb.RunEvent(running=pb.Running()))
         if request.args_resolver:
@@ -179,17 +157,59 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     try:
-        outcome.call_id = plan.call_id
-        outcome.usage.CopyFrom(_usage(started, cpu_before))
-        if failure is not None:
-            # the result oneof: whatever value was begun is dropped
-            outcome.failure.CopyFrom(within_bounds(with_its_limit(failure, plan.limits), plan.limits.result_bytes))
+        _finish_outcome(outcome, failure, plan, started, cpu_before)
         data = event.SerializeToString()
     except (MemoryError, EncodeError):  # (protobuf's words for an allocation it could not make)
         # out of memory with the reserve given back (a result of hundreds of MiB): a
         # message made before the guest ran, which needs nothing more to be sent
         data = last_resort
     _console.send_after_lines(data)
+
+
+def _importer_for(plan, request: pb.RunRequest, context: dict, plugins, guest_dir: str) -> GuestImporter:
+    """The call's importer: its policy, and the plugins the request names (the resolver is
+    made here, from its options: its failure is the plugin's, before any guest code)."""
+    policy = ImportPolicy(guest_dir=guest_dir, extensions=tuple(plan.extensions),
+                          allowed=frozenset(plan.allowed), search_paths=tuple(plan.search_paths))
+    resolver = None
+    if request.resolver:
+        options = _codec.decode_plain(struct_pb2.Value(struct_value=request.resolver_options))
+        resolver = call_plugin("resolver", request.resolver, plugins.resolvers[request.resolver], options,
+                               returns=(Callable,), expected="a function resolve(name) -> path | None")
+    return GuestImporter(policy, context=context, resolver=resolver,
+                         compiler=plugins.compilers.get(request.compiler) if request.compiler else None,
+                         plugin_names=(request.compiler, request.resolver))
+
+
+def _function_of(module, func_name: str, file: str):
+    """The call's function: an attribute, as ``module.exports[funcName]`` is in isolated-runtime
+    (a module's ``__getattr__`` and an object the module put in its own place in sys.modules
+    answer too). One missing or not callable raises _NotAFunction, which takes the failure
+    path: the module's code has run, and what it left (a trace function, signal handlers) is
+    undone there as after any guest failure (left in place, a trace function raised inside the
+    report and no outcome was sent)."""
+    func = getattr(module, python_name(func_name), _MISSING)
+    if not callable(func):
+        raise _NotAFunction(Failure(kind=Failure.FUNCTION_NOT_FOUND, type_name="TypeError", message=(
+            f"{func_name} is not a function in /{file}" if func is not _MISSING
+            else f"function {func_name} was not found in /{file}")))
+    return func
+
+
+def _finish_outcome(outcome: pb.Outcome, failure: Failure | None, plan, started: float, cpu_before: float) -> None:
+    """The outcome's id, usage and failure, if any (the result oneof: a value begun is dropped)."""
+    outcome.call_id = plan.call_id
+    outcome.usage.CopyFrom(_usage(started, cpu_before))
+    if failure is not None:
+        outcome.failure.CopyFrom(within_bounds(with_its_limit(failure, plan.limits), plan.limits.result_bytes))
+
+
+def _out_of_memory_outcome(plan) -> bytes:
+    """The event sent when even the outcome cannot be encoded, made before the guest runs."""
+    return pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=with_its_limit(Failure(
+        kind=Failure.RESOURCE_LIMIT, limit="memory",
+        message="the call went over its memory limit: its outcome could not be encoded"), plan.limits))
+    ).SerializeToString()
 
 
 def _preload(importer: GuestImporter, plan) -> None:
@@ -275,9 +295,7 @@ def _usage(started: float, cpu_before: float = 0.0) -> pb.Usage:
     """The call's own usage: CPU spent in the pool, before the call, is not the guest's."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return pb.Usage(wall_seconds=time.monotonic() - started,
-                    cpu_seconds=max(0.0, own.ru_utime + own.ru_stime + children.ru_utime
-                                    + children.ru_stime - cpu_before),
+    return pb.Usage(wall_seconds=time.monotonic() - started, cpu_seconds=max(0.0, _cpu_seconds() - cpu_before),
                     peak_memory_bytes=max(own.ru_maxrss, children.ru_maxrss) * 1024)
 
 
