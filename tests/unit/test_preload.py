@@ -14,7 +14,8 @@ import pytest
 
 from isorund.sandbox.guest import _within_budget
 from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES, Compiled, module_imports
-from isorund.sandbox.importer import GuestImporter, ImportPolicy
+from isorund.sandbox.import_policy import ImportPolicy
+from isorund.sandbox.importer import GuestImporter
 from test_importer import _guest_modules_forgotten, write  # noqa: F401  (an autouse fixture)
 
 TREE = {
@@ -171,7 +172,8 @@ def test_what_goes_back_to_the_daemon_fits_its_bound_and_starts_with_the_calls_f
         return Compiled(path, b"h" * 8, b"c" * size, (), (1, 2, 3, 4))
     modules = [module("/index.py", 1000), module("/huge.py", MAX_COMPILED_BYTES), module("/small.py", 1000)]
     sent = _within_budget(modules)
-    assert [m.path for m in sent] == ["/index.py", "/small.py"]
+    # the one too large goes without its code: the daemon still walks what it imports
+    assert [(m.path, len(m.code)) for m in sent] == [("/index.py", 1000), ("/huge.py", 0), ("/small.py", 1000)]
     assert sum(m.ByteSize() + MODULE_FRAMING_BYTES for m in sent) <= MAX_COMPILED_BYTES
 
 

@@ -35,10 +35,11 @@ def _rule(filter_text, name):
     return filter_text.split(f'filter for syscall "{name}"', 1)[1].split("# filter for", 1)[0]
 
 
-def test_filter_denies_the_block_map_ioctls_on_their_low_32_bits(filter_text):
+def test_filter_denies_the_filesystem_ioctls_on_their_low_32_bits_whatever_their_size(filter_text):
     rule = _rule(filter_text, "ioctl")
-    for request in (0xC0C0583B, 0xC020660B):  # FS_IOC_GETFSMAP, FS_IOC_FIEMAP
-        assert f"if ($a1.lo32 & 0xffffffff == {request})\n        action ERRNO(1);" in rule
+    # FS_IOC_GETFSMAP, FS_IOC_FIEMAP, EXT4_IOC_GET_ES_CACHE, XFS_IOC_GETBMAPX (as 32 or 48 bytes)
+    for request in (0xC0C0583B, 0xC020660B, 0xC020662A, 0xC0305838):
+        assert f"if ($a1.lo32 & 0xc000ffff == {request & 0xC000FFFF})\n        action ERRNO(1);" in rule
 
 
 @pytest.mark.parametrize("name, flags", [("sendto", 3), ("recvfrom", 3), ("sendmsg", 2), ("recvmsg", 2),
