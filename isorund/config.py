@@ -61,7 +61,7 @@ def runtime_module(name: str) -> str | None:
     when it is none of its own. A guest allowed to import one would get isorun's internals, so
     neither a request's ``external`` (plan.py) nor ``default_external`` may name one; compared
     as the guest's import statement spells the name (``ｉｓｏｒｕｎｄ`` is ``isorund``)."""
-    from isorund.sandbox.importer import python_name  # here: isorund.sandbox imports this module
+    from isorund.sandbox.import_policy import python_name  # here: isorund.sandbox imports this module
     return RUNTIME_MODULES.get(python_name(name))
 
 

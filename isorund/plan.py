@@ -23,7 +23,7 @@ from isorund import named_pipes
 from isorund.admission import OutOfDescriptors
 from isorund.config import MIN_LIMITS, runtime_module
 from isorund.sandbox import filesystem
-from isorund.sandbox.importer import python_name
+from isorund.sandbox.import_policy import python_name
 
 MAX_NAME = 256
 CPU_GRACE_SECONDS = 1.0

@@ -42,7 +42,7 @@ from isorund import zygote as zygote_module
 from isorund.config import Config
 from isorund import sandbox_call
 from isorund.sandbox import (_close_fds_except, _libc, _receive_folders, _redirect_std_fds, channel,
-                             filesystem, guest, importer, limits, namespaces, seccomp)
+                             filesystem, guest, import_policy, importer, limits, namespaces, seccomp)
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 MARKS: dict[str, int] = {}  # filled in whichever process runs; each process has its own copy
@@ -113,7 +113,7 @@ def instrument() -> None:
 def cached_modules(root, file: str) -> list:
     """What a warm daemon's code cache puts in the plans of ``file``'s calls: its modules as a
     sandbox compiles them (paths as the guest sees them, so compiled here the same)."""
-    reader = importer.GuestImporter(importer.ImportPolicy(guest_dir=str(root), extensions=(".py",),
+    reader = importer.GuestImporter(import_policy.ImportPolicy(guest_dir=str(root), extensions=(".py",),
                                                           allowed=frozenset()))
     return guest._within_budget(reader.preload(file, {}, report=True))
 

@@ -15,7 +15,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun.errors import SerializationError
 
 from .console import encodable
-from .importer import PluginFailure, refused_module
+from .import_errors import PluginFailure, refused_module
 from .limits import CpuLimitExceeded
 
 Failure = pb.Failure

@@ -37,7 +37,9 @@ from isorun._proto import sandbox_pb2 as sb
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
 from .failure import Failure, described, with_its_limit, within_bounds
-from .importer import GuestImporter, ImportPolicy, call_plugin, python_name
+from .import_errors import call_plugin
+from .import_policy import ImportPolicy, python_name
+from .importer import GuestImporter
 from .limits import CpuLimitExceeded
 
 

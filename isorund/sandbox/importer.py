@@ -4,7 +4,8 @@ Not a security boundary (the kernel is; see the package docstring): it exists so
 importing ``os`` gets a clear ``ModuleNotFoundError: Cannot find module 'os'`` instead of a
 module that fails in confusing ways further on.
 
-The rules (``ImportPolicy``) are pure data, unit-tested apart from the hook (``GuestImporter``):
+The rules (``import_policy.ImportPolicy``) are pure data, unit-tested apart from the hook
+(``GuestImporter``):
 - a top-level name found as guest source in the guest folder is a guest module (a folder
   without ``__init__`` is a namespace package, as in Python 3, unless the name is allowed);
 - any other name must be allowed (``external`` plus the daemon's ``default_external``, plus
@@ -46,61 +47,12 @@ import os
 import sys
 import tokenize  # noqa: F401  (used by decode_source; loaded here, in the zygote)
 import types
-import weakref
 from dataclasses import dataclass
 from typing import Callable
-from unicodedata import normalize
 
 from .compiled import MAX_PRELOAD, Compiled, cached_code, module_imports, open_regular_file
-from .limits import CpuLimitExceeded
-
-REMOVED_BUILTINS = frozenset({"open", "input", "exit", "quit", "breakpoint", "help",
-                              "copyright", "credits", "license"})
-# A future statement is an instruction to the compiler; the module it imports holds nothing else.
-ALWAYS_ALLOWED = frozenset({"__future__"})
-# Modules an allowed module's C code imports while the guest's frame is the current one, so
-# that the import comes to the guest's __import__: datetime's strftime, today() and strptime
-# need time and _strptime. Allowed with the module that needs them.
-IMPLIED = {"datetime": frozenset({"time", "_strptime"})}
-
-
-def python_name(name: str) -> str:
-    """The name a guest's source means by ``name``: Python's parser normalizes identifiers
-    (NFKC), so ``def ℌello`` defines ``Hello`` and ``ℌ`` in an expression reads ``H``; a
-    function or context entry looked up by its unnormalized name could never be reached. A
-    name that is no identifier (``globals()["my-rule"]``) is no source's: left as it is."""
-    return name if name.isascii() or not name.isidentifier() else normalize("NFKC", name)
-
-
-def with_implied(allowed: frozenset[str]) -> frozenset[str]:
-    return allowed.union(ALWAYS_ALLOWED, *(IMPLIED.get(name, ()) for name in allowed))
-
-
-@dataclass(frozen=True)
-class ImportPolicy:
-    guest_dir: str                      # where the guest folder is visible
-    extensions: tuple[str, ...]         # which files count as guest source
-    allowed: frozenset[str]             # top-level names importable besides guest modules
-    search_paths: tuple[str, ...] = ()  # whitelisted folders, searched for allowed names
-
-    def __post_init__(self):
-        object.__setattr__(self, "allowed", with_implied(frozenset(self.allowed)))
-
-    def is_allowed(self, name: str) -> bool:
-        return name.partition(".")[0] in self.allowed
-
-    def source_candidates(self, folder: str, name: str) -> list[tuple[str, bool]]:
-        """Files that would hold module ``name`` in ``folder``: (path, is_package), in order."""
-        base = os.path.join(folder, name)
-        return ([(os.path.join(base, "__init__" + ext), True) for ext in self.extensions]
-                + [(base + ext, False) for ext in self.extensions])
-
-    def display_name(self, path: str) -> str:
-        """The guest folder is shown as "/"; other guest source keeps its visible path."""
-        if path.startswith(self.guest_dir + "/"):
-            return path[len(self.guest_dir):]
-        return path
-
+from .import_errors import PluginFailure, call_plugin, compile_source, module_not_found, undecodable
+from .import_policy import REMOVED_BUILTINS, ImportPolicy
 
 @dataclass
 class _Loaded:
@@ -108,76 +60,6 @@ class _Loaded:
     raw: bytes
     mtime: float
     code: types.CodeType | bytes
-
-
-class GuestModuleNotFound(ModuleNotFoundError):
-    """The importer's own refusal. Only an instance the importer made, as it made it, becomes the
-    client's ModuleNotFound (``refused_module``): the guest can reach this class (``type(e)``
-    of a refusal it caught) and make its own, which are its exceptions like any other, as is a
-    ModuleNotFoundError it raises itself. Named as Python's, in the guest's tracebacks too."""
-
-
-GuestModuleNotFound.__name__ = GuestModuleNotFound.__qualname__ = "ModuleNotFoundError"
-GuestModuleNotFound.__module__ = "builtins"
-_refusals: weakref.WeakKeyDictionary[GuestModuleNotFound, str] = weakref.WeakKeyDictionary()
-
-
-class PluginFailure(Exception):
-    """An operator plugin (compiler, resolver, args resolver) raised or broke its contract:
-    the operator's code failed, not the guest's, and the call says so instead of blaming the
-    guest. ``type_name``: what the plugin raised, or TypeError for what it returned."""
-
-    def __init__(self, message: str, type_name: str = "TypeError"):
-        super().__init__(message)
-        self.type_name = type_name
-
-
-def _undecodable(display: str, raw: bytes, e: UnicodeDecodeError) -> SyntaxError:
-    """The error of source bytes its encoding cannot decode, at their line and column, as
-    Python's own import reports them (the codec's message gives only an offset in the file)."""
-    line_start = raw.rfind(b"\n", 0, e.start) + 1
-    line_end = raw.find(b"\n", e.start)
-    text = raw[line_start:len(raw) if line_end < 0 else line_end].decode(e.encoding, "replace")
-    line = raw.count(b"\n", 0, e.start) + 1
-    column = len(raw[line_start:e.start].decode(e.encoding, "replace")) + 1
-    return SyntaxError(f"{display} is not valid source text: {e.encoding!r} cannot decode byte "
-                       f"{raw[e.start:e.end].hex(' ')} at column {column} ({e.reason})", (display, line, column, text))
-
-
-def module_not_found(name: str) -> ModuleNotFoundError:
-    refusal = GuestModuleNotFound(_refusal_text(name), name=name)
-    _refusals[refusal] = name
-    return refusal
-
-
-def refused_module(e: BaseException) -> str | None:
-    """The module the importer refused, if ``e`` is a refusal the importer made and the guest
-    did not change (a caught refusal raised again unchanged still is one)."""
-    name = _refusals.get(e) if isinstance(e, GuestModuleNotFound) else None
-    if name is None or e.name != name or e.args != (_refusal_text(name),):
-        return None
-    return name
-
-
-def _refusal_text(name: str) -> str:
-    return f"Cannot find module '{name}'"
-
-
-def call_plugin(kind: str, name: str, plugin, *args, returns: tuple[type, ...], expected: str):
-    """``plugin(*args)``, with a failure reported as the named plugin's: whatever it raises
-    (``SystemExit`` too: a plugin does not end the call as the guest's), and a result that is
-    not of a type in ``returns`` (its contract, ``expected`` in words). Except a SyntaxError,
-    which is a compiler's verdict on the guest's source and stays the guest's, and the call's
-    CPU limit, which is the call's."""
-    try:
-        result = plugin(*args)
-    except (SyntaxError, CpuLimitExceeded):
-        raise
-    except BaseException as e:
-        raise PluginFailure(f"the {kind} plugin {name!r} raised {type(e).__name__}: {e}", type(e).__name__) from e
-    if not isinstance(result, returns):
-        raise PluginFailure(f"the {kind} plugin {name!r} returned {type(result).__name__}, not {expected}")
-    return result
 
 
 class GuestImporter:
@@ -489,7 +371,7 @@ class GuestImporter:
             # byte-order mark dropped
             source = importlib.util.decode_source(raw)
         except UnicodeDecodeError as e:
-            raise _undecodable(display, raw, e) from None
+            raise undecodable(display, raw, e) from None
         except SyntaxError as e:  # a coding declaration naming no codec, or one the BOM contradicts
             raise SyntaxError(f"{display} is not valid source text: {e}") from None
         if self.compiler is not None:
@@ -500,7 +382,7 @@ class GuestImporter:
         if loaded is not None:
             code = marshal.loads(loaded.code) if isinstance(loaded.code, bytes) else loaded.code
         elif self.compiler is not None:
-            code = _compile(source, display)
+            code = compile_source(source, display)
         else:
             code = self._code_of(path, raw, mtime, display, source)
         module = types.ModuleType(name)
@@ -542,7 +424,7 @@ class GuestImporter:
 
     @staticmethod
     def _compiled(raw: bytes, display: str, source: str | None = None) -> types.CodeType:
-        return _compile(importlib.util.decode_source(raw) if source is None else source, display)
+        return compile_source(importlib.util.decode_source(raw) if source is None else source, display)
 
     def _namespace_package(self, name: str, folder: str):
         """A guest folder without ``__init__``: a package with no code of its own, as Python 3
@@ -576,21 +458,6 @@ class GuestImporter:
 
 
 _real_import = builtins.__import__
-
-
-def _compile(source: str, display: str) -> types.CodeType:
-    """Guest source's code. Python's compiler refuses a null byte naming no file ("source code
-    string cannot contain null bytes"): said here of the file, at its line and column, as
-    undecodable source is (``_undecodable``)."""
-    at = source.find("\0")
-    if at >= 0:
-        line_start = source.rfind("\n", 0, at) + 1
-        line_end = source.find("\n", at)
-        text = source[line_start:len(source) if line_end < 0 else line_end]
-        line, column = source.count("\n", 0, at) + 1, at - line_start + 1
-        raise SyntaxError(f"{display} is not valid source text: a null byte at column {column}",
-                          (display, line, column, text))
-    return compile(source, display, "exec", dont_inherit=True)
 
 
 def _sane(name, level) -> None:

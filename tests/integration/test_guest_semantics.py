@@ -124,7 +124,7 @@ def test_a_file_that_is_not_text_in_its_encoding_is_a_syntax_error_at_its_line_a
 def test_a_refusal_the_guest_forges_or_alters_is_its_own_error(runner):
     """The refusal's class is reachable (``type(e)``): a new instance of it made the caller's
     ModuleNotFound name a module nobody imported, and the guest's tracebacks named the class
-    isorund.sandbox.importer.GuestModuleNotFound."""
+    isorund.sandbox.import_errors.GuestModuleNotFound."""
     r = runner({"index.py": """
         def forged():
             try:

@@ -11,7 +11,8 @@ from isorun._proto import sandbox_pb2 as sb
 from isorund.code_cache import ENTRY_OVERHEAD, RECHECK_SECONDS, CodeCache
 from isorund.sandbox.guest import _within_budget
 from isorund.sandbox.compiled import MAX_COMPILED_BYTES, MAX_PRELOAD, MODULE_FRAMING_BYTES
-from isorund.sandbox.importer import GuestImporter, ImportPolicy
+from isorund.sandbox.import_policy import ImportPolicy
+from isorund.sandbox.importer import GuestImporter
 
 
 class Clock:

@@ -11,7 +11,8 @@ import pytest
 
 from isorund.sandbox import compiled
 from isorund.sandbox import importer as importer_module
-from isorund.sandbox.importer import REMOVED_BUILTINS, GuestImporter, ImportPolicy
+from isorund.sandbox.import_policy import REMOVED_BUILTINS, ImportPolicy
+from isorund.sandbox.importer import GuestImporter
 
 
 @pytest.fixture(autouse=True)
