@@ -131,15 +131,12 @@ class RunnerServicer:
         return await _answered(context, self._capabilities(request, context))
 
     async def _capabilities(self, request, context):
-        self._admit(request, context, pb.GetCapabilitiesRequest)
+        self._admitted(request, context, pb.GetCapabilitiesRequest)
         return self.server.capabilities()
 
-    def _admit(self, request, context, message_class) -> str:
-        """Refuses malformed requests and peers not on the allowlist; returns the peer's name."""
-        return self._admitted(request, context, message_class)[0]
-
     def _admitted(self, request, context, message_class):
-        """``_admit``, with the peer's credentials when the allowlist's front knows them."""
+        """Refuses malformed requests and peers not on the allowlist; returns the peer's name,
+        and its credentials when the allowlist's front knows them (else None)."""
         peer, creds = context.peer(), None
         front = self.server.front
         if front is not None:

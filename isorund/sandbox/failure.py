@@ -2,7 +2,7 @@
 
 The report is in the guest's terms: its exception, its message and its own frames, with
 paths relative to its root, never the runtime's. It always fits in an outcome (texts cut in
-the middle, tracebacks to their innermost frames) and can always be built (``described``
+the middle, tracebacks to their innermost frames) and can always be built (``describe_safely``
 falls back to the exception without its traceback).
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool
             and code.co_code[tb.tb_lasti + 1] > 0)
 
 
-def described(e: BaseException, guest_files: set[str]) -> pb.Failure:
+def describe_safely(e: BaseException, guest_files: set[str]) -> pb.Failure:
     """``describe(e)``, or if that fails too, ``e`` without its traceback; the sandbox used to
     end without an outcome. Formatting can fail for want of memory (a guest that recursed until
     it ran out still holds every frame), or by what the guest's ``__str__`` raises; the call's

@@ -36,7 +36,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
-from .failure import Failure, described, with_its_limit, within_bounds
+from .failure import Failure, describe_safely, with_its_limit, within_bounds
 from .import_errors import call_plugin
 from .import_policy import ImportPolicy, python_name
 from .importer import GuestImporter
@@ -155,7 +155,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _end_a_forked_child(1)
         if importer is not None:
             importer.withdraw()
-        failure = e.failure if type(e) is _NotAFunction else described(e, importer.guest_files if importer else set())
+        failure = e.failure if type(e) is _NotAFunction else describe_safely(e, importer.guest_files if importer else set())
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     try:
