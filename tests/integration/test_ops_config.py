@@ -181,10 +181,14 @@ def test_a_daemon_without_cap_sys_chroot_says_it_needs_it(tmp_path):
 
 
 def test_a_zygote_still_importing_plugins_dies_with_a_killed_daemon(start_daemon, tmp_path):
-    (tmp_path / "stuck.py").write_text("import time\ntime.sleep(3600)\n")
+    inside = tmp_path / "inside-the-import"
+    (tmp_path / "stuck.py").write_text(f"import pathlib, time\npathlib.Path({str(inside)!r}).touch()\ntime.sleep(3600)\n")
     d = start_daemon(config=f'plugin_paths = ["{tmp_path}"]\n[plugins.compilers]\nb = "stuck:compile"\n', wait=False)
     importing = zygote_of(d)
-    time.sleep(0.5)  # inside the plugin's import by now
+    deadline = time.monotonic() + 30
+    while not inside.exists():  # the zygote is inside the plugin's import
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.02)
     d.proc.kill()
     d.proc.wait(10)
     assert psutil.wait_procs([importing], timeout=10)[1] == []  # none left alive
