@@ -7,44 +7,13 @@ the type's code is still that limit. The codec's own cases: tests/unit/test_code
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from isorun import CodeRunner, TypeRegistry, errors
 
-FAULTY_TYPES = '''
-class Exits:
-    def __init__(self, mode):
-        self.mode = mode
-
-
-class Unsayable(Exception):
-    def __str__(self):
-        raise RuntimeError("no words")
-
-
-def fail(mode):
-    if mode == "exit":
-        raise SystemExit("the type left")
-    if mode == "unsayable":
-        raise Unsayable()
-    if mode == "spin":
-        while True:
-            pass
-
-
-class exits:
-    type = Exits
-
-    @staticmethod
-    def encode(obj):
-        fail(obj.mode)
-        return obj.mode
-
-    @staticmethod
-    def decode(payload):
-        fail(payload)
-        return Exits(payload)
-'''
+FAULTY_TYPES = (Path(__file__).resolve().parent.parent / "plugins" / "faulty_types.py").read_text()
 
 CONFIG = '''
 plugin_paths = ["{plugins}", "%s"]

@@ -5,12 +5,15 @@
 // the milliseconds the caller passed too. And an operator type's own code failing, whatever it
 // throws, is a SerializationError naming the type, as in the Python client.
 const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
 const { after, before, describe, test } = require("node:test");
 const { CodeRunner, TypeRegistry, errors } = require("..");
 const { encode } = require("../lib/codec");
 const { decode } = require("../lib/decode");
 const { MAX_OPTIONS_DEPTH } = require("../lib/inputs");
 const { startDaemon } = require("../test-support/daemon");
+const { received } = require("../test-support/values");
 
 const objects = (n, inner) => {
   for (let i = 0; i < n; i += 1) inner = { k: inner };
@@ -83,15 +86,6 @@ describe("an operator type's code that throws, without a daemon", () => {
     r.register(Thing, "t.Thing", enc, dec);
     return r;
   };
-  const received = (value) => {
-    for (const kind of ["nullValue", "numberValue", "stringValue", "boolValue"]) {
-      if (kind in value) return { kind, [kind]: value[kind] };
-    }
-    if ("listValue" in value) return { kind: "listValue", listValue: { values: value.listValue.values.map(received) } };
-    const fields = {};
-    for (const [key, item] of Object.entries(value.structValue.fields)) fields[key] = received(item);
-    return { kind: "structValue", structValue: { fields } };
-  };
 
   for (const [name, make, said] of [
     ["an Error whose message cannot be read", unreadable, "Error: <its message could not be read>"],
@@ -119,30 +113,7 @@ describe("an operator type's code that throws, without a daemon", () => {
 
 // The daemon's [types] plugin failing, as tests/integration/test_types_plugin_faults.py: the
 // Node client gets the same SerializationError.
-const FAULTY_TYPES = `
-class Exits:
-    def __init__(self, mode):
-        self.mode = mode
-
-
-def fail(mode):
-    if mode == "exit":
-        raise SystemExit("the type left")
-
-
-class exits:
-    type = Exits
-
-    @staticmethod
-    def encode(obj):
-        fail(obj.mode)
-        return obj.mode
-
-    @staticmethod
-    def decode(payload):
-        fail(payload)
-        return Exits(payload)
-`;
+const FAULTY_TYPES = fs.readFileSync(path.join(__dirname, "..", "..", "..", "tests", "plugins", "faulty_types.py"), "utf8");
 
 const PLAIN = "def f():\n    return 'ran'\n";
 

@@ -12,6 +12,7 @@ const { encode } = require("../lib/codec");
 const { decode, TYPE_NAMES } = require("../lib/decode");
 const { BUILTIN_NAMES } = require("../lib/registry");
 const { startDaemon } = require("../test-support/daemon");
+const { received } = require("../test-support/values");
 
 /** The client's own class for acme.Money: only the payload's shape is shared with the daemon. */
 class Money {
@@ -33,16 +34,6 @@ function moneyRegistry(options) {
   return registry;
 }
 
-/** proto-loader's object form -> the form the decoder receives (with `kind`), for round trips. */
-function received(value) {
-  for (const kind of ["nullValue", "numberValue", "stringValue", "boolValue"]) {
-    if (kind in value) return { kind, [kind]: value[kind] };
-  }
-  if ("listValue" in value) return { kind: "listValue", listValue: { values: value.listValue.values.map(received) } };
-  const fields = {};
-  for (const [key, item] of Object.entries(value.structValue.fields)) fields[key] = received(item);
-  return { kind: "structValue", structValue: { fields } };
-}
 
 const roundTrip = (value, registry) => decode(received(encode(value, { registry })), "", registry);
 
