@@ -189,9 +189,9 @@ class Zygote:
                 signal.set_wakeup_fd(-1)
                 for number in (signal.SIGCHLD, *IGNORED_SIGNALS):  # the guest gets the defaults
                     signal.signal(number, signal.SIG_DFL)
-                # and Python's own for SIGINT: KeyboardInterrupt (with the default action, which
-                # pid 1 ignores from inside, a guest's raise_signal(SIGINT) did nothing)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                # (SIGINT too, not Python's KeyboardInterrupt handler: as pid 1 of its namespace the
+                # sandbox gets a host's signal only for a handler it set, and with one a host's
+                # `pkill -INT -f isorund`, meant for the daemon, interrupted every call: seen)
                 status = sandbox_main(self.plan, theirs, self.pidfd, host_id, self.filters, self.plugins,
                                       self.registry, group)
             finally:
