@@ -20,7 +20,8 @@ would leave them unchanged.
 A tree the daemon already remembers, unchanged and small, is checked on the event loop instead
 (``quick``): a few opens and ``fstat``s cost less than the hop to a thread and back, which took
 ~0.2 ms of every call (measured: bench/PROFILE.md). A quick check that would have to read a
-folder, or open more than ``QUICK_FOLDERS``, gives up at once, and the caller checks on a thread.
+folder, or open more than ``QUICK_FOLDERS`` (all the call's folders together: ``Quick``), gives
+up at once, and the caller checks on a thread.
 """
 from __future__ import annotations
 
@@ -58,6 +59,15 @@ class NotRemembered(Exception):
     """A quick check met a folder it would have to read, or too many folders: check on a thread."""
 
 
+class Quick:
+    """One quick check's allowance of folders, shared by all the trees of one call (counted per
+    tree, 250 whitelisted folders of 32 remembered folders each held the event loop 34 ms a
+    call: found by a probe)."""
+
+    def __init__(self, folders: int = QUICK_FOLDERS):
+        self.folders_left = folders
+
+
 # (device, inode) -> (mtime, ctime, a pipe in it or None, its subfolders' names)
 _seen: dict[tuple[int, int], tuple[int, int, str | None, tuple[str, ...]]] = {}
 # (device, inode) of a top folder -> (when it was refused, why)
@@ -66,13 +76,13 @@ _remembered_names = 0
 _remembering = threading.Lock()
 
 
-def find_pipe(top: str, quick: bool = False) -> str | None:
+def find_pipe(top: str, quick: Quick | None = None) -> str | None:
     """The path of a named pipe in the tree under the folder ``top`` (a real path), if any.
 
     Symbolic links are not followed: one resolves inside the sandbox, to what is bound there,
     and each bound folder is checked itself. Raises TooLarge past a bound, OSError if ``top``
-    cannot be opened as a folder, and, when ``quick``, NotRemembered where the tree is not
-    remembered as it is now or holds more than ``QUICK_FOLDERS`` folders."""
+    cannot be opened as a folder, and, given ``quick``, NotRemembered where the tree is not
+    remembered as it is now or holds more folders than ``quick`` has left."""
     fd = os.open(top, _OPEN_FOLDER)
     try:
         st = os.fstat(fd)
@@ -94,15 +104,17 @@ def find_pipe(top: str, quick: bool = False) -> str | None:
 
 
 class _Walk:
-    def __init__(self, quick: bool = False):
+    def __init__(self, quick: Quick | None = None):
         self.quick = quick
         self.folders = self.entries = 0
         self.deadline = time.monotonic() + MAX_SECONDS
 
     def folder(self, fd: int, path: str, depth: int) -> str | None:
         self.folders += 1
-        if self.quick and self.folders > QUICK_FOLDERS:
-            raise NotRemembered(f"more than {QUICK_FOLDERS} folders")
+        if self.quick is not None:
+            self.quick.folders_left -= 1
+            if self.quick.folders_left < 0:
+                raise NotRemembered(f"more than {QUICK_FOLDERS} folders")
         if self.folders > MAX_FOLDERS:
             raise TooLarge(f"more than {MAX_FOLDERS} folders")
         if depth > MAX_DEPTH:
@@ -137,7 +149,7 @@ class _Walk:
         if known is not None and known[:2] == (st.st_mtime_ns, st.st_ctime_ns):
             self.count(len(known[3]))
             return known[2], known[3]
-        if self.quick:
+        if self.quick is not None:
             raise NotRemembered("a folder not remembered as it is now")
         pipe, subfolders = self.read(fd)
         if time.time_ns() - st.st_ctime_ns > _SETTLED_NS:

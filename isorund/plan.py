@@ -294,9 +294,10 @@ def check_folders(plan: sandbox_pb2.CallPlan, quick: bool = False) -> None:
     or is too large to check. Run on a thread: the walk reads a tree the tenant controls;
     only a ``quick`` check, which raises named_pipes.NotRemembered rather than read a folder,
     may run on the event loop."""
+    allowance = named_pipes.Quick() if quick else None  # (for all the call's folders together)
     for folder, what in _call_folders(plan).items():
         try:
-            pipe = named_pipes.find_pipe(folder, quick)
+            pipe = named_pipes.find_pipe(folder, allowance)
         except named_pipes.TooLarge as e:
             raise RequestError(f"{what} {folder!r} holds {e}, more than a call's folders may (each is checked "
                                "for named pipes on every call)") from None

@@ -81,14 +81,14 @@ def test_a_remembered_tree_is_not_read_again(tree, remembered, monkeypatch):
 def test_a_quick_check_reads_no_folder_and_gives_up_where_it_would_have_to(tree, remembered, monkeypatch):
     """The quick check runs on the daemon's event loop: it may only confirm what is remembered."""
     with pytest.raises(named_pipes.NotRemembered):
-        named_pipes.find_pipe(str(tree), quick=True)  # never seen
+        named_pipes.find_pipe(str(tree), named_pipes.Quick())  # never seen
     assert named_pipes.find_pipe(str(tree)) is None
     monkeypatch.setattr(named_pipes._Walk, "read", lambda walk, fd: pytest.fail("a quick check read a folder"))
-    assert named_pipes.find_pipe(str(tree), quick=True) is None
+    assert named_pipes.find_pipe(str(tree), named_pipes.Quick()) is None
     time.sleep(0.05)
     os.mkfifo(tree / "pkg" / "sub" / "feed")
     with pytest.raises(named_pipes.NotRemembered):
-        named_pipes.find_pipe(str(tree), quick=True)
+        named_pipes.find_pipe(str(tree), named_pipes.Quick())
 
 
 def test_a_quick_check_gives_up_past_its_folders(tmp_path, remembered, monkeypatch):
@@ -96,11 +96,11 @@ def test_a_quick_check_gives_up_past_its_folders(tmp_path, remembered, monkeypat
         (tmp_path / f"d{i}").mkdir()
     assert named_pipes.find_pipe(str(tmp_path)) is None  # remembered: the top and 32 below it
     with pytest.raises(named_pipes.NotRemembered, match=f"more than {named_pipes.QUICK_FOLDERS} folders"):
-        named_pipes.find_pipe(str(tmp_path), quick=True)
+        named_pipes.find_pipe(str(tmp_path), named_pipes.Quick())
     (tmp_path / "d0").rmdir()
     time.sleep(0.05)
     assert named_pipes.find_pipe(str(tmp_path)) is None
-    assert named_pipes.find_pipe(str(tmp_path), quick=True) is None
+    assert named_pipes.find_pipe(str(tmp_path), named_pipes.Quick()) is None
 
 
 def test_a_tree_refused_as_too_large_is_refused_by_a_quick_check_too(tree, monkeypatch):
@@ -108,7 +108,7 @@ def test_a_tree_refused_as_too_large_is_refused_by_a_quick_check_too(tree, monke
     with pytest.raises(named_pipes.TooLarge):
         named_pipes.find_pipe(str(tree))
     with pytest.raises(named_pipes.TooLarge, match="as found"):
-        named_pipes.find_pipe(str(tree), quick=True)
+        named_pipes.find_pipe(str(tree), named_pipes.Quick())
 
 
 def test_a_folder_changed_within_the_second_is_read_on_every_call(tree, monkeypatch):

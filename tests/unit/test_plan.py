@@ -323,13 +323,30 @@ def test_a_quick_check_leaves_a_folder_it_would_have_to_read_to_the_thread(confi
         plan.check_folders(plan.build(request(root), config), quick=True)
 
 
+def test_a_quick_check_has_one_allowance_of_folders_for_all_the_calls_folders(config, root, tmp_path, monkeypatch):
+    """Counted per tree, 250 whitelisted folders of 32 remembered folders each had the event
+    loop open ~8,000 folders a call (34 ms: found by a probe)."""
+    monkeypatch.setattr(plan.named_pipes, "_SETTLED_NS", -10**12)
+    monkeypatch.setattr(plan.named_pipes, "_seen", {})
+    libs = []
+    for i in range(3):
+        lib = tmp_path / f"lib{i}"
+        for j in range(plan.named_pipes.QUICK_FOLDERS // 2):
+            (lib / f"d{j}").mkdir(parents=True)
+        libs.append(str(lib))
+    p = plan.build(request(root, whitelisted_paths=libs), config)
+    plan.check_folders(p)  # all remembered now; each tree alone would pass a quick check
+    with pytest.raises(plan.named_pipes.NotRemembered, match="more than 32 folders"):
+        plan.check_folders(p, quick=True)
+
+
 def test_a_whitelisted_folder_given_many_times_is_checked_once(config, root, tmp_path, monkeypatch):
     """256 copies of one large folder were walked 256 times, in the event loop (a probe stalled
     other clients for 8 s with a 10,000-folder tree)."""
     libs = tmp_path / "libs"
     libs.mkdir()
     walked = []
-    monkeypatch.setattr(plan.named_pipes, "find_pipe", lambda folder, quick=False: walked.append(folder))
+    monkeypatch.setattr(plan.named_pipes, "find_pipe", lambda folder, quick=None: walked.append(folder))
     plan.check_folders(plan.build(request(root, whitelisted_paths=[str(libs)] * 256), config))
     assert walked == [os.path.realpath(root), str(libs)]
 
