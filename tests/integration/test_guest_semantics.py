@@ -956,16 +956,20 @@ def test_a_guest_that_holds_nearly_all_its_memory_still_gets_its_result_or_its_e
         r.run("fill_then_raise", limits={"memory_bytes": 128 << 20})
 
 
-@pytest.mark.parametrize("func, size", [("as_bytes", 8), ("as_bytes", 10), ("as_list", 400_000), ("as_list", 600_000)])
+@pytest.mark.parametrize("func, size", [("as_bytes", 8), ("as_bytes", 10), ("as_list", 400_000), ("as_list", 600_000),
+                                        ("as_lists", 6000)])
 def test_a_result_too_large_for_the_memory_left_is_the_memory_limit_not_a_crash(runner, func, size):
     """protobuf's message code ends the process with a fault where an allocation fails: an 8 MiB
-    bytes result, or a list of 400,000 ints, under a 64 MiB limit ended the sandbox with SIGSEGV
-    (a SandboxError) where the memory limit was due."""
+    bytes result, a list of 400,000 ints, or 6,000 lists of 100 (each too small to be asked
+    for room alone), under a 64 MiB limit ended the sandbox with SIGSEGV (a SandboxError) where
+    the memory limit was due."""
     r = runner({"index.py": """
         def as_bytes(mib):
             return bytes(mib << 20)
         def as_list(n):
             return list(range(n))
+        def as_lists(n):
+            return [list(range(100)) for _ in range(n)]
     """})
     with pytest.raises(errors.ResourceLimitError) as info:
         r.run(func, args=[size], limits={"memory_bytes": 64 << 20})

@@ -25,11 +25,12 @@ from ._wire import (DEFAULT_MAX_BYTES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIR
 
 
 class _Encoder:
-    __slots__ = ("registry", "names", "limit", "used", "wrap_read_errors")
+    __slots__ = ("registry", "names", "limit", "used", "wrap_read_errors", "room_checked_to")
 
     def __init__(self, registry: TypeRegistry, names: set[str] | None, limit: int, wrap_read_errors: bool = True):
         self.registry, self.names, self.limit, self.used = registry, names, limit, 0
         self.wrap_read_errors = wrap_read_errors
+        self.room_checked_to = ROOM_CHECKED_FROM  # (see _room_for: what has been built so far)
 
     def read_error(self, error: Exception) -> Exception:
         """What was raised while reading the value (a set or dict changed by another thread, a
@@ -61,6 +62,9 @@ class _Encoder:
             raise _Failure("value is too large", f"more than {self.limit} bytes once encoded (limit 'size'; "
                            "bytes take 4/3 of their length, as base64)",
                            "size")
+        if self.used >= self.room_checked_to:  # many small values: room for the next stretch
+            _room_for(WIRE_ROOM * ROOM_CHECKED_FROM)
+            self.room_checked_to = self.used + ROOM_CHECKED_FROM
 
 
 def _enc_none(enc: _Encoder, target: struct_pb2.Value, value: None, depth: int) -> int:
@@ -81,10 +85,14 @@ def _enc_bool(enc: _Encoder, target: struct_pb2.Value, value: bool, depth: int) 
 # large string is copied into a message, or a long list's or dict's items are added (upb takes
 # ~30-50 bytes an item), the address space is asked for room: a private mapping of that much
 # and a little more, never touched (two system calls), whose refusal is a MemoryError, reported
-# as the memory limit. What upb asks for beyond the estimate can still fail as before.
+# as the memory limit. So is it for every 256 KiB of the value built (each its room, ~8 times
+# its bytes on the wire in upb for small ints): a result of 6,000 lists of 100 ints, each too
+# small to be asked for, crashed as before (found by a probe). What upb asks for beyond the
+# estimates can still fail as before.
 ROOM_CHECKED_FROM = 256 << 10
 ITEM_ROOM = 64
 ITEMS_CHECKED_FROM = ROOM_CHECKED_FROM // ITEM_ROOM
+WIRE_ROOM = 8
 
 
 def _room_for(size: int) -> None:
