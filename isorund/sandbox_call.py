@@ -385,8 +385,10 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
 # reaps is the time the process really ran: on a busy host the two part, and a guest ended by
 # its 2 s limit was reaped at 1.74–1.94 s (its exit on SIGXCPU then read as a sandbox that
 # ended without an outcome, 5 times in 10 beside three busy loops). A guest that ends without an
-# outcome within this share of its limit is taken to have met it.
+# outcome within this share of its limit is taken to have met it, unless a fault ended it: a
+# crash is said as such, whatever CPU it had used (one at 85% read as the limit: a probe).
 CPU_SAMPLING_SHARE = 0.2
+FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS})
 
 
 async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.RelayedOutcome:
@@ -416,7 +418,7 @@ def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) 
     # sandbox that used its CPU time was ended by that limit. One that used it and ended
     # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
     # the runtime was sending): the spent CPU is what ended the call all the same.
-    if end.cpu_seconds >= cpu_rlimit(cpu_limit) * (1 - CPU_SAMPLING_SHARE):
+    if end.cpu_seconds >= cpu_rlimit(cpu_limit) * (1 - CPU_SAMPLING_SHARE) and end.signal not in FAULTS:
         ended = f"was killed by the kernel for using up its CPU time ({cpu_limit:g} s, cpu_seconds)" if killed \
             else f"used up its CPU time ({cpu_limit:g} s, cpu_seconds) and ended without an outcome"
         return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)

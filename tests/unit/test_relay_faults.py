@@ -65,9 +65,12 @@ def test_a_sandbox_that_ended_without_an_outcome_near_its_cpu_limit_met_that_lim
     from isorund.launcher import Exit
     from isorund.sandbox_call import _how_it_died
 
-    def failure(cpu_seconds: float) -> pb.Failure:
+    def failure(cpu_seconds: float, status: int = 1, by_signal: int = 0) -> pb.Failure:
         sandbox = Sandbox(0, -1, None, None)
-        return _how_it_died(sandbox, Exit(status=1, cpu_seconds=cpu_seconds), 0.0, 2.0).failure
+        return _how_it_died(sandbox, Exit(status=status, cpu_seconds=cpu_seconds, signal=by_signal), 0.0, 2.0).failure
 
     assert (failure(1.74).kind, failure(1.74).limit) == (pb.Failure.RESOURCE_LIMIT, "cpu")
     assert (failure(1.2).kind, failure(1.2).limit) == (pb.Failure.SANDBOX, "")
+    # a crash is a crash, whatever CPU it had used (the probe: a SIGSEGV at 85% read as the limit)
+    crashed = failure(1.9, 139, 11)
+    assert crashed.kind == pb.Failure.SANDBOX and "SIGSEGV" in crashed.message
