@@ -165,6 +165,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         # out of memory with the reserve given back (a result of hundreds of MiB): a
         # message made before the guest ran, which needs nothing more to be sent
         data = last_resort
+    _end_a_forked_child(0 if failure is None else 1)  # (one forked by guest code the report ran: a __str__)
     _console.send_after_lines(data)
 
 

@@ -994,6 +994,14 @@ def test_only_the_calls_own_process_reports_an_outcome_not_one_the_guest_forked(
                 raise ValueError("the child failed")
             time.sleep(0.3)
             return "parent ok"
+        class Told(Exception):
+            def __str__(self):
+                if os.fork() == 0:
+                    return "the child's message"
+                time.sleep(0.3)
+                return "the parent's message"
+        def forks_in_its_message():
+            raise Told()
     """, "at_import.py": """
         import os, time
         WHO = "child" if os.fork() == 0 else "parent"
@@ -1007,6 +1015,9 @@ def test_only_the_calls_own_process_reports_an_outcome_not_one_the_guest_forked(
     assert sorted(lines) == ["returning from the child\n", "returning from the parent\n"]
     assert r.run("child_raises") == "parent ok"
     assert runner(files, file="at_import.py", external=["os", "time"]).run("f") == "parent"
+    # forked by guest code the runtime runs while it reports: an exception's __str__
+    with pytest.raises(errors.GuestError, match="the parent's message"):
+        r.run("forks_in_its_message")
 
 
 
