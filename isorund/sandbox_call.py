@@ -3,7 +3,8 @@
 Parent-side code only. ``run_call`` sends the call's folders and plan down the sandbox's
 channel, relays its events, and enforces what an untrusted guest cannot be trusted to enforce
 itself (the wall-clock timeout, the console and result caps); whatever happens, it kills the
-sandbox on return. The sandboxes themselves come from ``isorund.launcher``.
+sandbox on return. The sandboxes themselves come from ``isorund.launcher``; what a call whose
+sandbox sent no outcome stands for is ``isorund.sandbox_end``'s to say.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import time
 import traceback
@@ -24,18 +24,17 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
-from isorund.sandbox.limits import cpu_rlimit
 
 from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
-from .launcher import OOM_KILLED, ZYGOTE_LOST, ZYGOTE_LOST_STOPPING, Exit, Sandbox
+from .launcher import Sandbox
 from .plan import RequestError
+from .sandbox_end import died, failure_outcome, reaped, with_usage
 
 log = logging.getLogger("isorund")
 Failure = pb.Failure
 EVENT_SLACK = 64 << 10  # framing and message overhead allowed on top of a size limit
 CONSOLE_KINDS = ("console", "console_batch")
 RUNNING = pb.RunEvent(running=pb.Running())
-REAPED_WITHIN = 1.0  # seconds to wait for the zygote to say how a sandbox the call lost ended
 
 
 async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: bool,
@@ -63,32 +62,32 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
             try:
                 await _send_plan(sandbox, plan, request, isolated)
             except SandboxSetupError as e:
-                return _failure(Failure(kind=Failure.SANDBOX, message=str(e)), started)
+                return failure_outcome(Failure(kind=Failure.SANDBOX, message=str(e)), started)
             outcome = await _Relay(sandbox, plan, on_event, on_compiled).outcome()
             if outcome is None:
-                return await _died(sandbox, started, plan.limits.cpu_seconds)
+                return await died(sandbox, started, plan.limits.cpu_seconds)
             outcome.usage.wall_seconds = time.monotonic() - started
             return outcome
     except TimeoutError:
         cut = f"the client's deadline passed after {budget:.3g} s of the call's" if budget < plan.timeout_seconds \
             else "the call did not finish within its"
-        timed_out = _failure(Failure(kind=Failure.TIMEOUT, message=(
+        timed_out = failure_outcome(Failure(kind=Failure.TIMEOUT, message=(
             f"{cut} {plan.timeout_seconds:g} s timeout; its sandbox was killed")), started)
         _kill(sandbox, isolated)
-        return _with_usage(timed_out, await _reaped(sandbox))
+        return with_usage(timed_out, await reaped(sandbox))
     except RequestError:
         raise
     except ConnectionError:
         # The sandbox went away with bytes of ours unread (killed mid-plan, say by the end of
         # the shutdown grace): the same as a channel closed without an outcome.
-        return await _died(sandbox, started, plan.limits.cpu_seconds)
+        return await died(sandbox, started, plan.limits.cpu_seconds)
     except Exception as e:  # a guest that sends garbage must not take the daemon with it
         if not isinstance(e, (DecodeError, _FrameTooLarge, _OutputLimit, _UnexpectedEvent)):
             # not what garbage on the channel raises: the daemon's own fault, which the call's
             # answer would otherwise lay at the sandbox's door without a trace (found by review)
             log.error(json.dumps({"event": "relay_failed", "error": f"{type(e).__name__}: {e}",
                                   "traceback": traceback.format_exc()}))
-        return _failure(_failure_of(e), started)
+        return failure_outcome(_failure_of(e), started)
     finally:
         _kill(sandbox, isolated)
         sandbox.close()
@@ -96,23 +95,6 @@ async def run_call(sandbox: Sandbox, plan, request: bytes, on_event, isolated: b
 
 def _kill(sandbox: Sandbox, isolated: bool) -> None:
     sandbox.kill_group() if not isolated else sandbox.kill()
-
-
-async def _reaped(sandbox: Sandbox) -> Exit:
-    """How the sandbox ended, as its zygote reaped it; an unknown ``Exit`` if it does not say
-    within ``REAPED_WITHIN`` (a stalled zygote)."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(sandbox.exited), REAPED_WITHIN)
-    except TimeoutError:
-        return Exit()
-
-
-def _with_usage(outcome: sb.RelayedOutcome, end: Exit) -> sb.RelayedOutcome:
-    """A call the sandbox did not answer has no usage of its own report: the kernel's account,
-    as its zygote reaped it, says what it used (a guest spinning to its timeout had cpu 0)."""
-    outcome.usage.cpu_seconds = end.cpu_seconds
-    outcome.usage.peak_memory_bytes = end.peak_memory_bytes
-    return outcome
 
 
 async def _send_plan(sandbox: Sandbox, plan, request: bytes, isolated: bool) -> None:
@@ -378,72 +360,6 @@ def _send_folders(sock: socket.socket, fds: list[int]) -> None:
     (an empty socket buffer takes one byte at once, so this never blocks)."""
     if sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []) != 1:
         raise BlockingIOError("the call's folders could not be sent")
-
-
-# RLIMIT_CPU counts whole seconds (limits.cpu_rlimit) of the time the scheduler's ticks charge
-# a process (whoever runs at a tick is charged the whole tick), while the CPU time the zygote
-# reaps is the time the process really ran: on a busy host the two part, and a guest ended by
-# its 2 s limit was reaped at 1.74–1.94 s (its exit on SIGXCPU then read as a sandbox that
-# ended without an outcome, 5 times in 10 beside three busy loops). A guest that ends without an
-# outcome within this share of its limit is taken to have met it, unless a fault ended it: a
-# crash is said as such, whatever CPU it had used (one at 85% read as the limit: a probe).
-CPU_SAMPLING_SHARE = 0.2
-FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS})
-
-
-async def _died(sandbox: Sandbox, started: float, cpu_limit: float) -> sb.RelayedOutcome:
-    """The guest closed its channel without an outcome: say how it ended, if it can be known."""
-    end = await _reaped(sandbox)
-    return _with_usage(_how_it_died(sandbox, end, started, cpu_limit), end)
-
-
-def _how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) -> sb.RelayedOutcome:
-    """The failure that a sandbox's end without an outcome stands for."""
-    if sandbox.aborted:  # the daemon killed it on purpose (the end of the shutdown grace)
-        return _failure(Failure(kind=Failure.SANDBOX, message=sandbox.aborted), started)
-    if end.cause == ZYGOTE_LOST_STOPPING:
-        return _failure(Failure(kind=Failure.SANDBOX, message=(
-            "the sandbox zygote died while isorund was shutting down and took the call's sandbox with it")),
-            started)
-    if end.cause == ZYGOTE_LOST:
-        return _failure(Failure(kind=Failure.SANDBOX, message=(
-            "the sandbox zygote died during the call and took its sandbox with it; a new zygote is "
-            "being started, retry the call")), started)
-    if end.cause == OOM_KILLED:
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=(
-            "the call went over its memory limit and was killed by the kernel")), started)
-    how = _how_it_ended(end)
-    killed = end.status in (128 + signal.SIGKILL, 128 + signal.SIGXCPU)
-    # The CPU rlimit's signals can also come from elsewhere (an operator's kill -9): only a
-    # sandbox that used its CPU time was ended by that limit. One that used it and ended
-    # otherwise met SIGXCPU where no outcome could follow (the guest's own handler exited, or
-    # the runtime was sending): the spent CPU is what ended the call all the same.
-    if end.cpu_seconds >= cpu_rlimit(cpu_limit) * (1 - CPU_SAMPLING_SHARE) and end.signal not in FAULTS:
-        ended = f"was killed by the kernel for using up its CPU time ({cpu_limit:g} s, cpu_seconds)" if killed \
-            else f"used up its CPU time ({cpu_limit:g} s, cpu_seconds) and ended without an outcome"
-        return _failure(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)
-    if killed:
-        return _failure(Failure(kind=Failure.SANDBOX, message=(
-            f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
-            f"its {cpu_limit:g} s of CPU")), started)
-    return _failure(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
-
-
-def _how_it_ended(end: Exit) -> str:
-    """" (SIGSEGV, exit status 139)": the signal by name, which the shell's number hid."""
-    if end.status is None:
-        return ""
-    if end.signal:
-        try:
-            name = signal.Signals(end.signal).name
-        except ValueError:
-            name = f"signal {end.signal}"
-        return f" ({name}, exit status {end.status})"
-    return f" (exit status {end.status})"
-
-
-def _failure(failure: pb.Failure, started: float) -> sb.RelayedOutcome:
-    return sb.RelayedOutcome(failure=failure, usage=pb.Usage(wall_seconds=time.monotonic() - started))
 
 
 class _FrameTooLarge(Exception):

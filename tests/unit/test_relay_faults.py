@@ -63,11 +63,11 @@ def test_a_sandbox_that_ended_without_an_outcome_near_its_cpu_limit_met_that_lim
     really ran: on a busy host a guest ended at its 2 s limit was reaped at 1.74 s, and its exit
     on SIGXCPU read as a sandbox that ended without an outcome."""
     from isorund.launcher import Exit
-    from isorund.sandbox_call import _how_it_died
+    from isorund.sandbox_end import how_it_died
 
     def failure(cpu_seconds: float, status: int = 1, by_signal: int = 0) -> pb.Failure:
         sandbox = Sandbox(0, -1, None, None)
-        return _how_it_died(sandbox, Exit(status=status, cpu_seconds=cpu_seconds, signal=by_signal), 0.0, 2.0).failure
+        return how_it_died(sandbox, Exit(status=status, cpu_seconds=cpu_seconds, signal=by_signal), 0.0, 2.0).failure
 
     assert (failure(1.74).kind, failure(1.74).limit) == (pb.Failure.RESOURCE_LIMIT, "cpu")
     assert (failure(1.2).kind, failure(1.2).limit) == (pb.Failure.SANDBOX, "")
