@@ -21,9 +21,10 @@ from . import memory, named_pipes
 from . import plan as plans
 from .admission import Admission, OutOfDescriptors, QueueFull, QueueTimeout, RequestsTooLarge
 from .code_cache import CodeCache
-from .launcher import Launcher, Sandbox, ZygoteUnavailable
+from .launcher import Launcher, ZygoteUnavailable
 from .plan import RequestError
 from .sandbox_call import run_call
+from .sandbox_handle import Sandbox
 
 log = logging.getLogger("isorund")
 

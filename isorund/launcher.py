@@ -15,28 +15,23 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 
 from isorund.config import StartError
 from isorund.sandbox import seccomp
 
+from .sandbox_handle import OOM_KILLED, ZYGOTE_LOST, ZYGOTE_LOST_STOPPING, Exit, Sandbox
+from .stall import StallWatch
+
 log = logging.getLogger("isorund")
-ZYGOTE_LOST = "zygote lost"  # the cause of a sandbox's end when its zygote died before reporting it
-ZYGOTE_LOST_STOPPING = "zygote lost while stopping"  # … while the daemon was shutting down
-OOM_KILLED = "oom killed"  # … when its cgroup's OOM killer ended it (sandbox/cgroup.py)
 # A sandbox lost from the pool (dead before its call, or its descriptors dropped) is asked for
 # again after this long, doubled at each loss until one lives to be taken, up to the longest;
 # or when a call ends, if that comes first. At once, a host that kills every sandbox (or a
 # daemon out of descriptors) had the zygote fork in a loop, 350 sandboxes and log lines a
 # second; only at a call's end, an idle daemon's pool would stay short.
 LOST_RETRY_SECONDS = (1.0, 30.0)
-# A call that has waited this long for a sandbox, with none arriving meanwhile, means a zygote
-# that is stalled (stopped, starved of CPU, stuck in the kernel): a sandbox takes ~10 ms.
-STALL_SECONDS = 3.0
 # A zygote that dies within this long of its start is restarted after a delay, doubled at each
 # such death up to the last: one that dies as soon as it serves (its spawns failing) was
 # restarted at once, four times a second, each a new interpreter importing everything.
@@ -44,51 +39,8 @@ STABLE_SECONDS = 10.0
 RESTART_DELAYS = (0.05, 5.0)  # the first delay and the longest
 
 
-@dataclass(frozen=True)
-class Exit:
-    """How a sandbox ended, as its zygote saw it when reaping it."""
-    status: int | None = None  # exit code, or 128 + the signal that ended it
-    cpu_seconds: float = 0.0   # its CPU time (its own and its reaped children's)
-    peak_memory_bytes: int = 0  # its peak RSS (or its largest reaped child's)
-    cause: str = ""            # ZYGOTE_LOST or OOM_KILLED, when known
-    signal: int = 0            # the signal that ended it, or 0 (an exit code of 139 is not SIGSEGV)
-
-
 class ZygoteUnavailable(Exception):
     """The zygote is not running (it died and is being restarted, or the daemon is stopping)."""
-
-
-@dataclass(eq=False)  # identity: the daemon keeps the running ones in a set
-class Sandbox:
-    """A prepared sandbox waiting for its one call."""
-    pid: int
-    pidfd: int
-    sock: socket.socket
-    exited: asyncio.Future
-    aborted: str = ""  # why the daemon killed the call, when it did so on purpose
-
-    def abort(self, reason: str) -> None:
-        """Kills the call on the daemon's behalf; its outcome then says ``reason``."""
-        self.aborted = reason
-        self.kill()
-
-    def kill(self) -> None:
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def kill_group(self) -> None:
-        """Without a pid namespace (insecure mode) the sandbox's process group is the call."""
-        self.kill()
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def close(self) -> None:
-        self.sock.close()
-        os.close(self.pidfd)
 
 
 class Launcher:
@@ -117,9 +69,7 @@ class Launcher:
         self._quick_deaths = 0  # deaths in a row, each within STABLE_SECONDS of its start
         self.on_restart = on_restart
         self.on_down = on_down
-        self.on_stall = on_stall  # called with True when it stalls, False when a sandbox comes
-        self.stalled_since: float | None = None  # loop time the stall was seen from
-        self._stall_timer: asyncio.TimerHandle | None = None
+        self.stall = StallWatch(on_stall, self._waiting, lambda: self.alive)
         self._hello: asyncio.Future | None = None
         self._loading = ""  # the plugin the starting zygote said it was importing
         self.last_fatal = ""  # why the zygote last said it was dying, if it said so
@@ -130,6 +80,11 @@ class Launcher:
         # again, and the calls it takes with it are told so, not to retry (seen: "a new zygote
         # is being started", then a restart the stopping daemon never used).
         self.draining = False
+
+    @property
+    def stalled_since(self) -> float | None:
+        """Loop time a stall of the zygote was seen from, or None (see isorund.stall)."""
+        return self.stall.since
 
     async def start(self) -> None:
         """Starts the zygote and waits for it to say it can build sandboxes."""
@@ -200,7 +155,7 @@ class Launcher:
         taker = asyncio.get_running_loop().create_future()
         self._takers.append(taker)
         self._ask_for_waiting()
-        self._watch_for_stall()
+        self.stall.watch()
         try:
             async with asyncio.timeout(timeout):
                 return await taker
@@ -233,38 +188,7 @@ class Launcher:
         """A sandbox came from the zygote (or was lost on the way): one fewer on its way, and
         the zygote is not stalled."""
         self._asked = max(0, self._asked - 1)
-        self._end_stall()
-
-    def _watch_for_stall(self) -> None:
-        """Starts the clock when a call waits for a sandbox, unless it runs already; an arrival
-        stops it, and starts it again while calls still wait (see _on_ready). It is not
-        stopped when the waiting calls leave: a call whose wait ran out (SANDBOX_WAIT_FLOOR)
-        asked for a sandbox, and a zygote that does not deliver it is stalled all the same."""
-        if self._stall_timer is None and self.stalled_since is None:
-            self._stall_timer = asyncio.get_running_loop().call_later(STALL_SECONDS, self._stall_seen)
-
-    def _stall_seen(self) -> None:
-        self._stall_timer = None
-        if self.alive:
-            self.stalled_since = asyncio.get_running_loop().time() - STALL_SECONDS
-            log.warning(json.dumps({"event": "zygote_stalled", "waiting_calls": self._waiting(),
-                                    "note": f"no sandbox arrived within {STALL_SECONDS:g} s of a call asking "
-                                            "for one; is the zygote stopped or starved of CPU?"}))
-            if self.on_stall:
-                self.on_stall(True)
-
-    def _end_stall(self, recovered: bool = True) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        if self.stalled_since is None:
-            return
-        seconds = asyncio.get_running_loop().time() - self.stalled_since
-        self.stalled_since = None
-        if recovered:
-            log.info(json.dumps({"event": "zygote_recovered", "stalled_seconds": round(seconds, 3)}))
-            if self.on_stall:
-                self.on_stall(False)
+        self.stall.end()
 
     def _hand_over(self, sandbox: Sandbox) -> None:
         while self._takers:
@@ -356,7 +280,7 @@ class Launcher:
         self._arrived()
         self._hand_over(Sandbox(pid, fds[1], sock, future))
         if self._waiting():
-            self._watch_for_stall()
+            self.stall.watch()
 
     def _on_lost_on_the_way(self, pid: int, fds: list[int]) -> None:
         """Out of descriptors, the kernel dropped the sandbox's channel and pidfd from the
@@ -417,7 +341,7 @@ class Launcher:
         loop.remove_reader(self.control.fileno())
         self.control.close()
         was_alive, self.alive = self.alive, False
-        self._end_stall(recovered=False)  # a dead zygote is reported as such (on_down)
+        self.stall.end(recovered=False)  # a dead zygote is reported as such (on_down)
         if self._hello is not None and not self._hello.done():
             self._hello.set_result({"fatal": "the zygote exited during start-up"})
         while self.ready:
@@ -484,7 +408,7 @@ class Launcher:
         serving = self.alive
         self.stopping = True
         self.alive = False
-        self._end_stall(recovered=False)
+        self.stall.end(recovered=False)
         self._fail_takers("isorund is shutting down")
         if self.process is not None and self.process.poll() is None:
             # It ignores SIGTERM (zygote.IGNORED_SIGNALS): a serving zygote ends when its

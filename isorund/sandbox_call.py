@@ -26,7 +26,7 @@ from isorund.sandbox import channel, filesystem
 from isorund.sandbox._libc import SandboxSetupError
 
 from .code_cache import MAX_EVENT_BYTES as MAX_COMPILED_EVENT
-from .launcher import Sandbox
+from .sandbox_handle import Sandbox
 from .plan import RequestError
 from .sandbox_end import died, failure_outcome, reaped, with_usage
 

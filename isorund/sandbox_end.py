@@ -12,7 +12,7 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
 from isorund.sandbox.limits import cpu_rlimit
 
-from .launcher import OOM_KILLED, ZYGOTE_LOST, ZYGOTE_LOST_STOPPING, Exit, Sandbox
+from .sandbox_handle import OOM_KILLED, ZYGOTE_LOST, ZYGOTE_LOST_STOPPING, Exit, Sandbox
 
 Failure = pb.Failure
 REAPED_WITHIN = 1.0  # seconds to wait for the zygote to say how a sandbox the call lost ended

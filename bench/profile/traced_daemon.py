@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 
-from isorund import calls, cli, launcher, plan, sandbox_call, servicer
+from isorund import calls, cli, launcher, plan, sandbox_call, sandbox_handle, servicer
 
 CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("isorun_trace", default=None)
 log = logging.getLogger("isorund")
@@ -101,8 +101,8 @@ def install() -> None:
     around(calls, "run_call", "run_start", "run_end")
     # The daemon's only sock_sendall is the plan going to the sandbox.
     around(asyncio.selector_events.BaseSelectorEventLoop, "sock_sendall", "send_start", "plan_sent")
-    around(launcher.Sandbox, "kill", "kill_start", "kill_end")
-    around(launcher.Sandbox, "close", "close_start", "closed")
+    around(sandbox_handle.Sandbox, "kill", "kill_start", "kill_end")
+    around(sandbox_handle.Sandbox, "close", "close_start", "closed")
     trace_frames()
 
 

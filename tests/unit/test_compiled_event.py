@@ -8,7 +8,7 @@ import subprocess
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
-from isorund.launcher import Sandbox
+from isorund.sandbox_handle import Sandbox
 from isorund.sandbox import channel
 from isorund.sandbox_call import run_call
 

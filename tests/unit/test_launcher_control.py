@@ -13,7 +13,8 @@ from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2
 from isorund.config import Config
 from isorund import launcher
-from isorund.launcher import Launcher, Sandbox
+from isorund.launcher import Launcher
+from isorund.sandbox_handle import Sandbox
 from isorund.sandbox_call import run_call
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 from isorun._proto import runner_pb2 as pb
 from isorun._proto import sandbox_pb2 as sb
-from isorund.launcher import Sandbox
+from isorund.sandbox_handle import Sandbox
 from isorund.sandbox import channel
 from isorund.sandbox_call import run_call
 
@@ -62,7 +62,7 @@ def test_a_sandbox_that_ended_without_an_outcome_near_its_cpu_limit_met_that_lim
     """The kernel's CPU limit counts the scheduler's ticks, the reaped time what the process
     really ran: on a busy host a guest ended at its 2 s limit was reaped at 1.74 s, and its exit
     on SIGXCPU read as a sandbox that ended without an outcome."""
-    from isorund.launcher import Exit
+    from isorund.sandbox_handle import Exit
     from isorund.sandbox_end import how_it_died
 
     def failure(cpu_seconds: float, status: int = 1, by_signal: int = 0) -> pb.Failure:
