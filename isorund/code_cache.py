@@ -3,15 +3,16 @@
 Compiling a guest module costs a call 10-25 µs a line, every call (a 300-line module doubled an
 echo call's time). A sandbox whose plan asks for it (``report_compiled``) sends the code of the
 call's file and of the guest modules its import statements load, as its first event but
-console lines (which operator code may print), before any guest code runs (``isorund.sandbox.importer.preload``); this cache keeps them and puts them in
-the plans of the next calls of that file, whose sandboxes use each one only if the source they
-read has its hash.
+console lines (which operator code may print), before any guest code runs
+(``isorund.sandbox.importer.preload``); this cache keeps them and puts them in the plans of the
+next calls of that file, whose sandboxes use each one only if the source they read has its hash.
 
 Why that can be trusted: the first event of a sandbox (console lines apart) is written by the
 runtime before the guest's first line runs (the plan asked for it, so the runtime sends it
 whatever it found), and the daemon accepts a ``compiled`` event only ahead of every other event
-but console lines, from a call that asked for one. What a guest could send later is never kept, so no call can leave code for the next ones. The
-daemon never unmarshals the code; it only relays bytes between sandboxes.
+but console lines, from a call that asked for one. What a guest could send later is never kept,
+so no call can leave code for the next ones. The daemon never unmarshals the code; it only
+relays bytes between sandboxes.
 
 Staleness is told from the files' versions (inode, size, modification and change times,
 ``os.stat`` on the host, a few µs a module), and every ``RECHECK_SECONDS`` a call is asked again
