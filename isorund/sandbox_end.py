@@ -76,12 +76,14 @@ def how_it_died(sandbox: Sandbox, end: Exit, started: float, cpu_limit: float) -
     if end.cpu_seconds >= cpu_rlimit(cpu_limit) * (1 - CPU_SAMPLING_SHARE) and end.signal not in FAULTS:
         ended = f"was killed by the kernel for using up its CPU time ({cpu_limit:g} s, cpu_seconds)" if killed \
             else f"used up its CPU time ({cpu_limit:g} s, cpu_seconds) and ended without an outcome"
-        return failure_outcome(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"), started)
+        return failure_outcome(Failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call {ended}{how}"),
+                               started)
     if killed:
         return failure_outcome(Failure(kind=Failure.SANDBOX, message=(
             f"the sandbox was killed from outside the call{how}, after {end.cpu_seconds:.3g} s of "
             f"its {cpu_limit:g} s of CPU")), started)
-    return failure_outcome(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"), started)
+    return failure_outcome(Failure(kind=Failure.SANDBOX, message=f"the sandbox ended without reporting an outcome{how}"),
+                           started)
 
 
 def _how_it_ended(end: Exit) -> str:

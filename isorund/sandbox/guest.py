@@ -155,7 +155,8 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         _end_a_forked_child(1)
         if importer is not None:
             importer.withdraw()
-        failure = e.failure if type(e) is _NotAFunction else describe_safely(e, importer.guest_files if importer else set())
+        failure = e.failure if type(e) is _NotAFunction else \
+            describe_safely(e, importer.guest_files if importer else set())
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     try:
