@@ -85,7 +85,9 @@ def instrument() -> None:
             mark("preload_end")
 
     def send(sock, message):
-        kind = message.WhichOneof("event") if hasattr(message, "WhichOneof") else "frame"
+        # (the outcome goes as its bytes, serialized beforehand: parsed here to name it)
+        event = message if hasattr(message, "WhichOneof") else pb.RunEvent.FromString(message)
+        kind = event.WhichOneof("event") or "frame"
         mark(f"send_{kind}_start")
         real_send(sock, message)
         mark(f"send_{kind}_end")
@@ -125,6 +127,7 @@ def sandbox_side(zyg, chan: socket.socket, host_id: int) -> None:
     _libc.prctl("sandbox", _libc.PR_SET_PDEATHSIG, 9)
     _close_fds_except((chan.fileno(), zyg.plan.template_ns))
     namespaces.unshare_host_views(zyg.plan.template_ns, scratch=filesystem.NEW_ROOT)
+    channel.move_into_own_namespace(chan)
     mark("pool_unshared")
     filesystem.prepare_root(zyg.plan.root)
     _redirect_std_fds("/dev/null")
@@ -193,6 +196,10 @@ class Prepared:
 
     def wait_ready(self) -> None:
         if not self.ready:
+            # the channel the sandbox made in its own network namespace, as the daemon takes it
+            _data, fds, _flags, _address = socket.recv_fds(self.sock, 1, 1)
+            self.sock.close()
+            self.sock = socket.socket(fileno=fds[0])
             self.marks.update(json.loads(read_frame(self.sock))["pool"])
             self.ready = True
 
@@ -267,7 +274,7 @@ def _reap_any(block: bool = False) -> bool:
 # Spans reported, in the order they happen: (name, from mark, to mark, on the critical path?)
 SPANS = [
     ("zygote: unshare(CLONE_NEWPID) + fork + setns", "parent_fork", "sandbox_start", False),
-    ("pool: unshare mnt/net/ipc/uts/cgroup, hostname, lo up", "sandbox_start", "pool_unshared", False),
+    ("pool: unshare mnt/net/ipc/uts/cgroup, hostname, lo up, the channel anew", "sandbox_start", "pool_unshared", False),
     ("pool: prepare_root (tmpfs, template moved in, /proc, /tmp, pivot_root)", "pool_unshared",
      "pool_root_prepared", False),
     ("pool: warm-up", "pool_root_prepared", "pool_warmed", False),
