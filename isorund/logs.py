@@ -112,9 +112,22 @@ def start_writing() -> None:
         _writer.start()
 
 
+# Once it has written what was queued, the writer rests this long before it takes more: lines
+# queued meanwhile wake no one (a put wakes only a thread that waits), and go out together.
+# Woken for each line, the thread cost the daemon ~4 context switches and ~0.2 ms of CPU a call
+# (of ~1.4 ms; measured with perf stat under 8 callers); a line now lands up to this late.
+REST_SECONDS = 0.05
+
+
 def _write(lines: queue.Queue, out) -> None:
     while True:
-        text = lines.get().getMessage() + "\n"  # (formatted when queued)
+        batch = [lines.get()]
+        while len(batch) < 1000:
+            try:
+                batch.append(lines.get_nowait())
+            except queue.Empty:
+                break
+        text = "".join(record.getMessage() + "\n" for record in batch)  # (formatted when queued)
         try:
             if isinstance(out, int):
                 data = text.encode("utf-8", "backslashreplace")
@@ -124,9 +137,11 @@ def _write(lines: queue.Queue, out) -> None:
                 out.write(text)
                 out.flush()
         except OSError:
-            pass  # a stderr that cannot be written: the line is lost, the daemon goes on
+            pass  # a stderr that cannot be written: the lines are lost, the daemon goes on
         finally:
-            lines.task_done()
+            for _ in batch:
+                lines.task_done()
+        time.sleep(REST_SECONDS)
 
 
 def flush(seconds: float = 2.0) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from isorund import logs
+
 PLUGINS = '''
 import os
 
@@ -85,10 +87,11 @@ class Daemon:
 
     def log(self) -> str:
         """Its log so far, once the lines being written have landed: the daemon writes them
-        from a thread of its own (isorund/logs.py), a moment after the answers they are about."""
+        from a thread of its own (isorund/logs.py), a moment after the answers they are about,
+        and that thread rests ``REST_SECONDS`` between batches: unchanged over a longer wait."""
         text = self.log_path.read_text(errors="replace")
         for _ in range(100):
-            time.sleep(0.025)
+            time.sleep(logs.REST_SECONDS + 0.025)
             again = self.log_path.read_text(errors="replace")
             if again == text:
                 break
