@@ -1,7 +1,7 @@
-"""How a call whose sandbox sent no outcome ended: the failure its end stands for (a timeout
-already known, a crash, a limit, the zygote's death, the daemon's own kill), with what the
-kernel says it used. Parent-side code; the sandboxes come from ``isorund.launcher``, their
-calls run in ``isorund.sandbox_call``."""
+"""How a call whose sandbox sent no outcome ended: the failure its end stands for (a crash, a
+limit, the zygote's death, the daemon's own kill), with what the kernel says it used; and the
+outcome of a failure the daemon makes itself (a timeout too). Parent-side code; the sandboxes
+come from ``isorund.launcher``, their calls run in ``isorund.sandbox_call``."""
 from __future__ import annotations
 
 import asyncio
