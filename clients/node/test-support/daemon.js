@@ -116,6 +116,20 @@ class Daemon {
     return fs.existsSync(this.logPath) ? fs.readFileSync(this.logPath, "utf8") : "";
   }
 
+  /** Its log once the lines being written have landed: the daemon writes them from a thread
+   * of its own, in batches up to 50 ms apart (isorund/logs.py, REST_SECONDS), so it is read
+   * again until it stays the same over a longer wait. */
+  async settledLog() {
+    let text = this.log();
+    for (let i = 0; i < 100; i++) {
+      await sleep(75);
+      const again = this.log();
+      if (again === text) return text;
+      text = again;
+    }
+    return text;
+  }
+
   /** A fresh guest folder holding `files` ({relative path: source}); returns its path. */
   makeRoot(files) {
     const root = fs.mkdtempSync(path.join(this.folder, "root"));

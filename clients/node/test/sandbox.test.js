@@ -132,7 +132,7 @@ describe("a callback that throws or rejects, or a signal that aborts, on a daemo
   after(() => single?.stop());
 
   /** The daemon's log line for each call of `funcName` (one JSON object per call). */
-  const callLines = (funcName) => single.log().split("\n")
+  const callLines = async (funcName) => (await single.settledLog()).split("\n")
     .map((line) => line.slice(line.indexOf("{")))
     .filter((line) => line.startsWith('{"event": "call"'))
     .map((line) => JSON.parse(line))
@@ -153,14 +153,14 @@ describe("a callback that throws or rejects, or a signal that aborts, on a daemo
       const quick = single.runner({ "index.py": "def quick():\n    return 'quick'\n" });
       assert.equal(await quick.run({ funcName: "quick" }), "quick");
       assert.ok(Date.now() - started < 3000, `the next call ended ${Date.now() - started} ms after the first began`);
-      const outcomes = callLines("sleepy").map((entry) => entry.outcome);
+      const outcomes = (await callLines("sleepy")).map((entry) => entry.outcome);
       assert.equal(outcomes.at(-1), "cancelled", single.log());
     });
   }
   // An AbortSignal ends a call as a throwing callback does: the sandbox goes at once.
   test("an aborted signal ends a running call (unary and streaming): run() rejects with its reason, the sandbox is freed", async () => {
     for (const streaming of [false, true]) {
-      const before = callLines("sleepy").length;
+      const before = (await callLines("sleepy")).length;
       const controller = new AbortController();
       const reason = new Error(`stop (${streaming ? "stream" : "unary"})`);
       const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
@@ -172,19 +172,19 @@ describe("a callback that throws or rejects, or a signal that aborts, on a daemo
       const quick = single.runner({ "index.py": "def quick():\n    return 'quick'\n" });
       assert.equal(await quick.run({ funcName: "quick" }), "quick");
       assert.ok(Date.now() - started < 3000, `the next call ended ${Date.now() - started} ms after the first began`);
-      const lines = callLines("sleepy");
+      const lines = await callLines("sleepy");
       assert.equal(lines.length, before + 1, single.log());
       assert.equal(lines.at(-1).outcome, "cancelled", single.log());
     }
   });
 
   test("a signal aborted before run() sends nothing; its default reason is an AbortError", async () => {
-    const before = callLines("sleepy").length;
+    const before = (await callLines("sleepy")).length;
     const runner = single.runner({ "index.py": SLEEPY }, { external: ["time"] });
     await assert.rejects(runner.run({ funcName: "sleepy", args: [5], signal: AbortSignal.abort() }),
       { name: "AbortError" });
     assert.equal(await single.runner({ "index.py": "def quick():\n    return 'quick'\n" }).run({ funcName: "quick" }), "quick");
-    assert.equal(callLines("sleepy").length, before, "an aborted call reached the daemon");
+    assert.equal((await callLines("sleepy")).length, before, "an aborted call reached the daemon");
   });
 
   test("an abort microtasks after run() still ends the call, and finished calls leave no listener on the signal", async () => {
