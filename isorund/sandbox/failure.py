@@ -22,8 +22,9 @@ Failure = pb.Failure
 RAISE_VARARGS = opmap["RAISE_VARARGS"]
 
 
-def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
-    """Turns what the guest raised into the Failure the client will raise."""
+def describe(e: BaseException, guest_files: set[str], limits=None) -> pb.Failure:
+    """Turns what the guest raised into the Failure the client will raise; a memory or CPU
+    limit's says the call's limit (``limits``, its plan's) and its key."""
     refused = refused_module(e)
     if refused is not None:
         # where the import was: the guest's frames (a module's `import os` three imports down
@@ -33,12 +34,12 @@ def describe(e: BaseException, guest_files: set[str]) -> pb.Failure:
     if type(e) is MemoryError and not e.args and not _raised_by_the_guests_raise(e, guest_files):
         # an allocation that failed (a guest's own `raise MemoryError`, with a message or not,
         # or of a class of its own, is its exception like any other)
-        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message="the call went over its memory limit"
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="memory", message=f"the call went over {memory_limit(limits)}"
                         + ("" if _writable_code_allowed() else _NO_WRITABLE_CODE))
     if isinstance(e, PluginFailure):
         return _failure(kind=Failure.SANDBOX, type_name=e.type_name, message=str(e))
     if isinstance(e, CpuLimitExceeded):
-        return _failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message="the call used up its CPU time")
+        return _failure(kind=Failure.RESOURCE_LIMIT, limit="cpu", message=f"the call used up {cpu_limit(limits)}")
     if isinstance(e, SerializationError):
         if getattr(e, "limit", None) == "size":
             return _failure(kind=Failure.RESOURCE_LIMIT, limit="result",
@@ -81,17 +82,15 @@ def _writable_code_allowed() -> bool:
     return True
 
 
-def with_its_limit(failure: pb.Failure, limits) -> pb.Failure:
-    """A memory or CPU limit's failure says the limit and its key, as a timeout's and the
-    result limit's say theirs ("the call went over its memory limit" left the caller to guess
-    which limit, the daemon's or the call's own)."""
-    if failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "memory":
-        failure.message = failure.message.replace(
-            "its memory limit", f"its memory limit of {limits.memory_bytes / (1 << 20):g} MiB (memory_bytes)", 1)
-    elif failure.kind == Failure.RESOURCE_LIMIT and failure.limit == "cpu":
-        failure.message = failure.message.replace("its CPU time", f"its CPU time of {limits.cpu_seconds:g} s "
-                                                  "(cpu_seconds)", 1)
-    return failure
+def memory_limit(limits) -> str:
+    """"its memory limit of 256 MiB (memory_bytes)": which limit, the daemon's or the call's own
+    ("the call went over its memory limit" left the caller to guess), as a timeout's says."""
+    return "its memory limit" + ("" if limits is None else f" of {limits.memory_bytes / (1 << 20):g} MiB (memory_bytes)")
+
+
+def cpu_limit(limits) -> str:
+    """"its CPU time of 2 s (cpu_seconds)"; see ``memory_limit``."""
+    return "its CPU time" + ("" if limits is None else f" of {limits.cpu_seconds:g} s (cpu_seconds)")
 
 
 def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool:
@@ -108,15 +107,15 @@ def _raised_by_the_guests_raise(e: BaseException, guest_files: set[str]) -> bool
             and code.co_code[tb.tb_lasti + 1] > 0)
 
 
-def describe_safely(e: BaseException, guest_files: set[str]) -> pb.Failure:
+def describe_safely(e: BaseException, guest_files: set[str], limits=None) -> pb.Failure:
     """``describe(e)``, or if that fails too, ``e`` without its traceback; the sandbox used to
     end without an outcome. Formatting can fail for want of memory (a guest that recursed until
     it ran out still holds every frame), or by what the guest's ``__str__`` raises; the call's
     CPU time can run out on the way, which is then the call's outcome."""
     try:
-        return describe(e, guest_files)
+        return describe(e, guest_files, limits)
     except CpuLimitExceeded as spent:
-        return describe(spent, guest_files)
+        return describe(spent, guest_files, limits)
     except BaseException as failed:  # noqa: B036 - anything, a MemoryError most likely
         e.__traceback__ = None  # lets the frames go
         reason = type_name(failed)

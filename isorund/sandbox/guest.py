@@ -36,7 +36,7 @@ from isorun._proto import sandbox_pb2 as sb
 
 from .compiled import Compiled, CompiledBudget
 from .console import Console, ConsoleStream
-from .failure import Failure, describe_safely, with_its_limit, within_bounds
+from .failure import Failure, describe_safely, memory_limit, within_bounds
 from .import_errors import call_plugin
 from .import_policy import ImportPolicy, python_name
 from .importer import GuestImporter
@@ -127,7 +127,6 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         setprofile(None)
         _silence_guest_handlers()
         _interpreter_settings_back()
-        _end_a_forked_child(0)
         importer.withdraw()
         _encoded_result(outcome.value, result, registry, plan.limits.result_bytes)
     except InvalidRequest as e:
@@ -152,11 +151,10 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
                 pass
         pthread_sigmask(SIG_UNBLOCK, _SIGNALS)
         _interpreter_settings_back()
-        _end_a_forked_child(1)
         if importer is not None:
             importer.withdraw()
         failure = e.failure if type(e) is _NotAFunction else \
-            describe_safely(e, importer.guest_files if importer else set())
+            describe_safely(e, importer.guest_files if importer else set(), plan.limits)
     for stream in _streams:
         ConsoleStream.finish(stream)  # (from the class: the guest may have replaced its methods)
     try:
@@ -166,7 +164,7 @@ def run(plan, request_bytes: bytes, plugins, registry, guest_dir: str) -> None:
         # out of memory with the reserve given back (a result of hundreds of MiB): a
         # message made before the guest ran, which needs nothing more to be sent
         data = last_resort
-    _end_a_forked_child(0 if failure is None else 1)  # (one forked by guest code the report ran: a __str__)
+    _end_a_forked_child(0 if failure is None else 1)  # (forked by the function, or by code the report ran)
     _console.send_after_lines(data)
 
 
@@ -205,14 +203,14 @@ def _finish_outcome(outcome: pb.Outcome, failure: Failure | None, plan, started:
     outcome.call_id = plan.call_id
     outcome.usage.CopyFrom(_usage(started, cpu_before))
     if failure is not None:
-        outcome.failure.CopyFrom(within_bounds(with_its_limit(failure, plan.limits), plan.limits.result_bytes))
+        outcome.failure.CopyFrom(within_bounds(failure, plan.limits.result_bytes))
 
 
 def _out_of_memory_outcome(plan) -> bytes:
     """The event sent when even the outcome cannot be encoded, made before the guest runs."""
-    return pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=with_its_limit(Failure(
+    return pb.RunEvent(outcome=pb.Outcome(call_id=plan.call_id, failure=Failure(
         kind=Failure.RESOURCE_LIMIT, limit="memory",
-        message="the call went over its memory limit: its outcome could not be encoded"), plan.limits))
+        message=f"the call went over {memory_limit(plan.limits)}: its outcome could not be encoded"))
     ).SerializeToString()
 
 
