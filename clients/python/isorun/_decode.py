@@ -10,10 +10,9 @@ from typing import Any, Callable
 import pybase64
 from google.protobuf import struct_pb2
 
-from ._encode import _TYPE_CODE_FAULTS, _raised
 from ._wire import (BUILTIN_NAMES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY, TypeRegistry,
-                    VALUE_KEY, _DECIMAL_CONTEXT, _FLOAT_TEXT, _Failure, _INT_TEXT, _NO_STACK_WHY,
-                    _describe, _short, _too_deep, default_registry)
+                    VALUE_KEY, _DECIMAL_CONTEXT, _FLOAT_TEXT, _Failure, _INT_TEXT, _NO_STACK_WHY, _TYPE_CODE_FAULTS,
+                    _describe, _raised, _short, _too_deep, default_registry)
 
 
 # ----------------------------------------------------------------------------------- decode

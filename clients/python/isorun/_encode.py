@@ -14,8 +14,8 @@ import pybase64
 from google.protobuf import struct_pb2
 
 from ._wire import (DEFAULT_MAX_BYTES, MAX_INT_DIGITS, MAX_SAFE_INTEGER, MAX_WIRE_DEPTH, TYPE_KEY,
-                    TypeRegistry, VALUE_KEY, _BUILTIN_CLASSES, _Failure, _NO_STACK_WHY, _field, _short,
-                    _tagged_size, _too_deep, _utf8_len, default_registry)
+                    TypeRegistry, VALUE_KEY, _BUILTIN_CLASSES, _Failure, _NO_STACK_WHY, _TYPE_CODE_FAULTS, _field,
+                    _raised, _short, _tagged_size, _too_deep, _utf8_len, default_registry)
 
 
 # ----------------------------------------------------------------------------------- encode
@@ -180,28 +180,6 @@ def _enc_items(enc: _Encoder, target: struct_pb2.Value, items: Any, depth: int) 
     size = _field(inner)
     enc.charge(size - children)
     return size
-
-
-# What an operator type's own code (its encoder, its resolver, the __str__ of what they raise)
-# may raise and still fail only its value, as a SerializationError naming the type: any
-# Exception, and SystemExit and GeneratorExit, which such code raises as it would anything else
-# (a sys.exit() in it was reported as the guest's SystemExit, before any guest code ran when
-# it was a resolver of an argument). Not every BaseException: what interrupts the process
-# passes through untouched, KeyboardInterrupt in a client and, in the sandbox, the CPU limit's
-# exception (isorund.sandbox.limits.CpuLimitExceeded, a BaseException of the daemon's that this
-# codec, also the client's, cannot import): a tuple of what is caught, rather than one of what
-# is not, lets both through without naming either.
-_TYPE_CODE_FAULTS = (Exception, SystemExit, GeneratorExit)
-
-
-def _raised(error: BaseException) -> str:
-    """``Name: message`` of what a type's code raised, for its SerializationError; Python's own
-    words when the exception's __str__ fails too (it escaped as that failure, a RuntimeError)."""
-    try:
-        said = str(error)
-    except _TYPE_CODE_FAULTS:
-        said = "<exception str() failed>"
-    return f"{type(error).__name__}: {said}"
 
 
 def _unreadable(error: Exception) -> _Failure:

@@ -76,6 +76,28 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
 
 
+# What an operator type's own code (its encoder, its resolver, the __str__ of what they raise)
+# may raise and still fail only its value, as a SerializationError naming the type: any
+# Exception, and SystemExit and GeneratorExit, which such code raises as it would anything else
+# (a sys.exit() in it was reported as the guest's SystemExit, before any guest code ran when
+# it was a resolver of an argument). Not every BaseException: what interrupts the process
+# passes through untouched, KeyboardInterrupt in a client and, in the sandbox, the CPU limit's
+# exception (isorund.sandbox.limits.CpuLimitExceeded, a BaseException of the daemon's that this
+# codec, also the client's, cannot import): a tuple of what is caught, rather than one of what
+# is not, lets both through without naming either.
+_TYPE_CODE_FAULTS = (Exception, SystemExit, GeneratorExit)
+
+
+def _raised(error: BaseException) -> str:
+    """``Name: message`` of what a type's code raised, for its SerializationError; Python's own
+    words when the exception's __str__ fails too (it escaped as that failure, a RuntimeError)."""
+    try:
+        said = str(error)
+    except _TYPE_CODE_FAULTS:
+        said = "<exception str() failed>"
+    return f"{type(error).__name__}: {said}"
+
+
 def _short(value: object) -> str:
     """A bounded repr for messages: never the whole of a big value, never an exception (the
     value may be a guest's object with a __repr__ of its own)."""
